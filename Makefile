@@ -1,0 +1,34 @@
+# One place that sets the project up; `make demo` and `make test` are the README's quick start.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU machines this project is built on carry torch 2.14.1/torchvision 0.29.1 wheels locally;
+# override TORCH_SPEC for another build (e.g. a CUDA index of your own).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.segladder-installed
+
+.PHONY: setup demo test lint bench-data clean
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/segladder demo
+
+# pytest exits 5 when it collects nothing; that is not a failure of the project.
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check segladder tests
+
+bench-data: $(STAMP)
+	$(VENV)/bin/segladder bench data
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

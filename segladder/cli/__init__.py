@@ -1,0 +1,49 @@
+"""The `segladder` command: a thin Typer app; each command group lives in its own module."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from segladder.errors import SegladderError
+
+app = typer.Typer(
+    name="segladder",
+    help="Train, debug, distil and ship segmentation models on satellite image sequences.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _register() -> None:
+    # Command groups register themselves on import; imported here so `segladder --help` lists them all.
+    from segladder.cli import bench, data, demo, synth  # noqa: F401
+
+    try:
+        from segladder.cli import models  # noqa: F401
+    except ImportError:  # the model zoo lands in its own issue
+        pass
+
+
+def main() -> None:
+    """Entry point: run the app and turn a SegladderError into one readable line and exit code 2."""
+    _register()
+    try:
+        app(standalone_mode=False)
+    except SegladderError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

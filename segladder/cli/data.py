@@ -1,0 +1,72 @@
+"""`segladder data check|prepare`: validate raw records and build the compact cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segladder.cli import app
+from segladder.cli._common import parse_int_list, parse_str_list
+
+data_app = typer.Typer(help="Validate the competition layout and prepare the compact cache.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+out = Console()
+
+
+@data_app.command("check")
+def check(
+    root: Path = typer.Argument(..., help="Dataset root holding train/, validation/ and/or test/."),
+    splits: str = typer.Option("", "--splits", help="Comma-separated splits to check (default: all present)."),
+    values: bool = typer.Option(True, "--values/--headers-only", help="Scan every value for NaN/inf and mask values (slower), or only shapes and dtypes."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per core, up to 8)."),
+) -> None:
+    """Validate every record; print `record_id: reason` per bad record and exit 1 if any is bad."""
+    from segladder.data.check import check_dataset
+
+    report = check_dataset(root, parse_str_list(splits), values=values, workers=workers or None)
+    for rid, reason in report.problems:
+        typer.echo(f"{rid}: {reason}")
+    counts = ", ".join(f"{n} {s}" for s, n in report.records.items())
+    bad = len(report.bad_ids)
+    typer.echo(f"checked {sum(report.records.values())} records ({counts}) in {root}: "
+               f"{'all good' if report.ok else f'{bad} bad'}")
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@data_app.command("prepare")
+def prepare(
+    root: Path = typer.Argument(..., help="Dataset root in the competition layout."),
+    out_dir: Path = typer.Option(..., "--out", help="Cache folder to create (or resume)."),
+    frames: str = typer.Option("", "--frames", help="Frames to keep, e.g. '0-4' or '3,4,5' (default: all 8; the label is frame 4)."),
+    splits: str = typer.Option("", "--splits", help="Comma-separated splits (default: all present)."),
+    channels: str = typer.Option("ash", "--channels", help="Input channels: groups ash, bands, diffs or names like band_11, diff_15_14."),
+    size: int = typer.Option(256, "--size", help="Image size; records of another size are resized."),
+    dtype: str = typer.Option("uint8", "--dtype", help="Storage: uint8 (compact) or float16."),
+    interpolation: str = typer.Option("bilinear", "--interpolation", help="Image resize: bilinear or bicubic (masks: nearest)."),
+    stats_records: int = typer.Option(512, "--stats-records", help="Training records sampled for mean/std (0: all)."),
+    workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per core, up to 8)."),
+    skip_bad: bool = typer.Option(False, "--skip-bad", help="Leave out bad records (each is logged) instead of failing."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild a cache made with other options."),
+) -> None:
+    """Convert raw records into a memory-mapped cache; resumable, never half-valid."""
+    from segladder.data.cache import CacheOptions, prepare_cache
+
+    opts = CacheOptions(
+        frames=tuple(parse_int_list(frames) or range(8)),
+        channels=tuple(parse_str_list(channels) or ["ash"]),
+        image_size=size, dtype=dtype, interpolation=interpolation, stats_records=stats_records,
+    )
+    res = prepare_cache(root, out_dir, opts, parse_str_list(splits), workers=workers or None,
+                        skip_bad=skip_bad, overwrite=overwrite)
+    table = Table(title=f"cache {res.path}")
+    for col in ("split", "records", "skipped"):
+        table.add_column(col)
+    for split, n in res.records.items():
+        table.add_row(split, str(n), str(len(res.skipped.get(split, []))))
+    out.print(table)
+    out.print(f"written {res.written}, reused from an earlier run {res.reused}; "
+              f"frames {list(opts.frames)}, channels {list(opts.channels)}, {opts.dtype}, {opts.image_size}²")

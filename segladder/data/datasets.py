@@ -1,0 +1,178 @@
+"""PyTorch datasets over a prepared cache or the raw layout, yielding (C, T, H, W) images and masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from segladder.data.cache import CacheOptions, ContrailsCache, compute_stats, is_cache, standardise
+from segladder.data.check import check_record
+from segladder.data.contrails import (
+    ASH_CHANNELS,
+    bands_needed,
+    discover_records,
+    read_sample,
+    resolve_channels,
+    resolve_frames,
+)
+from segladder.data.layout import DEFAULT_SIZE
+from segladder.data.transforms import AugmentConfig, augment, build_augment
+from segladder.errors import BadDatasetError, DataError
+from segladder.progress import console
+
+
+class ContrailsDataset(Dataset):
+    """One split of a contrails dataset, read from a cache (fast) or from the raw layout (small experiments).
+
+    Each item is a dict: ``image`` (C, T, H, W) float32, ``mask`` (1, H, W) float32 where the split is
+    labelled, ``soft`` (1, H, W) float32 where annotators' masks exist, and ``record_id`` (str).
+    Ash channels are in [0, 1] (standardised by training statistics when ``normalize_ash``); raw bands
+    and band differences are always standardised. Augmentation happens before ash standardisation.
+    """
+
+    def __init__(
+        self,
+        source: str | Path,
+        split: str = "train",
+        *,
+        frames: Sequence[int] | None = None,
+        channels: Sequence[str] = ("ash",),
+        image_size: int = DEFAULT_SIZE,
+        augment: AugmentConfig | None = None,
+        normalize_ash: bool = False,
+        interpolation: str = "bilinear",
+        skip_bad: bool = False,
+        stats: dict | None = None,
+        stats_records: int = 64,
+    ):
+        self.source, self.split = Path(source), split
+        self.frames, self.channels = resolve_frames(frames), resolve_channels(channels)
+        self.image_size, self.interpolation = image_size, interpolation
+        self.normalize_ash = normalize_ash
+        self.aug = build_augment(augment)
+        if augment is not None and augment.gamma_p > 0 and any(c not in ASH_CHANNELS for c in self.channels):
+            raise DataError("augment.gamma_p > 0 needs inputs in [0, 1], but standardised bands/diffs are selected; set gamma_p: 0.")
+
+        if is_cache(self.source):
+            self.cache = ContrailsCache(self.source)
+            self._split = self.cache.split(split)
+            self._frame_idx, self._chan_idx = self.cache.check_request(self.frames, self.channels, image_size)
+            self.stats = self.cache.stats
+            self.record_ids = self._split.ids
+            self.has_mask, self.has_soft = self._split.has_masks, self._split.has_soft
+        else:
+            self.cache = None
+            refs = discover_records(self.source, split)
+            refs = self._validated(refs, skip_bad)
+            self._refs = refs
+            self.record_ids = [r.record_id for r in refs]
+            need_stats = normalize_ash or any(c not in ASH_CHANNELS for c in self.channels)
+            if stats is None and need_stats:
+                opts = CacheOptions(self.frames, self.channels, image_size, interpolation=interpolation,
+                                    stats_records=stats_records)
+                stats = compute_stats(self.source, opts, workers=1, progress=False)
+            self.stats = stats
+            self.has_mask = split != "test"
+            self.has_soft = (refs[0].path / "human_individual_masks.npy").exists()
+        if normalize_ash and self.stats is None:
+            raise DataError(f"normalize_ash needs training statistics, but {self.source} has no train split.")
+        self._ash_scale, self._ash_offset = self._ash_affine()
+        if self.cache is not None:
+            self._prepare_decode()
+
+    # ------------------------------------------------------------------------------------- building
+
+    def _validated(self, refs, skip_bad: bool):
+        """`data check` of every raw record, limited to the band files this dataset reads, with its messages."""
+        bands = bands_needed(self.channels)
+        problems = [(r.record_id, "; ".join(reasons)) for r in refs if (reasons := check_record(r, values=True, bands=bands))]
+        if problems and not skip_bad:
+            raise BadDatasetError(problems, f"{self.source}/{self.split}",
+                                  "Run `segladder data check` for a full report, or pass skip_bad to leave them out.")
+        bad = {rid for rid, _ in problems}
+        for rid, reason in problems:
+            console.print(f"[yellow]skipping[/] {rid}: {reason}")
+        kept = [r for r in refs if r.record_id not in bad]
+        if not kept:
+            raise DataError(f"{self.source}/{self.split}: every record is bad; nothing to load.")
+        return kept
+
+    def _prepare_decode(self) -> None:
+        enc = self.cache.encoding
+        scale = np.asarray(enc["scale"], np.float32)[self._chan_idx]
+        offset = np.asarray(enc["offset"], np.float32)[self._chan_idx]
+        if self.aug is None:
+            # No augmentation in between: fold ash standardisation into the decode, one pass over memory.
+            offset = offset * self._ash_scale + self._ash_offset
+            scale = scale * self._ash_scale
+        self._scale, self._offset = scale, offset
+        n_c, n_f = len(self.cache.options.channels), len(self.cache.options.frames)
+        self._whole = self._chan_idx == list(range(n_c)) and self._frame_idx == list(range(n_f))
+        self._uniform = bool(np.all(scale == scale[0]) and np.all(offset == 0))
+
+    def _ash_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (scale, offset) that standardises ash channels when asked; identity otherwise."""
+        scale = np.ones(len(self.channels), np.float32)
+        offset = np.zeros(len(self.channels), np.float32)
+        if self.normalize_ash:
+            for i, ch in enumerate(self.channels):
+                if ch in ASH_CHANNELS:
+                    k = self.stats["channels"].index(ch)
+                    scale[i] = 1.0 / self.stats["std"][k]
+                    offset[i] = -self.stats["mean"][k] / self.stats["std"][k]
+        return scale, offset
+
+    # -------------------------------------------------------------------------------------- reading
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def _cached_image(self, row: int) -> np.ndarray:
+        q = self._split.arrays["images"][row]
+        if not self._whole:
+            q = q[np.ix_(self._chan_idx, self._frame_idx)]
+        out = np.empty(q.shape, np.float32)
+        if self._uniform:
+            np.multiply(q, self._scale[0], out=out)
+        else:
+            for c in range(out.shape[0]):
+                np.multiply(q[c], self._scale[c], out=out[c])
+                out[c] += self._offset[c]
+        return out
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Image (C, T, H, W) float32 before augmentation, mask (H, W) uint8, soft (H, W) float32."""
+        if self.cache is not None:
+            row = int(self._split.rows[index])
+            image = self._cached_image(row)
+            mask = np.asarray(self._split.arrays["masks"][row]) if self.has_mask else None
+            soft = self._split.arrays["soft"][row] * np.float32(1 / 255) if self.has_soft else None
+            return image, mask, soft
+        s = read_sample(self._refs[index], self.channels, self.frames, self.image_size, self.interpolation)
+        image = standardise(s.image, self.channels, self.stats).transpose(3, 0, 1, 2)
+        if self.aug is None:
+            image = self._standardise_ash(image)
+        return np.ascontiguousarray(image, dtype=np.float32), s.mask, s.soft
+
+    def _standardise_ash(self, image: np.ndarray) -> np.ndarray:
+        if not self.normalize_ash:
+            return image
+        return image * self._ash_scale[:, None, None, None] + self._ash_offset[:, None, None, None]
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        image, mask, soft = self.read(index)
+        if self.aug is not None:
+            image, mask, soft = augment(self.aug, image, mask, soft)
+            image = self._standardise_ash(image)
+        item: dict = {"image": torch.from_numpy(image), "record_id": self.record_ids[index]}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        if soft is not None:
+            item["soft"] = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[None]
+        return item

@@ -1,0 +1,112 @@
+"""Augmentation through albumentations, applied identically to every frame and to the masks."""
+
+from __future__ import annotations
+
+import albumentations as A
+import cv2
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Prob = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class AugmentConfig(BaseModel):
+    """Probabilities and strengths of each augmentation; everything is off by default.
+
+    Flips are separate switches because seed 002 found they hurt the competition masks, which are
+    shifted by half a pixel relative to the images (domain-facts §5).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hflip_p: float = Prob
+    vflip_p: float = Prob
+    rot90_p: float = Prob
+    shift_scale_rotate_p: float = Prob
+    shift_limit: float = Field(0.0625, ge=0.0, le=0.5)
+    scale_limit: float = Field(0.1, ge=0.0, le=0.9)
+    rotate_limit: float = Field(15.0, ge=0.0, le=180.0)
+    brightness_p: float = Prob
+    brightness_limit: float = Field(0.1, ge=0.0, le=1.0)
+    contrast_limit: float = Field(0.1, ge=0.0, le=1.0)
+    gamma_p: float = Prob
+    gamma_limit: tuple[float, float] = (80.0, 120.0)
+    blur_p: float = Prob
+    blur_limit: tuple[int, int] = (3, 5)
+    noise_p: float = Prob
+    noise_std: tuple[float, float] = (0.01, 0.03)
+    cutout_p: float = Prob
+    cutout_holes: tuple[int, int] = (1, 8)
+    cutout_size: tuple[float, float] = (0.03, 0.1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        for name in ("gamma_limit", "blur_limit", "noise_std", "cutout_holes", "cutout_size"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: the low end {lo} is above the high end {hi}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
+
+
+def build_augment(cfg: AugmentConfig | None) -> A.Compose | None:
+    """The albumentations pipeline for `cfg`, or None when every probability is zero."""
+    if cfg is None or not cfg.enabled:
+        return None
+    t: list[A.BasicTransform] = []
+    if cfg.hflip_p:
+        t.append(A.HorizontalFlip(p=cfg.hflip_p))
+    if cfg.vflip_p:
+        t.append(A.VerticalFlip(p=cfg.vflip_p))
+    if cfg.rot90_p:
+        t.append(A.RandomRotate90(p=cfg.rot90_p))
+    if cfg.shift_scale_rotate_p:
+        t.append(A.Affine(
+            translate_percent=(-cfg.shift_limit, cfg.shift_limit),
+            scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+            rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=cfg.shift_scale_rotate_p,
+        ))
+    if cfg.brightness_p:
+        t.append(A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=cfg.brightness_p))
+    if cfg.gamma_p:
+        t.append(A.RandomGamma(gamma_limit=cfg.gamma_limit, p=cfg.gamma_p))
+    if cfg.blur_p:
+        t.append(A.GaussianBlur(blur_limit=cfg.blur_limit, p=cfg.blur_p))
+    if cfg.noise_p:
+        t.append(A.GaussNoise(std_range=cfg.noise_std, p=cfg.noise_p))
+    if cfg.cutout_p:
+        t.append(A.CoarseDropout(
+            num_holes_range=cfg.cutout_holes,
+            hole_height_range=cfg.cutout_size,
+            hole_width_range=cfg.cutout_size,
+            fill=0.0,
+            p=cfg.cutout_p,
+        ))
+    return A.Compose(t, additional_targets={"soft": "mask"})
+
+
+def augment(
+    aug: A.Compose, image: np.ndarray, mask: np.ndarray | None, soft: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """Apply one random draw of `aug` to a (C, T, H, W) image and its (H, W) masks.
+
+    Frames and channels are packed into one (H, W, T·C) image so that a single draw moves every frame
+    and the masks together.
+    """
+    c, t, h, w = image.shape
+    packed = np.ascontiguousarray(image.transpose(2, 3, 1, 0).reshape(h, w, t * c))
+    kwargs: dict[str, np.ndarray] = {"image": packed}
+    if mask is not None:
+        kwargs["mask"] = mask
+    if soft is not None:
+        kwargs["soft"] = soft
+    out = aug(**kwargs)
+    img = out["image"]
+    oh, ow = img.shape[:2]
+    image = np.ascontiguousarray(img.reshape(oh, ow, t, c).transpose(3, 2, 0, 1), dtype=np.float32)
+    return image, out.get("mask"), out.get("soft")

@@ -1,0 +1,41 @@
+"""Shared fixtures: a tiny synthetic dataset made once per session, and the GPU marker's skip."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic dataset in the competition layout (read-only: copy it before planting faults)."""
+    from segladder.data.synth import generate_contrails
+
+    root = tmp_path_factory.mktemp("synth") / "contrails"
+    generate_contrails(root, records=12, val_records=4, test_records=3, size=32, seed=7, progress=False)
+    return root
+
+
+@pytest.fixture
+def synth_copy(synth_root, tmp_path) -> Path:
+    """A private copy of the synthetic dataset that a test may damage."""
+    dst = tmp_path / "contrails"
+    shutil.copytree(synth_root, dst)
+    return dst
