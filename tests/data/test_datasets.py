@@ -1,0 +1,43 @@
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from segladder.data.cache import CacheOptions, prepare_cache
+from segladder.data.contrails import ash_rgb, discover_records, load_mask
+from segladder.data.datasets import ContrailsDataset
+
+
+def test_item_contract_and_frame_order(synth_root):
+    ds = ContrailsDataset(synth_root, "train", frames=[0, 4, 7], image_size=32)
+    item = ds[2]
+    assert set(item) == {"image", "mask", "soft", "record_id"}
+    assert item["image"].shape == (3, 3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == (1, 32, 32) and item["soft"].shape == (1, 32, 32)
+    ref = discover_records(synth_root, "train")[2]
+    assert item["record_id"] == ref.record_id
+    ash = ash_rgb(ref.path, frames=[0, 4, 7])  # (T, H, W, 3)
+    np.testing.assert_allclose(item["image"].numpy(), ash.transpose(3, 0, 1, 2), atol=1e-6)
+    np.testing.assert_array_equal(item["mask"][0].numpy(), load_mask(ref.path))
+
+
+def test_batches_through_a_dataloader(synth_root):
+    loader = DataLoader(ContrailsDataset(synth_root, "validation", frames=[4], image_size=32), batch_size=3)
+    batch = next(iter(loader))
+    assert batch["image"].shape == (3, 3, 1, 32, 32) and batch["mask"].shape == (3, 1, 32, 32)
+    assert isinstance(batch["record_id"], list) and all(isinstance(r, str) for r in batch["record_id"])
+
+
+def test_normalize_ash_uses_training_statistics_on_both_paths(synth_root, tmp_path):
+    cache = tmp_path / "cache"
+    prepare_cache(synth_root, cache, CacheOptions(frames=(4,), image_size=32), ["train", "validation"],
+                  workers=1, progress=False)
+    raw = ContrailsDataset(synth_root, "validation", frames=[4], image_size=32, normalize_ash=True, stats_records=0)
+    cached = ContrailsDataset(cache, "validation", frames=[4], image_size=32, normalize_ash=True)
+    plain = ContrailsDataset(cache, "validation", frames=[4], image_size=32)
+    s = cached.stats
+    mean = torch.tensor(s["mean"])[:, None, None, None]
+    std = torch.tensor(s["std"])[:, None, None, None]
+    torch.testing.assert_close(cached[0]["image"], (plain[0]["image"] - mean) / std, atol=1e-5, rtol=1e-5)
+    # Raw and cached agree within the uint8 quantisation, scaled by 1/std.
+    tol = 0.5 / 255 / min(s["std"]) + 1e-4
+    assert (raw[0]["image"] - cached[0]["image"]).abs().max() <= tol

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from segladder.data.datasets import ContrailsDataset
+from segladder.data.transforms import AugmentConfig, augment, build_augment
+from segladder.errors import DataError
+
+SPATIAL = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90_p=0.5, shift_scale_rotate_p=0.7, rotate_limit=30)
+
+
+@st.composite
+def masks(draw):
+    size = draw(st.sampled_from([16, 24, 32]))
+    mask = np.zeros((size, size), np.uint8)
+    for _ in range(draw(st.integers(1, 4))):
+        r0, c0 = draw(st.integers(0, size - 2)), draw(st.integers(0, size - 2))
+        h, w = draw(st.integers(1, size // 2)), draw(st.integers(1, size // 2))
+        mask[r0:r0 + h, c0:c0 + w] = 1
+    return mask
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(mask=masks(), seed=st.integers(0, 2**31 - 1))
+def test_spatial_augmentation_moves_every_frame_and_the_masks_together(mask, seed):
+    """Each frame and channel is the mask itself, so after any spatial draw they must still agree."""
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    aug = build_augment(SPATIAL)
+    aug.set_random_seed(seed)
+    image = np.broadcast_to(mask.astype(np.float32), (2, 3, *mask.shape)).copy()  # (C, T, H, W)
+    soft = mask.astype(np.float32) * 0.5
+    out, m, s = augment(aug, image, mask, soft)
+    assert out.shape == image.shape and out.dtype == np.float32
+    for c in range(2):
+        for t in range(3):
+            np.testing.assert_array_equal(out[c, t], out[0, 0])  # one draw for all frames
+    # Where bilinear interpolation says "certainly inside/outside", the nearest-neighbour mask agrees.
+    assert (m[out[0, 0] > 0.99] == 1).all()
+    assert (m[out[0, 0] < 0.01] == 0).all()
+    np.testing.assert_allclose(s, m * 0.5)  # the soft label travels with the mask
+
+
+def test_pixel_transforms_leave_masks_alone():
+    cfg = AugmentConfig(brightness_p=1, gamma_p=1, blur_p=1, noise_p=1, cutout_p=1)
+    aug = build_augment(cfg)
+    rng = np.random.default_rng(0)
+    image = rng.random((3, 4, 32, 32), dtype=np.float32)
+    mask = (rng.random((32, 32)) > 0.7).astype(np.uint8)
+    out, m, _ = augment(aug, image, mask, None)
+    assert out.shape == image.shape and not np.allclose(out, image)
+    np.testing.assert_array_equal(m, mask)
+
+
+def test_flips_off_by_default_and_config_is_validated():
+    assert build_augment(AugmentConfig()) is None
+    assert build_augment(None) is None
+    with pytest.raises(ValidationError, match="hflip_q"):
+        AugmentConfig(hflip_q=0.5)
+    with pytest.raises(ValidationError):
+        AugmentConfig(hflip_p=1.5)
+    with pytest.raises(ValidationError, match="gamma_limit"):
+        AugmentConfig(gamma_limit=(120, 80))
+
+
+def test_dataset_applies_augmentation_with_aligned_masks(synth_root):
+    ds = ContrailsDataset(synth_root, "train", frames=[3, 4], image_size=32,
+                          augment=AugmentConfig(hflip_p=1.0))
+    plain = ContrailsDataset(synth_root, "train", frames=[3, 4], image_size=32)
+    for i in range(len(ds)):
+        a, b = ds[i], plain[i]
+        assert (a["image"] == b["image"].flip(-1)).all()
+        assert (a["mask"] == b["mask"].flip(-1)).all()
+        assert (a["soft"] == b["soft"].flip(-1)).all()
+    with pytest.raises(DataError, match="gamma_p"):
+        ContrailsDataset(synth_root, "train", channels=["ash", "bands"], augment=AugmentConfig(gamma_p=0.5))
