@@ -1,0 +1,192 @@
+"""Validation metrics: global Dice (the competition metric) with a threshold sweep, per-record Dice, classifier scores.
+
+A pixel is predicted positive when `prob > threshold` (strictly, as torchmetrics does), compared in the
+probabilities' own dtype; a target pixel is positive when `target > 0.5` (so a soft annotator mean
+counts where the majority marked it, like `human_pixel_masks`). Global Dice pools all pixels of all
+records, and is 1 when both prediction and target are empty.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torchmetrics import Metric
+from torchmetrics.functional.classification import binary_auroc
+from torchmetrics.utilities import dim_zero_cat
+
+__all__ = ["ClassificationMetrics", "ThresholdSweepDice", "global_dice", "per_record_dice"]
+
+
+def _as_tensor(x: Any) -> Tensor:
+    return x.detach() if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+
+
+def _binarize_target(target: Tensor) -> Tensor:
+    return target if target.dtype == torch.bool else target > 0.5
+
+
+def _checked_pair(probs: Any, targets: Any) -> tuple[Tensor, Tensor]:
+    p, t = _as_tensor(probs), _as_tensor(targets)
+    if p.shape != t.shape:
+        raise ValueError(
+            f"probabilities {tuple(p.shape)} and targets {tuple(t.shape)} must have the same shape"
+        )
+    return p, _binarize_target(t)
+
+
+def _dice(tp: Tensor, pred_sum: Tensor, target_sum: Tensor) -> Tensor:
+    denom = (pred_sum + target_sum).double()
+    return torch.where(denom > 0, 2.0 * tp.double() / denom.clamp_min(1), torch.ones_like(denom))
+
+
+def global_dice(probs: Any, targets: Any, threshold: float = 0.5) -> float:
+    """Dice `2|P∩G| / (|P| + |G|)` over all pixels of `probs` and `targets` (arrays or tensors, same shape)."""
+    p, t = _checked_pair(probs, targets)
+    pred = p > threshold
+    tp = (pred & t).sum()
+    return float(_dice(tp, pred.sum(), t.sum()))
+
+
+def per_record_dice(probs: Any, targets: Any, threshold: float = 0.5) -> np.ndarray:
+    """Dice of each record along the first axis, as a float64 array of length N (empty and empty give 1)."""
+    p, t = _checked_pair(probs, targets)
+    pred = (p > threshold).reshape(p.shape[0], -1)
+    t = t.reshape(t.shape[0], -1)
+    return _dice((pred & t).sum(1), pred.sum(1), t.sum(1)).cpu().numpy()
+
+
+def _threshold_grid(thresholds: int | Sequence[float]) -> tuple[float, ...]:
+    if isinstance(thresholds, int):
+        if thresholds < 2:
+            raise ValueError(f"thresholds as a count must be >= 2, got {thresholds}")
+        grid = [k / thresholds for k in range(1, thresholds)]
+    else:
+        grid = [float(v) for v in thresholds]
+    if not all(0.0 <= v <= 1.0 for v in grid):
+        raise ValueError(f"thresholds must lie in [0, 1], got {grid}")
+    return tuple(sorted(set(grid) | {0.5}))
+
+
+class ThresholdSweepDice(Metric):
+    """Global Dice at every threshold of a sweep; picks the best threshold for checkpointing and inference.
+
+    `update(preds, target)` takes probabilities (or logits with `from_logits=True`) and binary or
+    soft targets of any equal shape. Each batch is bucketised once against the sorted thresholds
+    (`torch.bucketize`, O(n log T)) and counted with `torch.bincount`, so the sweep costs about
+    as much as one threshold, is exact for any list of thresholds (not only bin edges), and stays
+    deterministic on CUDA (`histc` is not). States are int64 counts reduced by sum: validation
+    sums reach 1,856 × 65,536 pixels, beyond float32's exact integers (2**24).
+
+    `thresholds`: an int `n` means the grid k/n for k = 1..n-1 (default: steps of 0.01), or give a
+    list; 0.5 is always added. `compute()` returns a dict of tensors: scalars `dice_best`,
+    `threshold` (ties go to the threshold nearest 0.5), `dice_at_0.5`, `iou_at_best`,
+    `iou_at_0.5`, and the vectors `curve` (Dice per threshold) and `thresholds` — log the scalars,
+    plot the vectors.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    tp: Tensor
+    pred_sum: Tensor
+    target_sum: Tensor
+
+    def __init__(self, thresholds: int | Sequence[float] = 100, from_logits: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.thresholds = _threshold_grid(thresholds)
+        self.from_logits = from_logits
+        n = len(self.thresholds)
+        self.add_state("tp", default=torch.zeros(n, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("pred_sum", default=torch.zeros(n, dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("target_sum", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        p, t = _checked_pair(preds, target)
+        p = p.float()
+        if self.from_logits:
+            p = torch.sigmoid(p)
+        # bucketize sorts NaN above every threshold; `>` (global_dice) never counts it as positive.
+        p = p.nan_to_num(nan=0.0)
+        n = len(self.thresholds)
+        # bucket b = number of thresholds strictly below p: the pixel is positive at thresholds 0..b-1.
+        bounds = torch.tensor(self.thresholds, dtype=p.dtype, device=p.device)
+        bucket = torch.bucketize(p.reshape(-1), bounds)
+        counts = torch.bincount(bucket + (n + 1) * t.reshape(-1).long(), minlength=2 * (n + 1))
+        neg, pos = counts.view(2, n + 1)
+        pos_above = pos.flip(0).cumsum(0).flip(0)[1:]
+        all_above = (pos + neg).flip(0).cumsum(0).flip(0)[1:]
+        self.tp += pos_above
+        self.pred_sum += all_above
+        self.target_sum += pos.sum()
+
+    def compute(self) -> dict[str, Tensor]:
+        thresholds = torch.tensor(self.thresholds, dtype=torch.float64, device=self.tp.device)
+        dice = _dice(self.tp, self.pred_sum, self.target_sum)
+        union = (self.pred_sum + self.target_sum - self.tp).double()
+        iou = torch.where(union > 0, self.tp.double() / union.clamp_min(1), torch.ones_like(union))
+        best_candidates = (dice == dice.max()).nonzero().flatten()
+        best = best_candidates[(thresholds[best_candidates] - 0.5).abs().argmin()]
+        half = self.thresholds.index(0.5)
+        return {
+            "dice_best": dice[best].float(),
+            "threshold": thresholds[best].float(),
+            "dice_at_0.5": dice[half].float(),
+            "iou_at_best": iou[best].float(),
+            "iou_at_0.5": iou[half].float(),
+            "curve": dice.float(),
+            "thresholds": thresholds.float(),
+        }
+
+
+class ClassificationMetrics(Metric):
+    """Accuracy (at `threshold`) and ROC-AUC of a per-record "has contrail" classifier.
+
+    `update(preds, target)` takes one score per record: probabilities, or logits with
+    `from_logits=True` (explicitly, because torchmetrics' own guess — sigmoid only when a batch
+    leaves [0, 1] — can differ between batches). `compute()` returns `{"acc", "auc"}`; `auc` is
+    NaN while the targets hold one class only. Scores are kept per record (gathered with "cat"
+    across processes), which is cheap at one float per record.
+    """
+
+    is_differentiable = False
+    higher_is_better = True
+    full_state_update = False
+
+    correct: Tensor
+    total: Tensor
+    scores: list[Tensor]
+    labels: list[Tensor]
+
+    def __init__(self, threshold: float = 0.5, from_logits: bool = False, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.threshold = threshold
+        self.from_logits = from_logits
+        self.add_state("correct", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("total", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        self.add_state("scores", default=[], dist_reduce_fx="cat")
+        self.add_state("labels", default=[], dist_reduce_fx="cat")
+
+    def update(self, preds: Tensor, target: Tensor) -> None:
+        p, t = _checked_pair(preds, target)
+        p = p.float().reshape(-1)
+        if self.from_logits:
+            p = torch.sigmoid(p)
+        t = t.reshape(-1)
+        self.correct += ((p > self.threshold) == t).sum()
+        self.total += t.numel()
+        self.scores.append(p)
+        self.labels.append(t.long())
+
+    def compute(self) -> dict[str, Tensor]:
+        acc = self.correct.double() / self.total.clamp_min(1)
+        auc = torch.tensor(float("nan"), device=acc.device)
+        if int(self.total) > 0:
+            labels = dim_zero_cat(self.labels)
+            if labels.unique().numel() == 2:
+                auc = binary_auroc(dim_zero_cat(self.scores), labels)
+        return {"acc": acc.float(), "auc": auc.float()}
