@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Command groups register themselves on import; imported here so `segladder --help` lists them all.
-    from segladder.cli import bench, data, demo, synth  # noqa: F401
+    from segladder.cli import bench, data, demo, synth, train  # noqa: F401
 
     try:
         from segladder.cli import models  # noqa: F401
@@ -40,10 +40,10 @@ def main() -> None:
     except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:
+        # Usage errors arrive here in non-standalone mode; typer may vendor its own click, so match by shape.
+        if type(exc).__name__.endswith(("UsageError", "BadParameter", "ClickException", "NoSuchOption", "MissingParameter")) \
+                and hasattr(exc, "show"):
             exc.show()
-            sys.exit(exc.exit_code)
+            sys.exit(getattr(exc, "exit_code", 2))
         raise

@@ -28,14 +28,15 @@ from segladder.data.contrails import (
     RecordRef,
     bands_needed,
     discover_records,
+    present_splits,
     read_sample,
     resolve_channels,
     resolve_frames,
 )
-from segladder.data.layout import DEFAULT_SIZE, SPLITS
+from segladder.data.layout import DEFAULT_SIZE
 from segladder.errors import BadDatasetError, CacheError, DataError
 from segladder.io import atomic_save_npy, atomic_write_json
-from segladder.progress import parallel_map
+from segladder.progress import console, parallel_map
 
 CACHE_FORMAT = "segladder-contrails-cache"
 CACHE_VERSION = 1
@@ -224,7 +225,7 @@ def prepare_cache(
     """Convert raw records into a cache at `out`; an interrupted run picks up where it stopped."""
     root, out = Path(root), Path(out)
     options = options or CacheOptions()
-    splits = list(splits) if splits else [s for s in SPLITS if (root / s).is_dir()]
+    splits = list(splits) if splits else present_splits(root)
     refs = {s: discover_records(root, s) for s in splits}
     if not refs:
         discover_records(root, "train")  # the clear "missing root / split" error
@@ -259,8 +260,6 @@ def prepare_cache(
     for split in splits:
         result.skipped[split] = sorted(rid for rid, _ in bad[split])
         for rid, reason in bad[split]:
-            from segladder.progress import console
-
             console.print(f"[yellow]skipped[/] {rid}: {reason}")
     manifest = dict(state, complete=True, skipped=result.skipped)
     atomic_write_json(out / "manifest.json", manifest)

@@ -8,14 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from segladder.data.contrails import RecordRef, discover_records, read_metadata
+from segladder.data.contrails import RecordRef, discover_records, present_splits, read_metadata
 from segladder.data.layout import (
     BAND_FILES,
     INDIVIDUAL_MASKS_FILE,
     METADATA_FILES,
     N_FRAMES,
     PIXEL_MASK_FILE,
-    SPLITS,
     band_file,
 )
 from segladder.errors import BadDatasetError, DataError
@@ -125,7 +124,7 @@ def check_dataset(
     """Validate every record of the splits (all present ones by default) and the metadata JSON files."""
     root = Path(root)
     report = CheckReport(root)
-    wanted = list(splits) if splits else [s for s in SPLITS if (root / s).is_dir()]
+    wanted = list(splits) if splits else present_splits(root)
     if not wanted:
         discover_records(root, "train")  # raises the clear "no such root / split" error
     items: list[tuple[RecordRef, bool]] = []

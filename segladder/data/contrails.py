@@ -119,6 +119,13 @@ def discover_records(root: str | Path, split: str, *, required: bool = True) -> 
     return sorted(refs, key=lambda r: r.record_id)
 
 
+def present_splits(root: str | Path) -> list[str]:
+    """The splits of `root` whose folders hold at least one record (the default when none are named)."""
+    root = Path(root)
+    return [s for s in SPLITS if (root / s).is_dir() and any(
+        p.is_dir() and not p.name.startswith(".") for p in (root / s).iterdir())]
+
+
 def read_metadata(root: str | Path, split: str) -> list[dict] | None:
     """The split's metadata JSON (list of records) or None when the split has none (test)."""
     name = METADATA_FILES.get(split)

@@ -1,0 +1,5 @@
+"""`python -m segladder` runs the command line."""
+
+from segladder.cli import main
+
+main()

@@ -1,0 +1,5 @@
+"""`python -m segladder.cli` runs the command line."""
+
+from segladder.cli import main
+
+main()

@@ -1,0 +1,222 @@
+"""Typed experiment config: YAML files in configs/, dotted `--set` overrides, clear errors on bad keys."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from segladder.data.transforms import AugmentConfig
+from segladder.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where samples come from and how they are batched."""
+
+    root: str | None = Field(None, description="raw dataset root or prepared cache; None: the synthetic demo data")
+    frames: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], description="frame indices; label is frame 4")
+    channels: list[str] = Field(default_factory=lambda: ["ash"])
+    image_size: int = Field(256, ge=8)
+    batch_size: int = Field(8, ge=1)
+    val_batch_size: int | None = Field(None, ge=1)
+    num_workers: int = Field(2, ge=0)
+    train_split: str = "train"
+    val_split: str = "validation"
+    train_records: int | None = Field(None, ge=1, description="use only the first N training records (ladder budget)")
+    val_records: int | None = Field(None, ge=1)
+    positives_only: bool = Field(False, description="train on records with a contrail only (seed 001 stage 2)")
+    normalize_ash: bool = False
+    skip_bad: bool = False
+    interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
+class ModelConfig(BaseModel):
+    """A registry name plus the keyword arguments of its factory (any extra key is passed on)."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    name: str = "ResNet18_U"
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class LossTerm(BaseModel):
+    """One weighted term of the loss; extra keys are the loss's own arguments (e.g. pos_weight)."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str
+    weight: float = 1.0
+    target: Literal["mask", "soft"] | None = Field(None, description="batch key the term compares to; None: the loss's default")
+
+
+class OptimConfig(_Section):
+    name: Literal["adamw", "adam", "sgd", "radam"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    encoder_lr_mult: float = Field(1.0, gt=0, description="encoder LR = lr × this (differential LR)")
+    schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    pct_start: float = Field(0.1, gt=0, lt=1, description="one-cycle warm-up fraction")
+    warmup_steps: int = Field(0, ge=0, description="cosine schedule warm-up steps")
+    min_lr_ratio: float = Field(0.01, ge=0, le=1)
+
+
+class TrainerConfig(_Section):
+    """Handed to Lightning's Trainer (first block) or used by segladder around it (second block)."""
+
+    max_epochs: int = Field(2, ge=1)
+    max_steps: int = -1
+    precision: Literal["32", "32-true", "16-mixed", "bf16-mixed"] = "32"
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    num_nodes: int = Field(1, ge=1)
+    accumulate_grad_batches: int = Field(1, ge=1)
+    gradient_clip_val: float | None = None
+    limit_train_batches: int | float | None = None
+    limit_val_batches: int | float | None = None
+    val_check_interval: int | float | None = None
+    log_every_n_steps: int = Field(10, ge=1)
+    deterministic: bool = False
+
+    channels_last: bool = False
+    compile: bool = False
+    nan_patience: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
+    overlays: int = Field(8, ge=0, description="validation records drawn as overlays each epoch")
+    progress: bool = True
+
+
+class ExperimentConfig(_Section):
+    name: str = "experiment"
+    task: Literal["segmentation", "classification"] = "segmentation"
+    seed: int = 42
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="bce")])
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+
+    @field_validator("loss")
+    @classmethod
+    def _some_loss(cls, v: list[LossTerm]) -> list[LossTerm]:
+        if not v:
+            raise ValueError("at least one loss term is needed, e.g. [{name: bce}]")
+        return v
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def _open_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _nearest(key: str, valid: list[str]) -> str:
+    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    return f" Did you mean {', '.join(near)}?" if near else f" Valid keys: {', '.join(valid)}."
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            section = _section_model(err["loc"][:-1])
+            hint = _nearest(str(err["loc"][-1]), _open_keys(section)) if section else ""
+            lines.append(f"unknown key '{loc}'.{hint}")
+        else:
+            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = ExperimentConfig
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    return model
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """['optim.lr=3e-4', 'trainer.max_epochs=2'] → nested dict; values are parsed as YAML."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"--set '{pair}': expected KEY=VALUE, e.g. optim.lr=3e-4.")
+        key, raw = pair.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set '{pair}': value is not valid YAML ({exc}).") from None
+        node = out
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set '{pair}': '{p}' is set twice, once as a value.")
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def build_config(data: dict, overrides: list[str] | None = None, source: str = "(dict)") -> ExperimentConfig:
+    """Validate a config dict (plus overrides) into an ExperimentConfig, or raise one readable ConfigError."""
+    merged = _merge(data or {}, parse_overrides(overrides or []))
+    try:
+        return ExperimentConfig.model_validate(merged)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read a YAML experiment (or the defaults when `path` is None) and apply `--set` overrides."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
+            hint = f" Shipped configs: {', '.join(shipped)}." if shipped else ""
+            raise ConfigError(f"config file {path} does not exist.{hint}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping with data/model/loss/optim/trainer.")
+        data.setdefault("name", path.stem)
+    return build_config(data, overrides, str(path or "(defaults)"))
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A path as given, or the name of a shipped config (`resnet18_u` → configs/resnet18_u.yaml)."""
+    p = Path(name_or_path)
+    if p.exists() or p.suffix:
+        return p
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

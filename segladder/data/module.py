@@ -1,0 +1,111 @@
+"""The Lightning DataModule: splits, record budgets, positives-only training, reproducible sampling."""
+
+from __future__ import annotations
+
+import zlib
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from segladder.data.datasets import ContrailsDataset
+from segladder.errors import ConfigError
+
+
+class EpochSeededSampler(Sampler[int]):
+    """A shuffle that is a pure function of (seed, epoch): a resumed run draws the same order.
+
+    Lightning calls `set_epoch` on any sampler that has it, as it does for DistributedSampler.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.n, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _Seeded(Dataset):
+    """Makes augmentation a function of (seed, epoch, index), independent of worker count and resume."""
+
+    def __init__(self, base: Dataset, seed: int):
+        self.base, self.seed, self.epoch = base, seed, 0
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        ds = self.base.dataset if isinstance(self.base, Subset) else self.base
+        if ds.aug is not None:
+            ds.aug.set_random_seed(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
+        return self.base[index]
+
+
+class ContrailsDataModule(L.LightningDataModule):
+    """Builds train/validation datasets from a `DataConfig` (a cache or a raw root)."""
+
+    def __init__(self, cfg, seed: int = 0):
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+        self.train_set: _Seeded | None = None
+        self.val_set: Dataset | None = None
+        self._sampler: EpochSeededSampler | None = None
+
+    def _dataset(self, split: str, augment) -> ContrailsDataset:
+        c = self.cfg
+        if c.root is None:
+            raise ConfigError("data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH).")
+        return ContrailsDataset(
+            c.root, split, frames=c.frames, channels=c.channels, image_size=c.image_size, augment=augment,
+            normalize_ash=c.normalize_ash, interpolation=c.interpolation, skip_bad=c.skip_bad,
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        c = self.cfg
+        if self.train_set is None and stage in (None, "fit"):
+            train = self._dataset(c.train_split, c.augment)
+            rows = np.arange(len(train))
+            if c.positives_only:
+                rows = rows[positive_rows(train)]
+                if len(rows) == 0:
+                    raise ConfigError(f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records.")
+            if c.train_records is not None:
+                rows = rows[: c.train_records]
+            base = train if len(rows) == len(train) else Subset(train, rows.tolist())
+            self.train_set = _Seeded(base, self.seed)
+        if self.val_set is None and stage in (None, "fit", "validate"):
+            val = self._dataset(c.val_split, None)
+            self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.train_set is not None:
+            self.train_set.epoch = epoch
+
+    def train_dataloader(self) -> DataLoader:
+        self._sampler = EpochSeededSampler(len(self.train_set), self.seed)
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self._sampler,
+                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
+                          drop_last=len(self.train_set) > self.cfg.batch_size,
+                          persistent_workers=False)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.val_set, batch_size=self.cfg.val_batch_size or self.cfg.batch_size, shuffle=False,
+                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
+
+
+def positive_rows(ds: ContrailsDataset) -> np.ndarray:
+    """Indices of records whose mask has any contrail pixel (cached masks are read without decoding images)."""
+    if not ds.has_mask:
+        raise ConfigError(f"split '{ds.split}' has no masks, so positives cannot be selected.")
+    if ds.cache is not None:
+        masks = ds._split.arrays["masks"][ds._split.rows]
+        return np.flatnonzero(masks.reshape(len(masks), -1).max(1) > 0)
+    return np.flatnonzero([ds.read(i)[1].any() for i in range(len(ds))])

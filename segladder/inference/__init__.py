@@ -1,0 +1,1 @@
+"""Inference: loading checkpoints without a Trainer, evaluation, prediction, export."""

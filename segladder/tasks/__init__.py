@@ -1,0 +1,1 @@
+"""Tasks: LightningModules joining a model, a loss, metrics and an optimiser."""

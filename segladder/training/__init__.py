@@ -1,0 +1,1 @@
+"""Training: config → Trainer, run directory, callbacks, optimisers and schedules."""

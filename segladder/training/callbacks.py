@@ -1,0 +1,341 @@
+"""Training behaviour added as Lightning callbacks: NaN safety, atomic finite checkpoints, RNG state,
+metrics.json with curves and overlays as PNG, throughput and a one-line summary per epoch."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from segladder.io import atomic_path, atomic_write_json
+from segladder.progress import console
+
+# ---------------------------------------------------------------------------------------- NaN safety
+
+
+def _finite(t: Any) -> bool:
+    if isinstance(t, torch.Tensor):
+        return bool(torch.isfinite(t).all()) if t.is_floating_point() else True
+    if isinstance(t, (list, tuple)):
+        return all(_finite(x) for x in t)
+    if isinstance(t, dict):
+        return all(_finite(x) for x in t.values())
+    return True
+
+
+def first_nonfinite_module(model: torch.nn.Module, x: torch.Tensor, context) -> dict | None:
+    """Re-run a forward pass with hooks; name the first module whose inputs are finite but outputs are not."""
+    found: dict = {}
+    hooks = []
+
+    def hook(name):
+        def fn(module, inputs, output):
+            if found or _finite(output):
+                return
+            found.update(module=name or "(model)", type=type(module).__name__, inputs_finite=_finite(inputs))
+
+        return fn
+
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_hook(hook(name)))
+    try:
+        with torch.no_grad(), context:
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return found or None
+
+
+class NonFiniteGuard(Callback):
+    """Skips steps with a non-finite loss or gradient; after `patience` in a row, diagnoses and stops.
+
+    A non-finite loss is caught in `training_step` (which returns None, so Lightning skips backward and
+    step). Non-finite gradients are dropped here (grads set to None: the optimiser leaves those parameters
+    and their state untouched). Under 16-mixed the GradScaler already skips overflowing steps while it
+    calibrates its scale, so only non-finite losses count there.
+    """
+
+    def __init__(self, run_dir: Path, patience: int = 5):
+        self.run_dir, self.patience = Path(run_dir), patience
+        self.consecutive = 0
+        self.skipped: list[dict] = []
+        self.stopped_reason: str | None = None
+        self._batch: dict | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._batch = batch
+        pl_module.nonfinite = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not grads or all(torch.isfinite(g).all() for g in grads):
+            return
+        for g in optimizer.param_groups:
+            for p in g["params"]:
+                p.grad = None
+        if trainer.precision != "16-mixed":
+            bad = [n for n, p in pl_module.named_parameters() if p.grad is None]
+            pl_module.nonfinite = {"kind": "gradient", "batch": self._batch, "parts": {}, "params": bad[:0]}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        event = pl_module.nonfinite
+        if event is None:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        record = {
+            "step": trainer.global_step, "epoch": trainer.current_epoch, "batch_idx": batch_idx, "kind": event["kind"],
+            "lr": lr, "record_ids": list(batch.get("record_id", [])), "loss_parts": event["parts"],
+        }
+        self.skipped.append(record)
+        console.print(f"[yellow]non-finite {event['kind']}[/] at step {record['step']} (lr {lr:.3g}); step skipped; "
+                      f"records {', '.join(record['record_ids'][:4])}{' …' if len(record['record_ids']) > 4 else ''}")
+        if self.consecutive >= self.patience:
+            self._diagnose(trainer, pl_module, batch, record)
+            trainer.should_stop = True
+
+    def _diagnose(self, trainer, pl_module, batch, record) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ctx = trainer.precision_plugin.forward_context()
+        module = first_nonfinite_module(pl_module.model, batch["image"], ctx)
+        grad_params: list[str] = []
+        if module is None:
+            # The forward pass is finite: find the parameters whose gradients are not.
+            pl_module.model.zero_grad(set_to_none=True)
+            with ctx:
+                loss, _ = pl_module.loss(pl_module.model(batch["image"]), pl_module.targets(batch))
+            loss.backward()
+            grad_params = [n for n, p in pl_module.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            pl_module.model.zero_grad(set_to_none=True)
+        batch_path = self.run_dir / "nan_batch.pt"
+        with atomic_path(batch_path) as tmp:
+            torch.save({k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}, tmp)
+        report = {
+            "stopped_after": self.consecutive,
+            "last": record,
+            "precision": str(trainer.precision),
+            "input_finite": _finite(batch["image"]),
+            "first_nonfinite_module": module,
+            "nonfinite_gradients": grad_params[:20],
+            "skipped_steps": self.skipped[-50:],
+            "replay": f"torch.load('{batch_path}', weights_only=True) holds the batch",
+            "advice": [
+                "use precision 32 (or bf16-mixed) instead of 16-mixed",
+                "lower optim.lr (seed 002: NaN at the one-cycle LR peak)",
+                "set trainer.gradient_clip_val (e.g. 1.0)",
+                "reduce trainer.accumulate_grad_batches",
+            ],
+        }
+        atomic_write_json(self.run_dir / "nan_report.json", report)
+        where = module["module"] if module else (f"gradients of {grad_params[0]}" if grad_params else "unknown")
+        self.stopped_reason = (f"stopped after {self.consecutive} consecutive non-finite steps; first non-finite "
+                               f"output: {where}; see {self.run_dir / 'nan_report.json'}")
+        console.print(f"[red]{self.stopped_reason}[/]")
+
+
+# -------------------------------------------------------------------------------------- checkpoints
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file and renames it: a full disk never clobbers the old one."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class FiniteModelCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that refuses to write weights holding NaN or inf."""
+
+    def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
+        bad = [k for k, v in trainer.lightning_module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            console.print(f"[red]not writing {Path(filepath).name}: non-finite weights in {', '.join(bad[:3])}[/]")
+            return
+        super()._save_checkpoint(trainer, filepath)
+
+
+class RNGState(Callback):
+    """Saves and restores the global RNGs with each checkpoint so a resumed run draws what it would have."""
+
+    def state_dict(self) -> dict:
+        np_state = np.random.get_state()
+        state = {
+            "torch": torch.get_rng_state(),
+            "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        torch.set_rng_state(state["torch"])
+        n = state["numpy"]
+        np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+        p = state["python"]
+        random.setstate((p[0], tuple(p[1]), p[2]))
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------------------ metrics and pictures
+
+
+class RunRecorder(Callback):
+    """Per epoch: metrics.json, loss/Dice curves and the threshold curve as PNG, overlays as PNG and in TensorBoard."""
+
+    def __init__(self, run_dir: Path, overlays: int = 8):
+        self.run_dir, self.n_overlays = Path(run_dir), overlays
+        self.history: list[dict] = []
+        self._t0 = time.perf_counter()
+        self._samples = 0
+        self._epoch_t0 = time.perf_counter()
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = list(state.get("history", []))
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._samples, self._epoch_t0 = 0, time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._samples += batch["image"].shape[0]
+        elapsed = time.perf_counter() - self._epoch_t0
+        if elapsed > 0:
+            pl_module.log("samples_per_s", self._samples / elapsed, prog_bar=True, on_step=True, on_epoch=False)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        if hasattr(pl_module, "last_curve"):
+            self._threshold_png(pl_module)
+        if self.n_overlays:
+            self._overlays(trainer, pl_module)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        elapsed = time.perf_counter() - self._epoch_t0
+        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
+               "samples_per_s": self._samples / elapsed if elapsed else None, **metrics}
+        self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
+        final = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        atomic_write_json(self.run_dir / "metrics.json", {"final": final, "epochs": self.history})
+        self._curves_png()
+        val = metrics.get(pl_module.monitor)
+        train_loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))
+        console.print(
+            f"epoch {trainer.current_epoch + 1}/{trainer.max_epochs} · train loss "
+            f"{train_loss if train_loss is None else f'{train_loss:.4f}'} · {pl_module.monitor} "
+            f"{'-' if val is None else f'{val:.4f}'}"
+            + (f" @ {metrics['val/threshold']:.2f}" if "val/threshold" in metrics else "")
+            + f" · {row['samples_per_s'] or 0:.1f} samples/s · {time.perf_counter() - self._t0:.0f}s",
+            soft_wrap=True,
+        )
+
+    def _curves_png(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.ticker import MaxNLocator
+
+        epochs = [h["epoch"] + 1 for h in self.history]
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for key in ("train/loss_epoch", "val/loss"):
+            ys = [h.get(key) for h in self.history]
+            if any(y is not None for y in ys):
+                axes[0].plot(epochs, ys, marker="o", label=key)
+        for key in ("val/dice_best", "val/dice_0.5", "val/auc", "val/acc"):
+            ys = [h.get(key) for h in self.history]
+            if any(y is not None for y in ys):
+                axes[1].plot(epochs, ys, marker="o", label=key)
+        for ax, title in zip(axes, ("loss", "validation"), strict=True):
+            ax.set_xlabel("epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend()
+        fig.tight_layout()
+        _save_png(fig, self.run_dir / "curves.png")
+        plt.close(fig)
+
+    def _threshold_png(self, pl_module) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        th, curve = (t.numpy() for t in pl_module.last_curve)
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot(th, curve)
+        best = int(np.argmax(curve))
+        ax.axvline(th[best], color="r", ls="--", label=f"best {curve[best]:.3f} @ {th[best]:.2f}")
+        ax.set_xlabel("threshold")
+        ax.set_ylabel("global Dice")
+        ax.set_title(f"validation, epoch {pl_module.current_epoch + 1}")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        _save_png(fig, self.run_dir / "threshold_curve.png")
+        tb = _tensorboard(pl_module)
+        if tb is not None:
+            tb.add_figure("val/threshold_curve", fig, global_step=pl_module.global_step)
+        plt.close(fig)
+
+    def _overlays(self, trainer, pl_module) -> None:
+        from segladder.viz import overlay_grid
+
+        loader = trainer.val_dataloaders
+        if loader is None or getattr(pl_module.cfg, "task", "segmentation") != "segmentation":
+            return
+        batch = next(iter(loader))
+        n = min(self.n_overlays, batch["image"].shape[0])
+        x = batch["image"][:n].to(pl_module.device)
+        with torch.no_grad(), trainer.precision_plugin.forward_context():
+            probs = torch.sigmoid(pl_module(x).float()).cpu()
+        grid = overlay_grid(batch["image"][:n], batch["mask"][:n], probs, pl_module.threshold)
+        out = self.run_dir / "overlays" / f"epoch_{trainer.current_epoch + 1:03d}.png"
+        _save_image(grid, out)
+        tb = _tensorboard(pl_module)
+        if tb is not None:
+            tb.add_image("val/overlays", grid, global_step=pl_module.global_step, dataformats="HWC")
+
+
+def _tensorboard(pl_module):
+    logger = pl_module.logger
+    return getattr(logger, "experiment", None) if logger is not None and hasattr(logger, "log_graph") else None
+
+
+def _save_png(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def _save_image(rgb: np.ndarray, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, rgb, format="png")
+
+
+def load_metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())

@@ -1,0 +1,59 @@
+import pytest
+
+from segladder.config import CONFIG_DIR, build_config, load_config, parse_overrides
+from segladder.errors import ConfigError
+from segladder.training.run import validate_experiment
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_validate(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    if cfg.trainer.precision != "16-mixed":  # the fp16 recipe is GPU-only and says so
+        validate_experiment(cfg)
+
+
+def test_every_seed_system_has_a_config():
+    names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
+    assert {"resnet18_simplerfcn", "resnet18_simple", "resnet18_u", "resnet18_ulstm", "coat_ulstm",
+            "unet25d", "classifier"} <= names
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = build_config({}, ["optim.lr=3e-4", "trainer.max_epochs=2", "data.frames=[0,4]", "model.ps=0.1"])
+    assert cfg.optim.lr == 3e-4 and cfg.trainer.max_epochs == 2 and cfg.data.frames == [0, 4]
+    assert cfg.model.kwargs == {"ps": 0.1}
+    assert parse_overrides(["a.b.c=1", "a.b.d=x"]) == {"a": {"b": {"c": 1, "d": "x"}}}
+
+
+def test_unknown_key_names_the_nearest_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown key 'data.batchsize'.*batch_size"):
+        build_config({}, ["data.batchsize=4"])
+    with pytest.raises(ConfigError, match=r"unknown key 'optim.learning_rate'"):
+        build_config({"optim": {"learning_rate": 1}})
+    with pytest.raises(ConfigError, match=r"unknown key 'trainr'.*trainer"):
+        build_config({"trainr": {}})
+
+
+def test_bad_values_and_bad_files(tmp_path):
+    with pytest.raises(ConfigError, match=r"optim.lr"):
+        build_config({}, ["optim.lr=-1"])
+    with pytest.raises(ConfigError, match=r"trainer.precision"):
+        build_config({}, ["trainer.precision=fp8"])
+    with pytest.raises(ConfigError, match="KEY=VALUE"):
+        build_config({}, ["optim.lr"])
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+
+
+def test_model_and_loss_errors_are_caught_before_anything_is_built():
+    with pytest.raises(ConfigError, match="ResNet18_U"):
+        validate_experiment(build_config({"model": {"name": "ResNet18U"}}))
+    with pytest.raises(ConfigError, match="ps"):
+        validate_experiment(build_config({"model": {"name": "ResNet18_U", "pss": 0.1}}))
+    with pytest.raises(ConfigError, match="lovasz|lovász|loss"):
+        validate_experiment(build_config({"loss": [{"name": "lovaz"}]}))

@@ -1,0 +1,119 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from segladder.errors import CacheError, ConfigError
+from segladder.inference.evaluate import evaluate
+from segladder.training.run import train
+from tests.training.conftest import quick_config
+
+
+def test_tiny_model_learns_and_writes_the_run_directory(train_cache, tmp_path):
+    cfg = quick_config(train_cache, **{"trainer.max_epochs": 5})  # 5 epochs × 5 steps
+    res = train(cfg, out=tmp_path / "run")
+    run = res.run_dir
+    hist = res.metrics["epochs"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3, 4]
+    # An all-empty prediction scores 0 on a validation split with contrails; learning clears it well.
+    assert res.metrics["final"]["val/dice_best"] > 0.25, hist
+    assert hist[-1]["train/loss_epoch"] < hist[0]["train/loss_epoch"]
+    for name in ("config.yaml", "environment.json", "metrics.json", "curves.png", "threshold_curve.png",
+                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "overlays/epoch_005.png"):
+        assert (run / name).is_file(), name
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and "git_commit" in env
+
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    best_dice = max(h["val/dice_best"] for h in hist)
+    assert best["segladder"]["threshold"] == pytest.approx(
+        next(h["val/threshold"] for h in hist if h["val/dice_best"] == best_dice))
+
+    # evaluate re-scores the best checkpoint on the same split and gets the same global Dice.
+    ev = evaluate(run / "checkpoints" / "best.ckpt", train_cache, "validation", tmp_path / "eval", progress=False)
+    assert ev.dice_best == pytest.approx(best_dice, abs=1e-6)
+    assert ev.dice_stored == pytest.approx(best_dice, abs=1e-6)
+    rows = (tmp_path / "eval" / "per_record.csv").read_text().splitlines()
+    assert rows[0] == "record_id,dice,max_prob,pred_pixels,true_pixels" and len(rows) == 13
+    assert (tmp_path / "eval" / "threshold_curve.png").stat().st_size > 1000
+
+
+def test_cli_prints_the_run_directory_last(train_cache, tmp_path):
+    from segladder.cli import _register, app
+
+    _register()
+    out = tmp_path / "cli-run"
+    res = CliRunner().invoke(app, ["train", "--set", f"data.root={train_cache}", "data.frames=[3,4]",
+                                   "data.image_size=64", "data.num_workers=0", "trainer.max_epochs=1",
+                                   "trainer.progress=false", "trainer.limit_train_batches=2", "trainer.overlays=0",
+                                   "model.name=ResNet18_SimplerFCN", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.output.strip().splitlines()[-1] == str(out)
+
+
+def test_config_and_data_mismatches_fail_before_training(train_cache, tmp_path):
+    with pytest.raises(ConfigError, match="ResNet18_U"):
+        train(quick_config(tmp_path / "no-such-data", **{"model.name": "ResNet18U"}), out=tmp_path / "r1")
+    with pytest.raises(CacheError, match=r"frames \[0, 1, 2, 3, 4\]"):
+        train(quick_config(train_cache, **{"data.frames": "[0,1,2,3,4]"}), out=tmp_path / "r2")
+    with pytest.raises(CacheError, match="image_size 128"):
+        train(quick_config(train_cache, **{"data.image_size": 128}), out=tmp_path / "r3")
+    assert not list((tmp_path / "r2").glob("checkpoints/*"))
+
+
+def _final_state(run: Path) -> dict:
+    return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+
+
+def test_killed_then_resumed_matches_an_uninterrupted_run(train_cache, tmp_path):
+    sets = [f"data.root={train_cache}", "data.frames=[3,4]", "data.image_size=64", "data.num_workers=0",
+            "trainer.max_epochs=4", "trainer.progress=false", "trainer.overlays=0", "model.name=ResNet18_SimplerFCN",
+            "data.augment.rot90_p=0.5", "seed=5"]
+    cmd = [sys.executable, "-m", "segladder.cli", "train", "--set", *sets]
+    full = tmp_path / "full"
+    subprocess.run([*cmd, "--out", str(full)], check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    metrics = killed / "metrics.json"
+    while time.time() < deadline and proc.poll() is None:  # kill during the third epoch
+        if metrics.exists() and len(json.loads(metrics.read_text())["epochs"]) >= 2:
+            time.sleep(0.3)
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(json.loads(metrics.read_text())["epochs"]) < 4
+
+    from segladder.cli import _register, app
+
+    _register()
+    res = CliRunner().invoke(app, ["train", "--resume", str(killed)])
+    assert res.exit_code == 0, res.output
+    a, b = _final_state(full), _final_state(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    ha = json.loads((full / "metrics.json").read_text())["epochs"]
+    hb = json.loads((killed / "metrics.json").read_text())["epochs"]
+    assert [h["val/dice_best"] for h in ha] == pytest.approx([h["val/dice_best"] for h in hb], abs=1e-6)
+
+
+def test_resume_needs_a_checkpoint(tmp_path, train_cache):
+    from segladder.config import dump_config
+    from segladder.errors import SegladderError
+
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text(dump_config(quick_config(train_cache)))
+    with pytest.raises(SegladderError, match="no checkpoints/last.ckpt"):
+        train(None, resume=tmp_path / "r")
