@@ -83,8 +83,7 @@ class NonFiniteGuard(Callback):
             for p in g["params"]:
                 p.grad = None
         if trainer.precision != "16-mixed":
-            bad = [n for n, p in pl_module.named_parameters() if p.grad is None]
-            pl_module.nonfinite = {"kind": "gradient", "batch": self._batch, "parts": {}, "params": bad[:0]}
+            pl_module.nonfinite = {"kind": "gradient", "batch": self._batch, "parts": {}}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         event = pl_module.nonfinite
