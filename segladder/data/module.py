@@ -69,19 +69,29 @@ class ContrailsDataModule(L.LightningDataModule):
         )
 
     def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit"):
+            self.build_train()
+        if stage in (None, "fit", "validate"):
+            self.build_val()
+
+    def build_train(self) -> None:
         c = self.cfg
-        if self.train_set is None and stage in (None, "fit"):
-            train = self._dataset(c.train_split, c.augment)
-            rows = np.arange(len(train))
-            if c.positives_only:
-                rows = rows[positive_rows(train)]
-                if len(rows) == 0:
-                    raise ConfigError(f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records.")
-            if c.train_records is not None:
-                rows = rows[: c.train_records]
-            base = train if len(rows) == len(train) else Subset(train, rows.tolist())
-            self.train_set = _Seeded(base, self.seed)
-        if self.val_set is None and stage in (None, "fit", "validate"):
+        if self.train_set is not None:
+            return
+        train = self._dataset(c.train_split, c.augment)
+        rows = np.arange(len(train))
+        if c.positives_only:
+            rows = rows[positive_rows(train)]
+            if len(rows) == 0:
+                raise ConfigError(f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records.")
+        if c.train_records is not None:
+            rows = rows[: c.train_records]
+        base = train if len(rows) == len(train) else Subset(train, rows.tolist())
+        self.train_set = _Seeded(base, self.seed)
+
+    def build_val(self) -> None:
+        c = self.cfg
+        if self.val_set is None:
             val = self._dataset(c.val_split, None)
             self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
 

@@ -1,0 +1,168 @@
+"""Training-throughput benchmark: our Trainer beside a bare PyTorch loop, in ref_train_bench.py's fields."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import Callback
+from torch.utils.flop_counter import FlopCounterMode
+
+from segladder.config import ExperimentConfig, build_config
+from segladder.models import create
+
+
+class _StepTimer(Callback):
+    """Times `steps` optimiser steps after `warmup`, synchronising the device at both ends."""
+
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
+        self.t0: float | None = None
+        self.seconds: float | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.warmup:
+            _sync(pl_module.device)
+            if pl_module.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.warmup + self.steps - 1:
+            _sync(pl_module.device)
+            self.seconds = time.perf_counter() - self.t0
+            trainer.should_stop = True
+
+
+class _Repeat:
+    """The same batch n times: a loader with no data cost (a plain list would read as several loaders)."""
+
+    def __init__(self, batch: dict, n: int):
+        self.batch, self.n = batch, n
+
+    def __iter__(self):
+        return (self.batch for _ in range(self.n))
+
+    def __len__(self) -> int:
+        return self.n
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
+
+
+def bench_config(model: str, size: int, frames: int, batch: int, precision: str, channels_last: bool,
+                 compile: bool, root: str | None = None, augment: dict | None = None, workers: int = 0) -> ExperimentConfig:
+    return build_config({
+        "name": "bench",
+        "data": {"root": root, "frames": list(range(5 - frames, 5)), "image_size": size, "batch_size": batch,
+                 "num_workers": workers, "augment": augment or {}},
+        "model": {"name": model},
+        "loss": [{"name": "bce"}],
+        "optim": {"name": "adamw", "lr": 1e-4, "schedule": "constant"},
+        "trainer": {"precision": precision, "channels_last": channels_last, "compile": compile, "progress": False,
+                    "overlays": 0, "max_epochs": 1},
+    })
+
+
+def flops_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    counter = FlopCounterMode(display=False)
+    with counter:
+        F.binary_cross_entropy_with_logits(model(x).float(), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def _result(case: str, mode: str, batch: int, seconds: float, steps: int, flops: int, device) -> dict:
+    dt = seconds / steps
+    return {"case": case, "mode": mode, "batch": batch, "img_per_s": round(batch / dt, 1), "step_ms": round(dt * 1e3, 2),
+            "tflops": round(flops / dt / 1e12, 3), "gflop_per_img": round(flops / batch / 1e9, 2),
+            "peak_gib": _peak_gib(device)}
+
+
+def bench_reference(cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device) -> dict:
+    """The bare loop of ref_train_bench.py around the same model: data already on the device, fused AdamW."""
+    torch.manual_seed(0)
+    model = create(cfg.model.name, **cfg.model.kwargs).to(device)
+    x, y = _batch(cfg, device)
+    cl, amp = cfg.trainer.channels_last, cfg.trainer.precision.startswith("bf16")
+    if cl:
+        model = model.to(memory_format=torch.channels_last)
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+    flops = flops_per_step(model, x, y)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    run = torch.compile(model) if cfg.trainer.compile else model
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.binary_cross_entropy_with_logits(run(x).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    for _ in range(warmup):
+        step()
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    return _result(case, f"reference_{_mode(cfg)}", x.shape[0], time.perf_counter() - t0, steps, flops, device)
+
+
+def _batch(cfg: ExperimentConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    d = cfg.data
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(d.batch_size, 3, len(d.frames), d.image_size, d.image_size, generator=g)
+    if len(d.frames) == 1:
+        x = x[:, :, 0]
+    y = (torch.rand(d.batch_size, 1, d.image_size, d.image_size, generator=g) > 0.97).float()
+    return x.to(device), y.to(device)
+
+
+def _mode(cfg: ExperimentConfig) -> str:
+    t = cfg.trainer
+    return {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}[t.precision] \
+        + ("_cl" if t.channels_last else "") + ("_compile" if t.compile else "")
+
+
+def bench_trainer(cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device,
+                  data: Iterable | None = None) -> dict:
+    """Our task under Lightning's Trainer; `data` None means the same in-memory batch every step."""
+    from segladder.tasks.segmentation import SegmentationTask
+
+    torch.manual_seed(0)
+    task = SegmentationTask(cfg.model_dump(mode="json"))
+    x, y = _batch(cfg, torch.device("cpu"))
+    flops = flops_per_step(create(cfg.model.name, **cfg.model.kwargs), x, y)
+    if data is None:
+        xd, yd = x.to(device), y.to(device)
+        data = _Repeat({"image": xd, "mask": yd}, warmup + steps)
+        label = "trainer_memory"
+    else:
+        label = "trainer_cache_aug"
+    timer = _StepTimer(warmup, steps)
+    trainer = L.Trainer(accelerator=device.type, devices=1, precision=cfg.trainer.precision, max_epochs=1,
+                        limit_train_batches=warmup + steps, limit_val_batches=0, logger=False, callbacks=[timer],
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    trainer.fit(task, train_dataloaders=data)
+    if timer.seconds is None:
+        raise RuntimeError(f"the data gave fewer than {warmup + steps} batches; use more records or fewer steps")
+    return _result(case, f"{label}_{_mode(cfg)}", cfg.data.batch_size, timer.seconds, steps, flops, device)
+
+
+def print_result(res: dict) -> None:
+    print(json.dumps(res), flush=True)
