@@ -19,7 +19,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Command groups register themselves on import; imported here so `segladder --help` lists them all.
-    from segladder.cli import bench, data, demo, synth, train  # noqa: F401
+    from segladder.cli import bench, data, demo, ladder, predict, synth, train  # noqa: F401
 
     try:
         from segladder.cli import models  # noqa: F401

@@ -1,0 +1,74 @@
+"""`segladder models`: list the registered models with their size and cost, show one model's options."""
+
+from __future__ import annotations
+
+import inspect
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from segladder.cli import app
+
+models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def list_models(
+    flops: bool = typer.Option(
+        False,
+        "--flops",
+        help="Also count GFLOPs per sample (FlopCounterMode on the meta device; a few seconds).",
+    ),
+    size: int = typer.Option(256, "--size", help="Input height and width for --flops."),
+    frames: int = typer.Option(
+        5, "--frames", help="Input frames T for --flops (models on one frame use only one)."
+    ),
+    channels: int = typer.Option(
+        3, "--channels", help="Input channels C for --flops and the parameter count."
+    ),
+) -> None:
+    """Print every registered model: parameters, the input it uses, whether it uses time, what it is."""
+    from segladder.models import available, info
+    from segladder.models.profile import model_cost
+
+    shape = (channels, frames, size, size)
+    title = "segladder models" + (
+        f" (GFLOPs per sample at C×T×H×W = {'×'.join(map(str, shape))})" if flops else ""
+    )
+    table = Table(title=title)
+    table.add_column("name", style="bold")
+    table.add_column("params (M)", justify="right")
+    if flops:
+        table.add_column("GFLOPs", justify="right")
+    table.add_column("input")
+    table.add_column("time")
+    table.add_column("output")
+    table.add_column("description")
+    for name in available():
+        entry = info(name)
+        cost = model_cost(name, flops=flops, input_shape=shape)
+        row = [name, f"{cost.params / 1e6:.2f}"]
+        if flops:
+            row.append(f"{cost.flops / 1e9:.1f}")
+        output = "(B, 1, H, W)" if entry.output == "mask" else "(B, 1)"
+        row += [entry.input_desc, "yes" if entry.uses_time else "no", output, entry.description]
+        table.add_row(*row)
+    Console().print(table)
+
+
+@models_app.command("show")
+def show_model(
+    name: str = typer.Argument(..., help="A registered model name (see `segladder models list`)."),
+) -> None:
+    """Print one model's description and the options `create(name, **options)` accepts, with defaults."""
+    from segladder.models import info
+
+    entry = info(name)
+    typer.echo(f"{name}: {entry.description}")
+    typer.echo(f"input: {entry.input_desc}; uses time: {'yes' if entry.uses_time else 'no'}")
+    typer.echo("options:")
+    for param in inspect.signature(entry.factory).parameters.values():
+        default = "" if param.default is inspect.Parameter.empty else f" = {param.default!r}"
+        typer.echo(f"  {param.name}{default}")

@@ -1,0 +1,284 @@
+"""Model families on any timm encoder: smp 2D segmenters, the 2.5D UNet, classifiers, seg + cls.
+
+2D: a segmentation-models-pytorch architecture on the labelled frame, or on all frames stacked as
+channels (frame-major: R0 G0 B0 R1 G1 B1 ..., so that timm's channel adaptation of pretrained weights
+gives every frame the RGB filters). 2.5D (seed 001, 3rd place): a shared 2D encoder on every frame,
+Conv3d blocks mixing time at every skip level, the labelled frame's fused map into a UNet decoder.
+
+Segmenters with an auxiliary classification head return the mask logits from `model(x)` like every
+other segmenter; `model(x, aux=True)` (or `model.forward_with_aux(x)`) returns
+`{"mask": (B, 1, H, W), "cls": (B, 1)}` logits, so that a loss can apply the mask term to positive
+images only (seed 001).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from functools import partial
+
+import timm
+import torch
+from torch import nn
+
+from segladder.models.base import SequenceModel
+from segladder.models.blocks import ClassificationHead, Conv3dFuser, UNetDecoder
+from segladder.models.encoders import Encoder, check_timm_name, load_pretrained
+from segladder.models.registry import ModelError, register, suggest
+
+Pretrained = bool | str | os.PathLike
+
+
+def _frames_as_channels_check(frames_as_channels: bool, num_frames: int | None) -> None:
+    if frames_as_channels and num_frames is None:
+        raise ModelError("frames_as_channels=True needs num_frames (the T the model is built for)")
+
+
+class _AuxMixin:
+    def forward_with_aux(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """{"mask": mask logits, "cls": image-level logits}; goes through __call__ so compile applies."""
+        return self(x, aux=True)
+
+
+class SMPSegmenter(_AuxMixin, SequenceModel):
+    """A segmentation-models-pytorch architecture with a timm encoder (`tu-<encoder>` in smp terms).
+
+    smp is always asked for `encoder_weights=None`; pretrained weights go through our offline loader.
+    `decoder` holds extra options of the smp architecture (e.g. {"decoder_channels": [128, 64, 32, 16, 8]}).
+    """
+
+    def __init__(
+        self,
+        arch: str = "Unet",
+        *,
+        encoder: str = "resnet18",
+        in_chans: int = 3,
+        num_classes: int = 1,
+        pretrained: Pretrained = False,
+        frame_index: int = -1,
+        frames_as_channels: bool = False,
+        num_frames: int | None = None,
+        aux_classifier: bool = False,
+        cls_dropout: float = 0.0,
+        decoder: dict | None = None,
+    ):
+        import segmentation_models_pytorch as smp
+
+        _frames_as_channels_check(frames_as_channels, num_frames)
+        super().__init__(in_chans=in_chans, frame_index=frame_index, num_frames=num_frames)
+        archs = {a.__name__.lower(): a.__name__ for a in smp.MODEL_ARCHITECTURES_MAPPING.values()}
+        if arch.lower() not in archs:
+            raise ModelError(
+                f"unknown smp architecture {arch!r}.{suggest(arch, list(archs.values()))} "
+                f"Known: {', '.join(archs.values())}."
+            )
+        self.arch = archs[arch.lower()]
+        encoder = encoder.removeprefix("tu-")
+        check_timm_name(encoder)
+        self.frames_as_channels = frames_as_channels
+        net_chans = in_chans * num_frames if frames_as_channels else in_chans
+        aux = {"classes": 1, "dropout": cls_dropout} if aux_classifier else None
+        try:
+            self.net = smp.create_model(
+                self.arch,
+                encoder_name=f"tu-{encoder}",
+                encoder_weights=None,
+                in_channels=net_chans,
+                classes=num_classes,
+                aux_params=aux,
+                **(decoder or {}),
+            )
+        except (TypeError, ValueError, KeyError) as exc:
+            raise ModelError(
+                f"smp {self.arch} with encoder {encoder!r} and options {decoder or {}}: {exc}"
+            ) from exc
+        self.aux_classifier = aux_classifier
+        self.size_multiple = self.net.encoder.output_stride
+        self.encoder_report = load_pretrained(self.net.encoder.model, encoder, pretrained, in_chans=net_chans)
+
+    def forward(self, x: torch.Tensor, aux: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        if self.frames_as_channels:
+            seq = self.sequence(x)
+            image = seq.transpose(1, 2).flatten(1, 2)
+        else:
+            image = self.labelled_frame(x)
+        out = self.net(image)
+        if not self.aux_classifier:
+            if aux:
+                raise ModelError(
+                    f"{self.arch} was built without a classification head (aux_classifier=False)"
+                )
+            return out
+        mask, label = out
+        return {"mask": mask, "cls": label} if aux else mask
+
+
+_SMP_NAMED = {
+    "Unet2D": ("Unet", "UNet"),
+    "UnetPlusPlus2D": ("UnetPlusPlus", "UNet++ (nested skips)"),
+    "FPN2D": ("FPN", "Feature Pyramid Network"),
+    "DeepLabV3Plus2D": ("DeepLabV3Plus", "DeepLabV3+ (atrous, output stride 16)"),
+    "MAnet2D": ("MAnet", "Multi-scale attention UNet"),
+}
+for _name, (_arch, _title) in _SMP_NAMED.items():
+    register(
+        _name,
+        description=f"smp {_title} on any timm encoder (resnet18)",
+        uses_time=False,
+        input_desc="labelled frame or frames as channels",
+    )(partial(SMPSegmenter, _arch))
+
+register(
+    "SMP2D",
+    description="any smp architecture (arch=...) on any timm encoder",
+    uses_time=False,
+    input_desc="labelled frame or frames as channels",
+)(SMPSegmenter)
+
+register(
+    "SegCls2D",
+    description="smp architecture + auxiliary contrail/no-contrail head (seed 001)",
+    uses_time=False,
+    input_desc="labelled frame or frames as channels",
+)(partial(SMPSegmenter, aux_classifier=True))
+
+
+class Unet25D(_AuxMixin, SequenceModel):
+    """2.5D UNet: shared 2D encoder per frame, Conv3d fusion at every skip level, UNet decoder.
+
+    Each level's T maps go through `num_3d_layers` residual Conv3d blocks (seed 001: 3 for
+    segmentation, 6 for classification) and the labelled frame's map (`frame_index`) continues.
+    Any T >= 1 works; set `num_frames` to insist on the T the model was trained with.
+    """
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        *,
+        in_chans: int = 3,
+        num_classes: int = 1,
+        pretrained: Pretrained = False,
+        frame_index: int = -1,
+        num_frames: int | None = None,
+        num_3d_layers: int = 3,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32),
+        aux_classifier: bool = False,
+        cls_dropout: float = 0.0,
+    ):
+        super().__init__(in_chans=in_chans, frame_index=frame_index, num_frames=num_frames)
+        self.encoder = Encoder(encoder, in_chans=in_chans, pretrained=pretrained)
+        self.size_multiple = max(self.encoder.reductions)
+        self.fusers = nn.ModuleList(Conv3dFuser(c, num_3d_layers, frame_index) for c in self.encoder.channels)
+        self.decoder = UNetDecoder(self.encoder.channels, decoder_channels)
+        self.head = nn.Conv2d(self.decoder.out_channels, num_classes, 3, padding=1)
+        self.aux_classifier = aux_classifier
+        self.cls_head = (
+            ClassificationHead(self.encoder.channels[-1], 1, cls_dropout) if aux_classifier else None
+        )
+
+    def forward(self, x: torch.Tensor, aux: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        seq = self.sequence(x)
+        t, h, w = seq.shape[2:]
+        feats = self.encoder(seq.transpose(1, 2).flatten(0, 1))
+        fused = [fuse(f, t) for fuse, f in zip(self.fusers, feats, strict=True)]
+        mask = self.resize_to(self.head(self.decoder(fused)), (h, w))
+        if not aux:
+            return mask
+        if not self.aux_classifier:
+            raise ModelError("Unet25D was built without a classification head (aux_classifier=False)")
+        return {"mask": mask, "cls": self.cls_head(fused[-1])}
+
+
+register(
+    "Unet25D",
+    description="2.5D UNet: shared encoder per frame, Conv3d fusion per level (3rd place / seed 001)",
+    uses_time=True,
+    input_desc="all frames",
+)(Unet25D)
+
+register(
+    "Unet25DCls",
+    description="2.5D UNet + auxiliary contrail/no-contrail head",
+    uses_time=True,
+    input_desc="all frames",
+)(partial(Unet25D, aux_classifier=True))
+
+
+@register(
+    "Classifier",
+    description="timm backbone, contrail present or not (seed 001 stage 1)",
+    uses_time=False,
+    input_desc="labelled frame or frames as channels",
+    output="label",
+)
+class Classifier(SequenceModel):
+    """Image-level contrail/no-contrail logits (B, 1) from any timm backbone."""
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        *,
+        in_chans: int = 3,
+        pretrained: Pretrained = False,
+        frame_index: int = -1,
+        frames_as_channels: bool = False,
+        num_frames: int | None = None,
+        dropout: float = 0.0,
+    ):
+        _frames_as_channels_check(frames_as_channels, num_frames)
+        super().__init__(in_chans=in_chans, frame_index=frame_index, num_frames=num_frames, size_multiple=1)
+        check_timm_name(encoder)
+        self.frames_as_channels = frames_as_channels
+        net_chans = in_chans * num_frames if frames_as_channels else in_chans
+        self.net = timm.create_model(
+            encoder, pretrained=False, num_classes=1, in_chans=net_chans, drop_rate=dropout
+        )
+        head = timm.models.get_pretrained_cfg(encoder).classifier
+        self.weights_report = load_pretrained(
+            self.net,
+            encoder,
+            pretrained,
+            in_chans=net_chans,
+            new_head=(head,) if isinstance(head, str) else tuple(head),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        image = (
+            self.sequence(x).transpose(1, 2).flatten(1, 2)
+            if self.frames_as_channels
+            else self.labelled_frame(x)
+        )
+        return self.net(image)
+
+
+@register(
+    "Classifier25D",
+    description="2.5D classifier: shared encoder per frame, Conv3d fusion of the last level",
+    uses_time=True,
+    input_desc="all frames",
+    output="label",
+)
+class Classifier25D(SequenceModel):
+    """Contrail/no-contrail logits (B, 1): Conv3d blocks mix the deepest maps over time (seed 001: 6)."""
+
+    def __init__(
+        self,
+        encoder: str = "resnet18",
+        *,
+        in_chans: int = 3,
+        pretrained: Pretrained = False,
+        frame_index: int = -1,
+        num_frames: int | None = None,
+        num_3d_layers: int = 6,
+        dropout: float = 0.0,
+    ):
+        super().__init__(in_chans=in_chans, frame_index=frame_index, num_frames=num_frames, size_multiple=1)
+        self.encoder = Encoder(encoder, in_chans=in_chans, pretrained=pretrained)
+        channels = self.encoder.channels[-1]
+        self.fuser = Conv3dFuser(channels, num_3d_layers, frame_index)
+        self.head = ClassificationHead(channels, 1, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        seq = self.sequence(x)
+        feat = self.encoder(seq.transpose(1, 2).flatten(0, 1))[-1]
+        return self.head(self.fuser(feat, seq.shape[2]))
