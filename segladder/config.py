@@ -121,7 +121,7 @@ def _open_keys(model: type[BaseModel]) -> list[str]:
     return list(model.model_fields)
 
 
-def _nearest(key: str, valid: list[str]) -> str:
+def nearest_keys(key: str, valid: list[str]) -> str:
     near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     return f" Did you mean {', '.join(near)}?" if near else f" Valid keys: {', '.join(valid)}."
 
@@ -132,7 +132,7 @@ def _explain(exc: ValidationError, source: str) -> ConfigError:
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             section = _section_model(err["loc"][:-1])
-            hint = _nearest(str(err["loc"][-1]), _open_keys(section)) if section else ""
+            hint = nearest_keys(str(err["loc"][-1]), _open_keys(section)) if section else ""
             lines.append(f"unknown key '{loc}'.{hint}")
         else:
             lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
