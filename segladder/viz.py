@@ -11,7 +11,7 @@ PRED_COLOUR = np.array([1.0, 0.15, 0.6], np.float32)  # magenta: prediction
 
 def _frame_rgb(image: torch.Tensor, frame: int = -1) -> np.ndarray:
     """(C, T, H, W) → (H, W, 3) in [0, 1]: the first three channels (ash) of one frame, rescaled if needed."""
-    x = image[:, frame].float().numpy()
+    x = image[:, frame].float().cpu().numpy()
     rgb = x[:3] if x.shape[0] >= 3 else np.repeat(x[:1], 3, 0)
     lo, hi = rgb.min(), rgb.max()
     if lo < 0 or hi > 1:  # standardised inputs: stretch for display
@@ -26,24 +26,83 @@ def _blend(rgb: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float =
     return out
 
 
-def overlay_grid(
-    images: torch.Tensor, masks: torch.Tensor | None, probs: torch.Tensor, threshold: float, frame: int = -1,
-) -> np.ndarray:
+def overlay_panels(image: torch.Tensor, mask: torch.Tensor | None, prob: torch.Tensor, threshold: float,
+                   frame: int = -1) -> dict[str, np.ndarray]:
+    """One record as four (H, W, 3) float pictures: ash, ground truth, prediction at `threshold`, probability.
+
+    image (C, T, H, W); mask and prob (1, H, W).
+    """
+    rgb = _frame_rgb(image, frame)
+    p = prob[0].float().cpu().numpy()
+    return {
+        "ash": rgb,
+        "truth": _blend(rgb, mask[0].cpu().numpy() > 0.5, GT_COLOUR) if mask is not None else rgb,
+        "prediction": _blend(rgb, p > threshold, PRED_COLOUR),
+        "probability": np.stack([p, p * 0.3, 1 - p], -1).clip(0, 1),
+    }
+
+
+def overlay_grid(images: torch.Tensor, masks: torch.Tensor | None, probs: torch.Tensor, threshold: float,
+                 frame: int = -1) -> np.ndarray:
     """One row per record: ash RGB | ground truth (green) | prediction (magenta) | probability map.
 
     images (B, C, T, H, W), masks and probs (B, 1, H, W); returns an (H', W', 3) uint8 picture.
     """
     rows = []
     for i in range(images.shape[0]):
-        rgb = _frame_rgb(images[i].cpu(), frame)
-        p = probs[i, 0].float().cpu().numpy()
-        gt = _blend(rgb, masks[i, 0].cpu().numpy() > 0.5, GT_COLOUR) if masks is not None else rgb
-        pred = _blend(rgb, p > threshold, PRED_COLOUR)
-        heat = np.stack([p, p * 0.3, 1 - p], -1).clip(0, 1)
-        pad = np.ones((rgb.shape[0], 2, 3), np.float32)
-        rows.append(np.concatenate([rgb, pad, gt, pad, pred, pad, heat], axis=1))
-        rows.append(np.ones((2, rows[-1].shape[1], 3), np.float32))
+        panels = overlay_panels(images[i], None if masks is None else masks[i], probs[i], threshold, frame)
+        pad = np.ones((panels["ash"].shape[0], 2, 3), np.float32)
+        row = [x for p in panels.values() for x in (p, pad)][:-1]
+        rows += [np.concatenate(row, axis=1), np.ones((2, sum(r.shape[1] for r in row), 3), np.float32)]
     grid = np.concatenate(rows[:-1], axis=0)
     scale = max(1, 256 // images.shape[-1])  # tiny synthetic images are enlarged so a person can see them
     grid = grid.repeat(scale, 0).repeat(scale, 1)
     return (grid * 255).round().astype(np.uint8)
+
+
+def save_figure(fig, path) -> None:
+    """A matplotlib figure as PNG, written atomically."""
+    from segladder.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+
+
+def save_image(rgb: np.ndarray, path) -> None:
+    """An (H, W, 3) uint8 picture as PNG, written atomically."""
+    import matplotlib.pyplot as plt
+
+    from segladder.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        plt.imsave(tmp, rgb, format="png")
+
+
+def plot_histories(histories: dict[str, list[dict]], path, loss_keys=("train/loss_epoch",),
+                   metric_keys=("val/dice_best",)) -> None:
+    """Losses (left) and validation metrics (right) per epoch, a line per run and key; absent keys are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, keys in zip(axes, (loss_keys, metric_keys), strict=True):
+        for name, history in histories.items():
+            for key in keys:
+                ys = [h.get(key) for h in history]
+                if any(y is not None for y in ys):
+                    label = " ".join(x for x in (name, key if len(keys) > 1 else "") if x)
+                    ax.plot([h["epoch"] + 1 for h in history], ys, marker="o", label=label)
+    titles = ("loss", "validation (F1 = global Dice at the best threshold)")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, path)
+    plt.close(fig)

@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from segladder.io import atomic_path, atomic_write_json
 from segladder.progress import console
+from segladder.viz import overlay_grid, plot_histories, save_figure, save_image
 
 # ---------------------------------------------------------------------------------------- NaN safety
 
@@ -250,32 +251,8 @@ class RunRecorder(Callback):
         )
 
     def _curves_png(self) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import MaxNLocator
-
-        epochs = [h["epoch"] + 1 for h in self.history]
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        for key in ("train/loss_epoch", "val/loss"):
-            ys = [h.get(key) for h in self.history]
-            if any(y is not None for y in ys):
-                axes[0].plot(epochs, ys, marker="o", label=key)
-        for key in ("val/dice_best", "val/dice_0.5", "val/auc", "val/acc"):
-            ys = [h.get(key) for h in self.history]
-            if any(y is not None for y in ys):
-                axes[1].plot(epochs, ys, marker="o", label=key)
-        for ax, title in zip(axes, ("loss", "validation"), strict=True):
-            ax.set_xlabel("epoch")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set_title(title)
-            ax.grid(alpha=0.3)
-            if ax.lines:
-                ax.legend()
-        fig.tight_layout()
-        _save_png(fig, self.run_dir / "curves.png")
-        plt.close(fig)
+        plot_histories({"": self.history}, self.run_dir / "curves.png", loss_keys=("train/loss_epoch", "val/loss"),
+                       metric_keys=("val/dice_best", "val/dice_0.5", "val/auc", "val/acc"))
 
     def _threshold_png(self, pl_module) -> None:
         import matplotlib
@@ -294,15 +271,13 @@ class RunRecorder(Callback):
         ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
-        _save_png(fig, self.run_dir / "threshold_curve.png")
+        save_figure(fig, self.run_dir / "threshold_curve.png")
         tb = _tensorboard(pl_module)
         if tb is not None:
             tb.add_figure("val/threshold_curve", fig, global_step=pl_module.global_step)
         plt.close(fig)
 
     def _overlays(self, trainer, pl_module) -> None:
-        from segladder.viz import overlay_grid
-
         loader = trainer.val_dataloaders
         if loader is None or getattr(pl_module.cfg, "task", "segmentation") != "segmentation":
             return
@@ -313,7 +288,7 @@ class RunRecorder(Callback):
             probs = torch.sigmoid(pl_module(x).float()).cpu()
         grid = overlay_grid(batch["image"][:n], batch["mask"][:n], probs, pl_module.threshold)
         out = self.run_dir / "overlays" / f"epoch_{trainer.current_epoch + 1:03d}.png"
-        _save_image(grid, out)
+        save_image(grid, out)
         tb = _tensorboard(pl_module)
         if tb is not None:
             tb.add_image("val/overlays", grid, global_step=pl_module.global_step, dataformats="HWC")
@@ -322,18 +297,6 @@ class RunRecorder(Callback):
 def _tensorboard(pl_module):
     logger = pl_module.logger
     return getattr(logger, "experiment", None) if logger is not None and hasattr(logger, "log_graph") else None
-
-
-def _save_png(fig, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-
-
-def _save_image(rgb: np.ndarray, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    with atomic_path(path) as tmp:
-        plt.imsave(tmp, rgb, format="png")
 
 
 def load_metrics(run_dir: Path) -> dict:
