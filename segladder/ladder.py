@@ -31,7 +31,7 @@ class Gate(BaseModel):
     """Expected results of one rung (seed 000, 推奨テスト順序). `f1` is global Dice at the best threshold."""
 
     model_config = ConfigDict(extra="forbid")
-    loss_max: float | None = Field(None, description="training loss must end below this")
+    loss_max: float | None = Field(None, description="training loss (mean of an epoch's last 10 steps) must end below this")
     loss_epoch: int | None = Field(None, description="1-based epoch whose loss is checked; None: the last")
     f1_min: float | None = None
     better_than_previous: bool = False
@@ -94,7 +94,7 @@ def _loss_at(history: list[dict], epoch: int | None) -> float | None:
     if not history:
         return None
     row = history[-1] if epoch is None else next((h for h in history if h["epoch"] == epoch - 1), history[-1])
-    return row.get("train/loss_epoch", row.get("train/loss"))
+    return row.get("train/loss_end", row.get("train/loss_epoch"))
 
 
 def check_gates(gate: Gate, history: list[dict], previous: float | None, nan_steps: int = 0) -> list[GateCheck]:

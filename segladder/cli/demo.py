@@ -57,8 +57,8 @@ def demo(
     overrides = [f"seed={seed}", "data.num_workers=0", "trainer.overlays=4"]
     if not full:
         # A CPU-sized budget: batch 8 without accumulation, a brisker LR, so four rungs fit in a few minutes.
-        overrides += [f"trainer.max_epochs={epochs}", "trainer.accumulate_grad_batches=1", "optim.lr=3e-3", "model.upsample=1",
-                      "data.train_records=null", "loss=[{name: bce, pos_weight: 5.0}, {name: dice, weight: 0.5}]"]
+        overrides += [f"trainer.max_epochs={epochs}", "trainer.accumulate_grad_batches=1", "optim.lr=3e-3",
+                      "data.train_records=null", "loss=[{name: bce, pos_weight: 2.0}]"]
     base = ladder_base(None, source, None, overrides)
     out = out or Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
     run_and_report(base, out, DEFAULT_RUNGS if full else QUICK_RUNGS, keep_going=True)

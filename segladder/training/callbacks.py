@@ -195,6 +195,10 @@ class RNGState(Callback):
 # ------------------------------------------------------------------------------ metrics and pictures
 
 
+# "Loss at the end of an epoch" as a training log shows it (fastai's smoothed loss): the mean of the last steps.
+LOSS_END_STEPS = 10
+
+
 class RunRecorder(Callback):
     """Per epoch: metrics.json, loss/Dice curves and the threshold curve as PNG, overlays as PNG and in TensorBoard."""
 
@@ -204,6 +208,7 @@ class RunRecorder(Callback):
         self._t0 = time.perf_counter()
         self._samples = 0
         self._epoch_t0 = time.perf_counter()
+        self._recent: list[float] = []
 
     def state_dict(self) -> dict:
         return {"history": self.history}
@@ -212,10 +217,13 @@ class RunRecorder(Callback):
         self.history = list(state.get("history", []))
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._samples, self._epoch_t0 = 0, time.perf_counter()
+        self._samples, self._epoch_t0, self._recent = 0, time.perf_counter(), []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._samples += batch["image"].shape[0]
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor):
+            self._recent = (self._recent + [float(loss)])[-LOSS_END_STEPS:]
         elapsed = time.perf_counter() - self._epoch_t0
         if elapsed > 0:
             pl_module.log("samples_per_s", self._samples / elapsed, prog_bar=True, on_step=True, on_epoch=False)
@@ -235,6 +243,8 @@ class RunRecorder(Callback):
         elapsed = time.perf_counter() - self._epoch_t0
         row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
                "samples_per_s": self._samples / elapsed if elapsed else None, **metrics}
+        if self._recent:
+            row["train/loss_end"] = sum(self._recent) / len(self._recent)
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
         final = {k: v for k, v in row.items() if k not in ("epoch", "step")}
         atomic_write_json(self.run_dir / "metrics.json", {"final": final, "epochs": self.history})
