@@ -37,10 +37,10 @@ def demo(
     data: Path = typer.Option(None, "--data", help="Real data (raw root or cache) instead of the synthetic set."),
     full: bool = typer.Option(False, "--full", help="The full ladder, CoaT_ULSTM included, with the seed's phase-1 budget."),
     home: Path = typer.Option(None, "--home", help="Where synthetic data is cached (default: $SEGLADDER_HOME or ~/.cache/segladder)."),
-    records: int = typer.Option(96, "--records", help="Synthetic training records."),
+    records: int = typer.Option(128, "--records", help="Synthetic training records."),
     val_records: int = typer.Option(32, "--val-records", help="Synthetic validation records."),
     size: int = typer.Option(64, "--size", help="Synthetic image size."),
-    epochs: int = typer.Option(4, "--epochs", help="Epochs per rung."),
+    epochs: int = typer.Option(8, "--epochs", help="Epochs per rung."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: runs/demo/<timestamp>)."),
 ) -> None:
