@@ -329,7 +329,8 @@ class CacheSplit:
         for name, spec in info["files"].items():
             path = sdir / f"{name}.npy"
             try:
-                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+                # Copy-on-write: writable views (torch.from_numpy needs them) that never touch the file.
+                arr = np.load(path, mmap_mode="c", allow_pickle=False)
             except FileNotFoundError:
                 raise CacheError(f"{path}: missing from the cache. Re-run `segladder data prepare` with --overwrite.") from None
             except (ValueError, OSError, EOFError) as exc:
