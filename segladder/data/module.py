@@ -95,6 +95,14 @@ class ContrailsDataModule(L.LightningDataModule):
             val = self._dataset(c.val_split, None)
             self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
 
+    @property
+    def stats(self) -> dict | None:
+        """The training split's channel statistics (what a checkpoint needs to read raw data as training did)."""
+        if self.train_set is None:
+            return None
+        base = self.train_set.base
+        return (base.dataset if isinstance(base, Subset) else base).stats
+
     def set_epoch(self, epoch: int) -> None:
         if self.train_set is not None:
             self.train_set.epoch = epoch

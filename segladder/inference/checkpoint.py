@@ -28,6 +28,7 @@ class LoadedCheckpoint:
     threshold: float
     task: str
     path: Path
+    stats: dict | None = None  # training-split channel statistics, so raw-data inference normalises as training did
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -57,4 +58,5 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit {cfg.model.name}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
     model.eval()
-    return LoadedCheckpoint(model, cfg, float(meta.get("threshold", 0.5)), meta.get("task", "segmentation"), path)
+    return LoadedCheckpoint(model, cfg, float(meta.get("threshold", 0.5)), meta.get("task", "segmentation"), path,
+                            meta.get("stats"))

@@ -35,7 +35,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "validation"
         raise CheckpointError(f"{checkpoint}: a {ck.task} checkpoint; evaluate scores segmentation masks.")
     d = ck.config.data
     ds = ContrailsDataset(data, split, frames=d.frames, channels=d.channels, image_size=d.image_size,
-                          normalize_ash=d.normalize_ash, interpolation=d.interpolation)
+                          normalize_ash=d.normalize_ash, interpolation=d.interpolation, stats=ck.stats)
     if not ds.has_mask:
         raise DataError(f"split '{split}' of {data} has no masks to evaluate against.")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -40,7 +40,7 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, data: str | Path | N
                 atol: float = PARITY_ATOL) -> ExportResult:
     """Export a checkpoint; parity is checked on random inputs and, with `data`, on the split's first records."""
     ck = load_checkpoint(checkpoint)
-    spec = InputSpec.from_data_config(ck.config.data)
+    spec = InputSpec.from_checkpoint(ck)
     real = None
     if data is not None:
         ds = spec.dataset(data, split)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import csv
 import math
 import tempfile
@@ -55,23 +57,33 @@ class InputSpec:
     image_size: int
     normalize_ash: bool = False
     interpolation: str = "bilinear"
+    stats: str | None = None  # the training statistics as JSON text (hashable), for raw-data inputs
 
     @classmethod
-    def from_data_config(cls, d: DataConfig) -> InputSpec:
-        return cls(resolve_frames(d.frames), resolve_channels(d.channels), d.image_size, d.normalize_ash, d.interpolation)
+    def from_data_config(cls, d: DataConfig, stats: dict | None = None) -> InputSpec:
+        return cls(resolve_frames(d.frames), resolve_channels(d.channels), d.image_size, d.normalize_ash, d.interpolation,
+                   json.dumps(stats, sort_keys=True) if stats else None)
+
+    @classmethod
+    def from_checkpoint(cls, ck) -> InputSpec:
+        return cls.from_data_config(ck.config.data, ck.stats)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> InputSpec:
+        stats = d.get("stats")
         return cls(resolve_frames(d["frames"]), resolve_channels(d["channels"]), int(d["image_size"]),
-                   bool(d.get("normalize_ash", False)), str(d.get("interpolation", "bilinear")))
+                   bool(d.get("normalize_ash", False)), str(d.get("interpolation", "bilinear")),
+                   json.dumps(stats, sort_keys=True) if stats else None)
 
     def as_dict(self) -> dict:
         return {"frames": list(self.frames), "channels": list(self.channels), "image_size": self.image_size,
-                "normalize_ash": self.normalize_ash, "interpolation": self.interpolation}
+                "normalize_ash": self.normalize_ash, "interpolation": self.interpolation,
+                "stats": json.loads(self.stats) if self.stats else None}
 
     def dataset(self, data: str | Path, split: str) -> ContrailsDataset:
         return ContrailsDataset(data, split, frames=self.frames, channels=self.channels, image_size=self.image_size,
-                                normalize_ash=self.normalize_ash, interpolation=self.interpolation)
+                                normalize_ash=self.normalize_ash, interpolation=self.interpolation,
+                                stats=json.loads(self.stats) if self.stats else None)
 
 
 @dataclass
@@ -161,7 +173,7 @@ class TorchSegmenter(Segmenter):
     def __init__(self, ck: LoadedCheckpoint, device: torch.device, tta: bool = False, tta_shift: int = 0):
         if ck.task != "segmentation":
             raise CheckpointError(f"{ck.path}: a {ck.task} checkpoint where a segmentation model is needed.")
-        super().__init__(str(ck.path), InputSpec.from_data_config(ck.config.data), ck.threshold, tta, tta_shift)
+        super().__init__(str(ck.path), InputSpec.from_checkpoint(ck), ck.threshold, tta, tta_shift)
         self.device = device
         self.model = ck.model.to(device).eval()
 
@@ -175,7 +187,7 @@ class TorchClassifier:
     def __init__(self, ck: LoadedCheckpoint, device: torch.device):
         if ck.task != "classification":
             raise CheckpointError(f"{ck.path}: a {ck.task} checkpoint where a classifier is needed.")
-        self.name, self.spec, self.threshold = str(ck.path), InputSpec.from_data_config(ck.config.data), ck.threshold
+        self.name, self.spec, self.threshold = str(ck.path), InputSpec.from_checkpoint(ck), ck.threshold
         self.device = device
         self.model = ck.model.to(device).eval()
 

@@ -21,7 +21,7 @@ def visualise_run(run_dir: str | Path, data: str | Path | None = None, split: st
     loaded = load_checkpoint(ckpt)
     d = loaded.config.data
     ds = ContrailsDataset(data or d.root, split, frames=d.frames, channels=d.channels, image_size=d.image_size,
-                          normalize_ash=d.normalize_ash, interpolation=d.interpolation)
+                          normalize_ash=d.normalize_ash, interpolation=d.interpolation, stats=loaded.stats)
     n = min(records, len(ds))
     items = [ds[i] for i in range(n)]
     images = torch.stack([it["image"] for it in items])

@@ -121,6 +121,7 @@ class SegmentationTask(L.LightningModule):
             "task": self.cfg.task,
             "threshold": self.threshold,
             "config": self.cfg.model_dump(mode="json"),
+            "stats": getattr(getattr(self._trainer, "datamodule", None), "stats", None),
         }
 
 

@@ -33,6 +33,8 @@ def test_tiny_model_learns_and_writes_the_run_directory(train_cache, tmp_path):
     assert env["torch"] == torch.__version__ and "git_commit" in env
 
     best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=True)
+    # The training statistics travel with the checkpoint, so raw-data inference normalises as training did.
+    assert best["segladder"]["stats"]["channels"] == ["ash_r", "ash_g", "ash_b"]
     best_dice = max(h["val/dice_best"] for h in hist)
     assert best["segladder"]["threshold"] == pytest.approx(
         next(h["val/threshold"] for h in hist if h["val/dice_best"] == best_dice))
