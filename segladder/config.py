@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,38 +118,55 @@ class ExperimentConfig(_Section):
 # ------------------------------------------------------------------------------------------ loading
 
 
-def _open_keys(model: type[BaseModel]) -> list[str]:
-    return list(model.model_fields)
-
-
 def nearest_keys(key: str, valid: list[str]) -> str:
     near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
     return f" Did you mean {', '.join(near)}?" if near else f" Valid keys: {', '.join(valid)}."
 
 
-def _explain(exc: ValidationError, source: str) -> ConfigError:
+def explain(exc: ValidationError, source: str, root: type[BaseModel]) -> ConfigError:
+    """One readable ConfigError for a pydantic failure: unknown keys get the nearest valid keys."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            section = _section_model(err["loc"][:-1])
-            hint = nearest_keys(str(err["loc"][-1]), _open_keys(section)) if section else ""
+            section = _section_model(root, err["loc"][:-1])
+            hint = nearest_keys(str(err["loc"][-1]), list(section.model_fields)) if section else ""
             lines.append(f"unknown key '{loc}'.{hint}")
         else:
-            lines.append(f"{loc}: {err['msg']} (got {err.get('input')!r})")
-    return ConfigError(f"invalid config {source}:\n  " + "\n  ".join(lines))
+            lines.append(f"{loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
+    return ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
 
 
-def _section_model(loc: tuple) -> type[BaseModel] | None:
-    model: type[BaseModel] = ExperimentConfig
+def _section_model(model: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model at `loc` below `model`, looking through list[...] and Optional[...] fields."""
     for part in loc:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if field is None:
             return None
-        model = field.annotation
+        candidates = [field.annotation, *typing.get_args(field.annotation)]
+        found = [c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)]
+        if not found:
+            return None
+        model = found[0]
     return model
+
+
+def read_yaml(path: str | Path, what: str, sections: str) -> dict:
+    """A YAML file whose top level is a mapping; clear errors for a missing file, bad YAML or a non-mapping."""
+    path = Path(path)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if what == "config" and CONFIG_DIR.is_dir() else []
+        hint = f" Shipped configs: {', '.join(shipped)}." if shipped else ""
+        raise ConfigError(f"{what} file {path} does not exist.{hint}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping with {sections}.")
+    return data
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:
@@ -185,25 +203,15 @@ def build_config(data: dict, overrides: list[str] | None = None, source: str = "
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
-        raise _explain(exc, source) from None
+        raise explain(exc, f"config {source}", ExperimentConfig) from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Read a YAML experiment (or the defaults when `path` is None) and apply `--set` overrides."""
     data: dict = {}
     if path is not None:
-        path = Path(path)
-        if not path.exists():
-            shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if CONFIG_DIR.is_dir() else []
-            hint = f" Shipped configs: {', '.join(shipped)}." if shipped else ""
-            raise ConfigError(f"config file {path} does not exist.{hint}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping with data/model/loss/optim/trainer.")
-        data.setdefault("name", path.stem)
+        data = read_yaml(path, "config", "data/model/loss/optim/trainer")
+        data.setdefault("name", Path(path).stem)
     return build_config(data, overrides, str(path or "(defaults)"))
 
 

@@ -10,11 +10,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from segladder.config import nearest_keys
-from segladder.errors import ConfigError, DataError
+from segladder.config import explain, read_yaml
+from segladder.errors import DataError
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.postprocess import binarize, check_threshold_options, remove_small_components
 from segladder.inference.predict import (
@@ -108,32 +107,14 @@ class PipelineConfig(_Strict):
             "stage2": [m.model_copy(update={"checkpoint": fix(m.checkpoint)}) for m in self.stage2]})
 
 
-_SECTIONS: dict[str, type[BaseModel]] = {"filter": FilterConfig, "stage2": Stage2Member}
-
-
 def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline YAML; unknown keys are named with the closest valid ones."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pipeline file {path} does not exist.")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc}).") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping with classifier/segmenter/filter/stage2.")
+    raw = read_yaml(path, "pipeline", "classifier/segmenter/filter/stage2")
     try:
         cfg = PipelineConfig.model_validate(raw)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
-            if err["type"] == "extra_forbidden":
-                section = _SECTIONS.get(str(err["loc"][0]), PipelineConfig) if len(err["loc"]) > 1 else PipelineConfig
-                lines.append(f"unknown key '{loc}'.{nearest_keys(str(err['loc'][-1]), list(section.model_fields))}")
-            else:
-                lines.append(f"{loc or 'pipeline'}: {err['msg']}" + (f" (got {err['input']!r})" if loc else ""))
-        raise ConfigError(f"invalid pipeline {path}:\n  " + "\n  ".join(lines)) from None
+        raise explain(exc, f"pipeline {path}", PipelineConfig) from None
     return cfg.resolved(path.resolve().parent)
 
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
 import csv
+import json
 import math
 import tempfile
 import time
