@@ -66,9 +66,9 @@ class SegmentationTask(L.LightningModule):
             self.nonfinite = {"kind": "loss", "batch": batch, "parts": {k: float(v) for k, v in parts.items()}}
             return None
         bs = batch["image"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
         for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs)
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss
 
     def on_train_epoch_start(self) -> None:
@@ -92,10 +92,11 @@ class SegmentationTask(L.LightningModule):
         self.val_metric.reset()
         self.last_curve = (out["thresholds"].cpu(), out["curve"].cpu())
         self.threshold = float(out["threshold"])
-        self.log("val/dice_best", out["dice_best"], prog_bar=True)
-        self.log("val/threshold", out["threshold"])
-        self.log("val/dice_0.5", out["dice_at_0.5"])
-        self.log("val/iou", out["iou_at_best"])
+        # compute() has already reduced across processes; sync_dist only averages equal values.
+        self.log("val/dice_best", out["dice_best"], prog_bar=True, sync_dist=True)
+        self.log("val/threshold", out["threshold"], sync_dist=True)
+        self.log("val/dice_0.5", out["dice_at_0.5"], sync_dist=True)
+        self.log("val/iou", out["iou_at_best"], sync_dist=True)
 
     # --------------------------------------------------------------------------------- optimiser
 
@@ -143,8 +144,8 @@ class ClassificationTask(SegmentationTask):
         out = self.val_metric.compute()
         self.val_metric.reset()
         auc = out["auc"] if torch.isfinite(out["auc"]) else out["acc"]
-        self.log("val/acc", out["acc"], prog_bar=True)
-        self.log("val/auc", auc, prog_bar=True)
+        self.log("val/acc", out["acc"], prog_bar=True, sync_dist=True)
+        self.log("val/auc", auc, prog_bar=True, sync_dist=True)
 
 
 def task_class(kind: str) -> type[SegmentationTask]:
