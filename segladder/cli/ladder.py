@@ -37,14 +37,15 @@ def run_and_report(base, out: Path, rungs: tuple[str, ...], keep_going: bool) ->
     from segladder.ladder import run_ladder
     from segladder.report import ladder_table, write_report
 
-    result = run_ladder(base, out, rungs, keep_going=keep_going)
     d = base.data
+    # The validation set the report draws is opened first: a bad data path fails before any rung trains.
     val = ContrailsDataset(d.root, d.val_split, frames=d.frames, channels=d.channels, image_size=d.image_size,
                            normalize_ash=d.normalize_ash)
     if d.val_records:
         from torch.utils.data import Subset
 
         val = Subset(val, range(min(d.val_records, len(val))))
+    result = run_ladder(base, out, rungs, keep_going=keep_going)
     report = write_report(result, val)
     console.print(ladder_table(result))
     if result.stopped_at:

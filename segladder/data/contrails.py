@@ -94,8 +94,8 @@ def split_dir(root: str | Path, split: str) -> Path:
         raise DataError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}.")
     if not root.exists():
         raise DataError(
-            f"data root {root} does not exist. Point --data at the folder holding train/ and validation/, "
-            f"or make synthetic data with `segladder synth contrails {root}`."
+            f"data root {root} does not exist. Give the folder holding train/ and validation/ (--data on the "
+            f"command line, data.root in a config), or make synthetic data with `segladder synth contrails {root}`."
         )
     if not root.is_dir():
         raise DataError(f"data root {root} is a file, not a folder with train/, validation/, test/.")
