@@ -9,7 +9,7 @@ from segladder.ladder import DEFAULT_GATES, Gate, RungResult, check_gates, curve
 
 
 def history(losses, f1s):
-    return [{"epoch": i, "train/loss_epoch": loss, "val/dice_best": f1} for i, (loss, f1) in enumerate(zip(losses, f1s))]
+    return [{"epoch": i, "train/loss_epoch": loss, "val/dice_best": f1} for i, (loss, f1) in enumerate(zip(losses, f1s, strict=True))]
 
 
 def test_phase_one_gates_pass_and_fail():
