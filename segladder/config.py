@@ -35,6 +35,8 @@ class DataConfig(_Section):
     positives_only: bool = Field(False, description="train on records with a contrail only (seed 001 stage 2)")
     normalize_ash: bool = False
     skip_bad: bool = False
+    pseudo_labels: str | None = Field(None, description="folder from `segladder pseudo-label`: its split joins training")
+    pseudo_threshold: float = Field(0.5, gt=0, lt=1, description="pseudo mask = pseudo soft label > this")
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 

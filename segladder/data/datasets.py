@@ -20,6 +20,7 @@ from segladder.data.contrails import (
     resolve_frames,
 )
 from segladder.data.layout import DEFAULT_SIZE
+from segladder.data.pseudo import PseudoLabels
 from segladder.data.transforms import AugmentConfig, augment, build_augment
 from segladder.errors import BadDatasetError, DataError
 from segladder.progress import console
@@ -48,6 +49,9 @@ class ContrailsDataset(Dataset):
         skip_bad: bool = False,
         stats: dict | None = None,
         stats_records: int = 64,
+        pseudo: PseudoLabels | None = None,
+        pseudo_threshold: float = 0.5,
+        keep_soft: bool = True,
     ):
         self.source, self.split = Path(source), split
         self.frames, self.channels = resolve_frames(frames), resolve_channels(channels)
@@ -78,6 +82,11 @@ class ContrailsDataset(Dataset):
             self.stats = stats
             self.has_mask = split != "test"
             self.has_soft = (refs[0].path / "human_individual_masks.npy").exists()
+        # Pseudo labels replace the split's own labels: soft = the teachers' probability, mask = soft > threshold.
+        self.pseudo, self.pseudo_threshold = pseudo, pseudo_threshold
+        if pseudo is not None:
+            pseudo.check_covers(self.record_ids, f"{self.source}/{split}")
+            self.has_mask, self.has_soft = True, keep_soft
         if normalize_ash and self.stats is None:
             raise DataError(f"normalize_ash needs training statistics, but {self.source} has no train split.")
         self._ash_scale, self._ash_offset = self._ash_affine()
@@ -148,8 +157,8 @@ class ContrailsDataset(Dataset):
         if self.cache is not None:
             row = int(self._split.rows[index])
             image = self._cached_image(row)
-            mask = np.asarray(self._split.arrays["masks"][row]) if self.has_mask else None
-            soft = _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self.has_soft else None
+            mask = np.asarray(self._split.arrays["masks"][row]) if self._split.has_masks else None
+            soft = _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self._split.has_soft else None
             return image, mask, soft
         s = read_sample(self._refs[index], self.channels, self.frames, self.image_size, self.interpolation)
         image = standardise(s.image, self.channels, self.stats).transpose(3, 0, 1, 2)
@@ -166,6 +175,10 @@ class ContrailsDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         image, mask, soft = self.read(index)
+        if self.pseudo is not None:
+            soft = self.pseudo.load(self.record_ids[index], image.shape[-1])
+            mask = (soft > self.pseudo_threshold).astype(np.uint8)
+            soft = soft if self.has_soft else None
         if self.aug is not None:
             image, mask, soft = augment(self.aug, image, mask, soft)
             image = self._standardise_ash(image)

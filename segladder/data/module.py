@@ -7,9 +7,10 @@ import zlib
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from segladder.data.datasets import ContrailsDataset
+from segladder.data.pseudo import PseudoLabels
 from segladder.errors import ConfigError
 
 
@@ -43,9 +44,10 @@ class _Seeded(Dataset):
         return len(self.base)
 
     def __getitem__(self, index: int) -> dict:
-        ds = self.base.dataset if isinstance(self.base, Subset) else self.base
-        if ds.aug is not None:
-            ds.aug.set_random_seed(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
+        seed = zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode())
+        for ds in contrails_datasets(self.base):
+            if ds.aug is not None:
+                ds.aug.set_random_seed(seed)
         return self.base[index]
 
 
@@ -59,13 +61,13 @@ class ContrailsDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self._sampler: EpochSeededSampler | None = None
 
-    def _dataset(self, split: str, augment) -> ContrailsDataset:
+    def _dataset(self, split: str, augment, **extra) -> ContrailsDataset:
         c = self.cfg
         if c.root is None:
             raise ConfigError("data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH).")
         return ContrailsDataset(
             c.root, split, frames=c.frames, channels=c.channels, image_size=c.image_size, augment=augment,
-            normalize_ash=c.normalize_ash, interpolation=c.interpolation, skip_bad=c.skip_bad,
+            normalize_ash=c.normalize_ash, interpolation=c.interpolation, skip_bad=c.skip_bad, **extra,
         )
 
     def setup(self, stage: str | None = None) -> None:
@@ -87,6 +89,11 @@ class ContrailsDataModule(L.LightningDataModule):
         if c.train_records is not None:
             rows = rows[: c.train_records]
         base = train if len(rows) == len(train) else Subset(train, rows.tolist())
+        if c.pseudo_labels:
+            pseudo = PseudoLabels(c.pseudo_labels)
+            extra = self._dataset(pseudo.split, c.augment, pseudo=pseudo, pseudo_threshold=c.pseudo_threshold,
+                                  keep_soft=train.has_soft)
+            base = ConcatDataset([base, extra])
         self.train_set = _Seeded(base, self.seed)
 
     def build_val(self) -> None:
@@ -100,8 +107,7 @@ class ContrailsDataModule(L.LightningDataModule):
         """The training split's channel statistics (what a checkpoint needs to read raw data as training did)."""
         if self.train_set is None:
             return None
-        base = self.train_set.base
-        return (base.dataset if isinstance(base, Subset) else base).stats
+        return contrails_datasets(self.train_set.base)[0].stats
 
     def set_epoch(self, epoch: int) -> None:
         if self.train_set is not None:
@@ -117,6 +123,15 @@ class ContrailsDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.val_set, batch_size=self.cfg.val_batch_size or self.cfg.batch_size, shuffle=False,
                           num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
+
+
+def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:
+    """The ContrailsDatasets under Subset/ConcatDataset wrappers, in order."""
+    if isinstance(ds, Subset):
+        return contrails_datasets(ds.dataset)
+    if isinstance(ds, ConcatDataset):
+        return [d for part in ds.datasets for d in contrails_datasets(part)]
+    return [ds]
 
 
 def positive_rows(ds: ContrailsDataset) -> np.ndarray:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from segladder.data.pseudo import INDEX_FORMAT
 from segladder.inference.predict import (
     Ensemble,
     InferenceError,
@@ -19,7 +20,6 @@ from segladder.io import atomic_write_json
 
 LABELS_DIR = "labels"  # <record_id>.npy: float16 (H, W) probabilities in [0, 1]
 INDEX_FILE = "index.json"
-INDEX_FORMAT = "segladder-pseudo-labels"
 INDEX_VERSION = 1
 
 

@@ -132,3 +132,27 @@ def test_two_process_ddp_run_reports_the_global_dice(train_cache, tmp_path):
     ev = evaluate(res.best_checkpoint, train_cache, "validation", tmp_path / "eval", progress=False)
     # 12 validation records split 6/6 over two processes: no padding, so the sets are the same.
     assert ev.dice_best == pytest.approx(best, abs=1e-5)
+
+
+def test_pseudo_labels_join_the_training_data(train_cache, tmp_path):
+    import numpy as np
+
+    from segladder.data.module import ContrailsDataModule
+    from segladder.inference.pseudo import pseudo_label
+
+    teacher = train(quick_config(train_cache, **{"trainer.max_epochs": 1, "model.name": "ResNet18_SimplerFCN",
+                                                 "model.upsample": 1, "trainer.overlays": 0}), out=tmp_path / "t")
+    labels = pseudo_label([teacher.best_checkpoint], train_cache, tmp_path / "pseudo", split="validation", progress=False)
+    cfg = quick_config(train_cache, **{"data.pseudo_labels": str(labels.out), "data.pseudo_threshold": 0.3,
+                                       "trainer.max_epochs": 1, "model.name": "ResNet18_SimplerFCN",
+                                       "model.upsample": 1, "trainer.overlays": 0})
+    dm = ContrailsDataModule(cfg.data, cfg.seed)
+    dm.setup("fit")
+    assert len(dm.train_set) == 40 + 12
+    item = dm.train_set[40]  # the first pseudo-labelled (validation) record
+    soft = np.load(labels.out / "labels" / f"{item['record_id']}.npy").astype(np.float32)
+    np.testing.assert_allclose(item["soft"][0].numpy(), soft)
+    np.testing.assert_array_equal(item["mask"][0].numpy(), (soft > 0.3).astype(np.float32))
+    assert set(item) == set(dm.train_set[0])  # batches mix both kinds
+    res = train(cfg, out=tmp_path / "student")
+    assert res.metrics["epochs"] and res.best_checkpoint is not None
