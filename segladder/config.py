@@ -61,6 +61,13 @@ class LossTerm(BaseModel):
     target: Literal["mask", "soft"] | None = Field(None, description="batch key the term compares to; None: the loss's default")
 
 
+class AuxConfig(_Section):
+    """Seed 001's segmenter with a classification head (`SegCls2D`, `Unet25DCls`): how its two outputs train."""
+
+    cls_weight: float = Field(0.0, ge=0, description="weight of BCE on 'record has a contrail'; 0: head unused")
+    seg_on_positives_only: bool = Field(False, description="apply the segmentation loss to positive records only")
+
+
 class OptimConfig(_Section):
     name: Literal["adamw", "adam", "sgd", "radam"] = "adamw"
     lr: float = Field(1e-3, gt=0)
@@ -106,6 +113,7 @@ class ExperimentConfig(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="bce")])
+    aux: AuxConfig = Field(default_factory=AuxConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 

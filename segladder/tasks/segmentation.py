@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segladder.config import ExperimentConfig
@@ -49,9 +50,7 @@ class SegmentationTask(L.LightningModule):
             object.__setattr__(self, "_compiled", torch.compile(self.model))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.cfg.trainer.channels_last and x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return (self._compiled or self.model)(x)
+        return (self._compiled or self.model)(self._layout(x))
 
     def targets(self, batch: dict) -> dict[str, Tensor]:
         return batch
@@ -59,8 +58,7 @@ class SegmentationTask(L.LightningModule):
     # ----------------------------------------------------------------------------------- training
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
-        logits = self(batch["image"])
-        loss, parts = self.loss(logits, self.targets(batch))
+        loss, parts = self._training_loss(batch)
         if not torch.isfinite(loss):
             # Returning None makes Lightning skip backward and the optimiser step for this batch.
             self.nonfinite = {"kind": "loss", "batch": batch, "parts": {k: float(v) for k, v in parts.items()}}
@@ -70,6 +68,31 @@ class SegmentationTask(L.LightningModule):
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss
+
+    def _training_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        aux = self.cfg.aux
+        if aux.cls_weight == 0 and not aux.seg_on_positives_only:
+            return self.loss(self(batch["image"]), self.targets(batch))
+        # Seed 001: a classification head beside the mask; the mask loss only where there is a contrail.
+        out = self.model(self._layout(batch["image"]), aux=True) if aux.cls_weight > 0 else {"mask": self(batch["image"])}
+        targets = self.targets(batch)
+        positive = batch["mask"].flatten(1).amax(1) > 0.5
+        if aux.seg_on_positives_only:
+            keep = positive.nonzero().flatten()
+            seg, parts = (self.loss(out["mask"][keep], {k: v[keep] for k, v in targets.items() if torch.is_tensor(v)})
+                          if len(keep) else (out["mask"].sum() * 0.0, {}))
+        else:
+            seg, parts = self.loss(out["mask"], targets)
+        if aux.cls_weight > 0:
+            cls = F.binary_cross_entropy_with_logits(out["cls"].float().flatten(), positive.float())
+            parts = {**parts, "cls": cls.detach()}
+            seg = seg + aux.cls_weight * cls
+        return seg, parts
+
+    def _layout(self, x: Tensor) -> Tensor:
+        if self.cfg.trainer.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
