@@ -7,7 +7,6 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -176,7 +175,7 @@ def rung_config(base: ExperimentConfig, rung: str) -> ExperimentConfig:
 def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAULT_RUNGS,
                gates: dict[str, Gate] | None = None, keep_going: bool = False) -> LadderResult:
     """Train each rung on the same data, budget and seed; stop at the first failing gate unless `keep_going`."""
-    from segladder.training.run import TrainingStopped, train
+    from segladder.training.run import TrainingStopped, read_metrics, train
 
     gates = {**DEFAULT_GATES, **(gates or {})}
     out = Path(out)
@@ -190,7 +189,7 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
             res = train(rung_config(base, rung), out=out / rung)
             r.metrics = res.metrics
         except TrainingStopped as exc:
-            r.metrics = _read_metrics(exc.run_dir)
+            r.metrics = read_metrics(exc.run_dir)
             r.reason = str(exc)
         except (SegladderError, RuntimeError, MemoryError) as exc:
             # Missing offline weights, out of memory, a model that cannot take this input: report, go on.
@@ -212,10 +211,3 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
                 break
         previous = r
     return result
-
-
-def _read_metrics(run_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = Path(run_dir) / "metrics.json"
-    return json.loads(path.read_text()) if path.exists() else {}

@@ -78,6 +78,32 @@ def save_image(rgb: np.ndarray, path) -> None:
         plt.imsave(tmp, rgb, format="png")
 
 
+def threshold_curve_figure(thresholds: np.ndarray, curve: np.ndarray, title: str = "", stored: float | None = None):
+    """Global Dice against threshold, the best marked (and the checkpoint's stored threshold when given).
+
+    Returns the figure, so a caller can also hand it to TensorBoard; close it with `plt.close(fig)`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(thresholds, curve)
+    best = int(np.argmax(curve))
+    ax.axvline(thresholds[best], color="r", ls="--", label=f"best {curve[best]:.3f} @ {thresholds[best]:.2f}")
+    if stored is not None:
+        ax.axvline(stored, color="g", ls=":", label=f"stored threshold {stored:.2f}")
+    ax.set_xlabel("threshold")
+    ax.set_ylabel("global Dice")
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def plot_histories(histories: dict[str, list[dict]], path, loss_keys=("train/loss_epoch",),
                    metric_keys=("val/dice_best",)) -> None:
     """Losses (left) and validation metrics (right) per epoch, a line per run and key; absent keys are skipped."""

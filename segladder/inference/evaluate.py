@@ -16,6 +16,7 @@ from segladder.inference.checkpoint import CheckpointError, load_checkpoint
 from segladder.io import atomic_path, atomic_write_json
 from segladder.metrics import ThresholdSweepDice, per_record_dice
 from segladder.progress import progress_bar
+from segladder.viz import save_figure, threshold_curve_figure
 
 
 @dataclass
@@ -70,26 +71,9 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "validation"
         "dice_best": result.dice_best, "best_threshold": result.best_threshold,
         "curve": {"thresholds": th.tolist(), "dice": curve.tolist()},
     })
-    _curve_png(th, curve, ck.threshold, out / "threshold_curve.png")
-    return result
-
-
-def _curve_png(th: np.ndarray, curve: np.ndarray, stored: float, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(th, curve)
-    b = int(np.argmax(curve))
-    ax.axvline(th[b], color="r", ls="--", label=f"best {curve[b]:.3f} @ {th[b]:.2f}")
-    ax.axvline(stored, color="g", ls=":", label=f"stored threshold {stored:.2f}")
-    ax.set_xlabel("threshold")
-    ax.set_ylabel("global Dice")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
+    fig = threshold_curve_figure(th, curve, f"{split}, {Path(checkpoint).name}", stored=ck.threshold)
+    save_figure(fig, out / "threshold_curve.png")
     plt.close(fig)
+    return result

@@ -3,7 +3,6 @@ metrics.json with curves and overlays as PNG, throughput and a one-line summary 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -17,7 +16,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from segladder.io import atomic_path, atomic_write_json
 from segladder.progress import console
-from segladder.viz import overlay_grid, plot_histories, save_figure, save_image
+from segladder.viz import overlay_grid, plot_histories, save_figure, save_image, threshold_curve_figure
 
 # ---------------------------------------------------------------------------------------- NaN safety
 
@@ -265,22 +264,10 @@ class RunRecorder(Callback):
                        metric_keys=("val/dice_best", "val/dice_0.5", "val/auc", "val/acc"))
 
     def _threshold_png(self, pl_module) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
         th, curve = (t.numpy() for t in pl_module.last_curve)
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot(th, curve)
-        best = int(np.argmax(curve))
-        ax.axvline(th[best], color="r", ls="--", label=f"best {curve[best]:.3f} @ {th[best]:.2f}")
-        ax.set_xlabel("threshold")
-        ax.set_ylabel("global Dice")
-        ax.set_title(f"validation, epoch {pl_module.current_epoch + 1}")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
+        fig = threshold_curve_figure(th, curve, f"validation, epoch {pl_module.current_epoch + 1}")
         save_figure(fig, self.run_dir / "threshold_curve.png")
         tb = _tensorboard(pl_module)
         if tb is not None:
@@ -307,7 +294,3 @@ class RunRecorder(Callback):
 def _tensorboard(pl_module):
     logger = pl_module.logger
     return getattr(logger, "experiment", None) if logger is not None and hasattr(logger, "log_graph") else None
-
-
-def load_metrics(run_dir: Path) -> dict:
-    return json.loads((Path(run_dir) / "metrics.json").read_text())

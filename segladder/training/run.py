@@ -63,6 +63,12 @@ def model_kwargs(cfg: ExperimentConfig) -> dict:
     return kwargs
 
 
+def read_metrics(run_dir: Path) -> dict:
+    """A run's metrics.json (`final` and per-epoch `epochs`), or {} when no epoch has finished."""
+    path = Path(run_dir) / "metrics.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 def new_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / cfg.name / stamp
@@ -158,7 +164,6 @@ def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = 
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if guard.stopped_reason:
         raise TrainingStopped(guard.stopped_reason, run_dir)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = read_metrics(run_dir)
     best, last = run_dir / "checkpoints" / "best.ckpt", run_dir / "checkpoints" / "last.ckpt"
     return TrainResult(run_dir, metrics, best if best.exists() else None, last if last.exists() else None)
