@@ -77,7 +77,8 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if not grads or all(torch.isfinite(g).all() for g in grads):
+        # One device→host sync per step, not one per parameter tensor.
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
             return
         for g in optimizer.param_groups:
             for p in g["params"]:
