@@ -8,14 +8,58 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from segladder.data.transforms import AugmentConfig
 from segladder.errors import ConfigError
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+Prob = Field(default=0.0, ge=0.0, le=1.0)
+
+
+class AugmentConfig(BaseModel):
+    """Probabilities and strengths of each augmentation; everything is off by default.
+
+    Flips are separate switches because seed 002 found they hurt the competition masks, which are
+    shifted by half a pixel relative to the images (domain-facts §5).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    hflip_p: float = Prob
+    vflip_p: float = Prob
+    rot90_p: float = Prob
+    shift_scale_rotate_p: float = Prob
+    shift_limit: float = Field(0.0625, ge=0.0, le=0.5)
+    scale_limit: float = Field(0.1, ge=0.0, le=0.9)
+    rotate_limit: float = Field(15.0, ge=0.0, le=180.0)
+    brightness_p: float = Prob
+    brightness_limit: float = Field(0.1, ge=0.0, le=1.0)
+    contrast_limit: float = Field(0.1, ge=0.0, le=1.0)
+    gamma_p: float = Prob
+    gamma_limit: tuple[float, float] = (80.0, 120.0)
+    blur_p: float = Prob
+    blur_limit: tuple[int, int] = (3, 5)
+    noise_p: float = Prob
+    noise_std: tuple[float, float] = (0.01, 0.03)
+    cutout_p: float = Prob
+    cutout_holes: tuple[int, int] = (1, 8)
+    cutout_size: tuple[float, float] = (0.03, 0.1)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        for name in ("gamma_limit", "blur_limit", "noise_std", "cutout_holes", "cutout_size"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(f"{name}: the low end {lo} is above the high end {hi}")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
 
 
 class DataConfig(_Section):

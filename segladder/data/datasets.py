@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segladder.config import DataConfig
 from segladder.data.cache import CacheOptions, ContrailsCache, compute_stats, is_cache, standardise
 from segladder.data.check import check_record
 from segladder.data.contrails import (
@@ -22,7 +23,7 @@ from segladder.data.contrails import (
 from segladder.data.layout import DEFAULT_SIZE
 from segladder.data.pseudo import PseudoLabels
 from segladder.data.transforms import AugmentConfig, augment, build_augment
-from segladder.errors import BadDatasetError, DataError
+from segladder.errors import BadDatasetError, ConfigError, DataError
 from segladder.progress import console
 
 
@@ -192,3 +193,25 @@ class ContrailsDataset(Dataset):
 
 def _to_float(a: np.ndarray) -> torch.Tensor:
     return torch.empty(a.shape, dtype=torch.float32).copy_(torch.from_numpy(np.ascontiguousarray(a)))
+
+
+def dataset_from_config(cfg: DataConfig, split: str, *, root: str | Path | None = None, augment: bool = False,
+                        stats: dict | None = None, **extra) -> ContrailsDataset:
+    """The one way a `DataConfig` becomes a dataset (training, evaluate, predict, viz and the ladder agree).
+
+    Args:
+        cfg: the data section of an experiment (frames, channels, size, interpolation, ...).
+        split: which split to read.
+        root: read this dataset instead of `cfg.root` (evaluate or predict on other data).
+        augment: apply `cfg.augment` (training only).
+        stats: channel statistics to normalise raw data with (a checkpoint's); None: the cache's or computed.
+        extra: further `ContrailsDataset` options (pseudo labels, ...).
+    """
+    source = root if root is not None else cfg.root
+    if source is None:
+        raise ConfigError("data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH).")
+    return ContrailsDataset(
+        source, split, frames=cfg.frames, channels=cfg.channels, image_size=cfg.image_size,
+        augment=cfg.augment if augment else None, normalize_ash=cfg.normalize_ash, interpolation=cfg.interpolation,
+        skip_bad=cfg.skip_bad, stats=stats, **extra,
+    )

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
-from segladder.data.datasets import ContrailsDataset
+from segladder.data.datasets import ContrailsDataset, dataset_from_config
 from segladder.data.pseudo import PseudoLabels
 from segladder.errors import ConfigError
 
@@ -61,15 +61,6 @@ class ContrailsDataModule(L.LightningDataModule):
         self.val_set: Dataset | None = None
         self._sampler: EpochSeededSampler | None = None
 
-    def _dataset(self, split: str, augment, **extra) -> ContrailsDataset:
-        c = self.cfg
-        if c.root is None:
-            raise ConfigError("data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH).")
-        return ContrailsDataset(
-            c.root, split, frames=c.frames, channels=c.channels, image_size=c.image_size, augment=augment,
-            normalize_ash=c.normalize_ash, interpolation=c.interpolation, skip_bad=c.skip_bad, **extra,
-        )
-
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
             self.build_train()
@@ -80,7 +71,7 @@ class ContrailsDataModule(L.LightningDataModule):
         c = self.cfg
         if self.train_set is not None:
             return
-        train = self._dataset(c.train_split, c.augment)
+        train = dataset_from_config(c, c.train_split, augment=True)
         rows = np.arange(len(train))
         if c.positives_only:
             rows = rows[positive_rows(train)]
@@ -91,7 +82,7 @@ class ContrailsDataModule(L.LightningDataModule):
         base = train if len(rows) == len(train) else Subset(train, rows.tolist())
         if c.pseudo_labels:
             pseudo = PseudoLabels(c.pseudo_labels)
-            extra = self._dataset(pseudo.split, c.augment, pseudo=pseudo, pseudo_threshold=c.pseudo_threshold,
+            extra = dataset_from_config(c, pseudo.split, augment=True, pseudo=pseudo, pseudo_threshold=c.pseudo_threshold,
                                   keep_soft=train.has_soft)
             base = ConcatDataset([base, extra])
         self.train_set = _Seeded(base, self.seed)
@@ -99,7 +90,7 @@ class ContrailsDataModule(L.LightningDataModule):
     def build_val(self) -> None:
         c = self.cfg
         if self.val_set is None:
-            val = self._dataset(c.val_split, None)
+            val = dataset_from_config(c, c.val_split)
             self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
 
     @property

@@ -10,15 +10,11 @@ import torch
 from torch import nn
 
 from segladder.config import ExperimentConfig
-from segladder.errors import SegladderError
+from segladder.inference.errors import CheckpointError
 
 CHECKPOINT_KEY = "segladder"  # the section of a Lightning checkpoint that segladder writes
 CHECKPOINT_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
-
-
-class CheckpointError(SegladderError):
-    """A checkpoint is missing, unsafe, of another task or of an incompatible version."""
 
 
 @dataclass

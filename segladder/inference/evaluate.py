@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from segladder.data.datasets import ContrailsDataset
+from segladder.data.datasets import dataset_from_config
 from segladder.errors import DataError
-from segladder.inference.checkpoint import CheckpointError, load_checkpoint
+from segladder.inference.checkpoint import load_checkpoint
+from segladder.inference.errors import CheckpointError
 from segladder.io import atomic_path, atomic_write_json
 from segladder.metrics import ThresholdSweepDice, per_record_dice
 from segladder.progress import progress_bar
@@ -34,9 +35,7 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "validation"
     ck = load_checkpoint(checkpoint)
     if ck.task != "segmentation":
         raise CheckpointError(f"{checkpoint}: a {ck.task} checkpoint; evaluate scores segmentation masks.")
-    d = ck.config.data
-    ds = ContrailsDataset(data, split, frames=d.frames, channels=d.channels, image_size=d.image_size,
-                          normalize_ash=d.normalize_ash, interpolation=d.interpolation, stats=ck.stats)
+    ds = dataset_from_config(ck.config.data, split, root=data, stats=ck.stats)
     if not ds.has_mask:
         raise DataError(f"split '{split}' of {data} has no masks to evaluate against.")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -12,19 +12,19 @@ import torch
 from torch import nn
 
 from segladder.inference.checkpoint import load_checkpoint
-from segladder.inference.predict import InferenceError, InputSpec, Segmenter
+from segladder.inference.errors import ExportError
+from segladder.inference.inputs import InputSpec
+from segladder.inference.segmenters import (
+    INPUT_NAME,
+    META_PREFIX,
+    ONNX_FORMAT_VERSION,
+    OUTPUT_NAME,
+    onnx_session,
+)
 from segladder.io import atomic_path
 
-INPUT_NAME = "image"  # (batch, C, T, H, W) float32
-OUTPUT_NAME = "logits"  # (batch, 1, H, W) for segmenters, (batch, 1) for classifiers
-META_PREFIX = "segladder."
-ONNX_FORMAT_VERSION = 1
 DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4  # on probabilities, fp32
-
-
-class ExportError(InferenceError):
-    """Export failed, the ONNX model disagrees with PyTorch, or an ONNX file lacks segladder's metadata."""
 
 
 @dataclass
@@ -80,7 +80,7 @@ def export_model(model: nn.Module, spec: InputSpec, out: str | Path, *, task: st
             for key, value in meta.items():
                 proto.metadata_props.add(key=META_PREFIX + key, value=value)
             onnx.save(proto, str(tmp))
-            session = _session(tmp, torch.device("cpu"))
+            session = onnx_session(tmp, torch.device("cpu"))
             diff_random = _parity(model, session, rand)
             diff_real = _parity(model, session, real) if real is not None else None
             worst = max(d for d in (diff_random, diff_real) if d is not None)
@@ -92,16 +92,6 @@ def export_model(model: nn.Module, spec: InputSpec, out: str | Path, *, task: st
     return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real))
 
 
-def _session(path: str | Path, device: torch.device):
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    if device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), providers=providers)
-    except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
-        raise ExportError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]}).") from None
 
 
 def _parity(model: nn.Module, session, x: torch.Tensor) -> float:
@@ -111,30 +101,5 @@ def _parity(model: nn.Module, session, x: torch.Tensor) -> float:
     return float(np.abs(got - expected).max())
 
 
-def onnx_metadata(session) -> dict[str, str]:
-    """segladder's metadata of an onnxruntime session, without the key prefix."""
-    props = session.get_modelmeta().custom_metadata_map
-    return {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
 
 
-class OnnxSegmenter(Segmenter):
-    """An exported segmenter run by onnxruntime; its metadata says which input it needs."""
-
-    def __init__(self, path: str | Path, device: torch.device = torch.device("cpu"), tta: bool = False,
-                 tta_shift: int = 0):
-        path = Path(path)
-        if not path.is_file():
-            raise ExportError(f"ONNX model {path} does not exist.")
-        self.session = _session(path, device)
-        meta = onnx_metadata(self.session)
-        if "input" not in meta or meta.get("format_version") != str(ONNX_FORMAT_VERSION):
-            raise ExportError(f"{path}: no segladder metadata of version {ONNX_FORMAT_VERSION}; "
-                              "export the model with `segladder export onnx`.")
-        if meta.get("task") != "segmentation":
-            raise ExportError(f"{path}: a {meta.get('task')} model where a segmentation model is needed.")
-        super().__init__(str(path), InputSpec.from_dict(json.loads(meta["input"])), float(meta["threshold"]),
-                         tta, tta_shift)
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.detach().cpu().float().contiguous()
-        return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])

@@ -15,20 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from segladder.config import explain, read_yaml
 from segladder.errors import DataError
 from segladder.inference.checkpoint import load_checkpoint
+from segladder.inference.errors import InferenceError
+from segladder.inference.inputs import Batch, Inputs, InputSpec
 from segladder.inference.postprocess import binarize, check_threshold_options, remove_small_components
-from segladder.inference.predict import (
-    Batch,
+from segladder.inference.predict import Prediction, prepare_output, write_predictions
+from segladder.inference.segmenters import (
     Ensemble,
-    InferenceError,
-    Inputs,
-    InputSpec,
-    Prediction,
     Segmenter,
     TorchClassifier,
     TorchSegmenter,
-    prepare_output,
     resolve_device,
-    write_predictions,
 )
 from segladder.io import atomic_path, atomic_write_json
 from segladder.metrics import ClassificationMetrics, ThresholdSweepDice

@@ -7,15 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from segladder.data.pseudo import INDEX_FORMAT
-from segladder.inference.predict import (
-    Ensemble,
-    InferenceError,
-    Inputs,
-    load_segmenters,
-    prepare_output,
-    resolve_device,
-    write_probabilities,
-)
+from segladder.inference.errors import InferenceError
+from segladder.inference.inputs import Inputs
+from segladder.inference.predict import prepare_output, write_probabilities
+from segladder.inference.segmenters import Ensemble, load_segmenters, resolve_device
 from segladder.io import atomic_write_json
 
 LABELS_DIR = "labels"  # <record_id>.npy: float16 (H, W) probabilities in [0, 1]

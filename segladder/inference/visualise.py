@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from segladder.data.datasets import ContrailsDataset
+from segladder.data.datasets import dataset_from_config
 from segladder.errors import SegladderError
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.viz import overlay_grid, plot_histories, save_image
@@ -19,9 +19,7 @@ def visualise_run(run_dir: str | Path, data: str | Path | None = None, split: st
     if not ckpt.exists():
         raise SegladderError(f"{run_dir}: no checkpoints/best.ckpt; give a run directory made by `segladder train`.")
     loaded = load_checkpoint(ckpt)
-    d = loaded.config.data
-    ds = ContrailsDataset(data or d.root, split, frames=d.frames, channels=d.channels, image_size=d.image_size,
-                          normalize_ash=d.normalize_ash, interpolation=d.interpolation, stats=loaded.stats)
+    ds = dataset_from_config(loaded.config.data, split, root=data, stats=loaded.stats)
     n = min(records, len(ds))
     items = [ds[i] for i in range(n)]
     images = torch.stack([it["image"] for it in items])

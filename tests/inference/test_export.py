@@ -8,8 +8,11 @@ from typer.testing import CliRunner
 from segladder.cli import app
 from segladder.cli import predict as _cli  # noqa: F401  (registers the commands)
 from segladder.inference.checkpoint import load_checkpoint
-from segladder.inference.export import ExportError, OnnxSegmenter, export_model, export_onnx
-from segladder.inference.predict import InputSpec, predict
+from segladder.inference.errors import ExportError
+from segladder.inference.export import export_model, export_onnx
+from segladder.inference.inputs import InputSpec
+from segladder.inference.predict import predict
+from segladder.inference.segmenters import OnnxSegmenter
 from tests.inference.helpers import make_checkpoint
 
 

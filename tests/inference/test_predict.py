@@ -12,15 +12,11 @@ from segladder.data.cache import CacheOptions, prepare_cache
 from segladder.data.datasets import ContrailsDataset
 from segladder.errors import DataError, SegladderError
 from segladder.inference.checkpoint import CheckpointError, LoadedCheckpoint
+from segladder.inference.errors import InferenceError
 from segladder.inference.postprocess import binarize, remove_small_components
-from segladder.inference.predict import (
-    Ensemble,
-    InferenceError,
-    TorchSegmenter,
-    predict,
-    shift_along,
-)
+from segladder.inference.predict import predict
 from segladder.inference.pseudo import pseudo_label
+from segladder.inference.segmenters import Ensemble, TorchSegmenter, shift_along
 from segladder.inference.submission import check_submission, read_submission, rle_decode
 from segladder.metrics import global_dice
 from tests.inference.helpers import experiment_config, make_checkpoint
