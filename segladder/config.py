@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import difflib
+import types
 import typing
 from pathlib import Path
 from typing import Any, Literal
@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from segladder.errors import ConfigError
+from segladder.registry import suggest
 
 
 class _Section(BaseModel):
@@ -113,7 +114,7 @@ class AuxConfig(_Section):
 
 
 class OptimConfig(_Section):
-    name: Literal["adamw", "adam", "sgd", "radam"] = "adamw"
+    name: str = Field("adamw", description="a registered optimiser: adamw, adam, radam, sgd (segladder/optim.py)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0)
@@ -152,7 +153,7 @@ class TrainerConfig(_Section):
 
 class ExperimentConfig(_Section):
     name: str = "experiment"
-    task: Literal["segmentation", "classification"] = "segmentation"
+    task: str = Field("segmentation", description="a registered task (segladder/tasks/): segmentation, classification")
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -173,8 +174,7 @@ class ExperimentConfig(_Section):
 
 
 def nearest_keys(key: str, valid: list[str]) -> str:
-    near = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
-    return f" Did you mean {', '.join(near)}?" if near else f" Valid keys: {', '.join(valid)}."
+    return suggest(key, valid) or f" Valid keys: {', '.join(valid)}."
 
 
 def explain(exc: ValidationError, source: str, root: type[BaseModel]) -> ConfigError:
@@ -223,25 +223,46 @@ def read_yaml(path: str | Path, what: str, sections: str) -> dict:
     return data
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """['optim.lr=3e-4', 'trainer.max_epochs=2'] → nested dict; values are parsed as YAML."""
+def parse_overrides(pairs: list[str], schema: type[BaseModel] | None = None) -> dict[str, Any]:
+    """['optim.lr=3e-4', 'data.root=2023'] → nested dict, each value typed by the field it sets.
+
+    A value for a field of type str (a path, a name) is kept as written, so `data.root=2023` or
+    `data.root=off` is a folder, not a number or a boolean; every other value is read as YAML.
+    """
+    schema = schema or ExperimentConfig
     out: dict[str, Any] = {}
     for pair in pairs:
         if "=" not in pair:
             raise ConfigError(f"--set '{pair}': expected KEY=VALUE, e.g. optim.lr=3e-4.")
         key, raw = pair.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--set '{pair}': value is not valid YAML ({exc}).") from None
-        node = out
         parts = key.strip().split(".")
+        if raw in ("", "null", "~"):
+            value = None
+        elif _is_text_field(schema, parts):
+            value = raw
+        else:
+            try:
+                value = yaml.safe_load(raw)
+            except yaml.YAMLError as exc:
+                raise ConfigError(f"--set '{pair}': value is not valid YAML ({exc}).") from None
+        node = out
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set '{pair}': '{p}' is set twice, once as a value.")
         node[parts[-1]] = value
     return out
+
+
+def _is_text_field(schema: type[BaseModel], parts: list[str]) -> bool:
+    """Whether the dotted key names a field whose type is str (or str | None) in `schema`."""
+    section = _section_model(schema, tuple(parts[:-1]))
+    field = section.model_fields.get(parts[-1]) if section is not None else None
+    if field is None:
+        return False
+    ann = field.annotation
+    union = typing.get_origin(ann) in (typing.Union, types.UnionType)
+    return {a for a in (typing.get_args(ann) if union else (ann,)) if a is not type(None)} == {str}
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -251,22 +272,33 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def build_config(data: dict, overrides: list[str] | None = None, source: str = "(dict)") -> ExperimentConfig:
-    """Validate a config dict (plus overrides) into an ExperimentConfig, or raise one readable ConfigError."""
-    merged = _merge(data or {}, parse_overrides(overrides or []))
+def build_config(data: dict, overrides: list[str] | None = None, source: str = "(dict)",
+                 values: dict | None = None) -> ExperimentConfig:
+    """Validate a config dict, `--set` overrides and typed `values` (in that order) into an ExperimentConfig.
+
+    `values` is how commands pass their options (e.g. `{"data": {"root": path}}`): typed, never re-parsed.
+    Errors come as one readable ConfigError.
+    """
+    merged = _merge(_merge(data or {}, parse_overrides(overrides or [])), _plain(values or {}))
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
         raise explain(exc, f"config {source}", ExperimentConfig) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Read a YAML experiment (or the defaults when `path` is None) and apply `--set` overrides."""
+def load_config(path: str | Path | None, overrides: list[str] | None = None,
+                values: dict | None = None) -> ExperimentConfig:
+    """Read a YAML experiment (or the defaults when `path` is None), then apply `--set` overrides and `values`."""
     data: dict = {}
     if path is not None:
         data = read_yaml(path, "config", "data/model/loss/optim/trainer")
         data.setdefault("name", Path(path).stem)
-    return build_config(data, overrides, str(path or "(defaults)"))
+    return build_config(data, overrides, str(path or "(defaults)"), values)
+
+
+def _plain(values: dict) -> dict:
+    """Typed command-line values as config data: paths become strings, nested dicts stay dicts."""
+    return {k: _plain(v) if isinstance(v, dict) else str(v) if isinstance(v, Path) else v for k, v in values.items()}
 
 
 def resolve_config_path(name_or_path: str) -> Path:

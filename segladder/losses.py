@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import math
 from collections.abc import Mapping, Sequence
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from segladder.errors import ConfigError
+from segladder.registry import Registry, suggest
 
 __all__ = [
     "BCELoss",
@@ -31,6 +31,9 @@ __all__ = [
 ]
 
 TARGET_KEYS = ("mask", "soft")
+
+
+LOSSES: Registry[type[nn.Module]] = Registry("loss")
 
 
 class _BinaryLoss(nn.Module):
@@ -57,6 +60,7 @@ class _BinaryLoss(nn.Module):
         raise NotImplementedError
 
 
+@LOSSES.register("bce")
 class BCELoss(_BinaryLoss):
     """Mean binary cross-entropy with logits; `pos_weight` multiplies the loss of positive pixels."""
 
@@ -76,12 +80,14 @@ class BCELoss(_BinaryLoss):
         return f"pos_weight={self.pos_weight}"
 
 
+@LOSSES.register("soft_bce")
 class SoftBCELoss(BCELoss):
     """BCE against the soft label (annotator mean); the same formula as `BCELoss`, fed `batch["soft"]`."""
 
     targets = ("soft",)
 
 
+@LOSSES.register("dice")
 class DiceLoss(_BinaryLoss):
     """Smooth soft Dice loss `1 - (2·Σpy + s) / (Σp + Σy + s)` on sigmoid probabilities.
 
@@ -111,6 +117,7 @@ class DiceLoss(_BinaryLoss):
         return f"per_image={self.per_image}, smooth={self.smooth}"
 
 
+@LOSSES.register("focal")
 class FocalLoss(_BinaryLoss):
     """Mean binary focal loss `α_t · (1 - p_t)^γ · BCE` (Lin et al. 2017); `alpha=None` weighs classes equally."""
 
@@ -161,6 +168,7 @@ def lovasz_grad(gt_sorted: Tensor, score: Literal["jaccard", "dice"] = "jaccard"
     return torch.diff(loss, dim=-1, prepend=torch.zeros_like(loss[..., :1]))
 
 
+@LOSSES.register("lovasz")
 class LovaszHingeLoss(_BinaryLoss):
     """Binary Lovász hinge (Berman et al. 2018), symmetric by default: `0.5·(L(x, y) + L(-x, 1 - y))`.
 
@@ -209,13 +217,6 @@ class LovaszHingeLoss(_BinaryLoss):
         return f"symmetric={self.symmetric}, per_image={self.per_image}, hinge={self.hinge!r}, score={self.score!r}"
 
 
-LOSSES: dict[str, type[_BinaryLoss]] = {
-    "bce": BCELoss,
-    "soft_bce": SoftBCELoss,
-    "dice": DiceLoss,
-    "lovasz": LovaszHingeLoss,
-    "focal": FocalLoss,
-}
 
 
 @dataclass(frozen=True)
@@ -292,9 +293,7 @@ def coat_ulstm_loss() -> CompositeLoss:
 
 
 def _did_you_mean(word: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.5)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ";"
-    return f"{hint} valid: {', '.join(choices)}"
+    return f".{suggest(word, choices)} Valid: {', '.join(choices)}."
 
 
 def _as_dict(item: Any, where: str) -> dict[str, Any]:

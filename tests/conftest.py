@@ -39,3 +39,23 @@ def synth_copy(synth_root, tmp_path) -> Path:
     dst = tmp_path / "contrails"
     shutil.copytree(synth_root, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def train_root(tmp_path_factory) -> Path:
+    """40 + 12 synthetic records at 64² for training tests."""
+    from segladder.data.synth import generate_contrails
+
+    root = tmp_path_factory.mktemp("train-synth") / "raw"
+    generate_contrails(root, records=40, val_records=12, test_records=0, size=64, seed=3, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def train_cache(train_root, tmp_path_factory) -> Path:
+    """The cache of `train_root` (frames 3–4, 64²)."""
+    from segladder.data.cache import CacheOptions, prepare_cache
+
+    cache = tmp_path_factory.mktemp("train-cache") / "cache"
+    prepare_cache(train_root, cache, CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False)
+    return cache

@@ -352,17 +352,17 @@ def test_coat_ulstm_recipe_is_the_2nd_place_formula():
 @pytest.mark.parametrize(
     ("spec", "match"),
     [
-        ([{"name": "lovaz"}], r"loss\[0\]\.name: unknown loss 'lovaz'.*did you mean 'lovasz'"),
+        ([{"name": "lovaz"}], r"loss\[0\]\.name: unknown loss 'lovaz'.*Did you mean: lovasz"),
         ([{"weight": 1.0}], r"loss\[0\]: every loss term needs a 'name'"),
         (
             [{"name": "bce"}, {"name": "lovasz", "per_imag": True}],
-            r"loss\[1\] \(lovasz\): unknown argument 'per_imag'.*'per_image'",
+            r"loss\[1\] \(lovasz\): unknown argument 'per_imag'.*Did you mean: per_image",
         ),
         ([{"name": "dice", "pos_weight": 2}], r"loss\[0\] \(dice\): unknown argument 'pos_weight'"),
         ([{"name": "bce", "pos_weight": -1}], r"loss\[0\] \(bce\): pos_weight must be a positive number"),
         ([{"name": "bce", "weight": -1}], r"loss\[0\] \(bce\)\.weight"),
         ([{"name": "bce", "weight": "heavy"}], r"loss\[0\] \(bce\)\.weight"),
-        ([{"name": "dice", "target": "sofft"}], r"target 'sofft'.*did you mean 'soft'"),
+        ([{"name": "dice", "target": "sofft"}], r"target 'sofft'.*Did you mean: soft"),
         ([{"name": "lovasz", "target": "soft"}], r"lovasz cannot take target 'soft'.*binary mask"),
         ([{"name": "soft_bce", "target": "mask"}], r"soft_bce cannot take target 'mask'.*name: bce"),
         ([{"name": "lovasz", "hinge": "gelu"}], r"hinge must be 'relu' or 'elu'"),

@@ -6,25 +6,13 @@ import sys
 
 import typer
 
+from segladder.cli.app import app
 from segladder.errors import SegladderError
-
-app = typer.Typer(
-    name="segladder",
-    help="Train, debug, distil and ship segmentation models on satellite image sequences.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
 
 
 def _register() -> None:
     # Command groups register themselves on import; imported here so `segladder --help` lists them all.
-    from segladder.cli import bench, data, demo, ladder, predict, synth, train  # noqa: F401
-
-    try:
-        from segladder.cli import models  # noqa: F401
-    except ImportError:  # the model zoo lands in its own issue
-        pass
+    from segladder.cli import bench, data, demo, ladder, models, predict, synth, train  # noqa: F401
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
-from segladder.cli import app
 from segladder.cli._common import parse_int_list
+from segladder.cli.app import app
 
 bench_app = typer.Typer(help="Benchmarks (figures for docs/benchmarks.md).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")

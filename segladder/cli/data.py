@@ -8,8 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segladder.cli import app
 from segladder.cli._common import parse_int_list, parse_str_list
+from segladder.cli.app import app
 
 data_app = typer.Typer(help="Validate the competition layout and prepare the compact cache.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -9,7 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from segladder.cli import app
+from segladder.cli.app import app
 
 console = Console()
 QUICK_RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet18_ULSTM")

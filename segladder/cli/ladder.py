@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from segladder.cli import app
 from segladder.cli._common import parse_str_list
+from segladder.cli.app import app
 
 console = Console()
 

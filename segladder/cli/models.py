@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segladder.cli import app
+from segladder.cli.app import app
 
 models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")

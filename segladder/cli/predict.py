@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from segladder.cli import app
+from segladder.cli.app import app
 from segladder.errors import SegladderError
 
 submission_app = typer.Typer(help="Check a submission file against the competition format.", no_args_is_help=True)

@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from segladder.cli import app
+from segladder.cli.app import app
 from segladder.data.layout import DEFAULT_SIZE, SPLITS
 
 synth_app = typer.Typer(help="Generate synthetic datasets in the real layouts.", no_args_is_help=True)

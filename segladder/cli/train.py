@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from segladder.cli import app
+from segladder.cli.app import app
 
 
 @app.command("train")

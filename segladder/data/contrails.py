@@ -20,6 +20,7 @@ from segladder.data.layout import (
     band_file,
 )
 from segladder.errors import DataError
+from segladder.registry import suggest
 
 # Ash RGB ranges (domain-facts §2; pycontrails `to_ash`, SEVIRI convention): (low, high) per channel.
 ASH_R_RANGE = (-4.0, 2.0)  # B15 − B14, 12.3 µm − 11.2 µm
@@ -60,10 +61,7 @@ def resolve_channels(channels: Sequence[str]) -> tuple[str, ...]:
         names = CHANNEL_GROUPS.get(name, (name,))
         for n in names:
             if n not in KNOWN_CHANNELS:
-                import difflib
-
-                near = difflib.get_close_matches(n, KNOWN_CHANNELS + tuple(CHANNEL_GROUPS), n=3)
-                hint = f" Did you mean {', '.join(near)}?" if near else ""
+                hint = suggest(n, KNOWN_CHANNELS + tuple(CHANNEL_GROUPS))
                 raise DataError(
                     f"unknown input channel '{n}'.{hint} Valid: groups {sorted(CHANNEL_GROUPS)}, "
                     f"channels {list(KNOWN_CHANNELS)}."

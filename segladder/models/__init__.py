@@ -16,6 +16,7 @@ from segladder.models.registry import (
     create,
     info,
     register,
+    with_output,
 )
 
 __all__ = [
@@ -31,4 +32,5 @@ __all__ = [
     "info",
     "load_pretrained",
     "register",
+    "with_output",
 ]

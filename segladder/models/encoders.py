@@ -14,7 +14,8 @@ import timm
 import torch
 from torch import nn
 
-from segladder.models.registry import ModelError, suggest
+from segladder.models.registry import ModelError
+from segladder.registry import suggest
 
 log = logging.getLogger(__name__)
 

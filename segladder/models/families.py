@@ -24,7 +24,8 @@ from torch import nn
 from segladder.models.base import SequenceModel
 from segladder.models.blocks import ClassificationHead, Conv3dFuser, UNetDecoder
 from segladder.models.encoders import Encoder, check_timm_name, load_pretrained
-from segladder.models.registry import ModelError, register, suggest
+from segladder.models.registry import ModelError, register
+from segladder.registry import suggest
 
 Pretrained = bool | str | os.PathLike
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -10,6 +9,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from segladder.errors import ConfigError
+from segladder.registry import Registry, suggest
 
 
 class ModelError(ConfigError):
@@ -29,10 +29,11 @@ class ModelInfo:
     description: str
     uses_time: bool
     input_desc: str
-    output: str  # "mask" (B, 1, H, W) logits or "label" (B, 1) logits
+    output: str  # "mask" (B, 1, H, W) logits, "label" (B, 1) logits or "box"
 
 
-_REGISTRY: dict[str, ModelInfo] = {}
+MODELS: Registry[ModelInfo] = Registry("model", ModelError, " `segladder models list` shows all models.")
+OUTPUT_KINDS = ("mask", "label", "box")
 
 
 def register(
@@ -43,40 +44,35 @@ def register(
     input_desc: str,
     output: str = "mask",
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: add a factory function to the registry under `name` (default: the function's name)."""
+    """Decorator: add a factory function to the registry under `name` (default: the function's name).
+
+    `output` is the model's output kind, which tasks declare they accept: "mask" (B, 1, H, W) logits,
+    "label" (B, 1) logits or "box" (per-edge position logits).
+    """
+    if output not in OUTPUT_KINDS:
+        raise ValueError(f"output kind {output!r} is not one of {OUTPUT_KINDS}")
 
     def decorator(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         key = name or factory.__name__
-        if key in _REGISTRY:
-            raise ValueError(f"model {key!r} is registered twice")
-        _REGISTRY[key] = ModelInfo(key, factory, description, uses_time, input_desc, output)
+        MODELS.add(key, ModelInfo(key, factory, description, uses_time, input_desc, output))
         return factory
 
     return decorator
 
 
-def suggest(name: str, choices: list[str], n: int = 3) -> str:
-    """' Did you mean: a, b?' for the closest names, or '' when nothing is close."""
-    close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
-    if not close:
-        lowered = {c.lower(): c for c in choices}
-        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
-    return f" Did you mean: {', '.join(close)}?" if close else ""
-
-
 def available() -> list[str]:
     """Names of all registered models, in registration order."""
-    return list(_REGISTRY)
+    return MODELS.names()
 
 
 def info(name: str) -> ModelInfo:
     """The registry entry for `name`; a ModelError with the closest names when unknown."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ModelError(
-            f"unknown model {name!r}.{suggest(name, available())} `segladder models list` shows all models."
-        ) from None
+    return MODELS.get(name)
+
+
+def with_output(kind: str) -> list[str]:
+    """Names of the registered models whose output kind is `kind`."""
+    return [n for n, entry in MODELS.items() if entry.output == kind]
 
 
 def check_options(name: str, kwargs: dict) -> ModelInfo:

@@ -141,10 +141,10 @@ def _mode(cfg: ExperimentConfig) -> str:
 def bench_trainer(cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device,
                   data: Iterable | None = None) -> dict:
     """Our task under Lightning's Trainer; `data` None means the same in-memory batch every step."""
-    from segladder.tasks.segmentation import SegmentationTask
+    from segladder.training.build import build_task
 
     torch.manual_seed(0)
-    task = SegmentationTask(cfg.model_dump(mode="json"))
+    task = build_task(cfg)
     x, y = _batch(cfg, torch.device("cpu"))
     flops = flops_per_step(create(cfg.model.name, **cfg.model.kwargs), x, y)
     if data is None:

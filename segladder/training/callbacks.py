@@ -16,7 +16,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from segladder.io import atomic_path, atomic_write_json
 from segladder.progress import console
-from segladder.viz import overlay_grid, plot_histories, save_figure, save_image, threshold_curve_figure
+from segladder.tasks.base import require_task
+from segladder.viz import plot_histories, save_figure, save_image, threshold_curve_figure
 
 # ---------------------------------------------------------------------------------------- NaN safety
 
@@ -71,6 +72,9 @@ class NonFiniteGuard(Callback):
         self.stopped_reason: str | None = None
         self._batch: dict | None = None
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        require_task(pl_module, type(self).__name__)
+
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self._batch = batch
         pl_module.nonfinite = None
@@ -107,13 +111,14 @@ class NonFiniteGuard(Callback):
     def _diagnose(self, trainer, pl_module, batch, record) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         ctx = trainer.precision_plugin.forward_context()
-        module = first_nonfinite_module(pl_module.model, batch["image"], ctx)
+        x = pl_module.model_input(batch)
+        module = first_nonfinite_module(pl_module.model, x, ctx)
         grad_params: list[str] = []
         if module is None:
             # The forward pass is finite: find the parameters whose gradients are not.
             pl_module.model.zero_grad(set_to_none=True)
             with ctx:
-                loss, _ = pl_module.loss(pl_module.model(batch["image"]), pl_module.targets(batch))
+                loss, _ = pl_module.compute_loss(batch)
             loss.backward()
             grad_params = [n for n, p in pl_module.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
             pl_module.model.zero_grad(set_to_none=True)
@@ -124,7 +129,7 @@ class NonFiniteGuard(Callback):
             "stopped_after": self.consecutive,
             "last": record,
             "precision": str(trainer.precision),
-            "input_finite": _finite(batch["image"]),
+            "input_finite": _finite(x),
             "first_nonfinite_module": module,
             "nonfinite_gradients": grad_params[:20],
             "skipped_steps": self.skipped[-50:],
@@ -216,11 +221,14 @@ class RunRecorder(Callback):
     def load_state_dict(self, state: dict) -> None:
         self.history = list(state.get("history", []))
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        require_task(pl_module, type(self).__name__)
+
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._samples, self._epoch_t0, self._recent = 0, time.perf_counter(), []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._samples += batch["image"].shape[0]
+        self._samples += pl_module.model_input(batch).shape[0]
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._recent = (self._recent + [float(loss)])[-LOSS_END_STEPS:]
@@ -231,7 +239,7 @@ class RunRecorder(Callback):
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        if hasattr(pl_module, "last_curve"):
+        if pl_module.threshold_curve is not None:
             self._threshold_png(pl_module)
         if self.n_overlays:
             self._overlays(trainer, pl_module)
@@ -267,7 +275,7 @@ class RunRecorder(Callback):
     def _threshold_png(self, pl_module) -> None:
         import matplotlib.pyplot as plt
 
-        th, curve = (t.numpy() for t in pl_module.last_curve)
+        th, curve = pl_module.threshold_curve
         fig = threshold_curve_figure(th, curve, f"validation, epoch {pl_module.current_epoch + 1}")
         save_figure(fig, self.run_dir / "threshold_curve.png")
         tb = _tensorboard(pl_module)
@@ -277,16 +285,13 @@ class RunRecorder(Callback):
 
     def _overlays(self, trainer, pl_module) -> None:
         loader = trainer.val_dataloaders
-        if loader is None or getattr(pl_module.cfg, "task", "segmentation") != "segmentation":
+        if loader is None:
             return
         batch = next(iter(loader))
-        n = min(self.n_overlays, batch["image"].shape[0])
-        x = batch["image"][:n].to(pl_module.device)
-        with torch.no_grad(), trainer.precision_plugin.forward_context():
-            probs = torch.sigmoid(pl_module(x).float()).cpu()
-        grid = overlay_grid(batch["image"][:n], batch["mask"][:n], probs, pl_module.threshold)
-        out = self.run_dir / "overlays" / f"epoch_{trainer.current_epoch + 1:03d}.png"
-        save_image(grid, out)
+        grid = pl_module.pictures(batch, min(self.n_overlays, pl_module.model_input(batch).shape[0]))
+        if grid is None:
+            return
+        save_image(grid, self.run_dir / "overlays" / f"epoch_{trainer.current_epoch + 1:03d}.png")
         tb = _tensorboard(pl_module)
         if tb is not None:
             tb.add_image("val/overlays", grid, global_step=pl_module.global_step, dataformats="HWC")

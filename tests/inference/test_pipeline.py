@@ -140,9 +140,9 @@ def test_cli_evaluate(synth_root, toys, tmp_path):
 
 
 @pytest.mark.parametrize("cfg, match", [
-    ({"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filtr": {}}, "unknown key 'filtr'. Did you mean filter"),
-    ({"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filter": {"topk": 5}}, "unknown key 'filter.topk'. Did you mean top_k"),
-    ({"stage2": [{"checkpoint": "a.ckpt", "wieght": 2}], "segmenter": "s.ckpt"}, "Did you mean weight"),
+    ({"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filtr": {}}, "unknown key 'filtr'. Did you mean: filter"),
+    ({"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filter": {"topk": 5}}, "unknown key 'filter.topk'. Did you mean: top_k"),
+    ({"stage2": [{"checkpoint": "a.ckpt", "wieght": 2}], "segmenter": "s.ckpt"}, "Did you mean: weight"),
     ({"stage2": ["a.ckpt"]}, "stage 1 needs"),
     ({"segmenter": "s.ckpt", "stage2": []}, "stage2"),
     ({"segmenter": "s.ckpt", "stage2": ["a.ckpt"], "filter": {"rule": "xor"}}, "rule"),

@@ -1,28 +1,8 @@
-"""A small synthetic dataset and cache for training tests, and a quick config over them."""
+"""A quick config over the training fixtures (`train_root`, `train_cache` in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import pytest
-
 from segladder.config import build_config
-
-
-@pytest.fixture(scope="session")
-def train_root(tmp_path_factory):
-    from segladder.data.synth import generate_contrails
-
-    root = tmp_path_factory.mktemp("train-synth") / "raw"
-    generate_contrails(root, records=40, val_records=12, test_records=0, size=64, seed=3, progress=False)
-    return root
-
-
-@pytest.fixture(scope="session")
-def train_cache(train_root, tmp_path_factory):
-    from segladder.data.cache import CacheOptions, prepare_cache
-
-    cache = tmp_path_factory.mktemp("train-cache") / "cache"
-    prepare_cache(train_root, cache, CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False)
-    return cache
 
 
 def quick_config(root, **over):

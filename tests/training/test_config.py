@@ -2,7 +2,7 @@ import pytest
 
 from segladder.config import CONFIG_DIR, build_config, load_config, parse_overrides
 from segladder.errors import ConfigError
-from segladder.training.run import validate_experiment
+from segladder.training.build import check_experiment
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.stem)
@@ -10,7 +10,7 @@ def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
     if cfg.trainer.precision != "16-mixed":  # the fp16 recipe is GPU-only and says so
-        validate_experiment(cfg)
+        check_experiment(cfg)
 
 
 def test_every_seed_system_has_a_config():
@@ -52,8 +52,8 @@ def test_bad_values_and_bad_files(tmp_path):
 
 def test_model_and_loss_errors_are_caught_before_anything_is_built():
     with pytest.raises(ConfigError, match="ResNet18_U"):
-        validate_experiment(build_config({"model": {"name": "ResNet18U"}}))
+        check_experiment(build_config({"model": {"name": "ResNet18U"}}))
     with pytest.raises(ConfigError, match="ps"):
-        validate_experiment(build_config({"model": {"name": "ResNet18_U", "pss": 0.1}}))
+        check_experiment(build_config({"model": {"name": "ResNet18_U", "pss": 0.1}}))
     with pytest.raises(ConfigError, match="lovasz|lovász|loss"):
-        validate_experiment(build_config({"loss": [{"name": "lovaz"}]}))
+        check_experiment(build_config({"loss": [{"name": "lovaz"}]}))

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from segladder.training.build import build_trainer
 from segladder.training.callbacks import AtomicCheckpointIO, FiniteModelCheckpoint
-from segladder.training.run import build_trainer
 from tests.training.conftest import quick_config
 
 
@@ -75,7 +75,7 @@ def fit(model, tmp_path, data, patience=3, epochs=1):
 
     cfg = quick_config(tmp_path, **{"trainer.nan_patience": patience, "trainer.max_epochs": epochs,
                                     "trainer.overlays": 0, "optim.schedule": "constant"})
-    task = SegmentationTask(cfg.model_dump(mode="json"), model=model)
+    task = SegmentationTask(cfg, model)
     trainer, guard = build_trainer(cfg, tmp_path / "run", task.monitor)
     trainer.fit(task, DataLoader(data, batch_size=4), DataLoader(Batches(8), batch_size=4))
     return trainer, guard, tmp_path / "run"

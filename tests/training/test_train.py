@@ -160,21 +160,21 @@ def test_pseudo_labels_join_the_training_data(train_cache, tmp_path):
 
 def test_auxiliary_head_and_positives_only_segmentation_loss(train_cache, tmp_path):
     """Seed 001: SegCls2D trains its classification head, and the mask loss sees positive records only."""
-    from segladder.tasks.segmentation import SegmentationTask
+    from segladder.training.build import build_task
 
     cfg = quick_config(train_cache, **{"model.name": "SegCls2D", "aux.cls_weight": 0.5,
                                        "aux.seg_on_positives_only": True, "trainer.max_epochs": 1})
-    task = SegmentationTask(cfg.model_dump(mode="json")).eval()  # batch-norm statistics independent of the batch
+    task = build_task(cfg).eval()  # batch-norm statistics independent of the batch
     g = torch.Generator().manual_seed(0)
     image = torch.rand(4, 3, 2, 64, 64, generator=g)
     mask = torch.zeros(4, 1, 64, 64)
     mask[1, 0, 10:20, 10:12] = 1  # one positive record of four
-    loss, parts = task._training_loss({"image": image, "mask": mask})
+    loss, parts = task.compute_loss({"image": image, "mask": mask})
     assert set(parts) == {"bce", "dice", "cls"} and torch.isfinite(loss)
     only_positive, _ = task.loss(task.model(image[1:2]), {"mask": mask[1:2]})
     expected = only_positive + 0.5 * parts["cls"]
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
-    empty_loss, empty_parts = task._training_loss({"image": image[[0, 2]], "mask": mask[[0, 2]]})
+    empty_loss, empty_parts = task.compute_loss({"image": image[[0, 2]], "mask": mask[[0, 2]]})
     assert set(empty_parts) == {"cls"} and torch.isfinite(empty_loss)
     loss.backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in task.model.named_parameters() if "classification" in n)

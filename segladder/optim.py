@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
+
+from segladder.registry import Registry
 
 
 def param_groups(model: nn.Module, lr: float, encoder_lr_mult: float, weight_decay: float) -> list[dict]:
@@ -28,15 +32,33 @@ def param_groups(model: nn.Module, lr: float, encoder_lr_mult: float, weight_dec
     return out
 
 
-def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
-    if cfg.name == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    if cfg.name == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
-    if cfg.name == "radam":
-        return torch.optim.RAdam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
+OPTIMIZERS: Registry[Callable[[list[dict], Any], torch.optim.Optimizer]] = Registry("optimiser")
+
+
+@OPTIMIZERS.register("adamw")
+def _adamw(groups: list[dict], cfg) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+@OPTIMIZERS.register("adam")
+def _adam(groups: list[dict], cfg) -> torch.optim.Optimizer:
+    return torch.optim.Adam(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+@OPTIMIZERS.register("radam")
+def _radam(groups: list[dict], cfg) -> torch.optim.Optimizer:
+    return torch.optim.RAdam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
+
+
+@OPTIMIZERS.register("sgd")
+def _sgd(groups: list[dict], cfg) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """The optimiser `cfg.name` over `model`'s parameter groups (see `param_groups`)."""
+    groups = param_groups(model, cfg.lr, cfg.encoder_lr_mult, cfg.weight_decay)
+    return OPTIMIZERS.get(cfg.name)(groups, cfg)
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int):

@@ -1,0 +1,141 @@
+"""The task family's base: what every task shares, the contract callbacks rely on, and the task registry."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from segladder.config import ExperimentConfig
+from segladder.errors import ConfigError
+from segladder.inference.checkpoint import CHECKPOINT_KEY, CHECKPOINT_VERSION
+from segladder.optim import build_optimizer, build_scheduler
+from segladder.registry import Registry
+
+TASKS: Registry[type[Task]] = Registry("task")
+
+
+class Task(L.LightningModule):
+    """A model, its loss, its metrics and its optimiser joined for training; one subclass per kind of training.
+
+    A subclass sets `accepts` (the model output kinds it can train: "mask", "label", "box"), `monitor` (the
+    logged metric that picks the best checkpoint, higher is better) and implements `compute_loss`,
+    `validation_step` and `on_validation_epoch_end`; it is registered with `@TASKS.register("name")` and
+    gets its config section in `segladder/config.py`. The callbacks talk to it only through the members
+    below (`model_input`, `compute_loss`, `nonfinite`, `threshold_curve`, `pictures`, `monitor`).
+
+    Args:
+        cfg: the experiment; `cfg.model` already holds every argument the model was built with.
+        model: the `nn.Module` to train, built from `cfg.model` by `segladder.training.build.build_task`.
+    """
+
+    accepts: ClassVar[tuple[str, ...]] = ()
+    monitor: ClassVar[str] = "val/loss"
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module):
+        super().__init__()
+        # Kept for TensorBoard's hparams view only; the typed config travels as `self.cfg`.
+        self.save_hyperparameters({"config": cfg.model_dump(mode="json")})
+        self.cfg = cfg
+        self.model = model
+        self.nonfinite: dict | None = None  # set when a step is skipped; read by NonFiniteGuard
+        self._compiled: Any = None
+        if cfg.trainer.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+
+    # ---------------------------------------------------------------------------- the contract
+
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        """Refuse a config this task cannot train, before anything is built (subclasses add their checks)."""
+
+    def model_input(self, batch: dict) -> Tensor:
+        """The tensor the model reads from a batch."""
+        return batch["image"]
+
+    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """(total loss, detached parts by name) of one training batch."""
+        raise NotImplementedError
+
+    @property
+    def threshold_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(thresholds, score) of the last validation, for the threshold-curve PNG; None when the task has none."""
+        return None
+
+    def pictures(self, batch: dict, n: int) -> np.ndarray | None:
+        """An (H, W, 3) uint8 picture of the model on `n` validation records, or None when the task draws none."""
+        return None
+
+    def checkpoint_section(self) -> dict:
+        """What inference needs besides the weights (threshold, statistics, ...), stored in every checkpoint."""
+        return {}
+
+    # -------------------------------------------------------------------------------- forward
+
+    def configure_model(self) -> None:
+        if self.cfg.trainer.compile and self._compiled is None:
+            # Compiled forward kept beside the module so state_dict keys stay those of the plain model.
+            object.__setattr__(self, "_compiled", torch.compile(self.model))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (self._compiled or self.model)(self.layout(x))
+
+    def layout(self, x: Tensor) -> Tensor:
+        if self.cfg.trainer.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # ------------------------------------------------------------------------------- training
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        loss, parts = self.compute_loss(batch)
+        if not torch.isfinite(loss):
+            # Returning None makes Lightning skip backward and the optimiser step for this batch.
+            self.nonfinite = {"kind": "loss", "batch": batch, "parts": {k: float(v) for k, v in parts.items()}}
+            return None
+        bs = self.model_input(batch).shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "set_epoch"):
+            dm.set_epoch(self.current_epoch)
+
+    # ------------------------------------------------------------------------------ optimiser
+
+    def configure_optimizers(self):
+        opt = build_optimizer(self.model, self.cfg.optim)
+        sched = build_scheduler(opt, self.cfg.optim, self._total_steps())
+        if sched is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _total_steps(self) -> int:
+        t = self.trainer
+        if t.max_steps and t.max_steps > 0:
+            return t.max_steps
+        return max(1, int(t.estimated_stepping_batches)) if math.isfinite(t.estimated_stepping_batches) else 1
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint[CHECKPOINT_KEY] = {
+            "version": CHECKPOINT_VERSION,
+            "task": self.cfg.task,
+            "config": self.cfg.model_dump(mode="json"),
+            **self.checkpoint_section(),
+        }
+
+
+def require_task(pl_module: L.LightningModule, user: str) -> Task:
+    """`pl_module` as a Task, or a ConfigError naming the callback `user` that needs one (checked up front)."""
+    if not isinstance(pl_module, Task):
+        raise ConfigError(f"{user} works with segladder tasks (segladder.tasks.Task); got {type(pl_module).__name__}.")
+    return pl_module

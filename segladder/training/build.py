@@ -1,0 +1,114 @@
+"""The one place where a typed experiment config becomes objects: task (model + loss), data module and Trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from segladder.config import ExperimentConfig, ModelConfig
+from segladder.errors import ConfigError
+from segladder.training.callbacks import (
+    AtomicCheckpointIO,
+    FiniteModelCheckpoint,
+    NonFiniteGuard,
+    RNGState,
+    RunRecorder,
+)
+
+
+def task_class(cfg: ExperimentConfig):
+    """The registered task `cfg.task`, after checking that it can train `cfg.model` (nothing is built).
+
+    A model whose output kind the task does not accept is refused with the models that would fit.
+    """
+    from segladder.models import info, with_output
+    from segladder.optim import OPTIMIZERS
+    from segladder.tasks import TASKS
+
+    cls = TASKS.get(cfg.task)
+    entry = info(cfg.model.name)
+    if entry.output not in cls.accepts:
+        fitting = [n for kind in cls.accepts for n in with_output(kind)]
+        other = [name for name, t in TASKS.items() if entry.output in t.accepts]
+        raise ConfigError(
+            f"task '{cfg.task}' trains models whose output is a {' or '.join(cls.accepts)}, but model "
+            f"'{cfg.model.name}' outputs a {entry.output}. Models that fit task '{cfg.task}': {', '.join(fitting)}"
+            + (f"; or set task={other[0]} for {cfg.model.name}." if other else ".")
+        )
+    OPTIMIZERS.get(cfg.optim.name)
+    if cfg.trainer.precision == "16-mixed" and not torch.cuda.is_available():
+        raise ConfigError("trainer.precision 16-mixed needs a CUDA device; use 32 or bf16-mixed on CPU.")
+    cls.check(cfg)
+    return cls
+
+
+def resolve_model(cfg: ExperimentConfig) -> ExperimentConfig:
+    """`cfg` with every model argument the model is built with, `in_chans` filled from the data's channels.
+
+    The resolved config is what checkpoints store, so inference rebuilds exactly the trained model.
+    """
+    from segladder.data.contrails import resolve_channels
+    from segladder.models import check_options
+
+    if "in_chans" in cfg.model.kwargs:
+        model = cfg.model
+    else:
+        model = ModelConfig(name=cfg.model.name, **cfg.model.kwargs, in_chans=len(resolve_channels(cfg.data.channels)))
+    check_options(model.name, model.kwargs)
+    return cfg.model_copy(update={"model": model})
+
+
+def check_experiment(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Every config check that needs no data and builds nothing; returns `cfg` with its model resolved."""
+    task_class(cfg)
+    return resolve_model(cfg)
+
+
+def build_task(cfg: ExperimentConfig):
+    """The task of `cfg` with its model built from the registry; config errors are raised before any weight is made."""
+    from segladder.models import create
+
+    cls = task_class(cfg)
+    cfg = resolve_model(cfg)
+    return cls(cfg, create(cfg.model.name, **cfg.model.kwargs))
+
+
+def build_datamodule(cfg: ExperimentConfig) -> L.LightningDataModule:
+    """The data module of `cfg`: the contrails layout or its cache."""
+    from segladder.data.module import ContrailsDataModule
+
+    return ContrailsDataModule(cfg.data, cfg.seed)
+
+
+def build_trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, extra_callbacks=()) -> tuple[L.Trainer, NonFiniteGuard]:
+    """Lightning's Trainer with segladder's callbacks (NaN guard, finite atomic checkpoints, RNG state, pictures)."""
+    t = cfg.trainer
+    guard = NonFiniteGuard(run_dir, t.nan_patience)
+    callbacks = [
+        guard,
+        FiniteModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
+                              save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+        RNGState(),
+        RunRecorder(run_dir, t.overlays),
+        LearningRateMonitor(logging_interval="step"),
+        *extra_callbacks,
+    ]
+    if t.progress:
+        callbacks.append(RichProgressBar(leave=True))
+    kwargs = {k: v for k, v in {
+        "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
+        "val_check_interval": t.val_check_interval, "gradient_clip_val": t.gradient_clip_val,
+    }.items() if v is not None}
+    trainer = L.Trainer(
+        max_epochs=t.max_epochs, max_steps=t.max_steps, precision=t.precision, accelerator=t.accelerator,
+        devices=t.devices, strategy=t.strategy, num_nodes=t.num_nodes, accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, callbacks=callbacks,
+        logger=TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""),
+        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), num_sanity_val_steps=0,
+        enable_progress_bar=t.progress, enable_model_summary=False, **kwargs,
+    )
+    return trainer, guard
