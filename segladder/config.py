@@ -134,8 +134,10 @@ class TrainerConfig(_Section):
     precision: Literal["32", "32-true", "16-mixed", "bf16-mixed"] = "32"
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
-    strategy: str = "auto"
+    strategy: str = Field("auto", description="auto, ddp (find_unused_parameters off), ddp_spawn, ... (docs/scale-out.md)")
     num_nodes: int = Field(1, ge=1)
+    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes (small per-device batches)")
+    find_unused_parameters: bool = Field(False, description="DDP: only for models with parameters a step may not use")
     accumulate_grad_batches: int = Field(1, ge=1)
     gradient_clip_val: float | None = None
     limit_train_batches: int | float | None = None
@@ -149,6 +151,7 @@ class TrainerConfig(_Section):
     nan_patience: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
     overlays: int = Field(8, ge=0, description="validation records drawn as overlays each epoch")
     progress: bool = True
+    wandb_project: str | None = Field(None, description="also log to Weights & Biases (needs wandb and WANDB_API_KEY)")
 
 
 class ExperimentConfig(_Section):

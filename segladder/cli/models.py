@@ -72,3 +72,22 @@ def show_model(
     for param in inspect.signature(entry.factory).parameters.values():
         default = "" if param.default is inspect.Parameter.empty else f" = {param.default!r}"
         typer.echo(f"  {param.name}{default}")
+
+
+@models_app.command("fetch")
+def fetch_weights(
+    config: str = typer.Argument(..., help="Experiment YAML or shipped config name whose model's weights to get."),
+    set_: list[str] = typer.Option([], "--set", help="Config overrides, as for `segladder train`."),
+) -> None:
+    """Build the config's model once so its pretrained weights land in the timm/Hugging Face cache.
+
+    Nothing downloads unless SEGLADDER_ALLOW_DOWNLOAD=1 is set for this command (scripts/cloud_train.sh
+    does); afterwards training reads the cache offline.
+    """
+    from segladder.config import load_config, resolve_config_path
+    from segladder.training.build import build_task
+
+    cfg = load_config(resolve_config_path(config), list(set_))
+    build_task(cfg)
+    pretrained = cfg.model.kwargs.get("pretrained", False)
+    typer.echo(f"{cfg.model.name}: " + ("weights ready" if pretrained else "model.pretrained is false, no weights needed"))

@@ -28,6 +28,10 @@ def train(
         raise typer.BadParameter("--resume takes the config stored in the run directory; give no CONFIG or --set.")
     cfg = None if resume is not None else load_config(resolve_config_path(config) if config else None, overrides)
     result = run_train(cfg, out=out, resume=resume)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    if rank_zero_only.rank != 0:  # the other DDP processes ran the same command; one summary is enough
+        return
     final = result.metrics.get("final", {})
     if final:
         shown = {k: v for k, v in final.items() if isinstance(v, float) and k.startswith(("train/loss_epoch", "val/"))}

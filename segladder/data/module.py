@@ -112,8 +112,15 @@ class ContrailsDataModule(L.LightningDataModule):
                           persistent_workers=False)
 
     def val_dataloader(self) -> DataLoader:
+        sampler = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            # Lightning's default sampler pads shards to equal length, counting some records twice in the
+            # global Dice; this one gives each record to exactly one process.
+            sampler = UnrepeatedDistributedSampler(self.val_set, shuffle=False)
         return DataLoader(self.val_set, batch_size=self.cfg.val_batch_size or self.cfg.batch_size, shuffle=False,
-                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
+                          sampler=sampler, num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
 
 
 def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:

@@ -255,7 +255,8 @@ class RunRecorder(Callback):
             row["train/loss_end"] = sum(self._recent) / len(self._recent)
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
         final = {k: v for k, v in row.items() if k not in ("epoch", "step")}
-        atomic_write_json(self.run_dir / "metrics.json", {"final": final, "epochs": self.history})
+        atomic_write_json(self.run_dir / "metrics.json",
+                          {"final": final, "epochs": self.history, "world_size": trainer.world_size})
         self._curves_png()
         val = metrics.get(pl_module.monitor)
         train_loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from segladder.config import ExperimentConfig, dump_config, load_config
 from segladder.errors import ConfigError, SegladderError
 from segladder.io import atomic_write_json, atomic_write_text
+from segladder.progress import console
 from segladder.training.build import build_datamodule, build_task, build_trainer
 
 
@@ -39,6 +41,37 @@ def read_metrics(run_dir: Path) -> dict:
     """A run's metrics.json (`final` and per-epoch `epochs`), or {} when no epoch has finished."""
     path = Path(run_dir) / "metrics.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+RUN_DIR_ENV = "SEGLADDER_RUN_DIR"  # the run directory, handed to the processes Lightning's DDP launcher starts
+
+
+def shared_run_dir(cfg: ExperimentConfig, out: Path | None) -> Path:
+    """One run directory for every process of a run.
+
+    Lightning's DDP launcher starts the other local ranks by running the same command again with this
+    process's environment, so the chosen directory travels in `SEGLADDER_RUN_DIR`. Processes started
+    together by torchrun or SLURM cannot agree on a time stamp, so they must be given `--out`.
+    """
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV])
+    started_together = max(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("SLURM_NTASKS", 1))) > 1
+    if started_together and out is None:
+        raise ConfigError("this process is one of several started by torchrun or SLURM: give --out RUN_DIR on shared "
+                          "storage so that every process writes to the same run.")
+    return Path(out) if out is not None else new_run_dir(cfg)
+
+
+def batch_summary(cfg: ExperimentConfig, world_size: int) -> str:
+    """The per-device and the effective batch, and the LR rule: the configured LR is used as it is."""
+    per_device, accumulate = cfg.data.batch_size, cfg.trainer.accumulate_grad_batches
+    effective = per_device * accumulate * world_size
+    line = (f"batch: {per_device} per device × {accumulate} accumulated × {world_size} process(es) = "
+            f"{effective} samples per optimiser step; optim.lr {cfg.optim.lr:g} as configured")
+    if world_size > 1:
+        line += (f" (not rescaled: for the single-process LR of batch {per_device * accumulate}, the linear rule "
+                 f"gives lr × {world_size})")
+    return line
 
 
 def new_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
@@ -89,15 +122,24 @@ def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = build_task(cfg)  # a config the task cannot train fails here, before any data is read
     if resume is None:
-        run_dir = Path(out) if out is not None else new_run_dir(cfg)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-        atomic_write_json(run_dir / "environment.json", environment())
+        run_dir = shared_run_dir(cfg, out)
+        if rank_zero_only.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+            atomic_write_json(run_dir / "environment.json", environment())
 
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data that does not match the config fails here, before the Trainer starts
     trainer, guard = build_trainer(cfg, run_dir, task.monitor)
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    if rank_zero_only.rank == 0:
+        console.print(batch_summary(cfg, trainer.world_size))
+    own_env = RUN_DIR_ENV not in os.environ
+    os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
+    try:
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    finally:
+        if own_env:
+            os.environ.pop(RUN_DIR_ENV, None)
     if guard.stopped_reason:
         raise TrainingStopped(guard.stopped_reason, run_dir)
     metrics = read_metrics(run_dir)
