@@ -73,10 +73,12 @@ class DataConfig(_Section):
     batch_size: int = Field(8, ge=1)
     val_batch_size: int | None = Field(None, ge=1)
     num_workers: int = Field(2, ge=0)
-    train_split: str = "train"
+    train_split: str = Field("train", description="split(s) to train on; `train+validation` joins both")
     val_split: str = "validation"
     train_records: int | None = Field(None, ge=1, description="use only the first N training records (ladder budget)")
     val_records: int | None = Field(None, ge=1)
+    folds: str | None = Field(None, description="folds CSV from `segladder data folds`; train on all folds but data.fold")
+    fold: int | None = Field(None, ge=0, description="the held-out fold (validation) when data.folds is set")
     positives_only: bool = Field(False, description="train on records with a contrail only (seed 001 stage 2)")
     normalize_ash: bool = False
     skip_bad: bool = False

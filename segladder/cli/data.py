@@ -70,3 +70,29 @@ def prepare(
     out.print(table)
     out.print(f"written {res.written}, reused from an earlier run {res.reused}; "
               f"frames {list(opts.frames)}, channels {list(opts.channels)}, {opts.dtype}, {opts.image_size}²")
+
+
+@data_app.command("folds")
+def folds(
+    root: Path = typer.Argument(..., help="Dataset root (competition layout; a cache serves --by record only)."),
+    out: Path = typer.Option(..., "--out", help="Folds CSV to write (record_id, split, fold, has_contrail, group)."),
+    k: int = typer.Option(5, "--k", help="Number of folds."),
+    by: str = typer.Option("record", "--by", help="record, time (records within --window-minutes stay together) or "
+                                                   "group (records sharing --group-key stay together)."),
+    pool: str = typer.Option("train", "--pool", help="Splits to cut: train, validation or train,validation."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the assignment."),
+    window_minutes: float = typer.Option(60.0, "--window-minutes", help="--by time: neighbours closer than this share a fold."),
+    group_key: str = typer.Option("row_min,col_min", "--group-key", help="--by group: metadata field(s) naming a group."),
+) -> None:
+    """Cut the labelled records into K folds, stratified by "has a contrail", for `train --folds`."""
+    from segladder.data.folds import make_folds
+
+    rows = make_folds(root, out, k=k, by=by, splits=parse_str_list(pool) or ["train"], seed=seed,
+                      window_minutes=window_minutes, group_key=group_key)
+    table = Table("fold", "records", "with contrail", "groups")
+    for f in range(k):
+        part = [r for r in rows if r.fold == f]
+        table.add_row(str(f), str(len(part)), str(sum(r.has_contrail for r in part)), str(len({r.group for r in part})))
+    out_console = Console()
+    out_console.print(table)
+    out_console.print(f"written: {out}")

@@ -62,10 +62,22 @@ def predict_cmd(
     batch_size: int = typer.Option(8, "--batch-size", help=_BATCH_HELP),
     device: str = typer.Option(None, "--device", help=_DEVICE_HELP),
     workers: int = typer.Option(0, "--workers", help=_WORKERS_HELP),
+    folds: bool = typer.Option(False, "--folds", help="CHECKPOINTS is one run of `train --folds`: average its folds and "
+                                                      "apply the out-of-fold threshold and component size."),
 ) -> None:
     """Predict a split: float16 probability maps, binary masks, submission.csv and optional overlays."""
     from segladder.inference.predict import predict
 
+    if folds:
+        from segladder.inference.folds import read_fold_ensemble
+
+        if len(checkpoints or []) != 1:
+            raise SegladderError("--folds takes one run directory (of `segladder train CONFIG --folds K`).")
+        ens = read_fold_ensemble(checkpoints[0])
+        checkpoints = [Path(c) for c in ens.checkpoints]
+        if threshold is None and percentile is None:
+            threshold = ens.threshold
+        min_component = min_component or ens.min_component
     pred = predict(checkpoints or [], data, out, split=split, onnx=onnx, weights=_weights(weights),
                    threshold=threshold, percentile=percentile, tta=tta, tta_shift=tta_shift,
                    min_component=min_component, overlays=overlays, batch_size=batch_size, device=device,

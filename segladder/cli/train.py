@@ -16,6 +16,9 @@ def train(
     more: list[str] = typer.Argument(None, help="More KEY=VALUE overrides, e.g. `--set optim.lr=3e-4 trainer.max_epochs=2`.", show_default=False),
     out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<experiment>/<timestamp>/)."),
     resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
+    folds: int = typer.Option(None, "--folds", help="Cross-validate: train K folds into RUN/fold_k/ (data.folds, or "
+                                                     "folds cut by record); run again to continue."),
+    fold: list[int] = typer.Option([], "--fold", help="Train only this fold (repeatable); with data.folds or --folds."),
 ) -> None:
     """Train a model; the run directory is printed as the last line."""
     from segladder.config import load_config, resolve_config_path
@@ -27,6 +30,15 @@ def train(
     if resume is not None and (config or overrides):
         raise typer.BadParameter("--resume takes the config stored in the run directory; give no CONFIG or --set.")
     cfg = None if resume is not None else load_config(resolve_config_path(config) if config else None, overrides)
+    if folds is not None or fold:
+        from segladder.training.folds import train_folds
+
+        if resume is not None:
+            raise typer.BadParameter("a cross-validated run continues by running the same command again with --out.")
+        run_dir = out or Path("runs") / cfg.name / "folds"
+        res = train_folds(cfg, run_dir, k=folds or 5, only=list(fold) or None)
+        typer.echo(str(res.run_dir))
+        return
     result = run_train(cfg, out=out, resume=resume)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 

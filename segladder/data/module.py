@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from segladder.data.datasets import ContrailsDataset, dataset_from_config
+from segladder.data.folds import FoldRecord, fold_count, read_folds
 from segladder.data.pseudo import PseudoLabels
 from segladder.errors import ConfigError
 
@@ -60,6 +61,7 @@ class ContrailsDataModule(L.LightningDataModule):
         self.train_set: _Seeded | None = None
         self.val_set: Dataset | None = None
         self._sampler: EpochSeededSampler | None = None
+        self._folds: list[FoldRecord] | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit"):
@@ -71,27 +73,56 @@ class ContrailsDataModule(L.LightningDataModule):
         c = self.cfg
         if self.train_set is not None:
             return
-        train = dataset_from_config(c, c.train_split, augment=True)
-        rows = np.arange(len(train))
-        if c.positives_only:
-            rows = rows[positive_rows(train)]
-            if len(rows) == 0:
-                raise ConfigError(f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records.")
-        if c.train_records is not None:
-            rows = rows[: c.train_records]
-        base = train if len(rows) == len(train) else Subset(train, rows.tolist())
+        parts: list[Dataset] = []
+        for split in self.train_splits:
+            train = dataset_from_config(c, split, augment=True)
+            rows = np.arange(len(train))
+            if c.folds:
+                rows = fold_rows(train, self.folds, lambda f: f != c.fold)
+            if c.positives_only:
+                rows = rows[np.isin(rows, positive_rows(train))]
+            parts.append(train if len(rows) == len(train) else Subset(train, rows.tolist()))
+        base = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        if c.positives_only and len(base) == 0:
+            raise ConfigError(f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records.")
+        if c.train_records is not None and c.train_records < len(base):
+            base = Subset(base, range(c.train_records))
         if c.pseudo_labels:
             pseudo = PseudoLabels(c.pseudo_labels)
             extra = dataset_from_config(c, pseudo.split, augment=True, pseudo=pseudo, pseudo_threshold=c.pseudo_threshold,
-                                  keep_soft=train.has_soft)
+                                        keep_soft=contrails_datasets(base)[0].has_soft)
             base = ConcatDataset([base, extra])
         self.train_set = _Seeded(base, self.seed)
 
     def build_val(self) -> None:
         c = self.cfg
-        if self.val_set is None:
+        if self.val_set is not None:
+            return
+        if c.folds:
+            parts = [dataset_from_config(c, split) for split in sorted({r.split for r in self.folds})]
+            subsets = [Subset(ds, fold_rows(ds, self.folds, lambda f: f == c.fold).tolist()) for ds in parts]
+            val = subsets[0] if len(subsets) == 1 else ConcatDataset(subsets)
+        else:
             val = dataset_from_config(c, c.val_split)
-            self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
+        self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
+
+    @property
+    def train_splits(self) -> list[str]:
+        """`data.train_split` as splits (`train+validation` trains on both); with folds, the folds' splits."""
+        if self.cfg.folds:
+            return sorted({r.split for r in self.folds})
+        return [s for s in self.cfg.train_split.split("+") if s]
+
+    @property
+    def folds(self) -> list[FoldRecord]:
+        if self._folds is None:
+            c = self.cfg
+            self._folds = read_folds(c.folds)
+            k = fold_count(self._folds)
+            if c.fold is None or not 0 <= c.fold < k:
+                raise ConfigError(f"data.folds {c.folds} has folds 0..{k - 1}: set data.fold to one of them "
+                                  f"(got {c.fold}), or train them all with `segladder train CONFIG --folds`.")
+        return self._folds
 
     @property
     def stats(self) -> dict | None:
@@ -130,6 +161,20 @@ def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:
     if isinstance(ds, ConcatDataset):
         return [d for part in ds.datasets for d in contrails_datasets(part)]
     return [ds]
+
+
+def fold_rows(ds: ContrailsDataset, folds: list[FoldRecord], keep) -> np.ndarray:
+    """Rows of `ds` whose record's fold passes `keep`; a record of the folds file missing from `ds` is an error."""
+    index = {rid: i for i, rid in enumerate(ds.record_ids)}
+    rows = []
+    for r in folds:
+        if r.split != ds.split or not keep(r.fold):
+            continue
+        if r.record_id not in index:
+            raise ConfigError(f"record {r.split}/{r.record_id} of the folds file is not in {ds.source}; "
+                              "were the folds cut from another dataset?")
+        rows.append(index[r.record_id])
+    return np.array(sorted(rows), dtype=np.int64)
 
 
 def positive_rows(ds: ContrailsDataset) -> np.ndarray:

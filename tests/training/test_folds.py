@@ -1,0 +1,109 @@
+"""Cross-validation: folds as data, K-fold training, out-of-fold choices and the fold ensemble's submission."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from segladder.cli import _register, app
+from segladder.data.folds import assign_folds, make_folds, read_folds
+from segladder.errors import DataError
+from segladder.inference.folds import read_fold_ensemble
+from segladder.inference.submission import check_submission
+from segladder.training.folds import MIN_COMPONENT_GRID, _best_min_component, train_folds
+from tests.training.conftest import quick_config
+
+
+def test_groups_stay_whole_and_folds_are_stratified():
+    groups = [f"g{i // 3}" for i in range(30)]  # ten groups of three
+    positive = [i % 2 == 0 for i in range(30)]
+    folds = assign_folds(groups, positive, k=5, seed=1)
+    for g in set(groups):
+        assert len({f for f, gg in zip(folds, groups, strict=True) if gg == g}) == 1
+    sizes = np.bincount(folds, minlength=5)
+    pos = np.bincount(folds, weights=positive, minlength=5)
+    assert sizes.tolist() == [6] * 5 and pos.max() - pos.min() <= 2
+    assert folds == assign_folds(groups, positive, k=5, seed=1)  # reproducible from the seed
+    with pytest.raises(DataError, match="only 10 group"):
+        assign_folds(groups, positive, k=11)
+
+
+def test_by_time_keeps_a_time_cluster_together(synth_copy, tmp_path):
+    meta_path = synth_copy / "train_metadata.json"
+    meta = json.loads(meta_path.read_text())
+    # Three bursts of records ten minutes apart inside a burst, days apart between bursts.
+    for i, m in enumerate(meta):
+        m["timestamp"] = 1.6e9 + (i % 3) * 86400 * 3 + (i // 3) * 600
+    meta_path.write_text(json.dumps(meta))
+    rows = make_folds(synth_copy, tmp_path / "folds.csv", k=3, by="time", window_minutes=30)
+    cluster_of = {m["record_id"]: i % 3 for i, m in enumerate(meta)}
+    for c in range(3):
+        assert len({r.fold for r in rows if cluster_of[r.record_id] == c}) == 1
+    assert len({r.fold for r in rows}) == 3
+    back = read_folds(tmp_path / "folds.csv")
+    assert [(r.record_id, r.fold) for r in back] == [(r.record_id, r.fold) for r in rows]
+    assert len({(r.split, r.record_id) for r in back}) == len(back)  # no record in two folds
+
+
+def test_bad_fold_inputs_are_one_clear_line(synth_copy, tmp_path):
+    with pytest.raises(DataError, match="--group-key nope: not a metadata field"):
+        make_folds(synth_copy, tmp_path / "f.csv", k=2, by="group", group_key="nope")
+    with pytest.raises(DataError, match="folds file .* does not exist"):
+        read_folds(tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("record_id,split\n1,train\n")
+    with pytest.raises(DataError, match="missing column"):
+        read_folds(tmp_path / "bad.csv")
+
+
+def test_min_component_choice_matches_a_hand_computation(tmp_path):
+    oof = tmp_path / "oof"
+    oof.mkdir()
+    p = np.zeros((16, 16), np.float16)
+    truth = np.zeros((16, 16), np.float16)
+    p[2:6, 2:6] = 0.9      # a 16-pixel true blob
+    truth[2:6, 2:6] = 1
+    p[10:12, 10:13] = 0.8  # a 6-pixel false blob: removed by min sizes >= 10
+    np.save(oof / "a.npy", np.stack([p, truth]))
+    size, dice = _best_min_component(oof, ["a"], 0.5)
+    # min 0 or 5: Dice = 2·16 / (22 + 16) = 0.842; min 10 or 20: 2·16/(16+16) = 1; min 50: nothing kept, 0.
+    assert size == 10 and dice == pytest.approx(1.0)
+    assert MIN_COMPONENT_GRID[:3] == (0, 5, 10)
+
+
+@pytest.mark.slow
+def test_folds_to_a_submission(train_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(train_root, data)
+    from segladder.data.synth import generate_contrails
+
+    generate_contrails(tmp_path / "with_test", records=2, val_records=0, test_records=3, size=64, seed=9, progress=False)
+    shutil.copytree(tmp_path / "with_test" / "test", data / "test", dirs_exist_ok=True)
+    _register()
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "folds", str(data), "--k", "3", "--out", str(tmp_path / "folds.csv")])
+    assert res.exit_code == 0, res.output
+    cfg = quick_config(data, **{"data.folds": str(tmp_path / "folds.csv"), "trainer.max_epochs": 1,
+                                "trainer.limit_train_batches": 2, "model.name": "ResNet18_Simple",
+                                "data.frames": "[3,4]", "trainer.overlays": 0})
+    run = tmp_path / "cv"
+    first = train_folds(cfg, run, only=[0], progress=False)
+    assert first.ensemble is None and (run / "fold_0" / "fold_done.json").exists()
+    done = train_folds(cfg, run, progress=False)  # continues: fold 0 kept, folds 1 and 2 trained
+    ens = done.ensemble
+    assert ens is not None and len(ens.checkpoints) == 3 and ens.oof_records == 40
+    assert 0 < ens.threshold < 1 and ens.min_component in MIN_COMPONENT_GRID
+    for name in ("ensemble.json", "folds_summary.json", "folds_summary.png", "oof_threshold_curve.png"):
+        assert (run / name).exists(), name
+    summary = json.loads((run / "folds_summary.json").read_text())
+    assert summary["mean"] == pytest.approx(np.mean(ens.fold_dice))
+    assert read_fold_ensemble(run).threshold == ens.threshold
+    res = runner.invoke(app, ["predict", str(run), "--folds", "--data", str(data), "--split", "test",
+                              "--out", str(tmp_path / "pred")])
+    assert res.exit_code == 0, res.output
+    predicted = json.loads((tmp_path / "pred" / "predict.json").read_text())
+    assert predicted["threshold"] == pytest.approx(ens.threshold) and len(predicted["models"]) == 3
+    assert check_submission(tmp_path / "pred" / "submission.csv", data, "test") == []
