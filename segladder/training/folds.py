@@ -45,8 +45,9 @@ def train_folds(cfg: ExperimentConfig, run_dir: Path, *, k: int = 5, only: list[
     fold's best model, and the threshold, its percentile and the small-component size are chosen on the
     pooled out-of-fold maps with global Dice (`ensemble.json`, `oof_threshold_curve.png`).
     """
-    if cfg.task != "segmentation":
-        raise ConfigError(f"--folds trains segmentation models (task '{cfg.task}' has no out-of-fold maps to pool).")
+    from segladder.training.build import task_class
+
+    task = task_class(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     folds_csv = Path(cfg.data.folds) if cfg.data.folds else run_dir / FOLDS_FILE
@@ -63,17 +64,23 @@ def train_folds(cfg: ExperimentConfig, run_dir: Path, *, k: int = 5, only: list[
     if bad:
         raise ConfigError(f"--fold {bad[0]}: {folds_csv} has folds 0..{k - 1}.")
     for f in todo:
-        _train_fold(cfg, run_dir, folds_csv, f, k)
-    dice = [_fold_best(run_dir / f"fold_{f}")[0] for f in range(k) if (run_dir / f"fold_{f}" / DONE_FILE).exists()]
+        _train_fold(cfg, run_dir, folds_csv, f, k, task.monitor)
+    dice = [_fold_best(run_dir / f"fold_{f}", task.monitor)[0] for f in range(k)
+            if (run_dir / f"fold_{f}" / DONE_FILE).exists()]
     if len(dice) < k:
         console.print(f"{len(dice)} of {k} folds finished; run the same command again to train the others.")
+        return FoldsResult(run_dir, dice, None)
+    if "mask" not in task.accepts:  # e.g. classification: per-fold scores, but no maps to pool
+        mean, std = statistics.fmean(dice), statistics.stdev(dice) if k > 1 else 0.0
+        atomic_write_json(run_dir / "folds_summary.json", {"monitor": task.monitor, "folds": dice, "mean": mean, "std": std})
+        console.print(f"{task.monitor} per fold: {', '.join(f'{d:.4f}' for d in dice)}; mean ± std {mean:.4f} ± {std:.4f}")
         return FoldsResult(run_dir, dice, None)
     ensemble = out_of_fold(run_dir, rows, k, progress=progress)
     _summary(run_dir, ensemble)
     return FoldsResult(run_dir, ensemble.fold_dice, ensemble)
 
 
-def _train_fold(cfg: ExperimentConfig, run_dir: Path, folds_csv: Path, fold: int, k: int) -> None:
+def _train_fold(cfg: ExperimentConfig, run_dir: Path, folds_csv: Path, fold: int, k: int, monitor: str) -> None:
     fold_dir = run_dir / f"fold_{fold}"
     if (fold_dir / DONE_FILE).exists():
         console.print(f"fold {fold + 1}/{k}: finished earlier, kept")
@@ -84,17 +91,17 @@ def _train_fold(cfg: ExperimentConfig, run_dir: Path, folds_csv: Path, fold: int
     else:
         data = cfg.data.model_copy(update={"folds": str(folds_csv.resolve()), "fold": fold})
         train(cfg.model_copy(update={"data": data, "name": f"{cfg.name}-fold{fold}"}), out=fold_dir)
-    dice, epoch = _fold_best(fold_dir)
-    atomic_write_json(fold_dir / DONE_FILE, {"fold": fold, "dice_best": dice, "best_epoch": epoch})
+    score, epoch = _fold_best(fold_dir, monitor)
+    atomic_write_json(fold_dir / DONE_FILE, {"fold": fold, monitor: score, "best_epoch": epoch})
 
 
-def _fold_best(fold_dir: Path) -> tuple[float, int]:
-    """The fold's best validation global Dice (at its best threshold) and the epoch it came from."""
-    epochs = [e for e in read_metrics(fold_dir).get("epochs", []) if "val/dice_best" in e]
+def _fold_best(fold_dir: Path, monitor: str = "val/dice_best") -> tuple[float, int]:
+    """The fold's best value of `monitor` (global Dice at its best threshold, for masks) and its epoch."""
+    epochs = [e for e in read_metrics(fold_dir).get("epochs", []) if monitor in e]
     if not epochs:
         return float("nan"), 0
-    best = max(epochs, key=lambda e: e["val/dice_best"])
-    return float(best["val/dice_best"]), int(best["epoch"])
+    best = max(epochs, key=lambda e: e[monitor])
+    return float(best[monitor]), int(best["epoch"])
 
 
 def _held_out(ck, rows: list[FoldRecord], fold: int) -> Subset | torch.utils.data.ConcatDataset:
