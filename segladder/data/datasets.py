@@ -26,6 +26,10 @@ from segladder.data.transforms import AugmentConfig, augment, build_augment
 from segladder.errors import BadDatasetError, ConfigError, DataError
 from segladder.progress import console
 
+OUTPUT_DTYPES = ("float32", "uint8")
+# Pixel permutations commute with the per-channel decode, so they run on the stored uint8 values unchanged.
+UINT8_EXACT_AUGMENTS = ("hflip_p", "vflip_p", "rot90_p")
+
 
 class ContrailsDataset(Dataset):
     """One split of a contrails dataset, read from a cache (fast) or from the raw layout (small experiments).
@@ -34,6 +38,18 @@ class ContrailsDataset(Dataset):
     labelled, ``soft`` (1, H, W) float32 where annotators' masks exist, and ``record_id`` (str).
     Ash channels are in [0, 1] (standardised by training statistics when ``normalize_ash``); raw bands
     and band differences are always standardised. Augmentation happens before ash standardisation.
+
+    With ``output_dtype="uint8"`` a uint8 cache hands out its stored values instead: ``image`` (C, T, H, W)
+    uint8 with ``image_scale`` / ``image_offset`` (C,) float32 (the manifest's affine with ash
+    standardisation folded in) and ``mask`` (1, H, W) uint8, so a loader moves a quarter of the bytes and
+    `decode_batch` makes the float image on the device. Where the stored values cannot be served exactly
+    (raw records, a float16 cache, augmentation other than flips/rot90, or cutout over standardised
+    channels) the items stay float32, so the output is the same either way (`emits_uint8` says which).
+
+    Args:
+        source: a prepared cache (detected by its manifest) or a raw dataset root.
+        split: the split to read.
+        output_dtype: "float32" (default: inference, evaluation) or "uint8" (training from a uint8 cache).
     """
 
     def __init__(
@@ -53,7 +69,10 @@ class ContrailsDataset(Dataset):
         pseudo: PseudoLabels | None = None,
         pseudo_threshold: float = 0.5,
         keep_soft: bool = True,
+        output_dtype: str = "float32",
     ):
+        if output_dtype not in OUTPUT_DTYPES:
+            raise DataError(f"output_dtype '{output_dtype}' is not one of {OUTPUT_DTYPES}.")
         self.source, self.split = Path(source), split
         self.frames, self.channels = resolve_frames(frames), resolve_channels(channels)
         self.image_size, self.interpolation = image_size, interpolation
@@ -91,8 +110,14 @@ class ContrailsDataset(Dataset):
         if normalize_ash and self.stats is None:
             raise DataError(f"normalize_ash needs training statistics, but {self.source} has no train split.")
         self._ash_scale, self._ash_offset = self._ash_affine()
+        self.emits_uint8 = False
         if self.cache is not None:
             self._prepare_decode()
+            self.emits_uint8 = output_dtype == "uint8" and self._uint8_exact(augment)
+            if self.emits_uint8:
+                # The whole affine (ash standardisation included) is applied after the uint8 augmentation.
+                self._item_scale = torch.from_numpy(self._scale_all * self._ash_scale)
+                self._item_offset = torch.from_numpy(self._offset_all * self._ash_scale + self._ash_offset)
 
     # ------------------------------------------------------------------------------------- building
 
@@ -111,10 +136,23 @@ class ContrailsDataset(Dataset):
             raise DataError(f"{self.source}/{self.split}: every record is bad; nothing to load.")
         return kept
 
+    def _uint8_exact(self, cfg: AugmentConfig | None) -> bool:
+        """Whether uint8 items decode to exactly what the float path gives for this cache and augmentation."""
+        if self.cache.options.dtype != "uint8":
+            return False
+        if cfg is None or self.aug is None:
+            return True
+        used = {k for k, v in cfg.model_dump().items() if k.endswith("_p") and v > 0}
+        # Cutout fills 0: the same value in model units only where the stored 0 decodes to 0 (ash).
+        if "cutout_p" in used and not np.all(self._offset_all == 0):
+            return False
+        return used <= {*UINT8_EXACT_AUGMENTS, "cutout_p"}
+
     def _prepare_decode(self) -> None:
         enc = self.cache.encoding
         scale = np.asarray(enc["scale"], np.float32)[self._chan_idx]
         offset = np.asarray(enc["offset"], np.float32)[self._chan_idx]
+        self._scale_all, self._offset_all = scale, offset
         if self.aug is None:
             # No augmentation in between: fold ash standardisation into the decode, one pass over memory.
             offset = offset * self._ash_scale + self._ash_offset
@@ -172,9 +210,34 @@ class ContrailsDataset(Dataset):
             return image
         return image * self._ash_scale[:, None, None, None] + self._ash_offset[:, None, None, None]
 
+    def _uint8_item(self, index: int) -> dict:
+        """Stored values as they are: views of the memory map until collation copies them once."""
+        row = int(self._split.rows[index])
+        q = self._split.arrays["images"][row]
+        if not self._whole:
+            q = q[np.ix_(self._chan_idx, self._frame_idx)]
+        mask = self._split.arrays["masks"][row] if self._split.has_masks else None
+        soft = _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self._split.has_soft else None
+        if self.pseudo is not None:
+            soft = self.pseudo.load(self.record_ids[index], q.shape[-1])
+            mask = (soft > self.pseudo_threshold).astype(np.uint8)
+            soft = soft if self.has_soft else None
+        if self.aug is not None:
+            q, mask, soft = augment(self.aug, q, mask, soft, dtype=None)
+        item: dict = {"image": torch.from_numpy(q), "image_scale": self._item_scale,
+                      "image_offset": self._item_offset, "record_id": self.record_ids[index]}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(mask)[None]
+        if soft is not None:
+            # Soft labels stay float32: pseudo labels are float and must collate with the cached ones.
+            item["soft"] = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[None]
+        return item
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):
             raise IndexError(index)
+        if self.emits_uint8:
+            return self._uint8_item(index)
         image, mask, soft = self.read(index)
         if self.pseudo is not None:
             soft = self.pseudo.load(self.record_ids[index], image.shape[-1])
@@ -189,6 +252,38 @@ class ContrailsDataset(Dataset):
         if soft is not None:
             item["soft"] = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[None]
         return item
+
+
+def decode_images(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 (B, C, ...) → float32 q·scale + offset with per-sample, per-channel (B, C) scale and offset.
+
+    On an accelerator this is one kernel (`addcmul` reads uint8 and writes float32 once, in `memory_format`);
+    on the CPU torch's vectorised copy then two in-place passes are faster than the mixed-dtype kernel.
+    Either way the numbers are those of the dataset's float path (within one float32 rounding).
+    """
+    shape = (*scale.shape, *([1] * (q.dim() - scale.dim())))
+    scale, offset = scale.reshape(shape), offset.reshape(shape)
+    out = torch.empty(q.shape, dtype=torch.float32, device=q.device, memory_format=memory_format)
+    if q.device.type == "cpu":
+        return out.copy_(q).mul_(scale).add_(offset)
+    return torch.addcmul(offset, q, scale, out=out)
+
+
+def decode_batch(batch: dict, memory_format: torch.memory_format = torch.contiguous_format) -> dict:
+    """A collated batch of `ContrailsDataset` items as float32, wherever it lies; float batches pass unchanged.
+
+    Call it after the batch is on the device (the DataModule does, in `on_after_batch_transfer`), or on
+    the CPU before handing a loader's batch to a model outside Lightning.
+    """
+    if "image_scale" not in batch:
+        return batch
+    batch = dict(batch)
+    scale, offset = batch.pop("image_scale"), batch.pop("image_offset")
+    batch["image"] = decode_images(batch["image"], scale, offset, memory_format)
+    if "mask" in batch and batch["mask"].dtype == torch.uint8:
+        batch["mask"] = batch["mask"].to(torch.float32)
+    return batch
 
 
 def _to_float(a: np.ndarray) -> torch.Tensor:

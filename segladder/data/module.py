@@ -9,10 +9,13 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
-from segladder.data.datasets import ContrailsDataset, dataset_from_config
+from segladder.data.datasets import ContrailsDataset, dataset_from_config, decode_batch
 from segladder.data.folds import FoldRecord, fold_count, read_folds
 from segladder.data.pseudo import PseudoLabels
 from segladder.errors import ConfigError
+
+# Training asks for the cache's stored bytes; `on_after_batch_transfer` decodes them on the device.
+TRAINING_OUTPUT_DTYPE = "uint8"
 
 
 class EpochSeededSampler(Sampler[int]):
@@ -75,7 +78,7 @@ class ContrailsDataModule(L.LightningDataModule):
             return
         parts: list[Dataset] = []
         for split in self.train_splits:
-            train = dataset_from_config(c, split, augment=True)
+            train = dataset_from_config(c, split, augment=True, output_dtype=TRAINING_OUTPUT_DTYPE)
             rows = np.arange(len(train))
             if c.folds:
                 rows = fold_rows(train, self.folds, lambda f: f != c.fold)
@@ -90,7 +93,8 @@ class ContrailsDataModule(L.LightningDataModule):
         if c.pseudo_labels:
             pseudo = PseudoLabels(c.pseudo_labels)
             extra = dataset_from_config(c, pseudo.split, augment=True, pseudo=pseudo, pseudo_threshold=c.pseudo_threshold,
-                                        keep_soft=contrails_datasets(base)[0].has_soft)
+                                        keep_soft=contrails_datasets(base)[0].has_soft,
+                                        output_dtype=TRAINING_OUTPUT_DTYPE)
             base = ConcatDataset([base, extra])
         self.train_set = _Seeded(base, self.seed)
 
@@ -99,11 +103,12 @@ class ContrailsDataModule(L.LightningDataModule):
         if self.val_set is not None:
             return
         if c.folds:
-            parts = [dataset_from_config(c, split) for split in sorted({r.split for r in self.folds})]
+            parts = [dataset_from_config(c, split, output_dtype=TRAINING_OUTPUT_DTYPE)
+                     for split in sorted({r.split for r in self.folds})]
             subsets = [Subset(ds, fold_rows(ds, self.folds, lambda f: f == c.fold).tolist()) for ds in parts]
             val = subsets[0] if len(subsets) == 1 else ConcatDataset(subsets)
         else:
-            val = dataset_from_config(c, c.val_split)
+            val = dataset_from_config(c, c.val_split, output_dtype=TRAINING_OUTPUT_DTYPE)
         self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
 
     @property
@@ -152,6 +157,20 @@ class ContrailsDataModule(L.LightningDataModule):
             sampler = UnrepeatedDistributedSampler(self.val_set, shuffle=False)
         return DataLoader(self.val_set, batch_size=self.cfg.val_batch_size or self.cfg.batch_size, shuffle=False,
                           sampler=sampler, num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """uint8 batches become float32 here, on the device: the host moves stored bytes and converts none."""
+        return decode_batch(batch, _input_memory_format(self, batch))
+
+
+def _input_memory_format(dm: L.LightningDataModule, batch) -> torch.memory_format:
+    """channels_last for 4-D images when the task asks for it (as the task's own layout step does)."""
+    module = getattr(getattr(dm, "trainer", None), "lightning_module", None)
+    trainer_cfg = getattr(getattr(module, "cfg", None), "trainer", None)
+    image = batch.get("image") if isinstance(batch, dict) else None
+    if getattr(trainer_cfg, "channels_last", False) and image is not None and image.dim() == 4:
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:

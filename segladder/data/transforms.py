@@ -48,12 +48,13 @@ def build_augment(cfg: AugmentConfig | None) -> A.Compose | None:
 
 
 def augment(
-    aug: A.Compose, image: np.ndarray, mask: np.ndarray | None, soft: np.ndarray | None
+    aug: A.Compose, image: np.ndarray, mask: np.ndarray | None, soft: np.ndarray | None,
+    dtype: type | None = np.float32,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Apply one random draw of `aug` to a (C, T, H, W) image and its (H, W) masks.
 
     Frames and channels are packed into one (H, W, T·C) image so that a single draw moves every frame
-    and the masks together.
+    and the masks together. The image comes back as `dtype` (None: as albumentations returns it).
     """
     c, t, h, w = image.shape
     packed = np.ascontiguousarray(image.transpose(2, 3, 1, 0).reshape(h, w, t * c))
@@ -65,5 +66,5 @@ def augment(
     out = aug(**kwargs)
     img = out["image"]
     oh, ow = img.shape[:2]
-    image = np.ascontiguousarray(img.reshape(oh, ow, t, c).transpose(3, 2, 0, 1), dtype=np.float32)
+    image = np.ascontiguousarray(img.reshape(oh, ow, t, c).transpose(3, 2, 0, 1), dtype=dtype)
     return image, out.get("mask"), out.get("soft")

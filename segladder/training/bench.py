@@ -51,6 +51,22 @@ class _Repeat:
         return self.n
 
 
+class _LoaderData(L.LightningDataModule):
+    """A ready training loader with the data module's on-device decode of uint8 batches."""
+
+    def __init__(self, loader: Iterable):
+        super().__init__()
+        self.loader = loader
+
+    def train_dataloader(self) -> Iterable:
+        return self.loader
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        from segladder.data.module import ContrailsDataModule
+
+        return ContrailsDataModule.on_after_batch_transfer(self, batch, dataloader_idx)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -158,7 +174,7 @@ def bench_trainer(cfg: ExperimentConfig, case: str, steps: int, warmup: int, dev
                         limit_train_batches=warmup + steps, limit_val_batches=0, logger=False, callbacks=[timer],
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0)
-    trainer.fit(task, train_dataloaders=data)
+    trainer.fit(task, datamodule=_LoaderData(data))
     if timer.seconds is None:
         raise RuntimeError(f"the data gave fewer than {warmup + steps} batches; use more records or fewer steps")
     return _result(case, f"{label}_{_mode(cfg)}", cfg.data.batch_size, timer.seconds, steps, flops, device)

@@ -288,7 +288,9 @@ class RunRecorder(Callback):
         loader = trainer.val_dataloaders
         if loader is None:
             return
-        batch = next(iter(loader))
+        from segladder.data.datasets import decode_batch
+
+        batch = decode_batch(next(iter(loader)))  # the loader may hand out uint8 (see ContrailsDataset)
         grid = pl_module.pictures(batch, min(self.n_overlays, pl_module.model_input(batch).shape[0]))
         if grid is None:
             return

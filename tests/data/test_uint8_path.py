@@ -1,0 +1,110 @@
+"""The uint8 data path: stored bytes to the device, decoded there to exactly what the float path gives."""
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from segladder.config import AugmentConfig
+from segladder.data.cache import CacheOptions, prepare_cache
+from segladder.data.datasets import ContrailsDataset, decode_batch, decode_images
+from segladder.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def caches(synth_root, tmp_path_factory):
+    """A uint8 cache with ash and band differences (standardised), and a float16 one."""
+    out = {}
+    for dtype in ("uint8", "float16"):
+        path = tmp_path_factory.mktemp(f"cache-{dtype}") / "cache"
+        prepare_cache(synth_root, path, CacheOptions(frames=(2, 3, 4), channels=("ash", "diffs"), image_size=32,
+                                                     dtype=dtype), ["train", "validation"], workers=1, progress=False)
+        out[dtype] = path
+    return out
+
+
+def _pair(cache, split="train", **kw):
+    return (ContrailsDataset(cache, split, output_dtype="float32", **kw),
+            ContrailsDataset(cache, split, output_dtype="uint8", **kw))
+
+
+def _batches(ds, n=4, seed=None):
+    items = []
+    for i in range(n):
+        if seed is not None:
+            ds.aug.set_random_seed(seed + i)
+        items.append(ds[i])
+    return torch.utils.data.default_collate(items)
+
+
+@pytest.mark.parametrize("kw", [
+    {"frames": [2, 3, 4], "channels": ("ash", "diffs")},                 # whole cache, mixed affine
+    {"frames": [4, 2], "channels": ("ash",)},                            # a subset, reordered: uniform scale
+    {"frames": [3, 4], "channels": ("ash", "diffs"), "normalize_ash": True},
+])
+def test_uint8_batches_decode_to_the_float_path(caches, kw):
+    fl, u8 = _pair(caches["uint8"], image_size=32, **kw)
+    assert u8.emits_uint8 and not fl.emits_uint8
+    item = u8[1]
+    assert item["image"].dtype == torch.uint8 and item["mask"].dtype == torch.uint8
+    assert item["image_scale"].shape == (len(u8.channels),) and item["soft"].dtype == torch.float32
+    ref, got = _batches(fl), decode_batch(_batches(u8))
+    assert set(got) == set(ref)
+    assert got["image"].dtype == torch.float32 and got["mask"].dtype == torch.float32
+    torch.testing.assert_close(got["image"], ref["image"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got["mask"], ref["mask"], atol=0, rtol=0)
+    torch.testing.assert_close(got["soft"], ref["soft"], atol=0, rtol=0)
+    assert got["record_id"] == ref["record_id"]
+
+
+def test_flips_rot90_and_ash_cutout_run_on_uint8_with_the_same_draws(caches):
+    aug = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90_p=1.0, cutout_p=1.0, cutout_size=(0.2, 0.4))
+    fl, u8 = _pair(caches["uint8"], image_size=32, frames=[3, 4], channels=("ash",), augment=aug, normalize_ash=True)
+    assert u8.emits_uint8
+    ref, got = _batches(fl, seed=5), decode_batch(_batches(u8, seed=5))
+    plain = _batches(ContrailsDataset(caches["uint8"], "train", frames=[3, 4], image_size=32, normalize_ash=True))
+    assert not torch.equal(ref["image"], plain["image"])  # the draws did move pixels
+    torch.testing.assert_close(got["image"], ref["image"], atol=1e-6, rtol=0)
+    torch.testing.assert_close(got["mask"], ref["mask"], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["raw", "float16", "brightness", "cutout_on_diffs"])
+def test_items_stay_float_where_uint8_would_change_the_numbers(synth_root, caches, case):
+    kw = {"image_size": 32, "frames": [3, 4], "output_dtype": "uint8"}
+    source = {"raw": synth_root, "float16": caches["float16"]}.get(case, caches["uint8"])
+    if case == "brightness":
+        kw["augment"] = AugmentConfig(brightness_p=1.0)
+    if case == "cutout_on_diffs":
+        kw.update(channels=("ash", "diffs"), augment=AugmentConfig(cutout_p=1.0))
+    ds = ContrailsDataset(source, "train", **kw)
+    assert not ds.emits_uint8
+    item = ds[0]
+    assert item["image"].dtype == torch.float32 and "image_scale" not in item
+    assert decode_batch(torch.utils.data.default_collate([item]))["image"].dtype == torch.float32
+
+
+def test_bad_output_dtype_is_one_clear_error(caches):
+    with pytest.raises(DataError, match="output_dtype 'float16'"):
+        ContrailsDataset(caches["uint8"], "train", frames=[4], image_size=32, output_dtype="float16")
+
+
+def test_decode_writes_the_requested_memory_format_through_workers(caches):
+    ds = ContrailsDataset(caches["uint8"], "train", frames=[4], image_size=32, output_dtype="uint8")
+    batch = next(iter(DataLoader(ds, batch_size=4, num_workers=1)))
+    assert batch["image"].dtype == torch.uint8 and batch["image_scale"].shape == (4, 3)
+    flat = batch["image"][:, :, 0]  # a 4-D view, as a single-frame model sees it
+    x = decode_images(flat, batch["image_scale"], batch["image_offset"], torch.channels_last)
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    ref = flat.float() * batch["image_scale"][:, :, None, None] + batch["image_offset"][:, :, None, None]
+    torch.testing.assert_close(x, ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.gpu
+def test_fused_decode_on_the_gpu_matches_the_cpu(caches):
+    ds = ContrailsDataset(caches["uint8"], "train", frames=[2, 3, 4], channels=("ash", "diffs"), image_size=32,
+                          output_dtype="uint8", normalize_ash=True)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
+    cpu = decode_batch(batch)["image"]
+    gpu = decode_batch({k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()})["image"]
+    torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=0)
+    assert np.isfinite(cpu.numpy()).all()
