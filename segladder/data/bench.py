@@ -1,45 +1,160 @@
-"""Data-loading benchmark: samples/s per core of the raw layout (with ash conversion) vs the cache."""
+"""Data-loading benchmark: samples/s per core of each data path, beside a plain memcpy of the same bytes."""
 
 from __future__ import annotations
 
+import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch.utils.data import DataLoader, default_collate
 
+from segladder.data.cache import ContrailsCache
 from segladder.data.datasets import ContrailsDataset
+from segladder.errors import CacheError
+
+# The targets of the data-path issue, printed beside the figures.
+TARGET_SPEEDUP = 30.0
+TARGET_UINT8_PER_CORE = 5000.0
+TARGET_LOADER_VS_MEMCPY = 0.5
 
 
-def _rate(ds: ContrailsDataset, seconds: float) -> tuple[float, int]:
-    for i in range(min(len(ds), 8)):  # warm the page cache and the code paths
-        ds[i]
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or n < len(ds):
-        ds[n % len(ds)]
-        n += 1
+def _timed(step: Callable[[int], int], seconds: float, min_samples: int) -> tuple[float, int]:
+    """Samples/s of calling `step(k)` (which returns how many samples it made) for at least `seconds`."""
+    step(0)  # warm the page cache and the code paths
+    n, k, start = 0, 1, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or n < min_samples:
+        n += step(k)
+        k += 1
     return n / elapsed, n
 
 
+def _batch_steps(ds: ContrailsDataset, batch_size: int, seed: int = 0) -> Callable[[int], int]:
+    """Batch k of a shuffled pass: `ds[i]` for each index and the collation into one batch (one copy)."""
+    order = np.random.default_rng(seed).permutation(len(ds))
+    per_pass = max(len(ds) // batch_size, 1)
+
+    def step(k: int) -> int:
+        start = (k % per_pass) * batch_size
+        idx = order[start:start + batch_size]
+        default_collate([ds[int(i)] for i in idx])
+        return len(idx)
+
+    return step
+
+
+def _memcpy_steps(ds: ContrailsDataset, batch_size: int) -> tuple[Callable[[int], int], int]:
+    """Copying each sample's stored bytes from the memory map into a batch buffer: the machine's limit."""
+    split = ds._split
+    arrays = [split.arrays[name] for name in ("images", "masks", "soft") if name in split.arrays]
+    rows = split.rows
+    buffers = [np.empty((batch_size, *a.shape[1:]), a.dtype) for a in arrays]
+    order = np.random.default_rng(0).permutation(len(rows))
+
+    def step(k: int) -> int:
+        idx = [(k * batch_size + j) % len(rows) for j in range(batch_size)]
+        for j, i in enumerate(idx):
+            row = int(rows[order[i]])
+            for a, buf in zip(arrays, buffers, strict=True):
+                np.copyto(buf[j], a[row])
+        return batch_size
+
+    return step, sum(int(np.prod(a.shape[1:])) * a.itemsize for a in arrays)
+
+
+def _loader_rate(ds: ContrailsDataset, batch_size: int, workers: int, seconds: float) -> tuple[float, int, bool]:
+    """The DataLoader as training uses it (shuffled, workers, pinned when there is a GPU), start-up excluded."""
+    pin = torch.cuda.is_available()
+    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin,
+                        drop_last=len(ds) > batch_size, persistent_workers=workers > 0,
+                        generator=torch.Generator().manual_seed(0))
+    it = iter(loader)
+    next(it)  # workers started and the first batches queued
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or n < len(ds):
+        try:
+            batch = next(it)
+        except StopIteration:
+            it = iter(loader)
+            continue
+        n += batch["image"].shape[0]
+    del it
+    return n / elapsed, n, pin
+
+
 def bench_data_loading(
-    root: str | Path, cache: str | Path, frames: Sequence[int], split: str = "train", seconds: float = 3.0
+    root: str | Path, cache: str | Path, frames: Sequence[int], split: str = "train", seconds: float = 3.0,
+    batch_size: int = 32, workers: int = 2,
 ) -> dict:
-    """Time `ContrailsDataset.__getitem__` on one core for both sources; returns samples/s and the ratio."""
+    """Time each data path in batches of `batch_size` (one core, torch threads 1; the loader on `workers`).
+
+    Paths: (a) raw layout + ash conversion, (b) the cache decoded to float32 on the CPU (inference's path),
+    (c) the cache's uint8 bytes (training's path: decoded later on the device), (d) the full DataLoader
+    over (c) with workers and pinning. Each is compared with a plain copy of the same stored bytes.
+    """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        raw = ContrailsDataset(root, split, frames=frames)
-        cached = ContrailsDataset(cache, split, frames=frames)
-        shape = tuple(cached[0]["image"].shape)
-        raw_rate, raw_n = _rate(raw, seconds)
-        cache_rate, cache_n = _rate(cached, seconds)
+        size = ContrailsCache(cache).options.image_size
+        raw = ContrailsDataset(root, split, frames=frames, image_size=size)
+        cached_float = ContrailsDataset(cache, split, frames=frames, image_size=size, output_dtype="float32")
+        cached_uint8 = ContrailsDataset(cache, split, frames=frames, image_size=size, output_dtype="uint8")
+        if not cached_uint8.emits_uint8:
+            raise CacheError(f"{cache} is not a uint8 cache; prepare one with --dtype uint8 to measure the uint8 path.")
+        shape = tuple(cached_uint8[0]["image"].shape)
+        memcpy_step, sample_bytes = _memcpy_steps(cached_uint8, batch_size)
+        n_min = len(cached_uint8)
+        memcpy = _timed(memcpy_step, seconds, n_min)
+        rates = {
+            "raw": _timed(_batch_steps(raw, batch_size), seconds, n_min),
+            "cached_float": _timed(_batch_steps(cached_float, batch_size), seconds, n_min),
+            "cached_uint8": _timed(_batch_steps(cached_uint8, batch_size), seconds, n_min),
+        }
     finally:
         torch.set_num_threads(threads)
+    loader_rate, loader_n, pinned = _loader_rate(cached_uint8, batch_size, workers, seconds)
+    per_core = {name: rate for name, (rate, _) in rates.items()}
+    per_core["loader"] = loader_rate / max(workers, 1)
     return {
         "sample_shape": shape,
-        "raw_samples_per_s": raw_rate,
-        "cached_samples_per_s": cache_rate,
-        "speedup": cache_rate / raw_rate,
-        "raw_samples": raw_n,
-        "cached_samples": cache_n,
+        "sample_bytes": sample_bytes,
+        "batch_size": batch_size,
+        "workers": workers,
+        "cpu_count": os.cpu_count(),
+        "pinned": pinned,
+        "memcpy_samples_per_s": memcpy[0],
+        "memcpy_gb_per_s": memcpy[0] * sample_bytes / 1e9,
+        "samples_per_s_per_core": per_core,
+        "samples": {**{name: n for name, (_, n) in rates.items()}, "loader": loader_n, "memcpy": memcpy[1]},
+        "loader_samples_per_s": loader_rate,
+        "vs_memcpy": {name: rate / memcpy[0] for name, rate in per_core.items()},
+        "speedup": per_core["cached_uint8"] / per_core["raw"],
+        "speedup_float": per_core["cached_float"] / per_core["raw"],
     }
+
+
+def format_report(r: dict) -> list[str]:
+    """The lines `segladder bench data` prints."""
+    pc, vs, n = r["samples_per_s_per_core"], r["vs_memcpy"], r["samples"]
+    lines = [
+        f"sample image shape (C, T, H, W): {r['sample_shape']}, {r['sample_bytes']:,} stored bytes a sample, "
+        f"batches of {r['batch_size']}, torch threads 1, {r['cpu_count']} CPUs",
+        f"memcpy of the stored bytes : {r['memcpy_samples_per_s']:9.1f} samples/s ({r['memcpy_gb_per_s']:.2f} GB/s, "
+        f"{n['memcpy']} samples)  = the limit",
+        "path                               samples/s per core   × memcpy",
+    ]
+    names = {"raw": "(a) raw layout + ash", "cached_float": "(b) cached, float32 on the CPU",
+             "cached_uint8": "(c) cached, uint8 to the device",
+             "loader": f"(d) DataLoader, {r['workers']} workers, pin={'yes' if r['pinned'] else 'no (no GPU)'}"}
+    for key, label in names.items():
+        lines.append(f"{label:<44}{pc[key]:9.1f}   {vs[key]:6.3f}   ({n[key]} samples)")
+    lines += [
+        f"loader total: {r['loader_samples_per_s']:.1f} samples/s",
+        f"speed-up over raw: uint8 {r['speedup']:.1f}×, float {r['speedup_float']:.1f}×",
+        f"targets: uint8 ≥ {TARGET_SPEEDUP:.0f}× raw {'✓' if r['speedup'] >= TARGET_SPEEDUP else '✗'}, "
+        f"uint8 ≥ {TARGET_UINT8_PER_CORE:,.0f} samples/s per core {'✓' if pc['cached_uint8'] >= TARGET_UINT8_PER_CORE else '✗'}, "
+        f"loader per core ≥ memcpy/2 {'✓' if vs['loader'] >= TARGET_LOADER_VS_MEMCPY else '✗'}",
+    ]
+    return lines

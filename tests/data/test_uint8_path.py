@@ -108,3 +108,21 @@ def test_fused_decode_on_the_gpu_matches_the_cpu(caches):
     gpu = decode_batch({k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()})["image"]
     torch.testing.assert_close(gpu.cpu(), cpu, atol=1e-6, rtol=0)
     assert np.isfinite(cpu.numpy()).all()
+
+
+def test_bench_data_reports_every_path_beside_memcpy(synth_root, caches, tmp_path):
+    from segladder.data.bench import bench_data_loading, format_report
+
+    cache = tmp_path / "ash"
+    prepare_cache(synth_root, cache, CacheOptions(frames=(3, 4), image_size=32), ["train"], workers=1, progress=False)
+    r = bench_data_loading(synth_root, cache, [3, 4], seconds=0.05, batch_size=4, workers=1)
+    assert r["sample_shape"] == (3, 2, 32, 32)
+    assert r["sample_bytes"] == 3 * 2 * 32 * 32 + 2 * 32 * 32  # image, mask and soft rows as stored
+    for name in ("raw", "cached_float", "cached_uint8", "loader"):
+        assert r["samples"][name] >= 12 and r["samples_per_s_per_core"][name] > 0, name
+        assert r["vs_memcpy"][name] == pytest.approx(r["samples_per_s_per_core"][name] / r["memcpy_samples_per_s"])
+    assert r["speedup"] == pytest.approx(r["samples_per_s_per_core"]["cached_uint8"] / r["samples_per_s_per_core"]["raw"])
+    text = "\n".join(format_report(r))
+    assert "(d) DataLoader, 1 workers" in text and "memcpy" in text
+    with pytest.raises(DataError, match="not a uint8 cache"):
+        bench_data_loading(synth_root, caches["float16"], [3, 4], seconds=0.01, batch_size=4, workers=0)
