@@ -3,7 +3,7 @@
 import pytest
 
 import segladder.data.module as module
-from segladder.data.datasets import ContrailsDataset
+from segladder.data.datasets import dataset_from_config
 from segladder.training.run import train
 from tests.training.conftest import quick_config
 
@@ -11,23 +11,20 @@ from tests.training.conftest import quick_config
 def test_two_epochs_on_uint8_batches_match_the_float_path(train_cache, tmp_path, monkeypatch):
     over = {"model.name": "ResNet18_SimplerFCN", "trainer.limit_train_batches": 3, "trainer.overlays": 1,
             "data.augment.rot90_p": 0.5, "data.augment.hflip_p": 0.5}
-    seen = {}
+    emitted = []
 
-    def recording(*args, output_dtype="float32", **kw):
-        ds = ContrailsDataset(*args, output_dtype=output_dtype, **kw)
-        seen.setdefault(output_dtype, []).append(ds.emits_uint8)
+    def recording(*args, **kw):
+        ds = dataset_from_config(*args, **kw)
+        emitted.append(ds.emits_uint8)
         return ds
 
-    monkeypatch.setattr(module, "ContrailsDataset", recording)
+    monkeypatch.setattr(module, "dataset_from_config", recording)
     u8 = train(quick_config(train_cache, **over), out=tmp_path / "uint8").metrics
-    assert seen == {"uint8": [True, True]}  # train (flips, rot90) and validation both went as uint8
+    assert emitted == [True, True]  # train (flips, rot90) and validation both went to the device as uint8
 
-    def float_only(*args, output_dtype="float32", **kw):
-        return recording(*args, output_dtype="float32", **kw)
-
-    monkeypatch.setattr(module, "ContrailsDataset", float_only)
+    monkeypatch.setattr(module, "TRAINING_OUTPUT_DTYPE", "float32")
     fl = train(quick_config(train_cache, **over), out=tmp_path / "float32").metrics
-    assert seen["float32"] == [False, False]
+    assert emitted[2:] == [False, False]
 
     assert len(u8["epochs"]) == len(fl["epochs"]) == 2
     for a, b in zip(u8["epochs"], fl["epochs"], strict=True):
