@@ -92,7 +92,8 @@ def bench_data_loading(
 
     Paths: (a) raw layout + ash conversion, (b) the cache decoded to float32 on the CPU (inference's path),
     (c) the cache's uint8 bytes (training's path: decoded later on the device), (d) the full DataLoader
-    over (c) with workers and pinning. Each is compared with a plain copy of the same stored bytes.
+    over (c) with workers and pinning (and, for reference, with 0 workers). Each is compared with a plain
+    copy of the same stored bytes.
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -115,8 +116,11 @@ def bench_data_loading(
     finally:
         torch.set_num_threads(threads)
     loader_rate, loader_n, pinned = _loader_rate(cached_uint8, batch_size, workers, seconds)
+    # The same loader in the main process: what the workers' shared-memory hand-over costs.
+    inproc_rate, inproc_n, _ = _loader_rate(cached_uint8, batch_size, 0, seconds)
     per_core = {name: rate for name, (rate, _) in rates.items()}
     per_core["loader"] = loader_rate / max(workers, 1)
+    per_core["loader_in_process"] = inproc_rate
     return {
         "sample_shape": shape,
         "sample_bytes": sample_bytes,
@@ -127,7 +131,8 @@ def bench_data_loading(
         "memcpy_samples_per_s": memcpy[0],
         "memcpy_gb_per_s": memcpy[0] * sample_bytes / 1e9,
         "samples_per_s_per_core": per_core,
-        "samples": {**{name: n for name, (_, n) in rates.items()}, "loader": loader_n, "memcpy": memcpy[1]},
+        "samples": {**{name: n for name, (_, n) in rates.items()}, "loader": loader_n,
+                    "loader_in_process": inproc_n, "memcpy": memcpy[1]},
         "loader_samples_per_s": loader_rate,
         "vs_memcpy": {name: rate / memcpy[0] for name, rate in per_core.items()},
         "speedup": per_core["cached_uint8"] / per_core["raw"],
@@ -147,7 +152,8 @@ def format_report(r: dict) -> list[str]:
     ]
     names = {"raw": "(a) raw layout + ash", "cached_float": "(b) cached, float32 on the CPU",
              "cached_uint8": "(c) cached, uint8 to the device",
-             "loader": f"(d) DataLoader, {r['workers']} workers, pin={'yes' if r['pinned'] else 'no (no GPU)'}"}
+             "loader": f"(d) DataLoader, {r['workers']} workers, pin={'yes' if r['pinned'] else 'no (no GPU)'}",
+             "loader_in_process": "    the same loader, 0 workers (no hand-over)"}
     for key, label in names.items():
         lines.append(f"{label:<44}{pc[key]:9.1f}   {vs[key]:6.3f}   ({n[key]} samples)")
     lines += [
