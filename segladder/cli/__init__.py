@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+from collections.abc import Callable
 
 import typer
 
@@ -10,28 +12,70 @@ from segladder.cli.app import app
 from segladder.errors import SegladderError
 
 
+# Exit codes every command keeps (README "Development"): scripts and CI branch on them.
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+_interrupted = False
+_continue_hint: Callable[[], str] = lambda: "the same command again"  # noqa: E731
+
+
+def on_interrupt(hint: Callable[[], str]) -> None:
+    """Register how the running command continues after Ctrl-C; `hint()` is asked only when it happens.
+
+    The default, "the same command again", fits the commands that skip work already done (synth, data prepare).
+    """
+    global _continue_hint
+    _continue_hint = hint
+
+
 def _register() -> None:
     # Command groups register themselves on import; imported here so `segladder --help` lists them all.
     from segladder.cli import bench, data, demo, ladder, models, predict, synth, train  # noqa: F401
 
 
-def main() -> None:
-    """Entry point: run the app and turn a SegladderError into one readable line and exit code 2."""
+def _sigint(signum, frame) -> None:
+    # Remembered because some libraries turn Ctrl-C into their own exit (Lightning's fit calls sys.exit(1)).
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    # typer vendors its own click, so usage errors are matched by their base class's name, not by identity.
+    return any(cls.__name__ == "ClickException" for cls in type(exc).__mro__) and hasattr(exc, "show")
+
+
+def run(args: list[str] | None = None) -> int:
+    """Run the app on `args` (default: sys.argv) and return the exit code instead of exiting."""
+    global _interrupted
     _register()
+    _interrupted = False
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.SIG_IGN:  # a caller that ignores Ctrl-C (nohup) keeps ignoring it
+        signal.signal(signal.SIGINT, _sigint)
     try:
-        app(standalone_mode=False)
+        code = app(args=args, standalone_mode=False)
+        code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
     except SegladderError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        sys.exit(130)
+        code = EXIT_USAGE
+    except (typer.Abort, KeyboardInterrupt):
+        code = EXIT_INTERRUPTED
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_PROBLEMS)
     except Exception as exc:
-        # Usage errors arrive here in non-standalone mode; typer may vendor its own click, so match by shape.
-        if type(exc).__name__.endswith(("UsageError", "BadParameter", "ClickException", "NoSuchOption", "MissingParameter")) \
-                and hasattr(exc, "show"):
-            exc.show()
-            sys.exit(getattr(exc, "exit_code", 2))
-        raise
+        if not _is_usage_error(exc):
+            raise
+        exc.show()
+        code = getattr(exc, "exit_code", EXIT_USAGE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if _interrupted or code == EXIT_INTERRUPTED:
+        typer.secho(f"interrupted; to continue, run {_continue_hint()}", fg=typer.colors.YELLOW, err=True)
+        code = EXIT_INTERRUPTED
+    return code
+
+
+def main() -> None:
+    """Entry point of the console script and `python -m segladder`: 0 ok, 1 problems found, 2 bad input, 130 Ctrl-C."""
+    sys.exit(run())

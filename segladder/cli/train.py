@@ -21,7 +21,9 @@ def train(
     fold: list[int] = typer.Option([], "--fold", help="Train only this fold (repeatable); with data.folds or --folds."),
 ) -> None:
     """Train a model; the run directory is printed as the last line."""
+    from segladder.cli import on_interrupt
     from segladder.config import load_config, resolve_config_path
+    from segladder.training.run import new_run_dir
     from segladder.training.run import train as run_train
 
     overrides = list(set_) + list(more or [])
@@ -39,7 +41,10 @@ def train(
         res = train_folds(cfg, run_dir, k=folds or 5, only=list(fold) or None)
         typer.echo(str(res.run_dir))
         return
-    result = run_train(cfg, out=out, resume=resume)
+    run_dir = resume if resume is not None else out or new_run_dir(cfg)
+    on_interrupt(lambda: f"`segladder train --resume {run_dir}`" if (run_dir / "checkpoints" / "last.ckpt").exists()
+                 else "the same command again (no epoch had finished, so there is nothing to resume)")
+    result = run_train(cfg, out=None if resume is not None else run_dir, resume=resume)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     if rank_zero_only.rank != 0:  # the other DDP processes ran the same command; one summary is enough
