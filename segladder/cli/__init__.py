@@ -61,6 +61,11 @@ def run(args: list[str] | None = None) -> int:
         code = EXIT_USAGE
     except (typer.Abort, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
+    except OSError as exc:
+        # A file in the way, a full disk, a folder without permission: the user's files, shown as one line.
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.secho(f"error: {where}{exc.strerror or exc}", fg=typer.colors.RED, err=True)
+        code = EXIT_USAGE
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (EXIT_OK if exc.code is None else EXIT_PROBLEMS)
     except Exception as exc:

@@ -193,8 +193,8 @@ def export_onnx_cmd(
     data: Path = typer.Option(None, "--data", help=f"{_DATA_HELP} When given, parity is also checked on real records."),
     split: str = typer.Option("validation", "--split", help="Split whose first records check parity."),
     records: int = typer.Option(4, "--records", help="Real records to check parity on."),
-    opset: int = typer.Option(17, "--opset", help="ONNX opset version."),
-    atol: float = typer.Option(1e-4, "--atol", help="Largest allowed |ONNX − PyTorch| on probabilities."),
+    opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
+    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="Largest allowed |ONNX − PyTorch| on probabilities."),
 ) -> None:
     """Export to ONNX (dynamic batch; input contract and threshold in the metadata) and check parity with PyTorch."""
     from segladder.inference.export import export_onnx

@@ -73,9 +73,17 @@ def export_model(model: nn.Module, spec: InputSpec, out: str | Path, *, task: st
         with atomic_path(out) as tmp:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
-                torch.onnx.export(model, (torch.rand(1, *shape),), str(tmp), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                try:
+                    torch.onnx.export(model, (torch.rand(1, *shape),), str(tmp), dynamo=False, opset_version=opset,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
+                    # An opset too old for an operator, or one this torch does not know, surfaces here.
+                    if not isinstance(exc, torch.onnx.errors.OnnxExporterError) and "opset" not in str(exc):
+                        raise
+                    reason = str(exc).splitlines()[0].split(". Please")[0]
+                    raise ExportError(f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
+                                      f"({reason}); use --opset {DEFAULT_OPSET}.") from None
             proto = onnx.load(str(tmp))
             for key, value in meta.items():
                 proto.metadata_props.add(key=META_PREFIX + key, value=value)

@@ -268,7 +268,7 @@ def evaluate_pipeline(pipeline: str | Path | PipelineConfig, data: str | Path, *
     cfg = pipeline if isinstance(pipeline, PipelineConfig) else load_pipeline(pipeline)
     dev = resolve_device(device)
     if out is not None:
-        out = prepare_output(out)
+        out = prepare_output(out, ())
     pipe = Pipeline(cfg, dev)
     inputs = Inputs(pipe.specs, data, split, batch_size=batch_size, workers=workers)
     if not inputs.has_mask:

@@ -59,11 +59,11 @@ class Float16Histogram:
 def check_threshold_options(fixed: float | None, percentile: float | None) -> None:
     """Fail before any work when the threshold options cannot be satisfied."""
     if fixed is not None and percentile is not None:
-        raise ThresholdError("give a fixed threshold or a percentile, not both")
+        raise ThresholdError("give --threshold or --percentile, not both")
     if fixed is not None and not 0 <= fixed <= 1:
-        raise ThresholdError(f"threshold must lie in [0, 1], got {fixed}")
+        raise ThresholdError(f"--threshold {fixed:g}: a probability threshold must lie in [0, 1]")
     if percentile is not None and not 0 <= percentile <= 100:
-        raise ThresholdError(f"percentile must lie in [0, 100], got {percentile}")
+        raise ThresholdError(f"--percentile {percentile:g}: must lie in [0, 100] (e.g. 99.5)")
 
 
 def resolve_threshold(stored: float, fixed: float | None = None, percentile: float | None = None,

@@ -38,7 +38,7 @@ def pseudo_label(checkpoints: Sequence[str | Path], data: str | Path, out: str |
     if not checkpoints:
         raise InferenceError("pseudo-labelling needs at least one teacher checkpoint.")
     dev = resolve_device(device)
-    out = prepare_output(out)
+    out = prepare_output(out, (LABELS_DIR,))
     ens = Ensemble(load_segmenters(checkpoints, dev, tta, tta_shift), weights)
     inputs = Inputs(ens.specs, data, split, batch_size=batch_size, workers=workers)
     write_probabilities(lambda b: ens.probs(b.images), inputs, out / LABELS_DIR,

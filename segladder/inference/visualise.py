@@ -19,6 +19,9 @@ def visualise_run(run_dir: str | Path, data: str | Path | None = None, split: st
     if not ckpt.exists():
         raise SegladderError(f"{run_dir}: no checkpoints/best.ckpt; give a run directory made by `segladder train`.")
     loaded = load_checkpoint(ckpt)
+    if loaded.task != "segmentation":
+        raise SegladderError(f"{run_dir}: a {loaded.task} run; viz draws segmentation overlays "
+                             f"(its training curves are in {run_dir / 'curves.png'}).")
     ds = dataset_from_config(loaded.config.data, split, root=data, stats=loaded.stats)
     n = min(records, len(ds))
     items = [ds[i] for i in range(n)]
