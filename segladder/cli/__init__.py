@@ -16,7 +16,13 @@ from segladder.errors import SegladderError
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _interrupted = False
-_continue_hint: Callable[[], str] = lambda: "the same command again"  # noqa: E731
+
+
+def _same_command() -> str:
+    return "the same command again"
+
+
+_continue_hint: Callable[[], str] = _same_command
 
 
 def on_interrupt(hint: Callable[[], str]) -> None:
@@ -47,9 +53,9 @@ def _is_usage_error(exc: Exception) -> bool:
 
 def run(args: list[str] | None = None) -> int:
     """Run the app on `args` (default: sys.argv) and return the exit code instead of exiting."""
-    global _interrupted
+    global _interrupted, _continue_hint
     _register()
-    _interrupted = False
+    _interrupted, _continue_hint = False, _same_command
     previous = signal.getsignal(signal.SIGINT)
     if previous is not signal.SIG_IGN:  # a caller that ignores Ctrl-C (nohup) keeps ignoring it
         signal.signal(signal.SIGINT, _sigint)
@@ -71,8 +77,13 @@ def run(args: list[str] | None = None) -> int:
     except Exception as exc:
         if not _is_usage_error(exc):
             raise
-        exc.show()
         code = getattr(exc, "exit_code", EXIT_USAGE)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # a bare command group: its help is the answer
+            exc.show()
+        else:
+            ctx = getattr(exc, "ctx", None)
+            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            typer.secho(f"error: {exc.format_message().rstrip('.')}{hint}", fg=typer.colors.RED, err=True)
     finally:
         signal.signal(signal.SIGINT, previous)
     if _interrupted or code == EXIT_INTERRUPTED:

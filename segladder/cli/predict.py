@@ -87,7 +87,7 @@ def predict_cmd(
 
 @submission_app.command("check")
 def submission_check(
-    file: Path = typer.Argument(..., help="submission.csv to check."),
+    file: Path = typer.Argument(..., exists=True, dir_okay=False, help="submission.csv to check."),
     data: Path = typer.Option(None, "--data", help=f"{_DATA_HELP} Without it only the format is checked, not the ids."),
     split: str = typer.Option("test", "--split", help="Split whose record ids the submission must list exactly."),
 ) -> None:
