@@ -40,12 +40,13 @@ class Result:
     def __str__(self) -> str:
         return f"segladder {' '.join(self.argv)} → {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
 
-    def error_line(self) -> str:
-        """The one `error: ...` line on stderr; fails on a traceback or on more or fewer than one."""
+    def error(self) -> str:
+        """stderr from its one `error: ...` line on (a data error lists the bad records below it); fails on a
+        traceback or on more or fewer than one such line."""
         assert "Traceback" not in self.err + self.out, str(self)
         lines = [line for line in self.err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, str(self)
-        return lines[0]
+        return self.err[self.err.index(lines[0]):]
 
 
 def run_cli(*args: str | Path, timeout: float = 300, module: str = "segladder", **kw) -> Result:
