@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny synthetic dataset made once per session, and the GPU marker's skip."""
+"""Shared fixtures: a tiny synthetic dataset made once per session, the GPU marker's skip, the test floor."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ import pytest
 
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--min-tests", type=int, default=0, metavar="N",
+                     help="fail when fewer than N tests are collected (`make test` passes tests/MIN_TESTS)")
+
+
+def pytest_collection_finish(session):
+    floor = session.config.getoption("--min-tests")
+    if len(session.items) < floor:
+        # An import error that hides a module, or a broken discovery, must not pass as a green suite.
+        raise pytest.UsageError(f"collected {len(session.items)} tests, fewer than the floor {floor} "
+                                "(tests/MIN_TESTS); raise the floor only when tests were removed on purpose.")
 
 
 def pytest_collection_modifyitems(config, items):

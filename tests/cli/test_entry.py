@@ -76,3 +76,12 @@ def test_ctrl_c_during_training_names_the_resume_command(cli_data, tmp_path):
     assert r.code == 130, str(r)
     assert "Traceback" not in r.err, str(r)
     assert r.err.strip().splitlines()[-1] == f"interrupted; to continue, run `segladder train --resume {run}`", str(r)
+
+
+def test_make_test_fails_below_the_collected_test_floor():
+    floor = int((Path(__file__).parents[1] / "MIN_TESTS").read_text())
+    assert floor >= 400
+    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
+                        "--min-tests", "100000", str(Path(__file__))], capture_output=True, text=True,
+                       env=cli_env(), timeout=120, cwd=Path(__file__).parents[2])
+    assert p.returncode == 4 and "fewer than the floor 100000" in p.stdout + p.stderr, p.stdout + p.stderr

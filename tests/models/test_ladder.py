@@ -17,6 +17,15 @@ SEED_TABLE = {
     "CoaT_ULSTM": 35.0,
 }
 SEED_CODE = {"CoaT_ULSTM": 53.32}
+# Every registered model's count today (millions, default options), held to ±2%: an architecture that
+# changes by accident fails here. Change a row when an architecture changes on purpose (e.g. the
+# ResNet-18 rungs' decoder widths); ±2% keeps ResNet18_U's window clear of the neighbouring rungs.
+PARAMS = {
+    "ResNet18_SimplerFCN": 11.247, "ResNet18_Simple": 13.963, "ResNet18_U": 13.157, "ResNet18_ULSTM": 15.781,
+    "CoaT_ULSTM": 53.32, "Unet2D": 14.328, "UnetPlusPlus2D": 15.97, "FPN2D": 13.047, "DeepLabV3Plus2D": 12.329,
+    "MAnet2D": 21.675, "SMP2D": 14.328, "SegCls2D": 14.329, "Unet25D": 14.946, "Unet25DCls": 14.946,
+    "Classifier": 11.177, "Classifier25D": 12.092,
+}
 
 
 def millions(name, **kwargs):
@@ -27,6 +36,15 @@ def millions(name, **kwargs):
 @pytest.mark.parametrize("name", ["ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet18_ULSTM"])
 def test_parameter_count_matches_the_seed_table(name):
     assert millions(name) == pytest.approx(SEED_TABLE[name], rel=0.2)
+
+
+@pytest.mark.parametrize("name", list(PARAMS))
+def test_parameter_count_is_held_to_two_percent(name):
+    assert millions(name) == pytest.approx(PARAMS[name], rel=0.02)
+
+
+def test_every_registered_model_has_a_count():
+    assert set(PARAMS) == set(models.available())
 
 
 @pytest.mark.parametrize("name", list(SEED_CODE))
