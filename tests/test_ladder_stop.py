@@ -1,0 +1,48 @@
+"""The ladder stops at the first failing rung unless told to keep going, and its gates read the epoch-end loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from segladder.config import build_config
+from segladder.ladder import run_ladder
+
+RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U")
+# Per rung: (train/loss_end, train/loss_epoch, val/dice_best) of its only epoch. ResNet18_Simple fails its
+# loss gate (< 0.5) on the epoch-end loss even though the whole epoch's mean passes it.
+HISTORIES = {"ResNet18_SimplerFCN": (0.40, 0.45, 0.30), "ResNet18_Simple": (0.55, 0.45, 0.35),
+             "ResNet18_U": (0.30, 0.35, 0.50)}
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Replace training with recorded histories; the list holds the rungs that were trained, in order."""
+    import segladder.training.run as run_mod
+
+    calls: list[str] = []
+
+    def fake_train(cfg, out=None, resume=None):
+        calls.append(cfg.model.name)
+        end, epoch, f1 = HISTORIES[cfg.model.name]
+        row = {"epoch": 0, "train/loss_end": end, "train/loss_epoch": epoch, "val/dice_best": f1}
+        return run_mod.TrainResult(Path(out), {"final": row, "epochs": [row]}, None, None)
+
+    monkeypatch.setattr(run_mod, "train", fake_train)
+    return calls
+
+
+def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path):
+    result = run_ladder(build_config({}), tmp_path, RUNGS)
+    assert trained == ["ResNet18_SimplerFCN", "ResNet18_Simple"]
+    assert result.stopped_at == "ResNet18_Simple"
+    assert [r.status for r in result.rungs] == ["passed", "failed"]
+    failed = {c.name: c.passed for c in result.rungs[1].checks}
+    assert failed["loss < 0.5"] is False and failed["F1 > 0.2"] is True
+
+
+def test_keep_going_trains_every_rung(trained, tmp_path):
+    result = run_ladder(build_config({}), tmp_path, RUNGS, keep_going=True)
+    assert trained == list(RUNGS) and result.stopped_at is None
+    assert [r.status for r in result.rungs] == ["passed", "failed", "passed"]
