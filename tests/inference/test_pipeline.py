@@ -165,3 +165,39 @@ def test_models_of_the_wrong_task_are_refused(synth_root, toys, tmp_path):
     with pytest.raises(CheckpointError, match="where a segmentation model is needed"):
         evaluate_pipeline(_write(tmp_path, stage2=["cls.ckpt"]), synth_root, progress=False)
     assert not (tmp_path / "o" / "probs").exists()
+
+
+def test_evaluate_gain_per_record_csv_and_member_positives(synth_root, items, toys, tmp_path):
+    """Rule "and" keeps record 0 only; a third member draws the upper half of each mask plus the blob."""
+    half_rows = SIZE // 2
+
+    def half(it):
+        m = _blob(it).clone()
+        if it["index"] != 2:
+            m[0, half_rows:] = 0
+        return m * 12 - 6
+
+    toys["half.ckpt"] = toy_checkpoint(items, half, threshold=0.5)
+    path = _write(tmp_path, filter={"rule": "and"}, stage2=[{"checkpoint": "all.ckpt", "weight": 3, "name": "all-data"},
+                                                            {"checkpoint": "half.ckpt", "name": "half"}])
+    r = evaluate_pipeline(path, synth_root, out=tmp_path / "ev", progress=False)
+    gt = [int(it["mask"].sum()) for it in items]
+    upper = [int(it["mask"][0, :half_rows].sum()) for it in items]
+    total = sum(gt)
+    # The ensemble paints the truth everywhere and the 9-pixel blob on record 2; "and" keeps record 0 only.
+    no_filter, filtered = _dice(total + 9, total, total), _dice(gt[0], gt[0], total)
+    assert r["filtering"]["gain_from_filtering"] == pytest.approx(filtered - no_filter)
+    assert r["filtering"]["gain_from_filtering"] < 0  # dropping two positive records costs more than the blob
+    members = r["stage2"]["members"]
+    assert members["half"]["positives"]["dice"] == pytest.approx(_dice(sum(upper), sum(upper), total))
+    assert members["half"]["all"]["dice"] == pytest.approx(_dice(sum(upper) + 9, sum(upper), total))
+    assert members["all-data"]["positives"]["dice"] == pytest.approx(1.0)
+    with open(tmp_path / "ev" / "per_record.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r_["record_id"] for r_ in rows] == [it["record_id"] for it in items]
+    assert [int(r_["positive"]) for r_ in rows] == [1, 1, 0, 1]
+    assert [int(r_["kept"]) for r_ in rows] == KEEP["and"]
+    assert [float(r_["classifier_prob"]) for r_ in rows] == pytest.approx(CLS)
+    assert [float(r_["segmenter_topk"]) for r_ in rows] == pytest.approx(SEG)
+    # Kept positive: exact; dropped positives: nothing drawn, Dice 0; the dropped negative: empty on empty, 1.
+    assert [float(r_["final_dice"]) for r_ in rows] == pytest.approx([1.0, 0.0, 1.0, 0.0])
