@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -35,6 +36,11 @@ def test_normalize_ash_uses_training_statistics_on_both_paths(synth_root, tmp_pa
     cached = ContrailsDataset(cache, "validation", frames=[4], image_size=32, normalize_ash=True)
     plain = ContrailsDataset(cache, "validation", frames=[4], image_size=32)
     s = cached.stats
+    # The statistics are those of the training split's ash channels, computed here from the raw records.
+    train = torch.stack([it["image"] for it in ContrailsDataset(synth_root, "train", frames=[4], image_size=32)])
+    assert s["mean"] == pytest.approx(train.mean(dim=(0, 2, 3, 4)).tolist(), abs=2e-3)
+    assert s["std"] == pytest.approx(train.std(dim=(0, 2, 3, 4)).tolist(), rel=2e-2)
+    assert raw.stats["mean"] == pytest.approx(s["mean"], abs=2e-3)
     mean = torch.tensor(s["mean"])[:, None, None, None]
     std = torch.tensor(s["std"])[:, None, None, None]
     torch.testing.assert_close(cached[0]["image"], (plain[0]["image"] - mean) / std, atol=1e-5, rtol=1e-5)
