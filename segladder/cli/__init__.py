@@ -4,34 +4,16 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import Callable
 
 import typer
 
-from segladder.cli.app import app
+from segladder.cli.app import app, continue_hint, on_interrupt, same_command
 from segladder.errors import SegladderError
-
 
 # Exit codes every command keeps (README "Development"): scripts and CI branch on them.
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 _interrupted = False
-
-
-def _same_command() -> str:
-    return "the same command again"
-
-
-_continue_hint: Callable[[], str] = _same_command
-
-
-def on_interrupt(hint: Callable[[], str]) -> None:
-    """Register how the running command continues after Ctrl-C; `hint()` is asked only when it happens.
-
-    The default, "the same command again", fits the commands that skip work already done (synth, data prepare).
-    """
-    global _continue_hint
-    _continue_hint = hint
 
 
 def _register() -> None:
@@ -53,9 +35,10 @@ def _is_usage_error(exc: Exception) -> bool:
 
 def run(args: list[str] | None = None) -> int:
     """Run the app on `args` (default: sys.argv) and return the exit code instead of exiting."""
-    global _interrupted, _continue_hint
+    global _interrupted
     _register()
-    _interrupted, _continue_hint = False, _same_command
+    _interrupted = False
+    on_interrupt(same_command)
     previous = signal.getsignal(signal.SIGINT)
     if previous is not signal.SIG_IGN:  # a caller that ignores Ctrl-C (nohup) keeps ignoring it
         signal.signal(signal.SIGINT, _sigint)
@@ -87,7 +70,7 @@ def run(args: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     if _interrupted or code == EXIT_INTERRUPTED:
-        typer.secho(f"interrupted; to continue, run {_continue_hint()}", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"interrupted; to continue, run {continue_hint()}", fg=typer.colors.YELLOW, err=True)
         code = EXIT_INTERRUPTED
     return code
 

@@ -21,7 +21,7 @@ def train(
     fold: list[int] = typer.Option([], "--fold", help="Train only this fold (repeatable); with data.folds or --folds."),
 ) -> None:
     """Train a model; the run directory is printed as the last line."""
-    from segladder.cli import on_interrupt
+    from segladder.cli.app import on_interrupt
     from segladder.config import load_config, resolve_config_path
     from segladder.training.run import new_run_dir
     from segladder.training.run import train as run_train

@@ -43,18 +43,18 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
 def test_classification_task_end_to_end_and_the_epoch_end_loss(train_cache, tmp_path, monkeypatch):
     from segladder.inference.checkpoint import load_checkpoint
     from segladder.inference.evaluate import evaluate
-    from segladder.tasks.segmentation import SegmentationTask
+    from segladder.tasks.base import Task
     from segladder.training.run import train
 
     losses: list[float] = []
-    step = SegmentationTask.training_step
+    step = Task.training_step
 
     def recorded(self, batch, batch_idx):
         loss = step(self, batch, batch_idx)
         losses.append(float(loss.detach()))
         return loss
 
-    monkeypatch.setattr(SegmentationTask, "training_step", recorded)
+    monkeypatch.setattr(Task, "training_step", recorded)
     # batch 2 over 24 records: 12 steps, so "the last 10 steps" differs from "the whole epoch".
     cfg = quick_config(train_cache, **{"task": "classification", "model.name": "Classifier", "data.batch_size": 2,
                                        "data.train_records": 24, "loss": "[{name: bce}]", "trainer.max_epochs": 1,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from segladder.config import OptimConfig
-from segladder.training.optim import build_optimizer, build_scheduler
+from segladder.optim import build_optimizer, build_scheduler
 
 LR, WD, MULT, G = 0.1, 0.5, 0.25, 0.2  # every gradient is set to G
 
