@@ -35,17 +35,19 @@ OVERLAY_ROWS = 8  # records per overlay PNG
 
 
 def prepare_output(out: str | Path, subfolders: Sequence[str] = (PROBS_DIR, MASKS_DIR)) -> Path:
-    """Create the output folder and its `subfolders` and prove them writable, so a bad --out fails before any
-    inference (a file where a subfolder should be included)."""
+    """Create the output folder and prove it writable, and refuse a file where one of its `subfolders` goes,
+    so a bad --out fails before any inference."""
     out = Path(out)
-    for folder in (out, *(out / s for s in subfolders)):
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=folder):
-                pass
-        except OSError as exc:
-            raise InferenceError(f"output folder {folder} is not writable ({exc.strerror or exc}); "
-                                 "choose another --out or remove what is in the way.") from None
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise InferenceError(f"output folder {out} is not writable ({exc.strerror or exc}).") from None
+    for folder in (out / s for s in subfolders):
+        if folder.exists() and not folder.is_dir():
+            raise InferenceError(f"output folder {folder} is not writable (File exists); choose another --out "
+                                 "or remove what is in the way.")
     return out
 
 

@@ -51,7 +51,7 @@ CASES = [
     ("models-show-unknown", "models show ResNet18U", 2, r"^error: unknown model 'ResNet18U'"),
     # train: config errors before any work
     ("train-unknown-key", "train tiny_synthetic --set data.root={cache} optim.lrr=1", 2,
-     r"^error: invalid config .*tiny_synthetic\.yaml:\n  unknown key 'optim\.lrr'\. Did you mean lr\?"),
+     r"^error: invalid config .*tiny_synthetic\.yaml:\n  unknown key 'optim\.lrr'\. Did you mean:? lr\?"),
     ("train-bad-value", "train tiny_synthetic --set data.root={cache} trainer.max_epochs=abc", 2,
      r"^error: invalid config .*\n  trainer\.max_epochs: .*valid integer"),
     ("train-unknown-config", "train nosuchconfig", 2, r"^error: config file .*nosuchconfig\.yaml does not exist"),
