@@ -23,7 +23,7 @@ def train(
     """Train a model; the run directory is printed as the last line."""
     from segladder.cli.app import on_interrupt
     from segladder.config import load_config, resolve_config_path
-    from segladder.training.run import new_run_dir
+    from segladder.training.run import shared_run_dir
     from segladder.training.run import train as run_train
 
     overrides = list(set_) + list(more or [])
@@ -41,7 +41,7 @@ def train(
         res = train_folds(cfg, run_dir, k=folds or 5, only=list(fold) or None)
         typer.echo(str(res.run_dir))
         return
-    run_dir = resume if resume is not None else out or new_run_dir(cfg)
+    run_dir = resume if resume is not None else shared_run_dir(cfg, out)
     on_interrupt(lambda: f"`segladder train --resume {run_dir}`" if (run_dir / "checkpoints" / "last.ckpt").exists()
                  else "the same command again (no epoch had finished, so there is nothing to resume)")
     result = run_train(cfg, out=None if resume is not None else run_dir, resume=resume)
