@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
+import signal
 import sys
 
 import typer
 
 from segladder.cli.app import app
-from segladder.errors import SegladderError
+from segladder.errors import Interrupted, SegladderError, continue_with
 
 
 def _register() -> None:
@@ -15,18 +17,29 @@ def _register() -> None:
     from segladder.cli import bench, data, demo, ladder, models, predict, synth, train  # noqa: F401
 
 
+def _stop_like_ctrl_c(signum, frame) -> None:
+    # SIGTERM (a scheduler, `kill`) stops as cleanly as Ctrl-C instead of ending the process mid-write.
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Entry point: run the app and turn a SegladderError into one readable line and exit code 2."""
     _register()
+    rerun = "segladder " + shlex.join(sys.argv[1:])
+    signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
-        app(standalone_mode=False)
+        with continue_with(rerun):  # what a full disk or an interruption names as the way to continue
+            app(standalone_mode=False)
+    except Interrupted as exc:
+        typer.secho(f"interrupted: {exc}", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
     except SegladderError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("aborted", err=True)
+    except typer.Abort:  # Ctrl-C (or SIGTERM) outside training, where finished work is kept as it goes
+        typer.echo(f"interrupted; what was finished is kept; continue with `{rerun}`", err=True)
         sys.exit(130)
     except Exception as exc:
         # Usage errors arrive here in non-standalone mode; typer may vendor its own click, so match by shape.
