@@ -256,7 +256,7 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
         if previous:
             from segladder.progress import console
 
-            console.print(f"taking over {path}: its owner ({previous}) is no longer running")
+            console.print(f"taking over {path}: its owner ({previous}) is no longer running", soft_wrap=True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
         try:

@@ -29,7 +29,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop_like_ctrl_c)
     try:
         with continue_with(rerun):  # what a full disk or an interruption names as the way to continue
-            app(standalone_mode=False)
+            code = app(standalone_mode=False)
     except Interrupted as exc:
         typer.secho(f"interrupted: {exc}", fg=typer.colors.YELLOW, err=True)
         sys.exit(130)
@@ -38,8 +38,8 @@ def main() -> None:
         sys.exit(2)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except typer.Abort:  # Ctrl-C (or SIGTERM) outside training, where finished work is kept as it goes
-        typer.echo(f"interrupted; what was finished is kept; continue with `{rerun}`", err=True)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
         sys.exit(130)
     except Exception as exc:
         # Usage errors arrive here in non-standalone mode; typer may vendor its own click, so match by shape.
@@ -48,3 +48,8 @@ def main() -> None:
             exc.show()
             sys.exit(getattr(exc, "exit_code", 2))
         raise
+    # Typer returns (not raises) the code of a `typer.Exit`, and turns Ctrl-C (and SIGTERM, above) into 130.
+    if code == 130:
+        typer.secho(f"interrupted; what was finished is kept; continue with `{rerun}`", fg=typer.colors.YELLOW, err=True)
+    if isinstance(code, int) and code:
+        sys.exit(code)

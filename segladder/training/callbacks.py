@@ -248,7 +248,8 @@ class GracefulStop(Callback):
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
 
-    def on_fit_start(self, trainer, pl_module) -> None:
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Here, not in on_fit_start: Lightning installs its own SIGTERM handler between the two.
         if threading.current_thread() is not threading.main_thread():
             return  # signals can only be handled by the main thread
         for name in self.SIGNALS:

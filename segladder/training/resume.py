@@ -67,7 +67,7 @@ def choose_checkpoint(run_dir: str | Path) -> Path:
     ckdir = run_dir / "checkpoints"
     for partial in sorted(ckdir.glob(".*.tmp")) if ckdir.is_dir() else []:
         partial.unlink(missing_ok=True)
-        console.print(f"removed {partial}, a partial checkpoint left by a write that was killed")
+        console.print(f"removed {partial}, a partial checkpoint left by a write that was killed", soft_wrap=True)
     paths = sorted(ckdir.glob("*.ckpt"), key=lambda p: (p.name != LAST, p.name)) if ckdir.is_dir() else []
     if not paths:
         raise ResumeError(f"--resume {run_dir}: no checkpoints/{LAST} yet nor any other checkpoint (the run stopped "
