@@ -154,6 +154,8 @@ class TrainerConfig(_Section):
     overlays: int = Field(8, ge=0, description="validation records drawn as overlays each epoch")
     progress: bool = True
     wandb_project: str | None = Field(None, description="also log to Weights & Biases (needs wandb and WANDB_API_KEY)")
+    optimizer_state: Literal["all", "last"] = Field(
+        "all", description="checkpoints holding the optimiser state: all, or only last.ckpt (best.ckpt then ~1/3 the size)")
 
 
 class ExperimentConfig(_Section):

@@ -1,5 +1,30 @@
 """Error types a user is meant to read: each names the file, record or config key and the fix."""
 
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from contextvars import ContextVar
+
+# The command that continues the current work after a stop (disk full, interruption); set by whoever
+# knows it (the CLI: the same command line; training: `segladder train --resume RUN`).
+_CONTINUE_WITH: ContextVar[str | None] = ContextVar("segladder_continue_with", default=None)
+
+
+@contextlib.contextmanager
+def continue_with(command: str) -> Iterator[None]:
+    """Within this block, errors that stop work name `command` as the way to continue it."""
+    token = _CONTINUE_WITH.set(command)
+    try:
+        yield
+    finally:
+        _CONTINUE_WITH.reset(token)
+
+
+def continue_hint() -> str | None:
+    """The command that continues the current work, when one was set with `continue_with`."""
+    return _CONTINUE_WITH.get()
+
 
 class SegladderError(Exception):
     """Base class for errors that the CLI prints as one clear message instead of a traceback."""
@@ -30,3 +55,27 @@ class CacheError(DataError):
 
 class ConfigError(SegladderError):
     """A config key or value is invalid."""
+
+
+class WriteError(SegladderError):
+    """A file could not be written (an I/O error); `path` names it. Files written before stay intact."""
+
+    def __init__(self, message: str, path=None):
+        super().__init__(message)
+        self.path = path
+
+
+class DiskFullError(WriteError):
+    """The filesystem (or the user's quota) ran out of space while writing `path`."""
+
+    def __init__(self, message: str, path=None, needed: int | None = None, free: int | None = None):
+        super().__init__(message, path)
+        self.needed, self.free = needed, free
+
+
+class Interrupted(SegladderError):
+    """A command stopped early on SIGINT or SIGTERM, keeping what it had finished; `hint` says how to continue."""
+
+    def __init__(self, message: str, hint: str | None = None):
+        self.hint = hint or continue_hint()
+        super().__init__(message + (f"; continue with `{self.hint}`" if self.hint else ""))

@@ -1,10 +1,13 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a half-written one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a half-written one; a full
+disk or a failing write becomes one `DiskFullError`/`WriteError` naming the path, the bytes and the fix."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,16 +15,111 @@ from typing import Any
 
 import numpy as np
 
+from segladder.errors import DiskFullError, SegladderError, WriteError, continue_hint
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# A write that failed while less than this was free is taken as "disk full" even when the library that wrote
+# (torch's zip writer: "unexpected pos") does not pass the errno on.
+NEARLY_FULL = 1 << 20
+
+
+def human_bytes(n: int | float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n} B"
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Bytes free to this user on the filesystem holding `path` (its nearest existing parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def _errno_of(exc: BaseException) -> int | None:
+    # Walk the cause chain: wrappers (torch, PIL) often re-raise with the OSError as their cause or context.
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            return exc.errno
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
+    return None
+
+
+def write_error(exc: BaseException, path: str | os.PathLike, *, needed: int | None = None, written: int = 0,
+                free_at_failure: int | None = None, free_before: int | None = None) -> WriteError | None:
+    """The `WriteError` that `exc`, raised while writing `path`, stands for; None when it is no write failure.
+
+    The free space reported is what there was when the write began (`free_before`): after a failure the
+    failed writer may still hold its removed file open, so the filesystem can read as full for a while.
+    """
+    if not isinstance(exc, Exception) or isinstance(exc, SegladderError):
+        return None
+    code = _errno_of(exc)
+    path = Path(path)
+    free = free_before if free_before is not None else free_bytes(path.parent)
+    if code in SPACE_ERRNOS or (code is None and not isinstance(exc, (ValueError, TypeError, KeyError))
+                                and free_at_failure is not None and free_at_failure < NEARLY_FULL):
+        then = f"then `{continue_hint()}`" if continue_hint() else "then re-run the command (it continues where it stopped)"
+        need = (f"needs {human_bytes(needed)}" if needed else
+                f"needs more than the {human_bytes(written)} written" if written else "needs more space")
+        quota = " (disk quota exceeded)" if code == errno.EDQUOT else ""
+        return DiskFullError(
+            f"disk full{quota} writing {path}: it {need}, {human_bytes(free) if free is not None else 'unknown'} "
+            f"free there. Free space on that filesystem (or write to another one), {then}; "
+            "files written before are intact and no partial file was left.", path, needed, free)
+    if code == errno.EIO:
+        return WriteError(f"write error (I/O error) on {path}: the disk or network filesystem failed. Check it "
+                          "(dmesg, fsck) or write elsewhere; files written before are intact and no partial file "
+                          "was left.", path)
+    return None
+
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`."""
+def guard_writes(path: str | os.PathLike, needed: int | None = None) -> Iterator[None]:
+    """Turn a disk-full or I/O failure inside the block into one `WriteError` naming `path`.
+
+    For writers that are not a single `atomic_path` (a record folder, a preallocated array); the block must
+    remove its own partial output before the exception leaves it.
+    """
+    free_before = free_bytes(Path(path).parent)
+    try:
+        yield
+    except Exception as exc:
+        err = write_error(exc, path, needed=needed, free_at_failure=free_bytes(Path(path).parent),
+                          free_before=free_before)
+        if err is None:
+            raise
+        raise err from exc
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success fsync it and rename it over `path`.
+
+    On failure the temporary file is removed; a full disk or an I/O error becomes a `WriteError`
+    (`needed`, when known, is what the file needs and goes into its message).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    free_before = free_bytes(path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        err = write_error(exc, path, needed=needed)
+        if err is None:
+            raise
+        raise err from exc
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; results are meant to be shared like any other
     tmp_path = Path(tmp)
@@ -31,10 +129,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp_path, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
+        written = _size(tmp_path)
+        free_at_failure = free_bytes(path.parent)
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        raise
+        err = write_error(exc, path, needed=needed, written=written, free_at_failure=free_at_failure,
+                          free_before=free_before)
+        if err is None:
+            raise
+        raise err from exc
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -47,8 +158,58 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def preallocate(path: str | os.PathLike) -> None:
+    """Reserve the blocks of an existing (sparse) file, so writing it through a memory map cannot hit a full
+    disk (which would kill the process with SIGBUS); on a full disk the file is removed and a DiskFullError
+    raised."""
+    path = Path(path)
+    size = path.stat().st_size
+    try:
+        with guard_writes(path, needed=size):
+            fd = os.open(path, os.O_RDWR)
+            try:
+                if hasattr(os, "posix_fallocate"):
+                    try:
+                        os.posix_fallocate(fd, 0, size)
+                    except OSError as exc:
+                        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                            raise
+            finally:
+                os.close(fd)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Make `dst` hold the bytes of `src` using no more disk where the filesystem allows: a hard link, else a
+    copy-on-write clone, else a copy; `dst` is replaced atomically. Returns which of the three it made."""
+    src, dst = Path(src), Path(dst)
+    tmp = dst.with_name(f".{dst.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+        return "hard link"
+    except OSError:
+        tmp.unlink(missing_ok=True)
+    with atomic_path(dst, needed=_size(src)) as out:
+        try:
+            import fcntl
+
+            with open(src, "rb") as fi, open(out, "wb") as fo:
+                fcntl.ioctl(fo.fileno(), _FICLONE, fi.fileno())
+            return "reflink"
+        except (OSError, ImportError):
+            shutil.copyfile(src, out)
+            return "copy"
+
+
+_FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (btrfs, XFS, bcachefs)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=len(text.encode())) as tmp:
         tmp.write_text(text)
 
 
@@ -57,6 +218,50 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
+    with atomic_path(path, needed=array.nbytes + 128) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
+
+
+class LockedError(WriteError):
+    """Another live process holds the lock on a folder this command would write."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (holding this process's pid) for the block; refuse when another live
+    process holds it. The kernel drops a lock whose owner died, so a stale lock file is taken over."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise LockedError(f"{what} is in use by another process ({owner}, lock {path}); wait for it to finish "
+                              "or stop it, then run this again.", path) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the owner released and removed the file between our open and our lock: try again
+    try:
+        previous = os.pread(fd, 200, 0).decode(errors="replace").strip()
+        if previous:
+            from segladder.progress import console
+
+            console.print(f"taking over {path}: its owner ({previous}) is no longer running", soft_wrap=True)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {os.uname().nodename}".encode(), 0)
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+    finally:
+        os.close(fd)

@@ -73,17 +73,22 @@ def parallel_map(
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending = set()
             it = iter(items)
-            # Keep a bounded number of tasks in flight so memory does not grow with the dataset.
-            for item in _take(it, workers * 2):
-                pending.add(pool.submit(fn, item))
-            while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    result = fut.result()
-                    bar.advance(task, advance(result) if advance else 1)
-                    yield result
-                    for item in _take(it, 1):
-                        pending.add(pool.submit(fn, item))
+            try:
+                # Keep a bounded number of tasks in flight so memory does not grow with the dataset.
+                for item in _take(it, workers * 2):
+                    pending.add(pool.submit(fn, item))
+                while pending:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        result = fut.result()
+                        bar.advance(task, advance(result) if advance else 1)
+                        yield result
+                        for item in _take(it, 1):
+                            pending.add(pool.submit(fn, item))
+            except BaseException:
+                # Interrupted or failed: drop queued work instead of finishing it before the error shows.
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
 
 
 def _take(it: Iterator[Any], n: int) -> Iterable[Any]:

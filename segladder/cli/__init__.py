@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 
 import typer
 
-from segladder.cli.app import app, continue_hint, on_interrupt, same_command
-from segladder.errors import SegladderError
+from segladder.cli.app import app
+from segladder.errors import Interrupted, SegladderError, continue_with
 
 # Exit codes every command keeps (README "Development"): scripts and CI branch on them.
 EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -21,8 +22,9 @@ def _register() -> None:
     from segladder.cli import bench, data, demo, ladder, models, predict, synth, train  # noqa: F401
 
 
-def _sigint(signum, frame) -> None:
-    # Remembered because some libraries turn Ctrl-C into their own exit (Lightning's fit calls sys.exit(1)).
+def _stop(signum, frame) -> None:
+    # Remembered because some libraries turn Ctrl-C into their own exit (Lightning's fit calls sys.exit(1));
+    # SIGTERM (a scheduler, `kill`) stops as cleanly as Ctrl-C instead of ending the process mid-write.
     global _interrupted
     _interrupted = True
     raise KeyboardInterrupt
@@ -38,20 +40,25 @@ def run(args: list[str] | None = None) -> int:
     global _interrupted
     _register()
     _interrupted = False
-    on_interrupt(same_command)
-    previous = signal.getsignal(signal.SIGINT)
-    if previous is not signal.SIG_IGN:  # a caller that ignores Ctrl-C (nohup) keeps ignoring it
-        signal.signal(signal.SIGINT, _sigint)
+    rerun = "segladder " + shlex.join(sys.argv[1:] if args is None else [str(a) for a in args])
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:  # a caller that ignores Ctrl-C (nohup) keeps ignoring it
+            signal.signal(sig, _stop)
     try:
-        code = app(args=args, standalone_mode=False)
+        with continue_with(rerun):  # what a full disk or an interruption names as the way to continue
+            code = app(args=args, standalone_mode=False)
         code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
+    except Interrupted as exc:
+        typer.secho(f"interrupted: {exc}", fg=typer.colors.YELLOW, err=True)
+        return EXIT_INTERRUPTED
     except SegladderError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         code = EXIT_USAGE
     except (typer.Abort, KeyboardInterrupt):
         code = EXIT_INTERRUPTED
     except OSError as exc:
-        # A file in the way, a full disk, a folder without permission: the user's files, shown as one line.
+        # A file in the way, a folder without permission: the user's files, shown as one line.
         where = f"{exc.filename}: " if exc.filename else ""
         typer.secho(f"error: {where}{exc.strerror or exc}", fg=typer.colors.RED, err=True)
         code = EXIT_USAGE
@@ -65,12 +72,14 @@ def run(args: list[str] | None = None) -> int:
             exc.show()
         else:
             ctx = getattr(exc, "ctx", None)
-            hint = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
-            typer.secho(f"error: {exc.format_message().rstrip('.')}{hint}", fg=typer.colors.RED, err=True)
+            more = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            typer.secho(f"error: {exc.format_message().rstrip('.')}{more}", fg=typer.colors.RED, err=True)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if _interrupted or code == EXIT_INTERRUPTED:
-        typer.secho(f"interrupted; to continue, run {continue_hint()}", fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"interrupted; what was finished is kept; continue with `{rerun}`", fg=typer.colors.YELLOW,
+                    err=True)
         code = EXIT_INTERRUPTED
     return code
 

@@ -21,7 +21,6 @@ def train(
     fold: list[int] = typer.Option([], "--fold", help="Train only this fold (repeatable); with data.folds or --folds."),
 ) -> None:
     """Train a model; the run directory is printed as the last line."""
-    from segladder.cli.app import on_interrupt
     from segladder.config import load_config, resolve_config_path
     from segladder.training.run import shared_run_dir
     from segladder.training.run import train as run_train
@@ -42,8 +41,6 @@ def train(
         typer.echo(str(res.run_dir))
         return
     run_dir = resume if resume is not None else shared_run_dir(cfg, out)
-    on_interrupt(lambda: f"`segladder train --resume {run_dir}`" if (run_dir / "checkpoints" / "last.ckpt").exists()
-                 else "the same command again (no epoch had finished, so there is nothing to resume)")
     result = run_train(cfg, out=None if resume is not None else run_dir, resume=resume)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 

@@ -9,10 +9,12 @@ Layout of a cache folder::
     <split>/masks.npy      (N, H, W) uint8            train / validation only
     <split>/soft.npy       (N, H, W) uint8, mean of annotators × 255, where individual masks exist
     <split>/done.npy       (N,) bool, rows finished so far
+    .prepare.lock          while a `data prepare` writes: its pid (a second one into the same folder refuses)
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 from collections.abc import Sequence
@@ -35,10 +37,18 @@ from segladder.data.contrails import (
 )
 from segladder.data.layout import DEFAULT_SIZE
 from segladder.errors import BadDatasetError, CacheError, DataError
-from segladder.io import atomic_save_npy, atomic_write_json
+from segladder.io import (
+    atomic_save_npy,
+    atomic_write_json,
+    exclusive_lock,
+    free_bytes,
+    guard_writes,
+    preallocate,
+)
 from segladder.progress import console, parallel_map
 
 CACHE_FORMAT = "segladder-contrails-cache"
+LOCK_FILE = ".prepare.lock"
 CACHE_VERSION = 1
 DTYPES = ("uint8", "float16")
 # Non-ash channels are stored as standardised values; uint8 keeps mean ± STD_RANGE·std.
@@ -229,6 +239,13 @@ def prepare_cache(
     refs = {s: discover_records(root, s) for s in splits}
     if not refs:
         discover_records(root, "train")  # the clear "missing root / split" error
+    if out.exists() and not out.is_dir():
+        raise CacheError(f"cache path {out} is a file; give a folder.")
+    with exclusive_lock(out / LOCK_FILE, f"cache folder {out}"):
+        return _prepare_locked(root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk)
+
+
+def _prepare_locked(root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk) -> PrepareResult:
     state = _start_or_resume(root, out, options, refs, overwrite, workers, progress)
 
     result = PrepareResult(out, {s: len(r) for s, r in refs.items()})
@@ -270,7 +287,7 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
     manifest_path, state_path = out / "manifest.json", out / "state.json"
     if out.exists() and not out.is_dir():
         raise CacheError(f"cache path {out} is a file; give a folder.")
-    if out.exists() and any(out.iterdir()) and not state_path.exists():
+    if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not state_path.exists():
         raise CacheError(f"{out} exists and is not a segladder cache; give an empty or new folder.")
     ids = {s: [r.record_id for r in rs] for s, rs in refs.items()}
     if state_path.exists() and not overwrite:
@@ -291,26 +308,45 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
         stats, enc = state["stats"], state["encoding"]
     else:
         if overwrite and out.exists():
-            shutil.rmtree(out)
+            for entry in out.iterdir():  # all but the lock this run holds
+                if entry.name != LOCK_FILE:
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         stats = compute_stats(root, options, workers=workers, progress=progress)
         enc = encoding(options, stats)
         state = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": str(Path(root).resolve()),
                  "options": options.to_dict(), "stats": stats, "encoding": enc, "splits": {}}
     out.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
+    new_splits = {}
     for split, split_refs in refs.items():
-        if split in state["splits"]:
-            continue
-        labelled = split != "test"
-        has_soft = any((r.path / "human_individual_masks.npy").exists() for r in split_refs)
-        files = _split_files(options, len(split_refs), labelled, has_soft)
-        sdir = out / split
-        sdir.mkdir(exist_ok=True)
-        atomic_write_json(sdir / "ids.json", ids[split])
-        for name, spec in files.items():
-            np.lib.format.open_memmap(sdir / f"{name}.npy", mode="w+", dtype=spec["dtype"], shape=tuple(spec["shape"])).flush()
-        atomic_save_npy(sdir / "done.npy", np.zeros(len(split_refs), bool))
-        state["splits"][split] = {"ids": ids[split], "files": files}
+        if split not in state["splits"]:
+            has_soft = any((r.path / "human_individual_masks.npy").exists() for r in split_refs)
+            new_splits[split] = _split_files(options, len(split_refs), split != "test", has_soft)
+    # The arrays are written through memory maps, where a full disk is a SIGBUS, not an error: so their
+    # space is checked and reserved here, before any record is read.
+    needed = sum(int(np.prod(f["shape"])) * np.dtype(f["dtype"]).itemsize for fs in new_splits.values() for f in fs.values())
+    free = free_bytes(out)
+    if new_splits and free is not None and needed > free:
+        with guard_writes(out, needed=needed):
+            raise OSError(errno.ENOSPC, "not enough space for the cache's arrays")
+    created: list[Path] = []
+    try:
+        for split, files in new_splits.items():
+            sdir = out / split
+            sdir.mkdir(exist_ok=True)
+            atomic_write_json(sdir / "ids.json", ids[split])
+            for name, spec in files.items():
+                path = sdir / f"{name}.npy"
+                created.append(path)
+                with guard_writes(path, needed=int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize):
+                    np.lib.format.open_memmap(path, mode="w+", dtype=spec["dtype"], shape=tuple(spec["shape"])).flush()
+                preallocate(path)
+            atomic_save_npy(sdir / "done.npy", np.zeros(len(refs[split]), bool))
+            state["splits"][split] = {"ids": ids[split], "files": files}
+    except BaseException:
+        for path in created:  # no half-made array is left behind; earlier splits and files stay
+            path.unlink(missing_ok=True)
+        raise
     atomic_write_json(state_path, state)
     return state
 
@@ -343,6 +379,11 @@ class CacheSplit:
             self.arrays[name] = arr
         skipped = set(cache.manifest.get("skipped", {}).get(split, []))
         all_ids = info["ids"]
+        rows = {len(a) for a in self.arrays.values()}
+        if rows != {len(all_ids)}:
+            raise CacheError(f"{cache.path / 'manifest.json'}: {len(all_ids)} record ids for split '{split}' but "
+                             f"its arrays hold {sorted(rows)[0]} rows; the cache was changed. Re-run "
+                             "`segladder data prepare` with --overwrite.")
         self.rows = np.array([i for i, r in enumerate(all_ids) if r not in skipped], dtype=np.int64)
         self.ids = [all_ids[i] for i in self.rows]
         if not self.ids:
@@ -374,10 +415,17 @@ class ContrailsCache:
             self.manifest = json.loads(mpath.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise CacheError(f"{mpath}: unreadable ({exc}); re-run `segladder data prepare` with --overwrite.") from exc
-        if self.manifest.get("format") != CACHE_FORMAT or not self.manifest.get("complete"):
+        if not isinstance(self.manifest, dict) or self.manifest.get("format") != CACHE_FORMAT \
+                or not self.manifest.get("complete"):
             raise CacheError(f"{mpath}: not a complete {CACHE_FORMAT} manifest.")
         if self.manifest.get("version") != CACHE_VERSION:
             raise CacheError(f"{mpath}: cache version {self.manifest.get('version')}, this segladder reads {CACHE_VERSION}; re-prepare it.")
+        missing = [k for k in ("options", "stats", "encoding", "splits") if k not in self.manifest]
+        bad_splits = [s for s, info in self.manifest.get("splits", {}).items()
+                      if not isinstance(info, dict) or not {"ids", "files"} <= info.keys()]
+        if missing or bad_splits:
+            raise CacheError(f"{mpath}: damaged (missing {', '.join(missing + [f'splits.{s}' for s in bad_splits])}); "
+                             "re-run `segladder data prepare` with --overwrite.")
         self.options = CacheOptions.from_dict(self.manifest["options"])
         self.stats: dict | None = self.manifest["stats"]
         self.encoding: dict = self.manifest["encoding"]

@@ -27,7 +27,7 @@ from segladder.data.layout import (
     band_file,
 )
 from segladder.errors import DataError
-from segladder.io import atomic_write_json, atomic_write_text
+from segladder.io import atomic_write_json, atomic_write_text, guard_writes
 from segladder.progress import progress_bar
 
 PARAMS_FILE = ".synth.json"
@@ -396,8 +396,9 @@ def write_record(
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     try:
-        for name, array in files.items():
-            _save_npy(tmp / name, array)
+        with guard_writes(record_dir, needed=sum(a.nbytes + 128 for a in files.values())):
+            for name, array in files.items():
+                _save_npy(tmp / name, array)
         if record_dir.exists():
             shutil.rmtree(record_dir)
         os.replace(tmp, record_dir)

@@ -14,6 +14,7 @@ from segladder.errors import ConfigError
 from segladder.training.callbacks import (
     AtomicCheckpointIO,
     FiniteModelCheckpoint,
+    GracefulStop,
     NonFiniteGuard,
     RNGState,
     RunRecorder,
@@ -104,8 +105,10 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, extra_call
     guard = NonFiniteGuard(run_dir, t.nan_patience)
     callbacks = [
         guard,
+        GracefulStop(run_dir),
         FiniteModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                              save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+                              save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
+                              optimizer_state=t.optimizer_state),
         RNGState(),
         RunRecorder(run_dir, t.overlays),
         LearningRateMonitor(logging_interval="step"),

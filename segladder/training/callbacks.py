@@ -4,6 +4,8 @@ metrics.json with curves and overlays as PNG, throughput and a one-line summary 
 from __future__ import annotations
 
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,8 @@ import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from segladder.io import atomic_path, atomic_write_json
+from segladder.errors import Interrupted
+from segladder.io import atomic_path, atomic_write_json, link_or_copy
 from segladder.progress import console
 from segladder.tasks.base import require_task
 from segladder.viz import plot_histories, save_figure, save_image, threshold_curve_figure
@@ -151,11 +154,23 @@ class NonFiniteGuard(Callback):
 # -------------------------------------------------------------------------------------- checkpoints
 
 
+def tensor_bytes(obj: Any) -> int:
+    """Bytes of all tensors in a nested checkpoint: what torch.save will need on disk, give or take the index."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file and renames it: a full disk never clobbers the old one."""
+    """Writes each checkpoint to a temporary file and renames it: a full disk never clobbers the old one, and
+    becomes one `DiskFullError` naming the file, the bytes it needs and the bytes free."""
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        with atomic_path(path) as tmp:
+        with atomic_path(path, needed=tensor_bytes(checkpoint) + (1 << 16)) as tmp:
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
@@ -163,14 +178,109 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class FiniteModelCheckpoint(ModelCheckpoint):
-    """A ModelCheckpoint that refuses to write weights holding NaN or inf."""
+    """A ModelCheckpoint that refuses to write weights holding NaN or inf, and spends no disk twice.
+
+    When `last` is saved at the step `best` was just saved, it becomes a hard link to it (or a copy-on-write
+    clone, or a copy where links are unsupported). With `optimizer_state="last"` only `last` carries the
+    optimiser and scheduler state; `best` holds weights and what inference needs.
+
+    Args:
+        optimizer_state: "all" (every checkpoint can resume training) or "last" (only last.ckpt can).
+    """
+
+    def __init__(self, *args, optimizer_state: str = "all", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.optimizer_state = optimizer_state
+
+    # Lightning ≥ 2.4 writes last.ckpt only at steps where a top-k checkpoint was written, so after the best
+    # epoch "last" would stay the best one and a resumed run would redo every later epoch.
+    def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        if self._should_save_on_train_epoch_end(trainer):
+            self._ensure_last(trainer)
+
+    def _ensure_last(self, trainer: L.Trainer) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
         bad = [k for k, v in trainer.lightning_module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
         if bad:
             console.print(f"[red]not writing {Path(filepath).name}: non-finite weights in {', '.join(bad[:3])}[/]")
             return
+        is_last = Path(filepath).stem == self.CHECKPOINT_NAME_LAST
+        same_step = self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step
+        if is_last and same_step and self.optimizer_state == "all" and self._last_checkpoint_saved != filepath:
+            if trainer.is_global_zero:
+                link_or_copy(self._last_checkpoint_saved, filepath)
+            trainer.strategy.barrier()
+            self._last_checkpoint_saved = filepath
+            return
+        if not is_last and self.optimizer_state == "last":
+            trainer.save_checkpoint(filepath, weights_only=True)
+            self._last_global_step_saved, self._last_checkpoint_saved = trainer.global_step, filepath
+            return
         super()._save_checkpoint(trainer, filepath)
+
+
+class GracefulStop(Callback):
+    """SIGINT or SIGTERM stops training at the next batch boundary with an `Interrupted` error.
+
+    The unfinished epoch is dropped; checkpoints/last.ckpt keeps the last finished one, from which
+    `segladder train --resume RUN` continues exactly. A second signal stops at once.
+    (Lightning would turn Ctrl-C into `sys.exit(1)` and SIGTERM into a mid-epoch exit; this replaces both.)
+    """
+
+    SIGNALS = ("SIGINT", "SIGTERM")
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _handler(self, signum, frame) -> None:
+        if self.received is not None:  # asked twice: stop now
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        # Here, not in on_fit_start: Lightning installs its own SIGTERM handler between the two.
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals can only be handled by the main thread
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handler)
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        self._restore()
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        self._restore()
+
+    def _check(self, trainer) -> None:
+        if self.received is None:
+            return
+        last = self.run_dir / "checkpoints" / "last.ckpt"
+        kept = ("checkpoints/last.ckpt keeps the last finished epoch" if last.exists()
+                else "no epoch had finished, so nothing to keep")
+        raise Interrupted(f"training stopped on {self.received} during epoch {trainer.current_epoch + 1} (step "
+                          f"{trainer.global_step}); {kept}", hint=f"segladder train --resume {self.run_dir}")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._check(trainer)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._check(trainer)
 
 
 class RNGState(Callback):

@@ -15,10 +15,11 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
 from segladder.config import ExperimentConfig, dump_config, load_config
-from segladder.errors import ConfigError, SegladderError
+from segladder.errors import ConfigError, SegladderError, continue_with
 from segladder.io import atomic_write_json, atomic_write_text
 from segladder.progress import console
 from segladder.training.build import build_datamodule, build_task, build_trainer
+from segladder.training.resume import choose_checkpoint
 
 
 class TrainingStopped(SegladderError):
@@ -114,11 +115,7 @@ def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = 
         if not (run_dir / "config.yaml").exists():
             raise ConfigError(f"--resume {run_dir}: no config.yaml there; give a run directory made by `segladder train`.")
         cfg = load_config(run_dir / "config.yaml")
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            raise SegladderError(f"--resume {run_dir}: no checkpoints/last.ckpt yet (the run stopped before its first "
-                                 "epoch ended); start it again instead.")
-        ckpt_path = str(last)
+        ckpt_path = str(choose_checkpoint(run_dir))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = build_task(cfg)  # a config the task cannot train fails here, before any data is read
     if resume is None:
@@ -136,7 +133,8 @@ def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = 
     own_env = RUN_DIR_ENV not in os.environ
     os.environ[RUN_DIR_ENV] = str(run_dir.resolve())
     try:
-        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+        with continue_with(f"segladder train --resume {run_dir}"):  # named by a full disk or an interruption
+            trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     finally:
         if own_env:
             os.environ.pop(RUN_DIR_ENV, None)
