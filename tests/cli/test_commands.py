@@ -128,7 +128,7 @@ CASES = [
     ("ladder-budget-value", "ladder --data {cache} --budget epochs=x", 2,
      r"^error: invalid config .*\n  trainer\.max_epochs: .*valid integer"),
     # bench smoke runs
-    ("bench-data", "bench data --records 2 --frames 3-4 --seconds 0.1", 0, r"speed-up\s*:\s*[\d.]+×"),
+    ("bench-data", "bench data --records 2 --frames 3-4 --seconds 0.1", 0, r"speed-up over raw: uint8 [\d.]+×"),
     ("bench-train", "bench train --size 32 --batch 2 --steps 1 --warmup 1 --data {bench_cache} --workers 0 "
      "--frames 2", 0, r'"mode": "trainer_cache_aug_fp32"'),
 ]
