@@ -63,9 +63,13 @@ class AugmentConfig(BaseModel):
         return any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
 
 
+DataFormat = Literal["auto", "contrails", "coco"]  # one value per data module branch in training/build.py
+
+
 class DataConfig(_Section):
     """Where samples come from and how they are batched."""
 
+    format: DataFormat = Field("auto", description="contrails layout/cache, or coco boxes; auto: coco when data.train is set")
     root: str | None = Field(None, description="raw dataset root or prepared cache; None: the synthetic demo data")
     frames: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], description="frame indices; label is frame 4")
     channels: list[str] = Field(default_factory=lambda: ["ash"])
@@ -86,6 +90,19 @@ class DataConfig(_Section):
     pseudo_threshold: float = Field(0.5, gt=0, lt=1, description="pseudo mask = pseudo soft label > this")
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    # Boxes (data.format coco, task boxes): COCO detection files and their image folder.
+    images: str | None = Field(None, description="image folder of the COCO files")
+    train: str | None = Field(None, description="COCO detection JSON of the training boxes")
+    val: str | None = Field(None, description="COCO detection JSON of the validation boxes")
+    crop_size: int = Field(224, ge=16, description="side of the crop around a rough box (box adjustment)")
+    buffer_ratio: float = Field(1.1, ge=1.0, le=4.0, description="the crop is the rough box enlarged by this (seed 003: 1.1)")
+
+    @property
+    def resolved_format(self) -> str:
+        """`format`, with auto read as coco when COCO files are given and contrails otherwise."""
+        if self.format != "auto":
+            return self.format
+        return "coco" if self.train is not None or self.val is not None else "contrails"
 
 
 class ModelConfig(BaseModel):
@@ -160,7 +177,7 @@ class TrainerConfig(_Section):
 
 class ExperimentConfig(_Section):
     name: str = "experiment"
-    task: str = Field("segmentation", description="a registered task (segladder/tasks/): segmentation, classification")
+    task: str = Field("segmentation", description="a registered task (segladder/tasks/): segmentation, classification, boxes")
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

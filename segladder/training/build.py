@@ -58,7 +58,9 @@ def resolve_model(cfg: ExperimentConfig) -> ExperimentConfig:
     if "in_chans" in cfg.model.kwargs:
         model = cfg.model
     else:
-        model = ModelConfig(name=cfg.model.name, **cfg.model.kwargs, in_chans=len(resolve_channels(cfg.data.channels)))
+        # COCO images are read as RGB; the contrails channels come from data.channels.
+        chans = 3 if cfg.data.resolved_format == "coco" else len(resolve_channels(cfg.data.channels))
+        model = ModelConfig(name=cfg.model.name, **cfg.model.kwargs, in_chans=chans)
     check_options(model.name, model.kwargs)
     return cfg.model_copy(update={"model": model})
 
@@ -79,7 +81,11 @@ def build_task(cfg: ExperimentConfig):
 
 
 def build_datamodule(cfg: ExperimentConfig) -> L.LightningDataModule:
-    """The data module of `cfg`: the contrails layout or its cache."""
+    """The data module of `cfg` by `data.format`: the contrails layout or its cache, or COCO boxes."""
+    if cfg.data.resolved_format == "coco":
+        from segladder.data.box_datasets import BoxesDataModule
+
+        return BoxesDataModule(cfg.data, cfg.seed)
     from segladder.data.module import ContrailsDataModule
 
     return ContrailsDataModule(cfg.data, cfg.seed)
