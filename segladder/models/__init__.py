@@ -4,7 +4,7 @@
 `available()` lists the names; `segladder models list` prints them as a table. See docs/models.md.
 """
 
-from segladder.models import coat, families, ladder  # noqa: F401  (importing them registers the models)
+from segladder.models import coat, families, ladder, snapper  # noqa: F401  (importing them registers the models)
 from segladder.models.base import SequenceModel
 from segladder.models.encoders import Encoder, WeightsReport, load_pretrained
 from segladder.models.registry import (
