@@ -1,4 +1,4 @@
-"""Validation metrics: global Dice (the competition metric) with a threshold sweep, per-record Dice, classifier scores.
+"""Validation metrics: global Dice (the competition metric) with a threshold sweep, per-record Dice, classifier and box scores.
 
 A pixel is predicted positive when `prob > threshold` (strictly, as torchmetrics does), compared in the
 probabilities' own dtype; a target pixel is positive when `target > 0.5` (so a soft annotator mean
@@ -18,7 +18,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["ClassificationMetrics", "ThresholdSweepDice", "global_dice", "per_record_dice"]
+__all__ = ["BoxMetrics", "ClassificationMetrics", "ThresholdSweepDice", "box_iou", "global_dice", "per_record_dice"]
 
 
 def _as_tensor(x: Any) -> Tensor:
@@ -190,3 +190,65 @@ class ClassificationMetrics(Metric):
             if labels.unique().numel() == 2:
                 auc = binary_auroc(dim_zero_cat(self.scores), labels)
         return {"acc": acc.float(), "auc": auc.float()}
+
+
+# ------------------------------------------------------------------------------------------------ boxes
+
+BOX_KEYS = ("miou", "iou_over_0.9", "edges_within_1px", "edges_within_3px", "corners_within_1px", "corners_within_3px")
+_EPS = 1e-6  # an edge exactly 1 px away counts as within 1 px despite float rounding
+
+
+def box_iou(pred: Any, true: Any) -> Tensor:
+    """IoU of each pair of (N, 4) boxes (x0, y0, x1, y1), row by row, in float64."""
+    p, t = _as_tensor(pred).double().reshape(-1, 4), _as_tensor(true).double().reshape(-1, 4)
+    iw = (torch.minimum(p[:, 2], t[:, 2]) - torch.maximum(p[:, 0], t[:, 0])).clamp_min(0)
+    ih = (torch.minimum(p[:, 3], t[:, 3]) - torch.maximum(p[:, 1], t[:, 1])).clamp_min(0)
+    inter = iw * ih
+    area = lambda b: (b[:, 2] - b[:, 0]).clamp_min(0) * (b[:, 3] - b[:, 1]).clamp_min(0)  # noqa: E731
+    union = area(p) + area(t) - inter
+    return torch.where(union > 0, inter / union.clamp_min(1e-12), torch.zeros_like(union))
+
+
+class BoxMetrics(Metric):
+    """The Snapper paper's Table 1 over (N, 4) xyxy boxes in image pixels; sums are reduced across processes.
+
+    `compute()` gives `miou`, `iou_over_0.9` (fraction of boxes with IoU > 0.9), `edges_within_1px` /
+    `edges_within_3px` (fraction of the 4·N edges with |Δ| ≤ 1 / ≤ 3 px), `corners_within_1px` /
+    `corners_within_3px` (fraction of the 4·N corners with Euclidean distance ≤ 1 / ≤ 3 px), all in [0, 1],
+    and `boxes` (N).
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        for name in ("iou_sum", *BOX_KEYS[1:]):
+            self.add_state(name.replace(".", "_"), default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("boxes", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+
+    def update(self, pred: Any, true: Any) -> None:
+        p, t = _as_tensor(pred).double().reshape(-1, 4), _as_tensor(true).double().reshape(-1, 4)
+        p, t = p.to(self.device), t.to(self.device)
+        iou = box_iou(p, t)
+        self.iou_sum += iou.sum()
+        self.iou_over_0_9 += (iou > 0.9).sum()
+        d = (p - t).abs()
+        self.edges_within_1px += (d <= 1 + _EPS).sum()
+        self.edges_within_3px += (d <= 3 + _EPS).sum()
+        # Corners (x0, y0), (x1, y0), (x0, y1), (x1, y1): distance from the x and y errors of their two edges.
+        dist = torch.stack([torch.hypot(d[:, i], d[:, j]) for i in (0, 2) for j in (1, 3)], 1)
+        self.corners_within_1px += (dist <= 1 + _EPS).sum()
+        self.corners_within_3px += (dist <= 3 + _EPS).sum()
+        self.boxes += p.shape[0]
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.boxes.clamp_min(1).double()
+        return {
+            "miou": self.iou_sum / n,
+            "iou_over_0.9": self.iou_over_0_9 / n,
+            "edges_within_1px": self.edges_within_1px / (4 * n),
+            "edges_within_3px": self.edges_within_3px / (4 * n),
+            "corners_within_1px": self.corners_within_1px / (4 * n),
+            "corners_within_3px": self.corners_within_3px / (4 * n),
+            "boxes": self.boxes.clone(),
+        }
