@@ -132,6 +132,15 @@ class AuxConfig(_Section):
     seg_on_positives_only: bool = Field(False, description="apply the segmentation loss to positive records only")
 
 
+class BoxesConfig(_Section):
+    """Box adjustment (task boxes, seed 003): the edge loss and how edge distributions become a box."""
+
+    sigma: float = Field(1.0, gt=0, description="std of the Gaussian soft target around each true edge, in positions")
+    decode: Literal["expectation", "argmax"] = Field("expectation", description="argmax or sub-pixel expectation")
+    window: int = Field(2, ge=0, description="positions either side of the peak in the expectation")
+    refine_steps: int = Field(0, ge=0, description="inference: run the adjusted box through the model again this often")
+
+
 class OptimConfig(_Section):
     name: str = Field("adamw", description="a registered optimiser: adamw, adam, radam, sgd (segladder/optim.py)")
     lr: float = Field(1e-3, gt=0)
@@ -183,6 +192,7 @@ class ExperimentConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="bce")])
     aux: AuxConfig = Field(default_factory=AuxConfig)
+    boxes: BoxesConfig = Field(default_factory=BoxesConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 

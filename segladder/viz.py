@@ -132,3 +132,39 @@ def plot_histories(histories: dict[str, list[dict]], path, loss_keys=("train/los
     fig.tight_layout()
     save_figure(fig, path)
     plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------- boxes
+
+BOX_COLOURS = {"rough": (255, 200, 0), "true": (0, 220, 0), "snapped": (255, 0, 255)}  # yellow, green, magenta
+
+
+def draw_boxes(image: np.ndarray, boxes: dict[str, np.ndarray], scale: int = 1) -> np.ndarray:
+    """An (H, W, 3) uint8 image enlarged `scale` times with xyxy boxes drawn by name ("rough", "true", "snapped")."""
+    from PIL import Image, ImageDraw
+
+    im = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
+    d = ImageDraw.Draw(im)
+    for name, box in boxes.items():
+        x0, y0, x1, y1 = (float(v) * scale for v in box)
+        d.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=BOX_COLOURS.get(name, (255, 255, 255)))
+    return np.asarray(im)
+
+
+def box_grid(panels: list[np.ndarray], columns: int = 4) -> np.ndarray:
+    """Equal-sized (H, W, 3) uint8 panels tiled `columns` wide with a 2-pixel white gap."""
+    h, w = panels[0].shape[:2]
+    rows = -(-len(panels) // columns)
+    grid = np.full((rows * (h + 2) - 2, min(columns, len(panels)) * (w + 2) - 2, 3), 255, np.uint8)
+    for i, p in enumerate(panels):
+        r, c = divmod(i, columns)
+        grid[r * (h + 2): r * (h + 2) + h, c * (w + 2): c * (w + 2) + w] = p
+    return grid
+
+
+def denormalise(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) ImageNet-normalised crop back to (H, W, 3) uint8 for drawing."""
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    rgb = (image.detach().float().cpu() * std + mean).clamp(0, 1)
+    return (rgb.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)

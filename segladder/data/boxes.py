@@ -194,18 +194,19 @@ def crop_region(rough: Sequence[float], buffer_ratio: float) -> np.ndarray:
     return np.array([cx - hw, cy - hh, cx + hw, cy + hh], np.float64)
 
 
-def to_crop(xyxy: np.ndarray, region: np.ndarray, crop_size: int) -> np.ndarray:
-    """Edges (…, 4) (left, top, right, bottom) in image pixels → continuous crop coordinates in the crop `region`."""
-    xyxy, region = np.asarray(xyxy, np.float64), np.asarray(region, np.float64)
-    scale = crop_size / np.concatenate([region[..., 2:] - region[..., :2]] * 2, -1)
-    return (xyxy - np.concatenate([region[..., :2]] * 2, -1)) * scale
+def to_crop(xyxy, region, crop_size: int):
+    """Edges (…, 4) (left, top, right, bottom) in image pixels → continuous crop coordinates of the crop `region`.
+
+    Works on numpy arrays and torch tensors alike (float64 keeps the round trip exact to ~1e-12 px).
+    """
+    lo, hi = region[..., [0, 1, 0, 1]], region[..., [2, 3, 2, 3]]
+    return (xyxy - lo) * crop_size / (hi - lo)
 
 
-def to_image(edges: np.ndarray, region: np.ndarray, crop_size: int) -> np.ndarray:
+def to_image(edges, region, crop_size: int):
     """The inverse of `to_crop`: crop coordinates (…, 4) → image pixels."""
-    edges, region = np.asarray(edges, np.float64), np.asarray(region, np.float64)
-    scale = np.concatenate([region[..., 2:] - region[..., :2]] * 2, -1) / crop_size
-    return edges * scale + np.concatenate([region[..., :2]] * 2, -1)
+    lo, hi = region[..., [0, 1, 0, 1]], region[..., [2, 3, 2, 3]]
+    return edges * (hi - lo) / crop_size + lo
 
 
 def crop_image(image: Image.Image, region: Sequence[float], crop_size: int) -> np.ndarray:

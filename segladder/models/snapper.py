@@ -5,6 +5,8 @@ along rows (a sequence over x, for the left and right edges) and along columns (
 bottom); four 1-D decoders (Conv1d stacks) turn the sequences into one logit per position at crop
 resolution. With `fusion="average"` every level has its own decoders and their logits are averaged (the
 seed's simple multi-scale); with `fusion="fpn"` the levels are merged top-down first (FPN) and decoded once.
+A learned per-edge position prior (bias over positions, resized to the crop) is added to the logits: the
+crop is built around the rough box, so where an edge usually lies is known before any pixel is seen.
 Output: (B, 4, S) logits for (left, top, right, bottom) over the S positions of an S×S crop.
 
 Position p of S stands for the crop coordinate p·S/(S − 1), so the positions span the whole crop [0, S].
@@ -20,6 +22,9 @@ from torch import Tensor, nn
 
 from segladder.models.encoders import Encoder
 from segladder.models.registry import ModelInputError, register
+
+
+PRIOR_POSITIONS = 32  # resolution of the learned position prior (resized linearly to any crop size)
 
 
 class EdgeDecoder(nn.Module):
@@ -86,6 +91,7 @@ class Snapper(nn.Module):
             self.smooth = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
                                         nn.ReLU(inplace=True))
             self.heads = nn.ModuleList([DirectionalHead(hidden, hidden, decoder_layers)])
+        self.prior = nn.Parameter(torch.zeros(1, 4, PRIOR_POSITIONS))
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 5:
@@ -94,12 +100,13 @@ class Snapper(nn.Module):
             raise ModelInputError(f"Snapper takes square (B, {self.in_chans}, S, S) crops, got {tuple(x.shape)}.")
         size = x.shape[-1]
         feats = self.encoder(x)[-self.levels:]
+        prior = F.interpolate(self.prior, size=size, mode="linear", align_corners=True)
         if self.fusion == "average":
-            return torch.stack([h(f, size) for h, f in zip(self.heads, feats, strict=True)]).mean(0)
+            return torch.stack([h(f, size) for h, f in zip(self.heads, feats, strict=True)]).mean(0) + prior
         top = self.lateral[-1](feats[-1])
         for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
             top = lat(f) + F.interpolate(top, size=f.shape[-2:], mode="nearest")
-        return self.heads[0](self.smooth(top), size)
+        return self.heads[0](self.smooth(top), size) + prior
 
 
 @register("Snapper", description="Snapper box adjustment (seed 003): timm encoder, directional pooling, 1-D edge "
