@@ -54,8 +54,10 @@ def load_json(path: str | Path, what: str = "COCO file") -> dict | list:
                         "({'images': [...], 'annotations': [...]}).") from None
 
 
-def read_coco(path: str | Path, images: str | Path | None = None) -> list[BoxRecord]:
+def read_coco(path: str | Path, images: str | Path | None = None, check_inside: bool = True) -> list[BoxRecord]:
     """The non-crowd boxes of a COCO detection file, checked; `images` (a folder) also checks every image exists.
+
+    `check_inside=False` accepts boxes reaching outside their image (rough boxes from `boxes jitter` may).
 
     Raises a DataError naming the file and the image or annotation id for: malformed JSON or records,
     an annotation of an unknown image, a missing image file, a zero-size box or a box outside its image.
@@ -93,14 +95,15 @@ def read_coco(path: str | Path, images: str | Path | None = None) -> list[BoxRec
         if iid not in imgs:
             raise DataError(f"{path}: annotation id {aid} refers to image id {iid}, which is not in 'images'.")
         im = imgs[iid]
-        check_box(path, aid, (x, y, w, h), im["width"], im["height"])
+        check_box(path, aid, (x, y, w, h), im["width"], im["height"], inside=check_inside)
         out.append(BoxRecord(aid, iid, im["file_name"], im["width"], im["height"], (x, y, w, h)))
     if not out:
         raise DataError(f"{path}: no boxes (every annotation is missing or iscrowd).")
     return out
 
 
-def check_box(path: str | Path, ann_id: int, box: Sequence[float], width: int, height: int, tol: float = 0.5) -> None:
+def check_box(path: str | Path, ann_id: int, box: Sequence[float], width: int, height: int, tol: float = 0.5,
+              inside: bool = True) -> None:
     """A DataError for a zero-size box or one outside its image (by more than `tol` pixels, for float rounding)."""
     x, y, w, h = box
     if not all(np.isfinite(box)):
@@ -108,7 +111,7 @@ def check_box(path: str | Path, ann_id: int, box: Sequence[float], width: int, h
     if w <= 0 or h <= 0:
         raise DataError(f"{path}: annotation id {ann_id}: zero-size box {list(box)} (width and height must be > 0); "
                         "remove the annotation.")
-    if x < -tol or y < -tol or x + w > width + tol or y + h > height + tol:
+    if inside and (x < -tol or y < -tol or x + w > width + tol or y + h > height + tol):
         raise DataError(f"{path}: annotation id {ann_id}: box {list(box)} lies outside its {width}×{height} image; "
                         "clip it to the image or remove it.")
 

@@ -160,4 +160,7 @@ def decode(logits: Tensor, method: str = "expectation", window: int = 2) -> tupl
         pos = (w * cols.float()).sum(-1) / w.sum(-1).clamp_min(1e-12)
     else:
         raise ValueError(f"decode method must be 'argmax' or 'expectation', not {method!r}")
-    return coords_of(pos, size), peak
+    edges = coords_of(pos, size)
+    # A right edge left of its left edge (an untrained or confused model) becomes a valid box between the two.
+    lo, hi = torch.minimum(edges[:, :2], edges[:, 2:]), torch.maximum(edges[:, :2], edges[:, 2:])
+    return torch.cat([lo, hi], 1), peak
