@@ -102,11 +102,13 @@ class Snapper(nn.Module):
         feats = self.encoder(x)[-self.levels:]
         prior = F.interpolate(self.prior, size=size, mode="linear", align_corners=True)
         if self.fusion == "average":
-            return torch.stack([h(f, size) for h, f in zip(self.heads, feats, strict=True)]).mean(0) + prior
+            logits = torch.stack([h(f, size) for h, f in zip(self.heads, feats, strict=True)]).mean(0)
+            return logits + prior.to(logits.dtype)
         top = self.lateral[-1](feats[-1])
         for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1]), strict=True):
             top = lat(f) + F.interpolate(top, size=f.shape[-2:], mode="nearest")
-        return self.heads[0](self.smooth(top), size) + prior
+        logits = self.heads[0](self.smooth(top), size)
+        return logits + prior.to(logits.dtype)
 
 
 @register("Snapper", description="Snapper box adjustment (seed 003): timm encoder, directional pooling, 1-D edge "

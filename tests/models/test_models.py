@@ -15,7 +15,8 @@ def make(name, **kwargs):
 
 
 def expected_shape(name, batch, size):
-    return (batch, 1) if models.info(name).output == "label" else (batch, 1, size, size)
+    output = models.info(name).output
+    return {"label": (batch, 1), "box": (batch, 4, size)}.get(output, (batch, 1, size, size))
 
 
 @pytest.mark.parametrize("name", ALL)

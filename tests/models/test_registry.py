@@ -32,7 +32,7 @@ def test_info_describes_each_model():
     for name in models.available():
         entry = models.info(name)
         assert entry.name == name and entry.description and entry.input_desc
-        assert entry.output in {"mask", "label"}
+        assert entry.output in {"mask", "label", "box"}
     assert models.info("ResNet18_ULSTM").uses_time and not models.info("ResNet18_U").uses_time
 
 
