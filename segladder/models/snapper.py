@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from segladder.models.encoders import Encoder
 from segladder.models.registry import ModelInputError, register
 
-
 PRIOR_POSITIONS = 32  # resolution of the learned position prior (resized linearly to any crop size)
 
 
