@@ -127,3 +127,17 @@ def evaluate(
     typer.echo(f"{r.boxes} boxes, jitter seed {seed}")
     typer.echo(before_after_table(r.before, r.after).rstrip())
     typer.echo(f"written: {json.dumps([str(r.out / f) for f in ('metrics.json', 'table.md', 'examples.png')])}")
+
+
+@boxes_app.command("export")
+def export(
+    checkpoint: Path = typer.Argument(..., help="A best.ckpt or last.ckpt of a `boxes` run."),
+    out: Path = typer.Argument(..., help="ONNX file to write."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+) -> None:
+    """Export the box model to ONNX ((batch, 3, S, S) crops → (batch, 4, S) edge logits) with a parity check."""
+    from segladder.inference.boxes import export_box_onnx
+
+    r = export_box_onnx(checkpoint, out, opset=opset)
+    typer.echo(f"written {r.path}: parity with PyTorch: probabilities within {r.max_prob_diff:.1e}, "
+               f"decoded edges within {r.max_edge_diff:.1e} crop px")

@@ -237,3 +237,58 @@ def _write_examples(records: Sequence[BoxRecord], images: str | Path, rough: dic
                  for name, b in (("rough", rough[r.ann_id]), ("true", r.box), ("snapped", snapped[r.ann_id]))}
         panels.append(draw_boxes(crop, boxes, 2))
     save_image(box_grid(panels, columns=n), path)
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+@dataclass
+class BoxExport:
+    path: Path
+    max_prob_diff: float  # largest |Δ| of the per-edge position probabilities, ONNX vs PyTorch
+    max_edge_diff: float  # largest |Δ| of the decoded edges, in crop pixels
+
+
+def export_box_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, atol: float = 1e-4) -> BoxExport:
+    """A `boxes` checkpoint as ONNX: (batch, 3, S, S) normalised crops → (batch, 4, S) edge logits, parity-checked.
+
+    The crop geometry and decoding travel in the metadata (`segladder.crop_size`, `buffer_ratio`, `decode`,
+    `window`); on a parity failure nothing is written.
+    """
+    import warnings
+
+    import onnx
+
+    from segladder.inference.errors import ExportError
+    from segladder.inference.segmenters import INPUT_NAME, META_PREFIX, ONNX_FORMAT_VERSION, OUTPUT_NAME, onnx_session
+    from segladder.io import atomic_path
+
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, "cpu")
+    model, size, out = adjuster.model, adjuster.crop_size, Path(out)
+    meta = {"format_version": str(ONNX_FORMAT_VERSION), "task": "boxes", "source": str(checkpoint),
+            "crop_size": str(size), "buffer_ratio": repr(adjuster.buffer_ratio), "decode": adjuster.decode,
+            "window": str(adjuster.window)}
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    try:
+        with atomic_path(out) as tmp:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
+                torch.onnx.export(model, (x[:1],), str(tmp), dynamo=False, opset_version=opset,
+                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+            proto = onnx.load(str(tmp))
+            for key, value in meta.items():
+                proto.metadata_props.add(key=META_PREFIX + key, value=value)
+            onnx.save(proto, str(tmp))
+            got = torch.from_numpy(onnx_session(tmp, torch.device("cpu")).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+            with torch.no_grad():
+                expected = model(x).float()
+            prob_diff = float((got.softmax(-1) - expected.softmax(-1)).abs().max())
+            edge_diff = float((decode(got, adjuster.decode, adjuster.window)[0]
+                               - decode(expected, adjuster.decode, adjuster.window)[0]).abs().max())
+            if not prob_diff <= atol:
+                raise ExportError(f"ONNX and PyTorch edge probabilities differ by up to {prob_diff:.2e} "
+                                  f"(allowed {atol:g}); {out} was not written.")
+    except OSError as exc:
+        raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
+    return BoxExport(out, prob_diff, edge_diff)

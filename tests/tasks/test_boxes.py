@@ -116,3 +116,14 @@ def test_one_box_with_bad_size_is_a_clear_error(trained, box_set):
     with pytest.raises(DataError, match="w and h > 0"):
         adjust_single(trained.best_checkpoint, box_set.images / "000006.png", (1, 2, 0, 5))
     assert np.isfinite(adjust_single(trained.best_checkpoint, box_set.images / "000006.png", (1, 2, 9, 5))[0]).all()
+
+
+def test_onnx_export_matches_pytorch(trained, tmp_path):
+    import onnx
+
+    from segladder.inference.boxes import export_box_onnx
+
+    r = export_box_onnx(trained.best_checkpoint, tmp_path / "snapper.onnx")
+    assert r.max_prob_diff <= 1e-4 and r.max_edge_diff < 1e-2
+    meta = {p.key: p.value for p in onnx.load(str(r.path)).metadata_props}
+    assert meta["segladder.task"] == "boxes" and meta["segladder.crop_size"] == "32"
