@@ -260,7 +260,13 @@ def export_box_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17,
     import onnx
 
     from segladder.inference.errors import ExportError
-    from segladder.inference.segmenters import INPUT_NAME, META_PREFIX, ONNX_FORMAT_VERSION, OUTPUT_NAME, onnx_session
+    from segladder.inference.segmenters import (
+        INPUT_NAME,
+        META_PREFIX,
+        ONNX_FORMAT_VERSION,
+        OUTPUT_NAME,
+        onnx_session,
+    )
     from segladder.io import atomic_path
 
     adjuster = BoxAdjuster.from_checkpoint(checkpoint, "cpu")
