@@ -36,6 +36,9 @@ class BoxesTask(Task):
         if cfg.data.resolved_format != "coco":
             raise ConfigError("task boxes reads COCO boxes: set data.images, data.train and data.val "
                               "(and data.format=coco or auto).")
+        if cfg.data.folds is not None:
+            raise ConfigError("data.folds cuts the contrails layout into folds; task boxes validates on data.val "
+                              "(split the COCO file instead).")
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__(cfg, model)

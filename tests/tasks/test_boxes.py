@@ -54,6 +54,8 @@ def test_boxes_refuses_mask_models_and_contrails_data(box_set):
         check_experiment(tiny_config(box_set, task="segmentation"))
     with pytest.raises(ConfigError, match="task boxes reads COCO boxes"):
         check_experiment(build_config({"task": "boxes", "model": {"name": "Snapper"}}))
+    with pytest.raises(ConfigError, match="data.folds"):
+        check_experiment(tiny_config(box_set, **{"data.folds": "folds.csv"}))
 
 
 def test_training_writes_the_papers_metrics_and_a_picture(trained):
