@@ -117,13 +117,14 @@ def evaluate(
     seed: int = typer.Option(0, "--seed", help="Jitter seed."),
     batch_size: int = typer.Option(64, "--batch-size", help="Crops per batch."),
     refine: int = typer.Option(None, "--refine", help="Refinement passes (default: config)."),
+    decode: str = typer.Option(None, "--decode", help="expectation or argmax (default: config)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
 ) -> None:
     """Jitter → adjust → score: the paper's before/after table, JSON and a PNG of the best and worst boxes."""
     from segladder.inference.boxes import before_after_table, evaluate_boxes
 
     r = evaluate_boxes(checkpoint, images, annotations, out, seed=seed, batch_size=batch_size, device=device,
-                       refine_steps=refine)
+                       refine_steps=refine, decode=decode)
     typer.echo(f"{r.boxes} boxes, jitter seed {seed}")
     typer.echo(before_after_table(r.before, r.after).rstrip())
     typer.echo(f"written: {json.dumps([str(r.out / f) for f in ('metrics.json', 'table.md', 'examples.png')])}")

@@ -66,6 +66,8 @@ class BoxAdjuster:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | None = None, refine_steps: int | None = None,
                         decode: str | None = None) -> BoxAdjuster:
+        if decode not in (None, "expectation", "argmax"):
+            raise InferenceError(f"--decode {decode}: use expectation or argmax.")
         ck = load_checkpoint(path)
         if ck.task != "boxes":
             raise CheckpointError(f"{path}: a {ck.task} checkpoint; box adjustment needs one trained with task boxes "
@@ -186,11 +188,11 @@ class BoxEvaluation:
 
 def evaluate_boxes(checkpoint: str | Path, images: str | Path, annotations: str | Path, out: str | Path, *,
                    seed: int = 0, batch_size: int = 64, device: str | None = None, refine_steps: int | None = None,
-                   examples: int = 8, progress: bool = True) -> BoxEvaluation:
+                   decode: str | None = None, examples: int = 8, progress: bool = True) -> BoxEvaluation:
     """Jitter the ground truth (seeded), snap the rough boxes, score both: `metrics.json`, `table.md`, `examples.png`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps)
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, decode)
     records = read_coco(annotations, images)
     true = {r.ann_id: r.box for r in records}
     rough = jitter_records(records, seed)
