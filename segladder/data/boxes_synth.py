@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from segladder.io import atomic_write_json
+from segladder.progress import progress_bar
 
 SHAPES = ("rectangle", "ellipse", "triangle", "polygon")
 
@@ -100,7 +101,7 @@ def synth_image(rng: np.random.Generator, size: int, max_objects: int = 4) -> tu
 
 
 def write_box_synth(out: str | Path, n_train: int = 200, n_val: int = 50, size: int = 128, seed: int = 0,
-                    max_objects: int = 4) -> BoxSynthResult:
+                    max_objects: int = 4, progress: bool = True) -> BoxSynthResult:
     """Write `out/images/*.png`, `out/train.json` and `out/val.json` (COCO detection, one category 'object')."""
     out = Path(out)
     images = out / "images"
@@ -108,18 +109,31 @@ def write_box_synth(out: str | Path, n_train: int = 200, n_val: int = 50, size: 
     rng = np.random.default_rng(seed)
     counts = {}
     ann_id = 1
-    for split, n, first in (("train", n_train, 0), ("val", n_val, n_train)):
-        coco = {"info": {"description": f"segladder synthetic boxes ({split}, seed {seed})"},
-                "categories": [{"id": 1, "name": "object"}], "images": [], "annotations": []}
-        for i in range(first, first + n):
-            img, boxes = synth_image(rng, size, max_objects)
-            name = f"{i:06d}.png"
-            Image.fromarray(img).save(images / name)
-            coco["images"].append({"id": i + 1, "file_name": name, "width": size, "height": size})
-            for b in boxes:
-                coco["annotations"].append({"id": ann_id, "image_id": i + 1, "category_id": 1, "bbox": list(b),
-                                            "area": b[2] * b[3], "iscrowd": 0})
-                ann_id += 1
-        atomic_write_json(out / f"{split}.json", coco)
-        counts[split] = len(coco["annotations"])
+    bar = progress_bar(disable=not progress)
+    task = bar.add_task("writing synthetic boxes", total=n_train + n_val)
+    with bar:
+        for split, n, first in (("train", n_train, 0), ("val", n_val, n_train)):
+            ann_id = _write_split(out, split, n, first, size, seed, max_objects, rng, ann_id, counts,
+                                  lambda: bar.advance(task))
     return BoxSynthResult(out, images, out / "train.json", out / "val.json", counts)
+
+
+def _write_split(out: Path, split: str, n: int, first: int, size: int, seed: int, max_objects: int,
+                 rng: np.random.Generator, ann_id: int, counts: dict, advance) -> int:
+    """Write one split's images and COCO file; returns the next free annotation id."""
+    images = out / "images"
+    coco = {"info": {"description": f"segladder synthetic boxes ({split}, seed {seed})"},
+            "categories": [{"id": 1, "name": "object"}], "images": [], "annotations": []}
+    for i in range(first, first + n):
+        img, boxes = synth_image(rng, size, max_objects)
+        name = f"{i:06d}.png"
+        Image.fromarray(img).save(images / name)
+        advance()
+        coco["images"].append({"id": i + 1, "file_name": name, "width": size, "height": size})
+        for b in boxes:
+            coco["annotations"].append({"id": ann_id, "image_id": i + 1, "category_id": 1, "bbox": list(b),
+                                        "area": b[2] * b[3], "iscrowd": 0})
+            ann_id += 1
+    atomic_write_json(out / f"{split}.json", coco)
+    counts[split] = len(coco["annotations"])
+    return ann_id
