@@ -8,6 +8,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from segladder.ladder.probe import InputStats
+
 # What each rung adds over the one below: the part a failing gate implicates (seed 000, 用途).
 IMPLICATES = {
     "ResNet18_SimplerFCN": "data preprocessing or the training loop",
@@ -48,6 +50,7 @@ class Gate(BaseModel):
                                    "best constant's): the loss has closed part of that gap")
     loss_rise: float | None = Field(None, description="no epoch's training loss above this × the lowest before it")
     previous_tolerance: float = Field(0.0, ge=0, description="with *_previous: slack as a fraction of the headroom")
+    data_match: bool = Field(False, description="the training batches' inputs and label signature match validation's")
 
 
 @dataclass(frozen=True)
@@ -70,9 +73,12 @@ SEED_GATES: dict[str, Gate] = {
 DEFAULT_GATES = SEED_GATES  # the seed's numbers, kept under their historical name
 
 _LEARNS = {"loss_rise": 2.0, "loss_gap": 0.5}
+# How far the training batches may drift from validation's before the data is blamed (in validation stds),
+# and how much of validation's label signature (mask contrast in the labelled frame) they must keep.
+INPUT_SHIFT_MAX, SIGNATURE_MIN = 1.0, 0.5
 CALIBRATED_GATES: dict[str, Gate] = {
-    "ResNet18_SimplerFCN": Gate(f1_headroom=0.1, **_LEARNS),
-    "ResNet18_Simple": Gate(f1_headroom=0.1, **_LEARNS),
+    "ResNet18_SimplerFCN": Gate(f1_headroom=0.03, data_match=True, **_LEARNS),
+    "ResNet18_Simple": Gate(f1_headroom=0.03, **_LEARNS),
     "ResNet18_U": Gate(f1_headroom=0.25, better_than_previous=True, previous_tolerance=0.05, **_LEARNS),
     "ResNet18_ULSTM": Gate(f1_headroom=0.25, better_than_previous=True, previous_tolerance=0.05, **_LEARNS),
     "CoaT_ULSTM": Gate(at_least_previous=True, previous_tolerance=0.05, **_LEARNS),
@@ -109,6 +115,7 @@ class Baselines:
     ceiling_f1: float | None
     trivial_loss: float
     uninformed_loss: float = math.nan
+    inputs: InputStats | None = None
 
     @property
     def floor(self) -> float:
@@ -125,7 +132,7 @@ class Baselines:
     def as_dict(self) -> dict:
         return {"positive_fraction": self.positive_fraction, "empty_f1": self.empty_f1,
                 "constant_f1": self.constant_f1, "ceiling_f1": self.ceiling_f1, "trivial_loss": self.trivial_loss,
-                "uninformed_loss": self.uninformed_loss}
+                "uninformed_loss": self.uninformed_loss, "inputs": self.inputs.as_dict() if self.inputs else None}
 
 
 @dataclass
@@ -151,8 +158,10 @@ def rung_f1(history: list[dict], which: str = "best") -> float | None:
 
 
 def check_gates(gate: Gate, history: list[dict], previous: float | None, nan_steps: int = 0,
-                baselines: Baselines | None = None, f1_from: str = "best") -> list[GateCheck]:
-    """Apply one rung's gates to its per-epoch metrics; `previous` is the F1 of the rung below."""
+                baselines: Baselines | None = None, f1_from: str = "best",
+                probe: InputStats | None = None) -> list[GateCheck]:
+    """Apply one rung's gates to its per-epoch metrics; `previous` is the F1 of the rung below; `probe` what
+    the training loop was fed (see `TrainingBatchProbe`)."""
     checks: list[GateCheck] = []
     losses = [h.get("train/loss_epoch", h.get("train/loss")) for h in history]
     has_nan = nan_steps > 0 or any(v is None or not math.isfinite(v) for v in losses) or not history
@@ -186,6 +195,8 @@ def check_gates(gate: Gate, history: list[dict], previous: float | None, nan_ste
             checks.append(GateCheck("F1 above the baselines", math.isfinite(f1) and f1 > bound,
                                     f"F1 {f1:.4f} vs {bound:.4f} = constant {baselines.floor:.4f} + "
                                     f"{gate.f1_headroom:g} × ({baselines.ceiling:.4f} − {baselines.floor:.4f})"))
+    if gate.data_match and baselines is not None and baselines.inputs is not None and probe is not None:
+        checks += _data_checks(probe, baselines.inputs)
     if (gate.better_than_previous or gate.at_least_previous) and previous is not None:
         slack = gate.previous_tolerance * (baselines.headroom if baselines is not None else 1.0)
         if slack > 0:
@@ -196,6 +207,20 @@ def check_gates(gate: Gate, history: list[dict], previous: float | None, nan_ste
             ok = f1 > previous if gate.better_than_previous else f1 >= previous - 1e-4
             word = "better than" if gate.better_than_previous else "at least"
             checks.append(GateCheck(f"{word} the rung below", ok, f"F1 {f1:.4f} vs {previous:.4f}"))
+    return checks
+
+
+def _data_checks(train: InputStats, val: InputStats) -> list[GateCheck]:
+    """Do the training batches look like the validation set: input ranges, and the label's signature?"""
+    shift = max(abs(a - b) / s for a, b, s in zip(train.mean, val.mean, val.std, strict=True))
+    spread = max(max(a / s, s / a) for a, s in zip(train.std, val.std, strict=True))
+    checks = [GateCheck("training inputs match validation", shift < INPUT_SHIFT_MAX and spread < 3.0,
+                        f"channel means differ by up to {shift:.2f} validation stds, stds by up to {spread:.2f}×")]
+    norm = sum(c * c for c in val.contrast)
+    if norm > 0.01:
+        kept = sum(a * b for a, b in zip(train.contrast, val.contrast, strict=True)) / norm
+        checks.append(GateCheck("training labels sit on their signature", kept > SIGNATURE_MIN,
+                                f"the training masks keep {kept:.2f} of validation's mask contrast in the labelled frame"))
     return checks
 
 

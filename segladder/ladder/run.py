@@ -24,6 +24,7 @@ from segladder.ladder.gates import (
     check_gates,
     diagnose,
 )
+from segladder.ladder.probe import TrainingBatchProbe
 from segladder.progress import console
 
 DEFAULT_RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet18_ULSTM", "CoaT_ULSTM")
@@ -86,9 +87,11 @@ def validation_set(cfg: ExperimentConfig):
 def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> Baselines:
     """Model-free scores on the validation set: empty and constant predictions, annotator agreement, trivial loss."""
     from segladder.data.datasets import dataset_from_config
+    from segladder.ladder.probe import dataset_stats
     from segladder.losses import build_loss
 
-    masks = torch.stack([val[i]["mask"] for i in range(len(val))]).float()
+    items = [val[i] for i in range(len(val))]
+    masks = torch.stack([it["mask"] for it in items]).float()
     positives, pixels = float(masks.sum()), masks.numel()
     fraction = positives / pixels
     constant_f1 = 2 * positives / (positives + pixels)
@@ -110,7 +113,8 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         # A random annotator against the majority, pooled over annotators: 2·Σ s·m / (Σ s + Σ m).
         denominator = float(soft.sum() + major.sum())
         ceiling = 2 * float((soft * major).sum()) / denominator if denominator > 0 else None
-    return Baselines(fraction, 0.0 if positives > 0 else 1.0, constant_f1, ceiling, min(losses), uninformed)
+    return Baselines(fraction, 0.0 if positives > 0 else 1.0, constant_f1, ceiling, min(losses), uninformed,
+                     dataset_stats(items))
 
 
 @dataclass
@@ -173,9 +177,10 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
         console.rule(f"[bold]rung {i + 1}/{len(rungs)}: {rung}")
         t0 = time.perf_counter()
         r = RungResult(rung, "not run", out / rung)
+        probe = TrainingBatchProbe()
         try:
             res = train(rung_config(base, rung), out=out / rung,
-                        callbacks=fault.callbacks(base.seed) if fault is not None else ())
+                        callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe])
             r.metrics = res.metrics
         except TrainingStopped as exc:
             r.metrics = read_metrics(exc.run_dir)
@@ -190,7 +195,7 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
         r.seconds = time.perf_counter() - t0
         nan_steps = 1 if r.reason else 0
         below = None if previous is None else (previous.best_f1 if prof.f1 == "best" else previous.f1_last)
-        r.checks = check_gates(gates.get(rung, Gate()), r.history, below, nan_steps, baselines, prof.f1)
+        r.checks = check_gates(gates.get(rung, Gate()), r.history, below, nan_steps, baselines, prof.f1, probe.stats)
         r.status = "passed" if all(c.passed for c in r.checks) else "failed"
         result.rungs.append(r)
         if r.status == "failed":
