@@ -237,3 +237,42 @@ def test_selftest_catches_faults_and_passes_clean_data(ladder_cache, tmp_path):
     assert [r["fault"] for r in saved["rows"]] == ["clean", "shuffled_labels", "fp16_overflow"]
     for name in ("clean", "shuffled_labels", "fp16_overflow"):
         assert_report_schema(json.loads((tmp_path / name / "report.json").read_text()))
+
+
+def test_data_faults_break_only_what_they_name(synth_root):
+    from segladder.config import DataConfig
+    from segladder.data.datasets import dataset_from_config
+    from segladder.ladder.faults import RawKelvin, ShuffledLabels, TransposedMasks, _WrongFrame
+
+    cfg = DataConfig(root=str(synth_root), frames=[2, 3, 4], image_size=32)
+    train = dataset_from_config(cfg, "train")
+    clean = [train[i] for i in range(len(train))]
+    shuffled = ShuffledLabels(train, seed=1)
+    assert sorted(shuffled.partner.tolist()) == list(range(len(train))) and all(shuffled.partner != range(len(train)))
+    batch = shuffled.__getitems__([0, 1])  # the DataLoader's batched fetch goes through the fault too
+    assert torch_equal(batch[0]["mask"], clean[int(shuffled.partner[0])]["mask"])
+    assert torch_equal(batch[1]["image"], clean[1]["image"])
+    transposed = TransposedMasks(train)[3]
+    assert torch_equal(transposed["mask"], clean[3]["mask"].transpose(-1, -2))
+    kelvin = RawKelvin(train)[0]["image"]
+    assert 200 < float(kelvin[1].min()) and float(kelvin.max()) < 320 and kelvin.shape == clean[0]["image"].shape
+    late = _WrongFrame().wrap(train, cfg)[5]
+    assert torch_equal(late["mask"], clean[5]["mask"]) and not torch_equal(late["image"], clean[5]["image"])
+    # Frames 5–7 are frames 2–4 read three steps late.
+    assert torch_equal(late["image"][:, 0], dataset_from_config(cfg.model_copy(update={"frames": [5]}), "train")[5]["image"][:, 0])
+
+
+def test_a_fault_that_cannot_be_planted_is_refused_before_training(ladder_cache, tmp_path):
+    from segladder.errors import ConfigError
+    from segladder.ladder import FAULTS, ladder_config, run_ladder
+
+    base = ladder_config(ladder_cache)  # frames 3 and 4 only
+    with pytest.raises(ConfigError, match="--frames 0-7"):
+        run_ladder(base, tmp_path, ("ResNet18_SimplerFCN",), fault=FAULTS["wrong_frame"])
+    assert not (tmp_path / "ResNet18_SimplerFCN").exists()
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return a.shape == b.shape and bool(torch.equal(a, b))

@@ -126,16 +126,23 @@ class _RawKelvin(_Wrap):
 class _WrongFrame(_DataFault):
     shift = 7 - LABELED_FRAME
 
-    def wrap(self, base, data_cfg):
+    @classmethod
+    def late_dataset(cls, data_cfg):
         from segladder.data.datasets import dataset_from_config
 
-        late_cfg = data_cfg.model_copy(update={"frames": [f + self.shift for f in data_cfg.frames]})
+        late_cfg = data_cfg.model_copy(update={"frames": [f + cls.shift for f in data_cfg.frames]})
         try:
-            late = dataset_from_config(late_cfg, data_cfg.train_split)
+            return dataset_from_config(late_cfg, data_cfg.train_split)
         except SegladderError as exc:
             raise ConfigError(f"fault wrong_frame reads frames {late_cfg.frames}, which {data_cfg.root} cannot serve "
                               f"({str(exc).splitlines()[0]}); prepare the cache with --frames 0-7.") from None
-        return WrongFrame(base, late)
+
+    @classmethod
+    def preflight(cls, cfg) -> None:
+        cls.late_dataset(cfg.data)
+
+    def wrap(self, base, data_cfg):
+        return WrongFrame(base, self.late_dataset(data_cfg))
 
 
 def _peak_step(trainer, pl_module) -> int:
@@ -197,6 +204,12 @@ class Fault:
     expected_rung: str
     callback: type[Callback]
     needs_nan_report: bool = False
+
+    def preflight(self, cfg) -> None:
+        """Refuse data the fault cannot be planted in, before any rung trains."""
+        check = getattr(self.callback, "preflight", None)
+        if check is not None:
+            check(cfg)
 
     def callbacks(self, seed: int = 0) -> list[Callback]:
         return [self.callback(seed)] if issubclass(self.callback, _DataFault) else [self.callback()]

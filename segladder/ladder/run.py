@@ -171,6 +171,7 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
     result = LadderResult([], out, profile=prof.name, baselines=baselines, fault=fault.name if fault else None)
     console.print(f"gate profile: [bold]{prof.name}[/] ({prof.description})")
     if fault is not None:
+        fault.preflight(base)
         console.print(f"[magenta]injected fault: {fault.name}[/] ({fault.description})")
     previous: RungResult | None = None
     for i, rung in enumerate(rungs):
