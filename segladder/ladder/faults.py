@@ -81,13 +81,14 @@ class RawKelvin(_TrainingView):
 class WrongFrame(_TrainingView):
     """The label paired with frame 7 instead of the labelled frame 4: every frame read 3 steps late."""
 
-    def __init__(self, base, late):
+    def __init__(self, base, late: list):
         super().__init__(base)
         self.late = late
-        self.row = {rid: i for i, rid in enumerate(late.record_ids)}
+        self.row = {rid: (k, i) for k, ds in enumerate(late) for i, rid in enumerate(ds.record_ids)}
 
     def broken(self, item: dict, index: int) -> dict:
-        item["image"] = self.late[self.row[item["record_id"]]]["image"]
+        k, i = self.row[item["record_id"]]
+        item["image"] = self.late[k][i]["image"]
         return item
 
 
@@ -132,7 +133,7 @@ class _WrongFrame(_DataFault):
 
         late_cfg = data_cfg.model_copy(update={"frames": [f + cls.shift for f in data_cfg.frames]})
         try:
-            return dataset_from_config(late_cfg, data_cfg.train_split)
+            return [dataset_from_config(late_cfg, split) for split in data_cfg.train_split.split("+") if split]
         except SegladderError as exc:
             raise ConfigError(f"fault wrong_frame reads frames {late_cfg.frames}, which {data_cfg.root} cannot serve "
                               f"({str(exc).splitlines()[0]}); prepare the cache with --frames 0-7.") from None
@@ -229,7 +230,7 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
 
 def get_fault(name: str) -> Fault:
     if name not in FAULTS:
-        from segladder.config import nearest_keys
+        from segladder.registry import suggest
 
-        raise ConfigError(f"--inject {name}: unknown fault.{nearest_keys(name, list(FAULTS))}")
+        raise ConfigError(f"--inject {name}: unknown fault.{suggest(name, list(FAULTS))} Faults: {', '.join(FAULTS)}.")
     return FAULTS[name]

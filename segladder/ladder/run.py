@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from segladder.config import CONFIG_DIR, ExperimentConfig, build_config, load_config
+from segladder.config import CONFIG_DIR, ExperimentConfig, build_config
 from segladder.data.layout import LABELED_FRAME
 from segladder.errors import ConfigError, SegladderError
 from segladder.ladder.faults import Fault
@@ -64,24 +64,26 @@ def ladder_config(data: str | Path, *, config: str | Path | None = None, budget:
                   values: dict | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """The shared config of every rung: configs/ladder.yaml (or `config`), then the data, typed `values`,
     the budget, and last the user's `--set` overrides."""
-    from segladder.config import _merge
+    from segladder.config import _merge, build_config, read_yaml
 
-    merged: dict = _merge({"data": data_values(data)}, values or {})
+    path = Path(config or CONFIG_DIR / "ladder.yaml")
+    merged = read_yaml(path, "config", "data/model/loss/optim/trainer")
+    merged.setdefault("name", path.stem)
+    merged = _merge(merged, {"data": data_values(data)})
+    merged = _merge(merged, values or {})
     for key, n in (budget or {}).items():
         section, name = BUDGET_FIELDS[key]
         merged = _merge(merged, {section: {name: n}})
-    return load_config(config or CONFIG_DIR / "ladder.yaml", overrides, values=merged)
+    return build_config(merged, overrides, str(path))
 
 
 def validation_set(cfg: ExperimentConfig):
-    """The validation records every rung is scored on (and the report draws), read as training reads them."""
-    from torch.utils.data import Subset
+    """The validation records every rung is scored on (and the report draws): the data module's own."""
+    from segladder.training.build import build_datamodule
 
-    from segladder.data.datasets import dataset_from_config
-
-    d = cfg.data
-    val = dataset_from_config(d, d.val_split)
-    return val if not d.val_records else Subset(val, range(min(d.val_records, len(val))))
+    dm = build_datamodule(cfg)
+    dm.build_val()
+    return dm.val_set
 
 
 def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> Baselines:
@@ -104,7 +106,7 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         losses = [float(loss(torch.full_like(masks, float(c)), {"mask": masks, "soft": masks})[0]) for c in grid]
         uninformed = float(loss(torch.zeros_like(masks), {"mask": masks, "soft": masks})[0])
     ceiling = None
-    train = dataset_from_config(cfg.data, cfg.data.train_split)
+    train = dataset_from_config(cfg.data, cfg.data.train_split.split("+")[0])
     if train.has_soft:
         n = min(ceiling_records, len(train), cfg.data.train_records or len(train))
         items = [train[i] for i in range(n)]
