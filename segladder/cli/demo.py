@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -12,24 +11,9 @@ from rich.console import Console
 from segladder.cli.app import app
 
 console = Console()
-QUICK_RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet18_ULSTM")
 
-
-def default_home() -> Path:
-    return Path(os.environ.get("SEGLADDER_HOME", Path.home() / ".cache" / "segladder"))
-
-
-def demo_data(home: Path, records: int, val_records: int, size: int, seed: int) -> Path:
-    """Synthetic contrails and their cache (frames 0–4), made once and reused by later demos."""
-    from segladder.data.cache import CacheOptions, prepare_cache
-    from segladder.data.synth import generate_contrails
-
-    raw = home / f"synth-contrails-{records}-{val_records}-{size}-s{seed}"
-    cache = raw.with_name(raw.name + "-cache")
-    if not (cache / "manifest.json").exists():
-        generate_contrails(raw, records=records, val_records=val_records, test_records=8, size=size, seed=seed)
-        prepare_cache(raw, cache, CacheOptions(frames=tuple(range(5)), image_size=size), workers=2)
-    return cache
+# The demo's data: also what `segladder ladder --selftest` runs on.
+DEMO_RECORDS, DEMO_VAL_RECORDS, DEMO_SIZE, DEMO_EPOCHS = 128, 32, 64, 8
 
 
 @app.command("demo")
@@ -37,29 +21,42 @@ def demo(
     data: Path = typer.Option(None, "--data", help="Real data (raw root or cache) instead of the synthetic set."),
     full: bool = typer.Option(False, "--full", help="The full ladder, CoaT_ULSTM included, with the seed's phase-1 budget."),
     home: Path = typer.Option(None, "--home", help="Where synthetic data is cached (default: $SEGLADDER_HOME or ~/.cache/segladder)."),
-    records: int = typer.Option(128, "--records", help="Synthetic training records."),
-    val_records: int = typer.Option(32, "--val-records", help="Synthetic validation records."),
-    size: int = typer.Option(64, "--size", help="Synthetic image size."),
-    epochs: int = typer.Option(8, "--epochs", help="Epochs per rung."),
+    records: int = typer.Option(DEMO_RECORDS, "--records", help="Synthetic training records."),
+    val_records: int = typer.Option(DEMO_VAL_RECORDS, "--val-records", help="Synthetic validation records."),
+    size: int = typer.Option(DEMO_SIZE, "--size", help="Synthetic image size."),
+    epochs: int = typer.Option(DEMO_EPOCHS, "--epochs", help="Epochs per rung."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data and the training."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: runs/demo/<timestamp>)."),
 ) -> None:
     """Generate synthetic data (once), train a short ladder, print the table and the report's path."""
     import torch
 
-    from segladder.cli.ladder import ladder_base, run_and_report
-    from segladder.ladder import DEFAULT_RUNGS
+    from segladder.ladder import DEFAULT_RUNGS, QUICK_RUNGS, ladder_config
+    from segladder.ladder.demo import default_home, demo_data, demo_values
+    from segladder.report import run_and_report
 
     t0 = time.perf_counter()
     source = data or demo_data(home or default_home(), records, val_records, size, seed)
     device = "GPU: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     console.print(f"data: {source}\ndevice: {device}")
-    overrides = [f"seed={seed}", "data.num_workers=0", "trainer.overlays=4"]
-    if not full:
-        # A CPU-sized budget: batch 8 without accumulation, a brisker LR, so four rungs fit in a few minutes.
-        overrides += [f"trainer.max_epochs={epochs}", "trainer.accumulate_grad_batches=1", "optim.lr=3e-3",
-                      "data.train_records=null", "loss=[{name: bce, pos_weight: 2.0}]"]
-    base = ladder_base(None, source, None, overrides)
+    values = ({"seed": seed, "data": {"num_workers": 0}, "trainer": {"overlays": 4}} if full
+              else demo_values(epochs, seed))
+    base = ladder_config(source, values=values)
     out = out or Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
     run_and_report(base, out, DEFAULT_RUNGS if full else QUICK_RUNGS, keep_going=True)
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
+
+
+def run_selftest(out: Path | None, rungs: tuple[str, ...], profile: str, home: Path | None = None) -> None:
+    """`segladder ladder --selftest`: the demo's data and budget, clean and with every fault; exit 1 on a miss."""
+    from segladder.ladder import QUICK_RUNGS
+    from segladder.ladder.demo import default_home, demo_data, demo_values, selftest
+    from segladder.report import selftest_table
+
+    out = out or Path("runs") / "selftest" / time.strftime("%Y%m%d-%H%M%S")
+    data = demo_data(home or default_home(), DEMO_RECORDS, DEMO_VAL_RECORDS, DEMO_SIZE, 0)
+    rows = selftest(out, data, demo_values(DEMO_EPOCHS, 0), rungs or QUICK_RUNGS, profile=profile)
+    console.print(selftest_table(rows))
+    console.print(f"selftest: {out / 'selftest.json'}")
+    if not all(r.caught for r in rows):
+        raise typer.Exit(1)

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -33,7 +33,7 @@ from segladder.progress import progress_bar
 PARAMS_FILE = ".synth.json"
 GENERATOR = "contrails"
 # Bump when the same seed would produce different files, so old datasets are refused instead of mixed.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: look-alikes that only time tells apart, contrails fading at the label
 MIN_SIZE = 16
 MAX_SIZE = 4096
 MAX_RECORDS_PER_SPLIT = 10**15  # ids permute split·10**15 + index, so indices must stay below this
@@ -163,9 +163,13 @@ class _Contrail:
     cooling: float  # K colder in band 14 at full coverage
     btd_drop: float  # K more negative band 15 − band 14 at full coverage
     strength: float  # 0..1, how visible; faint ones are missed by more annotators
+    fade_to: float = 1.0  # signal at the labelled frame relative to a frame before it (< 1: fading out)
+    window: tuple[float, float] = (-math.inf, math.inf)  # frame times it is present at all
 
     def visible_points(self, t: float) -> np.ndarray | None:
         """The part of the track present at frame time t, moved by the wind; None before it forms."""
+        if not self.window[0] <= t <= self.window[1]:
+            return None
         if math.isinf(self.formed):
             frac = 1.0
         else:
@@ -181,6 +185,10 @@ class _Contrail:
 
     def width_at(self, t: float) -> float:
         return max(0.6, self.width + self.spread * t)
+
+    def intensity(self, t: float) -> float:
+        """Signal relative to the contrail's full strength: fading ones lose it over the last frame step."""
+        return 1.0 if t <= -1.0 else 1.0 + (self.fade_to - 1.0) * min(1.0, t + 1.0)
 
 
 def _smooth(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
@@ -233,14 +241,31 @@ def _contrail(rng: np.random.Generator, size: int, wind: np.ndarray, formed: flo
 
 
 def _contrails(rng: np.random.Generator, size: int, wind: np.ndarray) -> tuple[list[_Contrail], list[_Contrail]]:
-    """(labelled, late): contrails present at the labelled frame, and ones that only form after it."""
+    """(labelled, unlabelled): contrails present at the labelled frame; ones that only form after it and
+    look-alikes that only time tells apart from a contrail.
+
+    In the labelled frame alone a look-alike is a contrail: the same thin line, cooling and split-window
+    drop. Time separates them: a linear cloud edge that flashes up in the labelled frame only, or one
+    that stays put while the upper-level wind carries every contrail. Some labelled contrails fade in the
+    last frame step, faint in the labelled frame but clear before it (annotators saw the sequence).
+    """
     labelled: list[_Contrail] = []
     if rng.random() >= 0.35:  # about a third of the records are empty at the labelled frame
         for _ in range(1 + min(7, int(rng.poisson(1.5)))):
             # Most are old; some form during the sequence and are shorter in the earlier frames.
             formed = -math.inf if rng.random() < 0.55 else rng.uniform(-LABELED_FRAME + 0.5, -0.3)
-            labelled.append(_contrail(rng, size, wind, formed))
+            c = _contrail(rng, size, wind, formed)
+            if math.isinf(formed) and rng.random() < 0.45:
+                c = replace(c, fade_to=rng.uniform(0.1, 0.25), strength=max(c.strength, 0.8))
+            labelled.append(c)
     late = [_contrail(rng, size, wind, rng.uniform(0.1, 2.5))] if rng.random() < 0.2 else []
+    for _ in range(int(rng.poisson(1.2))):
+        c = _contrail(rng, size, wind, -math.inf)
+        if rng.random() < 0.6:
+            c = replace(c, window=(-0.5, math.inf))  # flashes up at the labelled frame
+        else:
+            c = replace(c, drift=np.zeros(2), spread=0.0)  # anchored to the ground, not carried by the wind
+        late.append(c)
     return labelled, late
 
 
@@ -261,7 +286,7 @@ def _contrail_frames(contrails: list[_Contrail], size: int) -> tuple[np.ndarray,
                 continue
             width = c.width_at(float(t))
             # Spreading dilutes the ice: a wider line is fainter.
-            fade = min(1.3, math.sqrt(c.width / width))
+            fade = min(1.3, math.sqrt(c.width / width)) * c.intensity(float(t))
             _draw(cool[k], pts, min(255, round(20 * c.cooling * fade)), round(width), cv2.LINE_AA)
             _draw(btd[k], pts, min(255, round(40 * c.btd_drop * fade)), round(width), cv2.LINE_AA)
     return cool.transpose(1, 2, 0) * np.float32(1 / 20), btd.transpose(1, 2, 0) * np.float32(1 / 40)

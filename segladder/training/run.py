@@ -7,6 +7,7 @@ import os
 import platform
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,8 +108,12 @@ def environment() -> dict:
     }
 
 
-def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = None) -> TrainResult:
-    """Train `cfg` into a run directory (new, `out`, or `resume`d); returns where everything was written."""
+def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = None,
+          callbacks: Sequence[L.Callback] = ()) -> TrainResult:
+    """Train `cfg` into a run directory (new, `out`, or `resume`d); returns where everything was written.
+
+    `callbacks` join the run's own (the ladder's fault injection and training-batch probe use this).
+    """
     ckpt_path = None
     if resume is not None:
         run_dir = Path(resume)
@@ -127,7 +132,7 @@ def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = 
 
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data that does not match the config fails here, before the Trainer starts
-    trainer, guard = build_trainer(cfg, run_dir, task.monitor)
+    trainer, guard = build_trainer(cfg, run_dir, task.monitor, callbacks)
     if rank_zero_only.rank == 0:
         console.print(batch_summary(cfg, trainer.world_size))
     own_env = RUN_DIR_ENV not in os.environ

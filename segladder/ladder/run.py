@@ -1,0 +1,212 @@
+"""Seed 000's staged debugging as code: the shared config, the validation set and its baselines, the rungs."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from segladder.config import CONFIG_DIR, ExperimentConfig, build_config
+from segladder.data.layout import LABELED_FRAME
+from segladder.errors import ConfigError, SegladderError
+from segladder.ladder.faults import Fault
+from segladder.ladder.gates import (
+    DEFAULT_PROFILE,
+    PROFILES,
+    Baselines,
+    Gate,
+    GateProfile,
+    RungResult,
+    check_gates,
+    diagnose,
+)
+from segladder.ladder.probe import TrainingBatchProbe
+from segladder.progress import console
+
+DEFAULT_RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet18_ULSTM", "CoaT_ULSTM")
+QUICK_RUNGS = DEFAULT_RUNGS[:4]
+
+# `--budget` keys and the config fields they set.
+BUDGET_FIELDS = {"epochs": ("trainer", "max_epochs"), "records": ("data", "train_records"),
+                 "val_records": ("data", "val_records"), "batches": ("trainer", "limit_train_batches")}
+
+
+def parse_budget(text: str | None) -> dict[str, int]:
+    """'epochs=2,records=100' → {'epochs': 2, 'records': 100}; one clear error for anything else."""
+    out: dict[str, int] = {}
+    for part in (p.strip() for p in (text or "").split(",")):
+        if not part:
+            continue
+        key, _, value = part.partition("=")
+        if key.strip() not in BUDGET_FIELDS or not value.strip().isdigit() or int(value) < 1:
+            raise ConfigError(f"--budget '{part}': use {', '.join(f'{k}=N' for k in BUDGET_FIELDS)} with N ≥ 1.")
+        out[key.strip()] = int(value)
+    return out
+
+
+def data_values(data: str | Path) -> dict:
+    """The data section for `data`: its root, and for a cache its image size and the frames up to the label."""
+    from segladder.data.cache import ContrailsCache, is_cache
+
+    values: dict = {"root": str(data)}
+    if is_cache(data):
+        o = ContrailsCache(data).options
+        frames = [f for f in o.frames if f <= LABELED_FRAME][-5:] or list(o.frames[-5:])
+        values.update(image_size=o.image_size, frames=frames)
+    return values
+
+
+def ladder_config(data: str | Path, *, config: str | Path | None = None, budget: dict[str, int] | None = None,
+                  values: dict | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """The shared config of every rung: configs/ladder.yaml (or `config`), then the data, typed `values`,
+    the budget, and last the user's `--set` overrides."""
+    from segladder.config import _merge, build_config, read_yaml
+
+    path = Path(config or CONFIG_DIR / "ladder.yaml")
+    merged = read_yaml(path, "config", "data/model/loss/optim/trainer")
+    merged.setdefault("name", path.stem)
+    merged = _merge(merged, {"data": data_values(data)})
+    merged = _merge(merged, values or {})
+    for key, n in (budget or {}).items():
+        section, name = BUDGET_FIELDS[key]
+        merged = _merge(merged, {section: {name: n}})
+    return build_config(merged, overrides, str(path))
+
+
+def validation_set(cfg: ExperimentConfig):
+    """The validation records every rung is scored on (and the report draws): the data module's own."""
+    from segladder.training.build import build_datamodule
+
+    dm = build_datamodule(cfg)
+    dm.build_val()
+    return dm.val_set
+
+
+def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> Baselines:
+    """Model-free scores on the validation set: empty and constant predictions, annotator agreement, trivial loss."""
+    from segladder.data.datasets import dataset_from_config
+    from segladder.ladder.probe import dataset_stats
+    from segladder.losses import build_loss
+
+    items = [val[i] for i in range(len(val))]
+    masks = torch.stack([it["mask"] for it in items]).float()
+    positives, pixels = float(masks.sum()), masks.numel()
+    fraction = positives / pixels
+    constant_f1 = 2 * positives / (positives + pixels)
+    loss = build_loss([t.model_dump(exclude_none=True) for t in cfg.loss])
+    # The best constant logit, found on a grid (exact for BCE at logit(p); any loss the config names works).
+    grid = torch.linspace(-12.0, 12.0, 97)
+    if 0 < fraction < 1:
+        grid = torch.cat([grid, torch.tensor([math.log(fraction / (1 - fraction))])])
+    with torch.no_grad():
+        losses = [float(loss(torch.full_like(masks, float(c)), {"mask": masks, "soft": masks})[0]) for c in grid]
+        uninformed = float(loss(torch.zeros_like(masks), {"mask": masks, "soft": masks})[0])
+    ceiling = None
+    train = dataset_from_config(cfg.data, cfg.data.train_split.split("+")[0])
+    if train.has_soft:
+        n = min(ceiling_records, len(train), cfg.data.train_records or len(train))
+        items = [train[i] for i in range(n)]
+        soft = torch.stack([it["soft"] for it in items])
+        major = torch.stack([it["mask"] for it in items])
+        # A random annotator against the majority, pooled over annotators: 2·Σ s·m / (Σ s + Σ m).
+        denominator = float(soft.sum() + major.sum())
+        ceiling = 2 * float((soft * major).sum()) / denominator if denominator > 0 else None
+    return Baselines(fraction, 0.0 if positives > 0 else 1.0, constant_f1, ceiling, min(losses), uninformed,
+                     dataset_stats(items))
+
+
+@dataclass
+class LadderResult:
+    rungs: list[RungResult]
+    out: Path
+    stopped_at: str | None = None
+    profile: str = DEFAULT_PROFILE
+    baselines: Baselines | None = None
+    fault: str | None = None
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def first_failure(self) -> RungResult | None:
+        return next((r for r in self.rungs if r.status == "failed"), None)
+
+    @property
+    def passed(self) -> bool:
+        return self.first_failure is None and all(r.status == "passed" for r in self.rungs)
+
+
+def rung_config(base: ExperimentConfig, rung: str) -> ExperimentConfig:
+    """The base config with model.name set to the rung; base model options go to the rungs that take them."""
+    from segladder.models import info
+
+    data = base.model_dump(mode="json")
+    accepted = inspect.signature(info(rung).factory).parameters
+    data["name"] = rung
+    data["model"] = {"name": rung, **{k: v for k, v in base.model.kwargs.items() if k in accepted}}
+    return build_config(data)
+
+
+def get_profile(name: str) -> GateProfile:
+    if name not in PROFILES:
+        raise ConfigError(f"--gates {name}: unknown gate profile; choose one of {', '.join(PROFILES)}.")
+    return PROFILES[name]
+
+
+def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAULT_RUNGS,
+               gates: dict[str, Gate] | None = None, keep_going: bool = False, profile: str = DEFAULT_PROFILE,
+               baselines: Baselines | None = None, fault: Fault | None = None) -> LadderResult:
+    """Train each rung on the same data, budget and seed; stop at the first failing gate unless `keep_going`.
+
+    `baselines` (see `measure_baselines`) are needed by the calibrated profile's relative gates; `fault`
+    plants one deliberate fault in every rung's training.
+    """
+    from segladder.training.run import TrainingStopped, read_metrics, train
+
+    prof = get_profile(profile)
+    gates = {**prof.gates, **(gates or {})}
+    out = Path(out)
+    t_start = time.perf_counter()
+    result = LadderResult([], out, profile=prof.name, baselines=baselines, fault=fault.name if fault else None)
+    console.print(f"gate profile: [bold]{prof.name}[/] ({prof.description})")
+    if fault is not None:
+        fault.preflight(base)
+        console.print(f"[magenta]injected fault: {fault.name}[/] ({fault.description})")
+    previous: RungResult | None = None
+    for i, rung in enumerate(rungs):
+        console.rule(f"[bold]rung {i + 1}/{len(rungs)}: {rung}")
+        t0 = time.perf_counter()
+        r = RungResult(rung, "not run", out / rung)
+        probe = TrainingBatchProbe()
+        try:
+            res = train(rung_config(base, rung), out=out / rung,
+                        callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe])
+            r.metrics = res.metrics
+        except TrainingStopped as exc:
+            r.metrics = read_metrics(exc.run_dir)
+            r.reason = str(exc)
+        except (SegladderError, RuntimeError, MemoryError) as exc:
+            # Missing offline weights, out of memory, a model that cannot take this input: report, go on.
+            r.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            r.seconds = time.perf_counter() - t0
+            result.rungs.append(r)
+            console.print(f"[yellow]{rung}: not run ({r.reason})[/]")
+            continue
+        r.seconds = time.perf_counter() - t0
+        nan_steps = 1 if r.reason else 0
+        below = None if previous is None else (previous.best_f1 if prof.f1 == "best" else previous.f1_last)
+        r.checks = check_gates(gates.get(rung, Gate()), r.history, below, nan_steps, baselines, prof.f1, probe.stats)
+        r.status = "passed" if all(c.passed for c in r.checks) else "failed"
+        result.rungs.append(r)
+        if r.status == "failed":
+            r.diagnosis = diagnose(r, previous)
+            console.print(f"[red]{r.diagnosis}[/]")
+            if not keep_going:
+                result.stopped_at = rung
+                break
+        previous = r
+    result.seconds = time.perf_counter() - t_start
+    return result
