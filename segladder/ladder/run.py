@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from segladder.config import CONFIG_DIR, ExperimentConfig, build_config
+from segladder.config import CONFIG_DIR, ExperimentConfig, ModelConfig, build_config
 from segladder.data.layout import LABELED_FRAME
 from segladder.errors import ConfigError, SegladderError
 from segladder.ladder.faults import Fault
@@ -64,7 +64,7 @@ def ladder_config(data: str | Path, *, config: str | Path | None = None, budget:
                   values: dict | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
     """The shared config of every rung: configs/ladder.yaml (or `config`), then the data, typed `values`,
     the budget, and last the user's `--set` overrides."""
-    from segladder.config import _merge, build_config, read_yaml
+    from segladder.config import _merge, read_yaml
 
     path = Path(config or CONFIG_DIR / "ladder.yaml")
     merged = read_yaml(path, "config", "data/model/loss/optim/trainer")
@@ -143,11 +143,9 @@ def rung_config(base: ExperimentConfig, rung: str) -> ExperimentConfig:
     """The base config with model.name set to the rung; base model options go to the rungs that take them."""
     from segladder.models import info
 
-    data = base.model_dump(mode="json")
     accepted = inspect.signature(info(rung).factory).parameters
-    data["name"] = rung
-    data["model"] = {"name": rung, **{k: v for k, v in base.model.kwargs.items() if k in accepted}}
-    return build_config(data)
+    model = ModelConfig(name=rung, **{k: v for k, v in base.model.kwargs.items() if k in accepted})
+    return base.model_copy(update={"name": rung, "model": model})
 
 
 def get_profile(name: str) -> GateProfile:
