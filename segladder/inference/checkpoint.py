@@ -50,6 +50,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     cfg = ExperimentConfig.model_validate(meta["config"])
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     kwargs = {**cfg.model.kwargs, **_legacy_decoder(cfg, state)}
+    if "pretrained" in kwargs:  # the checkpoint holds every weight; do not look for ImageNet ones
+        kwargs["pretrained"] = False
     model = create(cfg.model.name, **kwargs)
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)

@@ -1,4 +1,4 @@
-"""Checkpoints of the ladder rungs written while the slim decoder (128/64/32) was the default still load."""
+"""Rebuilding a checkpoint's model: old slim-decoder rungs, no ImageNet weights needed, clear shape errors."""
 
 import pytest
 import torch
@@ -31,3 +31,19 @@ def test_weights_of_another_shape_are_a_checkpoint_error(tmp_path):
     path = write_checkpoint(tmp_path / "odd.ckpt", {"name": "ResNet18_U"}, other)
     with pytest.raises(CheckpointError, match="weights do not fit ResNet18_U"):
         load_checkpoint(path)
+
+
+def test_a_checkpoint_trained_from_imagenet_weights_loads_without_them(tmp_path, monkeypatch):
+    for var, sub in (("HF_HOME", "hf"), ("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", "cache")):
+        monkeypatch.setenv(var, str(tmp_path / sub))
+    monkeypatch.delenv("SEGLADDER_WEIGHTS", raising=False)
+    monkeypatch.delenv("SEGLADDER_ALLOW_DOWNLOAD", raising=False)
+    net = models.create("ResNet18_SimplerFCN").eval()
+    path = write_checkpoint(tmp_path / "auto.ckpt", {"name": "ResNet18_SimplerFCN", "pretrained": "auto"}, net)
+    with pytest.raises(models.ModelError, match="not available offline"):
+        models.create("ResNet18_SimplerFCN", pretrained="auto")
+    loaded = load_checkpoint(path)
+    assert loaded.config.model.kwargs["pretrained"] == "auto"
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.model(x), net(x))
