@@ -140,6 +140,7 @@ class AuxConfig(_Section):
 
     cls_weight: float = Field(0.0, ge=0, description="weight of BCE on 'record has a contrail'; 0: head unused")
     seg_on_positives_only: bool = Field(False, description="apply the segmentation loss to positive records only")
+    hard_mask_weight: float = Field(0.0, ge=0, description="weight of Dice on the mask from a hard-mask head (Unet25D, 3rd place)")
 
 
 class BoxesConfig(_Section):
