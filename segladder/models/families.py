@@ -247,14 +247,14 @@ register(
     "Unet25D",
     description="2.5D UNet: shared encoder on frames t−2..t0, Conv3d fusion per level, 2 heads (3rd place)",
     uses_time=True,
-    input_desc="all frames",
+    input_desc="frames labelled−2..labelled",
 )(Unet25D)
 
 register(
     "Unet25DCls",
     description="2.5D UNet + auxiliary contrail/no-contrail head",
     uses_time=True,
-    input_desc="all frames",
+    input_desc="frames labelled−2..labelled",
 )(partial(Unet25D, aux_classifier=True))
 
 
