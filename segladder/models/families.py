@@ -149,11 +149,9 @@ class Unet25D(_AuxMixin, SequenceModel):
     """2.5D UNet, the 3rd place's design (domain-facts §6): a shared 2D encoder on frames t−2..t0, Conv3d
     fusion at every skip level, an smp UNet decoder, a hard-mask head beside the soft-label head.
 
-    `fusion="conv3d"` (the 3rd place): at every encoder level two (Conv3d (2, k, k), no temporal padding,
-    replicate spatial padding, BatchNorm3d, LeakyReLU) blocks take the three frames ending at
-    `frame_index` to one map; where the input holds fewer frames before it, the earliest is repeated.
-    `fusion="residual"` (segladder's earlier design, seed 001): `num_3d_layers` residual bottleneck Conv3d
-    blocks over all T frames at every level, keeping the labelled frame's map.
+    At every encoder level two (Conv3d (2, k, k), no temporal padding, replicate spatial padding,
+    BatchNorm3d, LeakyReLU) blocks take the three frames ending at `frame_index` to one map; where the
+    input holds fewer frames before it, the earliest is repeated.
 
     The frames are resized to `input_size`² first (the 3rd place trained at 512² on 256² records) and
     the logits back to the input size; `input_size=None` keeps the input size. `model(x)` returns the
@@ -170,9 +168,7 @@ class Unet25D(_AuxMixin, SequenceModel):
         pretrained: Pretrained = False,
         frame_index: int = -1,
         num_frames: int | None = None,
-        fusion: str = "conv3d",
         kernel_size: int = 3,
-        num_3d_layers: int = 3,
         input_size: int | None = 512,
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         hard_head: bool = True,
@@ -183,9 +179,6 @@ class Unet25D(_AuxMixin, SequenceModel):
         from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
 
         super().__init__(in_chans=in_chans, frame_index=frame_index, num_frames=num_frames)
-        if fusion not in FUSIONS:
-            raise ModelError(f"unknown fusion {fusion!r}.{suggest(fusion, list(FUSIONS))} Known: {', '.join(FUSIONS)}.")
-        self.fusion = fusion
         self.encoder = Encoder(encoder, in_chans=in_chans, pretrained=pretrained)
         stride = max(self.encoder.reductions)
         if input_size is not None and input_size % stride:
@@ -193,10 +186,7 @@ class Unet25D(_AuxMixin, SequenceModel):
         self.input_size = input_size
         self.size_multiple = 1 if input_size else stride
         channels = self.encoder.channels
-        if fusion == "conv3d":
-            self.fusers = nn.ModuleList(Conv3dCollapse(c, kernel_size) for c in channels)
-        else:
-            self.fusers = nn.ModuleList(Conv3dFuser(c, num_3d_layers, frame_index) for c in channels)
+        self.fusers = nn.ModuleList(Conv3dCollapse(c, kernel_size) for c in channels)
         if len(decoder_channels) < len(channels):
             raise ModelError(f"decoder_channels needs {len(channels)} entries for {encoder}, got {tuple(decoder_channels)}")
         widths = list(decoder_channels)[: len(channels)]
@@ -210,9 +200,7 @@ class Unet25D(_AuxMixin, SequenceModel):
         self.cls_head = ClassificationHead(channels[-1], 1, cls_dropout) if aux_classifier else None
 
     def window(self, seq: torch.Tensor) -> torch.Tensor:
-        """The frames the fusion reads: t−2..t0 ending at `frame_index` (conv3d), or all of them (residual)."""
-        if self.fusion != "conv3d":
-            return seq
+        """The frames the fusion reads: t−2..t0 ending at `frame_index`, the earliest repeated where missing."""
         t0 = self.frame_index % seq.shape[2]
         index = torch.tensor([max(t0 - 2, 0), max(t0 - 1, 0), t0], device=seq.device)
         return seq.index_select(2, index)
@@ -224,7 +212,7 @@ class Unet25D(_AuxMixin, SequenceModel):
         if self.input_size and (h, w) != (self.input_size, self.input_size):
             frames = F.interpolate(frames, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
         fused = [fuse(f, t) for fuse, f in zip(self.fusers, self.encoder(frames), strict=True)]
-        labelled = frames.view(b, t, c, *frames.shape[-2:])[:, -1 if self.fusion == "conv3d" else self.frame_index]
+        labelled = frames.view(b, t, c, *frames.shape[-2:])[:, -1]
         logits = self.resize_to(self.head(self.decoder([labelled, *fused])), (h, w))
         mask = logits[:, self.num_classes :] if self.hard_head else logits
         if not aux:
@@ -238,9 +226,6 @@ class Unet25D(_AuxMixin, SequenceModel):
             raise ModelError("Unet25D was built without a hard-mask or classification head "
                              "(hard_head=False, aux_classifier=False)")
         return out
-
-
-FUSIONS = ("conv3d", "residual")
 
 
 register(
