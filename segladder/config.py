@@ -37,6 +37,7 @@ class AugmentConfig(BaseModel):
     shift_limit: float = Field(0.0625, ge=0.0, le=0.5)
     scale_limit: float = Field(0.1, ge=0.0, le=0.9)
     rotate_limit: float = Field(15.0, ge=0.0, le=180.0)
+    keep_ratio: bool = Field(False, description="one scale for both axes, as ShiftScaleRotate in albumentations 1.x")
     brightness_p: float = Prob
     brightness_limit: float = Field(0.1, ge=0.0, le=1.0)
     contrast_limit: float = Field(0.1, ge=0.0, le=1.0)
@@ -44,6 +45,10 @@ class AugmentConfig(BaseModel):
     gamma_limit: tuple[float, float] = (80.0, 120.0)
     blur_p: float = Prob
     blur_limit: tuple[int, int] = (3, 5)
+    # The 2nd-place pipeline (domain-facts §5) draws one of two photometric and one of two blur transforms.
+    gamma_or_brightness_p: float = Field(0.0, ge=0.0, le=1.0, description="OneOf(RandomGamma, RandomBrightnessContrast)")
+    motion_or_gaussian_blur_p: float = Field(0.0, ge=0.0, le=1.0, description="OneOf(MotionBlur, GaussianBlur)")
+    blur_sigma: tuple[float, float] = Field((0.8, 1.4), description="GaussianBlur sigma of the blur OneOf")
     noise_p: float = Prob
     noise_std: tuple[float, float] = (0.01, 0.03)
     cutout_p: float = Prob
@@ -52,7 +57,7 @@ class AugmentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
-        for name in ("gamma_limit", "blur_limit", "noise_std", "cutout_holes", "cutout_size"):
+        for name in ("gamma_limit", "blur_limit", "blur_sigma", "noise_std", "cutout_holes", "cutout_size"):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: the low end {lo} is above the high end {hi}")
@@ -61,6 +66,11 @@ class AugmentConfig(BaseModel):
     @property
     def enabled(self) -> bool:
         return any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
+
+    @property
+    def uses_gamma(self) -> bool:
+        """Whether RandomGamma may run: it needs inputs in [0, 1]."""
+        return self.gamma_p > 0 or self.gamma_or_brightness_p > 0
 
 
 DataFormat = Literal["auto", "contrails", "coco"]  # one value per data module branch in training/build.py
@@ -130,6 +140,7 @@ class AuxConfig(_Section):
 
     cls_weight: float = Field(0.0, ge=0, description="weight of BCE on 'record has a contrail'; 0: head unused")
     seg_on_positives_only: bool = Field(False, description="apply the segmentation loss to positive records only")
+    hard_mask_weight: float = Field(0.0, ge=0, description="weight of Dice on the mask from a hard-mask head (Unet25D, 3rd place)")
 
 
 class BoxesConfig(_Section):
@@ -142,7 +153,8 @@ class BoxesConfig(_Section):
 
 
 class OptimConfig(_Section):
-    name: str = Field("adamw", description="a registered optimiser: adamw, adam, radam, sgd (segladder/optim.py)")
+    name: str = Field("adamw", description="a registered optimiser: adamw, adam, radam, radam_lars_lookahead, sgd "
+                      "(segladder/optim.py)")
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0)
@@ -150,6 +162,9 @@ class OptimConfig(_Section):
     encoder_lr_mult: float = Field(1.0, gt=0, description="encoder LR = lr × this (differential LR)")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     pct_start: float = Field(0.1, gt=0, lt=1, description="one-cycle warm-up fraction")
+    final_div_factor: float = Field(1e4, gt=0, description="one-cycle: final LR = max LR / 25 / this (fastai: 4000)")
+    cycle_momentum: bool = Field(False, description="one-cycle: cycle β1 (Adam) or momentum (SGD) inversely to the LR")
+    momentum_range: tuple[float, float] = Field((0.85, 0.95), description="one-cycle: (lowest, highest) β1 or momentum")
     warmup_steps: int = Field(0, ge=0, description="cosine schedule warm-up steps")
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
 

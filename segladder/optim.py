@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from timm.optim import Lookahead, RAdamLegacy
 from torch import nn
 
 from segladder.registry import Registry
@@ -50,6 +51,70 @@ def _radam(groups: list[dict], cfg) -> torch.optim.Optimizer:
     return torch.optim.RAdam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
 
 
+class RAdamTrustRatio(RAdamLegacy):
+    """RAdam whose step is scaled per tensor by the trust ratio min(‖w‖, trust_clip) / ‖w‖ (LARS-style).
+
+    The 2nd-place "Over9000" optimiser (their `radam.py`: `Ralamb` inside fastai's Lookahead) with the
+    RAdam part from timm (`RAdamLegacy`: the same rectification rule, N_sma ≥ 5, per-group step sizes).
+    Weight decay is decoupled and not scaled, ‖w‖ is taken after it (with fp32 parameters the original's
+    norm reads the decayed tensor). The ratio is 1 while ‖w‖ ≤ trust_clip, so it only damps the steps of
+    large tensors; then the step is RAdam's update times the ratio, recovered from RAdam's result, which
+    costs at most one fp32 rounding of the weight.
+
+    Args:
+        params: parameters or parameter groups.
+        lr, betas, eps, weight_decay: as RAdam.
+        trust_clip: the norm above which steps shrink (the original's 10).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, trust_clip: float = 10.0):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+        self.trust_clip = trust_clip
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        # Only tensors with weight decay or a norm above the clip need more than RAdam's own step; one
+        # device sync for all the norms rather than one per tensor.
+        params, decayed = [], []
+        for group in self.param_groups:
+            decay = group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is not None:
+                    params.append((p, decay))
+                    decayed.append(p.float() * (1 - group["lr"] * decay) if decay else p.float())
+        norms = torch.stack(torch._foreach_norm(decayed)).tolist() if decayed else []
+        scaled = {}
+        for (p, decay), d, norm in zip(params, decayed, norms, strict=True):
+            if decay or norm > self.trust_clip:
+                trust = min(norm, self.trust_clip) / norm if norm > 0 else 1.0
+                w = p.float().clone()  # for fp32 parameters p.float() is p itself, which the step changes
+                scaled[p] = (w, d if decay else w, trust)
+        # RAdam's own step without decay (applied above, unscaled), then rescaled where needed.
+        decays = [group["weight_decay"] for group in self.param_groups]
+        try:
+            for group in self.param_groups:
+                group["weight_decay"] = 0.0
+            super().step()
+        finally:
+            for group, decay in zip(self.param_groups, decays, strict=True):
+                group["weight_decay"] = decay
+        for p, (w, decayed, trust) in scaled.items():
+            p.copy_(decayed + trust * (p.float() - w))
+        return loss
+
+
+@OPTIMIZERS.register("radam_lars_lookahead")
+def _radam_lars_lookahead(groups: list[dict], cfg) -> torch.optim.Optimizer:
+    # The 2nd-place Over9000: eps 1e-8 (their code drops the 1e-4 it is passed), Lookahead k 6, α 0.5.
+    return Lookahead(RAdamTrustRatio(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay),
+                     alpha=0.5, k=6)
+
+
 @OPTIMIZERS.register("sgd")
 def _sgd(groups: list[dict], cfg) -> torch.optim.Optimizer:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
@@ -68,7 +133,10 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int):
     if cfg.schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 2),
-            pct_start=cfg.pct_start, anneal_strategy="cos", cycle_momentum=False,
+            pct_start=cfg.pct_start, anneal_strategy="cos", final_div_factor=cfg.final_div_factor,
+            # β1 for Adam-like optimisers, momentum for SGD: high while the LR is low (fastai's fit_one_cycle).
+            cycle_momentum=cfg.cycle_momentum, base_momentum=cfg.momentum_range[0],
+            max_momentum=cfg.momentum_range[1],
         )
     warm, floor = cfg.warmup_steps, cfg.min_lr_ratio
 

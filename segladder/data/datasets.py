@@ -78,8 +78,9 @@ class ContrailsDataset(Dataset):
         self.image_size, self.interpolation = image_size, interpolation
         self.normalize_ash = normalize_ash
         self.aug = build_augment(augment)
-        if augment is not None and augment.gamma_p > 0 and any(c not in ASH_CHANNELS for c in self.channels):
-            raise DataError("augment.gamma_p > 0 needs inputs in [0, 1], but standardised bands/diffs are selected; set gamma_p: 0.")
+        if augment is not None and augment.uses_gamma and any(c not in ASH_CHANNELS for c in self.channels):
+            raise DataError("augment.gamma_p / gamma_or_brightness_p > 0 needs inputs in [0, 1] (RandomGamma), but "
+                            "standardised bands/diffs are selected; set both to 0.")
 
         if is_cache(self.source):
             self.cache = ContrailsCache(self.source)

@@ -25,6 +25,7 @@ def build_augment(cfg: AugmentConfig | None) -> A.Compose | None:
             translate_percent=(-cfg.shift_limit, cfg.shift_limit),
             scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
             rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+            keep_ratio=cfg.keep_ratio,
             border_mode=cv2.BORDER_REFLECT_101,
             p=cfg.shift_scale_rotate_p,
         ))
@@ -34,6 +35,18 @@ def build_augment(cfg: AugmentConfig | None) -> A.Compose | None:
         t.append(A.RandomGamma(gamma_limit=cfg.gamma_limit, p=cfg.gamma_p))
     if cfg.blur_p:
         t.append(A.GaussianBlur(blur_limit=cfg.blur_limit, p=cfg.blur_p))
+    if cfg.gamma_or_brightness_p:
+        t.append(A.OneOf([
+            A.RandomGamma(gamma_limit=cfg.gamma_limit, p=1.0),
+            A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=1.0),
+        ], p=cfg.gamma_or_brightness_p))
+    if cfg.motion_or_gaussian_blur_p:
+        # albumentations 1.x (the 2nd-place code) derived the Gaussian sigma from the kernel size
+        # (0.8 / 1.1 / 1.4 for 3 / 5 / 7 px); 2.x draws it on its own, hence a range spanning those.
+        t.append(A.OneOf([
+            A.MotionBlur(blur_limit=cfg.blur_limit, p=1.0),
+            A.GaussianBlur(blur_limit=cfg.blur_limit, sigma_limit=cfg.blur_sigma, p=1.0),
+        ], p=cfg.motion_or_gaussian_blur_p))
     if cfg.noise_p:
         t.append(A.GaussNoise(std_range=cfg.noise_std, p=cfg.noise_p))
     if cfg.cutout_p:

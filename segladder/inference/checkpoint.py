@@ -48,11 +48,32 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if meta.get("version") not in SUPPORTED_VERSIONS:
         raise CheckpointError(f"{path}: checkpoint version {meta.get('version')}, this segladder reads {SUPPORTED_VERSIONS}.")
     cfg = ExperimentConfig.model_validate(meta["config"])
-    model = create(cfg.model.name, **cfg.model.kwargs)
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    kwargs = {**cfg.model.kwargs, **_legacy_decoder(cfg, state)}
+    if "pretrained" in kwargs:  # the checkpoint holds every weight; do not look for ImageNet ones
+        kwargs["pretrained"] = False
+    model = create(cfg.model.name, **kwargs)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: weights do not fit {cfg.model.name}{kwargs or ''}: "
+                              f"{str(exc).strip().splitlines()[-1].strip()}") from None
     if missing or unexpected:
         raise CheckpointError(f"{path}: weights do not fit {cfg.model.name}: missing {missing[:5]}, unexpected {unexpected[:5]}.")
     model.eval()
     return LoadedCheckpoint(model, cfg, float(meta.get("threshold", 0.5)), meta.get("task", "segmentation"), path,
                             meta.get("stats"))
+
+
+def _legacy_decoder(cfg: ExperimentConfig, state: dict[str, torch.Tensor]) -> dict:
+    """decoder_channels of a ResNet18_U/ULSTM checkpoint written while the slim widths were the default.
+
+    Their stored configs do not name the widths; the first decoder conv's output channels tell them.
+    """
+    from segladder.models.ladder import SLIM_DECODER_CHANNELS
+
+    conv = state.get("decoder.dec3.conv1.0.weight")
+    if (cfg.model.name in ("ResNet18_U", "ResNet18_ULSTM") and "decoder_channels" not in cfg.model.kwargs
+            and conv is not None and conv.shape[0] == SLIM_DECODER_CHANNELS[0]):
+        return {"decoder_channels": SLIM_DECODER_CHANNELS}
+    return {}

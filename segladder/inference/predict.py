@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,9 +74,11 @@ ProbFn = Callable[[Batch], torch.Tensor]  # a batch → (B, 1, H, W) probabiliti
 
 
 def write_probabilities(prob_fn: ProbFn, inputs: Inputs, folder: Path, *, description: str, progress: bool = True,
-                        observe: Callable[[np.ndarray, Batch], None] | None = None) -> None:
+                        observe: Callable[[np.ndarray, Batch], None] | None = None,
+                        sizes: Mapping[str, tuple[int, int]] | None = None) -> None:
     """Pass 1: run `prob_fn` over the split, writing `folder/<record_id>.npy` (float16, H × W) per record;
-    `observe(probs, batch)` sees each batch's float16 probabilities (B, H, W)."""
+    `observe(probs, batch)` sees each batch's float16 probabilities (B, H, W) at the models' size. With
+    `sizes` (record_id → (H, W)), each map is resized (bilinear) to its record's own size before it is saved."""
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(description, total=len(inputs))
         for batch in inputs.batches():
@@ -84,8 +86,16 @@ def write_probabilities(prob_fn: ProbFn, inputs: Inputs, folder: Path, *, descri
             if observe is not None:
                 observe(p16, batch)
             for rid, p in zip(batch.record_ids, p16, strict=True):
-                atomic_save_npy(folder / f"{rid}.npy", p)
+                atomic_save_npy(folder / f"{rid}.npy", at_size(p, sizes.get(rid) if sizes else None))
             bar.advance(task, len(batch.record_ids))
+
+
+def at_size(probs: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    """An (H, W) float16 map resized (bilinear) to `size`, or as it is when that is its size already."""
+    if size is None or probs.shape == tuple(size):
+        return probs
+    h, w = size
+    return cv2.resize(probs.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float16)
 
 
 def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_threshold: float,
@@ -107,14 +117,18 @@ def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_thre
         if pos_hist is not None:
             pos_hist.update(p16[batch.mask[:, 0].numpy() > 0.5])
 
+    # Masks and submission rows at each record's own size, so submission.csv fits the split even where
+    # records were resized for the models.
+    sizes = split_shapes(inputs.data, inputs.split)
     write_probabilities(prob_fn, inputs, out / PROBS_DIR, description=f"predicting {inputs.split}",
-                        progress=progress, observe=observe if hist is not None else None)
+                        progress=progress, observe=observe if hist is not None else None, sizes=sizes)
     th, source = resolve_threshold(stored_threshold, threshold, percentile, hist, stored_source)
     dice = None
     if pos_hist is not None:
         denom = hist.count_above(th) + pos_hist.total
         dice = 1.0 if denom == 0 else 2 * pos_hist.count_above(th) / denom
     pos_records = pos_pixels = 0
+    problems = []
     with (atomic_path(out / SUBMISSION_FILE) as tmp, open(tmp, "w", newline="") as fh,
           progress_bar(disable=not progress) as bar):
         writer = csv.writer(fh)
@@ -123,6 +137,9 @@ def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_thre
         for rid in inputs.record_ids:
             mask = remove_small_components(binarize(np.load(out / PROBS_DIR / f"{rid}.npy"), th), min_component)
             atomic_save_npy(out / MASKS_DIR / f"{rid}.npy", mask)
+            if rid in sizes and mask.shape != sizes[rid]:
+                problems.append(f"record {rid} is {sizes[rid][0]}x{sizes[rid][1]} but its mask is "
+                                f"{mask.shape[0]}x{mask.shape[1]}")
             writer.writerow([rid, rle_encode(mask)])
             n = int(mask.sum())
             pos_pixels += n
@@ -130,7 +147,6 @@ def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_thre
             bar.advance(task)
     if overlays > 0:
         _write_overlays(inputs, out, th, overlays)
-    problems = _size_problems(inputs)
     result = Prediction(out, len(inputs), th, source, pos_records, pos_pixels, dice, problems)
     atomic_write_json(out / SUMMARY_FILE, {
         **(summary or {}),
@@ -144,13 +160,6 @@ def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_thre
     return result
 
 
-def _size_problems(inputs: Inputs) -> list[str]:
-    """Records whose own size differs from the masks' (the models' image size): their RLE would not fit them."""
-    size = inputs.specs[0].image_size
-    return [f"record {rid} is {h}x{w} but its mask is {size}x{size}"
-            for rid, (h, w) in split_shapes(inputs.data, inputs.split).items() if (h, w) != (size, size)]
-
-
 def _write_overlays(inputs: Inputs, out: Path, threshold: float, n: int) -> None:
     from segladder.viz import overlay_grid
 
@@ -159,7 +168,9 @@ def _write_overlays(inputs: Inputs, out: Path, threshold: float, n: int) -> None
         items = [inputs.item(i) for i in range(start, min(start + OVERLAY_ROWS, n))]
         images = torch.stack([it["image"] for it in items])
         masks = torch.stack([it["mask"] for it in items]) if "mask" in items[0] else None
-        probs = torch.stack([torch.from_numpy(np.load(out / PROBS_DIR / f"{it['record_id']}.npy").astype(np.float32))[None]
+        # The maps are at each record's own size; the overlay draws them over the models' input.
+        probs = torch.stack([torch.from_numpy(at_size(np.load(out / PROBS_DIR / f"{it['record_id']}.npy"),
+                                                      tuple(it["image"].shape[-2:])).astype(np.float32))[None]
                              for it in items])
         picture = overlay_grid(images, masks, probs, threshold)
         ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

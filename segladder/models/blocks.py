@@ -236,6 +236,67 @@ class Conv3dFuser(nn.Module):
         return x.view(-1, frames, *x.shape[1:])[:, self.frame_index]
 
 
+def replicate_pad(x: torch.Tensor, pad: int) -> torch.Tensor:
+    """Pad H and W by repeating the edge rows and columns `pad` times.
+
+    torch.cat instead of F.pad(mode="replicate"), whose compiled backward fails a stride check (torch 2.14).
+    """
+    if pad == 0:
+        return x
+    x = torch.cat([x[:, :, :1].expand(-1, -1, pad, -1), x, x[:, :, -1:].expand(-1, -1, pad, -1)], dim=2)
+    return torch.cat([x[..., :1].expand(-1, -1, -1, pad), x, x[..., -1:].expand(-1, -1, -1, pad)], dim=3)
+
+
+class PairConv3d(nn.Module):
+    """Conv3d with kernel (2, k, k), no temporal padding and replicate spatial padding: T frames -> T − 1.
+
+    Works on frames laid out as (B·T, C, H, W): output frame t is one Conv2d over frames t and t + 1
+    stacked as channels, which is the same sum as the 3D kernel's two time taps (a Conv3d weight
+    (O, I, 2, k, k) is this Conv2d's (O, 2·I, k, k) with the time tap outermost: `from_conv3d`). Keeping
+    the weight 4-D lets `model.to(memory_format=torch.channels_last)` work.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.pad = kernel_size // 2
+        self.conv = nn.Conv2d(2 * in_channels, out_channels, kernel_size)
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        bt, c, h, w = x.shape
+        seq = x.view(bt // frames, frames, c, h, w)
+        pairs = torch.cat([seq[:, :-1], seq[:, 1:]], dim=2).flatten(0, 1)
+        return self.conv(replicate_pad(pairs, self.pad))
+
+    @torch.no_grad()
+    def from_conv3d(self, conv: nn.Conv3d) -> None:
+        """Copy the weights of an equivalent `nn.Conv3d` (e.g. one trained by the 3rd-place code)."""
+        o, i, t, kh, kw = conv.weight.shape
+        self.conv.weight.copy_(conv.weight.permute(0, 2, 1, 3, 4).reshape(o, t * i, kh, kw))
+        self.conv.bias.copy_(conv.bias)
+
+
+class Conv3dCollapse(nn.Module):
+    """The 3rd place's skip fusion: two (Conv3d (2, k, k), BatchNorm3d, LeakyReLU) blocks take 3 frames to 1.
+
+    BatchNorm3d over (B, C, T, H, W) is BatchNorm2d over the (B·T, C, H, W) frames (the same statistics).
+    """
+
+    frames = 3
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.convs = nn.ModuleList(PairConv3d(channels, channels, kernel_size) for _ in range(2))
+        self.norms = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(2))
+        self.act = nn.LeakyReLU()
+
+    def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """(B·3, C, H, W) -> (B, C, H, W)."""
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            x = self.act(norm(conv(x, frames)))
+            frames -= 1
+        return x
+
+
 class ConvBlock(nn.Sequential):
     """Two 3×3 conv, BatchNorm, ReLU layers."""
 

@@ -143,15 +143,18 @@ def load_pretrained(
 ) -> WeightsReport | None:
     """Load weights for timm model `name` into `module` (its features-only or full form).
 
-    `pretrained=True` takes timm's weights from the local Hugging Face / torch hub cache and downloads
-    only when SEGLADDER_ALLOW_DOWNLOAD=1; a path loads that file or folder. Keys whose shapes differ
-    are an error, except the first conv (adapted to `in_chans` as timm does) and `new_head`, the
-    module names of a head sized for this task (left as initialised). Missing and unexpected keys
-    are logged and returned.
+    `pretrained=True` or `"auto"` looks for the encoder's ImageNet weights offline: a file named after
+    it in a folder of $SEGLADDER_WEIGHTS, then timm's file in the Hugging Face / torch hub cache;
+    it downloads only when SEGLADDER_ALLOW_DOWNLOAD=1. A path loads that file or folder. Keys whose
+    shapes differ are an error, except the first conv (adapted to `in_chans` as timm does) and
+    `new_head`, the module names of a head sized for this task (left as initialised). Missing and
+    unexpected keys are logged and returned.
     """
     if pretrained is False or pretrained is None:
         return None
-    if pretrained is True:
+    if _is_auto(pretrained) and (found := weights_in_env_folder(name)) is not None:
+        state, source = read_state_dict(found), f"{found} (${WEIGHTS_ENV})"
+    elif _is_auto(pretrained):
         state, source = _timm_weights(name, in_chans), f"timm pretrained {name}"
     else:
         path = resolve_weights_file(pretrained)
@@ -170,6 +173,48 @@ def load_pretrained(
     missing = [k for k in report.missing if not (head and _canonical(k).startswith(head))]
     log.log(logging.WARNING if missing or surprising else logging.INFO, "%s: %s", name, report)
     return report
+
+
+WEIGHTS_ENV = "SEGLADDER_WEIGHTS"  # folders (os.pathsep-separated) holding pretrained weights files
+
+
+def _is_auto(pretrained) -> bool:
+    return pretrained is True or (isinstance(pretrained, str) and pretrained.lower() == "auto")
+
+
+def weights_in_env_folder(name: str) -> Path | None:
+    """The weights file for timm model `name` in the folders of $SEGLADDER_WEIGHTS, or None.
+
+    A file or folder there belongs to `name` when it is named after it (`coat_lite_medium.in1k.safetensors`,
+    `coat_lite_medium_a750cd63.pth` as released, a hub cache entry `models--timm--resnet18.tv_in1k`) or
+    carries the name of timm's download (`resnet18-f37072fd.pth`). An entry for the exact pretrained tag
+    wins over others of the same architecture.
+    """
+    raw = os.environ.get(WEIGHTS_ENV, "")
+    cfg = timm.models.get_pretrained_cfg(name)
+    arch = cfg.architecture if cfg else name.split(".")[0]
+    tagged = f"{arch}.{cfg.tag}" if cfg and cfg.tag else arch
+    download = os.path.basename(urlparse(cfg.url).path) if cfg and cfg.url else None
+    found = []
+    for folder in filter(None, raw.split(os.pathsep)):
+        root = Path(folder).expanduser()
+        if not root.is_dir():
+            raise ModelError(f"${WEIGHTS_ENV}: {str(root)!r} is not a folder (it names folders of weights files, "
+                             f"separated by {os.pathsep!r})")
+        found += [e for e in sorted(root.iterdir()) if e.name == download or _named_after(e.name, arch)]
+    exact = [e for e in found if (n := e.name.removeprefix("models--timm--")) == tagged or n.startswith(tagged + ".")]
+    chosen = exact or found
+    if len(chosen) > 1:
+        raise ModelError(f"several weights for {tagged!r} in ${WEIGHTS_ENV}: {_few([str(e) for e in chosen])}; "
+                         f"keep one, or pass pretrained=/path/to/one")
+    return resolve_weights_file(chosen[0]) if chosen else None
+
+
+def _named_after(entry: str, arch: str) -> bool:
+    base = re.split(r"[.\-]", entry.removeprefix("models--timm--"))[0]
+    # `coat_lite_medium_a750cd63` (a release hash) is named after coat_lite_medium; `coat_lite_medium_384`
+    # is another timm model.
+    return base == arch or (base.startswith(arch + "_") and not timm.is_model(base))
 
 
 def _first_conv_key(module: nn.Module, name: str) -> str | None:
@@ -391,17 +436,20 @@ def _timm_weights(name: str, in_chans: int) -> dict[str, torch.Tensor]:
     cached, looked = _cached_weights(cfg)
     if cached is None and not download_allowed():
         tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+        env = os.environ.get(WEIGHTS_ENV)
+        looked.insert(0, f"${WEIGHTS_ENV} ({env})" if env else f"${WEIGHTS_ENV} (not set)")
         ways = []
         if cfg.hf_hub_id:
             filename = cfg.hf_hub_filename or "model.safetensors"
             ways.append(
-                f"download {filename} from https://huggingface.co/{cfg.hf_hub_id} and pass "
-                f"pretrained='/path/to/{filename}'"
+                f"download {filename} from https://huggingface.co/{cfg.hf_hub_id} and either pass "
+                f"pretrained='/path/to/{filename}' (config: model.pretrained=/path/to/{filename}) or save it "
+                f"as {tag}.{filename.rsplit('.', 1)[-1]} in a folder named by ${WEIGHTS_ENV}"
             )
         if cfg.url:
             ways.append(
                 f"download {cfg.url} and pass pretrained='/path/to/{os.path.basename(urlparse(cfg.url).path)}' "
-                f"(or put it in {Path(torch.hub.get_dir()) / 'checkpoints'})"
+                f"(or put it in {Path(torch.hub.get_dir()) / 'checkpoints'} or a folder named by ${WEIGHTS_ENV})"
             )
         ways.append(
             "or set SEGLADDER_ALLOW_DOWNLOAD=1 in the environment before starting, to let timm "
@@ -409,7 +457,8 @@ def _timm_weights(name: str, in_chans: int) -> dict[str, torch.Tensor]:
         )
         raise ModelError(
             f"pretrained weights for {tag!r} are not available offline (looked in: {'; '.join(looked)}).\n"
-            "Supply them: " + ";\n  ".join(ways) + "."
+            "Supply them: " + ";\n  ".join(ways) + ".\n"
+            "Or train from scratch knowingly: pretrained=False (config: model.pretrained=false)."
         )
     overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached is not None else {}
     try:

@@ -19,10 +19,11 @@ from functools import partial
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from segladder.models.base import SequenceModel
-from segladder.models.blocks import ClassificationHead, Conv3dFuser, UNetDecoder
+from segladder.models.blocks import ClassificationHead, Conv3dCollapse, Conv3dFuser
 from segladder.models.encoders import Encoder, check_timm_name, load_pretrained
 from segladder.models.registry import ModelError, register
 from segladder.registry import suggest
@@ -145,11 +146,17 @@ register(
 
 
 class Unet25D(_AuxMixin, SequenceModel):
-    """2.5D UNet: shared 2D encoder per frame, Conv3d fusion at every skip level, UNet decoder.
+    """2.5D UNet, the 3rd place's design (domain-facts §6): a shared 2D encoder on frames t−2..t0, Conv3d
+    fusion at every skip level, an smp UNet decoder, a hard-mask head beside the soft-label head.
 
-    Each level's T maps go through `num_3d_layers` residual Conv3d blocks (seed 001: 3 for
-    segmentation, 6 for classification) and the labelled frame's map (`frame_index`) continues.
-    Any T >= 1 works; set `num_frames` to insist on the T the model was trained with.
+    At every encoder level two (Conv3d (2, k, k), no temporal padding, replicate spatial padding,
+    BatchNorm3d, LeakyReLU) blocks take the three frames ending at `frame_index` to one map; where the
+    input holds fewer frames before it, the earliest is repeated.
+
+    The frames are resized to `input_size`² first (the 3rd place trained at 512² on 256² records) and
+    the logits back to the input size; `input_size=None` keeps the input size. `model(x)` returns the
+    soft-label head's logits (what the 3rd place predicted with); `model(x, aux=True)` returns
+    `{"mask": ..., "hard": ...}` (and `"cls"` with `aux_classifier=True`). With resnet18: 27.0 M parameters.
     """
 
     def __init__(
@@ -161,47 +168,78 @@ class Unet25D(_AuxMixin, SequenceModel):
         pretrained: Pretrained = False,
         frame_index: int = -1,
         num_frames: int | None = None,
-        num_3d_layers: int = 3,
-        decoder_channels: Sequence[int] = (256, 128, 64, 32),
+        kernel_size: int = 3,
+        input_size: int | None = 512,
+        decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
+        hard_head: bool = True,
         aux_classifier: bool = False,
         cls_dropout: float = 0.0,
     ):
+        from segmentation_models_pytorch.base import SegmentationHead
+        from segmentation_models_pytorch.decoders.unet.decoder import UnetDecoder
+
         super().__init__(in_chans=in_chans, frame_index=frame_index, num_frames=num_frames)
         self.encoder = Encoder(encoder, in_chans=in_chans, pretrained=pretrained)
-        self.size_multiple = max(self.encoder.reductions)
-        self.fusers = nn.ModuleList(Conv3dFuser(c, num_3d_layers, frame_index) for c in self.encoder.channels)
-        self.decoder = UNetDecoder(self.encoder.channels, decoder_channels)
-        self.head = nn.Conv2d(self.decoder.out_channels, num_classes, 3, padding=1)
+        stride = max(self.encoder.reductions)
+        if input_size is not None and input_size % stride:
+            raise ModelError(f"input_size={input_size} must be divisible by the encoder's stride {stride}")
+        self.input_size = input_size
+        self.size_multiple = 1 if input_size else stride
+        channels = self.encoder.channels
+        self.fusers = nn.ModuleList(Conv3dCollapse(c, kernel_size) for c in channels)
+        if len(decoder_channels) < len(channels):
+            raise ModelError(f"decoder_channels needs {len(channels)} entries for {encoder}, got {tuple(decoder_channels)}")
+        widths = list(decoder_channels)[: len(channels)]
+        # smp's decoder takes the input as its first "feature": only its size is used (the last block's target).
+        self.decoder = UnetDecoder([in_chans, *channels], widths, n_blocks=len(channels))
+        self.num_classes = num_classes
+        self.hard_head = hard_head
+        # One 3×3 conv for both heads, the hard mask's channels first, as in the 3rd place's code.
+        self.head = SegmentationHead(widths[-1], num_classes * (2 if hard_head else 1), kernel_size=3)
         self.aux_classifier = aux_classifier
-        self.cls_head = (
-            ClassificationHead(self.encoder.channels[-1], 1, cls_dropout) if aux_classifier else None
-        )
+        self.cls_head = ClassificationHead(channels[-1], 1, cls_dropout) if aux_classifier else None
+
+    def window(self, seq: torch.Tensor) -> torch.Tensor:
+        """The frames the fusion reads: t−2..t0 ending at `frame_index`, the earliest repeated where missing."""
+        t0 = self.frame_index % seq.shape[2]
+        index = torch.tensor([max(t0 - 2, 0), max(t0 - 1, 0), t0], device=seq.device)
+        return seq.index_select(2, index)
 
     def forward(self, x: torch.Tensor, aux: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        seq = self.sequence(x)
-        t, h, w = seq.shape[2:]
-        feats = self.encoder(seq.transpose(1, 2).flatten(0, 1))
-        fused = [fuse(f, t) for fuse, f in zip(self.fusers, feats, strict=True)]
-        mask = self.resize_to(self.head(self.decoder(fused)), (h, w))
+        seq = self.window(self.sequence(x))
+        b, c, t, h, w = seq.shape
+        frames = seq.transpose(1, 2).flatten(0, 1)
+        if self.input_size and (h, w) != (self.input_size, self.input_size):
+            frames = F.interpolate(frames, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+        fused = [fuse(f, t) for fuse, f in zip(self.fusers, self.encoder(frames), strict=True)]
+        labelled = frames.view(b, t, c, *frames.shape[-2:])[:, -1]
+        logits = self.resize_to(self.head(self.decoder([labelled, *fused])), (h, w))
+        mask = logits[:, self.num_classes :] if self.hard_head else logits
         if not aux:
             return mask
-        if not self.aux_classifier:
-            raise ModelError("Unet25D was built without a classification head (aux_classifier=False)")
-        return {"mask": mask, "cls": self.cls_head(fused[-1])}
+        out = {"mask": mask}
+        if self.hard_head:
+            out["hard"] = logits[:, : self.num_classes]
+        if self.cls_head is not None:
+            out["cls"] = self.cls_head(fused[-1])
+        if len(out) == 1:
+            raise ModelError("Unet25D was built without a hard-mask or classification head "
+                             "(hard_head=False, aux_classifier=False)")
+        return out
 
 
 register(
     "Unet25D",
-    description="2.5D UNet: shared encoder per frame, Conv3d fusion per level (3rd place / seed 001)",
+    description="2.5D UNet: shared encoder on frames t−2..t0, Conv3d fusion per level, 2 heads (3rd place)",
     uses_time=True,
-    input_desc="all frames",
+    input_desc="frames labelled−2..labelled",
 )(Unet25D)
 
 register(
     "Unet25DCls",
     description="2.5D UNet + auxiliary contrail/no-contrail head",
     uses_time=True,
-    input_desc="all frames",
+    input_desc="frames labelled−2..labelled",
 )(partial(Unet25D, aux_classifier=True))
 
 

@@ -18,7 +18,7 @@ from torch import nn
 from segladder.models.base import SequenceModel
 from segladder.models.blocks import Preprocess, TemporalLSTM, UNetFPNDecoder
 from segladder.models.encoders import Encoder
-from segladder.models.registry import register
+from segladder.models.registry import ModelError, register
 
 Pretrained = bool | str | os.PathLike
 # The seed's rungs use torchvision's ImageNet ResNet-18; timm's tag for those weights, so that
@@ -26,9 +26,12 @@ Pretrained = bool | str | os.PathLike
 RESNET18 = "resnet18.tv_in1k"
 
 
-# Decoder widths of the ResNet-18 rungs: the 2nd-place (384, 192, 96) scaled down for ResNet-18's
-# narrower features; this gives the seed's sizes (13 M and 15 M) where CoaT's widths would give 17 M and 20 M.
-RESNET18_DECODER = (128, 64, 32)
+# Decoder widths of the 2nd-place model, kept by the original ResNet-18 rungs ("same structure, only the
+# encoder differs"): ResNet18_U 17.02 M, ResNet18_ULSTM 19.65 M parameters.
+DECODER_CHANNELS = (384, 192, 96)
+# A third of those, for CPU-sized runs (ResNet18_U 13.16 M, ResNet18_ULSTM 15.78 M, which is where the
+# seed's rough "~13M / ~15M" estimates land); `decoder_channels=SLIM_DECODER_CHANNELS`.
+SLIM_DECODER_CHANNELS = (128, 64, 32)
 
 
 def make_preprocess(encoder: str, in_chans: int, upsample: int, normalize: bool) -> Preprocess:
@@ -40,6 +43,17 @@ def make_preprocess(encoder: str, in_chans: int, upsample: int, normalize: bool)
     if in_chans != len(mean):
         mean, std = [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
     return Preprocess(scale=upsample, mean=mean, std=std)
+
+
+def _widths(decoder_channels) -> tuple[int, int, int]:
+    """Three decoder widths (finest last), each even: the pixel shuffle halves a block's input channels."""
+    widths = tuple(int(c) for c in decoder_channels)
+    if len(widths) != 3 or any(c < 2 or c % 2 for c in widths):
+        raise ModelError(
+            f"decoder_channels needs three even widths, e.g. {DECODER_CHANNELS} "
+            f"(the original) or {SLIM_DECODER_CHANNELS} (slim); got {tuple(decoder_channels)}"
+        )
+    return widths
 
 
 def input_multiple(reduction: int, upsample: int) -> int:
@@ -147,13 +161,16 @@ class ResNet18_U(SequenceModel):
         upsample: int = 2,
         normalize: bool = True,
         ps: float = 0.0,
+        decoder_channels: tuple[int, int, int] = DECODER_CHANNELS,
     ):
         super().__init__(
             in_chans=in_chans, frame_index=frame_index, size_multiple=input_multiple(32, upsample)
         )
         self.prep = make_preprocess(RESNET18, in_chans, upsample, normalize)
         self.encoder = Encoder(RESNET18, in_chans=in_chans, out_indices=(1, 2, 3, 4), pretrained=pretrained)
-        self.decoder = UNetFPNDecoder(self.encoder.channels, RESNET18_DECODER, num_classes=num_classes, ps=ps)
+        self.decoder = UNetFPNDecoder(
+            self.encoder.channels, _widths(decoder_channels), num_classes=num_classes, ps=ps
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frame = self.labelled_frame(x)
@@ -181,7 +198,7 @@ class ULSTM(SequenceModel):
         upsample: int = 2,
         normalize: bool = True,
         ps: float = 0.0,
-        decoder_channels: tuple[int, int, int] = (384, 192, 96),
+        decoder_channels: tuple[int, int, int] = DECODER_CHANNELS,
     ):
         super().__init__(in_chans=in_chans, frame_index=frame_index)
         self.prep = make_preprocess(encoder, in_chans, upsample, normalize)
@@ -189,7 +206,7 @@ class ULSTM(SequenceModel):
         self.size_multiple = input_multiple(self.encoder.reductions[-1], upsample)
         c = self.encoder.channels
         self.lstm = nn.ModuleList([TemporalLSTM(c[2]), TemporalLSTM(c[3])])
-        self.decoder = UNetFPNDecoder(c, decoder_channels, num_classes=num_classes, ps=ps)
+        self.decoder = UNetFPNDecoder(c, _widths(decoder_channels), num_classes=num_classes, ps=ps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         seq = self.frames_until_label(x)
@@ -219,6 +236,7 @@ class ResNet18_ULSTM(ULSTM):
         upsample: int = 2,
         normalize: bool = True,
         ps: float = 0.0,
+        decoder_channels: tuple[int, int, int] = DECODER_CHANNELS,
     ):
         super().__init__(
             RESNET18,
@@ -230,5 +248,5 @@ class ResNet18_ULSTM(ULSTM):
             upsample=upsample,
             normalize=normalize,
             ps=ps,
-            decoder_channels=RESNET18_DECODER,
+            decoder_channels=decoder_channels,
         )

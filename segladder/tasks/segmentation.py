@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from segladder.config import ExperimentConfig
+from segladder.config import ExperimentConfig, LossTerm
+from segladder.errors import ConfigError
 from segladder.losses import build_loss
 from segladder.metrics import ThresholdSweepDice
 from segladder.tasks.base import TASKS, Task
@@ -35,6 +36,7 @@ class SegmentationTask(Task):
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__(cfg, model)
         self.loss = build_loss(cfg.loss)
+        self.hard_loss = build_loss([LossTerm(name="dice", target="mask")])
         self.val_metric = ThresholdSweepDice(from_logits=True)
         self.threshold = 0.5
         self._curve: tuple[np.ndarray, np.ndarray] | None = None
@@ -43,10 +45,16 @@ class SegmentationTask(Task):
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         aux = self.cfg.aux
-        if aux.cls_weight == 0 and not aux.seg_on_positives_only:
+        heads = aux.cls_weight > 0 or aux.hard_mask_weight > 0
+        if not heads and not aux.seg_on_positives_only:
             return self.loss(self(batch["image"]), batch)
         # Seed 001: a classification head beside the mask; the mask loss only where there is a contrail.
-        out = self.model(self.layout(batch["image"]), aux=True) if aux.cls_weight > 0 else {"mask": self(batch["image"])}
+        # 3rd place: a hard-mask head beside the soft-label one.
+        out = self.model(self.layout(batch["image"]), aux=True) if heads else {"mask": self(batch["image"])}
+        for key, weight, option in (("cls", aux.cls_weight, "aux_classifier"), ("hard", aux.hard_mask_weight, "hard_head")):
+            if weight > 0 and key not in out:
+                raise ConfigError(f"aux.{'cls_weight' if key == 'cls' else 'hard_mask_weight'} > 0 needs a model with "
+                                  f"that head ({option}=True); {self.cfg.model.name} has none.")
         positive = batch["mask"].flatten(1).amax(1) > 0.5
         if aux.seg_on_positives_only:
             keep = positive.nonzero().flatten()
@@ -58,6 +66,10 @@ class SegmentationTask(Task):
             cls = F.binary_cross_entropy_with_logits(out["cls"].float().flatten(), positive.float())
             parts = {**parts, "cls": cls.detach()}
             seg = seg + aux.cls_weight * cls
+        if aux.hard_mask_weight > 0:
+            hard, _ = self.hard_loss(out["hard"], batch)
+            parts = {**parts, "hard": hard.detach()}
+            seg = seg + aux.hard_mask_weight * hard
         return seg, parts
 
     # ----------------------------------------------------------------------------- validation

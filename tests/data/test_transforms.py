@@ -78,3 +78,60 @@ def test_dataset_applies_augmentation_with_aligned_masks(synth_root):
         assert (a["soft"] == b["soft"].flip(-1)).all()
     with pytest.raises(DataError, match="gamma_p"):
         ContrailsDataset(synth_root, "train", channels=["ash", "bands"], augment=AugmentConfig(gamma_p=0.5))
+
+
+def second_place_augment(**forced) -> AugmentConfig:
+    from segladder.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "coat_ulstm.yaml").data.augment
+    return cfg.model_copy(update=forced)
+
+
+def test_second_place_pipeline_is_built_as_the_original():
+    import albumentations as A
+
+    steps = build_augment(second_place_augment()).transforms
+    affine, color, blur = steps
+    assert isinstance(affine, A.Affine) and affine.p == 0.75 and affine.keep_ratio
+    assert affine.rotate == (-30, 30) and affine.scale == {"x": (0.8, 1.2), "y": (0.8, 1.2)}
+    assert affine.translate_percent == {"x": (-0.2, 0.2), "y": (-0.2, 0.2)}
+    assert isinstance(color, A.OneOf) and color.p == 0.5
+    gamma, contrast = color.transforms
+    assert isinstance(gamma, A.RandomGamma) and tuple(gamma.gamma_limit) == (50, 150)
+    assert isinstance(contrast, A.RandomBrightnessContrast)
+    assert tuple(contrast.brightness_limit) == (-0.1, 0.1) and tuple(contrast.contrast_limit) == (-0.2, 0.2)
+    assert isinstance(blur, A.OneOf) and blur.p == 0.25
+    assert [type(t) for t in blur.transforms] == [A.MotionBlur, A.GaussianBlur]
+
+
+def test_second_place_pipeline_moves_every_frame_and_the_mask_together():
+    """Every frame and channel starts as the mask; with every transform forced on, all must still agree
+    with each other (one draw per sample), and well inside and outside the moved mask the image must keep
+    its order (gamma and brightness/contrast are increasing maps, blurs reach at most a few pixels)."""
+    import cv2
+
+    def erode(region):
+        return cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=8).astype(bool)
+
+    aug = build_augment(second_place_augment(shift_scale_rotate_p=1.0, gamma_or_brightness_p=1.0,
+                                             motion_or_gaussian_blur_p=1.0))
+    size = 64
+    mask = np.zeros((size, size), np.uint8)
+    mask[12:44, 20:48] = 1
+    mask[50:54, 4:60] = 1
+    checked = 0
+    for seed in range(12):
+        aug.set_random_seed(seed)
+        image = np.broadcast_to(mask.astype(np.float32), (3, 5, size, size)).copy()  # (C, T, H, W)
+        out, m, s = augment(aug, image, mask, mask.astype(np.float32) * 0.5)
+        assert not np.isin(out, (0.0, 1.0)).all(), "the photometric transforms should have changed the values"
+        for c in range(3):
+            for t in range(5):
+                np.testing.assert_array_equal(out[c, t], out[0, 0])
+        np.testing.assert_array_equal(s, m * 0.5)
+        inside = erode(m == 1)
+        outside = erode(m == 0)
+        if inside.any() and outside.any():
+            assert out[0, 0][inside].min() > out[0, 0][outside].max(), seed
+            checked += 1
+    assert checked >= 8

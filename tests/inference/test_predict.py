@@ -89,11 +89,35 @@ def test_flip_tta_and_its_half_pixel_shift(synth_root):
     assert shift_along(t, 1, 0).tolist() == [1, 2, 3, 3] and shift_along(t, -1, 0).tolist() == [0, 0, 1, 2]
 
 
-def test_masks_of_another_size_than_the_records_are_flagged(synth_root, tmp_path):
+def test_masks_are_written_at_each_records_own_size(synth_copy, seg_ckpt, tmp_path):
+    """A model at 32² on a split with an odd-sized (30×22) record: its map, mask and row fit the record."""
+    from segladder.data.layout import BANDS, band_file
+
+    odd = synth_copy / "test" / "9990001"
+    odd.mkdir()
+    rng = np.random.default_rng(0)
+    for b in BANDS:
+        np.save(odd / band_file(b), (260 + 20 * rng.random((30, 22, 8))).astype(np.float32))
+    out = tmp_path / "o"
+    r = CliRunner().invoke(app, ["predict", str(seg_ckpt), "--data", str(synth_copy), "--out", str(out),
+                                 "--threshold", "0.5"])
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output and "4 records" in r.output
+    mask = np.load(out / "masks" / "9990001.npy")
+    assert mask.shape == (30, 22) and np.load(out / "probs" / "9990001.npy").shape == (30, 22)
+    assert np.load(out / "masks" / f"{sorted(p.name for p in (synth_copy / 'test').iterdir())[0]}.npy").shape == (32, 32)
+    assert check_submission(out / "submission.csv", synth_copy, "test") == []
+    rows = dict(line.split(",") for line in (out / "submission.csv").read_text().splitlines()[1:])
+    np.testing.assert_array_equal(rle_decode(rows["9990001"], (30, 22)), mask)
+    assert json.loads((out / "predict.json").read_text())["submission_problems"] == []
+
+
+def test_a_model_at_another_size_than_the_records_writes_masks_at_the_records_size(synth_root, tmp_path):
     big = make_checkpoint(tmp_path / "big.ckpt", image_size=64)
     res = predict([big], synth_root, tmp_path / "o", progress=False)
-    assert len(res.submission_problems) == 3 and "is 32x32 but its mask is 64x64" in res.submission_problems[0]
-    assert np.load(next((tmp_path / "o" / "masks").glob("*.npy"))).shape == (64, 64)
+    assert res.submission_problems == []
+    assert np.load(next((tmp_path / "o" / "masks").glob("*.npy"))).shape == (32, 32)
+    assert check_submission(res.submission, synth_root, "test") == []
 
 
 def test_cli_predict(synth_root, seg_ckpt, tmp_path):

@@ -18,7 +18,7 @@ def test_list_shows_every_model_with_its_size():
     assert result.exit_code == 0, result.output
     for name in models.available():
         assert name in result.output
-    assert "13.16" in result.output  # ResNet18_U, millions of parameters
+    assert "17.02" in result.output and "53.32" in result.output  # ResNet18_U, CoaT_ULSTM, millions of parameters
     assert "GFLOPs" not in result.output
 
 
@@ -37,7 +37,7 @@ def test_list_with_an_impossible_size_is_a_clear_error():
 def test_show_lists_the_options():
     result = run("show", "Unet25D")
     assert result.exit_code == 0, result.output
-    assert "num_3d_layers = 3" in result.output and "pretrained = False" in result.output
+    assert "input_size = 512" in result.output and "pretrained = False" in result.output
 
 
 def test_every_option_has_help():

@@ -24,6 +24,7 @@ def offline_env(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
     monkeypatch.delenv("SEGLADDER_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.delenv("SEGLADDER_WEIGHTS", raising=False)
     return tmp_path
 
 
@@ -153,3 +154,39 @@ def test_pretrained_true_finds_a_torchvision_download(offline_env):
     torch.save(state, checkpoints / "resnet18-f37072fd.pth")  # where torchvision caches its ResNet-18
     model = models.create("ResNet18_SimplerFCN", pretrained=True)
     assert torch.equal(model.encoder.model.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
+
+
+def test_auto_finds_weights_named_after_the_encoder_in_segladder_weights(offline_env, monkeypatch):
+    folder = offline_env / "weights"
+    folder.mkdir()
+    coat = timm_state("coat_lite_mini")
+    torch.save({"model": coat}, folder / "coat_lite_mini_a750cd63.pth")  # the CoaT release's own name
+    torch.save(timm_state("coat_lite_small"), folder / "coat_lite_small.in1k.pth")
+    r18 = timm_state(seed=2)
+    save_file(r18, folder / "resnet18.tv_in1k.safetensors")
+    save_file(timm_state(seed=3), folder / "resnet18.a1_in1k.safetensors")  # another tag: not chosen
+    monkeypatch.setenv("SEGLADDER_WEIGHTS", str(folder))
+
+    model = models.create("CoaT_ULSTM", encoder="coat_lite_mini", pretrained="auto")
+    key = "serial_blocks4.0.mlp.fc1.weight"
+    assert torch.equal(model.encoder.model.model.get_parameter(key), coat[key])
+    assert "SEGLADDER_WEIGHTS" in model.encoder.weights_report.source
+    rung = models.create("ResNet18_U", pretrained=True)
+    assert torch.equal(rung.encoder.model.layer4[0].conv1.weight, r18["layer4.0.conv1.weight"])
+
+
+def test_auto_without_weights_names_both_ways_and_training_from_scratch(offline_env, monkeypatch):
+    monkeypatch.setenv("SEGLADDER_WEIGHTS", str(offline_env))  # a folder without CoaT weights
+    with pytest.raises(models.ModelError) as err:
+        models.create("CoaT_ULSTM", encoder="coat_lite_mini", pretrained="auto")
+    message = str(err.value)
+    assert "https://huggingface.co/timm/coat_lite_mini.in1k" in message
+    assert "$SEGLADDER_WEIGHTS" in message and "coat_lite_mini.in1k.safetensors" in message
+    assert str(offline_env / "hf" / "hub") in message  # the Hugging Face cache it looked in
+    assert "model.pretrained=false" in message
+
+
+def test_segladder_weights_must_name_folders(offline_env, monkeypatch):
+    monkeypatch.setenv("SEGLADDER_WEIGHTS", str(offline_env / "nowhere"))
+    with pytest.raises(models.ModelError, match="SEGLADDER_WEIGHTS.*is not a folder"):
+        models.create("ResNet18_SimplerFCN", pretrained="auto")

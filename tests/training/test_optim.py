@@ -57,6 +57,10 @@ EXPECTED = {
     # RAdam: the variance is not yet trusted on step 1, so it steps by lr·m̂ = lr·g after decoupled decay.
     "radam": {"encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025 * 0.2, "encoder.0.bias": 1 - 0.025 * 0.2,
               "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1 * 0.2, "head.bias": 1 - 0.1 * 0.2},
+    # The 2nd place's RAdam + trust ratio + Lookahead: every norm is below 10 (trust ratio 1) and Lookahead
+    # first syncs at step 6, so step 1 is RAdam's.
+    "radam_lars_lookahead": {"encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025 * 0.2, "encoder.0.bias": 1 - 0.025 * 0.2,
+                             "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1 * 0.2, "head.bias": 1 - 0.1 * 0.2},
     # SGD, Nesterov momentum 0.9: the first step is lr·(1 + 0.9)·(g + wd·p).
     "sgd": {"encoder.0.weight": 1 - 0.025 * 1.9 * (0.2 + 0.5), "encoder.0.bias": 1 - 0.025 * 1.9 * 0.2,
             "encoder.1.bias": 1 - 0.025 * 1.9 * 0.2, "head.weight": 1 - 0.1 * 1.9 * (0.2 + 0.5),
