@@ -114,28 +114,31 @@ class ProgressiveUnfreezing(BaseFinetuning):
         factor = decoder["lr"] / decoder.get("initial_lr", decoder["lr"])
         while self.unfrozen < target:
             index = len(self._blocks) - 1 - self.unfrozen
-            before = len(optimizer.param_groups)
-            self.unfreeze_and_add_param_group(self._blocks[index], optimizer, lr=base * factor, train_bn=True)
-            if len(optimizer.param_groups) > before:
-                optimizer.param_groups[-1].update(name=f"encoder.{index}", initial_lr=base)
+            # Not BaseFinetuning.unfreeze_and_add_param_group: its filter_on_optimizer compares parameters by
+            # value (torch.equal), so a freshly initialised BatchNorm weight (all ones) equal to one already in
+            # the optimiser would be silently left out. Parameters are compared by identity here.
+            self.make_trainable(self._blocks[index])
+            present = {id(p) for g in optimizer.param_groups for p in g["params"]}
+            params = [p for p in self.filter_params(self._blocks[index], requires_grad=True) if id(p) not in present]
+            if params:
+                optimizer.add_param_group({"params": params, "lr": base * factor, "initial_lr": base,
+                                           "name": f"encoder.{index}"})
             self.unfrozen += 1
         self.set_bn_modes(pl_module)
 
     # --------------------------------------------------------------------------- BatchNorm modes
-
-    def frozen_blocks(self) -> list[list[nn.Module]]:
-        return self._deepest_first()[self.unfrozen:]
 
     def _deepest_first(self) -> list[list[nn.Module]]:
         return self._blocks[::-1]
 
     def set_bn_modes(self, pl_module: L.LightningModule) -> None:
         """BatchNorm of frozen blocks in eval mode; of trainable blocks in the module's own mode."""
-        for block in self.frozen_blocks():
+        frozen = len(self._blocks) - self.unfrozen
+        for i, block in enumerate(self._blocks):
             for module in block:
                 for bn in module.modules():
                     if isinstance(bn, _BatchNorm):
-                        bn.eval()
+                        bn.train(pl_module.training and i >= frozen)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
         # Lightning puts the whole module back in train mode after validation; frozen BN must stay in eval.
