@@ -92,3 +92,20 @@ def test_teacher_errors_are_one_line_naming_the_key(distill_root, teacher_ckpt, 
         build_task(bands)
     with pytest.raises(ConfigError, match="needs optim.schedule cosine or constant"):
         build_task(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"schedule": "onecycle"})}))
+
+
+def test_distillation_on_an_image_folder_and_the_student_evaluates_as_segmentation(tmp_path):
+    from segladder.inference.evaluate import evaluate
+    from tests.distill.images import write_image_folder
+
+    root = write_image_folder(tmp_path / "rgb", n_train=8, n_val=4)
+    base = tiny_config(root, data={"frames": [0], "augment": {"preset": "heavy"}})
+    teacher = train(build_config(base), out=tmp_path / "teacher").best_checkpoint
+    cfg = build_config({**base, "task": "distillation", "optim": {"schedule": "cosine"},
+                        "distill": {"teacher": str(teacher), "unfreeze_start_epoch": 0},
+                        "trainer": {**base["trainer"], "max_epochs": 2}})
+    res = train(cfg, out=tmp_path / "student")
+    assert [e["distill/unfrozen_blocks"] for e in res.metrics["epochs"]] == [1, 1]
+    assert res.metrics["epochs"][-1]["distill/temperature"] == pytest.approx(1.0)
+    ev = evaluate(res.best_checkpoint, root, "val", out=tmp_path / "eval", batch_size=4, progress=False)
+    assert ev.records == 4 and 0 <= ev.dice_best <= 1
