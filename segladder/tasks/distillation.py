@@ -213,6 +213,21 @@ class DistillationTask(SegmentationTask):
         for metric in (self.val_miou, self.val_agreement, self.val_dice):
             metric.reset()
 
+    def on_train_epoch_end(self) -> None:
+        # Runs after RunRecorder has written this epoch's metrics.json: the schedules and parts as PNG.
+        run_dir = Path(self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero or not (run_dir / "metrics.json").exists():
+            return
+        import json
+
+        from segladder.viz import plot_histories
+
+        epochs = {"": json.loads((run_dir / "metrics.json").read_text())["epochs"]}
+        plot_histories(epochs, run_dir / "distill_curves.png", ("train/kd", "train/mse_prob", "train/bce", "train/dice"),
+                       ("val/dice", "val/miou", "val/agreement"), ("loss parts", "validation (at 0.5)"))
+        plot_histories(epochs, run_dir / "distill_schedule.png", ("distill/temperature", "distill/unfrozen_blocks"),
+                       ("lr/decoder", "lr/encoder"), ("temperature and unfrozen blocks", "learning rates"))
+
     # ---------------------------------------------------------------------------- checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:

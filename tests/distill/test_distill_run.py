@@ -45,6 +45,7 @@ def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(
                 "val/loss", "val/kd"):
         assert all(key in e for e in epochs), key
     assert 0 <= epochs[-1]["val/agreement"] <= 1 and 0 <= epochs[-1]["val/miou"] <= 1
+    assert (res.run_dir / "distill_curves.png").stat().st_size and (res.run_dir / "distill_schedule.png").stat().st_size
     ckpt = torch.load(res.best_checkpoint, weights_only=True)
     assert ckpt["segladder"]["task"] == "segmentation" and ckpt["segladder"]["distilled_from"] == str(teacher_ckpt)
     assert all(k.startswith("model.") for k in ckpt["state_dict"])  # no teacher weights in the student
