@@ -54,6 +54,8 @@ class AugmentConfig(BaseModel):
     cutout_p: float = Prob
     cutout_holes: tuple[int, int] = (1, 8)
     cutout_size: tuple[float, float] = (0.03, 0.1)
+    preset: Literal["none", "heavy"] = Field(
+        "none", description="heavy: seed 004's photometric set for RGB images (flip, colour jitter, weather, blur, noise)")
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
@@ -65,7 +67,7 @@ class AugmentConfig(BaseModel):
 
     @property
     def enabled(self) -> bool:
-        return any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
+        return self.preset != "none" or any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
 
     @property
     def uses_gamma(self) -> bool:
@@ -73,13 +75,15 @@ class AugmentConfig(BaseModel):
         return self.gamma_p > 0 or self.gamma_or_brightness_p > 0
 
 
-DataFormat = Literal["auto", "contrails", "coco"]  # one value per data module branch in training/build.py
+DataFormat = Literal["auto", "contrails", "coco", "images"]  # one value per data module branch in training/build.py
 
 
 class DataConfig(_Section):
     """Where samples come from and how they are batched."""
 
-    format: DataFormat = Field("auto", description="contrails layout/cache, or coco boxes; auto: coco when data.train is set")
+    format: DataFormat = Field("auto", description="contrails layout/cache, coco boxes, or images: RGB image/mask folders "
+                               "ROOT/{train,val}/{images,masks}/; auto: coco when data.train is set, images when "
+                               "ROOT/train/images exists, else contrails")
     root: str | None = Field(None, description="raw dataset root or prepared cache; None: the synthetic demo data")
     frames: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], description="frame indices; label is frame 4")
     channels: list[str] = Field(default_factory=lambda: ["ash"])
@@ -109,10 +113,15 @@ class DataConfig(_Section):
 
     @property
     def resolved_format(self) -> str:
-        """`format`, with auto read as coco when COCO files are given and contrails otherwise."""
+        """`format`, with auto read as coco when COCO files are given, images when `root` holds image/mask
+        folders (`train/images` or `val/images`), and contrails otherwise."""
         if self.format != "auto":
             return self.format
-        return "coco" if self.train is not None or self.val is not None else "contrails"
+        if self.train is not None or self.val is not None:
+            return "coco"
+        if self.root is not None and any((Path(self.root) / s / "images").is_dir() for s in ("train", "val", "validation")):
+            return "images"
+        return "contrails"
 
 
 class ModelConfig(BaseModel):
@@ -132,7 +141,7 @@ class LossTerm(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     weight: float = 1.0
-    target: Literal["mask", "soft"] | None = Field(None, description="batch key the term compares to; None: the loss's default")
+    target: Literal["mask", "soft", "teacher"] | None = Field(None, description="batch key the term compares to; None: the loss's default")
 
 
 class AuxConfig(_Section):
@@ -199,15 +208,33 @@ class TrainerConfig(_Section):
         "all", description="checkpoints holding the optimiser state: all, or only last.ckpt (best.ckpt then ~1/3 the size)")
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation (task: distillation, seed 004): the teacher, the loss weights and the schedules."""
+
+    teacher: str | None = Field(None, description="a segladder checkpoint (best.ckpt) of the frozen teacher")
+    temperature_start: float = Field(4.0, gt=0, description="KD temperature at the start of training")
+    temperature_end: float = Field(1.0, gt=0, description="KD temperature at the end (cosine in between)")
+    schedule: Literal["epoch", "step"] = Field("epoch", description="the temperature changes per epoch or per step")
+    alpha: float = Field(0.3, ge=0, description="weight of the KD term T²·KL(T)")
+    beta: float = Field(0.5, ge=0, description="weight of MSE between student and teacher probabilities")
+    gamma: float = Field(0.5, ge=0, description="weight of BCE against the mask")
+    delta: float = Field(1.0, ge=0, description="weight of Dice against the mask")
+    unfreeze_start_epoch: int = Field(5, ge=0, description="the student's encoder is frozen for this many epochs")
+    unfreeze_every: int = Field(3, ge=1, description="then one encoder block is unfrozen every this many epochs")
+    encoder_lr_scale: float = Field(0.3, gt=0, description="unfrozen encoder blocks train at this × the decoder LR")
+
+
 class ExperimentConfig(_Section):
     name: str = "experiment"
-    task: str = Field("segmentation", description="a registered task (segladder/tasks/): segmentation, classification, boxes")
+    task: str = Field("segmentation", description="a registered task (segladder/tasks/): segmentation, classification, "
+                      "boxes, distillation")
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: list[LossTerm] = Field(default_factory=lambda: [LossTerm(name="bce")])
     aux: AuxConfig = Field(default_factory=AuxConfig)
     boxes: BoxesConfig = Field(default_factory=BoxesConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     optim: OptimConfig = Field(default_factory=OptimConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
 

@@ -25,12 +25,15 @@ __all__ = [
     "LossTerm",
     "LovaszHingeLoss",
     "SoftBCELoss",
+    "BinaryKDLoss",
+    "ProbMSELoss",
+    "binary_kd_loss",
     "build_loss",
     "coat_ulstm_loss",
     "lovasz_grad",
 ]
 
-TARGET_KEYS = ("mask", "soft")
+TARGET_KEYS = ("mask", "soft", "teacher")  # "teacher": a teacher's logits (distillation)
 
 
 LOSSES: Registry[type[nn.Module]] = Registry("loss")
@@ -45,7 +48,7 @@ class _BinaryLoss(nn.Module):
     keys a loss may be fed in a composite, its default first.
     """
 
-    targets: tuple[str, ...] = TARGET_KEYS
+    targets: tuple[str, ...] = ("mask", "soft")
 
     def forward(self, logits: Tensor, target: Tensor) -> Tensor:
         if logits.shape != target.shape:
@@ -218,10 +221,63 @@ class LovaszHingeLoss(_BinaryLoss):
 
 
 
+def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Binary knowledge distillation on one logit channel, mean over pixels (domain-facts §8).
+
+    `T²·KL(Bernoulli(σ(z_t/T)) ‖ Bernoulli(σ(z_s/T)))`: written as BCE-with-logits of z_s/T against the
+    soft target p_t minus the teacher's entropy (which makes it exactly 0 when the logits agree). Its gradient
+    w.r.t. z_s is `T·(σ(z_s/T) − σ(z_t/T))/N`, so T² keeps the gradient scale independent of T. A softmax
+    KD over a single channel is constant and would teach nothing.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"binary_kd_loss: student {tuple(student_logits.shape)} and teacher "
+                         f"{tuple(teacher_logits.shape)} logits must have the same shape")
+    with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        zs = student_logits.float() / temperature
+        zt = teacher_logits.detach().float() / temperature
+        p_t = torch.sigmoid(zt)
+        cross = F.binary_cross_entropy_with_logits(zs, p_t, reduction="none")
+        entropy = F.binary_cross_entropy_with_logits(zt, p_t, reduction="none")
+        return temperature**2 * (cross - entropy).mean()
+
+
+@LOSSES.register("kd")
+class BinaryKDLoss(_BinaryLoss):
+    """`binary_kd_loss` as a loss term fed the teacher's logits (`batch["teacher"]`).
+
+    `temperature` is an attribute so a schedule (the distillation task's cosine 4 → 1) can set it per step.
+    """
+
+    targets = ("teacher",)
+
+    def __init__(self, temperature: float = 1.0):
+        super().__init__()
+        if not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature!r}")
+        self.temperature = float(temperature)
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return binary_kd_loss(logits, target, self.temperature)
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature:g}"
+
+
+@LOSSES.register("mse_prob")
+class ProbMSELoss(_BinaryLoss):
+    """Mean squared error between the student's and the teacher's probabilities, `MSE(σ(z_s), σ(z_t))`."""
+
+    targets = ("teacher",)
+
+    def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(torch.sigmoid(logits), torch.sigmoid(target.detach()))
+
 
 @dataclass(frozen=True)
 class LossTerm:
-    """One weighted term: `name` keys its logged part, `target` picks `"mask"` or `"soft"` from the batch."""
+    """One weighted term: `name` keys its logged part, `target` picks `"mask"`, `"soft"` or `"teacher"` from the batch."""
 
     name: str
     weight: float
@@ -339,7 +395,9 @@ def _build_term(item: Any, where: str) -> LossTerm:
         why = {
             "lovasz": "the Lovász hinge needs the binary mask",
             "soft_bce": "soft_bce is BCE on the soft label; use name: bce for the mask",
-        }[name]
+            "kd": "kd compares with the teacher's logits (task: distillation)",
+            "mse_prob": "mse_prob compares with the teacher's probabilities (task: distillation)",
+        }.get(name, f"{name} takes {', '.join(cls.targets)}")
         raise ConfigError(f"{where}.target: {name} cannot take target {target!r}: {why}")
 
     params = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]

@@ -126,18 +126,8 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     return OPTIMIZERS.get(cfg.name)(groups, cfg)
 
 
-def build_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int):
-    """A per-step schedule, or None for a constant LR."""
-    if cfg.schedule == "constant":
-        return None
-    if cfg.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 2),
-            pct_start=cfg.pct_start, anneal_strategy="cos", final_div_factor=cfg.final_div_factor,
-            # β1 for Adam-like optimisers, momentum for SGD: high while the LR is low (fastai's fit_one_cycle).
-            cycle_momentum=cfg.cycle_momentum, base_momentum=cfg.momentum_range[0],
-            max_momentum=cfg.momentum_range[1],
-        )
+def cosine_factor(cfg, total_steps: int) -> Callable[[int], float]:
+    """The LR multiplier of step `step` under `cfg`'s cosine schedule (linear warm-up, floor `min_lr_ratio`)."""
     warm, floor = cfg.warmup_steps, cfg.min_lr_ratio
 
     def cosine(step: int) -> float:
@@ -146,4 +136,48 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int):
         t = min(1.0, (step - warm) / max(1, total_steps - warm))
         return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, cosine)
+    return cosine
+
+
+class SharedFactorLR(torch.optim.lr_scheduler.LRScheduler):
+    """Every param group at its own `initial_lr` × one `factor(step)`, including groups added during training.
+
+    `LambdaLR` fixes its list of groups when built; progressive unfreezing adds a group per unfrozen block,
+    which must follow the same schedule from the step it joins. The factor function is not saved in the
+    state dict (it is rebuilt from config), so checkpoints stay weights-only loadable.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float], last_epoch: int = -1):
+        self.factor = factor
+        super().__init__(optimizer, last_epoch)
+
+    def get_lr(self) -> list[float]:
+        f = self.factor(self.last_epoch)
+        return [g.setdefault("initial_lr", g["lr"]) * f for g in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "factor")}
+
+
+def build_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int, groups_may_grow: bool = False):
+    """A per-step schedule, or None for a constant LR.
+
+    With `groups_may_grow` (progressive unfreezing) the cosine schedule is a `SharedFactorLR`, which schedules
+    groups added later too; one-cycle has per-group momentum and phase state, so it refuses that case.
+    """
+    if cfg.schedule == "constant":
+        return None
+    if cfg.schedule == "onecycle":
+        if groups_may_grow:
+            raise ValueError("optim.schedule onecycle cannot schedule parameter groups added during training; "
+                             "use cosine or constant")
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 2),
+            pct_start=cfg.pct_start, anneal_strategy="cos", final_div_factor=cfg.final_div_factor,
+            # β1 for Adam-like optimisers, momentum for SGD: high while the LR is low (fastai's fit_one_cycle).
+            cycle_momentum=cfg.cycle_momentum, base_momentum=cfg.momentum_range[0],
+            max_momentum=cfg.momentum_range[1],
+        )
+    if groups_may_grow:
+        return SharedFactorLR(opt, cosine_factor(cfg, total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(opt, cosine_factor(cfg, total_steps))

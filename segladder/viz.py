@@ -105,7 +105,7 @@ def threshold_curve_figure(thresholds: np.ndarray, curve: np.ndarray, title: str
 
 
 def plot_histories(histories: dict[str, list[dict]], path, loss_keys=("train/loss_epoch",),
-                   metric_keys=("val/dice_best",)) -> None:
+                   metric_keys=("val/dice_best",), titles: tuple[str, str] | None = None) -> None:
     """Losses (left) and validation metrics (right) per epoch, a line per run and key; absent keys are skipped."""
     import matplotlib
 
@@ -121,7 +121,7 @@ def plot_histories(histories: dict[str, list[dict]], path, loss_keys=("train/los
                 if any(y is not None for y in ys):
                     label = " ".join(x for x in (name, key if len(keys) > 1 else "") if x)
                     ax.plot([h["epoch"] + 1 for h in history], ys, marker="o", label=label)
-    titles = ("loss", "validation (F1 = global Dice at the best threshold)")
+    titles = titles or ("loss", "validation (F1 = global Dice at the best threshold)")
     for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title)
         ax.set_xlabel("epoch")

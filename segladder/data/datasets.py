@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -14,11 +15,23 @@ from segladder.data.cache import CacheOptions, ContrailsCache, compute_stats, is
 from segladder.data.check import check_record
 from segladder.data.contrails import (
     ASH_CHANNELS,
+    INTERPOLATIONS,
     bands_needed,
     discover_records,
     read_sample,
     resolve_channels,
     resolve_frames,
+)
+from segladder.data.images import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ImagePair,
+    check_image_options,
+    check_pair,
+    discover_pairs,
+    is_image_folder,
+    read_image,
+    read_mask,
 )
 from segladder.data.layout import DEFAULT_SIZE
 from segladder.data.pseudo import PseudoLabels
@@ -287,12 +300,88 @@ def decode_batch(batch: dict, memory_format: torch.memory_format = torch.contigu
     return batch
 
 
+class ImageMaskDataset(Dataset):
+    """One split of an RGB image/mask folder, shaped like the contrails samples so every task trains on it.
+
+    Each item: ``image`` (3, 1, H, W) float32 standardised with ImageNet statistics (one frame, T = 1),
+    ``mask`` (1, H, W) float32 in {0, 1} and ``record_id`` (the file stem). Images of any size are resized
+    to `image_size` (masks by nearest neighbour). Every pair is checked when the dataset is built (mask
+    present, readable files, equal sizes, mask values in {0, 1, 255}); `skip_bad` leaves bad pairs out.
+
+    Args:
+        root: the folder holding `train/` and `val/` (or `validation/`).
+        split: which split to read.
+        image_size: side of the square the images are resized to.
+        augment: albumentations options; `preset: heavy` adds seed 004's photometric set.
+        interpolation: image resizing, "bilinear" or "bicubic".
+        skip_bad: leave bad pairs out (printed) instead of refusing the split.
+    """
+
+    def __init__(self, root: str | Path, split: str = "train", *, image_size: int = 256,
+                 augment: AugmentConfig | None = None, interpolation: str = "bilinear", skip_bad: bool = False):
+        from segladder.data.transforms import build_augment
+
+        self.source, self.split, self.image_size, self.interpolation = Path(root), split, image_size, interpolation
+        pairs = discover_pairs(root, split, need_masks=split != "test")
+        self.pairs = self._validated(pairs, skip_bad)
+        self.record_ids = [p.stem for p in self.pairs]
+        self.has_mask = all(p.mask is not None for p in self.pairs)
+        self.has_soft, self.cache, self.stats = False, None, None
+        self.aug = build_augment(augment, rgb=True)
+        self._mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
+        self._std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
+
+    def _validated(self, pairs: list[ImagePair], skip_bad: bool) -> list[ImagePair]:
+        problems = [(p.stem, reason) for p in pairs if (reason := check_pair(p))]
+        if problems and not skip_bad:
+            if len(problems) == 1:
+                raise DataError(problems[0][1])
+            raise BadDatasetError(problems, f"{self.source}/{self.split}", "Fix or remove them, or set data.skip_bad=true.")
+        for stem, reason in problems:
+            console.print(f"[yellow]skipping[/] {stem}: {reason}")
+        bad = {stem for stem, _ in problems}
+        kept = [p for p in pairs if p.stem not in bad]
+        if not kept:
+            raise DataError(f"{self.source}/{self.split}: every image is bad; nothing to load.")
+        return kept
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, None]:
+        """(H, W, 3) uint8 image and (H, W) uint8 mask at `image_size`, before augmentation."""
+        pair = self.pairs[index]
+        image = read_image(pair.image)
+        mask = read_mask(pair.mask, pair.image, image.shape[:2]) if pair.mask is not None else None
+        size = (self.image_size, self.image_size)
+        if image.shape[:2] != size:
+            image = cv2.resize(image, size, interpolation=INTERPOLATIONS[self.interpolation])
+            if mask is not None:
+                mask = cv2.resize(mask, size, interpolation=cv2.INTER_NEAREST)
+        return image, mask, None
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        image, mask, _ = self.read(index)
+        if self.aug is not None:
+            out = self.aug(image=image, **({"mask": mask} if mask is not None else {}))
+            image, mask = out["image"], out.get("mask")
+        chw = (image.transpose(2, 0, 1).astype(np.float32) / 255.0 - self._mean) / self._std
+        item: dict = {"image": torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[:, None],
+                      "record_id": self.record_ids[index]}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        return item
+
+
+
 def _to_float(a: np.ndarray) -> torch.Tensor:
     return torch.empty(a.shape, dtype=torch.float32).copy_(torch.from_numpy(np.ascontiguousarray(a)))
 
 
 def dataset_from_config(cfg: DataConfig, split: str, *, root: str | Path | None = None, augment: bool = False,
-                        stats: dict | None = None, **extra) -> ContrailsDataset:
+                        stats: dict | None = None, **extra) -> ContrailsDataset | ImageMaskDataset:
     """The one way a `DataConfig` becomes a dataset (training, evaluate, predict, viz and the ladder agree).
 
     Args:
@@ -306,8 +395,20 @@ def dataset_from_config(cfg: DataConfig, split: str, *, root: str | Path | None 
     source = root if root is not None else cfg.root
     if source is None:
         raise ConfigError("data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH).")
+    if data_format(cfg, source) == "images":
+        check_image_options(extra)
+        return ImageMaskDataset(source, split, image_size=cfg.image_size, augment=cfg.augment if augment else None,
+                                interpolation=cfg.interpolation, skip_bad=cfg.skip_bad)
     return ContrailsDataset(
         source, split, frames=cfg.frames, channels=cfg.channels, image_size=cfg.image_size,
         augment=cfg.augment if augment else None, normalize_ash=cfg.normalize_ash, interpolation=cfg.interpolation,
         skip_bad=cfg.skip_bad, stats=stats, **extra,
     )
+
+
+def data_format(cfg: DataConfig, source: str | Path | None = None) -> str:
+    """`cfg.format`, or for "auto" "images" when the root holds `train/images` (image/mask folders), else "contrails"."""
+    if cfg.format != "auto":
+        return cfg.format
+    source = source if source is not None else cfg.root
+    return "images" if source is not None and is_image_folder(source) else "contrails"

@@ -7,13 +7,24 @@ import cv2
 import numpy as np
 
 from segladder.config import AugmentConfig
+from segladder.data.images import heavy_transforms
+from segladder.errors import DataError
 
 
-def build_augment(cfg: AugmentConfig | None) -> A.Compose | None:
-    """The albumentations pipeline for `cfg`, or None when every probability is zero."""
+def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | None:
+    """The albumentations pipeline for `cfg`, or None when every probability is zero.
+
+    `preset: heavy` (seed 004: colour jitter, rain/fog/sun flare) needs RGB images, so it is refused unless
+    `rgb` says the pipeline will see (H, W, 3) uint8 images (the image/mask folders).
+    """
     if cfg is None or not cfg.enabled:
         return None
     t: list[A.BasicTransform] = []
+    if cfg.preset == "heavy":
+        if not rgb:
+            raise DataError("augment.preset heavy is seed 004's set for RGB image folders (data.format images); "
+                            "for contrail bands use the augment.*_p options.")
+        t.extend(heavy_transforms())
     if cfg.hflip_p:
         t.append(A.HorizontalFlip(p=cfg.hflip_p))
     if cfg.vflip_p:

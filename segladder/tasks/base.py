@@ -74,6 +74,10 @@ class Task(L.LightningModule):
         """What inference needs besides the weights (threshold, statistics, ...), stored in every checkpoint."""
         return {}
 
+    def callbacks(self) -> list[L.Callback]:
+        """Callbacks this task trains with besides segladder's own (e.g. distillation's progressive unfreezing)."""
+        return []
+
     # -------------------------------------------------------------------------------- forward
 
     def configure_model(self) -> None:

@@ -132,7 +132,7 @@ def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = 
 
     dm = build_datamodule(cfg)
     dm.setup("fit")  # data that does not match the config fails here, before the Trainer starts
-    trainer, guard = build_trainer(cfg, run_dir, task.monitor, callbacks)
+    trainer, guard = build_trainer(cfg, run_dir, task.monitor, [*task.callbacks(), *callbacks])
     if rank_zero_only.rank == 0:
         console.print(batch_summary(cfg, trainer.world_size))
     own_env = RUN_DIR_ENV not in os.environ

@@ -10,7 +10,10 @@ from segladder.training.build import check_experiment
 def test_shipped_configs_validate(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
-    if cfg.trainer.precision == "16-mixed" and not torch.cuda.is_available():  # the fp16 recipe is GPU-only
+    if cfg.task == "distillation":  # ships without a teacher: it must say which key to set
+        with pytest.raises(ConfigError, match="needs distill.teacher"):
+            check_experiment(cfg)
+    elif cfg.trainer.precision == "16-mixed" and not torch.cuda.is_available():  # the fp16 recipe is GPU-only
         with pytest.raises(ConfigError, match=r"^trainer\.precision 16-mixed needs a CUDA device; use 32 or bf16-mixed"):
             check_experiment(cfg)
     else:

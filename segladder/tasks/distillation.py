@@ -1,0 +1,239 @@
+"""Knowledge distillation (seed 004): a frozen teacher checkpoint teaches a student segmenter through its logits."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torchmetrics.classification import BinaryF1Score, MulticlassJaccardIndex
+
+from segladder.config import ExperimentConfig
+from segladder.errors import ConfigError
+from segladder.inference.checkpoint import CHECKPOINT_KEY, load_checkpoint
+from segladder.losses import BinaryKDLoss, build_loss
+from segladder.optim import build_optimizer, build_scheduler
+from segladder.tasks.base import TASKS
+from segladder.tasks.segmentation import SegmentationTask
+
+
+def cosine_temperature(start: float, end: float, progress: float) -> float:
+    """The KD temperature at `progress` ∈ [0, 1] of training: `start` at 0, `end` at 1, cosine in between."""
+    progress = min(1.0, max(0.0, progress))
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@TASKS.register("distillation")
+class DistillationTask(SegmentationTask):
+    """Trains a student mask model on `α·KD(T) + β·MSE(σ(z_s), σ(z_t)) + γ·BCE + δ·Dice` (domain-facts §8).
+
+    The teacher (`distill.teacher`, a segladder checkpoint loaded weights-only) is frozen, in eval mode and
+    held outside the module tree, so it is neither trained, nor switched to train mode, nor saved in the
+    student's checkpoint. It sees the very batch the student sees (after augmentation). The temperature falls
+    by cosine from `temperature_start` to `temperature_end` per epoch or per step; the student's encoder is
+    unfrozen block by block by `training.finetuning.ProgressiveUnfreezing` (see `callbacks`). The checkpoint
+    is an ordinary segmentation checkpoint (`task: segmentation`, plus a `distilled_from` note), so
+    evaluate, predict and export read it unchanged.
+
+    Args:
+        cfg: the experiment; its `distill` section holds the teacher, the weights and the schedules.
+        model: the student, a model whose output kind is "mask".
+    """
+
+    accepts = ("mask",)
+    monitor = "val/dice_best"
+
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        d = cfg.distill
+        if d.teacher is None:
+            raise ConfigError("task distillation needs distill.teacher: the teacher's checkpoint "
+                              "(--set distill.teacher=runs/NAME/STAMP/checkpoints/best.ckpt).")
+        if not Path(d.teacher).is_file():
+            raise ConfigError(f"distill.teacher: checkpoint {d.teacher} does not exist; train the teacher first "
+                              "(e.g. `segladder train seg_unet_b3`) and give its checkpoints/best.ckpt.")
+        if cfg.aux.cls_weight > 0 or cfg.aux.seg_on_positives_only:
+            raise ConfigError("task distillation trains the mask output only; set aux.cls_weight=0 and "
+                              "aux.seg_on_positives_only=false.")
+        if cfg.optim.schedule == "onecycle":
+            raise ConfigError("distillation with progressive unfreezing needs optim.schedule cosine or constant "
+                              "(one-cycle cannot schedule the encoder groups added during training).")
+        if not d.alpha + d.beta + d.gamma + d.delta > 0:
+            raise ConfigError("distill.alpha/beta/gamma/delta are all 0: at least one loss term needs a weight.")
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module):
+        super().__init__(cfg, model)
+        d = cfg.distill
+        terms = [{"name": "kd", "weight": d.alpha, "temperature": d.temperature_start},
+                 {"name": "mse_prob", "weight": d.beta}, {"name": "bce", "weight": d.gamma},
+                 {"name": "dice", "weight": d.delta}]
+        self.loss = build_loss([t for t in terms if t["weight"] > 0], where="distill")
+        self.temperature = d.temperature_start
+        teacher = load_checkpoint(d.teacher)
+        self._check_teacher(teacher)
+        teacher.model.requires_grad_(False).eval()
+        # Held in a tuple: not a submodule, so not in state_dict, not moved to train mode, not optimised.
+        self._teacher = (teacher.model,)
+        self.teacher_threshold = teacher.threshold
+        self.val_miou = MulticlassJaccardIndex(num_classes=2, average="macro")
+        self.val_agreement = BinaryF1Score(threshold=0.5)  # F1 of binary maps is their Dice
+        self.val_dice = BinaryF1Score(threshold=0.5)
+
+    def _check_teacher(self, teacher) -> None:
+        from segladder.models import info
+
+        tc, path = teacher.config, self.cfg.distill.teacher
+        kind = info(tc.model.name).output
+        if kind != "mask":
+            raise ConfigError(f"distill.teacher {path}: model {tc.model.name} outputs a {kind}, not a mask; "
+                              "the teacher must be a segmentation checkpoint.")
+        if teacher.task not in ("segmentation", "distillation"):
+            raise ConfigError(f"distill.teacher {path}: a {teacher.task} checkpoint; give a segmentation checkpoint.")
+        t_chans, s_chans = tc.model.kwargs.get("in_chans"), self.cfg.model.kwargs.get("in_chans")
+        if t_chans != s_chans or tc.data.channels != self.cfg.data.channels:
+            raise ConfigError(f"distill.teacher {path}: the teacher reads {t_chans} input channels "
+                              f"({', '.join(tc.data.channels)}), the student {s_chans} ({', '.join(self.cfg.data.channels)}); "
+                              "set data.channels as the teacher was trained.")
+        if len(tc.data.frames) != len(self.cfg.data.frames):
+            raise ConfigError(f"distill.teacher {path}: the teacher reads {len(tc.data.frames)} frames "
+                              f"{tc.data.frames}, the student {len(self.cfg.data.frames)} {self.cfg.data.frames}; "
+                              f"set data.frames={tc.data.frames}.")
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher[0]
+
+    def callbacks(self) -> list:
+        from segladder.training.finetuning import ProgressiveUnfreezing
+
+        d = self.cfg.distill
+        return [ProgressiveUnfreezing(d.unfreeze_start_epoch, d.unfreeze_every, d.encoder_lr_scale)]
+
+    # ------------------------------------------------------------------------------- teacher
+
+    @torch.no_grad()
+    def teacher_logits(self, x: Tensor) -> Tensor:
+        """The teacher's logits on `x` (the student's own, augmented input), under the same autocast."""
+        t = self.teacher
+        first = next(t.parameters(), None)
+        if first is not None and first.device != x.device:
+            t.to(x.device)
+        t.eval()
+        return t(self.layout(x)).float()
+
+    # ------------------------------------------------------------------------------ schedules
+
+    def progress(self) -> float:
+        """Fraction of training done, per epoch or per step as `distill.schedule` says (0 at the start, 1 at the end)."""
+        trainer = self._trainer
+        if trainer is None:
+            return 0.0
+        if self.cfg.distill.schedule == "step":
+            return trainer.global_step / max(1, self._total_steps() - 1)
+        return trainer.current_epoch / max(1, trainer.max_epochs - 1)
+
+    def set_temperature(self) -> float:
+        d = self.cfg.distill
+        self.temperature = cosine_temperature(d.temperature_start, d.temperature_end, self.progress())
+        for term in self.loss.terms:
+            if isinstance(term, BinaryKDLoss):
+                term.temperature = self.temperature
+        return self.temperature
+
+    # ------------------------------------------------------------------------------- training
+
+    def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        self.set_temperature()
+        x = batch["image"]
+        student = self(x)
+        return self.loss(student, {**batch, "teacher": self.teacher_logits(x)})
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        loss = super().training_step(batch, batch_idx)
+        kw = {"on_step": False, "on_epoch": True, "batch_size": batch["image"].shape[0], "sync_dist": True}
+        self.log("distill/temperature", self.temperature, **kw)
+        self.log("distill/unfrozen_blocks", float(self.unfrozen_blocks()), **kw)
+        lrs = self.group_lrs()
+        self.log("lr/decoder", lrs["decoder"], **kw)
+        self.log("lr/encoder", lrs["encoder"], **kw)
+        return loss
+
+    def unfrozen_blocks(self) -> int:
+        from segladder.training.finetuning import ProgressiveUnfreezing
+
+        trainer = self._trainer
+        found = [c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, ProgressiveUnfreezing)]
+        return found[0].unfrozen if found else 0
+
+    def group_lrs(self) -> dict[str, float]:
+        """The current decoder LR and encoder LR (0 while the encoder is frozen)."""
+        out = {"decoder": 0.0, "encoder": 0.0}
+        for opt in (self.trainer.optimizers if self._trainer is not None else []):
+            for g in opt.param_groups:
+                kind = "encoder" if str(g.get("name", "")).startswith("encoder") else "decoder"
+                out[kind] = max(out[kind], float(g["lr"]))
+        return out
+
+    def configure_optimizers(self):
+        # Unfrozen encoder blocks join as new groups, so the schedule must follow groups added later.
+        opt = build_optimizer(self.model, self.cfg.optim.model_copy(update={"encoder_lr_mult": self.cfg.distill.encoder_lr_scale}))
+        try:
+            sched = build_scheduler(opt, self.cfg.optim, self._total_steps(), groups_may_grow=True)
+        except ValueError as exc:
+            raise ConfigError(f"distillation: {exc}") from None
+        if sched is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------- validation
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        x = batch["image"]
+        logits = self(x)
+        teacher = self.teacher_logits(x)
+        loss, parts = self.loss(logits, {**batch, "teacher": teacher})
+        bs = x.shape[0]
+        self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
+        for name, value in parts.items():
+            self.log(f"val/{name}", value, on_epoch=True, sync_dist=True, batch_size=bs)
+        self.val_metric.update(logits.float(), batch["mask"])
+        student_mask = (torch.sigmoid(logits.float()) > 0.5).long()
+        self.val_miou.update(student_mask.flatten(), batch["mask"].long().flatten())
+        teacher_mask = (torch.sigmoid(teacher) > self.teacher_threshold).long()
+        self.val_agreement.update(student_mask.flatten(), teacher_mask.flatten())
+        self.val_dice.update(student_mask.flatten(), batch["mask"].long().flatten())
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        self.log("val/miou", self.val_miou.compute(), sync_dist=True)
+        self.log("val/agreement", self.val_agreement.compute(), sync_dist=True)
+        # val/dice is global Dice at 0.5, the figure `distill compare` reports; val/dice_best picks best.ckpt.
+        self.log("val/dice", self.val_dice.compute(), sync_dist=True)
+        for metric in (self.val_miou, self.val_agreement, self.val_dice):
+            metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        # Runs after RunRecorder has written this epoch's metrics.json: the schedules and parts as PNG.
+        run_dir = Path(self.trainer.default_root_dir)
+        if not self.trainer.is_global_zero or not (run_dir / "metrics.json").exists():
+            return
+        import json
+
+        from segladder.viz import plot_histories
+
+        epochs = {"": json.loads((run_dir / "metrics.json").read_text())["epochs"]}
+        plot_histories(epochs, run_dir / "distill_curves.png", ("train/kd", "train/mse_prob", "train/bce", "train/dice"),
+                       ("val/dice", "val/miou", "val/agreement"), ("loss parts", "validation (at 0.5)"))
+        plot_histories(epochs, run_dir / "distill_schedule.png", ("distill/temperature", "distill/unfrozen_blocks"),
+                       ("lr/decoder", "lr/encoder"), ("temperature and unfrozen blocks", "learning rates"))
+
+    # ---------------------------------------------------------------------------- checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # The student is an ordinary segmentation model: evaluate, predict and export read it unchanged.
+        section = checkpoint[CHECKPOINT_KEY]
+        section["task"] = "segmentation"
+        section["config"] = {**section["config"], "task": "segmentation"}
+        section["distilled_from"] = str(self.cfg.distill.teacher)
