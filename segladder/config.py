@@ -37,7 +37,9 @@ class AugmentConfig(BaseModel):
     shift_limit: float = Field(0.0625, ge=0.0, le=0.5)
     scale_limit: float = Field(0.1, ge=0.0, le=0.9)
     rotate_limit: float = Field(15.0, ge=0.0, le=180.0)
-    keep_ratio: bool = Field(False, description="one scale for both axes, as ShiftScaleRotate in albumentations 1.x")
+    keep_ratio: bool = Field(
+        False, description="one scale for both axes, as ShiftScaleRotate in albumentations 1.x"
+    )
     brightness_p: float = Prob
     brightness_limit: float = Field(0.1, ge=0.0, le=1.0)
     contrast_limit: float = Field(0.1, ge=0.0, le=1.0)
@@ -46,8 +48,12 @@ class AugmentConfig(BaseModel):
     blur_p: float = Prob
     blur_limit: tuple[int, int] = (3, 5)
     # The 2nd-place pipeline (domain-facts §5) draws one of two photometric and one of two blur transforms.
-    gamma_or_brightness_p: float = Field(0.0, ge=0.0, le=1.0, description="OneOf(RandomGamma, RandomBrightnessContrast)")
-    motion_or_gaussian_blur_p: float = Field(0.0, ge=0.0, le=1.0, description="OneOf(MotionBlur, GaussianBlur)")
+    gamma_or_brightness_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="OneOf(RandomGamma, RandomBrightnessContrast)"
+    )
+    motion_or_gaussian_blur_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="OneOf(MotionBlur, GaussianBlur)"
+    )
     blur_sigma: tuple[float, float] = Field((0.8, 1.4), description="GaussianBlur sigma of the blur OneOf")
     noise_p: float = Prob
     noise_std: tuple[float, float] = (0.01, 0.03)
@@ -55,7 +61,9 @@ class AugmentConfig(BaseModel):
     cutout_holes: tuple[int, int] = (1, 8)
     cutout_size: tuple[float, float] = (0.03, 0.1)
     preset: Literal["none", "heavy"] = Field(
-        "none", description="heavy: seed 004's photometric set for RGB images (flip, colour jitter, weather, blur, noise)")
+        "none",
+        description="heavy: seed 004's photometric set for RGB images (flip, colour jitter, weather, blur, noise)",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
@@ -75,17 +83,26 @@ class AugmentConfig(BaseModel):
         return self.gamma_p > 0 or self.gamma_or_brightness_p > 0
 
 
-DataFormat = Literal["auto", "contrails", "coco", "images"]  # one value per data module branch in training/build.py
+DataFormat = Literal[
+    "auto", "contrails", "coco", "images"
+]  # one value per data module branch in training/build.py
 
 
 class DataConfig(_Section):
     """Where samples come from and how they are batched."""
 
-    format: DataFormat = Field("auto", description="contrails layout/cache, coco boxes, or images: RGB image/mask folders "
-                               "ROOT/{train,val}/{images,masks}/; auto: coco when data.train is set, images when "
-                               "ROOT/train/images exists, else contrails")
-    root: str | None = Field(None, description="raw dataset root or prepared cache; None: the synthetic demo data")
-    frames: list[int] = Field(default_factory=lambda: [0, 1, 2, 3, 4], description="frame indices; label is frame 4")
+    format: DataFormat = Field(
+        "auto",
+        description="contrails layout/cache, coco boxes, or images: RGB image/mask folders "
+        "ROOT/{train,val}/{images,masks}/; auto: coco when data.train is set, images when "
+        "ROOT/train/images exists, else contrails",
+    )
+    root: str | None = Field(
+        None, description="raw dataset root or prepared cache; None: the synthetic demo data"
+    )
+    frames: list[int] = Field(
+        default_factory=lambda: [0, 1, 2, 3, 4], description="frame indices; label is frame 4"
+    )
     channels: list[str] = Field(default_factory=lambda: ["ash"])
     image_size: int = Field(256, ge=8)
     batch_size: int = Field(8, ge=1)
@@ -93,14 +110,22 @@ class DataConfig(_Section):
     num_workers: int = Field(2, ge=0)
     train_split: str = Field("train", description="split(s) to train on; `train+validation` joins both")
     val_split: str = "validation"
-    train_records: int | None = Field(None, ge=1, description="use only the first N training records (ladder budget)")
+    train_records: int | None = Field(
+        None, ge=1, description="use only the first N training records (ladder budget)"
+    )
     val_records: int | None = Field(None, ge=1)
-    folds: str | None = Field(None, description="folds CSV from `segladder data folds`; train on all folds but data.fold")
+    folds: str | None = Field(
+        None, description="folds CSV from `segladder data folds`; train on all folds but data.fold"
+    )
     fold: int | None = Field(None, ge=0, description="the held-out fold (validation) when data.folds is set")
-    positives_only: bool = Field(False, description="train on records with a contrail only (seed 001 stage 2)")
+    positives_only: bool = Field(
+        False, description="train on records with a contrail only (seed 001 stage 2)"
+    )
     normalize_ash: bool = False
     skip_bad: bool = False
-    pseudo_labels: str | None = Field(None, description="folder from `segladder pseudo-label`: its split joins training")
+    pseudo_labels: str | None = Field(
+        None, description="folder from `segladder pseudo-label`: its split joins training"
+    )
     pseudo_threshold: float = Field(0.5, gt=0, lt=1, description="pseudo mask = pseudo soft label > this")
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
@@ -109,7 +134,9 @@ class DataConfig(_Section):
     train: str | None = Field(None, description="COCO detection JSON of the training boxes")
     val: str | None = Field(None, description="COCO detection JSON of the validation boxes")
     crop_size: int = Field(224, ge=16, description="side of the crop around a rough box (box adjustment)")
-    buffer_ratio: float = Field(1.1, ge=1.0, le=4.0, description="the crop is the rough box enlarged by this (seed 003: 1.1)")
+    buffer_ratio: float = Field(
+        1.1, ge=1.0, le=4.0, description="the crop is the rough box enlarged by this (seed 003: 1.1)"
+    )
 
     @property
     def resolved_format(self) -> str:
@@ -119,7 +146,9 @@ class DataConfig(_Section):
             return self.format
         if self.train is not None or self.val is not None:
             return "coco"
-        if self.root is not None and any((Path(self.root) / s / "images").is_dir() for s in ("train", "val", "validation")):
+        if self.root is not None and any(
+            (Path(self.root) / s / "images").is_dir() for s in ("train", "val", "validation")
+        ):
             return "images"
         return "contrails"
 
@@ -141,29 +170,46 @@ class LossTerm(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
     weight: float = 1.0
-    target: Literal["mask", "soft", "teacher"] | None = Field(None, description="batch key the term compares to; None: the loss's default")
+    target: Literal["mask", "soft", "teacher"] | None = Field(
+        None, description="batch key the term compares to; None: the loss's default"
+    )
 
 
 class AuxConfig(_Section):
     """Seed 001's segmenter with a classification head (`SegCls2D`, `Unet25DCls`): how its two outputs train."""
 
-    cls_weight: float = Field(0.0, ge=0, description="weight of BCE on 'record has a contrail'; 0: head unused")
-    seg_on_positives_only: bool = Field(False, description="apply the segmentation loss to positive records only")
-    hard_mask_weight: float = Field(0.0, ge=0, description="weight of Dice on the mask from a hard-mask head (Unet25D, 3rd place)")
+    cls_weight: float = Field(
+        0.0, ge=0, description="weight of BCE on 'record has a contrail'; 0: head unused"
+    )
+    seg_on_positives_only: bool = Field(
+        False, description="apply the segmentation loss to positive records only"
+    )
+    hard_mask_weight: float = Field(
+        0.0, ge=0, description="weight of Dice on the mask from a hard-mask head (Unet25D, 3rd place)"
+    )
 
 
 class BoxesConfig(_Section):
     """Box adjustment (task boxes, seed 003): the edge loss and how edge distributions become a box."""
 
-    sigma: float = Field(1.0, gt=0, description="std of the Gaussian soft target around each true edge, in positions")
-    decode: Literal["expectation", "argmax"] = Field("expectation", description="argmax or sub-pixel expectation")
+    sigma: float = Field(
+        1.0, gt=0, description="std of the Gaussian soft target around each true edge, in positions"
+    )
+    decode: Literal["expectation", "argmax"] = Field(
+        "expectation", description="argmax or sub-pixel expectation"
+    )
     window: int = Field(2, ge=0, description="positions either side of the peak in the expectation")
-    refine_steps: int = Field(0, ge=0, description="inference: run the adjusted box through the model again this often")
+    refine_steps: int = Field(
+        0, ge=0, description="inference: run the adjusted box through the model again this often"
+    )
 
 
 class OptimConfig(_Section):
-    name: str = Field("adamw", description="a registered optimiser: adamw, adam, radam, radam_lars_lookahead, sgd "
-                      "(segladder/optim.py)")
+    name: str = Field(
+        "adamw",
+        description="a registered optimiser: adamw, adam, radam, radam_lars_lookahead, sgd "
+        "(segladder/optim.py)",
+    )
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     momentum: float = Field(0.9, ge=0)
@@ -171,9 +217,15 @@ class OptimConfig(_Section):
     encoder_lr_mult: float = Field(1.0, gt=0, description="encoder LR = lr × this (differential LR)")
     schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
     pct_start: float = Field(0.1, gt=0, lt=1, description="one-cycle warm-up fraction")
-    final_div_factor: float = Field(1e4, gt=0, description="one-cycle: final LR = max LR / 25 / this (fastai: 4000)")
-    cycle_momentum: bool = Field(False, description="one-cycle: cycle β1 (Adam) or momentum (SGD) inversely to the LR")
-    momentum_range: tuple[float, float] = Field((0.85, 0.95), description="one-cycle: (lowest, highest) β1 or momentum")
+    final_div_factor: float = Field(
+        1e4, gt=0, description="one-cycle: final LR = max LR / 25 / this (fastai: 4000)"
+    )
+    cycle_momentum: bool = Field(
+        False, description="one-cycle: cycle β1 (Adam) or momentum (SGD) inversely to the LR"
+    )
+    momentum_range: tuple[float, float] = Field(
+        (0.85, 0.95), description="one-cycle: (lowest, highest) β1 or momentum"
+    )
     warmup_steps: int = Field(0, ge=0, description="cosine schedule warm-up steps")
     min_lr_ratio: float = Field(0.01, ge=0, le=1)
 
@@ -186,10 +238,16 @@ class TrainerConfig(_Section):
     precision: Literal["32", "32-true", "16-mixed", "bf16-mixed"] = "32"
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
-    strategy: str = Field("auto", description="auto, ddp (find_unused_parameters off), ddp_spawn, ... (docs/scale-out.md)")
+    strategy: str = Field(
+        "auto", description="auto, ddp (find_unused_parameters off), ddp_spawn, ... (docs/scale-out.md)"
+    )
     num_nodes: int = Field(1, ge=1)
-    sync_batchnorm: bool = Field(False, description="BatchNorm statistics over all processes (small per-device batches)")
-    find_unused_parameters: bool = Field(False, description="DDP: only for models with parameters a step may not use")
+    sync_batchnorm: bool = Field(
+        False, description="BatchNorm statistics over all processes (small per-device batches)"
+    )
+    find_unused_parameters: bool = Field(
+        False, description="DDP: only for models with parameters a step may not use"
+    )
     accumulate_grad_batches: int = Field(1, ge=1)
     gradient_clip_val: float | None = None
     limit_train_batches: int | float | None = None
@@ -203,9 +261,13 @@ class TrainerConfig(_Section):
     nan_patience: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
     overlays: int = Field(8, ge=0, description="validation records drawn as overlays each epoch")
     progress: bool = True
-    wandb_project: str | None = Field(None, description="also log to Weights & Biases (needs wandb and WANDB_API_KEY)")
+    wandb_project: str | None = Field(
+        None, description="also log to Weights & Biases (needs wandb and WANDB_API_KEY)"
+    )
     optimizer_state: Literal["all", "last"] = Field(
-        "all", description="checkpoints holding the optimiser state: all, or only last.ckpt (best.ckpt then ~1/3 the size)")
+        "all",
+        description="checkpoints holding the optimiser state: all, or only last.ckpt (best.ckpt then ~1/3 the size)",
+    )
 
 
 class DistillConfig(_Section):
@@ -214,20 +276,30 @@ class DistillConfig(_Section):
     teacher: str | None = Field(None, description="a segladder checkpoint (best.ckpt) of the frozen teacher")
     temperature_start: float = Field(4.0, gt=0, description="KD temperature at the start of training")
     temperature_end: float = Field(1.0, gt=0, description="KD temperature at the end (cosine in between)")
-    schedule: Literal["epoch", "step"] = Field("epoch", description="the temperature changes per epoch or per step")
+    schedule: Literal["epoch", "step"] = Field(
+        "epoch", description="the temperature changes per epoch or per step"
+    )
     alpha: float = Field(0.3, ge=0, description="weight of the KD term T²·KL(T)")
     beta: float = Field(0.5, ge=0, description="weight of MSE between student and teacher probabilities")
     gamma: float = Field(0.5, ge=0, description="weight of BCE against the mask")
     delta: float = Field(1.0, ge=0, description="weight of Dice against the mask")
-    unfreeze_start_epoch: int = Field(5, ge=0, description="the student's encoder is frozen for this many epochs")
-    unfreeze_every: int = Field(3, ge=1, description="then one encoder block is unfrozen every this many epochs")
-    encoder_lr_scale: float = Field(0.3, gt=0, description="unfrozen encoder blocks train at this × the decoder LR")
+    unfreeze_start_epoch: int = Field(
+        5, ge=0, description="the student's encoder is frozen for this many epochs"
+    )
+    unfreeze_every: int = Field(
+        3, ge=1, description="then one encoder block is unfrozen every this many epochs"
+    )
+    encoder_lr_scale: float = Field(
+        0.3, gt=0, description="unfrozen encoder blocks train at this × the decoder LR"
+    )
 
 
 class ExperimentConfig(_Section):
     name: str = "experiment"
-    task: str = Field("segmentation", description="a registered task (segladder/tasks/): segmentation, classification, "
-                      "boxes, distillation")
+    task: str = Field(
+        "segmentation",
+        description="a registered task (segladder/tasks/): segmentation, classification, boxes, distillation",
+    )
     seed: int = 42
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -287,7 +359,11 @@ def read_yaml(path: str | Path, what: str, sections: str) -> dict:
     """A YAML file whose top level is a mapping; clear errors for a missing file, bad YAML or a non-mapping."""
     path = Path(path)
     if not path.is_file():
-        shipped = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")) if what == "config" and CONFIG_DIR.is_dir() else []
+        shipped = (
+            sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+            if what == "config" and CONFIG_DIR.is_dir()
+            else []
+        )
         hint = f" Shipped configs: {', '.join(shipped)}." if shipped else ""
         raise ConfigError(f"{what} file {path} does not exist.{hint}")
     try:
@@ -348,8 +424,9 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def build_config(data: dict, overrides: list[str] | None = None, source: str = "(dict)",
-                 values: dict | None = None) -> ExperimentConfig:
+def build_config(
+    data: dict, overrides: list[str] | None = None, source: str = "(dict)", values: dict | None = None
+) -> ExperimentConfig:
     """Validate a config dict, `--set` overrides and typed `values` (in that order) into an ExperimentConfig.
 
     `values` is how commands pass their options (e.g. `{"data": {"root": path}}`): typed, never re-parsed.
@@ -362,8 +439,9 @@ def build_config(data: dict, overrides: list[str] | None = None, source: str = "
         raise explain(exc, f"config {source}", ExperimentConfig) from None
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None,
-                values: dict | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path | None, overrides: list[str] | None = None, values: dict | None = None
+) -> ExperimentConfig:
     """Read a YAML experiment (or the defaults when `path` is None), then apply `--set` overrides and `values`."""
     data: dict = {}
     if path is not None:
@@ -374,7 +452,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None,
 
 def _plain(values: dict) -> dict:
     """Typed command-line values as config data: paths become strings, nested dicts stay dicts."""
-    return {k: _plain(v) if isinstance(v, dict) else str(v) if isinstance(v, Path) else v for k, v in values.items()}
+    return {
+        k: _plain(v) if isinstance(v, dict) else str(v) if isinstance(v, Path) else v
+        for k, v in values.items()
+    }
 
 
 def resolve_config_path(name_or_path: str) -> Path:

@@ -56,8 +56,15 @@ def _errno_of(exc: BaseException) -> int | None:
     return None
 
 
-def write_error(exc: BaseException, path: str | os.PathLike, *, needed: int | None = None, written: int = 0,
-                free_at_failure: int | None = None, free_before: int | None = None) -> WriteError | None:
+def write_error(
+    exc: BaseException,
+    path: str | os.PathLike,
+    *,
+    needed: int | None = None,
+    written: int = 0,
+    free_at_failure: int | None = None,
+    free_before: int | None = None,
+) -> WriteError | None:
     """The `WriteError` that `exc`, raised while writing `path`, stands for; None when it is no write failure.
 
     The free space reported is what there was when the write began (`free_before`): after a failure the
@@ -68,20 +75,40 @@ def write_error(exc: BaseException, path: str | os.PathLike, *, needed: int | No
     code = _errno_of(exc)
     path = Path(path)
     free = free_before if free_before is not None else free_bytes(path.parent)
-    if code in SPACE_ERRNOS or (code is None and not isinstance(exc, (ValueError, TypeError, KeyError))
-                                and free_at_failure is not None and free_at_failure < NEARLY_FULL):
-        then = f"then `{continue_hint()}`" if continue_hint() else "then re-run the command (it continues where it stopped)"
-        need = (f"needs {human_bytes(needed)}" if needed else
-                f"needs more than the {human_bytes(written)} written" if written else "needs more space")
+    if code in SPACE_ERRNOS or (
+        code is None
+        and not isinstance(exc, (ValueError, TypeError, KeyError))
+        and free_at_failure is not None
+        and free_at_failure < NEARLY_FULL
+    ):
+        then = (
+            f"then `{continue_hint()}`"
+            if continue_hint()
+            else "then re-run the command (it continues where it stopped)"
+        )
+        need = (
+            f"needs {human_bytes(needed)}"
+            if needed
+            else f"needs more than the {human_bytes(written)} written"
+            if written
+            else "needs more space"
+        )
         quota = " (disk quota exceeded)" if code == errno.EDQUOT else ""
         return DiskFullError(
             f"disk full{quota} writing {path}: it {need}, {human_bytes(free) if free is not None else 'unknown'} "
             f"free there. Free space on that filesystem (or write to another one), {then}; "
-            "files written before are intact and no partial file was left.", path, needed, free)
+            "files written before are intact and no partial file was left.",
+            path,
+            needed,
+            free,
+        )
     if code == errno.EIO:
-        return WriteError(f"write error (I/O error) on {path}: the disk or network filesystem failed. Check it "
-                          "(dmesg, fsck) or write elsewhere; files written before are intact and no partial file "
-                          "was left.", path)
+        return WriteError(
+            f"write error (I/O error) on {path}: the disk or network filesystem failed. Check it "
+            "(dmesg, fsck) or write elsewhere; files written before are intact and no partial file "
+            "was left.",
+            path,
+        )
     return None
 
 
@@ -96,8 +123,9 @@ def guard_writes(path: str | os.PathLike, needed: int | None = None) -> Iterator
     try:
         yield
     except Exception as exc:
-        err = write_error(exc, path, needed=needed, free_at_failure=free_bytes(Path(path).parent),
-                          free_before=free_before)
+        err = write_error(
+            exc, path, needed=needed, free_at_failure=free_bytes(Path(path).parent), free_before=free_before
+        )
         if err is None:
             raise
         raise err from exc
@@ -134,8 +162,14 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
         free_at_failure = free_bytes(path.parent)
         with contextlib.suppress(FileNotFoundError):
             tmp_path.unlink()
-        err = write_error(exc, path, needed=needed, written=written, free_at_failure=free_at_failure,
-                          free_before=free_before)
+        err = write_error(
+            exc,
+            path,
+            needed=needed,
+            written=written,
+            free_at_failure=free_at_failure,
+            free_before=free_before,
+        )
         if err is None:
             raise
         raise err from exc
@@ -242,8 +276,11 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
         except BlockingIOError:
             owner = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise LockedError(f"{what} is in use by another process ({owner}, lock {path}); wait for it to finish "
-                              "or stop it, then run this again.", path) from None
+            raise LockedError(
+                f"{what} is in use by another process ({owner}, lock {path}); wait for it to finish "
+                "or stop it, then run this again.",
+                path,
+            ) from None
         try:
             same = os.fstat(fd).st_ino == os.stat(path).st_ino
         except FileNotFoundError:

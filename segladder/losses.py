@@ -220,7 +220,6 @@ class LovaszHingeLoss(_BinaryLoss):
         return f"symmetric={self.symmetric}, per_image={self.per_image}, hinge={self.hinge!r}, score={self.score!r}"
 
 
-
 def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
     """Binary knowledge distillation on one logit channel, mean over pixels (domain-facts §8).
 
@@ -232,8 +231,10 @@ def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: 
     if not (math.isfinite(temperature) and temperature > 0):
         raise ValueError(f"temperature must be a positive number, got {temperature!r}")
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(f"binary_kd_loss: student {tuple(student_logits.shape)} and teacher "
-                         f"{tuple(teacher_logits.shape)} logits must have the same shape")
+        raise ValueError(
+            f"binary_kd_loss: student {tuple(student_logits.shape)} and teacher "
+            f"{tuple(teacher_logits.shape)} logits must have the same shape"
+        )
     with torch.autocast(device_type=student_logits.device.type, enabled=False):
         zs = student_logits.float() / temperature
         zt = teacher_logits.detach().float() / temperature

@@ -18,7 +18,14 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["BoxMetrics", "ClassificationMetrics", "ThresholdSweepDice", "box_iou", "global_dice", "per_record_dice"]
+__all__ = [
+    "BoxMetrics",
+    "ClassificationMetrics",
+    "ThresholdSweepDice",
+    "box_iou",
+    "global_dice",
+    "per_record_dice",
+]
 
 
 def _as_tensor(x: Any) -> Tensor:
@@ -194,7 +201,14 @@ class ClassificationMetrics(Metric):
 
 # ------------------------------------------------------------------------------------------------ boxes
 
-BOX_KEYS = ("miou", "iou_over_0.9", "edges_within_1px", "edges_within_3px", "corners_within_1px", "corners_within_3px")
+BOX_KEYS = (
+    "miou",
+    "iou_over_0.9",
+    "edges_within_1px",
+    "edges_within_3px",
+    "corners_within_1px",
+    "corners_within_3px",
+)
 _EPS = 1e-6  # an edge exactly 1 px away counts as within 1 px despite float rounding
 
 
@@ -223,7 +237,9 @@ class BoxMetrics(Metric):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         for name in ("iou_sum", *BOX_KEYS[1:]):
-            self.add_state(name.replace(".", "_"), default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(
+                name.replace(".", "_"), default=torch.zeros((), dtype=torch.float64), dist_reduce_fx="sum"
+            )
         self.add_state("boxes", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, pred: Any, true: Any) -> None:

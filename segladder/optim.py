@@ -24,12 +24,14 @@ def param_groups(model: nn.Module, lr: float, encoder_lr_mult: float, weight_dec
         groups.setdefault((is_encoder, no_decay), []).append(p)
     out = []
     for (is_encoder, no_decay), params in sorted(groups.items()):
-        out.append({
-            "params": params,
-            "lr": lr * (encoder_lr_mult if is_encoder else 1.0),
-            "weight_decay": 0.0 if no_decay else weight_decay,
-            "name": f"{'encoder' if is_encoder else 'decoder'}{'_no_decay' if no_decay else ''}",
-        })
+        out.append(
+            {
+                "params": params,
+                "lr": lr * (encoder_lr_mult if is_encoder else 1.0),
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "name": f"{'encoder' if is_encoder else 'decoder'}{'_no_decay' if no_decay else ''}",
+            }
+        )
     return out
 
 
@@ -48,7 +50,9 @@ def _adam(groups: list[dict], cfg) -> torch.optim.Optimizer:
 
 @OPTIMIZERS.register("radam")
 def _radam(groups: list[dict], cfg) -> torch.optim.Optimizer:
-    return torch.optim.RAdam(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, decoupled_weight_decay=True)
+    return torch.optim.RAdam(
+        groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, decoupled_weight_decay=True
+    )
 
 
 class RAdamTrustRatio(RAdamLegacy):
@@ -67,8 +71,15 @@ class RAdamTrustRatio(RAdamLegacy):
         trust_clip: the norm above which steps shrink (the original's 10).
     """
 
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, trust_clip: float = 10.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        trust_clip: float = 10.0,
+    ):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
         self.trust_clip = trust_clip
 
@@ -111,13 +122,16 @@ class RAdamTrustRatio(RAdamLegacy):
 @OPTIMIZERS.register("radam_lars_lookahead")
 def _radam_lars_lookahead(groups: list[dict], cfg) -> torch.optim.Optimizer:
     # The 2nd-place Over9000: eps 1e-8 (their code drops the 1e-4 it is passed), Lookahead k 6, α 0.5.
-    return Lookahead(RAdamTrustRatio(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay),
-                     alpha=0.5, k=6)
+    return Lookahead(
+        RAdamTrustRatio(groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay), alpha=0.5, k=6
+    )
 
 
 @OPTIMIZERS.register("sgd")
 def _sgd(groups: list[dict], cfg) -> torch.optim.Optimizer:
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
+    return torch.optim.SGD(
+        groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0
+    )
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
@@ -147,7 +161,9 @@ class SharedFactorLR(torch.optim.lr_scheduler.LRScheduler):
     state dict (it is rebuilt from config), so checkpoints stay weights-only loadable.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float], last_epoch: int = -1):
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, factor: Callable[[int], float], last_epoch: int = -1
+    ):
         self.factor = factor
         super().__init__(optimizer, last_epoch)
 
@@ -169,13 +185,20 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg, total_steps: int, groups_ma
         return None
     if cfg.schedule == "onecycle":
         if groups_may_grow:
-            raise ValueError("optim.schedule onecycle cannot schedule parameter groups added during training; "
-                             "use cosine or constant")
+            raise ValueError(
+                "optim.schedule onecycle cannot schedule parameter groups added during training; "
+                "use cosine or constant"
+            )
         return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=max(total_steps, 2),
-            pct_start=cfg.pct_start, anneal_strategy="cos", final_div_factor=cfg.final_div_factor,
+            opt,
+            max_lr=[g["lr"] for g in opt.param_groups],
+            total_steps=max(total_steps, 2),
+            pct_start=cfg.pct_start,
+            anneal_strategy="cos",
+            final_div_factor=cfg.final_div_factor,
             # β1 for Adam-like optimisers, momentum for SGD: high while the LR is low (fastai's fit_one_cycle).
-            cycle_momentum=cfg.cycle_momentum, base_momentum=cfg.momentum_range[0],
+            cycle_momentum=cfg.cycle_momentum,
+            base_momentum=cfg.momentum_range[0],
             max_momentum=cfg.momentum_range[1],
         )
     if groups_may_grow:

@@ -26,8 +26,9 @@ def _blend(rgb: np.ndarray, mask: np.ndarray, colour: np.ndarray, alpha: float =
     return out
 
 
-def overlay_panels(image: torch.Tensor, mask: torch.Tensor | None, prob: torch.Tensor, threshold: float,
-                   frame: int = -1) -> dict[str, np.ndarray]:
+def overlay_panels(
+    image: torch.Tensor, mask: torch.Tensor | None, prob: torch.Tensor, threshold: float, frame: int = -1
+) -> dict[str, np.ndarray]:
     """One record as four (H, W, 3) float pictures: ash, ground truth, prediction at `threshold`, probability.
 
     image (C, T, H, W); mask and prob (1, H, W).
@@ -42,8 +43,9 @@ def overlay_panels(image: torch.Tensor, mask: torch.Tensor | None, prob: torch.T
     }
 
 
-def overlay_grid(images: torch.Tensor, masks: torch.Tensor | None, probs: torch.Tensor, threshold: float,
-                 frame: int = -1) -> np.ndarray:
+def overlay_grid(
+    images: torch.Tensor, masks: torch.Tensor | None, probs: torch.Tensor, threshold: float, frame: int = -1
+) -> np.ndarray:
     """One row per record: ash RGB | ground truth (green) | prediction (magenta) | probability map.
 
     images (B, C, T, H, W), masks and probs (B, 1, H, W); returns an (H', W', 3) uint8 picture.
@@ -78,7 +80,9 @@ def save_image(rgb: np.ndarray, path) -> None:
         plt.imsave(tmp, rgb, format="png")
 
 
-def threshold_curve_figure(thresholds: np.ndarray, curve: np.ndarray, title: str = "", stored: float | None = None):
+def threshold_curve_figure(
+    thresholds: np.ndarray, curve: np.ndarray, title: str = "", stored: float | None = None
+):
     """Global Dice against threshold, the best marked (and the checkpoint's stored threshold when given).
 
     Returns the figure, so a caller can also hand it to TensorBoard; close it with `plt.close(fig)`.
@@ -104,8 +108,13 @@ def threshold_curve_figure(thresholds: np.ndarray, curve: np.ndarray, title: str
     return fig
 
 
-def plot_histories(histories: dict[str, list[dict]], path, loss_keys=("train/loss_epoch",),
-                   metric_keys=("val/dice_best",), titles: tuple[str, str] | None = None) -> None:
+def plot_histories(
+    histories: dict[str, list[dict]],
+    path,
+    loss_keys=("train/loss_epoch",),
+    metric_keys=("val/dice_best",),
+    titles: tuple[str, str] | None = None,
+) -> None:
     """Losses (left) and validation metrics (right) per epoch, a line per run and key; absent keys are skipped."""
     import matplotlib
 
@@ -136,18 +145,26 @@ def plot_histories(histories: dict[str, list[dict]], path, loss_keys=("train/los
 
 # --------------------------------------------------------------------------------------------- boxes
 
-BOX_COLOURS = {"rough": (255, 200, 0), "true": (0, 220, 0), "snapped": (255, 0, 255)}  # yellow, green, magenta
+BOX_COLOURS = {
+    "rough": (255, 200, 0),
+    "true": (0, 220, 0),
+    "snapped": (255, 0, 255),
+}  # yellow, green, magenta
 
 
 def draw_boxes(image: np.ndarray, boxes: dict[str, np.ndarray], scale: int = 1) -> np.ndarray:
     """An (H, W, 3) uint8 image enlarged `scale` times with xyxy boxes drawn by name ("rough", "true", "snapped")."""
     from PIL import Image, ImageDraw
 
-    im = Image.fromarray(image).resize((image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST)
+    im = Image.fromarray(image).resize(
+        (image.shape[1] * scale, image.shape[0] * scale), Image.Resampling.NEAREST
+    )
     d = ImageDraw.Draw(im)
     for name, box in boxes.items():
         x0, y0, x1, y1 = (float(v) * scale for v in box)
-        d.rectangle([x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=BOX_COLOURS.get(name, (255, 255, 255)))
+        d.rectangle(
+            [x0, y0, max(x0, x1 - 1), max(y0, y1 - 1)], outline=BOX_COLOURS.get(name, (255, 255, 255))
+        )
     return np.asarray(im)
 
 
@@ -158,7 +175,7 @@ def box_grid(panels: list[np.ndarray], columns: int = 4) -> np.ndarray:
     grid = np.full((rows * (h + 2) - 2, min(columns, len(panels)) * (w + 2) - 2, 3), 255, np.uint8)
     for i, p in enumerate(panels):
         r, c = divmod(i, columns)
-        grid[r * (h + 2): r * (h + 2) + h, c * (w + 2): c * (w + 2) + w] = p
+        grid[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = p
     return grid
 
 

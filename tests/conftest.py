@@ -13,16 +13,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def pytest_addoption(parser):
-    parser.addoption("--min-tests", type=int, default=0, metavar="N",
-                     help="fail when fewer than N tests are collected (`make test` passes tests/MIN_TESTS)")
+    parser.addoption(
+        "--min-tests",
+        type=int,
+        default=0,
+        metavar="N",
+        help="fail when fewer than N tests are collected (`make test` passes tests/MIN_TESTS)",
+    )
 
 
 def pytest_collection_finish(session):
     floor = session.config.getoption("--min-tests")
     if len(session.items) < floor:
         # An import error that hides a module, or a broken discovery, must not pass as a green suite.
-        raise pytest.UsageError(f"collected {len(session.items)} tests, fewer than the floor {floor} "
-                                "(tests/MIN_TESTS); raise the floor only when tests were removed on purpose.")
+        raise pytest.UsageError(
+            f"collected {len(session.items)} tests, fewer than the floor {floor} "
+            "(tests/MIN_TESTS); raise the floor only when tests were removed on purpose."
+        )
 
 
 def pytest_collection_modifyitems(config, items):

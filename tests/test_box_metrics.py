@@ -23,9 +23,11 @@ def test_exact_hits_score_one():
 
 def test_off_by_one_and_off_by_three_edges():
     true = [[10, 10, 110, 110]] * 3
-    pred = [[11, 10, 110, 110],    # one edge off by 1
-            [10, 13, 110, 110],    # one edge off by 3
-            [9, 10, 110, 113]]     # left off by 1, bottom off by 3
+    pred = [
+        [11, 10, 110, 110],  # one edge off by 1
+        [10, 13, 110, 110],  # one edge off by 3
+        [9, 10, 110, 113],
+    ]  # left off by 1, bottom off by 3
     r = compute(pred, true)
     # Edges: 12 in all; |Δ| ≤ 1 misses the two off-by-3 edges, |Δ| ≤ 3 misses none.
     assert r["edges_within_1px"] == pytest.approx(10 / 12) and r["edges_within_3px"] == 1.0
@@ -63,15 +65,29 @@ def test_score_command_agrees_with_hand_computation(tmp_path):
     from segladder.cli.app import app
 
     _register()
-    gt = {"images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 200}],
-          "annotations": [{"id": 1, "image_id": 1, "bbox": [10, 10, 100, 100]},
-                          {"id": 2, "image_id": 1, "bbox": [10, 10, 100, 100]},
-                          {"id": 3, "image_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1}]}
+    gt = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 200}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "bbox": [10, 10, 100, 100]},
+            {"id": 2, "image_id": 1, "bbox": [10, 10, 100, 100]},
+            {"id": 3, "image_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1},
+        ],
+    }
     (tmp_path / "gt.json").write_text(json.dumps(gt))
-    (tmp_path / "b.json").write_text(json.dumps([{"id": 1, "bbox": [10, 10, 100, 100]},
-                                                 {"id": 2, "bbox": [11, 10, 99, 103]}]))
-    result = CliRunner().invoke(app, ["boxes", "score", str(tmp_path / "gt.json"), str(tmp_path / "b.json"),
-                                      "--json", str(tmp_path / "s.json")])
+    (tmp_path / "b.json").write_text(
+        json.dumps([{"id": 1, "bbox": [10, 10, 100, 100]}, {"id": 2, "bbox": [11, 10, 99, 103]}])
+    )
+    result = CliRunner().invoke(
+        app,
+        [
+            "boxes",
+            "score",
+            str(tmp_path / "gt.json"),
+            str(tmp_path / "b.json"),
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     s = json.loads((tmp_path / "s.json").read_text())
     assert s["boxes"] == 2 and s["edges_within_1px"] == pytest.approx(7 / 8) and s["edges_within_3px"] == 1.0

@@ -24,7 +24,12 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 edges |= {a.name for a in node.names if a.name in modules}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module in modules:
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.level == 0
+                and node.module in modules
+            ):
                 subs = {f"{node.module}.{a.name}" for a in node.names} & modules.keys()
                 named = [a for a in node.names if f"{node.module}.{a.name}" not in modules]
                 edges |= subs | ({node.module} if named else set())

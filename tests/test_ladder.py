@@ -20,7 +20,10 @@ from segladder.ladder import (
 
 
 def history(losses, f1s):
-    return [{"epoch": i, "train/loss_epoch": loss, "val/dice_best": f1} for i, (loss, f1) in enumerate(zip(losses, f1s, strict=True))]
+    return [
+        {"epoch": i, "train/loss_epoch": loss, "val/dice_best": f1}
+        for i, (loss, f1) in enumerate(zip(losses, f1s, strict=True))
+    ]
 
 
 def test_phase_one_gates_pass_and_fail():
@@ -37,8 +40,12 @@ def test_phase_one_gates_pass_and_fail():
 def test_better_than_previous_and_nan():
     gate = DEFAULT_GATES["ResNet18_U"]
     checks = check_gates(gate, history([0.5, 0.35], [0.3, 0.45]), previous=0.5)
-    assert {c.name: c.passed for c in checks} == {"no NaN": True, "loss < 0.4": True, "F1 > 0.4": True,
-                                                 "better than the rung below": False}
+    assert {c.name: c.passed for c in checks} == {
+        "no NaN": True,
+        "loss < 0.4": True,
+        "F1 > 0.4": True,
+        "better than the rung below": False,
+    }
     nan = check_gates(gate, history([0.5, math.nan], [0.3, 0.45]), previous=0.2)
     assert not next(c for c in nan if c.name == "no NaN").passed
     assert not next(c for c in nan if c.name == "loss < 0.4").passed
@@ -52,7 +59,9 @@ def test_diagnosis_names_the_part_the_rung_adds():
     failed.checks = check_gates(DEFAULT_GATES["ResNet18_ULSTM"], failed.history, previous=0.4)
     below = RungResult("ResNet18_U", "passed", None, {"epochs": history([0.5, 0.3], [0.3, 0.4])})
     text = diagnose(failed, below)
-    assert "temporal modelling" in text and "flat" in text and "0.3100 vs 0.4000" in text and "dropout" in text
+    assert (
+        "temporal modelling" in text and "flat" in text and "0.3100 vs 0.4000" in text and "dropout" in text
+    )
     assert curve_shape(history([1.0, 0.5], [0, 0])).startswith("falling")
     nan = RungResult("ResNet18_SimplerFCN", "failed", None, {"epochs": history([math.nan], [0.0])})
     nan.checks = check_gates(DEFAULT_GATES["ResNet18_SimplerFCN"], nan.history, None)
@@ -65,8 +74,12 @@ def ladder_cache(tmp_path_factory):
     from segladder.data.synth import generate_contrails
 
     tmp = tmp_path_factory.mktemp("ladder")
-    generate_contrails(tmp / "raw", records=24, val_records=8, test_records=0, size=64, seed=5, progress=False)
-    prepare_cache(tmp / "raw", tmp / "cache", CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False)
+    generate_contrails(
+        tmp / "raw", records=24, val_records=8, test_records=0, size=64, seed=5, progress=False
+    )
+    prepare_cache(
+        tmp / "raw", tmp / "cache", CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False
+    )
     return tmp / "cache"
 
 
@@ -75,11 +88,29 @@ def test_two_rung_ladder_end_to_end_writes_the_report(ladder_cache, tmp_path):
 
     _register()
     out = tmp_path / "ladder"
-    res = CliRunner().invoke(app, [
-        "ladder", "--data", str(ladder_cache), "--rungs", "ResNet18_SimplerFCN,ResNet18_U,NoSuchModel",
-        "--budget", "epochs=1,records=16", "--keep-going", "--out", str(out),
-        "--set", "data.num_workers=0", "--set", "trainer.accumulate_grad_batches=1", "--set", "model.upsample=1",
-        "--set", "trainer.progress=false"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "ladder",
+            "--data",
+            str(ladder_cache),
+            "--rungs",
+            "ResNet18_SimplerFCN,ResNet18_U,NoSuchModel",
+            "--budget",
+            "epochs=1,records=16",
+            "--keep-going",
+            "--out",
+            str(out),
+            "--set",
+            "data.num_workers=0",
+            "--set",
+            "trainer.accumulate_grad_batches=1",
+            "--set",
+            "model.upsample=1",
+            "--set",
+            "trainer.progress=false",
+        ],
+    )
     summary = json.loads((out / "report.json").read_text())
     # 1 epoch on 16 records fails the calibrated gates; the exit code says so (0 only when every rung passes).
     assert res.exit_code == (1 if summary["first_failure"] else 0), res.output
@@ -101,9 +132,13 @@ def test_viz_draws_a_single_run(ladder_cache, tmp_path):
     from segladder.inference.visualise import visualise_run
     from segladder.training.run import train
 
-    cfg = build_config({"data": {"root": str(ladder_cache), "frames": [3, 4], "image_size": 64, "num_workers": 0},
-                        "model": {"name": "ResNet18_SimplerFCN", "upsample": 1},
-                        "trainer": {"max_epochs": 1, "progress": False, "overlays": 0}})
+    cfg = build_config(
+        {
+            "data": {"root": str(ladder_cache), "frames": [3, 4], "image_size": 64, "num_workers": 0},
+            "model": {"name": "ResNet18_SimplerFCN", "upsample": 1},
+            "trainer": {"max_epochs": 1, "progress": False, "overlays": 0},
+        }
+    )
     run = train(cfg, out=tmp_path / "run").run_dir
     paths = visualise_run(run, records=3)
     assert [p.name for p in paths] == ["overlays_validation.png", "curves_viz.png"]
@@ -114,8 +149,24 @@ def test_demo_code_path_in_reduced_size(tmp_path):
     from segladder.cli import _register, app
 
     _register()
-    res = CliRunner().invoke(app, ["demo", "--home", str(tmp_path / "home"), "--records", "16", "--val-records", "8",
-                                   "--size", "32", "--epochs", "1", "--out", str(tmp_path / "demo")])
+    res = CliRunner().invoke(
+        app,
+        [
+            "demo",
+            "--home",
+            str(tmp_path / "home"),
+            "--records",
+            "16",
+            "--val-records",
+            "8",
+            "--size",
+            "32",
+            "--epochs",
+            "1",
+            "--out",
+            str(tmp_path / "demo"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert_report_schema(json.loads((tmp_path / "demo" / "report.json").read_text()))
     report = (tmp_path / "demo" / "report.md").read_text()
@@ -139,8 +190,14 @@ def assert_report_schema(summary: dict) -> None:
     assert summary["first_failure"] == (failed[0] if failed else None)
 
 
-BASE = Baselines(positive_fraction=0.02, empty_f1=0.0, constant_f1=0.04, ceiling_f1=0.84, trivial_loss=0.1,
-                 uninformed_loss=0.7)
+BASE = Baselines(
+    positive_fraction=0.02,
+    empty_f1=0.0,
+    constant_f1=0.04,
+    ceiling_f1=0.84,
+    trivial_loss=0.1,
+    uninformed_loss=0.7,
+)
 
 
 def test_calibrated_gates_are_relative_to_the_baselines():
@@ -154,7 +211,9 @@ def test_calibrated_gates_are_relative_to_the_baselines():
     assert failed([0.3, 0.08], [0.05, 0.2]) == []
     assert failed([0.3, 0.08], [0.3, 0.06]) == ["F1 above the baselines"]
     # The same F1 on data where a constant prediction already scores 0.2 is no evidence of learning.
-    assert failed([0.3, 0.08], [0.05, 0.2], Baselines(0.11, 0.0, 0.2, 0.84, 0.1, 0.7)) == ["F1 above the baselines"]
+    assert failed([0.3, 0.08], [0.05, 0.2], Baselines(0.11, 0.0, 0.2, 0.84, 0.1, 0.7)) == [
+        "F1 above the baselines"
+    ]
     # A loss that jumps (an LR spike) fails; so does one that has not closed half the gap from 0.7 to 0.1.
     assert failed([0.3, 0.9, 0.1], [0.1, 0.1, 0.3]) == ["loss stable"]
     assert failed([0.7, 0.6], [0.1, 0.3]) == ["loss falls"]
@@ -169,14 +228,21 @@ def test_first_rung_compares_the_training_batches_with_validation():
     rows = history([0.3, 0.08], [0.05, 0.2])
 
     def failed(train):
-        return [c.name for c in check_gates(gate, rows, None, baselines=base, f1_from="last", probe=train) if not c.passed]
+        return [
+            c.name
+            for c in check_gates(gate, rows, None, baselines=base, f1_from="last", probe=train)
+            if not c.passed
+        ]
 
     assert failed(InputStats([0.71, 0.6, 0.58], [0.14, 0.12, 0.25], [-2.1, -0.8, -0.3])) == []
     # Labels that lost their signature (shuffled, transposed, another frame): 0.27 of validation's contrast.
     assert failed(InputStats([0.71, 0.6, 0.58], [0.14, 0.12, 0.25], [-0.6, -0.2, -0.05])) == [
-        "training labels sit on their signature"]
+        "training labels sit on their signature"
+    ]
     # Inputs in Kelvin instead of [0, 1].
-    assert "training inputs match validation" in failed(InputStats([240.0, 250.0, 245.0], [20, 20, 20], [-2, -1, 0]))
+    assert "training inputs match validation" in failed(
+        InputStats([240.0, 250.0, 245.0], [20, 20, 20], [-2, -1, 0])
+    )
 
 
 def test_calibrated_rung_below_tolerates_noise_but_not_a_drop():
@@ -214,25 +280,43 @@ def test_budget_and_typed_values_accept_any_folder_name(tmp_path):
         parse_budget("epoch=2")
     for name in ("2023", "off", "null"):
         cfg = ladder_config(tmp_path / name, budget={"epochs": 3, "val_records": 5}, values={"seed": 3})
-        assert cfg.data.root == str(tmp_path / name) and cfg.trainer.max_epochs == 3 and cfg.data.val_records == 5
+        assert (
+            cfg.data.root == str(tmp_path / name)
+            and cfg.trainer.max_epochs == 3
+            and cfg.data.val_records == 5
+        )
         assert cfg.seed == 3
 
 
 def test_selftest_catches_faults_and_passes_clean_data(ladder_cache, tmp_path):
     from segladder.ladder.demo import selftest
 
-    values = {"data": {"num_workers": 0, "train_records": 24}, "optim": {"lr": 3e-3}, "loss": [{"name": "bce", "pos_weight": 2.0}],
-              "trainer": {"max_epochs": 3, "accumulate_grad_batches": 1, "progress": False, "overlays": 0}}
+    values = {
+        "data": {"num_workers": 0, "train_records": 24},
+        "optim": {"lr": 3e-3},
+        "loss": [{"name": "bce", "pos_weight": 2.0}],
+        "trainer": {"max_epochs": 3, "accumulate_grad_batches": 1, "progress": False, "overlays": 0},
+    }
     # Nine steps cannot close the calibrated loss gap; what is tested here is the machinery: no loss-gap gate.
     gates = {"ResNet18_SimplerFCN": Gate(f1_headroom=0.02, loss_rise=2.0, data_match=True)}
-    rows = selftest(tmp_path, ladder_cache, values, rungs=("ResNet18_SimplerFCN",),
-                    faults=("shuffled_labels", "fp16_overflow"), gates=gates)
+    rows = selftest(
+        tmp_path,
+        ladder_cache,
+        values,
+        rungs=("ResNet18_SimplerFCN",),
+        faults=("shuffled_labels", "fp16_overflow"),
+        gates=gates,
+    )
     table = {r.fault: r for r in rows}
     assert table["clean"].caught and table["clean"].first_failure is None
     assert table["shuffled_labels"].first_failure == "ResNet18_SimplerFCN" and table["shuffled_labels"].caught
     assert "data preprocessing" in table["shuffled_labels"].implicated
     nan = table["fp16_overflow"]
-    assert nan.caught and nan.nan_report and (tmp_path / "fp16_overflow" / "ResNet18_SimplerFCN" / "nan_report.json").exists()
+    assert (
+        nan.caught
+        and nan.nan_report
+        and (tmp_path / "fp16_overflow" / "ResNet18_SimplerFCN" / "nan_report.json").exists()
+    )
     saved = json.loads((tmp_path / "selftest.json").read_text())
     assert [r["fault"] for r in saved["rows"]] == ["clean", "shuffled_labels", "fp16_overflow"]
     for name in ("clean", "shuffled_labels", "fp16_overflow"):
@@ -248,18 +332,25 @@ def test_data_faults_break_only_what_they_name(synth_root):
     train = dataset_from_config(cfg, "train")
     clean = [train[i] for i in range(len(train))]
     shuffled = ShuffledLabels(train, seed=1)
-    assert sorted(shuffled.partner.tolist()) == list(range(len(train))) and all(shuffled.partner != range(len(train)))
+    assert sorted(shuffled.partner.tolist()) == list(range(len(train))) and all(
+        shuffled.partner != range(len(train))
+    )
     batch = shuffled.__getitems__([0, 1])  # the DataLoader's batched fetch goes through the fault too
     assert torch_equal(batch[0]["mask"], clean[int(shuffled.partner[0])]["mask"])
     assert torch_equal(batch[1]["image"], clean[1]["image"])
     transposed = TransposedMasks(train)[3]
     assert torch_equal(transposed["mask"], clean[3]["mask"].transpose(-1, -2))
     kelvin = RawKelvin(train)[0]["image"]
-    assert 200 < float(kelvin[1].min()) and float(kelvin.max()) < 320 and kelvin.shape == clean[0]["image"].shape
+    assert (
+        200 < float(kelvin[1].min()) and float(kelvin.max()) < 320 and kelvin.shape == clean[0]["image"].shape
+    )
     late = _WrongFrame().wrap(train, cfg)[5]
     assert torch_equal(late["mask"], clean[5]["mask"]) and not torch_equal(late["image"], clean[5]["image"])
     # Frames 5–7 are frames 2–4 read three steps late.
-    assert torch_equal(late["image"][:, 0], dataset_from_config(cfg.model_copy(update={"frames": [5]}), "train")[5]["image"][:, 0])
+    assert torch_equal(
+        late["image"][:, 0],
+        dataset_from_config(cfg.model_copy(update={"frames": [5]}), "train")[5]["image"][:, 0],
+    )
 
 
 def test_a_fault_that_cannot_be_planted_is_refused_before_training(ladder_cache, tmp_path):

@@ -12,8 +12,11 @@ from segladder.ladder import run_ladder
 RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U")
 # Per rung: (train/loss_end, train/loss_epoch, val/dice_best) of its only epoch. ResNet18_Simple fails its
 # loss gate (< 0.5) on the epoch-end loss even though the whole epoch's mean passes it.
-HISTORIES = {"ResNet18_SimplerFCN": (0.40, 0.45, 0.30), "ResNet18_Simple": (0.55, 0.45, 0.35),
-             "ResNet18_U": (0.30, 0.35, 0.50)}
+HISTORIES = {
+    "ResNet18_SimplerFCN": (0.40, 0.45, 0.30),
+    "ResNet18_Simple": (0.55, 0.45, 0.35),
+    "ResNet18_U": (0.30, 0.35, 0.50),
+}
 
 
 @pytest.fixture

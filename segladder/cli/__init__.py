@@ -78,8 +78,11 @@ def run(args: list[str] | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     if _interrupted or code == EXIT_INTERRUPTED:
-        typer.secho(f"interrupted; what was finished is kept; continue with `{rerun}`", fg=typer.colors.YELLOW,
-                    err=True)
+        typer.secho(
+            f"interrupted; what was finished is kept; continue with `{rerun}`",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
         code = EXIT_INTERRUPTED
     return code
 

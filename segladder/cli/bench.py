@@ -16,8 +16,12 @@ app.add_typer(bench_app, name="bench")
 
 @bench_app.command("data")
 def data(
-    root: Path = typer.Option(None, "--data", help="Raw dataset root (default: a synthetic one made in a temp folder)."),
-    cache: Path = typer.Option(None, "--cache", help="Prepared cache of --data (default: prepared in a temp folder)."),
+    root: Path = typer.Option(
+        None, "--data", help="Raw dataset root (default: a synthetic one made in a temp folder)."
+    ),
+    cache: Path = typer.Option(
+        None, "--cache", help="Prepared cache of --data (default: prepared in a temp folder)."
+    ),
     records: int = typer.Option(64, "--records", help="Synthetic training records when no --data is given."),
     frames: str = typer.Option("0-4", "--frames", help="Frames per sample, e.g. '0-4' (5 frames)."),
     seconds: float = typer.Option(3.0, "--seconds", help="Seconds to time each path."),
@@ -42,21 +46,37 @@ def data(
         typer.echo(line)
 
 
-MODES = {"fp32": ("32", False, False), "bf16": ("bf16-mixed", False, False),
-         "bf16_cl": ("bf16-mixed", True, False), "bf16_cl_compile": ("bf16-mixed", True, True),
-         "fp32_cl": ("32", True, False)}
+MODES = {
+    "fp32": ("32", False, False),
+    "bf16": ("bf16-mixed", False, False),
+    "bf16_cl": ("bf16-mixed", True, False),
+    "bf16_cl_compile": ("bf16-mixed", True, True),
+    "fp32_cl": ("32", True, False),
+}
 
 
 @bench_app.command("train")
 def train(
-    model: str = typer.Option("Unet2D", "--model", help="Registered model (Unet2D = smp Unet resnet18, the reference's case)."),
+    model: str = typer.Option(
+        "Unet2D", "--model", help="Registered model (Unet2D = smp Unet resnet18, the reference's case)."
+    ),
     size: int = typer.Option(256, "--size", help="Image size."),
-    frames: int = typer.Option(1, "--frames", help="Frames per sample (1: a 4-D batch, as the reference's 2-D cases)."),
+    frames: int = typer.Option(
+        1, "--frames", help="Frames per sample (1: a 4-D batch, as the reference's 2-D cases)."
+    ),
     batch: int = typer.Option(32, "--batch", help="Batch size."),
     steps: int = typer.Option(30, "--steps", help="Timed steps."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed steps first."),
-    modes: str = typer.Option("", "--modes", help=f"Comma-separated of {', '.join(MODES)} (default: bf16_cl,bf16_cl_compile on GPU, fp32 on CPU)."),
-    data: Path = typer.Option(None, "--data", help="Prepared cache for the real data path (default: synthetic data made in a temp folder)."),
+    modes: str = typer.Option(
+        "",
+        "--modes",
+        help=f"Comma-separated of {', '.join(MODES)} (default: bf16_cl,bf16_cl_compile on GPU, fp32 on CPU).",
+    ),
+    data: Path = typer.Option(
+        None,
+        "--data",
+        help="Prepared cache for the real data path (default: synthetic data made in a temp folder).",
+    ),
     workers: int = typer.Option(4, "--workers", help="DataLoader workers for the real data path."),
     skip_data: bool = typer.Option(False, "--skip-data", help="Skip the real-data-path case."),
 ) -> None:
@@ -70,11 +90,21 @@ def train(
     chosen = parse_str_list(modes) or (["bf16_cl", "bf16_cl_compile"] if device.type == "cuda" else ["fp32"])
     unknown = [m for m in chosen if m not in MODES]
     if unknown:
-        raise typer.BadParameter(f"unknown mode(s) {unknown}; choose from {list(MODES)}", param_hint="--modes")
+        raise typer.BadParameter(
+            f"unknown mode(s) {unknown}; choose from {list(MODES)}", param_hint="--modes"
+        )
     import json
 
-    print(json.dumps({"device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                      "torch": torch.__version__, "threads": torch.get_num_threads()}), flush=True)
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
     case = f"{model}_{size}_T{frames}"
     for mode in chosen:
         precision, cl, comp = MODES[mode]
@@ -86,8 +116,18 @@ def train(
     precision, cl, comp = MODES[chosen[0]]
     with tempfile.TemporaryDirectory(prefix="segladder-bench-") as tmp:
         cache = data or _synthetic_cache(Path(tmp), batch * (warmup + steps), size, frames)
-        cfg = bench_config(model, size, frames, batch, precision, cl, comp, root=str(cache),
-                           augment={"rot90_p": 0.5, "cutout_p": 0.5}, workers=workers)
+        cfg = bench_config(
+            model,
+            size,
+            frames,
+            batch,
+            precision,
+            cl,
+            comp,
+            root=str(cache),
+            augment={"rot90_p": 0.5, "cutout_p": 0.5},
+            workers=workers,
+        )
         from segladder.data.module import ContrailsDataModule, contrails_datasets
 
         dm = ContrailsDataModule(cfg.data, cfg.seed)
@@ -103,5 +143,10 @@ def _synthetic_cache(tmp: Path, records: int, size: int, frames: int) -> Path:
     from segladder.data.synth import generate_contrails
 
     generate_contrails(tmp / "raw", records=records, val_records=0, test_records=0, size=size, seed=0)
-    prepare_cache(tmp / "raw", tmp / "cache", CacheOptions(frames=tuple(range(5 - frames, 5)), image_size=size), ["train"])
+    prepare_cache(
+        tmp / "raw",
+        tmp / "cache",
+        CacheOptions(frames=tuple(range(5 - frames, 5)), image_size=size),
+        ["train"],
+    )
     return tmp / "cache"

@@ -9,8 +9,9 @@ import typer
 
 from segladder.cli.app import app
 
-boxes_app = typer.Typer(help="Box adjustment (Snapper, seed 003): snap rough boxes onto object edges.",
-                        no_args_is_help=True)
+boxes_app = typer.Typer(
+    help="Box adjustment (Snapper, seed 003): snap rough boxes onto object edges.", no_args_is_help=True
+)
 app.add_typer(boxes_app, name="boxes")
 
 
@@ -20,7 +21,9 @@ def _parse_box(text: str) -> tuple[float, float, float, float]:
     try:
         x, y, w, h = (float(v) for v in text.split(","))
     except ValueError:
-        raise DataError(f"--box '{text}': expected x,y,w,h in image pixels, e.g. --box 10,20,64,48.") from None
+        raise DataError(
+            f"--box '{text}': expected x,y,w,h in image pixels, e.g. --box 10,20,64,48."
+        ) from None
     return x, y, w, h
 
 
@@ -30,7 +33,9 @@ def _fmt(box) -> str:
 
 @boxes_app.command("synth")
 def synth(
-    out: Path = typer.Argument(..., help="Folder to write: images/, train.json and val.json (COCO detection)."),
+    out: Path = typer.Argument(
+        ..., help="Folder to write: images/, train.json and val.json (COCO detection)."
+    ),
     train: int = typer.Option(200, "--train", help="Training images."),
     val: int = typer.Option(50, "--val", help="Validation images."),
     size: int = typer.Option(128, "--size", help="Image side in pixels."),
@@ -41,7 +46,9 @@ def synth(
 
     r = write_box_synth(out, train, val, size, seed)
     typer.echo(f"{r.boxes['train']} training and {r.boxes['val']} validation boxes")
-    typer.echo(f"train with: segladder train snapper --set data.images={r.images} data.train={r.train} data.val={r.val}")
+    typer.echo(
+        f"train with: segladder train snapper --set data.images={r.images} data.train={r.train} data.val={r.val}"
+    )
 
 
 @boxes_app.command("jitter")
@@ -59,7 +66,9 @@ def jitter(
 @boxes_app.command("score")
 def score(
     gt: Path = typer.Argument(..., help="Ground-truth COCO detection file."),
-    boxes: Path = typer.Argument(..., help="Boxes to score: a COCO file or a list of {id, bbox}, matched by annotation id."),
+    boxes: Path = typer.Argument(
+        ..., help="Boxes to score: a COCO file or a list of {id, bbox}, matched by annotation id."
+    ),
     json_out: Path = typer.Option(None, "--json", help="Also write the scores as JSON here."),
 ) -> None:
     """The paper's Table 1: mIoU, IoU > 0.9, edges and corners within 1 and 3 px."""
@@ -70,8 +79,10 @@ def score(
     result = score_files(gt, boxes)
     for k in BOX_KEYS:
         typer.echo(f"{k:<20} {100 * result[k]:6.2f}%")
-    typer.echo(f"{'boxes':<20} {result['boxes']}" + (f" ({result['missing']} ground-truth boxes had none)"
-                                                     if result["missing"] else ""))
+    typer.echo(
+        f"{'boxes':<20} {result['boxes']}"
+        + (f" ({result['missing']} ground-truth boxes had none)" if result["missing"] else "")
+    )
     if json_out is not None:
         atomic_write_json(json_out, result)
 
@@ -83,10 +94,15 @@ def adjust(
     box: str = typer.Option(None, "--box", help="One rough box x,y,w,h on IMAGE."),
     images: Path = typer.Option(None, "--images", help="Image folder of the --boxes file."),
     boxes: Path = typer.Option(None, "--boxes", help="Rough boxes (COCO) to adjust."),
-    out: Path = typer.Option(None, "--out", help="Adjusted boxes JSON (with --boxes) or PNG (with --box; "
-                             "default: IMAGE's name + .snapped.png)."),
+    out: Path = typer.Option(
+        None,
+        "--out",
+        help="Adjusted boxes JSON (with --boxes) or PNG (with --box; default: IMAGE's name + .snapped.png).",
+    ),
     batch_size: int = typer.Option(64, "--batch-size", help="Crops per batch."),
-    refine: int = typer.Option(None, "--refine", help="Run the snapped box through again this often (default: config)."),
+    refine: int = typer.Option(
+        None, "--refine", help="Run the snapped box through again this often (default: config)."
+    ),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when present)."),
 ) -> None:
     """Snap rough boxes onto object edges: a whole COCO file (batched) or one box on one image."""
@@ -96,12 +112,16 @@ def adjust(
         from segladder.inference.boxes import adjust_single
 
         png = out or image.with_suffix(".snapped.png")
-        snapped, conf = adjust_single(checkpoint, image, _parse_box(box), png, device=device, refine_steps=refine)
+        snapped, conf = adjust_single(
+            checkpoint, image, _parse_box(box), png, device=device, refine_steps=refine
+        )
         typer.echo(_fmt(snapped))
         typer.echo(f"edge confidence (left, top, right, bottom): {_fmt(conf)}; picture: {png}", err=True)
         return
     if images is None or boxes is None or out is None:
-        raise typer.BadParameter("give --images DIR --boxes ROUGH.json --out ADJUSTED.json, or IMAGE --box x,y,w,h.")
+        raise typer.BadParameter(
+            "give --images DIR --boxes ROUGH.json --out ADJUSTED.json, or IMAGE --box x,y,w,h."
+        )
     from segladder.inference.boxes import adjust_file
 
     n = adjust_file(checkpoint, images, boxes, out, batch_size=batch_size, device=device, refine_steps=refine)
@@ -112,8 +132,12 @@ def adjust(
 def evaluate(
     checkpoint: Path = typer.Argument(..., help="A best.ckpt or last.ckpt of a `boxes` run."),
     images: Path = typer.Option(..., "--images", help="Image folder."),
-    annotations: Path = typer.Option(..., "--annotations", help="Ground-truth COCO file to jitter and score."),
-    out: Path = typer.Option(..., "--out", help="Folder for metrics.json, table.md, rough/adjusted JSON, examples.png."),
+    annotations: Path = typer.Option(
+        ..., "--annotations", help="Ground-truth COCO file to jitter and score."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for metrics.json, table.md, rough/adjusted JSON, examples.png."
+    ),
     seed: int = typer.Option(0, "--seed", help="Jitter seed."),
     batch_size: int = typer.Option(64, "--batch-size", help="Crops per batch."),
     refine: int = typer.Option(None, "--refine", help="Refinement passes (default: config)."),
@@ -123,11 +147,22 @@ def evaluate(
     """Jitter → adjust → score: the paper's before/after table, JSON and a PNG of the best and worst boxes."""
     from segladder.inference.boxes import before_after_table, evaluate_boxes
 
-    r = evaluate_boxes(checkpoint, images, annotations, out, seed=seed, batch_size=batch_size, device=device,
-                       refine_steps=refine, decode=decode)
+    r = evaluate_boxes(
+        checkpoint,
+        images,
+        annotations,
+        out,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        refine_steps=refine,
+        decode=decode,
+    )
     typer.echo(f"{r.boxes} boxes, jitter seed {seed}")
     typer.echo(before_after_table(r.before, r.after).rstrip())
-    typer.echo(f"written: {json.dumps([str(r.out / f) for f in ('metrics.json', 'table.md', 'examples.png')])}")
+    typer.echo(
+        f"written: {json.dumps([str(r.out / f) for f in ('metrics.json', 'table.md', 'examples.png')])}"
+    )
 
 
 @boxes_app.command("export")
@@ -140,5 +175,7 @@ def export(
     from segladder.inference.boxes import export_box_onnx
 
     r = export_box_onnx(checkpoint, out, opset=opset)
-    typer.echo(f"written {r.path}: parity with PyTorch: probabilities within {r.max_prob_diff:.1e}, "
-               f"decoded edges within {r.max_edge_diff:.1e} crop px")
+    typer.echo(
+        f"written {r.path}: parity with PyTorch: probabilities within {r.max_prob_diff:.1e}, "
+        f"decoded edges within {r.max_edge_diff:.1e} crop px"
+    )

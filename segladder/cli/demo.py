@@ -18,9 +18,17 @@ DEMO_RECORDS, DEMO_VAL_RECORDS, DEMO_SIZE, DEMO_EPOCHS = 128, 32, 64, 8
 
 @app.command("demo")
 def demo(
-    data: Path = typer.Option(None, "--data", help="Real data (raw root or cache) instead of the synthetic set."),
-    full: bool = typer.Option(False, "--full", help="The full ladder, CoaT_ULSTM included, with the seed's phase-1 budget."),
-    home: Path = typer.Option(None, "--home", help="Where synthetic data is cached (default: $SEGLADDER_HOME or ~/.cache/segladder)."),
+    data: Path = typer.Option(
+        None, "--data", help="Real data (raw root or cache) instead of the synthetic set."
+    ),
+    full: bool = typer.Option(
+        False, "--full", help="The full ladder, CoaT_ULSTM included, with the seed's phase-1 budget."
+    ),
+    home: Path = typer.Option(
+        None,
+        "--home",
+        help="Where synthetic data is cached (default: $SEGLADDER_HOME or ~/.cache/segladder).",
+    ),
     records: int = typer.Option(DEMO_RECORDS, "--records", help="Synthetic training records."),
     val_records: int = typer.Option(DEMO_VAL_RECORDS, "--val-records", help="Synthetic validation records."),
     size: int = typer.Option(DEMO_SIZE, "--size", help="Synthetic image size."),
@@ -37,10 +45,17 @@ def demo(
 
     t0 = time.perf_counter()
     source = data or demo_data(home or default_home(), records, val_records, size, seed)
-    device = "GPU: " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    device = (
+        "GPU: " + torch.cuda.get_device_name()
+        if torch.cuda.is_available()
+        else f"CPU ({torch.get_num_threads()} threads)"
+    )
     console.print(f"data: {source}\ndevice: {device}")
-    values = ({"seed": seed, "data": {"num_workers": 0}, "trainer": {"overlays": 4}} if full
-              else demo_values(epochs, seed))
+    values = (
+        {"seed": seed, "data": {"num_workers": 0}, "trainer": {"overlays": 4}}
+        if full
+        else demo_values(epochs, seed)
+    )
     base = ladder_config(source, values=values)
     out = out or Path("runs") / "demo" / time.strftime("%Y%m%d-%H%M%S")
     run_and_report(base, out, DEFAULT_RUNGS if full else QUICK_RUNGS, keep_going=True)

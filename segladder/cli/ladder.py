@@ -15,19 +15,43 @@ console = Console()
 
 @app.command("ladder")
 def ladder(
-    data: Path = typer.Option(None, "--data", help="Raw dataset root or prepared cache (frames and size are taken from a cache)."),
-    rungs: str = typer.Option("", "--rungs", help="Comma-separated registered models (default: the seed-000 ladder up to CoaT_ULSTM)."),
-    budget: str = typer.Option("", "--budget", help="Same budget for every rung, e.g. 'epochs=2,records=100,val_records=50'."),
-    config: Path = typer.Option(None, "--config", help="Base config (default: configs/ladder.yaml, the seed's phase-1 settings)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a base-config key, e.g. --set optim.lr=3e-4 (repeatable)."),
+    data: Path = typer.Option(
+        None, "--data", help="Raw dataset root or prepared cache (frames and size are taken from a cache)."
+    ),
+    rungs: str = typer.Option(
+        "",
+        "--rungs",
+        help="Comma-separated registered models (default: the seed-000 ladder up to CoaT_ULSTM).",
+    ),
+    budget: str = typer.Option(
+        "", "--budget", help="Same budget for every rung, e.g. 'epochs=2,records=100,val_records=50'."
+    ),
+    config: Path = typer.Option(
+        None, "--config", help="Base config (default: configs/ladder.yaml, the seed's phase-1 settings)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a base-config key, e.g. --set optim.lr=3e-4 (repeatable)."
+    ),
     out: Path = typer.Option(None, "--out", help="Output folder (default: runs/ladder/<timestamp>)."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Train every rung even after a gate fails."),
-    gates: str = typer.Option("calibrated", "--gates", help="Gate profile: 'calibrated' (any data and budget) or 'seed' "
-                              "(seed 000's numbers, for real data at the seed's budget)."),
-    inject: str = typer.Option(None, "--inject", help="Train every rung with one deliberate fault: "
-                               "shuffled_labels, transposed_masks, wrong_frame, raw_kelvin, lr_spike, fp16_overflow."),
-    selftest: bool = typer.Option(False, "--selftest", help="Clean synthetic data, then every fault: is each caught "
-                                  "at the rung seed 000 names? Writes selftest.json."),
+    gates: str = typer.Option(
+        "calibrated",
+        "--gates",
+        help="Gate profile: 'calibrated' (any data and budget) or 'seed' "
+        "(seed 000's numbers, for real data at the seed's budget).",
+    ),
+    inject: str = typer.Option(
+        None,
+        "--inject",
+        help="Train every rung with one deliberate fault: "
+        "shuffled_labels, transposed_masks, wrong_frame, raw_kelvin, lr_spike, fp16_overflow.",
+    ),
+    selftest: bool = typer.Option(
+        False,
+        "--selftest",
+        help="Clean synthetic data, then every fault: is each caught "
+        "at the rung seed 000 names? Writes selftest.json.",
+    ),
 ) -> None:
     """Train the rungs in order with the same data, budget and seed; check the gates; write a report. Exit 1 on a failed rung."""
     import time
@@ -41,11 +65,15 @@ def ladder(
         run_selftest(out, tuple(parse_str_list(rungs) or ()), gates)
         return
     if data is None:
-        raise typer.BadParameter("give --data DATASET (or --selftest to run on synthetic data)", param_hint="--data")
+        raise typer.BadParameter(
+            "give --data DATASET (or --selftest to run on synthetic data)", param_hint="--data"
+        )
     fault = get_fault(inject) if inject else None
     base = ladder_config(data, config=config, budget=parse_budget(budget), overrides=list(set_))
     out = out or Path("runs") / "ladder" / time.strftime("%Y%m%d-%H%M%S")
-    result = run_and_report(base, out, tuple(parse_str_list(rungs) or DEFAULT_RUNGS), keep_going, gates, fault)
+    result = run_and_report(
+        base, out, tuple(parse_str_list(rungs) or DEFAULT_RUNGS), keep_going, gates, fault
+    )
     if result.first_failure is not None:
         raise typer.Exit(1)
 

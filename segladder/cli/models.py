@@ -76,7 +76,9 @@ def show_model(
 
 @models_app.command("fetch")
 def fetch_weights(
-    config: str = typer.Argument(..., help="Experiment YAML or shipped config name whose model's weights to get."),
+    config: str = typer.Argument(
+        ..., help="Experiment YAML or shipped config name whose model's weights to get."
+    ),
     set_: list[str] = typer.Option([], "--set", help="Config overrides, as for `segladder train`."),
 ) -> None:
     """Build the config's model once so its pretrained weights land in the timm/Hugging Face cache.
@@ -90,4 +92,7 @@ def fetch_weights(
     cfg = load_config(resolve_config_path(config), list(set_))
     build_task(cfg)
     pretrained = cfg.model.kwargs.get("pretrained", False)
-    typer.echo(f"{cfg.model.name}: " + ("weights ready" if pretrained else "model.pretrained is false, no weights needed"))
+    typer.echo(
+        f"{cfg.model.name}: "
+        + ("weights ready" if pretrained else "model.pretrained is false, no weights needed")
+    )

@@ -9,9 +9,13 @@ import typer
 from segladder.cli.app import app
 from segladder.errors import SegladderError
 
-submission_app = typer.Typer(help="Check a submission file against the competition format.", no_args_is_help=True)
-pipeline_app = typer.Typer(help="Seed 001's classify-then-segment pipeline (a YAML file, see docs/inference.md).",
-                           no_args_is_help=True)
+submission_app = typer.Typer(
+    help="Check a submission file against the competition format.", no_args_is_help=True
+)
+pipeline_app = typer.Typer(
+    help="Seed 001's classify-then-segment pipeline (a YAML file, see docs/inference.md).",
+    no_args_is_help=True,
+)
 export_app = typer.Typer(help="Export a checkpoint for deployment.", no_args_is_help=True)
 app.add_typer(submission_app, name="submission")
 app.add_typer(pipeline_app, name="pipeline")
@@ -33,37 +37,73 @@ def _weights(text: str) -> list[float] | None:
 
 
 def _report(pred) -> None:
-    typer.echo(f"{pred.records} records → {pred.out}: {pred.positive_records} with contrails "
-               f"({pred.positive_pixels} pixels) at threshold {pred.threshold:.4g} ({pred.threshold_source}); "
-               f"submission {pred.submission}")
+    typer.echo(
+        f"{pred.records} records → {pred.out}: {pred.positive_records} with contrails "
+        f"({pred.positive_pixels} pixels) at threshold {pred.threshold:.4g} ({pred.threshold_source}); "
+        f"submission {pred.submission}"
+    )
     if pred.dice is not None:
         typer.echo(f"global Dice against the split's masks (before component removal): {pred.dice:.4f}")
     if pred.submission_problems:
         more = len(pred.submission_problems) - 1
-        typer.secho(f"warning: submission.csv does not fit the split's records: {pred.submission_problems[0]}"
-                    + (f" (and {more} more)" if more else "") + "; see 'Resolution' in docs/inference.md",
-                    fg=typer.colors.YELLOW, err=True)
+        typer.secho(
+            f"warning: submission.csv does not fit the split's records: {pred.submission_problems[0]}"
+            + (f" (and {more} more)" if more else "")
+            + "; see 'Resolution' in docs/inference.md",
+            fg=typer.colors.YELLOW,
+            err=True,
+        )
 
 
 @app.command("predict")
 def predict_cmd(
-    checkpoints: list[Path] = typer.Argument(None, help="Checkpoint(s) to ensemble (best.ckpt / last.ckpt); omit with --onnx."),
+    checkpoints: list[Path] = typer.Argument(
+        None, help="Checkpoint(s) to ensemble (best.ckpt / last.ckpt); omit with --onnx."
+    ),
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
-    out: Path = typer.Option(..., "--out", help="Output folder: probs/, masks/, submission.csv, overlays/, predict.json."),
+    out: Path = typer.Option(
+        ..., "--out", help="Output folder: probs/, masks/, submission.csv, overlays/, predict.json."
+    ),
     split: str = typer.Option("test", "--split", help="Split to predict."),
-    onnx: Path = typer.Option(None, "--onnx", help="Run an exported ONNX model with onnxruntime instead of checkpoints."),
-    weights: str = typer.Option("", "--weights", help="Comma-separated ensemble weights, one per checkpoint (default: equal)."),
-    threshold: float = typer.Option(None, "--threshold", help="Fixed probability threshold (default: the stored one; ensembles: weighted mean)."),
-    percentile: float = typer.Option(None, "--percentile", help="Threshold at this percentile of all predicted pixels, e.g. 99.5 (3rd-place method)."),
-    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average with horizontally and vertically flipped predictions."),
-    tta_shift: int = typer.Option(0, "--tta-shift", help="Pixels to shift flipped-back TTA predictions by (half-pixel label offset; see docs/inference.md)."),
-    min_component: int = typer.Option(0, "--min-component", help="Remove connected components smaller than this many pixels (seed 001 tried 10)."),
+    onnx: Path = typer.Option(
+        None, "--onnx", help="Run an exported ONNX model with onnxruntime instead of checkpoints."
+    ),
+    weights: str = typer.Option(
+        "", "--weights", help="Comma-separated ensemble weights, one per checkpoint (default: equal)."
+    ),
+    threshold: float = typer.Option(
+        None,
+        "--threshold",
+        help="Fixed probability threshold (default: the stored one; ensembles: weighted mean).",
+    ),
+    percentile: float = typer.Option(
+        None,
+        "--percentile",
+        help="Threshold at this percentile of all predicted pixels, e.g. 99.5 (3rd-place method).",
+    ),
+    tta: bool = typer.Option(
+        False, "--tta/--no-tta", help="Average with horizontally and vertically flipped predictions."
+    ),
+    tta_shift: int = typer.Option(
+        0,
+        "--tta-shift",
+        help="Pixels to shift flipped-back TTA predictions by (half-pixel label offset; see docs/inference.md).",
+    ),
+    min_component: int = typer.Option(
+        0,
+        "--min-component",
+        help="Remove connected components smaller than this many pixels (seed 001 tried 10).",
+    ),
     overlays: int = typer.Option(0, "--overlays", help="Draw PNG overlays of the first N records."),
     batch_size: int = typer.Option(8, "--batch-size", help=_BATCH_HELP),
     device: str = typer.Option(None, "--device", help=_DEVICE_HELP),
     workers: int = typer.Option(0, "--workers", help=_WORKERS_HELP),
-    folds: bool = typer.Option(False, "--folds", help="CHECKPOINTS is one run of `train --folds`: average its folds and "
-                                                      "apply the out-of-fold threshold and component size."),
+    folds: bool = typer.Option(
+        False,
+        "--folds",
+        help="CHECKPOINTS is one run of `train --folds`: average its folds and "
+        "apply the out-of-fold threshold and component size.",
+    ),
 ) -> None:
     """Predict a split: float16 probability maps, binary masks, submission.csv and optional overlays."""
     from segladder.inference.predict import predict
@@ -78,18 +118,35 @@ def predict_cmd(
         if threshold is None and percentile is None:
             threshold = ens.threshold
         min_component = min_component or ens.min_component
-    pred = predict(checkpoints or [], data, out, split=split, onnx=onnx, weights=_weights(weights),
-                   threshold=threshold, percentile=percentile, tta=tta, tta_shift=tta_shift,
-                   min_component=min_component, overlays=overlays, batch_size=batch_size, device=device,
-                   workers=workers)
+    pred = predict(
+        checkpoints or [],
+        data,
+        out,
+        split=split,
+        onnx=onnx,
+        weights=_weights(weights),
+        threshold=threshold,
+        percentile=percentile,
+        tta=tta,
+        tta_shift=tta_shift,
+        min_component=min_component,
+        overlays=overlays,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+    )
     _report(pred)
 
 
 @submission_app.command("check")
 def submission_check(
     file: Path = typer.Argument(..., exists=True, dir_okay=False, help="submission.csv to check."),
-    data: Path = typer.Option(None, "--data", help=f"{_DATA_HELP} Without it only the format is checked, not the ids."),
-    split: str = typer.Option("test", "--split", help="Split whose record ids the submission must list exactly."),
+    data: Path = typer.Option(
+        None, "--data", help=f"{_DATA_HELP} Without it only the format is checked, not the ids."
+    ),
+    split: str = typer.Option(
+        "test", "--split", help="Split whose record ids the submission must list exactly."
+    ),
 ) -> None:
     """Validate header, ids (missing, extra, duplicate) and run-length encodings; one line per problem, exit 1 if any."""
     from segladder.inference.submission import check_submission
@@ -109,8 +166,12 @@ def pipeline_run(
     data: Path = typer.Option(..., "--data", help=_DATA_HELP),
     out: Path = typer.Option(..., "--out", help="Output folder: predict's files plus filter.csv."),
     split: str = typer.Option("test", "--split", help="Split to predict."),
-    threshold: float = typer.Option(None, "--threshold", help="Fixed mask threshold (overrides the pipeline's)."),
-    percentile: float = typer.Option(None, "--percentile", help="Mask threshold at this percentile of all pixels."),
+    threshold: float = typer.Option(
+        None, "--threshold", help="Fixed mask threshold (overrides the pipeline's)."
+    ),
+    percentile: float = typer.Option(
+        None, "--percentile", help="Mask threshold at this percentile of all pixels."
+    ),
     overlays: int = typer.Option(0, "--overlays", help="Draw PNG overlays of the first N records."),
     batch_size: int = typer.Option(8, "--batch-size", help=_BATCH_HELP),
     device: str = typer.Option(None, "--device", help=_DEVICE_HELP),
@@ -119,8 +180,18 @@ def pipeline_run(
     """Filter records with stage 1, segment the kept ones with stage 2; the filtered-out get empty masks."""
     from segladder.inference.pipeline import run_pipeline
 
-    pred = run_pipeline(pipeline, data, out, split=split, threshold=threshold, percentile=percentile,
-                        overlays=overlays, batch_size=batch_size, device=device, workers=workers)
+    pred = run_pipeline(
+        pipeline,
+        data,
+        out,
+        split=split,
+        threshold=threshold,
+        percentile=percentile,
+        overlays=overlays,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+    )
     _report(pred)
 
 
@@ -137,7 +208,9 @@ def pipeline_evaluate(
     """Per stage: filter accuracy/AUC, Dice lost to wrong filtering, Dice on positives, final global Dice."""
     from segladder.inference.pipeline import evaluate_pipeline
 
-    r = evaluate_pipeline(pipeline, data, split=split, out=out, batch_size=batch_size, device=device, workers=workers)
+    r = evaluate_pipeline(
+        pipeline, data, split=split, out=out, batch_size=batch_size, device=device, workers=workers
+    )
     s1, f = r["stage1"], r["filtering"]
 
     def scores(d: dict | None) -> str:
@@ -146,10 +219,14 @@ def pipeline_evaluate(
         auc = "n/a (one class)" if d["auc"] is None else f"{d['auc']:.4f}"
         return f"accuracy {d['acc']:.4f}  AUC {auc}"
 
-    typer.echo(f"{r['records']} records of {split}, {r['positives']} with contrails; "
-               f"mask threshold {r['threshold']:.4g} ({r['threshold_source']})")
-    typer.echo(f"stage 1 filter ({s1['rule']}, top-k {s1['top_k']}): kept {s1['kept']}, "
-               f"positives filtered out {s1['positives_filtered_out']}, negatives kept {s1['negatives_kept']}")
+    typer.echo(
+        f"{r['records']} records of {split}, {r['positives']} with contrails; "
+        f"mask threshold {r['threshold']:.4g} ({r['threshold_source']})"
+    )
+    typer.echo(
+        f"stage 1 filter ({s1['rule']}, top-k {s1['top_k']}): kept {s1['kept']}, "
+        f"positives filtered out {s1['positives_filtered_out']}, negatives kept {s1['negatives_kept']}"
+    )
     typer.echo(f"  classifier        {scores(s1['classifier'])}")
     typer.echo(f"  segmenter top-k   {scores(s1['segmenter_topk'])}")
     typer.echo(f"  combined filter   {scores(s1['filter'])}")
@@ -160,9 +237,13 @@ def pipeline_evaluate(
     ens = r["stage2"]["ensemble"]
     pos = "-" if ens["positives"] is None else f"{ens['positives']['dice']:.4f}"
     typer.echo(f"  {'ensemble':<24} {ens['all']['dice']:.4f} | {pos}")
-    typer.echo(f"filtering: no filter {f['dice_no_filter']:.4f}, filtered {f['dice_filtered']:.4f}, "
-               f"oracle {f['dice_oracle']:.4f} → lost to wrong filtering {f['loss_from_wrong_filtering']:.4f}")
-    typer.echo(f"final global Dice (components < {r['final']['min_component']} px removed): {r['final']['dice']:.4f}")
+    typer.echo(
+        f"filtering: no filter {f['dice_no_filter']:.4f}, filtered {f['dice_filtered']:.4f}, "
+        f"oracle {f['dice_oracle']:.4f} → lost to wrong filtering {f['loss_from_wrong_filtering']:.4f}"
+    )
+    typer.echo(
+        f"final global Dice (components < {r['final']['min_component']} px removed): {r['final']['dice']:.4f}"
+    )
 
 
 @app.command("pseudo-label")
@@ -181,8 +262,18 @@ def pseudo_label_cmd(
     """Write soft labels (float16 probability maps) for every record of a split."""
     from segladder.inference.pseudo import pseudo_label
 
-    res = pseudo_label(checkpoints, data, out, split=split, weights=_weights(weights), tta=tta, tta_shift=tta_shift,
-                       batch_size=batch_size, device=device, workers=workers)
+    res = pseudo_label(
+        checkpoints,
+        data,
+        out,
+        split=split,
+        weights=_weights(weights),
+        tta=tta,
+        tta_shift=tta_shift,
+        batch_size=batch_size,
+        device=device,
+        workers=workers,
+    )
     typer.echo(f"{res.records} soft labels of {split} → {res.out}; index {res.index}")
 
 
@@ -190,15 +281,25 @@ def pseudo_label_cmd(
 def export_onnx_cmd(
     checkpoint: Path = typer.Argument(..., help="Checkpoint to export."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
-    data: Path = typer.Option(None, "--data", help=f"{_DATA_HELP} When given, parity is also checked on real records."),
+    data: Path = typer.Option(
+        None, "--data", help=f"{_DATA_HELP} When given, parity is also checked on real records."
+    ),
     split: str = typer.Option("validation", "--split", help="Split whose first records check parity."),
     records: int = typer.Option(4, "--records", help="Real records to check parity on."),
     opset: int = typer.Option(17, "--opset", min=7, help="ONNX opset version."),
-    atol: float = typer.Option(1e-4, "--atol", min=0.0, help="Largest allowed |ONNX − PyTorch| on probabilities."),
+    atol: float = typer.Option(
+        1e-4, "--atol", min=0.0, help="Largest allowed |ONNX − PyTorch| on probabilities."
+    ),
 ) -> None:
     """Export to ONNX (dynamic batch; input contract and threshold in the metadata) and check parity with PyTorch."""
     from segladder.inference.export import export_onnx
 
     res = export_onnx(checkpoint, out, data=data, split=split, check_records=records, opset=opset, atol=atol)
-    real = "no --data given" if res.max_abs_diff_real is None else f"{res.max_abs_diff_real:.2e} on {res.real_records} real records"
-    typer.echo(f"wrote {res.path}; max |ONNX − PyTorch| on probabilities: {res.max_abs_diff_random:.2e} on random input, {real}")
+    real = (
+        "no --data given"
+        if res.max_abs_diff_real is None
+        else f"{res.max_abs_diff_real:.2e} on {res.real_records} real records"
+    )
+    typer.echo(
+        f"wrote {res.path}; max |ONNX − PyTorch| on probabilities: {res.max_abs_diff_random:.2e} on random input, {real}"
+    )

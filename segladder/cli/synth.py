@@ -18,13 +18,27 @@ app.add_typer(synth_app, name="synth")
 @synth_app.command("contrails")
 def contrails(
     out: Path = typer.Argument(..., help="Dataset directory to create (or resume into), e.g. data/synth."),
-    records: int = typer.Option(64, "--records", help="Train records (at least 1); they carry individual masks."),
-    val_records: int = typer.Option(16, "--val-records", help="Validation records (pixel masks only); 0 for none."),
-    test_records: int = typer.Option(4, "--test-records", help="Test records (bands only, listed in sample_submission.csv); 0 for none."),
-    size: int = typer.Option(DEFAULT_SIZE, "--size", help="Image height and width in pixels (the competition uses 256)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed: the same seed and size give byte-identical files."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a synthetic dataset in OUT made with another seed or size."),
-    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."),
+    records: int = typer.Option(
+        64, "--records", help="Train records (at least 1); they carry individual masks."
+    ),
+    val_records: int = typer.Option(
+        16, "--val-records", help="Validation records (pixel masks only); 0 for none."
+    ),
+    test_records: int = typer.Option(
+        4, "--test-records", help="Test records (bands only, listed in sample_submission.csv); 0 for none."
+    ),
+    size: int = typer.Option(
+        DEFAULT_SIZE, "--size", help="Image height and width in pixels (the competition uses 256)."
+    ),
+    seed: int = typer.Option(
+        0, "--seed", help="Random seed: the same seed and size give byte-identical files."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a synthetic dataset in OUT made with another seed or size."
+    ),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."
+    ),
 ) -> None:
     """Write a synthetic GOES-16 contrail dataset in the Kaggle "Identify Contrails" layout.
 
@@ -50,7 +64,9 @@ def contrails(
     for split in SPLITS:
         n = summary.records[split]
         if split in summary.positive_records:
-            positive = f"{summary.positive_records[split]} ({summary.positive_records[split] / max(n, 1):.0%})"
+            positive = (
+                f"{summary.positive_records[split]} ({summary.positive_records[split] / max(n, 1):.0%})"
+            )
             pixels = f"{summary.positive_pixel_fraction[split]:.3%}"
         else:
             positive = pixels = "unlabelled"

@@ -11,14 +11,30 @@ from segladder.cli.app import app
 
 @app.command("train")
 def train(
-    config: str = typer.Argument(None, help="Experiment YAML, or the name of a shipped config in configs/ (e.g. resnet18_u)."),
-    set_: list[str] = typer.Option([], "--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."),
-    more: list[str] = typer.Argument(None, help="More KEY=VALUE overrides, e.g. `--set optim.lr=3e-4 trainer.max_epochs=2`.", show_default=False),
+    config: str = typer.Argument(
+        None, help="Experiment YAML, or the name of a shipped config in configs/ (e.g. resnet18_u)."
+    ),
+    set_: list[str] = typer.Option(
+        [], "--set", help="Override a config key, e.g. --set optim.lr=3e-4 (repeatable)."
+    ),
+    more: list[str] = typer.Argument(
+        None,
+        help="More KEY=VALUE overrides, e.g. `--set optim.lr=3e-4 trainer.max_epochs=2`.",
+        show_default=False,
+    ),
     out: Path = typer.Option(None, "--out", help="Run directory (default: runs/<experiment>/<timestamp>/)."),
-    resume: Path = typer.Option(None, "--resume", help="Continue the run in this directory from its last checkpoint."),
-    folds: int = typer.Option(None, "--folds", help="Cross-validate: train K folds into RUN/fold_k/ (data.folds, or "
-                                                     "folds cut by record); run again to continue."),
-    fold: list[int] = typer.Option([], "--fold", help="Train only this fold (repeatable); with data.folds or --folds."),
+    resume: Path = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last checkpoint."
+    ),
+    folds: int = typer.Option(
+        None,
+        "--folds",
+        help="Cross-validate: train K folds into RUN/fold_k/ (data.folds, or "
+        "folds cut by record); run again to continue.",
+    ),
+    fold: list[int] = typer.Option(
+        [], "--fold", help="Train only this fold (repeatable); with data.folds or --folds."
+    ),
 ) -> None:
     """Train a model; the run directory is printed as the last line."""
     from segladder.config import load_config, resolve_config_path
@@ -29,13 +45,21 @@ def train(
     if config and "=" in config:  # `segladder train --set a=1` with no config: the first override lands here
         config, overrides = None, [config, *overrides]
     if resume is not None and (config or overrides):
-        raise typer.BadParameter("--resume takes the config stored in the run directory; give no CONFIG or --set.")
-    cfg = None if resume is not None else load_config(resolve_config_path(config) if config else None, overrides)
+        raise typer.BadParameter(
+            "--resume takes the config stored in the run directory; give no CONFIG or --set."
+        )
+    cfg = (
+        None
+        if resume is not None
+        else load_config(resolve_config_path(config) if config else None, overrides)
+    )
     if folds is not None or fold:
         from segladder.training.folds import train_folds
 
         if resume is not None:
-            raise typer.BadParameter("a cross-validated run continues by running the same command again with --out.")
+            raise typer.BadParameter(
+                "a cross-validated run continues by running the same command again with --out."
+            )
         run_dir = out or Path("runs") / cfg.name / "folds"
         res = train_folds(cfg, run_dir, k=folds or 5, only=list(fold) or None)
         typer.echo(str(res.run_dir))
@@ -48,7 +72,11 @@ def train(
         return
     final = result.metrics.get("final", {})
     if final:
-        shown = {k: v for k, v in final.items() if isinstance(v, float) and k.startswith(("train/loss_epoch", "val/"))}
+        shown = {
+            k: v
+            for k, v in final.items()
+            if isinstance(v, float) and k.startswith(("train/loss_epoch", "val/"))
+        }
         typer.echo("final: " + ", ".join(f"{k} {v:.4f}" for k, v in sorted(shown.items())))
     typer.echo(str(result.run_dir))
 
@@ -69,4 +97,6 @@ def evaluate(
     typer.echo(f"{r.records} records of {split}")
     typer.echo(f"global Dice at the stored threshold {r.stored_threshold:.2f}: {r.dice_stored:.4f}")
     typer.echo(f"global Dice at the best threshold   {r.best_threshold:.2f}: {r.dice_best:.4f}")
-    typer.echo(f"written: {r.out / 'metrics.json'}, {r.out / 'per_record.csv'}, {r.out / 'threshold_curve.png'}")
+    typer.echo(
+        f"written: {r.out / 'metrics.json'}, {r.out / 'per_record.csv'}, {r.out / 'threshold_curve.png'}"
+    )

@@ -38,7 +38,7 @@ def _batch_steps(ds: ContrailsDataset, batch_size: int, seed: int = 0) -> Callab
 
     def step(k: int) -> int:
         start = (k % per_pass) * batch_size
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         default_collate([ds[int(i)] for i in idx])
         return len(idx)
 
@@ -64,12 +64,21 @@ def _memcpy_steps(ds: ContrailsDataset, batch_size: int) -> tuple[Callable[[int]
     return step, sum(int(np.prod(a.shape[1:])) * a.itemsize for a in arrays)
 
 
-def _loader_rate(ds: ContrailsDataset, batch_size: int, workers: int, seconds: float) -> tuple[float, int, bool]:
+def _loader_rate(
+    ds: ContrailsDataset, batch_size: int, workers: int, seconds: float
+) -> tuple[float, int, bool]:
     """The DataLoader as training uses it (shuffled, workers, pinned when there is a GPU), start-up excluded."""
     pin = torch.cuda.is_available()
-    loader = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, pin_memory=pin,
-                        drop_last=len(ds) > batch_size, persistent_workers=workers > 0,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=pin,
+        drop_last=len(ds) > batch_size,
+        persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(0),
+    )
     it = iter(loader)
     next(it)  # workers started and the first batches queued
     n, start = 0, time.perf_counter()
@@ -85,8 +94,13 @@ def _loader_rate(ds: ContrailsDataset, batch_size: int, workers: int, seconds: f
 
 
 def bench_data_loading(
-    root: str | Path, cache: str | Path, frames: Sequence[int], split: str = "train", seconds: float = 3.0,
-    batch_size: int = 32, workers: int = 2,
+    root: str | Path,
+    cache: str | Path,
+    frames: Sequence[int],
+    split: str = "train",
+    seconds: float = 3.0,
+    batch_size: int = 32,
+    workers: int = 2,
 ) -> dict:
     """Time each data path in batches of `batch_size` (one core, torch threads 1; the loader on `workers`).
 
@@ -103,7 +117,9 @@ def bench_data_loading(
         cached_float = ContrailsDataset(cache, split, frames=frames, image_size=size, output_dtype="float32")
         cached_uint8 = ContrailsDataset(cache, split, frames=frames, image_size=size, output_dtype="uint8")
         if not cached_uint8.emits_uint8:
-            raise CacheError(f"{cache} is not a uint8 cache; prepare one with --dtype uint8 to measure the uint8 path.")
+            raise CacheError(
+                f"{cache} is not a uint8 cache; prepare one with --dtype uint8 to measure the uint8 path."
+            )
         shape = tuple(cached_uint8[0]["image"].shape)
         memcpy_step, sample_bytes = _memcpy_steps(cached_uint8, batch_size)
         n_min = len(cached_uint8)
@@ -131,8 +147,12 @@ def bench_data_loading(
         "memcpy_samples_per_s": memcpy[0],
         "memcpy_gb_per_s": memcpy[0] * sample_bytes / 1e9,
         "samples_per_s_per_core": per_core,
-        "samples": {**{name: n for name, (_, n) in rates.items()}, "loader": loader_n,
-                    "loader_in_process": inproc_n, "memcpy": memcpy[1]},
+        "samples": {
+            **{name: n for name, (_, n) in rates.items()},
+            "loader": loader_n,
+            "loader_in_process": inproc_n,
+            "memcpy": memcpy[1],
+        },
         "loader_samples_per_s": loader_rate,
         "vs_memcpy": {name: rate / memcpy[0] for name, rate in per_core.items()},
         "speedup": per_core["cached_uint8"] / per_core["raw"],
@@ -150,10 +170,13 @@ def format_report(r: dict) -> list[str]:
         f"{n['memcpy']} samples)  = the limit",
         "path                               samples/s per core   × memcpy",
     ]
-    names = {"raw": "(a) raw layout + ash", "cached_float": "(b) cached, float32 on the CPU",
-             "cached_uint8": "(c) cached, uint8 to the device",
-             "loader": f"(d) DataLoader, {r['workers']} workers, pin={'yes' if r['pinned'] else 'no (no GPU)'}",
-             "loader_in_process": "    the same loader, 0 workers (no hand-over)"}
+    names = {
+        "raw": "(a) raw layout + ash",
+        "cached_float": "(b) cached, float32 on the CPU",
+        "cached_uint8": "(c) cached, uint8 to the device",
+        "loader": f"(d) DataLoader, {r['workers']} workers, pin={'yes' if r['pinned'] else 'no (no GPU)'}",
+        "loader_in_process": "    the same loader, 0 workers (no hand-over)",
+    }
     for key, label in names.items():
         lines.append(f"{label:<44}{pc[key]:9.1f}   {vs[key]:6.3f}   ({n[key]} samples)")
     lines += [

@@ -46,9 +46,16 @@ class BoxCrops(Dataset):
         rough: rough boxes (x, y, w, h) by annotation id, used with jitter "none" (e.g. `boxes adjust`).
     """
 
-    def __init__(self, records: Sequence[BoxRecord], images: str | Path, crop_size: int = 224,
-                 buffer_ratio: float = 1.1, jitter: str = "fixed", seed: int = 0,
-                 rough: dict[int, Sequence[float]] | None = None):
+    def __init__(
+        self,
+        records: Sequence[BoxRecord],
+        images: str | Path,
+        crop_size: int = 224,
+        buffer_ratio: float = 1.1,
+        jitter: str = "fixed",
+        seed: int = 0,
+        rough: dict[int, Sequence[float]] | None = None,
+    ):
         if jitter not in ("random", "fixed", "none"):
             raise ValueError(f"jitter must be random, fixed or none, not {jitter!r}")
         self.records, self.images = list(records), Path(images)
@@ -65,7 +72,9 @@ class BoxCrops(Dataset):
     def rough_box(self, index: int) -> tuple[float, ...]:
         r = self.records[index]
         if self.jitter == "random":
-            return jitter_box(r.box, np.random.default_rng(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode())))
+            return jitter_box(
+                r.box, np.random.default_rng(zlib.crc32(f"{self.seed}:{self.epoch}:{index}".encode()))
+            )
         if self.jitter == "fixed":
             return jitter_box(r.box, eval_rng(self.seed, r.ann_id))
         return tuple(self.rough.get(r.ann_id, r.box))
@@ -109,8 +118,10 @@ class BoxesDataModule(L.LightningDataModule):
         c = self.cfg
         missing = [k for k in ("images", key) if getattr(c, k) is None]
         if missing:
-            raise ConfigError(f"data.format coco needs {' and '.join('data.' + k for k in missing)}: e.g. "
-                              "--set data.images=DIR data.train=TRAIN.json data.val=VAL.json")
+            raise ConfigError(
+                f"data.format coco needs {' and '.join('data.' + k for k in missing)}: e.g. "
+                "--set data.images=DIR data.train=TRAIN.json data.val=VAL.json"
+            )
         return read_coco(getattr(c, key), c.images)
 
     def setup(self, stage: str | None = None) -> None:
@@ -131,8 +142,15 @@ class BoxesDataModule(L.LightningDataModule):
         workers = self.cfg.num_workers
         # Workers are kept alive between epochs only when there are any; the epoch reaches them through
         # the dataset, so persistent workers would miss it: they restart each epoch.
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, num_workers=workers, generator=g,
-                          drop_last=False, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            generator=g,
+            drop_last=False,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, self.cfg.batch_size, True)

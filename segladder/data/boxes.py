@@ -50,11 +50,15 @@ def load_json(path: str | Path, what: str = "COCO file") -> dict | list:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: malformed JSON ({exc}); give a COCO detection file "
-                        "({'images': [...], 'annotations': [...]}).") from None
+        raise DataError(
+            f"{path}: malformed JSON ({exc}); give a COCO detection file "
+            "({'images': [...], 'annotations': [...]})."
+        ) from None
 
 
-def read_coco(path: str | Path, images: str | Path | None = None, check_inside: bool = True) -> list[BoxRecord]:
+def read_coco(
+    path: str | Path, images: str | Path | None = None, check_inside: bool = True
+) -> list[BoxRecord]:
     """The non-crowd boxes of a COCO detection file, checked; `images` (a folder) also checks every image exists.
 
     `check_inside=False` accepts boxes reaching outside their image (rough boxes from `boxes jitter` may).
@@ -64,17 +68,26 @@ def read_coco(path: str | Path, images: str | Path | None = None, check_inside: 
     """
     path = Path(path)
     coco = load_json(path)
-    if not isinstance(coco, dict) or not isinstance(coco.get("images"), list) \
-            or not isinstance(coco.get("annotations"), list):
-        raise DataError(f"{path}: not a COCO detection file (expected an object with 'images' and 'annotations' lists).")
+    if (
+        not isinstance(coco, dict)
+        or not isinstance(coco.get("images"), list)
+        or not isinstance(coco.get("annotations"), list)
+    ):
+        raise DataError(
+            f"{path}: not a COCO detection file (expected an object with 'images' and 'annotations' lists)."
+        )
     imgs: dict[int, dict] = {}
     for i, im in enumerate(coco["images"]):
         try:
-            imgs[int(im["id"])] = {"file_name": str(im["file_name"]), "width": int(im["width"]),
-                                   "height": int(im["height"])}
+            imgs[int(im["id"])] = {
+                "file_name": str(im["file_name"]),
+                "width": int(im["width"]),
+                "height": int(im["height"]),
+            }
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: images[{i}] needs 'id', 'file_name', 'width' and 'height' "
-                            f"(got {_short(im)}).") from None
+            raise DataError(
+                f"{path}: images[{i}] needs 'id', 'file_name', 'width' and 'height' (got {_short(im)})."
+            ) from None
     if images is not None:
         folder = Path(images)
         if not folder.is_dir():
@@ -88,12 +101,16 @@ def read_coco(path: str | Path, images: str | Path | None = None, check_inside: 
             aid, iid = int(ann["id"]), int(ann["image_id"])
             x, y, w, h = (float(v) for v in ann["bbox"])
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: annotations[{i}] needs 'id', 'image_id' and 'bbox' [x, y, w, h] "
-                            f"(got {_short(ann)}).") from None
+            raise DataError(
+                f"{path}: annotations[{i}] needs 'id', 'image_id' and 'bbox' [x, y, w, h] "
+                f"(got {_short(ann)})."
+            ) from None
         if ann.get("iscrowd", 0):
             continue
         if iid not in imgs:
-            raise DataError(f"{path}: annotation id {aid} refers to image id {iid}, which is not in 'images'.")
+            raise DataError(
+                f"{path}: annotation id {aid} refers to image id {iid}, which is not in 'images'."
+            )
         im = imgs[iid]
         check_box(path, aid, (x, y, w, h), im["width"], im["height"], inside=check_inside)
         out.append(BoxRecord(aid, iid, im["file_name"], im["width"], im["height"], (x, y, w, h)))
@@ -102,18 +119,29 @@ def read_coco(path: str | Path, images: str | Path | None = None, check_inside: 
     return out
 
 
-def check_box(path: str | Path, ann_id: int, box: Sequence[float], width: int, height: int, tol: float = 0.5,
-              inside: bool = True) -> None:
+def check_box(
+    path: str | Path,
+    ann_id: int,
+    box: Sequence[float],
+    width: int,
+    height: int,
+    tol: float = 0.5,
+    inside: bool = True,
+) -> None:
     """A DataError for a zero-size box or one outside its image (by more than `tol` pixels, for float rounding)."""
     x, y, w, h = box
     if not all(np.isfinite(box)):
         raise DataError(f"{path}: annotation id {ann_id}: bbox {list(box)} is not finite.")
     if w <= 0 or h <= 0:
-        raise DataError(f"{path}: annotation id {ann_id}: zero-size box {list(box)} (width and height must be > 0); "
-                        "remove the annotation.")
+        raise DataError(
+            f"{path}: annotation id {ann_id}: zero-size box {list(box)} (width and height must be > 0); "
+            "remove the annotation."
+        )
     if inside and (x < -tol or y < -tol or x + w > width + tol or y + h > height + tol):
-        raise DataError(f"{path}: annotation id {ann_id}: box {list(box)} lies outside its {width}×{height} image; "
-                        "clip it to the image or remove it.")
+        raise DataError(
+            f"{path}: annotation id {ann_id}: box {list(box)} lies outside its {width}×{height} image; "
+            "clip it to the image or remove it."
+        )
 
 
 def read_boxes(path: str | Path) -> dict[int, tuple[float, float, float, float]]:
@@ -122,20 +150,28 @@ def read_boxes(path: str | Path) -> dict[int, tuple[float, float, float, float]]
     data = load_json(path, "boxes file")
     anns = data.get("annotations") if isinstance(data, dict) else data
     if not isinstance(anns, list):
-        raise DataError(f"{path}: expected a COCO file or a list of {{'id': ..., 'bbox': [x, y, w, h]}} records.")
+        raise DataError(
+            f"{path}: expected a COCO file or a list of {{'id': ..., 'bbox': [x, y, w, h]}} records."
+        )
     out: dict[int, tuple[float, float, float, float]] = {}
     for i, ann in enumerate(anns):
         try:
             x, y, w, h = (float(v) for v in ann["bbox"])
             out[int(ann["id"])] = (x, y, w, h)
         except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: record {i} needs 'id' (the ground truth's annotation id) and 'bbox' [x, y, w, h] "
-                            f"(got {_short(ann)}).") from None
+            raise DataError(
+                f"{path}: record {i} needs 'id' (the ground truth's annotation id) and 'bbox' [x, y, w, h] "
+                f"(got {_short(ann)})."
+            ) from None
     return out
 
 
-def write_boxes(path: str | Path, template: str | Path, boxes: dict[int, Sequence[float]],
-                extra: dict[int, dict] | None = None) -> None:
+def write_boxes(
+    path: str | Path,
+    template: str | Path,
+    boxes: dict[int, Sequence[float]],
+    extra: dict[int, dict] | None = None,
+) -> None:
     """The COCO file `template` with each annotation's bbox replaced by `boxes[id]` (others dropped), written atomically."""
     from segladder.io import atomic_write_json
 
@@ -144,7 +180,9 @@ def write_boxes(path: str | Path, template: str | Path, boxes: dict[int, Sequenc
     for ann in coco["annotations"]:
         aid = int(ann["id"])
         if aid in boxes:
-            anns.append({**ann, "bbox": [round(float(v), 4) for v in boxes[aid]], **(extra or {}).get(aid, {})})
+            anns.append(
+                {**ann, "bbox": [round(float(v), 4) for v in boxes[aid]], **(extra or {}).get(aid, {})}
+            )
     atomic_write_json(path, {**coco, "annotations": anns})
 
 
@@ -218,8 +256,13 @@ def crop_image(image: Image.Image, region: Sequence[float], crop_size: int) -> n
     PIL's EXTENT transform samples output pixel i at x0 + (i + 0.5)·(x1 − x0)/crop_size, the same
     continuous mapping as `to_crop`, so edges and pixels stay aligned.
     """
-    out = image.transform((crop_size, crop_size), Image.Transform.EXTENT, data=tuple(float(v) for v in region),
-                          resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+    out = image.transform(
+        (crop_size, crop_size),
+        Image.Transform.EXTENT,
+        data=tuple(float(v) for v in region),
+        resample=Image.Resampling.BILINEAR,
+        fillcolor=(0, 0, 0),
+    )
     return np.asarray(out, np.uint8)
 
 

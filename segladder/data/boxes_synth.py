@@ -30,8 +30,16 @@ def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
     grad = rng.uniform(-0.3, 0.3, (2, 3))
     img = base + xx[..., None] * grad[0] + yy[..., None] * grad[1]
     coarse = rng.normal(0, 0.15, (size // 16 + 2, size // 16 + 2, 3))
-    blobs = np.asarray(Image.fromarray(((coarse - coarse.min()) / np.ptp(coarse) * 255).astype(np.uint8))
-                       .resize((size, size), Image.Resampling.BICUBIC), np.float32) / 255.0 - 0.5
+    blobs = (
+        np.asarray(
+            Image.fromarray(((coarse - coarse.min()) / np.ptp(coarse) * 255).astype(np.uint8)).resize(
+                (size, size), Image.Resampling.BICUBIC
+            ),
+            np.float32,
+        )
+        / 255.0
+        - 0.5
+    )
     img = img + 0.3 * blobs
     if rng.random() < 0.5:
         angle, freq = rng.uniform(0, np.pi), rng.uniform(4, 16)
@@ -55,8 +63,12 @@ def _shape_mask(rng: np.random.Generator, size: int, box: tuple[int, int, int, i
         apex = int(rng.integers(x0, x1))
         d.polygon([(apex, y0), (x0, y1 - 1), (x1 - 1, y1 - 1)], fill=255)
     else:
-        pts = [(x0, int(rng.integers(y0, y1))), (int(rng.integers(x0, x1)), y0),
-               (x1 - 1, int(rng.integers(y0, y1))), (int(rng.integers(x0, x1)), y1 - 1)]
+        pts = [
+            (x0, int(rng.integers(y0, y1))),
+            (int(rng.integers(x0, x1)), y0),
+            (x1 - 1, int(rng.integers(y0, y1))),
+            (int(rng.integers(x0, x1)), y1 - 1),
+        ]
         d.polygon(pts, fill=255)
     return np.asarray(im) > 0
 
@@ -79,8 +91,11 @@ def synth_image(rng: np.random.Generator, size: int, max_objects: int = 4) -> tu
         w, h = (int(v) for v in rng.integers(size // 8, size // 2, 2))
         if placed and rng.random() < 0.3:  # touching the previous shape on its right or bottom side
             px0, py0, px1, py1 = placed[-1]
-            x0, y0 = (px1, int(rng.integers(max(0, py0 - h // 2), py1))) if rng.random() < 0.5 else \
-                     (int(rng.integers(max(0, px0 - w // 2), px1)), py1)
+            x0, y0 = (
+                (px1, int(rng.integers(max(0, py0 - h // 2), py1)))
+                if rng.random() < 0.5
+                else (int(rng.integers(max(0, px0 - w // 2), px1)), py1)
+            )
         else:
             x0, y0 = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
         x0, y0 = min(x0, size - w), min(y0, size - h)
@@ -100,8 +115,15 @@ def synth_image(rng: np.random.Generator, size: int, max_objects: int = 4) -> tu
     return (img * 255).round().astype(np.uint8), boxes
 
 
-def write_box_synth(out: str | Path, n_train: int = 200, n_val: int = 50, size: int = 128, seed: int = 0,
-                    max_objects: int = 4, progress: bool = True) -> BoxSynthResult:
+def write_box_synth(
+    out: str | Path,
+    n_train: int = 200,
+    n_val: int = 50,
+    size: int = 128,
+    seed: int = 0,
+    max_objects: int = 4,
+    progress: bool = True,
+) -> BoxSynthResult:
     """Write `out/images/*.png`, `out/train.json` and `out/val.json` (COCO detection, one category 'object')."""
     out = Path(out)
     images = out / "images"
@@ -113,17 +135,33 @@ def write_box_synth(out: str | Path, n_train: int = 200, n_val: int = 50, size: 
     task = bar.add_task("writing synthetic boxes", total=n_train + n_val)
     with bar:
         for split, n, first in (("train", n_train, 0), ("val", n_val, n_train)):
-            ann_id = _write_split(out, split, n, first, size, seed, max_objects, rng, ann_id, counts,
-                                  lambda: bar.advance(task))
+            ann_id = _write_split(
+                out, split, n, first, size, seed, max_objects, rng, ann_id, counts, lambda: bar.advance(task)
+            )
     return BoxSynthResult(out, images, out / "train.json", out / "val.json", counts)
 
 
-def _write_split(out: Path, split: str, n: int, first: int, size: int, seed: int, max_objects: int,
-                 rng: np.random.Generator, ann_id: int, counts: dict, advance) -> int:
+def _write_split(
+    out: Path,
+    split: str,
+    n: int,
+    first: int,
+    size: int,
+    seed: int,
+    max_objects: int,
+    rng: np.random.Generator,
+    ann_id: int,
+    counts: dict,
+    advance,
+) -> int:
     """Write one split's images and COCO file; returns the next free annotation id."""
     images = out / "images"
-    coco = {"info": {"description": f"segladder synthetic boxes ({split}, seed {seed})"},
-            "categories": [{"id": 1, "name": "object"}], "images": [], "annotations": []}
+    coco = {
+        "info": {"description": f"segladder synthetic boxes ({split}, seed {seed})"},
+        "categories": [{"id": 1, "name": "object"}],
+        "images": [],
+        "annotations": [],
+    }
     for i in range(first, first + n):
         img, boxes = synth_image(rng, size, max_objects)
         name = f"{i:06d}.png"
@@ -131,8 +169,16 @@ def _write_split(out: Path, split: str, n: int, first: int, size: int, seed: int
         advance()
         coco["images"].append({"id": i + 1, "file_name": name, "width": size, "height": size})
         for b in boxes:
-            coco["annotations"].append({"id": ann_id, "image_id": i + 1, "category_id": 1, "bbox": list(b),
-                                        "area": b[2] * b[3], "iscrowd": 0})
+            coco["annotations"].append(
+                {
+                    "id": ann_id,
+                    "image_id": i + 1,
+                    "category_id": 1,
+                    "bbox": list(b),
+                    "area": b[2] * b[3],
+                    "iscrowd": 0,
+                }
+            )
             ann_id += 1
     atomic_write_json(out / f"{split}.json", coco)
     counts[split] = len(coco["annotations"])

@@ -112,8 +112,13 @@ def compute_stats(
     if 0 < n < len(refs):
         refs = [refs[i] for i in np.linspace(0, len(refs) - 1, n).round().astype(int)]
     acc = np.zeros((3, len(options.channels)))
-    for part in parallel_map(_stats_one, [(r, options) for r in refs], workers=workers,
-                             description="training-set statistics", progress=progress):
+    for part in parallel_map(
+        _stats_one,
+        [(r, options) for r in refs],
+        workers=workers,
+        description="training-set statistics",
+        progress=progress,
+    ):
         acc += part
     count, s, ss = acc
     mean = s / count
@@ -143,7 +148,9 @@ def encoding(options: CacheOptions, stats: dict | None) -> dict[str, list[float]
             scale.append(1.0)
             offset.append(0.0)
         if ch not in ASH_CHANNELS and stats is None:
-            raise DataError(f"channel '{ch}' is standardised by training-set statistics, but the dataset has no train split.")
+            raise DataError(
+                f"channel '{ch}' is standardised by training-set statistics, but the dataset has no train split."
+            )
     return {"scale": scale, "offset": offset}
 
 
@@ -185,7 +192,9 @@ class PrepareResult:
 
 def _split_files(options: CacheOptions, n: int, labelled: bool, soft: bool) -> dict[str, dict]:
     s = options.image_size
-    files = {"images": {"shape": [n, len(options.channels), len(options.frames), s, s], "dtype": options.dtype}}
+    files = {
+        "images": {"shape": [n, len(options.channels), len(options.frames), s, s], "dtype": options.dtype}
+    }
     if labelled:
         files["masks"] = {"shape": [n, s, s], "dtype": "uint8"}
     if soft:
@@ -193,7 +202,9 @@ def _split_files(options: CacheOptions, n: int, labelled: bool, soft: bool) -> d
     return files
 
 
-def _prepare_chunk(args: tuple[Path, str, list[tuple[int, RecordRef]], dict]) -> tuple[str, list[int], list[tuple[str, str]]]:
+def _prepare_chunk(
+    args: tuple[Path, str, list[tuple[int, RecordRef]], dict],
+) -> tuple[str, list[int], list[tuple[str, str]]]:
     out, split, items, state = args
     options = CacheOptions.from_dict(state["options"])
     stats, enc = state["stats"], state["encoding"]
@@ -242,10 +253,14 @@ def prepare_cache(
     if out.exists() and not out.is_dir():
         raise CacheError(f"cache path {out} is a file; give a folder.")
     with exclusive_lock(out / LOCK_FILE, f"cache folder {out}"):
-        return _prepare_locked(root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk)
+        return _prepare_locked(
+            root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk
+        )
 
 
-def _prepare_locked(root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk) -> PrepareResult:
+def _prepare_locked(
+    root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk
+) -> PrepareResult:
     state = _start_or_resume(root, out, options, refs, overwrite, workers, progress)
 
     result = PrepareResult(out, {s: len(r) for s, r in refs.items()})
@@ -256,12 +271,19 @@ def _prepare_locked(root, out, options, refs, splits, workers, progress, skip_ba
         done_masks[split] = done
         result.reused += int(done.sum())
         todo = [(i, r) for i, r in enumerate(split_refs) if not done[i]]
-        work += [(out, split, todo[k:k + chunk], state) for k in range(0, len(todo), chunk)]
+        work += [(out, split, todo[k : k + chunk], state) for k in range(0, len(todo), chunk)]
 
     bad: dict[str, list[tuple[str, str]]] = {s: [] for s in splits}
     total = sum(len(w[2]) for w in work)
-    for split, rows, bad_rows in parallel_map(_prepare_chunk, work, workers=workers, description="preparing cache",
-                                              progress=progress, total=total, advance=lambda r: len(r[1]) + len(r[2])):
+    for split, rows, bad_rows in parallel_map(
+        _prepare_chunk,
+        work,
+        workers=workers,
+        description="preparing cache",
+        progress=progress,
+        total=total,
+        advance=lambda r: len(r[1]) + len(r[2]),
+    ):
         done_masks[split][rows] = True
         atomic_save_npy(out / split / "done.npy", done_masks[split])
         result.written += len(rows)
@@ -270,7 +292,8 @@ def _prepare_locked(root, out, options, refs, splits, workers, progress, skip_ba
     problems = sorted(p for s in splits for p in bad[s])
     if problems and not skip_bad:
         raise BadDatasetError(
-            problems, str(root),
+            problems,
+            str(root),
             "Fix or remove these records, or run `segladder data prepare ... --skip-bad` to leave them out. "
             "Finished records are kept: re-running resumes.",
         )
@@ -300,7 +323,9 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
         for split, split_ids in ids.items():
             have = state["splits"].get(split, {}).get("ids")
             if have is not None and have != split_ids:
-                raise CacheError(f"{out}: the records of split '{split}' changed since it was prepared; use --overwrite.")
+                raise CacheError(
+                    f"{out}: the records of split '{split}' changed since it was prepared; use --overwrite."
+                )
         if all(s in state["splits"] for s in ids):
             # Resuming: the manifest goes first, so that a cache being changed never reads as complete.
             manifest_path.unlink(missing_ok=True)
@@ -313,8 +338,15 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
         stats = compute_stats(root, options, workers=workers, progress=progress)
         enc = encoding(options, stats)
-        state = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "source": str(Path(root).resolve()),
-                 "options": options.to_dict(), "stats": stats, "encoding": enc, "splits": {}}
+        state = {
+            "format": CACHE_FORMAT,
+            "version": CACHE_VERSION,
+            "source": str(Path(root).resolve()),
+            "options": options.to_dict(),
+            "stats": stats,
+            "encoding": enc,
+            "splits": {},
+        }
     out.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
     new_splits = {}
@@ -324,7 +356,11 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
             new_splits[split] = _split_files(options, len(split_refs), split != "test", has_soft)
     # The arrays are written through memory maps, where a full disk is a SIGBUS, not an error: so their
     # space is checked and reserved here, before any record is read.
-    needed = sum(int(np.prod(f["shape"])) * np.dtype(f["dtype"]).itemsize for fs in new_splits.values() for f in fs.values())
+    needed = sum(
+        int(np.prod(f["shape"])) * np.dtype(f["dtype"]).itemsize
+        for fs in new_splits.values()
+        for f in fs.values()
+    )
     free = free_bytes(out)
     if new_splits and free is not None and needed > free:
         with guard_writes(out, needed=needed):
@@ -338,8 +374,12 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
             for name, spec in files.items():
                 path = sdir / f"{name}.npy"
                 created.append(path)
-                with guard_writes(path, needed=int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize):
-                    np.lib.format.open_memmap(path, mode="w+", dtype=spec["dtype"], shape=tuple(spec["shape"])).flush()
+                with guard_writes(
+                    path, needed=int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
+                ):
+                    np.lib.format.open_memmap(
+                        path, mode="w+", dtype=spec["dtype"], shape=tuple(spec["shape"])
+                    ).flush()
                 preallocate(path)
             atomic_save_npy(sdir / "done.npy", np.zeros(len(refs[split]), bool))
             state["splits"][split] = {"ids": ids[split], "files": files}
@@ -368,9 +408,13 @@ class CacheSplit:
                 # Copy-on-write: writable views (torch.from_numpy needs them) that never touch the file.
                 arr = np.load(path, mmap_mode="c", allow_pickle=False)
             except FileNotFoundError:
-                raise CacheError(f"{path}: missing from the cache. Re-run `segladder data prepare` with --overwrite.") from None
+                raise CacheError(
+                    f"{path}: missing from the cache. Re-run `segladder data prepare` with --overwrite."
+                ) from None
             except (ValueError, OSError, EOFError) as exc:
-                raise CacheError(f"{path}: corrupted ({exc}). Re-run `segladder data prepare` with --overwrite.") from exc
+                raise CacheError(
+                    f"{path}: corrupted ({exc}). Re-run `segladder data prepare` with --overwrite."
+                ) from exc
             if list(arr.shape) != spec["shape"] or str(arr.dtype) != spec["dtype"]:
                 raise CacheError(
                     f"{path}: holds {arr.dtype}{list(arr.shape)}, the manifest says {spec['dtype']}{spec['shape']}; "
@@ -381,9 +425,11 @@ class CacheSplit:
         all_ids = info["ids"]
         rows = {len(a) for a in self.arrays.values()}
         if rows != {len(all_ids)}:
-            raise CacheError(f"{cache.path / 'manifest.json'}: {len(all_ids)} record ids for split '{split}' but "
-                             f"its arrays hold {sorted(rows)[0]} rows; the cache was changed. Re-run "
-                             "`segladder data prepare` with --overwrite.")
+            raise CacheError(
+                f"{cache.path / 'manifest.json'}: {len(all_ids)} record ids for split '{split}' but "
+                f"its arrays hold {sorted(rows)[0]} rows; the cache was changed. Re-run "
+                "`segladder data prepare` with --overwrite."
+            )
         self.rows = np.array([i for i, r in enumerate(all_ids) if r not in skipped], dtype=np.int64)
         self.ids = [all_ids[i] for i in self.rows]
         if not self.ids:
@@ -408,24 +454,39 @@ class ContrailsCache:
         self.path = Path(path)
         mpath = self.path / "manifest.json"
         if not mpath.exists():
-            state = "an interrupted preparation (re-run the same `segladder data prepare` to finish it)" \
-                if (self.path / "state.json").exists() else "no cache"
+            state = (
+                "an interrupted preparation (re-run the same `segladder data prepare` to finish it)"
+                if (self.path / "state.json").exists()
+                else "no cache"
+            )
             raise CacheError(f"{self.path}: no manifest.json; this is {state}.")
         try:
             self.manifest = json.loads(mpath.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise CacheError(f"{mpath}: unreadable ({exc}); re-run `segladder data prepare` with --overwrite.") from exc
-        if not isinstance(self.manifest, dict) or self.manifest.get("format") != CACHE_FORMAT \
-                or not self.manifest.get("complete"):
+            raise CacheError(
+                f"{mpath}: unreadable ({exc}); re-run `segladder data prepare` with --overwrite."
+            ) from exc
+        if (
+            not isinstance(self.manifest, dict)
+            or self.manifest.get("format") != CACHE_FORMAT
+            or not self.manifest.get("complete")
+        ):
             raise CacheError(f"{mpath}: not a complete {CACHE_FORMAT} manifest.")
         if self.manifest.get("version") != CACHE_VERSION:
-            raise CacheError(f"{mpath}: cache version {self.manifest.get('version')}, this segladder reads {CACHE_VERSION}; re-prepare it.")
+            raise CacheError(
+                f"{mpath}: cache version {self.manifest.get('version')}, this segladder reads {CACHE_VERSION}; re-prepare it."
+            )
         missing = [k for k in ("options", "stats", "encoding", "splits") if k not in self.manifest]
-        bad_splits = [s for s, info in self.manifest.get("splits", {}).items()
-                      if not isinstance(info, dict) or not {"ids", "files"} <= info.keys()]
+        bad_splits = [
+            s
+            for s, info in self.manifest.get("splits", {}).items()
+            if not isinstance(info, dict) or not {"ids", "files"} <= info.keys()
+        ]
         if missing or bad_splits:
-            raise CacheError(f"{mpath}: damaged (missing {', '.join(missing + [f'splits.{s}' for s in bad_splits])}); "
-                             "re-run `segladder data prepare` with --overwrite.")
+            raise CacheError(
+                f"{mpath}: damaged (missing {', '.join(missing + [f'splits.{s}' for s in bad_splits])}); "
+                "re-run `segladder data prepare` with --overwrite."
+            )
         self.options = CacheOptions.from_dict(self.manifest["options"])
         self.stats: dict | None = self.manifest["stats"]
         self.encoding: dict = self.manifest["encoding"]
@@ -437,12 +498,16 @@ class ContrailsCache:
 
     def split(self, name: str) -> CacheSplit:
         if name not in self.manifest["splits"]:
-            raise CacheError(f"cache {self.path} has no split '{name}' (has {self.splits}); prepare it with --splits {name}.")
+            raise CacheError(
+                f"cache {self.path} has no split '{name}' (has {self.splits}); prepare it with --splits {name}."
+            )
         if name not in self._splits:
             self._splits[name] = CacheSplit(self, name)
         return self._splits[name]
 
-    def check_request(self, frames: Sequence[int], channels: Sequence[str], image_size: int) -> tuple[list[int], list[int]]:
+    def check_request(
+        self, frames: Sequence[int], channels: Sequence[str], image_size: int
+    ) -> tuple[list[int], list[int]]:
         """Indices of the requested frames and channels in the cache; a clear error when it cannot serve them."""
         o = self.options
         missing_f = [f for f in frames if f not in o.frames]

@@ -134,7 +134,9 @@ def check_dataset(
         items += [(r, values) for r in refs]
         meta = _metadata_problems(root, split, {r.record_id for r in refs})
         report.problems += meta
-    for rid, reasons in parallel_map(_check_one, items, workers=workers, description="checking records", progress=progress):
+    for rid, reasons in parallel_map(
+        _check_one, items, workers=workers, description="checking records", progress=progress
+    ):
         if reasons:
             report.problems.append((rid, "; ".join(reasons)))
     report.problems.sort()

@@ -120,8 +120,12 @@ def discover_records(root: str | Path, split: str, *, required: bool = True) -> 
 def present_splits(root: str | Path) -> list[str]:
     """The splits of `root` whose folders hold at least one record (the default when none are named)."""
     root = Path(root)
-    return [s for s in SPLITS if (root / s).is_dir() and any(
-        p.is_dir() and not p.name.startswith(".") for p in (root / s).iterdir())]
+    return [
+        s
+        for s in SPLITS
+        if (root / s).is_dir()
+        and any(p.is_dir() and not p.name.startswith(".") for p in (root / s).iterdir())
+    ]
 
 
 def read_metadata(root: str | Path, split: str) -> list[dict] | None:
@@ -164,7 +168,9 @@ def _frames_of(path: Path, frames: tuple[int, ...]) -> np.ndarray:
     return np.ascontiguousarray(out.transpose(2, 0, 1))
 
 
-def read_bands(record_dir: str | Path, bands: Sequence[int], frames: Sequence[int] | None = None) -> dict[int, np.ndarray]:
+def read_bands(
+    record_dir: str | Path, bands: Sequence[int], frames: Sequence[int] | None = None
+) -> dict[int, np.ndarray]:
     """Brightness temperatures {band: (T, H, W) float32} for the requested frames."""
     record_dir = Path(record_dir)
     fr = resolve_frames(frames)
@@ -223,7 +229,9 @@ def bands_needed(channels: Sequence[str]) -> tuple[int, ...]:
     return tuple(sorted(need))
 
 
-def read_channels(record_dir: str | Path, channels: Sequence[str], frames: Sequence[int] | None = None) -> np.ndarray:
+def read_channels(
+    record_dir: str | Path, channels: Sequence[str], frames: Sequence[int] | None = None
+) -> np.ndarray:
     """The selected input channels of a record: (T, H, W, C) float32, unnormalised."""
     chans = resolve_channels(channels)
     return channels_from_bands(read_bands(record_dir, bands_needed(chans), frames), chans)

@@ -92,8 +92,10 @@ class ContrailsDataset(Dataset):
         self.normalize_ash = normalize_ash
         self.aug = build_augment(augment)
         if augment is not None and augment.uses_gamma and any(c not in ASH_CHANNELS for c in self.channels):
-            raise DataError("augment.gamma_p / gamma_or_brightness_p > 0 needs inputs in [0, 1] (RandomGamma), but "
-                            "standardised bands/diffs are selected; set both to 0.")
+            raise DataError(
+                "augment.gamma_p / gamma_or_brightness_p > 0 needs inputs in [0, 1] (RandomGamma), but "
+                "standardised bands/diffs are selected; set both to 0."
+            )
 
         if is_cache(self.source):
             self.cache = ContrailsCache(self.source)
@@ -110,8 +112,13 @@ class ContrailsDataset(Dataset):
             self.record_ids = [r.record_id for r in refs]
             need_stats = normalize_ash or any(c not in ASH_CHANNELS for c in self.channels)
             if stats is None and need_stats:
-                opts = CacheOptions(self.frames, self.channels, image_size, interpolation=interpolation,
-                                    stats_records=stats_records)
+                opts = CacheOptions(
+                    self.frames,
+                    self.channels,
+                    image_size,
+                    interpolation=interpolation,
+                    stats_records=stats_records,
+                )
                 stats = compute_stats(self.source, opts, workers=1, progress=False)
             self.stats = stats
             self.has_mask = split != "test"
@@ -138,10 +145,17 @@ class ContrailsDataset(Dataset):
     def _validated(self, refs, skip_bad: bool):
         """`data check` of every raw record, limited to the band files this dataset reads, with its messages."""
         bands = bands_needed(self.channels)
-        problems = [(r.record_id, "; ".join(reasons)) for r in refs if (reasons := check_record(r, values=True, bands=bands))]
+        problems = [
+            (r.record_id, "; ".join(reasons))
+            for r in refs
+            if (reasons := check_record(r, values=True, bands=bands))
+        ]
         if problems and not skip_bad:
-            raise BadDatasetError(problems, f"{self.source}/{self.split}",
-                                  "Run `segladder data check` for a full report, or pass skip_bad to leave them out.")
+            raise BadDatasetError(
+                problems,
+                f"{self.source}/{self.split}",
+                "Run `segladder data check` for a full report, or pass skip_bad to leave them out.",
+            )
         bad = {rid for rid, _ in problems}
         for rid, reason in problems:
             console.print(f"[yellow]skipping[/] {rid}: {reason}")
@@ -202,7 +216,9 @@ class ContrailsDataset(Dataset):
         if self._uniform:
             out.mul_(float(self._scale[0]))
         else:
-            out.mul_(torch.from_numpy(self._scale)[:, None, None, None]).add_(torch.from_numpy(self._offset)[:, None, None, None])
+            out.mul_(torch.from_numpy(self._scale)[:, None, None, None]).add_(
+                torch.from_numpy(self._offset)[:, None, None, None]
+            )
         return out.numpy()
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
@@ -211,7 +227,11 @@ class ContrailsDataset(Dataset):
             row = int(self._split.rows[index])
             image = self._cached_image(row)
             mask = np.asarray(self._split.arrays["masks"][row]) if self._split.has_masks else None
-            soft = _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self._split.has_soft else None
+            soft = (
+                _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy()
+                if self._split.has_soft
+                else None
+            )
             return image, mask, soft
         s = read_sample(self._refs[index], self.channels, self.frames, self.image_size, self.interpolation)
         image = standardise(s.image, self.channels, self.stats).transpose(3, 0, 1, 2)
@@ -231,15 +251,21 @@ class ContrailsDataset(Dataset):
         if not self._whole:
             q = q[np.ix_(self._chan_idx, self._frame_idx)]
         mask = self._split.arrays["masks"][row] if self._split.has_masks else None
-        soft = _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self._split.has_soft else None
+        soft = (
+            _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self._split.has_soft else None
+        )
         if self.pseudo is not None:
             soft = self.pseudo.load(self.record_ids[index], q.shape[-1])
             mask = (soft > self.pseudo_threshold).astype(np.uint8)
             soft = soft if self.has_soft else None
         if self.aug is not None:
             q, mask, soft = augment(self.aug, q, mask, soft, dtype=None)
-        item: dict = {"image": torch.from_numpy(q), "image_scale": self._item_scale,
-                      "image_offset": self._item_offset, "record_id": self.record_ids[index]}
+        item: dict = {
+            "image": torch.from_numpy(q),
+            "image_scale": self._item_scale,
+            "image_offset": self._item_offset,
+            "record_id": self.record_ids[index],
+        }
         if mask is not None:
             item["mask"] = torch.from_numpy(mask)[None]
         if soft is not None:
@@ -268,8 +294,12 @@ class ContrailsDataset(Dataset):
         return item
 
 
-def decode_images(q: torch.Tensor, scale: torch.Tensor, offset: torch.Tensor,
-                  memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+def decode_images(
+    q: torch.Tensor,
+    scale: torch.Tensor,
+    offset: torch.Tensor,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
     """uint8 (B, C, ...) → float32 q·scale + offset with per-sample, per-channel (B, C) scale and offset.
 
     On an accelerator this is one kernel (`addcmul` reads uint8 and writes float32 once, in `memory_format`);
@@ -317,11 +347,24 @@ class ImageMaskDataset(Dataset):
         skip_bad: leave bad pairs out (printed) instead of refusing the split.
     """
 
-    def __init__(self, root: str | Path, split: str = "train", *, image_size: int = 256,
-                 augment: AugmentConfig | None = None, interpolation: str = "bilinear", skip_bad: bool = False):
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        image_size: int = 256,
+        augment: AugmentConfig | None = None,
+        interpolation: str = "bilinear",
+        skip_bad: bool = False,
+    ):
         from segladder.data.transforms import build_augment
 
-        self.source, self.split, self.image_size, self.interpolation = Path(root), split, image_size, interpolation
+        self.source, self.split, self.image_size, self.interpolation = (
+            Path(root),
+            split,
+            image_size,
+            interpolation,
+        )
         pairs = discover_pairs(root, split, need_masks=split != "test")
         self.pairs = self._validated(pairs, skip_bad)
         self.record_ids = [p.stem for p in self.pairs]
@@ -336,7 +379,9 @@ class ImageMaskDataset(Dataset):
         if problems and not skip_bad:
             if len(problems) == 1:
                 raise DataError(problems[0][1])
-            raise BadDatasetError(problems, f"{self.source}/{self.split}", "Fix or remove them, or set data.skip_bad=true.")
+            raise BadDatasetError(
+                problems, f"{self.source}/{self.split}", "Fix or remove them, or set data.skip_bad=true."
+            )
         for stem, reason in problems:
             console.print(f"[yellow]skipping[/] {stem}: {reason}")
         bad = {stem for stem, _ in problems}
@@ -368,20 +413,28 @@ class ImageMaskDataset(Dataset):
             out = self.aug(image=image, **({"mask": mask} if mask is not None else {}))
             image, mask = out["image"], out.get("mask")
         chw = (image.transpose(2, 0, 1).astype(np.float32) / 255.0 - self._mean) / self._std
-        item: dict = {"image": torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[:, None],
-                      "record_id": self.record_ids[index]}
+        item: dict = {
+            "image": torch.from_numpy(np.ascontiguousarray(chw, dtype=np.float32))[:, None],
+            "record_id": self.record_ids[index],
+        }
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         return item
-
 
 
 def _to_float(a: np.ndarray) -> torch.Tensor:
     return torch.empty(a.shape, dtype=torch.float32).copy_(torch.from_numpy(np.ascontiguousarray(a)))
 
 
-def dataset_from_config(cfg: DataConfig, split: str, *, root: str | Path | None = None, augment: bool = False,
-                        stats: dict | None = None, **extra) -> ContrailsDataset | ImageMaskDataset:
+def dataset_from_config(
+    cfg: DataConfig,
+    split: str,
+    *,
+    root: str | Path | None = None,
+    augment: bool = False,
+    stats: dict | None = None,
+    **extra,
+) -> ContrailsDataset | ImageMaskDataset:
     """The one way a `DataConfig` becomes a dataset (training, evaluate, predict, viz and the ladder agree).
 
     Args:
@@ -394,15 +447,31 @@ def dataset_from_config(cfg: DataConfig, split: str, *, root: str | Path | None 
     """
     source = root if root is not None else cfg.root
     if source is None:
-        raise ConfigError("data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH).")
+        raise ConfigError(
+            "data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH)."
+        )
     if data_format(cfg, source) == "images":
         check_image_options(extra)
-        return ImageMaskDataset(source, split, image_size=cfg.image_size, augment=cfg.augment if augment else None,
-                                interpolation=cfg.interpolation, skip_bad=cfg.skip_bad)
+        return ImageMaskDataset(
+            source,
+            split,
+            image_size=cfg.image_size,
+            augment=cfg.augment if augment else None,
+            interpolation=cfg.interpolation,
+            skip_bad=cfg.skip_bad,
+        )
     return ContrailsDataset(
-        source, split, frames=cfg.frames, channels=cfg.channels, image_size=cfg.image_size,
-        augment=cfg.augment if augment else None, normalize_ash=cfg.normalize_ash, interpolation=cfg.interpolation,
-        skip_bad=cfg.skip_bad, stats=stats, **extra,
+        source,
+        split,
+        frames=cfg.frames,
+        channels=cfg.channels,
+        image_size=cfg.image_size,
+        augment=cfg.augment if augment else None,
+        normalize_ash=cfg.normalize_ash,
+        interpolation=cfg.interpolation,
+        skip_bad=cfg.skip_bad,
+        stats=stats,
+        **extra,
     )
 
 

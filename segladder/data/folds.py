@@ -34,7 +34,9 @@ def _labelled_records(root: Path, splits: Sequence[str]) -> list[tuple[str, str,
         if is_cache(root):
             part = ContrailsCache(root).split(split)
             if not part.has_masks:
-                raise DataError(f"split '{split}' of {root} has no masks; folds are cut over labelled splits.")
+                raise DataError(
+                    f"split '{split}' of {root} has no masks; folds are cut over labelled splits."
+                )
             masks = part.arrays["masks"][part.rows]
             positive = masks.reshape(len(masks), -1).max(1) > 0
             out += [(split, rid, bool(p)) for rid, p in zip(part.ids, positive, strict=True)]
@@ -42,26 +44,34 @@ def _labelled_records(root: Path, splits: Sequence[str]) -> list[tuple[str, str,
             for ref in discover_records(root, split):
                 path = ref.path / PIXEL_MASK_FILE
                 if not path.exists():
-                    raise DataError(f"{path} is missing; folds are cut over labelled splits (train, validation).")
+                    raise DataError(
+                        f"{path} is missing; folds are cut over labelled splits (train, validation)."
+                    )
                 out.append((split, ref.record_id, bool(np.load(path, mmap_mode="r").any())))
     return out
 
 
-def _groups(root: Path, records: list[tuple[str, str, bool]], by: str, window_s: float, group_key: str) -> list[str]:
+def _groups(
+    root: Path, records: list[tuple[str, str, bool]], by: str, window_s: float, group_key: str
+) -> list[str]:
     """The group of each record: itself (`record`), a time cluster (`time`), or metadata values (`group`)."""
     if by == "record":
         return [f"{s}/{r}" for s, r, _ in records]
     if is_cache(root):
-        raise DataError(f"{root} is a cache, which keeps no metadata: give the raw dataset root for --by {by} "
-                        "(the folds CSV then serves the cache too: record ids are the same).")
+        raise DataError(
+            f"{root} is a cache, which keeps no metadata: give the raw dataset root for --by {by} "
+            "(the folds CSV then serves the cache too: record ids are the same)."
+        )
     meta: dict[tuple[str, str], dict] = {}
     for split in {s for s, _, _ in records}:
         for m in read_metadata(root, split) or []:
             meta[(split, m["record_id"])] = m
     missing = [f"{s}/{r}" for s, r, _ in records if (s, r) not in meta]
     if missing:
-        raise DataError(f"no metadata for {len(missing)} record(s) (e.g. {missing[0]}) in {root}: --by {by} needs "
-                        "the split's *_metadata.json; use --by record instead.")
+        raise DataError(
+            f"no metadata for {len(missing)} record(s) (e.g. {missing[0]}) in {root}: --by {by} needs "
+            "the split's *_metadata.json; use --by record instead."
+        )
     if by == "group":
         keys = [k.strip() for k in group_key.split(",") if k.strip()]
         bad = [k for k in keys if k not in meta[(records[0][0], records[0][1])]]
@@ -111,8 +121,17 @@ def assign_folds(groups: Sequence[str], positive: Sequence[bool], k: int, seed: 
     return fold_of
 
 
-def make_folds(root: str | Path, out: str | Path, *, k: int = 5, by: str = "record", splits: Sequence[str] = ("train",),
-               seed: int = 0, window_minutes: float = 60.0, group_key: str = "row_min,col_min") -> list[FoldRecord]:
+def make_folds(
+    root: str | Path,
+    out: str | Path,
+    *,
+    k: int = 5,
+    by: str = "record",
+    splits: Sequence[str] = ("train",),
+    seed: int = 0,
+    window_minutes: float = 60.0,
+    group_key: str = "row_min,col_min",
+) -> list[FoldRecord]:
     """Cut `splits` of `root` into `k` folds and write them as CSV (`FOLD_COLUMNS`); returns the rows."""
     if k < 2:
         raise DataError(f"--k {k}: cross-validation needs at least 2 folds.")
@@ -136,17 +155,28 @@ def read_folds(path: str | Path) -> list[FoldRecord]:
     """The rows of a folds CSV, with a clear error for a missing file, missing columns or bad values."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"folds file {path} does not exist; make one with `segladder data folds ROOT --out {path}`.")
+        raise DataError(
+            f"folds file {path} does not exist; make one with `segladder data folds ROOT --out {path}`."
+        )
     with open(path, newline="") as fh:
         reader = csv.DictReader(fh)
         missing = [c for c in FOLD_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(FOLD_COLUMNS)}.")
+            raise DataError(
+                f"{path}: missing column(s) {', '.join(missing)}; expected {', '.join(FOLD_COLUMNS)}."
+            )
         rows = []
         for n, row in enumerate(reader, start=2):
             try:
-                rows.append(FoldRecord(row["record_id"], row["split"], int(row["fold"]), row["has_contrail"] == "1",
-                                       row["group"]))
+                rows.append(
+                    FoldRecord(
+                        row["record_id"],
+                        row["split"],
+                        int(row["fold"]),
+                        row["has_contrail"] == "1",
+                        row["group"],
+                    )
+                )
             except ValueError:
                 raise DataError(f"{path}:{n}: fold {row['fold']!r} is not an integer.") from None
     seen: set[tuple[str, str]] = set()

@@ -33,8 +33,10 @@ def split_dir(root: str | Path, split: str) -> Path:
         if name and (root / name / "images").is_dir():
             return root / name
     found = sorted(p.name for p in root.iterdir() if (p / "images").is_dir()) if root.is_dir() else []
-    raise DataError(f"{root}: no split '{split}' (expected {root / split / 'images'}/); splits found: "
-                    f"{', '.join(found) or 'none'}.")
+    raise DataError(
+        f"{root}: no split '{split}' (expected {root / split / 'images'}/); splits found: "
+        f"{', '.join(found) or 'none'}."
+    )
 
 
 @dataclass(frozen=True)
@@ -60,8 +62,10 @@ def discover_pairs(root: str | Path, split: str, need_masks: bool = True) -> lis
         missing = [p for p in pairs if p.mask is None]
         if missing:
             more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-            raise DataError(f"{missing[0].image}: no mask {folder / 'masks' / (missing[0].stem + '.png')}{more}; "
-                            "every image needs a mask with the same stem (PNG, 0/255 or 0/1).")
+            raise DataError(
+                f"{missing[0].image}: no mask {folder / 'masks' / (missing[0].stem + '.png')}{more}; "
+                "every image needs a mask with the same stem (PNG, 0/255 or 0/1)."
+            )
     return pairs
 
 
@@ -82,12 +86,16 @@ def read_mask(path: Path, image_path: Path, image_shape: tuple[int, int]) -> np.
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise DataError(f"{path}: unreadable mask ({exc}).") from None
     if mask.shape[:2] != tuple(image_shape):
-        raise DataError(f"{path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image {image_path.name} is "
-                        f"{image_shape[1]}×{image_shape[0]}; masks must have their image's size.")
+        raise DataError(
+            f"{path}: mask is {mask.shape[1]}×{mask.shape[0]} but its image {image_path.name} is "
+            f"{image_shape[1]}×{image_shape[0]}; masks must have their image's size."
+        )
     values = np.unique(mask)
     bad = [int(v) for v in values if int(v) not in MASK_VALUES]
     if bad:
-        raise DataError(f"{path}: mask values {bad[:5]} outside {{0, 1, 255}}; masks are binary PNGs (0/255 or 0/1).")
+        raise DataError(
+            f"{path}: mask values {bad[:5]} outside {{0, 1, 255}}; masks are binary PNGs (0/255 or 0/1)."
+        )
     return (mask > 0).astype(np.uint8)
 
 
@@ -117,4 +125,6 @@ def heavy_transforms() -> list[A.BasicTransform]:
 def check_image_options(extra: dict) -> None:
     """Options of the contrails reader that image folders cannot honour, refused by name."""
     if extra.get("pseudo") is not None:
-        raise ConfigError("data.pseudo_labels works with the contrails layout only, not with image/mask folders.")
+        raise ConfigError(
+            "data.pseudo_labels works with the contrails layout only, not with image/mask folders."
+        )

@@ -12,7 +12,13 @@ METADATA_FILES: dict[str, str] = {
     "validation": "validation_metadata.json",
 }
 METADATA_KEYS: tuple[str, ...] = (
-    "record_id", "projection_wkt", "row_min", "row_size", "col_min", "col_size", "timestamp",
+    "record_id",
+    "projection_wkt",
+    "row_min",
+    "row_size",
+    "col_min",
+    "col_size",
+    "timestamp",
 )
 SAMPLE_SUBMISSION_FILE = "sample_submission.csv"  # header: record_id,encoded_pixels
 DEFAULT_SIZE = 256

@@ -87,14 +87,22 @@ class ContrailsDataModule(L.LightningDataModule):
             parts.append(train if len(rows) == len(train) else Subset(train, rows.tolist()))
         base = parts[0] if len(parts) == 1 else ConcatDataset(parts)
         if c.positives_only and len(base) == 0:
-            raise ConfigError(f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records.")
+            raise ConfigError(
+                f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records."
+            )
         if c.train_records is not None and c.train_records < len(base):
             base = Subset(base, range(c.train_records))
         if c.pseudo_labels:
             pseudo = PseudoLabels(c.pseudo_labels)
-            extra = dataset_from_config(c, pseudo.split, augment=True, pseudo=pseudo, pseudo_threshold=c.pseudo_threshold,
-                                        keep_soft=contrails_datasets(base)[0].has_soft,
-                                        output_dtype=TRAINING_OUTPUT_DTYPE)
+            extra = dataset_from_config(
+                c,
+                pseudo.split,
+                augment=True,
+                pseudo=pseudo,
+                pseudo_threshold=c.pseudo_threshold,
+                keep_soft=contrails_datasets(base)[0].has_soft,
+                output_dtype=TRAINING_OUTPUT_DTYPE,
+            )
             base = ConcatDataset([base, extra])
         self.train_set = _Seeded(base, self.seed)
 
@@ -103,8 +111,10 @@ class ContrailsDataModule(L.LightningDataModule):
         if self.val_set is not None:
             return
         if c.folds:
-            parts = [dataset_from_config(c, split, output_dtype=TRAINING_OUTPUT_DTYPE)
-                     for split in sorted({r.split for r in self.folds})]
+            parts = [
+                dataset_from_config(c, split, output_dtype=TRAINING_OUTPUT_DTYPE)
+                for split in sorted({r.split for r in self.folds})
+            ]
             subsets = [Subset(ds, fold_rows(ds, self.folds, lambda f: f == c.fold).tolist()) for ds in parts]
             val = subsets[0] if len(subsets) == 1 else ConcatDataset(subsets)
         else:
@@ -125,8 +135,10 @@ class ContrailsDataModule(L.LightningDataModule):
             self._folds = read_folds(c.folds)
             k = fold_count(self._folds)
             if c.fold is None or not 0 <= c.fold < k:
-                raise ConfigError(f"data.folds {c.folds} has folds 0..{k - 1}: set data.fold to one of them "
-                                  f"(got {c.fold}), or train them all with `segladder train CONFIG --folds`.")
+                raise ConfigError(
+                    f"data.folds {c.folds} has folds 0..{k - 1}: set data.fold to one of them "
+                    f"(got {c.fold}), or train them all with `segladder train CONFIG --folds`."
+                )
         return self._folds
 
     @property
@@ -142,10 +154,15 @@ class ContrailsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._sampler = EpochSeededSampler(len(self.train_set), self.seed)
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=self._sampler,
-                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                          drop_last=len(self.train_set) > self.cfg.batch_size,
-                          persistent_workers=False)
+        return DataLoader(
+            self.train_set,
+            batch_size=self.cfg.batch_size,
+            sampler=self._sampler,
+            num_workers=self.cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+            drop_last=len(self.train_set) > self.cfg.batch_size,
+            persistent_workers=False,
+        )
 
     def val_dataloader(self) -> DataLoader:
         sampler = None
@@ -155,8 +172,14 @@ class ContrailsDataModule(L.LightningDataModule):
             # Lightning's default sampler pads shards to equal length, counting some records twice in the
             # global Dice; this one gives each record to exactly one process.
             sampler = UnrepeatedDistributedSampler(self.val_set, shuffle=False)
-        return DataLoader(self.val_set, batch_size=self.cfg.val_batch_size or self.cfg.batch_size, shuffle=False,
-                          sampler=sampler, num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
+        return DataLoader(
+            self.val_set,
+            batch_size=self.cfg.val_batch_size or self.cfg.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.cfg.num_workers,
+            pin_memory=torch.cuda.is_available(),
+        )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """uint8 batches become float32 here, on the device: the host moves stored bytes and converts none."""
@@ -190,8 +213,10 @@ def fold_rows(ds: ContrailsDataset, folds: list[FoldRecord], keep) -> np.ndarray
         if r.split != ds.split or not keep(r.fold):
             continue
         if r.record_id not in index:
-            raise ConfigError(f"record {r.split}/{r.record_id} of the folds file is not in {ds.source}; "
-                              "were the folds cut from another dataset?")
+            raise ConfigError(
+                f"record {r.split}/{r.record_id} of the folds file is not in {ds.source}; "
+                "were the folds cut from another dataset?"
+            )
         rows.append(index[r.record_id])
     return np.array(sorted(rows), dtype=np.int64)
 

@@ -20,8 +20,10 @@ class PseudoLabels:
         self.folder = Path(folder)
         index = self.folder / "index.json"
         if not index.exists():
-            raise DataError(f"{index}: missing; pseudo labels are complete only once `segladder pseudo-label` "
-                            "has written it. Re-run that command.")
+            raise DataError(
+                f"{index}: missing; pseudo labels are complete only once `segladder pseudo-label` "
+                "has written it. Re-run that command."
+            )
         try:
             meta = json.loads(index.read_text())
         except (OSError, json.JSONDecodeError) as exc:
@@ -37,11 +39,15 @@ class PseudoLabels:
         try:
             soft = np.load(path, allow_pickle=False).astype(np.float32)
         except (OSError, ValueError) as exc:
-            raise DataError(f"{path}: pseudo label unreadable ({exc}); re-run `segladder pseudo-label`.") from None
+            raise DataError(
+                f"{path}: pseudo label unreadable ({exc}); re-run `segladder pseudo-label`."
+            ) from None
         return resize_mask(soft, size, soft=True)
 
     def check_covers(self, record_ids: list[str], where: str) -> None:
         missing = sorted(set(record_ids) - set(self.records))
         if missing:
-            raise DataError(f"pseudo labels in {self.folder} cover split '{self.split}' but not {len(missing)} record(s) "
-                            f"of {where} (e.g. {missing[0]}); make them for the same data.")
+            raise DataError(
+                f"pseudo labels in {self.folder} cover split '{self.split}' but not {len(missing)} record(s) "
+                f"of {where} (e.g. {missing[0]}); make them for the same data."
+            )

@@ -41,7 +41,9 @@ MAX_RECORDS_PER_SPLIT = 10**15  # ids permute split·10**15 + index, so indices 
 _SPLIT_INDEX = {split: i for i, split in enumerate(SPLITS)}
 _ID_MODULUS = 9 * 10**18  # ids are 10**18 + (0 .. 9·10**18 − 1): 19 digits, never a leading 0
 _MASK63 = (1 << 63) - 1
-_T = np.arange(N_FRAMES, dtype=np.float32) - LABELED_FRAME  # frame time relative to the label, in 10-min steps
+_T = (
+    np.arange(N_FRAMES, dtype=np.float32) - LABELED_FRAME
+)  # frame time relative to the label, in 10-min steps
 _MAX_WIND = 3.5  # px per frame
 _MARGIN = int(math.ceil(_MAX_WIND * LABELED_FRAME)) + 2  # drifting fields are drawn this much larger
 _SUBPIXEL_BITS = 4  # cv2 drawing "shift": polyline vertices with 1/16 px precision
@@ -240,7 +242,9 @@ def _contrail(rng: np.random.Generator, size: int, wind: np.ndarray, formed: flo
     )
 
 
-def _contrails(rng: np.random.Generator, size: int, wind: np.ndarray) -> tuple[list[_Contrail], list[_Contrail]]:
+def _contrails(
+    rng: np.random.Generator, size: int, wind: np.ndarray
+) -> tuple[list[_Contrail], list[_Contrail]]:
     """(labelled, unlabelled): contrails present at the labelled frame; ones that only form after it and
     look-alikes that only time tells apart from a contrail.
 
@@ -271,7 +275,9 @@ def _contrails(rng: np.random.Generator, size: int, wind: np.ndarray) -> tuple[l
 
 def _draw(canvas: np.ndarray, points: np.ndarray, value: int, width: int, line_type: int) -> None:
     pts = np.round(points * (1 << _SUBPIXEL_BITS)).astype(np.int32).reshape(-1, 1, 2)
-    cv2.polylines(canvas, [pts], False, value, thickness=max(1, width), lineType=line_type, shift=_SUBPIXEL_BITS)
+    cv2.polylines(
+        canvas, [pts], False, value, thickness=max(1, width), lineType=line_type, shift=_SUBPIXEL_BITS
+    )
 
 
 def _contrail_frames(contrails: list[_Contrail], size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +315,9 @@ def _annotators(rng: np.random.Generator, contrails: list[_Contrail], size: int)
     return masks.transpose(1, 2, 0)
 
 
-def make_record(rng: np.random.Generator, size: int = DEFAULT_SIZE, split: str = "train") -> dict[str, np.ndarray]:
+def make_record(
+    rng: np.random.Generator, size: int = DEFAULT_SIZE, split: str = "train"
+) -> dict[str, np.ndarray]:
     """One record's files as arrays, {file name: array}, with the dtypes and shapes of the competition.
 
     Brightness temperatures come from a layered scene: a static surface, drifting water vapour, broad
@@ -340,7 +348,9 @@ def make_record(rng: np.random.Generator, size: int = DEFAULT_SIZE, split: str =
     cirrus = np.zeros((n, n), np.float32)
     if rng.random() < 0.5:
         _draw(cirrus, rng.uniform(0, n, (2, 2)), 1, int(rng.uniform(0.08, 0.2) * size), cv2.LINE_8)
-        cirrus = cv2.GaussianBlur(cirrus, (0, 0), 0.04 * size) * np.clip(1 + 0.5 * _smooth(rng, n, cells), 0, 2)
+        cirrus = cv2.GaussianBlur(cirrus, (0, 0), 0.04 * size) * np.clip(
+            1 + 0.5 * _smooth(rng, n, cells), 0, 2
+        )
     cirrus = _drift_frames(cirrus, wind_up, size)
     cirrus_cool, cirrus_btd = rng.uniform(1.0, 5.0), rng.uniform(0.5, 2.5)
 
@@ -477,7 +487,9 @@ def _prepare_out(out: Path, params: dict, overwrite: bool) -> None:
         try:
             found = json.loads(marker.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{marker} is unreadable ({exc}); delete {out} or give a fresh directory.") from exc
+            raise DataError(
+                f"{marker} is unreadable ({exc}); delete {out} or give a fresh directory."
+            ) from exc
         if found != params:
             if not overwrite:
                 raise DataError(
@@ -563,9 +575,12 @@ def generate_contrails(
                 bar.advance(task)
 
     for split, name in METADATA_FILES.items():
-        atomic_write_json(out / name, [record_metadata(seed, split, i, rid) for i, rid in enumerate(ids[split])])
+        atomic_write_json(
+            out / name, [record_metadata(seed, split, i, rid) for i, rid in enumerate(ids[split])]
+        )
     atomic_write_text(
-        out / SAMPLE_SUBMISSION_FILE, "record_id,encoded_pixels\n" + "".join(f"{rid},-\n" for rid in ids["test"])
+        out / SAMPLE_SUBMISSION_FILE,
+        "record_id,encoded_pixels\n" + "".join(f"{rid},-\n" for rid in ids["test"]),
     )
 
     labelled = [s for s in SPLITS if s in METADATA_FILES]

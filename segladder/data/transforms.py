@@ -22,8 +22,10 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | N
     t: list[A.BasicTransform] = []
     if cfg.preset == "heavy":
         if not rgb:
-            raise DataError("augment.preset heavy is seed 004's set for RGB image folders (data.format images); "
-                            "for contrail bands use the augment.*_p options.")
+            raise DataError(
+                "augment.preset heavy is seed 004's set for RGB image folders (data.format images); "
+                "for contrail bands use the augment.*_p options."
+            )
         t.extend(heavy_transforms())
     if cfg.hflip_p:
         t.append(A.HorizontalFlip(p=cfg.hflip_p))
@@ -32,14 +34,16 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | N
     if cfg.rot90_p:
         t.append(A.RandomRotate90(p=cfg.rot90_p))
     if cfg.shift_scale_rotate_p:
-        t.append(A.Affine(
-            translate_percent=(-cfg.shift_limit, cfg.shift_limit),
-            scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
-            rotate=(-cfg.rotate_limit, cfg.rotate_limit),
-            keep_ratio=cfg.keep_ratio,
-            border_mode=cv2.BORDER_REFLECT_101,
-            p=cfg.shift_scale_rotate_p,
-        ))
+        t.append(
+            A.Affine(
+                translate_percent=(-cfg.shift_limit, cfg.shift_limit),
+                scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+                rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+                keep_ratio=cfg.keep_ratio,
+                border_mode=cv2.BORDER_REFLECT_101,
+                p=cfg.shift_scale_rotate_p,
+            )
+        )
     if cfg.brightness_p:
         t.append(A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=cfg.brightness_p))
     if cfg.gamma_p:
@@ -47,32 +51,47 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | N
     if cfg.blur_p:
         t.append(A.GaussianBlur(blur_limit=cfg.blur_limit, p=cfg.blur_p))
     if cfg.gamma_or_brightness_p:
-        t.append(A.OneOf([
-            A.RandomGamma(gamma_limit=cfg.gamma_limit, p=1.0),
-            A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=1.0),
-        ], p=cfg.gamma_or_brightness_p))
+        t.append(
+            A.OneOf(
+                [
+                    A.RandomGamma(gamma_limit=cfg.gamma_limit, p=1.0),
+                    A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=1.0),
+                ],
+                p=cfg.gamma_or_brightness_p,
+            )
+        )
     if cfg.motion_or_gaussian_blur_p:
         # albumentations 1.x (the 2nd-place code) derived the Gaussian sigma from the kernel size
         # (0.8 / 1.1 / 1.4 for 3 / 5 / 7 px); 2.x draws it on its own, hence a range spanning those.
-        t.append(A.OneOf([
-            A.MotionBlur(blur_limit=cfg.blur_limit, p=1.0),
-            A.GaussianBlur(blur_limit=cfg.blur_limit, sigma_limit=cfg.blur_sigma, p=1.0),
-        ], p=cfg.motion_or_gaussian_blur_p))
+        t.append(
+            A.OneOf(
+                [
+                    A.MotionBlur(blur_limit=cfg.blur_limit, p=1.0),
+                    A.GaussianBlur(blur_limit=cfg.blur_limit, sigma_limit=cfg.blur_sigma, p=1.0),
+                ],
+                p=cfg.motion_or_gaussian_blur_p,
+            )
+        )
     if cfg.noise_p:
         t.append(A.GaussNoise(std_range=cfg.noise_std, p=cfg.noise_p))
     if cfg.cutout_p:
-        t.append(A.CoarseDropout(
-            num_holes_range=cfg.cutout_holes,
-            hole_height_range=cfg.cutout_size,
-            hole_width_range=cfg.cutout_size,
-            fill=0.0,
-            p=cfg.cutout_p,
-        ))
+        t.append(
+            A.CoarseDropout(
+                num_holes_range=cfg.cutout_holes,
+                hole_height_range=cfg.cutout_size,
+                hole_width_range=cfg.cutout_size,
+                fill=0.0,
+                p=cfg.cutout_p,
+            )
+        )
     return A.Compose(t, additional_targets={"soft": "mask"})
 
 
 def augment(
-    aug: A.Compose, image: np.ndarray, mask: np.ndarray | None, soft: np.ndarray | None,
+    aug: A.Compose,
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    soft: np.ndarray | None,
     dtype: type | None = np.float32,
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """Apply one random draw of `aug` to a (C, T, H, W) image and its (H, W) masks.

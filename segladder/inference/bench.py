@@ -14,8 +14,16 @@ from segladder.inference.export import export_model
 from segladder.inference.inputs import InputSpec
 
 
-def bench_inference(model: str = "ResNet18_U", *, image_size: int = 256, frames: int = 5, batch_size: int = 8,
-                    seconds: float = 10.0, threads: int | None = None, **model_kwargs) -> dict:
+def bench_inference(
+    model: str = "ResNet18_U",
+    *,
+    image_size: int = 256,
+    frames: int = 5,
+    batch_size: int = 8,
+    seconds: float = 10.0,
+    threads: int | None = None,
+    **model_kwargs,
+) -> dict:
     """Inference samples/s of a registered model (random weights) on the CPU: PyTorch vs onnxruntime.
 
     Both run the same fp32 model on the same random (B, 3, T, H, W) batch; the ONNX copy is exported
@@ -29,8 +37,14 @@ def bench_inference(model: str = "ResNet18_U", *, image_size: int = 256, frames:
         torch.set_num_threads(threads)
     net = create(model, pretrained=False, **model_kwargs).eval()
     spec = InputSpec(tuple(range(frames)), resolve_channels(["ash"]), image_size)
-    x = torch.rand(batch_size, len(spec.channels), frames, image_size, image_size,
-                   generator=torch.Generator().manual_seed(0))
+    x = torch.rand(
+        batch_size,
+        len(spec.channels),
+        frames,
+        image_size,
+        image_size,
+        generator=torch.Generator().manual_seed(0),
+    )
 
     def rate(run: Callable[[], object]) -> float:
         run()
@@ -51,6 +65,11 @@ def bench_inference(model: str = "ResNet18_U", *, image_size: int = 256, frames:
         session = ort.InferenceSession(str(exported.path), opts, providers=["CPUExecutionProvider"])
         feed = {session.get_inputs()[0].name: x.numpy()}
         onnx_rate = rate(lambda: session.run(None, feed))
-    return {"model": model, "input": list(x.shape),
-            "threads": torch.get_num_threads(), "torch_samples_per_s": torch_rate, "onnx_samples_per_s": onnx_rate,
-            "parity_max_abs_diff": exported.max_abs_diff_random}
+    return {
+        "model": model,
+        "input": list(x.shape),
+        "threads": torch.get_num_threads(),
+        "torch_samples_per_s": torch_rate,
+        "onnx_samples_per_s": onnx_rate,
+        "parity_max_abs_diff": exported.max_abs_diff_random,
+    }

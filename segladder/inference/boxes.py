@@ -64,18 +64,32 @@ class BoxAdjuster:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str | None = None, refine_steps: int | None = None,
-                        decode: str | None = None) -> BoxAdjuster:
+    def from_checkpoint(
+        cls,
+        path: str | Path,
+        device: str | None = None,
+        refine_steps: int | None = None,
+        decode: str | None = None,
+    ) -> BoxAdjuster:
         if decode not in (None, "expectation", "argmax"):
             raise InferenceError(f"--decode {decode}: use expectation or argmax.")
         ck = load_checkpoint(path)
         if ck.task != "boxes":
-            raise CheckpointError(f"{path}: a {ck.task} checkpoint; box adjustment needs one trained with task boxes "
-                                  "(segladder train snapper).")
+            raise CheckpointError(
+                f"{path}: a {ck.task} checkpoint; box adjustment needs one trained with task boxes "
+                "(segladder train snapper)."
+            )
         dev = pick_device(device)
         b, d = ck.config.boxes, ck.config.data
-        return cls(ck.model.to(dev).eval(), d.crop_size, d.buffer_ratio, decode or b.decode, b.window,
-                   b.refine_steps if refine_steps is None else refine_steps, dev)
+        return cls(
+            ck.model.to(dev).eval(),
+            d.crop_size,
+            d.buffer_ratio,
+            decode or b.decode,
+            b.window,
+            b.refine_steps if refine_steps is None else refine_steps,
+            dev,
+        )
 
     @torch.no_grad()
     def snap_crops(self, crops: torch.Tensor, regions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -84,8 +98,14 @@ class BoxAdjuster:
         edges, conf = decode(logits, self.decode, self.window)
         return to_image(edges.double(), regions.double(), self.crop_size).numpy(), conf.numpy()
 
-    def adjust_records(self, records: Sequence[BoxRecord], images: str | Path, batch_size: int = 64,
-                       num_workers: int = 0, progress: bool = True) -> tuple[dict[int, tuple], dict[int, list[float]]]:
+    def adjust_records(
+        self,
+        records: Sequence[BoxRecord],
+        images: str | Path,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        progress: bool = True,
+    ) -> tuple[dict[int, tuple], dict[int, list[float]]]:
         """Snap each record's box (taken as the rough box): (xywh by annotation id, per-edge confidence by id)."""
         rough = {r.ann_id: r.box for r in records}
         conf: dict[int, list[float]] = {}
@@ -125,8 +145,10 @@ def score(true: dict[int, Sequence[float]], boxes: dict[int, Sequence[float]], w
     """
     ids = [i for i in true if i in boxes]
     if not ids:
-        raise DataError(f"{where}: none of its annotation ids is in the ground truth; boxes are matched by 'id' "
-                        "(write them with `segladder boxes jitter` or `boxes adjust`, which keep the ids).")
+        raise DataError(
+            f"{where}: none of its annotation ids is in the ground truth; boxes are matched by 'id' "
+            "(write them with `segladder boxes jitter` or `boxes adjust`, which keep the ids)."
+        )
     m = BoxMetrics()
     m.update(np.stack([xywh_to_xyxy(boxes[i]) for i in ids]), np.stack([xywh_to_xyxy(true[i]) for i in ids]))
     out = {k: float(v) for k, v in m.compute().items()}
@@ -151,9 +173,17 @@ def jitter_file(gt: str | Path, out: str | Path, seed: int = 0) -> int:
     return len(records)
 
 
-def adjust_file(checkpoint: str | Path, images: str | Path, rough: str | Path, out: str | Path, *,
-                batch_size: int = 64, device: str | None = None, refine_steps: int | None = None,
-                progress: bool = True) -> int:
+def adjust_file(
+    checkpoint: str | Path,
+    images: str | Path,
+    rough: str | Path,
+    out: str | Path,
+    *,
+    batch_size: int = 64,
+    device: str | None = None,
+    refine_steps: int | None = None,
+    progress: bool = True,
+) -> int:
     """Snap every box of the COCO file `rough` and write it as `out` (same ids, bbox replaced, `edge_confidence` added)."""
     adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps)
     records = read_coco(rough, images, check_inside=False)
@@ -162,8 +192,15 @@ def adjust_file(checkpoint: str | Path, images: str | Path, rough: str | Path, o
     return len(snapped)
 
 
-def adjust_single(checkpoint: str | Path, image: str | Path, box: Sequence[float], png: str | Path | None = None, *,
-                  device: str | None = None, refine_steps: int | None = None) -> tuple[tuple[float, ...], np.ndarray]:
+def adjust_single(
+    checkpoint: str | Path,
+    image: str | Path,
+    box: Sequence[float],
+    png: str | Path | None = None,
+    *,
+    device: str | None = None,
+    refine_steps: int | None = None,
+) -> tuple[tuple[float, ...], np.ndarray]:
     """Snap one box on one image; writes a PNG with the rough (yellow) and snapped (magenta) boxes when `png` is given."""
     from segladder.viz import draw_boxes, save_image
 
@@ -173,8 +210,14 @@ def adjust_single(checkpoint: str | Path, image: str | Path, box: Sequence[float
     im = open_image(image)
     snapped, conf = adjuster.adjust_one(im, box)
     if png is not None:
-        save_image(draw_boxes(np.asarray(im), {"rough": xywh_to_xyxy(box), "snapped": xywh_to_xyxy(snapped)},
-                              max(1, 512 // max(im.size))), png)
+        save_image(
+            draw_boxes(
+                np.asarray(im),
+                {"rough": xywh_to_xyxy(box), "snapped": xywh_to_xyxy(snapped)},
+                max(1, 512 // max(im.size)),
+            ),
+            png,
+        )
     return snapped, conf
 
 
@@ -186,9 +229,20 @@ class BoxEvaluation:
     boxes: int
 
 
-def evaluate_boxes(checkpoint: str | Path, images: str | Path, annotations: str | Path, out: str | Path, *,
-                   seed: int = 0, batch_size: int = 64, device: str | None = None, refine_steps: int | None = None,
-                   decode: str | None = None, examples: int = 8, progress: bool = True) -> BoxEvaluation:
+def evaluate_boxes(
+    checkpoint: str | Path,
+    images: str | Path,
+    annotations: str | Path,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    batch_size: int = 64,
+    device: str | None = None,
+    refine_steps: int | None = None,
+    decode: str | None = None,
+    examples: int = 8,
+    progress: bool = True,
+) -> BoxEvaluation:
     """Jitter the ground truth (seeded), snap the rough boxes, score both: `metrics.json`, `table.md`, `examples.png`."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -196,13 +250,24 @@ def evaluate_boxes(checkpoint: str | Path, images: str | Path, annotations: str 
     records = read_coco(annotations, images)
     true = {r.ann_id: r.box for r in records}
     rough = jitter_records(records, seed)
-    rough_records = [BoxRecord(r.ann_id, r.image_id, r.file_name, r.width, r.height, rough[r.ann_id]) for r in records]
+    rough_records = [
+        BoxRecord(r.ann_id, r.image_id, r.file_name, r.width, r.height, rough[r.ann_id]) for r in records
+    ]
     snapped, conf = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
     before, after = score(true, rough), score(true, snapped)
     write_boxes(out / "rough.json", annotations, rough)
-    write_boxes(out / "adjusted.json", annotations, snapped, {aid: {"edge_confidence": c} for aid, c in conf.items()})
-    summary = {"checkpoint": str(checkpoint), "annotations": str(annotations), "seed": seed,
-               "decode": adjuster.decode, "refine_steps": adjuster.refine_steps, "before": before, "after": after}
+    write_boxes(
+        out / "adjusted.json", annotations, snapped, {aid: {"edge_confidence": c} for aid, c in conf.items()}
+    )
+    summary = {
+        "checkpoint": str(checkpoint),
+        "annotations": str(annotations),
+        "seed": seed,
+        "decode": adjuster.decode,
+        "refine_steps": adjuster.refine_steps,
+        "before": before,
+        "after": after,
+    }
     atomic_write_json(out / "metrics.json", summary)
     from segladder.io import atomic_write_text
 
@@ -215,19 +280,24 @@ def before_after_table(before: dict, after: dict) -> str:
     """The paper's Table 1 as Markdown: each metric in % before and after adjustment, and the change."""
     rows = ["| metric | jittered | adjusted | change |", "|---|---:|---:|---:|"]
     for k in BOX_KEYS:
-        rows.append(f"| {k} | {100 * before[k]:.1f} | {100 * after[k]:.1f} | {100 * (after[k] - before[k]):+.1f} |")
+        rows.append(
+            f"| {k} | {100 * before[k]:.1f} | {100 * after[k]:.1f} | {100 * (after[k] - before[k]):+.1f} |"
+        )
     return "\n".join(rows) + "\n"
 
 
-def _write_examples(records: Sequence[BoxRecord], images: str | Path, rough: dict, snapped: dict, path: Path,
-                    n: int) -> None:
+def _write_examples(
+    records: Sequence[BoxRecord], images: str | Path, rough: dict, snapped: dict, path: Path, n: int
+) -> None:
     """A PNG grid: the `n` best (top rows) and `n` worst adjusted boxes by IoU, each with rough, true and snapped."""
     from segladder.viz import box_grid, draw_boxes, save_image
 
     if n <= 0:
         return
-    ious = box_iou(np.stack([xywh_to_xyxy(snapped[r.ann_id]) for r in records]),
-                   np.stack([xywh_to_xyxy(r.box) for r in records])).numpy()
+    ious = box_iou(
+        np.stack([xywh_to_xyxy(snapped[r.ann_id]) for r in records]),
+        np.stack([xywh_to_xyxy(r.box) for r in records]),
+    ).numpy()
     order = np.argsort(-ious)
     picks = list(order[:n]) + [i for i in order[::-1][:n] if i not in order[:n]]
     size, panels = 128, []
@@ -235,8 +305,10 @@ def _write_examples(records: Sequence[BoxRecord], images: str | Path, rough: dic
         r = records[i]
         region = crop_region(r.box, 1.5)  # wide enough to show where the rough and snapped boxes went
         crop = crop_image(open_image(Path(images) / r.file_name), region, size)
-        boxes = {name: to_crop(xywh_to_xyxy(b), region, size)
-                 for name, b in (("rough", rough[r.ann_id]), ("true", r.box), ("snapped", snapped[r.ann_id]))}
+        boxes = {
+            name: to_crop(xywh_to_xyxy(b), region, size)
+            for name, b in (("rough", rough[r.ann_id]), ("true", r.box), ("snapped", snapped[r.ann_id]))
+        }
         panels.append(draw_boxes(crop, boxes, 2))
     save_image(box_grid(panels, columns=n), path)
 
@@ -251,7 +323,9 @@ class BoxExport:
     max_edge_diff: float  # largest |Δ| of the decoded edges, in crop pixels
 
 
-def export_box_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17, atol: float = 1e-4) -> BoxExport:
+def export_box_onnx(
+    checkpoint: str | Path, out: str | Path, *, opset: int = 17, atol: float = 1e-4
+) -> BoxExport:
     """A `boxes` checkpoint as ONNX: (batch, 3, S, S) normalised crops → (batch, 4, S) edge logits, parity-checked.
 
     The crop geometry and decoding travel in the metadata (`segladder.crop_size`, `buffer_ratio`, `decode`,
@@ -273,30 +347,53 @@ def export_box_onnx(checkpoint: str | Path, out: str | Path, *, opset: int = 17,
 
     adjuster = BoxAdjuster.from_checkpoint(checkpoint, "cpu")
     model, size, out = adjuster.model, adjuster.crop_size, Path(out)
-    meta = {"format_version": str(ONNX_FORMAT_VERSION), "task": "boxes", "source": str(checkpoint),
-            "crop_size": str(size), "buffer_ratio": repr(adjuster.buffer_ratio), "decode": adjuster.decode,
-            "window": str(adjuster.window)}
+    meta = {
+        "format_version": str(ONNX_FORMAT_VERSION),
+        "task": "boxes",
+        "source": str(checkpoint),
+        "crop_size": str(size),
+        "buffer_ratio": repr(adjuster.buffer_ratio),
+        "decode": adjuster.decode,
+        "window": str(adjuster.window),
+    }
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
         with atomic_path(out) as tmp:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
-                torch.onnx.export(model, (x[:1],), str(tmp), dynamo=False, opset_version=opset,
-                                  input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                  dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                torch.onnx.export(
+                    model,
+                    (x[:1],),
+                    str(tmp),
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                )
             proto = onnx.load(str(tmp))
             for key, value in meta.items():
                 proto.metadata_props.add(key=META_PREFIX + key, value=value)
             onnx.save(proto, str(tmp))
-            got = torch.from_numpy(onnx_session(tmp, torch.device("cpu")).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+            got = torch.from_numpy(
+                onnx_session(tmp, torch.device("cpu")).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
+            )
             with torch.no_grad():
                 expected = model(x).float()
             prob_diff = float((got.softmax(-1) - expected.softmax(-1)).abs().max())
-            edge_diff = float((decode(got, adjuster.decode, adjuster.window)[0]
-                               - decode(expected, adjuster.decode, adjuster.window)[0]).abs().max())
+            edge_diff = float(
+                (
+                    decode(got, adjuster.decode, adjuster.window)[0]
+                    - decode(expected, adjuster.decode, adjuster.window)[0]
+                )
+                .abs()
+                .max()
+            )
             if not prob_diff <= atol:
-                raise ExportError(f"ONNX and PyTorch edge probabilities differ by up to {prob_diff:.2e} "
-                                  f"(allowed {atol:g}); {out} was not written.")
+                raise ExportError(
+                    f"ONNX and PyTorch edge probabilities differ by up to {prob_diff:.2e} "
+                    f"(allowed {atol:g}); {out} was not written."
+                )
     except OSError as exc:
         raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
     return BoxExport(out, prob_diff, edge_diff)

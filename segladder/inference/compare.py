@@ -19,8 +19,10 @@ from segladder.inference.errors import CheckpointError
 from segladder.io import atomic_write_json
 from segladder.progress import progress_bar
 
-CPU_MEMORY = ("weights + peak resident-memory growth during inference (Linux VmHWM, reset through "
-              "/proc/self/clear_refs after malloc_trim)")
+CPU_MEMORY = (
+    "weights + peak resident-memory growth during inference (Linux VmHWM, reset through "
+    "/proc/self/clear_refs after malloc_trim)"
+)
 CUDA_MEMORY = "torch.cuda.max_memory_allocated during inference (weights + activations)"
 
 
@@ -47,11 +49,18 @@ class Comparison:
     summary: dict
 
     def as_json(self) -> dict:
-        return {**{k: asdict(v) for k, v in self.models.items()}, "device": self.device, "batch_size": self.batch_size,
-                "memory_method": self.memory_method, "summary": self.summary}
+        return {
+            **{k: asdict(v) for k, v in self.models.items()},
+            "device": self.device,
+            "batch_size": self.batch_size,
+            "memory_method": self.memory_method,
+            "summary": self.summary,
+        }
 
 
-def _scores(model, ds, threshold: float, device: torch.device, batch_size: int, label: str) -> tuple[float, float]:
+def _scores(
+    model, ds, threshold: float, device: torch.device, batch_size: int, label: str
+) -> tuple[float, float]:
     """Global Dice and binary mIoU (mean of foreground and background IoU) at the checkpoint's threshold."""
     tp = fp = fn = tn = 0
     with progress_bar() as bar, torch.inference_mode():
@@ -111,12 +120,22 @@ def _timed(model, x: torch.Tensor, device: torch.device, warmup: int, repeats: i
     return 1000 * elapsed / (repeats * x.shape[0]), peak
 
 
-def measure(checkpoint: str | Path, data: str | Path, split: str, device: torch.device, batch_size: int,
-            warmup: int, repeats: int, label: str) -> ModelMeasure:
+def measure(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str,
+    device: torch.device,
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+    label: str,
+) -> ModelMeasure:
     """Scores on `split` of `data`, then speed and memory on one batch of it (the same batch size for every model)."""
     ck = load_checkpoint(checkpoint)
     if ck.task != "segmentation":
-        raise CheckpointError(f"{checkpoint}: a {ck.task} checkpoint; distill compare needs segmentation checkpoints.")
+        raise CheckpointError(
+            f"{checkpoint}: a {ck.task} checkpoint; distill compare needs segmentation checkpoints."
+        )
     ds = dataset_from_config(ck.config.data, split, root=data, stats=ck.stats)
     if not ds.has_mask:
         raise DataError(f"split '{split}' of {data} has no masks to score against.")
@@ -126,13 +145,31 @@ def measure(checkpoint: str | Path, data: str | Path, split: str, device: torch.
     ms, peak = _timed(model, x, device, warmup, repeats)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
-    return ModelMeasure(str(checkpoint), sum(p.numel() for p in model.parameters()), dice, miou, ms, peak,
-                        buf.getbuffer().nbytes / 1e6, ck.threshold)
+    return ModelMeasure(
+        str(checkpoint),
+        sum(p.numel() for p in model.parameters()),
+        dice,
+        miou,
+        ms,
+        peak,
+        buf.getbuffer().nbytes / 1e6,
+        ck.threshold,
+    )
 
 
-def compare(teacher: str | Path, student: str | Path, data: str | Path, *, baseline: str | Path | None = None,
-            split: str = "validation", device: str | None = None, batch_size: int = 4, warmup: int = 3,
-            repeats: int = 10, out: Path | None = None) -> Comparison:
+def compare(
+    teacher: str | Path,
+    student: str | Path,
+    data: str | Path,
+    *,
+    baseline: str | Path | None = None,
+    split: str = "validation",
+    device: str | None = None,
+    batch_size: int = 4,
+    warmup: int = 3,
+    repeats: int = 10,
+    out: Path | None = None,
+) -> Comparison:
     """Seed 004's table measured: params, Dice, mIoU, ms/image, peak memory, weights MB per model, and ratios.
 
     Every model runs on the same device with the same batch (warm-up passes excluded from the timing).
@@ -142,7 +179,9 @@ def compare(teacher: str | Path, student: str | Path, data: str | Path, *, basel
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
     paths = {"teacher": teacher, "student": student, **({"baseline": baseline} if baseline else {})}
-    models = {name: measure(p, data, split, dev, batch_size, warmup, repeats, name) for name, p in paths.items()}
+    models = {
+        name: measure(p, data, split, dev, batch_size, warmup, repeats, name) for name, p in paths.items()
+    }
     t, s = models["teacher"], models["student"]
     summary = {
         "speedup": t.ms_per_image / s.ms_per_image if s.ms_per_image else None,
@@ -154,10 +193,18 @@ def compare(teacher: str | Path, student: str | Path, data: str | Path, *, basel
     }
     if "baseline" in models:
         b = models["baseline"]
-        summary |= {"kd_dice_gain": s.dice - b.dice, "kd_miou_gain": s.miou - b.miou,
-                    "distillation_helped": bool(s.miou > b.miou and s.dice > b.dice)}
-    result = Comparison(models, str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
-                        batch_size, CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY, summary)
+        summary |= {
+            "kd_dice_gain": s.dice - b.dice,
+            "kd_miou_gain": s.miou - b.miou,
+            "distillation_helped": bool(s.miou > b.miou and s.dice > b.dice),
+        }
+    result = Comparison(
+        models,
+        str(dev) + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""),
+        batch_size,
+        CUDA_MEMORY if dev.type == "cuda" else CPU_MEMORY,
+        summary,
+    )
     if out is not None:
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -170,8 +217,17 @@ def table_rows(result: Comparison) -> list[list[str]]:
     """The comparison as text rows (header first), for the terminal and the PNG."""
     rows = [["model", "params (M)", "Dice", "mIoU", "ms/image", "peak MiB", "weights MB"]]
     for name, m in result.models.items():
-        rows.append([name, f"{m.params / 1e6:.2f}", f"{m.dice:.4f}", f"{m.miou:.4f}", f"{m.ms_per_image:.2f}",
-                     f"{m.peak_mib:.1f}", f"{m.size_mb:.1f}"])
+        rows.append(
+            [
+                name,
+                f"{m.params / 1e6:.2f}",
+                f"{m.dice:.4f}",
+                f"{m.miou:.4f}",
+                f"{m.ms_per_image:.2f}",
+                f"{m.peak_mib:.1f}",
+                f"{m.size_mb:.1f}",
+            ]
+        )
     return rows
 
 
@@ -191,11 +247,15 @@ def compare_figure(result: Comparison, path: Path) -> None:
     rows = table_rows(result)
     ax_table.table(cellText=rows[1:], colLabels=rows[0], loc="center").scale(1, 1.4)
     s = result.summary
-    ax_table.set_title(f"{result.device}, batch {result.batch_size}: speed-up {s['speedup']:.2f}×, student memory "
-                       f"{100 * (s['memory_share'] or 0):.0f}% of teacher, Dice share {100 * (s['dice_share'] or 0):.0f}%"
-                       + (f", KD gain {s['kd_miou_gain']:+.4f} mIoU" if "kd_miou_gain" in s else ""), fontsize=9)
-    for i, (key, title) in enumerate([("dice", "Dice"), ("miou", "mIoU"), ("ms_per_image", "ms / image"),
-                                      ("peak_mib", "peak MiB")]):
+    ax_table.set_title(
+        f"{result.device}, batch {result.batch_size}: speed-up {s['speedup']:.2f}×, student memory "
+        f"{100 * (s['memory_share'] or 0):.0f}% of teacher, Dice share {100 * (s['dice_share'] or 0):.0f}%"
+        + (f", KD gain {s['kd_miou_gain']:+.4f} mIoU" if "kd_miou_gain" in s else ""),
+        fontsize=9,
+    )
+    for i, (key, title) in enumerate(
+        [("dice", "Dice"), ("miou", "mIoU"), ("ms_per_image", "ms / image"), ("peak_mib", "peak MiB")]
+    ):
         ax = fig.add_subplot(2, 4, 5 + i)
         values = [getattr(result.models[n], key) for n in names]
         ax.bar(names, values, color=["tab:blue", "tab:orange", "tab:gray"][: len(names)])
@@ -209,16 +269,22 @@ def compare_figure(result: Comparison, path: Path) -> None:
 def format_table(result: Comparison) -> str:
     rows = table_rows(result)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
-             for r in rows]
+    lines = [
+        "  ".join(c.rjust(w) if j else c.ljust(w) for j, (c, w) in enumerate(zip(r, widths, strict=True)))
+        for r in rows
+    ]
     s = result.summary
-    lines.append(f"speed-up {s['speedup']:.2f}× · student memory {100 * (s['memory_share'] or 0):.0f}% · "
-                 f"params {100 * s['params_share']:.0f}% · Dice share {100 * (s['dice_share'] or 0):.1f}% · "
-                 f"mIoU share {100 * (s['miou_share'] or 0):.1f}% ({result.device}, batch {result.batch_size})")
+    lines.append(
+        f"speed-up {s['speedup']:.2f}× · student memory {100 * (s['memory_share'] or 0):.0f}% · "
+        f"params {100 * s['params_share']:.0f}% · Dice share {100 * (s['dice_share'] or 0):.1f}% · "
+        f"mIoU share {100 * (s['miou_share'] or 0):.1f}% ({result.device}, batch {result.batch_size})"
+    )
     if "kd_miou_gain" in s:
         verdict = "helped" if s["distillation_helped"] else "did NOT help"
-        lines.append(f"distillation {verdict}: student − baseline = {s['kd_dice_gain']:+.4f} Dice, "
-                     f"{s['kd_miou_gain']:+.4f} mIoU")
+        lines.append(
+            f"distillation {verdict}: student − baseline = {s['kd_dice_gain']:+.4f} Dice, "
+            f"{s['kd_miou_gain']:+.4f} mIoU"
+        )
     lines.append(f"memory: {result.memory_method}")
     return "\n".join(lines)
 

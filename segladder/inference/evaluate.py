@@ -30,8 +30,15 @@ class Evaluation:
     out: Path
 
 
-def evaluate(checkpoint: str | Path, data: str | Path, split: str = "validation", out: Path | None = None,
-             batch_size: int = 16, device: str | None = None, progress: bool = True) -> Evaluation:
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "validation",
+    out: Path | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    progress: bool = True,
+) -> Evaluation:
     ck = load_checkpoint(checkpoint)
     if ck.task != "segmentation":
         raise CheckpointError(f"{checkpoint}: a {ck.task} checkpoint; evaluate scores segmentation masks.")
@@ -64,12 +71,20 @@ def evaluate(checkpoint: str | Path, data: str | Path, split: str = "validation"
         w = csv.writer(fh)
         w.writerow(["record_id", "dice", "max_prob", "pred_pixels", "true_pixels"])
         w.writerows(sorted(rows, key=lambda r: r[1]))
-    atomic_write_json(out / "metrics.json", {
-        "checkpoint": str(checkpoint), "data": str(data), "split": split, "records": len(ds),
-        "dice_at_stored_threshold": stored, "stored_threshold": ck.threshold,
-        "dice_best": result.dice_best, "best_threshold": result.best_threshold,
-        "curve": {"thresholds": th.tolist(), "dice": curve.tolist()},
-    })
+    atomic_write_json(
+        out / "metrics.json",
+        {
+            "checkpoint": str(checkpoint),
+            "data": str(data),
+            "split": split,
+            "records": len(ds),
+            "dice_at_stored_threshold": stored,
+            "stored_threshold": ck.threshold,
+            "dice_best": result.dice_best,
+            "best_threshold": result.best_threshold,
+            "curve": {"thresholds": th.tolist(), "dice": curve.tolist()},
+        },
+    )
     import matplotlib.pyplot as plt
 
     fig = threshold_curve_figure(th, curve, f"{split}, {Path(checkpoint).name}", stored=ck.threshold)

@@ -35,9 +35,16 @@ class ExportResult:
     real_records: int
 
 
-def export_onnx(checkpoint: str | Path, out: str | Path, *, data: str | Path | None = None,
-                split: str = "validation", check_records: int = 4, opset: int = DEFAULT_OPSET,
-                atol: float = PARITY_ATOL) -> ExportResult:
+def export_onnx(
+    checkpoint: str | Path,
+    out: str | Path,
+    *,
+    data: str | Path | None = None,
+    split: str = "validation",
+    check_records: int = 4,
+    opset: int = DEFAULT_OPSET,
+    atol: float = PARITY_ATOL,
+) -> ExportResult:
     """Export a checkpoint; parity is checked on random inputs and, with `data`, on the split's first records."""
     ck = load_checkpoint(checkpoint)
     spec = InputSpec.from_checkpoint(ck)
@@ -48,13 +55,33 @@ def export_onnx(checkpoint: str | Path, out: str | Path, *, data: str | Path | N
         if n == 0:
             raise ExportError(f"split '{split}' of {data} holds no records to check the export on.")
         real = torch.stack([ds[i]["image"] for i in range(n)])
-    return export_model(ck.model, spec, out, task=ck.task, threshold=ck.threshold, model_name=ck.config.model.name,
-                        source=str(checkpoint), opset=opset, atol=atol, real=real)
+    return export_model(
+        ck.model,
+        spec,
+        out,
+        task=ck.task,
+        threshold=ck.threshold,
+        model_name=ck.config.model.name,
+        source=str(checkpoint),
+        opset=opset,
+        atol=atol,
+        real=real,
+    )
 
 
-def export_model(model: nn.Module, spec: InputSpec, out: str | Path, *, task: str = "segmentation",
-                 threshold: float = 0.5, model_name: str = "", source: str = "", opset: int = DEFAULT_OPSET,
-                 atol: float = PARITY_ATOL, real: torch.Tensor | None = None) -> ExportResult:
+def export_model(
+    model: nn.Module,
+    spec: InputSpec,
+    out: str | Path,
+    *,
+    task: str = "segmentation",
+    threshold: float = 0.5,
+    model_name: str = "",
+    source: str = "",
+    opset: int = DEFAULT_OPSET,
+    atol: float = PARITY_ATOL,
+    real: torch.Tensor | None = None,
+) -> ExportResult:
     """Write `model` as ONNX with `spec` and `threshold` in its metadata; on a parity failure nothing is written.
 
     The legacy (TorchScript) exporter is used: the dynamo exporter needs onnxscript, and the legacy one
@@ -66,24 +93,39 @@ def export_model(model: nn.Module, spec: InputSpec, out: str | Path, *, task: st
     out = Path(out)
     model = model.cpu().eval()
     shape = (len(spec.channels), len(spec.frames), spec.image_size, spec.image_size)
-    meta = {"format_version": str(ONNX_FORMAT_VERSION), "task": task, "threshold": repr(float(threshold)),
-            "model": model_name, "source": source, "input": json.dumps(spec.as_dict())}
+    meta = {
+        "format_version": str(ONNX_FORMAT_VERSION),
+        "task": task,
+        "threshold": repr(float(threshold)),
+        "model": model_name,
+        "source": source,
+        "input": json.dumps(spec.as_dict()),
+    }
     rand = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
     try:
         with atomic_path(out) as tmp:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
                 try:
-                    torch.onnx.export(model, (torch.rand(1, *shape),), str(tmp), dynamo=False, opset_version=opset,
-                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                                      dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
+                    torch.onnx.export(
+                        model,
+                        (torch.rand(1, *shape),),
+                        str(tmp),
+                        dynamo=False,
+                        opset_version=opset,
+                        input_names=[INPUT_NAME],
+                        output_names=[OUTPUT_NAME],
+                        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                    )
                 except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
                     # An opset too old for an operator, or one this torch does not know, surfaces here.
                     if not isinstance(exc, torch.onnx.errors.OnnxExporterError) and "opset" not in str(exc):
                         raise
                     reason = str(exc).splitlines()[0].split(". Please")[0]
-                    raise ExportError(f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
-                                      f"({reason}); use --opset {DEFAULT_OPSET}.") from None
+                    raise ExportError(
+                        f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
+                        f"({reason}); use --opset {DEFAULT_OPSET}."
+                    ) from None
             proto = onnx.load(str(tmp))
             for key, value in meta.items():
                 proto.metadata_props.add(key=META_PREFIX + key, value=value)
@@ -93,13 +135,13 @@ def export_model(model: nn.Module, spec: InputSpec, out: str | Path, *, task: st
             diff_real = _parity(model, session, real) if real is not None else None
             worst = max(d for d in (diff_random, diff_real) if d is not None)
             if not worst <= atol:
-                raise ExportError(f"ONNX and PyTorch probabilities differ by up to {worst:.2e} (allowed {atol:g}); "
-                                  f"{out} was not written.")
+                raise ExportError(
+                    f"ONNX and PyTorch probabilities differ by up to {worst:.2e} (allowed {atol:g}); "
+                    f"{out} was not written."
+                )
     except OSError as exc:
         raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
     return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real))
-
-
 
 
 def _parity(model: nn.Module, session, x: torch.Tensor) -> float:
@@ -107,7 +149,3 @@ def _parity(model: nn.Module, session, x: torch.Tensor) -> float:
         expected = torch.sigmoid(model(x).float()).numpy()
     got = 1 / (1 + np.exp(-session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0].astype(np.float64)))
     return float(np.abs(got - expected).max())
-
-
-
-

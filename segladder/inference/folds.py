@@ -51,14 +51,18 @@ def read_fold_ensemble(run_dir: str | Path) -> FoldEnsemble:
     run_dir = Path(run_dir)
     path = run_dir / ENSEMBLE_FILE
     if not path.is_file():
-        raise InferenceError(f"{run_dir}: no {ENSEMBLE_FILE}; give the run directory of `segladder train CONFIG --folds K` "
-                             "after all its folds finished.")
+        raise InferenceError(
+            f"{run_dir}: no {ENSEMBLE_FILE}; give the run directory of `segladder train CONFIG --folds K` "
+            "after all its folds finished."
+        )
     data = json.loads(path.read_text())
     data.pop("full_data_epochs", None)
     ens = FoldEnsemble(**data)
     ens.checkpoints = [str(p if Path(p).is_absolute() else run_dir / p) for p in ens.checkpoints]
     missing = [p for p in ens.checkpoints if not Path(p).is_file()]
     if missing:
-        raise InferenceError(f"{run_dir}: fold checkpoint {missing[0]} is missing; run `segladder train --folds` "
-                             "on that run directory again to finish it.")
+        raise InferenceError(
+            f"{run_dir}: fold checkpoint {missing[0]} is missing; run `segladder train --folds` "
+            "on that run directory again to finish it."
+        )
     return ens

@@ -30,8 +30,14 @@ class InputSpec:
 
     @classmethod
     def from_data_config(cls, d: DataConfig, stats: dict | None = None) -> InputSpec:
-        return cls(resolve_frames(d.frames), resolve_channels(d.channels), d.image_size, d.normalize_ash, d.interpolation,
-                   json.dumps(stats, sort_keys=True) if stats else None)
+        return cls(
+            resolve_frames(d.frames),
+            resolve_channels(d.channels),
+            d.image_size,
+            d.normalize_ash,
+            d.interpolation,
+            json.dumps(stats, sort_keys=True) if stats else None,
+        )
 
     @classmethod
     def from_checkpoint(cls, ck) -> InputSpec:
@@ -40,22 +46,38 @@ class InputSpec:
     @classmethod
     def from_dict(cls, d: Mapping) -> InputSpec:
         stats = d.get("stats")
-        return cls(resolve_frames(d["frames"]), resolve_channels(d["channels"]), int(d["image_size"]),
-                   bool(d.get("normalize_ash", False)), str(d.get("interpolation", "bilinear")),
-                   json.dumps(stats, sort_keys=True) if stats else None)
+        return cls(
+            resolve_frames(d["frames"]),
+            resolve_channels(d["channels"]),
+            int(d["image_size"]),
+            bool(d.get("normalize_ash", False)),
+            str(d.get("interpolation", "bilinear")),
+            json.dumps(stats, sort_keys=True) if stats else None,
+        )
 
     def as_dict(self) -> dict:
-        return {"frames": list(self.frames), "channels": list(self.channels), "image_size": self.image_size,
-                "normalize_ash": self.normalize_ash, "interpolation": self.interpolation,
-                "stats": json.loads(self.stats) if self.stats else None}
+        return {
+            "frames": list(self.frames),
+            "channels": list(self.channels),
+            "image_size": self.image_size,
+            "normalize_ash": self.normalize_ash,
+            "interpolation": self.interpolation,
+            "stats": json.loads(self.stats) if self.stats else None,
+        }
 
     def data_config(self) -> DataConfig:
-        return DataConfig(frames=list(self.frames), channels=list(self.channels), image_size=self.image_size,
-                          normalize_ash=self.normalize_ash, interpolation=self.interpolation)
+        return DataConfig(
+            frames=list(self.frames),
+            channels=list(self.channels),
+            image_size=self.image_size,
+            normalize_ash=self.normalize_ash,
+            interpolation=self.interpolation,
+        )
 
     def dataset(self, data: str | Path, split: str) -> ContrailsDataset:
-        return dataset_from_config(self.data_config(), split, root=data,
-                                   stats=json.loads(self.stats) if self.stats else None)
+        return dataset_from_config(
+            self.data_config(), split, root=data, stats=json.loads(self.stats) if self.stats else None
+        )
 
 
 @dataclass
@@ -71,8 +93,15 @@ class Inputs:
     The first spec is the primary one: its masks come with each batch and its images go into overlays.
     """
 
-    def __init__(self, specs: Sequence[InputSpec], data: str | Path, split: str, *, batch_size: int = 8,
-                 workers: int = 0):
+    def __init__(
+        self,
+        specs: Sequence[InputSpec],
+        data: str | Path,
+        split: str,
+        *,
+        batch_size: int = 8,
+        workers: int = 0,
+    ):
         if batch_size < 1:
             raise InferenceError(f"batch size must be at least 1, got {batch_size}")
         self.data, self.split, self.batch_size, self.workers = Path(data), split, batch_size, workers
@@ -84,15 +113,20 @@ class Inputs:
             raise DataError(f"split '{split}' of {data} holds no records; there is nothing to predict.")
         for spec, ds in self.datasets.items():
             if list(ds.record_ids) != self.record_ids:
-                raise DataError(f"{data}/{split}: the records read with frames {list(spec.frames)} differ from those "
-                                f"read with frames {list(self.specs[0].frames)}; is the cache complete?")
+                raise DataError(
+                    f"{data}/{split}: the records read with frames {list(spec.frames)} differ from those "
+                    f"read with frames {list(self.specs[0].frames)}; is the cache complete?"
+                )
         self.has_mask = primary.has_mask
 
     def __len__(self) -> int:
         return len(self.record_ids)
 
     def batches(self) -> Iterator[Batch]:
-        loaders = [DataLoader(ds, batch_size=self.batch_size, num_workers=self.workers) for ds in self.datasets.values()]
+        loaders = [
+            DataLoader(ds, batch_size=self.batch_size, num_workers=self.workers)
+            for ds in self.datasets.values()
+        ]
         for parts in zip(*loaders, strict=True):
             images = {spec: part["image"] for spec, part in zip(self.specs, parts, strict=True)}
             yield Batch(images, list(parts[0]["record_id"]), parts[0].get("mask"))

@@ -45,17 +45,25 @@ class FilterConfig(_Strict):
     """Which records stage 1 lets through to stage 2; the others get an empty mask."""
 
     rule: Literal["or", "and", "mean"] = Field(
-        "or", description="with both models: keep when either score passes (or), both pass (and), or their mean passes (mean)")
-    top_k: int = Field(100, ge=1, description="the segmenter's score is the mean of its k highest pixel probabilities")
-    threshold: float = Field(0.5, ge=0, le=1, description="threshold of the 'mean' rule and default of the two below")
+        "or",
+        description="with both models: keep when either score passes (or), both pass (and), or their mean passes (mean)",
+    )
+    top_k: int = Field(
+        100, ge=1, description="the segmenter's score is the mean of its k highest pixel probabilities"
+    )
+    threshold: float = Field(
+        0.5, ge=0, le=1, description="threshold of the 'mean' rule and default of the two below"
+    )
     classifier_threshold: float | None = Field(None, ge=0, le=1)
     segmenter_threshold: float | None = Field(None, ge=0, le=1)
 
     @property
     def thresholds(self) -> tuple[float, float]:
         """(classifier, segmenter) thresholds."""
-        return (self.threshold if self.classifier_threshold is None else self.classifier_threshold,
-                self.threshold if self.segmenter_threshold is None else self.segmenter_threshold)
+        return (
+            self.threshold if self.classifier_threshold is None else self.classifier_threshold,
+            self.threshold if self.segmenter_threshold is None else self.segmenter_threshold,
+        )
 
 
 class Stage2Member(_Strict):
@@ -73,11 +81,17 @@ class PipelineConfig(_Strict):
     ensemble of segmenters (seed 001: one trained on all data, one on positives only) draws the masks."""
 
     classifier: Path | None = Field(None, description="stage-1 classification checkpoint")
-    segmenter: Path | None = Field(None, description="stage-1 segmentation checkpoint (may also be in stage2)")
+    segmenter: Path | None = Field(
+        None, description="stage-1 segmentation checkpoint (may also be in stage2)"
+    )
     filter: FilterConfig = Field(default_factory=FilterConfig)
     stage2: list[Stage2Member] = Field(min_length=1)
-    threshold: float | None = Field(None, ge=0, le=1, description="mask threshold; None: the stage-2 weighted mean")
-    min_component: int = Field(0, ge=0, description="remove connected components smaller than this many pixels")
+    threshold: float | None = Field(
+        None, ge=0, le=1, description="mask threshold; None: the stage-2 weighted mean"
+    )
+    min_component: int = Field(
+        0, ge=0, description="remove connected components smaller than this many pixels"
+    )
     tta: bool = False
     tta_shift: int = 0
 
@@ -85,22 +99,31 @@ class PipelineConfig(_Strict):
     @classmethod
     def _plain_paths(cls, v):
         # `stage2: [all.ckpt, pos.ckpt]` is shorthand for members of weight 1.
-        return [{"checkpoint": m} if isinstance(m, str | Path) else m for m in v] if isinstance(v, list) else v
+        return (
+            [{"checkpoint": m} if isinstance(m, str | Path) else m for m in v] if isinstance(v, list) else v
+        )
 
     @model_validator(mode="after")
     def _stage1(self) -> PipelineConfig:
         if self.classifier is None and self.segmenter is None:
-            raise ValueError("stage 1 needs a classifier, a segmenter or both; without either, use `segladder predict`")
+            raise ValueError(
+                "stage 1 needs a classifier, a segmenter or both; without either, use `segladder predict`"
+            )
         return self
 
     def resolved(self, base: Path) -> PipelineConfig:
         """A copy with relative checkpoint paths taken relative to `base` (the YAML file's folder)."""
+
         def fix(p: Path | None) -> Path | None:
             return p if p is None or p.is_absolute() else base / p
 
-        return self.model_copy(update={
-            "classifier": fix(self.classifier), "segmenter": fix(self.segmenter),
-            "stage2": [m.model_copy(update={"checkpoint": fix(m.checkpoint)}) for m in self.stage2]})
+        return self.model_copy(
+            update={
+                "classifier": fix(self.classifier),
+                "segmenter": fix(self.segmenter),
+                "stage2": [m.model_copy(update={"checkpoint": fix(m.checkpoint)}) for m in self.stage2],
+            }
+        )
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
@@ -117,7 +140,9 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
 # ------------------------------------------------------------------------------------------ stages
 
 
-def filter_margin(classifier: torch.Tensor | None, segmenter: torch.Tensor | None, f: FilterConfig) -> torch.Tensor:
+def filter_margin(
+    classifier: torch.Tensor | None, segmenter: torch.Tensor | None, f: FilterConfig
+) -> torch.Tensor:
     """Per-record score whose sign is the decision: > 0 keeps the record. Also a ranking for the filter's AUC."""
     tc, ts = f.thresholds
     parts = [s - t for s, t in ((classifier, tc), (segmenter, ts)) if s is not None]
@@ -160,10 +185,14 @@ class Pipeline:
         self.stage2 = Ensemble([segmenter(m.checkpoint) for m in cfg.stage2], [m.weight for m in cfg.stage2])
         self.size = self.stage2.members[0].spec.image_size
         if self.segmenter is not None and self.segmenter.spec.image_size != self.size:
-            raise InferenceError(f"the stage-1 segmenter predicts at {self.segmenter.spec.image_size}², stage 2 at "
-                                 f"{self.size}²; train them at one image size.")
+            raise InferenceError(
+                f"the stage-1 segmenter predicts at {self.segmenter.spec.image_size}², stage 2 at "
+                f"{self.size}²; train them at one image size."
+            )
         self.threshold = self.stage2.threshold if cfg.threshold is None else cfg.threshold
-        self.threshold_source = "stage-2 checkpoints' stored thresholds" if cfg.threshold is None else "pipeline config"
+        self.threshold_source = (
+            "stage-2 checkpoints' stored thresholds" if cfg.threshold is None else "pipeline config"
+        )
         stage1 = [m.spec for m in (self.classifier, self.segmenter) if m is not None]
         self.specs: list[InputSpec] = list(dict.fromkeys(self.stage2.specs + stage1))
 
@@ -206,9 +235,20 @@ def _values(t: torch.Tensor | None, n: int) -> list[float | None]:
 # ------------------------------------------------------------------------------------------ run
 
 
-def run_pipeline(pipeline: str | Path | PipelineConfig, data: str | Path, out: str | Path, *, split: str = "test",
-                 threshold: float | None = None, percentile: float | None = None, overlays: int = 0,
-                 batch_size: int = 8, device: str | None = None, workers: int = 0, progress: bool = True) -> Prediction:
+def run_pipeline(
+    pipeline: str | Path | PipelineConfig,
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    threshold: float | None = None,
+    percentile: float | None = None,
+    overlays: int = 0,
+    batch_size: int = 8,
+    device: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> Prediction:
     """`predict`'s outputs for the pipeline (filtered records get empty masks), plus filter.csv per record."""
     cfg = pipeline if isinstance(pipeline, PipelineConfig) else load_pipeline(pipeline)
     check_threshold_options(threshold, percentile)
@@ -223,14 +263,31 @@ def run_pipeline(pipeline: str | Path | PipelineConfig, data: str | Path, out: s
     def probs(batch: Batch) -> torch.Tensor:
         s1 = pipe.stage1(batch.images)
         n = len(batch.record_ids)
-        rows.extend(zip(batch.record_ids, _values(s1.classifier, n), _values(s1.segmenter, n),
-                        s1.keep.int().tolist(), strict=True))
+        rows.extend(
+            zip(
+                batch.record_ids,
+                _values(s1.classifier, n),
+                _values(s1.segmenter, n),
+                s1.keep.int().tolist(),
+                strict=True,
+            )
+        )
         return pipe.filtered_probs(batch.images, s1)
 
     summary = {"command": "pipeline run", "pipeline": cfg.model_dump(mode="json")}
-    result = write_predictions(probs, inputs, out, stored_threshold=pipe.threshold, stored_source=pipe.threshold_source,
-                               threshold=threshold, percentile=percentile, min_component=cfg.min_component,
-                               overlays=overlays, progress=progress, summary=summary)
+    result = write_predictions(
+        probs,
+        inputs,
+        out,
+        stored_threshold=pipe.threshold,
+        stored_source=pipe.threshold_source,
+        threshold=threshold,
+        percentile=percentile,
+        min_component=cfg.min_component,
+        overlays=overlays,
+        progress=progress,
+        summary=summary,
+    )
     with atomic_path(out / FILTER_FILE) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["record_id", "classifier_prob", "segmenter_topk", "kept"])
@@ -244,17 +301,30 @@ def run_pipeline(pipeline: str | Path | PipelineConfig, data: str | Path, out: s
 def _dice_at(sweep: ThresholdSweepDice, threshold: float) -> dict[str, float]:
     res = sweep.compute()
     th, curve = res["thresholds"].numpy(), res["curve"].numpy()
-    return {"dice": float(curve[np.argmin(np.abs(th - threshold))]), "dice_best": float(res["dice_best"]),
-            "best_threshold": float(res["threshold"])}
+    return {
+        "dice": float(curve[np.argmin(np.abs(th - threshold))]),
+        "dice_best": float(res["dice_best"]),
+        "best_threshold": float(res["threshold"]),
+    }
 
 
 def _scores(metric: ClassificationMetrics) -> dict[str, float | None]:
-    return {k: (None if math.isnan(v) else v) for k, v in ((k, float(t)) for k, t in metric.compute().items())}
+    return {
+        k: (None if math.isnan(v) else v) for k, v in ((k, float(t)) for k, t in metric.compute().items())
+    }
 
 
-def evaluate_pipeline(pipeline: str | Path | PipelineConfig, data: str | Path, *, split: str = "validation",
-                      out: str | Path | None = None, batch_size: int = 8, device: str | None = None,
-                      workers: int = 0, progress: bool = True) -> dict:
+def evaluate_pipeline(
+    pipeline: str | Path | PipelineConfig,
+    data: str | Path,
+    *,
+    split: str = "validation",
+    out: str | Path | None = None,
+    batch_size: int = 8,
+    device: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> dict:
     """Per-stage figures on a labelled split (all global Dice at the pipeline's threshold unless named *_best).
 
     stage1: accuracy/AUC of the classifier, the segmenter's top-k score and the combined filter; kept
@@ -316,7 +386,9 @@ def evaluate_pipeline(pipeline: str | Path | PipelineConfig, data: str | Path, *
                 pred = remove_small_components(binarize(filtered[i, 0], th), cfg.min_component)
                 final.update(torch.from_numpy(pred)[None].float(), mask[i])
                 tp, total = int((pred.astype(bool) & truth[i]).sum()), int(pred.sum() + truth[i].sum())
-                rows.append((rid, int(positive[i]), c, sg, int(keep[i]), 1.0 if total == 0 else 2 * tp / total))
+                rows.append(
+                    (rid, int(positive[i]), c, sg, int(keep[i]), 1.0 if total == 0 else 2 * tp / total)
+                )
             n += len(keep)
             positives += int(positive.sum())
             kept += int(keep.sum())
@@ -327,28 +399,46 @@ def evaluate_pipeline(pipeline: str | Path | PipelineConfig, data: str | Path, *
     if positives == 0:
         at["positives"] = None
     report = {
-        "data": str(data), "split": split, "records": n, "positives": positives,
-        "threshold": th, "threshold_source": pipe.threshold_source,
+        "data": str(data),
+        "split": split,
+        "records": n,
+        "positives": positives,
+        "threshold": th,
+        "threshold_source": pipe.threshold_source,
         "stage1": {
-            "rule": cfg.filter.rule, "top_k": cfg.filter.top_k, "classifier_threshold": tc, "segmenter_threshold": ts,
-            "kept": kept, "positives_filtered_out": false_neg, "negatives_kept": false_pos,
-            "classifier": _scores(cls_m) if cls_m else None, "segmenter_topk": _scores(seg_m) if seg_m else None,
+            "rule": cfg.filter.rule,
+            "top_k": cfg.filter.top_k,
+            "classifier_threshold": tc,
+            "segmenter_threshold": ts,
+            "kept": kept,
+            "positives_filtered_out": false_neg,
+            "negatives_kept": false_pos,
+            "classifier": _scores(cls_m) if cls_m else None,
+            "segmenter_topk": _scores(seg_m) if seg_m else None,
             "filter": _scores(filt_m),
         },
         "filtering": {
-            "dice_no_filter": at["no_filter"]["dice"], "dice_filtered": at["filtered"]["dice"],
+            "dice_no_filter": at["no_filter"]["dice"],
+            "dice_filtered": at["filtered"]["dice"],
             "dice_oracle": at["oracle"]["dice"],
             "loss_from_wrong_filtering": at["oracle"]["dice"] - at["filtered"]["dice"],
             "gain_from_filtering": at["filtered"]["dice"] - at["no_filter"]["dice"],
-            "no_filter": at["no_filter"], "filtered": at["filtered"], "oracle": at["oracle"],
+            "no_filter": at["no_filter"],
+            "filtered": at["filtered"],
+            "oracle": at["oracle"],
         },
         "stage2": {
             "ensemble": {"all": at["no_filter"], "positives": at["positives"]},
             "members": {
-                label: {"threshold": seg.threshold, "weight": w, "all": _dice_at(a, seg.threshold),
-                          "positives": _dice_at(p_, seg.threshold) if positives else None}
-                for label, seg, w, (a, p_) in zip(_labels(cfg.stage2), pipe.stage2.members, pipe.stage2.weights, members,
-                                                  strict=True)
+                label: {
+                    "threshold": seg.threshold,
+                    "weight": w,
+                    "all": _dice_at(a, seg.threshold),
+                    "positives": _dice_at(p_, seg.threshold) if positives else None,
+                }
+                for label, seg, w, (a, p_) in zip(
+                    _labels(cfg.stage2), pipe.stage2.members, pipe.stage2.weights, members, strict=True
+                )
             },
         },
         "final": {"dice": float(final.compute()["dice_at_0.5"]), "min_component": cfg.min_component},

@@ -50,7 +50,9 @@ class Float16Histogram:
             raise ThresholdError("no probabilities were counted, so there is no percentile to take")
         negative = self.counts[0x8000:].sum() - self.counts[0x8000]  # -0.0 is harmless
         if negative:
-            raise ThresholdError(f"{negative} counted values are negative or NaN; probabilities must lie in [0, 1]")
+            raise ThresholdError(
+                f"{negative} counted values are negative or NaN; probabilities must lie in [0, 1]"
+            )
         need = math.ceil(q / 100 * self.total)
         idx = int(np.searchsorted(np.cumsum(self.counts[:0x8000]), need))
         return float(np.uint16(idx).view(np.float16))
@@ -66,9 +68,13 @@ def check_threshold_options(fixed: float | None, percentile: float | None) -> No
         raise ThresholdError(f"--percentile {percentile:g}: must lie in [0, 100] (e.g. 99.5)")
 
 
-def resolve_threshold(stored: float, fixed: float | None = None, percentile: float | None = None,
-                      histogram: Float16Histogram | None = None,
-                      stored_source: str = "stored with the checkpoint(s)") -> tuple[float, str]:
+def resolve_threshold(
+    stored: float,
+    fixed: float | None = None,
+    percentile: float | None = None,
+    histogram: Float16Histogram | None = None,
+    stored_source: str = "stored with the checkpoint(s)",
+) -> tuple[float, str]:
     """(threshold, how it was chosen): `fixed`, else the `percentile` of `histogram`, else `stored`."""
     check_threshold_options(fixed, percentile)
     if fixed is not None:

@@ -46,8 +46,10 @@ def prepare_output(out: str | Path, subfolders: Sequence[str] = (PROBS_DIR, MASK
         raise InferenceError(f"output folder {out} is not writable ({exc.strerror or exc}).") from None
     for folder in (out / s for s in subfolders):
         if folder.exists() and not folder.is_dir():
-            raise InferenceError(f"output folder {folder} is not writable (File exists); choose another --out "
-                                 "or remove what is in the way.")
+            raise InferenceError(
+                f"output folder {folder} is not writable (File exists); choose another --out "
+                "or remove what is in the way."
+            )
     return out
 
 
@@ -73,9 +75,16 @@ class Prediction:
 ProbFn = Callable[[Batch], torch.Tensor]  # a batch → (B, 1, H, W) probabilities
 
 
-def write_probabilities(prob_fn: ProbFn, inputs: Inputs, folder: Path, *, description: str, progress: bool = True,
-                        observe: Callable[[np.ndarray, Batch], None] | None = None,
-                        sizes: Mapping[str, tuple[int, int]] | None = None) -> None:
+def write_probabilities(
+    prob_fn: ProbFn,
+    inputs: Inputs,
+    folder: Path,
+    *,
+    description: str,
+    progress: bool = True,
+    observe: Callable[[np.ndarray, Batch], None] | None = None,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
+) -> None:
     """Pass 1: run `prob_fn` over the split, writing `folder/<record_id>.npy` (float16, H × W) per record;
     `observe(probs, batch)` sees each batch's float16 probabilities (B, H, W) at the models' size. With
     `sizes` (record_id → (H, W)), each map is resized (bilinear) to its record's own size before it is saved."""
@@ -98,10 +107,20 @@ def at_size(probs: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return cv2.resize(probs.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float16)
 
 
-def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_threshold: float,
-                      stored_source: str = "stored with the checkpoint(s)", threshold: float | None = None,
-                      percentile: float | None = None, min_component: int = 0, overlays: int = 0,
-                      progress: bool = True, summary: dict | None = None) -> Prediction:
+def write_predictions(
+    prob_fn: ProbFn,
+    inputs: Inputs,
+    out: Path,
+    *,
+    stored_threshold: float,
+    stored_source: str = "stored with the checkpoint(s)",
+    threshold: float | None = None,
+    percentile: float | None = None,
+    min_component: int = 0,
+    overlays: int = 0,
+    progress: bool = True,
+    summary: dict | None = None,
+) -> Prediction:
     """Probabilities (pass 1), then the threshold, then masks + submission.csv from the saved float16 maps (pass 2).
 
     Pass 2 binarises exactly the probabilities on disk, so `probs/` thresholded and cleaned reproduces
@@ -120,8 +139,15 @@ def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_thre
     # Masks and submission rows at each record's own size, so submission.csv fits the split even where
     # records were resized for the models.
     sizes = split_shapes(inputs.data, inputs.split)
-    write_probabilities(prob_fn, inputs, out / PROBS_DIR, description=f"predicting {inputs.split}",
-                        progress=progress, observe=observe if hist is not None else None, sizes=sizes)
+    write_probabilities(
+        prob_fn,
+        inputs,
+        out / PROBS_DIR,
+        description=f"predicting {inputs.split}",
+        progress=progress,
+        observe=observe if hist is not None else None,
+        sizes=sizes,
+    )
     th, source = resolve_threshold(stored_threshold, threshold, percentile, hist, stored_source)
     dice = None
     if pos_hist is not None:
@@ -129,17 +155,24 @@ def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_thre
         dice = 1.0 if denom == 0 else 2 * pos_hist.count_above(th) / denom
     pos_records = pos_pixels = 0
     problems = []
-    with (atomic_path(out / SUBMISSION_FILE) as tmp, open(tmp, "w", newline="") as fh,
-          progress_bar(disable=not progress) as bar):
+    with (
+        atomic_path(out / SUBMISSION_FILE) as tmp,
+        open(tmp, "w", newline="") as fh,
+        progress_bar(disable=not progress) as bar,
+    ):
         writer = csv.writer(fh)
         writer.writerow(SUBMISSION_HEADER)
         task = bar.add_task("writing masks", total=len(inputs))
         for rid in inputs.record_ids:
-            mask = remove_small_components(binarize(np.load(out / PROBS_DIR / f"{rid}.npy"), th), min_component)
+            mask = remove_small_components(
+                binarize(np.load(out / PROBS_DIR / f"{rid}.npy"), th), min_component
+            )
             atomic_save_npy(out / MASKS_DIR / f"{rid}.npy", mask)
             if rid in sizes and mask.shape != sizes[rid]:
-                problems.append(f"record {rid} is {sizes[rid][0]}x{sizes[rid][1]} but its mask is "
-                                f"{mask.shape[0]}x{mask.shape[1]}")
+                problems.append(
+                    f"record {rid} is {sizes[rid][0]}x{sizes[rid][1]} but its mask is "
+                    f"{mask.shape[0]}x{mask.shape[1]}"
+                )
             writer.writerow([rid, rle_encode(mask)])
             n = int(mask.sum())
             pos_pixels += n
@@ -148,15 +181,28 @@ def write_predictions(prob_fn: ProbFn, inputs: Inputs, out: Path, *, stored_thre
     if overlays > 0:
         _write_overlays(inputs, out, th, overlays)
     result = Prediction(out, len(inputs), th, source, pos_records, pos_pixels, dice, problems)
-    atomic_write_json(out / SUMMARY_FILE, {
-        **(summary or {}),
-        "data": str(inputs.data), "split": inputs.split, "records": len(inputs),
-        "input": inputs.specs[0].as_dict(), "threshold": th, "threshold_source": source,
-        "min_component": min_component, "positive_records": pos_records, "positive_pixels": pos_pixels,
-        "dice_before_component_removal": dice, "submission_problems": problems,
-        "files": {"probabilities": f"{PROBS_DIR}/<record_id>.npy (float16, H x W)",
-                  "masks": f"{MASKS_DIR}/<record_id>.npy (uint8 0/1, H x W)", "submission": SUBMISSION_FILE},
-    })
+    atomic_write_json(
+        out / SUMMARY_FILE,
+        {
+            **(summary or {}),
+            "data": str(inputs.data),
+            "split": inputs.split,
+            "records": len(inputs),
+            "input": inputs.specs[0].as_dict(),
+            "threshold": th,
+            "threshold_source": source,
+            "min_component": min_component,
+            "positive_records": pos_records,
+            "positive_pixels": pos_pixels,
+            "dice_before_component_removal": dice,
+            "submission_problems": problems,
+            "files": {
+                "probabilities": f"{PROBS_DIR}/<record_id>.npy (float16, H x W)",
+                "masks": f"{MASKS_DIR}/<record_id>.npy (uint8 0/1, H x W)",
+                "submission": SUBMISSION_FILE,
+            },
+        },
+    )
     return result
 
 
@@ -169,9 +215,16 @@ def _write_overlays(inputs: Inputs, out: Path, threshold: float, n: int) -> None
         images = torch.stack([it["image"] for it in items])
         masks = torch.stack([it["mask"] for it in items]) if "mask" in items[0] else None
         # The maps are at each record's own size; the overlay draws them over the models' input.
-        probs = torch.stack([torch.from_numpy(at_size(np.load(out / PROBS_DIR / f"{it['record_id']}.npy"),
-                                                      tuple(it["image"].shape[-2:])).astype(np.float32))[None]
-                             for it in items])
+        probs = torch.stack(
+            [
+                torch.from_numpy(
+                    at_size(
+                        np.load(out / PROBS_DIR / f"{it['record_id']}.npy"), tuple(it["image"].shape[-2:])
+                    ).astype(np.float32)
+                )[None]
+                for it in items
+            ]
+        )
         picture = overlay_grid(images, masks, probs, threshold)
         ok, png = cv2.imencode(".png", cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
         with atomic_path(out / OVERLAYS_DIR / f"overlay_{start:05d}.png") as tmp:
@@ -181,11 +234,25 @@ def _write_overlays(inputs: Inputs, out: Path, threshold: float, n: int) -> None
 # ------------------------------------------------------------------------------------------ predict
 
 
-def predict(checkpoints: Sequence[str | Path], data: str | Path, out: str | Path, *, split: str = "test",
-            onnx: str | Path | None = None, weights: Sequence[float] | None = None, threshold: float | None = None,
-            percentile: float | None = None, tta: bool = False, tta_shift: int = 0, min_component: int = 0,
-            overlays: int = 0, batch_size: int = 8, device: str | None = None, workers: int = 0,
-            progress: bool = True) -> Prediction:
+def predict(
+    checkpoints: Sequence[str | Path],
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "test",
+    onnx: str | Path | None = None,
+    weights: Sequence[float] | None = None,
+    threshold: float | None = None,
+    percentile: float | None = None,
+    tta: bool = False,
+    tta_shift: int = 0,
+    min_component: int = 0,
+    overlays: int = 0,
+    batch_size: int = 8,
+    device: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> Prediction:
     """Predict a split with one checkpoint, an ensemble of checkpoints, or an exported ONNX model.
 
     Every check (options, device, output folder, checkpoints, data against what the models read)
@@ -204,9 +271,24 @@ def predict(checkpoints: Sequence[str | Path], data: str | Path, out: str | Path
         members = list(load_segmenters(checkpoints, dev, tta, tta_shift))
     ens = Ensemble(members, weights)
     inputs = Inputs(ens.specs, data, split, batch_size=batch_size, workers=workers)
-    summary = {"command": "predict", "tta": tta, "tta_shift": tta_shift,
-               "models": [{"model": m.name, "weight": w, "threshold": m.threshold}
-                          for m, w in zip(ens.members, ens.weights, strict=True)]}
-    return write_predictions(lambda b: ens.probs(b.images), inputs, out, stored_threshold=ens.threshold,
-                             threshold=threshold, percentile=percentile, min_component=min_component,
-                             overlays=overlays, progress=progress, summary=summary)
+    summary = {
+        "command": "predict",
+        "tta": tta,
+        "tta_shift": tta_shift,
+        "models": [
+            {"model": m.name, "weight": w, "threshold": m.threshold}
+            for m, w in zip(ens.members, ens.weights, strict=True)
+        ],
+    }
+    return write_predictions(
+        lambda b: ens.probs(b.images),
+        inputs,
+        out,
+        stored_threshold=ens.threshold,
+        threshold=threshold,
+        percentile=percentile,
+        min_component=min_component,
+        overlays=overlays,
+        progress=progress,
+        summary=summary,
+    )

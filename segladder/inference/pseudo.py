@@ -29,10 +29,20 @@ class PseudoLabels:
         return self.out / INDEX_FILE
 
 
-def pseudo_label(checkpoints: Sequence[str | Path], data: str | Path, out: str | Path, *, split: str = "train",
-                 weights: Sequence[float] | None = None, tta: bool = False, tta_shift: int = 0,
-                 batch_size: int = 8, device: str | None = None, workers: int = 0,
-                 progress: bool = True) -> PseudoLabels:
+def pseudo_label(
+    checkpoints: Sequence[str | Path],
+    data: str | Path,
+    out: str | Path,
+    *,
+    split: str = "train",
+    weights: Sequence[float] | None = None,
+    tta: bool = False,
+    tta_shift: int = 0,
+    batch_size: int = 8,
+    device: str | None = None,
+    workers: int = 0,
+    progress: bool = True,
+) -> PseudoLabels:
     """Write `OUT/labels/<record_id>.npy` per record of `split` and `OUT/index.json` (written last, so a
     present index means a complete set). Maps are at the teachers' image size."""
     if not checkpoints:
@@ -41,16 +51,31 @@ def pseudo_label(checkpoints: Sequence[str | Path], data: str | Path, out: str |
     out = prepare_output(out, (LABELS_DIR,))
     ens = Ensemble(load_segmenters(checkpoints, dev, tta, tta_shift), weights)
     inputs = Inputs(ens.specs, data, split, batch_size=batch_size, workers=workers)
-    write_probabilities(lambda b: ens.probs(b.images), inputs, out / LABELS_DIR,
-                        description=f"pseudo-labelling {split}", progress=progress)
+    write_probabilities(
+        lambda b: ens.probs(b.images),
+        inputs,
+        out / LABELS_DIR,
+        description=f"pseudo-labelling {split}",
+        progress=progress,
+    )
     size = ens.members[0].spec.image_size
-    atomic_write_json(out / INDEX_FILE, {
-        "format": INDEX_FORMAT, "version": INDEX_VERSION,
-        "data": str(Path(data).resolve()), "split": split,
-        "dtype": "float16", "shape": [size, size], "path": f"{LABELS_DIR}/{{record_id}}.npy",
-        "teachers": [{"checkpoint": m.name, "weight": w, "input": m.spec.as_dict()}
-                     for m, w in zip(ens.members, ens.weights, strict=True)],
-        "tta": tta, "tta_shift": tta_shift,
-        "records": inputs.record_ids,
-    })
+    atomic_write_json(
+        out / INDEX_FILE,
+        {
+            "format": INDEX_FORMAT,
+            "version": INDEX_VERSION,
+            "data": str(Path(data).resolve()),
+            "split": split,
+            "dtype": "float16",
+            "shape": [size, size],
+            "path": f"{LABELS_DIR}/{{record_id}}.npy",
+            "teachers": [
+                {"checkpoint": m.name, "weight": w, "input": m.spec.as_dict()}
+                for m, w in zip(ens.members, ens.weights, strict=True)
+            ],
+            "tta": tta,
+            "tta_shift": tta_shift,
+            "records": inputs.record_ids,
+        },
+    )
     return PseudoLabels(out, split, len(inputs))

@@ -97,8 +97,10 @@ class Ensemble:
             raise InferenceError(f"ensemble weights must be positive numbers, got {weights}.")
         if len({m.spec.image_size for m in members}) > 1:
             sizes = ", ".join(f"{m.name}: {m.spec.image_size}" for m in members)
-            raise InferenceError(f"the models predict at different image sizes ({sizes}); "
-                                 "an ensemble needs one size to average at.")
+            raise InferenceError(
+                f"the models predict at different image sizes ({sizes}); "
+                "an ensemble needs one size to average at."
+            )
         total = sum(weights)
         self.members, self.weights = list(members), [w / total for w in weights]
 
@@ -111,8 +113,9 @@ class Ensemble:
     def specs(self) -> list[InputSpec]:
         return list(dict.fromkeys(m.spec for m in self.members))
 
-    def member_probs(self, images: Mapping[InputSpec, torch.Tensor],
-                     known: Mapping[Segmenter, torch.Tensor] | None = None) -> list[torch.Tensor]:
+    def member_probs(
+        self, images: Mapping[InputSpec, torch.Tensor], known: Mapping[Segmenter, torch.Tensor] | None = None
+    ) -> list[torch.Tensor]:
         """Each member's probabilities; those in `known` (already computed elsewhere) are not run again."""
         known = known or {}
         return [known[m] if m in known else m.probs(images[m.spec]) for m in self.members]
@@ -120,8 +123,9 @@ class Ensemble:
     def combine(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
         return sum(w * p for w, p in zip(self.weights, probs, strict=True))
 
-    def probs(self, images: Mapping[InputSpec, torch.Tensor],
-              known: Mapping[Segmenter, torch.Tensor] | None = None) -> torch.Tensor:
+    def probs(
+        self, images: Mapping[InputSpec, torch.Tensor], known: Mapping[Segmenter, torch.Tensor] | None = None
+    ) -> torch.Tensor:
         return self.combine(self.member_probs(images, known))
 
 
@@ -133,12 +137,15 @@ def resolve_device(device: str | None) -> torch.device:
     except RuntimeError:
         raise InferenceError(f"unknown device {device!r}; use cpu, cuda or cuda:N.") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InferenceError(f"device {device!r} asked for, but no CUDA device is available; use --device cpu.")
+        raise InferenceError(
+            f"device {device!r} asked for, but no CUDA device is available; use --device cpu."
+        )
     return dev
 
 
-def load_segmenters(checkpoints: Sequence[str | Path], device: torch.device, tta: bool = False,
-                    tta_shift: int = 0) -> list[TorchSegmenter]:
+def load_segmenters(
+    checkpoints: Sequence[str | Path], device: torch.device, tta: bool = False, tta_shift: int = 0
+) -> list[TorchSegmenter]:
     return [TorchSegmenter(load_checkpoint(c), device, tta, tta_shift) for c in checkpoints]
 
 
@@ -160,26 +167,38 @@ def onnx_session(path: str | Path, device: torch.device):
 def onnx_metadata(session) -> dict[str, str]:
     """segladder's metadata of an onnxruntime session, without the key prefix."""
     props = session.get_modelmeta().custom_metadata_map
-    return {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
+    return {k[len(META_PREFIX) :]: v for k, v in props.items() if k.startswith(META_PREFIX)}
 
 
 class OnnxSegmenter(Segmenter):
     """An exported segmenter run by onnxruntime; its metadata says which input it needs."""
 
-    def __init__(self, path: str | Path, device: torch.device = torch.device("cpu"), tta: bool = False,
-                 tta_shift: int = 0):
+    def __init__(
+        self,
+        path: str | Path,
+        device: torch.device = torch.device("cpu"),
+        tta: bool = False,
+        tta_shift: int = 0,
+    ):
         path = Path(path)
         if not path.is_file():
             raise ExportError(f"ONNX model {path} does not exist.")
         self.session = onnx_session(path, device)
         meta = onnx_metadata(self.session)
         if "input" not in meta or meta.get("format_version") != str(ONNX_FORMAT_VERSION):
-            raise ExportError(f"{path}: no segladder metadata of version {ONNX_FORMAT_VERSION}; "
-                              "export the model with `segladder export onnx`.")
+            raise ExportError(
+                f"{path}: no segladder metadata of version {ONNX_FORMAT_VERSION}; "
+                "export the model with `segladder export onnx`."
+            )
         if meta.get("task") != "segmentation":
             raise ExportError(f"{path}: a {meta.get('task')} model where a segmentation model is needed.")
-        super().__init__(str(path), InputSpec.from_dict(json.loads(meta["input"])), float(meta["threshold"]),
-                         tta, tta_shift)
+        super().__init__(
+            str(path),
+            InputSpec.from_dict(json.loads(meta["input"])),
+            float(meta["threshold"]),
+            tta,
+            tta_shift,
+        )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu().float().contiguous()

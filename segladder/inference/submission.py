@@ -45,7 +45,7 @@ def rle_problems(rle: str, n_pixels: int) -> list[str]:
     bad = [t for t in tokens if not t.isdigit()]
     if bad:
         return [f"not a non-negative integer: {bad[0]!r}"]
-    if (big := [t for t in tokens if len(t.lstrip("0")) > 18]):
+    if big := [t for t in tokens if len(t.lstrip("0")) > 18]:
         return [f"integer {big[0]} is far beyond any image"]
     if len(tokens) % 2:
         return [f"odd number of integers ({len(tokens)}); expected 'start length' pairs"]
@@ -57,7 +57,9 @@ def rle_problems(rle: str, n_pixels: int) -> list[str]:
     if (i := _first(lengths < 1)) is not None:
         problems.append(f"pair {i + 1}: length {lengths[i]} < 1")
     if (i := _first(starts[1:] <= starts[:-1])) is not None:
-        problems.append(f"pair {i + 2}: start {starts[i + 1]} is not after the previous start {starts[i]} (pairs must be sorted)")
+        problems.append(
+            f"pair {i + 2}: start {starts[i + 1]} is not after the previous start {starts[i]} (pairs must be sorted)"
+        )
     elif (i := _first(starts[1:] < starts[:-1] + lengths[:-1])) is not None:
         problems.append(f"pair {i + 2}: start {starts[i + 1]} overlaps the run {starts[i]}+{lengths[i]}")
     if (i := _first(starts + lengths - 1 > n_pixels)) is not None:
@@ -88,7 +90,10 @@ def read_submission(path: str | Path) -> dict[str, str]:
     """record_id → encoded pixels of a well-formed submission (use `check_submission` to diagnose a bad one)."""
     problems = check_submission(path)
     if problems:
-        raise SubmissionError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""))
+        raise SubmissionError(
+            f"{path}: {problems[0]}"
+            + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else "")
+        )
     with open(path, newline="") as fh:
         rows = list(csv.reader(fh))[1:]
     return {rid: rle for rid, rle in rows}
@@ -100,7 +105,9 @@ def split_shapes(data: str | Path, split: str) -> dict[str, tuple[int, int]]:
         cache = ContrailsCache(data)
         size = cache.options.image_size
         return dict.fromkeys(cache.split(split).ids, (size, size))
-    return {r.record_id: tuple(load_npy(r.path / BAND_FILES[0]).shape[:2]) for r in discover_records(data, split)}
+    return {
+        r.record_id: tuple(load_npy(r.path / BAND_FILES[0]).shape[:2]) for r in discover_records(data, split)
+    }
 
 
 def check_submission(path: str | Path, data: str | Path | None = None, split: str = "test") -> list[str]:
@@ -118,7 +125,9 @@ def check_submission(path: str | Path, data: str | Path | None = None, split: st
             if header is None:
                 return [f"{path}: empty file; expected the header {','.join(SUBMISSION_HEADER)}"]
             if tuple(header) != SUBMISSION_HEADER:
-                problems.append(f"line 1: header {','.join(header)!r}, expected {','.join(SUBMISSION_HEADER)!r}")
+                problems.append(
+                    f"line 1: header {','.join(header)!r}, expected {','.join(SUBMISSION_HEADER)!r}"
+                )
             for line, row in enumerate(reader, start=2):
                 if len(row) != 2:
                     problems.append(f"line {line}: {len(row)} fields, expected 2 (record_id,encoded_pixels)")

@@ -12,16 +12,21 @@ from segladder.inference.checkpoint import load_checkpoint
 from segladder.viz import overlay_grid, plot_histories, save_image
 
 
-def visualise_run(run_dir: str | Path, data: str | Path | None = None, split: str = "validation",
-                  records: int = 8) -> list[Path]:
+def visualise_run(
+    run_dir: str | Path, data: str | Path | None = None, split: str = "validation", records: int = 8
+) -> list[Path]:
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     if not ckpt.exists():
-        raise SegladderError(f"{run_dir}: no checkpoints/best.ckpt; give a run directory made by `segladder train`.")
+        raise SegladderError(
+            f"{run_dir}: no checkpoints/best.ckpt; give a run directory made by `segladder train`."
+        )
     loaded = load_checkpoint(ckpt)
     if loaded.task != "segmentation":
-        raise SegladderError(f"{run_dir}: a {loaded.task} run; viz draws segmentation overlays "
-                             f"(its training curves are in {run_dir / 'curves.png'}).")
+        raise SegladderError(
+            f"{run_dir}: a {loaded.task} run; viz draws segmentation overlays "
+            f"(its training curves are in {run_dir / 'curves.png'})."
+        )
     ds = dataset_from_config(loaded.config.data, split, root=data, stats=loaded.stats)
     n = min(records, len(ds))
     items = [ds[i] for i in range(n)]

@@ -31,7 +31,9 @@ def demo_data(home: Path, records: int, val_records: int, size: int, seed: int) 
     raw = Path(home) / f"synth-contrails-v{GENERATOR_VERSION}-{records}-{val_records}-{size}-s{seed}"
     cache = raw.with_name(raw.name + "-cache")
     if not (cache / "manifest.json").exists():
-        generate_contrails(raw, records=records, val_records=val_records, test_records=4, size=size, seed=seed)
+        generate_contrails(
+            raw, records=records, val_records=val_records, test_records=4, size=size, seed=seed
+        )
         prepare_cache(raw, cache, CacheOptions(frames=tuple(range(8)), image_size=size), workers=2)
     return cache
 
@@ -70,9 +72,15 @@ class SelftestRow:
         return dict(self.__dict__)
 
 
-def selftest(out: Path, data: Path, values: dict | None = None, rungs: tuple[str, ...] = QUICK_RUNGS,
-             faults: tuple[str, ...] | None = None, profile: str = "calibrated",
-             gates: dict | None = None) -> list[SelftestRow]:
+def selftest(
+    out: Path,
+    data: Path,
+    values: dict | None = None,
+    rungs: tuple[str, ...] = QUICK_RUNGS,
+    faults: tuple[str, ...] | None = None,
+    profile: str = "calibrated",
+    gates: dict | None = None,
+) -> list[SelftestRow]:
     """Run the ladder on clean `data`, then once per fault; write selftest.json and return its rows.
 
     Clean data is "caught" (correct) when every rung passes; a fault when the first failing rung is the
@@ -98,12 +106,29 @@ def selftest(out: Path, data: Path, values: dict | None = None, rungs: tuple[str
             row = SelftestRow("clean", "nothing broken", None, None, None, False, caught)
         else:
             nan = first is not None and first.nan_report is not None
-            caught = first is not None and first.rung == fault.expected_rung and (nan or not fault.needs_nan_report)
-            row = SelftestRow(name, fault.description, fault.expected_rung, first.rung if first else None,
-                              first.implicated if first else None, nan, caught)
+            caught = (
+                first is not None
+                and first.rung == fault.expected_rung
+                and (nan or not fault.needs_nan_report)
+            )
+            row = SelftestRow(
+                name,
+                fault.description,
+                fault.expected_rung,
+                first.rung if first else None,
+                first.implicated if first else None,
+                nan,
+                caught,
+            )
         rows.append(row)
         runs.append((name, res))
-    atomic_write_json(out / "selftest.json", {"profile": profile, "rungs": list(rungs),
-                                              "baselines": baselines.as_dict(),
-                                              "rows": [r.as_dict() for r in rows]})
+    atomic_write_json(
+        out / "selftest.json",
+        {
+            "profile": profile,
+            "rungs": list(rungs),
+            "baselines": baselines.as_dict(),
+            "rows": [r.as_dict() for r in rows],
+        },
+    )
     return rows

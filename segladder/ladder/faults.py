@@ -98,7 +98,12 @@ class _DataFault(Callback):
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         dm = trainer.datamodule
-        if stage == "fit" and dm is not None and dm.train_set is not None and not isinstance(dm.train_set.base, _TrainingView):
+        if (
+            stage == "fit"
+            and dm is not None
+            and dm.train_set is not None
+            and not isinstance(dm.train_set.base, _TrainingView)
+        ):
             dm.train_set.base = self.wrap(dm.train_set.base, dm.cfg)
 
     def wrap(self, base, data_cfg):
@@ -133,10 +138,14 @@ class _WrongFrame(_DataFault):
 
         late_cfg = data_cfg.model_copy(update={"frames": [f + cls.shift for f in data_cfg.frames]})
         try:
-            return [dataset_from_config(late_cfg, split) for split in data_cfg.train_split.split("+") if split]
+            return [
+                dataset_from_config(late_cfg, split) for split in data_cfg.train_split.split("+") if split
+            ]
         except SegladderError as exc:
-            raise ConfigError(f"fault wrong_frame reads frames {late_cfg.frames}, which {data_cfg.root} cannot serve "
-                              f"({str(exc).splitlines()[0]}); prepare the cache with --frames 0-7.") from None
+            raise ConfigError(
+                f"fault wrong_frame reads frames {late_cfg.frames}, which {data_cfg.root} cannot serve "
+                f"({str(exc).splitlines()[0]}); prepare the cache with --frames 0-7."
+            ) from None
 
     @classmethod
     def preflight(cls, cfg) -> None:
@@ -148,7 +157,11 @@ class _WrongFrame(_DataFault):
 
 def _peak_step(trainer, pl_module) -> int:
     """The optimiser step at which the one-cycle schedule reaches its peak LR."""
-    total = pl_module._total_steps() if hasattr(pl_module, "_total_steps") else int(trainer.estimated_stepping_batches)
+    total = (
+        pl_module._total_steps()
+        if hasattr(pl_module, "_total_steps")
+        else int(trainer.estimated_stepping_batches)
+    )
     return int(pl_module.cfg.optim.pct_start * total)
 
 
@@ -216,21 +229,45 @@ class Fault:
         return [self.callback(seed)] if issubclass(self.callback, _DataFault) else [self.callback()]
 
 
-FAULTS: dict[str, Fault] = {f.name: f for f in [
-    Fault("shuffled_labels", "training masks shuffled across records", "data", FIRST_RUNG, _ShuffleLabels),
-    Fault("transposed_masks", "training masks transposed (H and W swapped)", "data", FIRST_RUNG, _TransposeMasks),
-    Fault("wrong_frame", "label paired with frame 7 instead of the labelled frame 4", "data", FIRST_RUNG,
-          _WrongFrame),
-    Fault("raw_kelvin", "inputs left in Kelvin instead of ash RGB", "data", FIRST_RUNG, _RawKelvin),
-    Fault("lr_spike", "LR ×100 for 3 steps at the one-cycle peak", "training loop", FIRST_RUNG, LRSpike),
-    Fault("fp16_overflow", "logits overflow float16 from the one-cycle peak (seed 002's NaN)", "numerics",
-          FIRST_RUNG, Fp16Overflow, needs_nan_report=True),
-]}
+FAULTS: dict[str, Fault] = {
+    f.name: f
+    for f in [
+        Fault(
+            "shuffled_labels", "training masks shuffled across records", "data", FIRST_RUNG, _ShuffleLabels
+        ),
+        Fault(
+            "transposed_masks",
+            "training masks transposed (H and W swapped)",
+            "data",
+            FIRST_RUNG,
+            _TransposeMasks,
+        ),
+        Fault(
+            "wrong_frame",
+            "label paired with frame 7 instead of the labelled frame 4",
+            "data",
+            FIRST_RUNG,
+            _WrongFrame,
+        ),
+        Fault("raw_kelvin", "inputs left in Kelvin instead of ash RGB", "data", FIRST_RUNG, _RawKelvin),
+        Fault("lr_spike", "LR ×100 for 3 steps at the one-cycle peak", "training loop", FIRST_RUNG, LRSpike),
+        Fault(
+            "fp16_overflow",
+            "logits overflow float16 from the one-cycle peak (seed 002's NaN)",
+            "numerics",
+            FIRST_RUNG,
+            Fp16Overflow,
+            needs_nan_report=True,
+        ),
+    ]
+}
 
 
 def get_fault(name: str) -> Fault:
     if name not in FAULTS:
         from segladder.registry import suggest
 
-        raise ConfigError(f"--inject {name}: unknown fault.{suggest(name, list(FAULTS))} Faults: {', '.join(FAULTS)}.")
+        raise ConfigError(
+            f"--inject {name}: unknown fault.{suggest(name, list(FAULTS))} Faults: {', '.join(FAULTS)}."
+        )
     return FAULTS[name]

@@ -21,12 +21,22 @@ IMPLICATES = {
 
 # Seed 000's troubleshooting, by symptom.
 ADVICE = {
-    "nan": ["train in fp32 (--set trainer.precision=32)", "lower the LR (1e-3 → 1e-4)",
-            "add gradient clipping (--set trainer.gradient_clip_val=1.0)", "add an epsilon to the Lovász denominator"],
-    "slow": ["raise the batch size and lower gradient accumulation", "raise data.num_workers",
-             "mixed precision when it does not NaN (bf16-mixed)"],
-    "accuracy": ["a longer one-cycle warm-up (optim.pct_start 0.1 → 0.3)", "stronger augmentation (data.augment)",
-                 "dropout (model.ps=0.1)"],
+    "nan": [
+        "train in fp32 (--set trainer.precision=32)",
+        "lower the LR (1e-3 → 1e-4)",
+        "add gradient clipping (--set trainer.gradient_clip_val=1.0)",
+        "add an epsilon to the Lovász denominator",
+    ],
+    "slow": [
+        "raise the batch size and lower gradient accumulation",
+        "raise data.num_workers",
+        "mixed precision when it does not NaN (bf16-mixed)",
+    ],
+    "accuracy": [
+        "a longer one-cycle warm-up (optim.pct_start 0.1 → 0.3)",
+        "stronger augmentation (data.augment)",
+        "dropout (model.ps=0.1)",
+    ],
 }
 
 
@@ -38,7 +48,9 @@ class Gate(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    loss_max: float | None = Field(None, description="training loss (mean of an epoch's last 10 steps) must end below this")
+    loss_max: float | None = Field(
+        None, description="training loss (mean of an epoch's last 10 steps) must end below this"
+    )
     loss_epoch: int | None = Field(None, description="1-based epoch whose loss is checked; None: the last")
     f1_min: float | None = None
     better_than_previous: bool = False
@@ -46,11 +58,20 @@ class Gate(BaseModel):
     no_nan: bool = True
 
     f1_headroom: float | None = Field(None, description="F1 > floor + this × (ceiling − floor)")
-    loss_gap: float | None = Field(None, description="final training loss < best constant's + this × (uninformed's − "
-                                   "best constant's): the loss has closed part of that gap")
-    loss_rise: float | None = Field(None, description="no epoch's training loss above this × the lowest before it")
-    previous_tolerance: float = Field(0.0, ge=0, description="with *_previous: slack as a fraction of the headroom")
-    data_match: bool = Field(False, description="the training batches' inputs and label signature match validation's")
+    loss_gap: float | None = Field(
+        None,
+        description="final training loss < best constant's + this × (uninformed's − "
+        "best constant's): the loss has closed part of that gap",
+    )
+    loss_rise: float | None = Field(
+        None, description="no epoch's training loss above this × the lowest before it"
+    )
+    previous_tolerance: float = Field(
+        0.0, ge=0, description="with *_previous: slack as a fraction of the headroom"
+    )
+    data_match: bool = Field(
+        False, description="the training batches' inputs and label signature match validation's"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,12 +106,20 @@ CALIBRATED_GATES: dict[str, Gate] = {
 }
 
 PROFILES: dict[str, GateProfile] = {
-    "seed": GateProfile("seed", SEED_GATES, "best",
-                        "seed 000's absolute numbers, for real 256² data at the seed's budget "
-                        "(100 records, 1–2 epochs, batch 8 × accumulation 4)"),
-    "calibrated": GateProfile("calibrated", CALIBRATED_GATES, "last",
-                              "relative to baselines on the same validation set, the rung below and "
-                              "the best constant prediction's loss; fits any data and budget"),
+    "seed": GateProfile(
+        "seed",
+        SEED_GATES,
+        "best",
+        "seed 000's absolute numbers, for real 256² data at the seed's budget "
+        "(100 records, 1–2 epochs, batch 8 × accumulation 4)",
+    ),
+    "calibrated": GateProfile(
+        "calibrated",
+        CALIBRATED_GATES,
+        "last",
+        "relative to baselines on the same validation set, the rung below and "
+        "the best constant prediction's loss; fits any data and budget",
+    ),
 }
 DEFAULT_PROFILE = "calibrated"
 
@@ -130,9 +159,15 @@ class Baselines:
         return max(self.ceiling - self.floor, 0.0)
 
     def as_dict(self) -> dict:
-        return {"positive_fraction": self.positive_fraction, "empty_f1": self.empty_f1,
-                "constant_f1": self.constant_f1, "ceiling_f1": self.ceiling_f1, "trivial_loss": self.trivial_loss,
-                "uninformed_loss": self.uninformed_loss, "inputs": self.inputs.as_dict() if self.inputs else None}
+        return {
+            "positive_fraction": self.positive_fraction,
+            "empty_f1": self.empty_f1,
+            "constant_f1": self.constant_f1,
+            "ceiling_f1": self.ceiling_f1,
+            "trivial_loss": self.trivial_loss,
+            "uninformed_loss": self.uninformed_loss,
+            "inputs": self.inputs.as_dict() if self.inputs else None,
+        }
 
 
 @dataclass
@@ -157,9 +192,15 @@ def rung_f1(history: list[dict], which: str = "best") -> float | None:
     return max(f1s) if which == "best" else f1s[-1]
 
 
-def check_gates(gate: Gate, history: list[dict], previous: float | None, nan_steps: int = 0,
-                baselines: Baselines | None = None, f1_from: str = "best",
-                probe: InputStats | None = None) -> list[GateCheck]:
+def check_gates(
+    gate: Gate,
+    history: list[dict],
+    previous: float | None,
+    nan_steps: int = 0,
+    baselines: Baselines | None = None,
+    f1_from: str = "best",
+    probe: InputStats | None = None,
+) -> list[GateCheck]:
     """Apply one rung's gates to its per-epoch metrics; `previous` is the F1 of the rung below; `probe` what
     the training loop was fed (see `TrainingBatchProbe`)."""
     checks: list[GateCheck] = []
@@ -168,15 +209,30 @@ def check_gates(gate: Gate, history: list[dict], previous: float | None, nan_ste
     f1 = rung_f1(history, f1_from)
     f1 = float("nan") if f1 is None else f1
     if gate.no_nan:
-        checks.append(GateCheck("no NaN", not has_nan, f"{nan_steps} non-finite step(s)" if nan_steps else
-                                ("no epochs finished" if not history else "all losses finite")))
+        checks.append(
+            GateCheck(
+                "no NaN",
+                not has_nan,
+                f"{nan_steps} non-finite step(s)"
+                if nan_steps
+                else ("no epochs finished" if not history else "all losses finite"),
+            )
+        )
     if gate.loss_max is not None:
         loss = _loss_at(history, gate.loss_epoch)
         when = f"end of epoch {gate.loss_epoch}" if gate.loss_epoch else "end"
         ok = loss is not None and math.isfinite(loss) and loss < gate.loss_max
-        checks.append(GateCheck(f"loss < {gate.loss_max}", ok, f"loss {loss:.4f} at the {when}" if loss is not None else "no loss"))
+        checks.append(
+            GateCheck(
+                f"loss < {gate.loss_max}",
+                ok,
+                f"loss {loss:.4f} at the {when}" if loss is not None else "no loss",
+            )
+        )
     if gate.f1_min is not None:
-        checks.append(GateCheck(f"F1 > {gate.f1_min}", math.isfinite(f1) and f1 > gate.f1_min, f"F1 {f1:.4f}"))
+        checks.append(
+            GateCheck(f"F1 > {gate.f1_min}", math.isfinite(f1) and f1 > gate.f1_min, f"F1 {f1:.4f}")
+        )
     if gate.loss_rise is not None and history:
         checks.append(_stable_loss(losses, gate.loss_rise))
     if baselines is not None and gate.loss_gap is not None and history:
@@ -185,24 +241,42 @@ def check_gates(gate: Gate, history: list[dict], previous: float | None, nan_ste
         bound = b.trivial_loss + gate.loss_gap * (b.uninformed_loss - b.trivial_loss)
         if math.isfinite(bound):
             ok = loss is not None and math.isfinite(loss) and loss < bound
-            checks.append(GateCheck("loss falls", ok, f"loss {_num(loss)} at the end vs {bound:.4f} = best constant "
-                                    f"{b.trivial_loss:.4f} + {gate.loss_gap:g} × (uninformed {b.uninformed_loss:.4f} − it)"))
+            checks.append(
+                GateCheck(
+                    "loss falls",
+                    ok,
+                    f"loss {_num(loss)} at the end vs {bound:.4f} = best constant "
+                    f"{b.trivial_loss:.4f} + {gate.loss_gap:g} × (uninformed {b.uninformed_loss:.4f} − it)",
+                )
+            )
     if baselines is not None and gate.f1_headroom is not None:
         if baselines.positive_fraction == 0:
-            checks.append(GateCheck("F1 above the baselines", True, "validation masks are empty: not checked"))
+            checks.append(
+                GateCheck("F1 above the baselines", True, "validation masks are empty: not checked")
+            )
         else:
             bound = baselines.floor + gate.f1_headroom * baselines.headroom
-            checks.append(GateCheck("F1 above the baselines", math.isfinite(f1) and f1 > bound,
-                                    f"F1 {f1:.4f} vs {bound:.4f} = constant {baselines.floor:.4f} + "
-                                    f"{gate.f1_headroom:g} × ({baselines.ceiling:.4f} − {baselines.floor:.4f})"))
+            checks.append(
+                GateCheck(
+                    "F1 above the baselines",
+                    math.isfinite(f1) and f1 > bound,
+                    f"F1 {f1:.4f} vs {bound:.4f} = constant {baselines.floor:.4f} + "
+                    f"{gate.f1_headroom:g} × ({baselines.ceiling:.4f} − {baselines.floor:.4f})",
+                )
+            )
     if gate.data_match and baselines is not None and baselines.inputs is not None and probe is not None:
         checks += _data_checks(probe, baselines.inputs)
     if (gate.better_than_previous or gate.at_least_previous) and previous is not None:
         slack = gate.previous_tolerance * (baselines.headroom if baselines is not None else 1.0)
         if slack > 0:
             ok = math.isfinite(f1) and f1 >= previous - slack
-            checks.append(GateCheck("not worse than the rung below", ok,
-                                    f"F1 {f1:.4f} vs {previous:.4f} (tolerance {slack:.4f})"))
+            checks.append(
+                GateCheck(
+                    "not worse than the rung below",
+                    ok,
+                    f"F1 {f1:.4f} vs {previous:.4f} (tolerance {slack:.4f})",
+                )
+            )
         else:
             ok = f1 > previous if gate.better_than_previous else f1 >= previous - 1e-4
             word = "better than" if gate.better_than_previous else "at least"
@@ -214,13 +288,23 @@ def _data_checks(train: InputStats, val: InputStats) -> list[GateCheck]:
     """Do the training batches look like the validation set: input ranges, and the label's signature?"""
     shift = max(abs(a - b) / s for a, b, s in zip(train.mean, val.mean, val.std, strict=True))
     spread = max(max(a / s, s / a) for a, s in zip(train.std, val.std, strict=True))
-    checks = [GateCheck("training inputs match validation", shift < INPUT_SHIFT_MAX and spread < 3.0,
-                        f"channel means differ by up to {shift:.2f} validation stds, stds by up to {spread:.2f}×")]
+    checks = [
+        GateCheck(
+            "training inputs match validation",
+            shift < INPUT_SHIFT_MAX and spread < 3.0,
+            f"channel means differ by up to {shift:.2f} validation stds, stds by up to {spread:.2f}×",
+        )
+    ]
     norm = sum(c * c for c in val.contrast)
     if norm > 0.01:
         kept = sum(a * b for a, b in zip(train.contrast, val.contrast, strict=True)) / norm
-        checks.append(GateCheck("training labels sit on their signature", kept > SIGNATURE_MIN,
-                                f"the training masks keep {kept:.2f} of validation's mask contrast in the labelled frame"))
+        checks.append(
+            GateCheck(
+                "training labels sit on their signature",
+                kept > SIGNATURE_MIN,
+                f"the training masks keep {kept:.2f} of validation's mask contrast in the labelled frame",
+            )
+        )
     return checks
 
 
@@ -231,7 +315,9 @@ def _stable_loss(losses: list[float | None], factor: float) -> GateCheck:
         if v is None or not math.isfinite(v):
             return GateCheck("loss stable", False, f"epoch {i + 1}: loss not finite")
         if v > factor * low:
-            return GateCheck("loss stable", False, f"epoch {i + 1}: loss {v:.4f} > {factor:g} × {low:.4f} before it")
+            return GateCheck(
+                "loss stable", False, f"epoch {i + 1}: loss {v:.4f} > {factor:g} × {low:.4f} before it"
+            )
         low = min(low, v)
     return GateCheck("loss stable", True, f"never above {factor:g}× an earlier epoch")
 
@@ -292,14 +378,20 @@ class RungResult:
 
     @property
     def implicated(self) -> str | None:
-        return IMPLICATES.get(self.rung, "what this model adds over the rung below") if self.status == "failed" else None
+        return (
+            IMPLICATES.get(self.rung, "what this model adds over the rung below")
+            if self.status == "failed"
+            else None
+        )
 
 
 def diagnose(result: RungResult, below: RungResult | None) -> str:
     """The seed's reading of a failed rung: which part is implicated, the evidence and what to try."""
     failed = [c for c in result.checks if not c.passed]
-    lines = [f"{result.rung} failed: {'; '.join(f'{c.name} ({c.detail})' for c in failed)}.",
-             f"Implicated: {IMPLICATES.get(result.rung, 'what this model adds over the rung below')}."]
+    lines = [
+        f"{result.rung} failed: {'; '.join(f'{c.name} ({c.detail})' for c in failed)}.",
+        f"Implicated: {IMPLICATES.get(result.rung, 'what this model adds over the rung below')}.",
+    ]
     lines.append(f"Evidence: loss curve {curve_shape(result.history)}")
     if below is not None and below.best_f1 is not None and result.best_f1 is not None:
         lines.append(f"          F1 {result.best_f1:.4f} vs {below.best_f1:.4f} for {below.rung}")

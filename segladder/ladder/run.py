@@ -31,8 +31,12 @@ DEFAULT_RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet
 QUICK_RUNGS = DEFAULT_RUNGS[:4]
 
 # `--budget` keys and the config fields they set.
-BUDGET_FIELDS = {"epochs": ("trainer", "max_epochs"), "records": ("data", "train_records"),
-                 "val_records": ("data", "val_records"), "batches": ("trainer", "limit_train_batches")}
+BUDGET_FIELDS = {
+    "epochs": ("trainer", "max_epochs"),
+    "records": ("data", "train_records"),
+    "val_records": ("data", "val_records"),
+    "batches": ("trainer", "limit_train_batches"),
+}
 
 
 def parse_budget(text: str | None) -> dict[str, int]:
@@ -43,7 +47,9 @@ def parse_budget(text: str | None) -> dict[str, int]:
             continue
         key, _, value = part.partition("=")
         if key.strip() not in BUDGET_FIELDS or not value.strip().isdigit() or int(value) < 1:
-            raise ConfigError(f"--budget '{part}': use {', '.join(f'{k}=N' for k in BUDGET_FIELDS)} with N ≥ 1.")
+            raise ConfigError(
+                f"--budget '{part}': use {', '.join(f'{k}=N' for k in BUDGET_FIELDS)} with N ≥ 1."
+            )
         out[key.strip()] = int(value)
     return out
 
@@ -60,8 +66,14 @@ def data_values(data: str | Path) -> dict:
     return values
 
 
-def ladder_config(data: str | Path, *, config: str | Path | None = None, budget: dict[str, int] | None = None,
-                  values: dict | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+def ladder_config(
+    data: str | Path,
+    *,
+    config: str | Path | None = None,
+    budget: dict[str, int] | None = None,
+    values: dict | None = None,
+    overrides: list[str] | None = None,
+) -> ExperimentConfig:
     """The shared config of every rung: configs/ladder.yaml (or `config`), then the data, typed `values`,
     the budget, and last the user's `--set` overrides."""
     from segladder.config import _merge, read_yaml
@@ -103,7 +115,9 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
     if 0 < fraction < 1:
         grid = torch.cat([grid, torch.tensor([math.log(fraction / (1 - fraction))])])
     with torch.no_grad():
-        losses = [float(loss(torch.full_like(masks, float(c)), {"mask": masks, "soft": masks})[0]) for c in grid]
+        losses = [
+            float(loss(torch.full_like(masks, float(c)), {"mask": masks, "soft": masks})[0]) for c in grid
+        ]
         uninformed = float(loss(torch.zeros_like(masks), {"mask": masks, "soft": masks})[0])
     ceiling = None
     train = dataset_from_config(cfg.data, cfg.data.train_split.split("+")[0])
@@ -115,8 +129,15 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         # A random annotator against the majority, pooled over annotators: 2·Σ s·m / (Σ s + Σ m).
         denominator = float(soft.sum() + major.sum())
         ceiling = 2 * float((soft * major).sum()) / denominator if denominator > 0 else None
-    return Baselines(fraction, 0.0 if positives > 0 else 1.0, constant_f1, ceiling, min(losses), uninformed,
-                     dataset_stats(items))
+    return Baselines(
+        fraction,
+        0.0 if positives > 0 else 1.0,
+        constant_f1,
+        ceiling,
+        min(losses),
+        uninformed,
+        dataset_stats(items),
+    )
 
 
 @dataclass
@@ -154,9 +175,16 @@ def get_profile(name: str) -> GateProfile:
     return PROFILES[name]
 
 
-def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAULT_RUNGS,
-               gates: dict[str, Gate] | None = None, keep_going: bool = False, profile: str = DEFAULT_PROFILE,
-               baselines: Baselines | None = None, fault: Fault | None = None) -> LadderResult:
+def run_ladder(
+    base: ExperimentConfig,
+    out: Path,
+    rungs: tuple[str, ...] = DEFAULT_RUNGS,
+    gates: dict[str, Gate] | None = None,
+    keep_going: bool = False,
+    profile: str = DEFAULT_PROFILE,
+    baselines: Baselines | None = None,
+    fault: Fault | None = None,
+) -> LadderResult:
     """Train each rung on the same data, budget and seed; stop at the first failing gate unless `keep_going`.
 
     `baselines` (see `measure_baselines`) are needed by the calibrated profile's relative gates; `fault`
@@ -168,7 +196,9 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
     gates = {**prof.gates, **(gates or {})}
     out = Path(out)
     t_start = time.perf_counter()
-    result = LadderResult([], out, profile=prof.name, baselines=baselines, fault=fault.name if fault else None)
+    result = LadderResult(
+        [], out, profile=prof.name, baselines=baselines, fault=fault.name if fault else None
+    )
     console.print(f"gate profile: [bold]{prof.name}[/] ({prof.description})")
     if fault is not None:
         fault.preflight(base)
@@ -180,8 +210,11 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
         r = RungResult(rung, "not run", out / rung)
         probe = TrainingBatchProbe()
         try:
-            res = train(rung_config(base, rung), out=out / rung,
-                        callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe])
+            res = train(
+                rung_config(base, rung),
+                out=out / rung,
+                callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe],
+            )
             r.metrics = res.metrics
         except TrainingStopped as exc:
             r.metrics = read_metrics(exc.run_dir)
@@ -196,7 +229,9 @@ def run_ladder(base: ExperimentConfig, out: Path, rungs: tuple[str, ...] = DEFAU
         r.seconds = time.perf_counter() - t0
         nan_steps = 1 if r.reason else 0
         below = None if previous is None else (previous.best_f1 if prof.f1 == "best" else previous.f1_last)
-        r.checks = check_gates(gates.get(rung, Gate()), r.history, below, nan_steps, baselines, prof.f1, probe.stats)
+        r.checks = check_gates(
+            gates.get(rung, Gate()), r.history, below, nan_steps, baselines, prof.f1, probe.stats
+        )
         r.status = "passed" if all(c.passed for c in r.checks) else "failed"
         result.rungs.append(r)
         if r.status == "failed":

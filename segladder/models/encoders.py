@@ -199,14 +199,22 @@ def weights_in_env_folder(name: str) -> Path | None:
     for folder in filter(None, raw.split(os.pathsep)):
         root = Path(folder).expanduser()
         if not root.is_dir():
-            raise ModelError(f"${WEIGHTS_ENV}: {str(root)!r} is not a folder (it names folders of weights files, "
-                             f"separated by {os.pathsep!r})")
+            raise ModelError(
+                f"${WEIGHTS_ENV}: {str(root)!r} is not a folder (it names folders of weights files, "
+                f"separated by {os.pathsep!r})"
+            )
         found += [e for e in sorted(root.iterdir()) if e.name == download or _named_after(e.name, arch)]
-    exact = [e for e in found if (n := e.name.removeprefix("models--timm--")) == tagged or n.startswith(tagged + ".")]
+    exact = [
+        e
+        for e in found
+        if (n := e.name.removeprefix("models--timm--")) == tagged or n.startswith(tagged + ".")
+    ]
     chosen = exact or found
     if len(chosen) > 1:
-        raise ModelError(f"several weights for {tagged!r} in ${WEIGHTS_ENV}: {_few([str(e) for e in chosen])}; "
-                         f"keep one, or pass pretrained=/path/to/one")
+        raise ModelError(
+            f"several weights for {tagged!r} in ${WEIGHTS_ENV}: {_few([str(e) for e in chosen])}; "
+            f"keep one, or pass pretrained=/path/to/one"
+        )
     return resolve_weights_file(chosen[0]) if chosen else None
 
 

@@ -188,7 +188,9 @@ class Unet25D(_AuxMixin, SequenceModel):
         channels = self.encoder.channels
         self.fusers = nn.ModuleList(Conv3dCollapse(c, kernel_size) for c in channels)
         if len(decoder_channels) < len(channels):
-            raise ModelError(f"decoder_channels needs {len(channels)} entries for {encoder}, got {tuple(decoder_channels)}")
+            raise ModelError(
+                f"decoder_channels needs {len(channels)} entries for {encoder}, got {tuple(decoder_channels)}"
+            )
         widths = list(decoder_channels)[: len(channels)]
         # smp's decoder takes the input as its first "feature": only its size is used (the last block's target).
         self.decoder = UnetDecoder([in_chans, *channels], widths, n_blocks=len(channels))
@@ -223,8 +225,10 @@ class Unet25D(_AuxMixin, SequenceModel):
         if self.cls_head is not None:
             out["cls"] = self.cls_head(fused[-1])
         if len(out) == 1:
-            raise ModelError("Unet25D was built without a hard-mask or classification head "
-                             "(hard_head=False, aux_classifier=False)")
+            raise ModelError(
+                "Unet25D was built without a hard-mask or classification head "
+                "(hard_head=False, aux_classifier=False)"
+            )
         return out
 
 

@@ -31,10 +31,16 @@ class EdgeDecoder(nn.Module):
 
     def __init__(self, in_ch: int, hidden: int, layers: int):
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv1d(in_ch, hidden, 1, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True))
+        self.reduce = nn.Sequential(
+            nn.Conv1d(in_ch, hidden, 1, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)
+        )
         body: list[nn.Module] = []
         for _ in range(max(0, layers - 1)):
-            body += [nn.Conv1d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+            body += [
+                nn.Conv1d(hidden, hidden, 3, padding=1, bias=False),
+                nn.BatchNorm1d(hidden),
+                nn.ReLU(inplace=True),
+            ]
         self.body = nn.Sequential(*body)
         self.head = nn.Conv1d(hidden, 1, 1)
 
@@ -72,23 +78,36 @@ class Snapper(nn.Module):
         frame_index: the frame read from a (B, C, T, H, W) input.
     """
 
-    def __init__(self, encoder: str = "resnet50", pretrained: bool | str | os.PathLike = False, in_chans: int = 3,
-                 levels: int = 2, fusion: str = "average", hidden: int = 128, decoder_layers: int = 3,
-                 frame_index: int = -1):
+    def __init__(
+        self,
+        encoder: str = "resnet50",
+        pretrained: bool | str | os.PathLike = False,
+        in_chans: int = 3,
+        levels: int = 2,
+        fusion: str = "average",
+        hidden: int = 128,
+        decoder_layers: int = 3,
+        frame_index: int = -1,
+    ):
         super().__init__()
         if fusion not in ("average", "fpn"):
             raise ModelInputError(f"Snapper fusion must be 'average' or 'fpn', not {fusion!r}.")
         self.encoder = Encoder(encoder, in_chans=in_chans, pretrained=pretrained)
         if not 1 <= levels <= len(self.encoder.channels):
-            raise ModelInputError(f"Snapper levels={levels}: encoder {encoder} has {len(self.encoder.channels)} levels.")
+            raise ModelInputError(
+                f"Snapper levels={levels}: encoder {encoder} has {len(self.encoder.channels)} levels."
+            )
         self.levels, self.fusion, self.frame_index, self.in_chans = levels, fusion, frame_index, in_chans
         chans = self.encoder.channels[-levels:]
         if fusion == "average":
             self.heads = nn.ModuleList(DirectionalHead(c, hidden, decoder_layers) for c in chans)
         else:
             self.lateral = nn.ModuleList(nn.Conv2d(c, hidden, 1) for c in chans)
-            self.smooth = nn.Sequential(nn.Conv2d(hidden, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                                        nn.ReLU(inplace=True))
+            self.smooth = nn.Sequential(
+                nn.Conv2d(hidden, hidden, 3, padding=1, bias=False),
+                nn.BatchNorm2d(hidden),
+                nn.ReLU(inplace=True),
+            )
             self.heads = nn.ModuleList([DirectionalHead(hidden, hidden, decoder_layers)])
         self.prior = nn.Parameter(torch.zeros(1, 4, PRIOR_POSITIONS))
 
@@ -96,9 +115,11 @@ class Snapper(nn.Module):
         if x.dim() == 5:
             x = x[:, :, self.frame_index]
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-1] != x.shape[-2]:
-            raise ModelInputError(f"Snapper takes square (B, {self.in_chans}, S, S) crops, got {tuple(x.shape)}.")
+            raise ModelInputError(
+                f"Snapper takes square (B, {self.in_chans}, S, S) crops, got {tuple(x.shape)}."
+            )
         size = x.shape[-1]
-        feats = self.encoder(x)[-self.levels:]
+        feats = self.encoder(x)[-self.levels :]
         prior = F.interpolate(self.prior, size=size, mode="linear", align_corners=True)
         if self.fusion == "average":
             logits = torch.stack([h(f, size) for h, f in zip(self.heads, feats, strict=True)]).mean(0)
@@ -110,8 +131,14 @@ class Snapper(nn.Module):
         return logits + prior.to(logits.dtype)
 
 
-@register("Snapper", description="Snapper box adjustment (seed 003): timm encoder, directional pooling, 1-D edge "
-          "decoders per scale", uses_time=False, input_desc="(B, 3, S, S) crop around a rough box", output="box")
+@register(
+    "Snapper",
+    description="Snapper box adjustment (seed 003): timm encoder, directional pooling, 1-D edge "
+    "decoders per scale",
+    uses_time=False,
+    input_desc="(B, 3, S, S) crop around a rough box",
+    output="box",
+)
 def snapper(**kwargs) -> Snapper:
     return Snapper(**kwargs)
 

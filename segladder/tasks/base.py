@@ -99,10 +99,16 @@ class Task(L.LightningModule):
         loss, parts = self.compute_loss(batch)
         if not torch.isfinite(loss):
             # Returning None makes Lightning skip backward and the optimiser step for this batch.
-            self.nonfinite = {"kind": "loss", "batch": batch, "parts": {k: float(v) for k, v in parts.items()}}
+            self.nonfinite = {
+                "kind": "loss",
+                "batch": batch,
+                "parts": {k: float(v) for k, v in parts.items()},
+            }
             return None
         bs = self.model_input(batch).shape[0]
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True)
+        self.log(
+            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True
+        )
         for name, value in parts.items():
             self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss
@@ -141,5 +147,7 @@ class Task(L.LightningModule):
 def require_task(pl_module: L.LightningModule, user: str) -> Task:
     """`pl_module` as a Task, or a ConfigError naming the callback `user` that needs one (checked up front)."""
     if not isinstance(pl_module, Task):
-        raise ConfigError(f"{user} works with segladder tasks (segladder.tasks.Task); got {type(pl_module).__name__}.")
+        raise ConfigError(
+            f"{user} works with segladder tasks (segladder.tasks.Task); got {type(pl_module).__name__}."
+        )
     return pl_module

@@ -34,11 +34,15 @@ class BoxesTask(Task):
     @classmethod
     def check(cls, cfg: ExperimentConfig) -> None:
         if cfg.data.resolved_format != "coco":
-            raise ConfigError("task boxes reads COCO boxes: set data.images, data.train and data.val "
-                              "(and data.format=coco or auto).")
+            raise ConfigError(
+                "task boxes reads COCO boxes: set data.images, data.train and data.val "
+                "(and data.format=coco or auto)."
+            )
         if cfg.data.folds is not None:
-            raise ConfigError("data.folds cuts the contrails layout into folds; task boxes validates on data.val "
-                              "(split the COCO file instead).")
+            raise ConfigError(
+                "data.folds cuts the contrails layout into folds; task boxes validates on data.val "
+                "(split the COCO file instead)."
+            )
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__(cfg, model)
@@ -58,8 +62,13 @@ class BoxesTask(Task):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
         n = batch["image"].shape[0]
-        self.log("val/loss", edge_loss(logits, batch["target"], self.cfg.boxes.sigma), on_epoch=True,
-                 sync_dist=True, batch_size=n)
+        self.log(
+            "val/loss",
+            edge_loss(logits, batch["target"], self.cfg.boxes.sigma),
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=n,
+        )
         self.val_metric.update(self.snap(logits, batch["region"]), batch["true"])
         self.rough_metric.update(batch["rough"], batch["true"])
 
@@ -84,8 +93,14 @@ class BoxesTask(Task):
         rough = to_crop(batch["rough"][:n].double(), region, size)
         true = to_crop(batch["true"][:n].double(), region, size)
         scale = max(1, 256 // size)
-        panels = [draw_boxes(denormalise(batch["image"][i]), {"rough": rough[i], "true": true[i], "snapped": edges[i]},
-                             scale) for i in range(len(edges))]
+        panels = [
+            draw_boxes(
+                denormalise(batch["image"][i]),
+                {"rough": rough[i], "true": true[i], "snapped": edges[i]},
+                scale,
+            )
+            for i in range(len(edges))
+        ]
         return box_grid(panels)
 
     def checkpoint_section(self) -> dict:

@@ -48,26 +48,39 @@ class DistillationTask(SegmentationTask):
     def check(cls, cfg: ExperimentConfig) -> None:
         d = cfg.distill
         if d.teacher is None:
-            raise ConfigError("task distillation needs distill.teacher: the teacher's checkpoint "
-                              "(--set distill.teacher=runs/NAME/STAMP/checkpoints/best.ckpt).")
+            raise ConfigError(
+                "task distillation needs distill.teacher: the teacher's checkpoint "
+                "(--set distill.teacher=runs/NAME/STAMP/checkpoints/best.ckpt)."
+            )
         if not Path(d.teacher).is_file():
-            raise ConfigError(f"distill.teacher: checkpoint {d.teacher} does not exist; train the teacher first "
-                              "(e.g. `segladder train seg_unet_b3`) and give its checkpoints/best.ckpt.")
+            raise ConfigError(
+                f"distill.teacher: checkpoint {d.teacher} does not exist; train the teacher first "
+                "(e.g. `segladder train seg_unet_b3`) and give its checkpoints/best.ckpt."
+            )
         if cfg.aux.cls_weight > 0 or cfg.aux.seg_on_positives_only:
-            raise ConfigError("task distillation trains the mask output only; set aux.cls_weight=0 and "
-                              "aux.seg_on_positives_only=false.")
+            raise ConfigError(
+                "task distillation trains the mask output only; set aux.cls_weight=0 and "
+                "aux.seg_on_positives_only=false."
+            )
         if cfg.optim.schedule == "onecycle":
-            raise ConfigError("distillation with progressive unfreezing needs optim.schedule cosine or constant "
-                              "(one-cycle cannot schedule the encoder groups added during training).")
+            raise ConfigError(
+                "distillation with progressive unfreezing needs optim.schedule cosine or constant "
+                "(one-cycle cannot schedule the encoder groups added during training)."
+            )
         if not d.alpha + d.beta + d.gamma + d.delta > 0:
-            raise ConfigError("distill.alpha/beta/gamma/delta are all 0: at least one loss term needs a weight.")
+            raise ConfigError(
+                "distill.alpha/beta/gamma/delta are all 0: at least one loss term needs a weight."
+            )
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__(cfg, model)
         d = cfg.distill
-        terms = [{"name": "kd", "weight": d.alpha, "temperature": d.temperature_start},
-                 {"name": "mse_prob", "weight": d.beta}, {"name": "bce", "weight": d.gamma},
-                 {"name": "dice", "weight": d.delta}]
+        terms = [
+            {"name": "kd", "weight": d.alpha, "temperature": d.temperature_start},
+            {"name": "mse_prob", "weight": d.beta},
+            {"name": "bce", "weight": d.gamma},
+            {"name": "dice", "weight": d.delta},
+        ]
         self.loss = build_loss([t for t in terms if t["weight"] > 0], where="distill")
         self.temperature = d.temperature_start
         teacher = load_checkpoint(d.teacher)
@@ -86,19 +99,27 @@ class DistillationTask(SegmentationTask):
         tc, path = teacher.config, self.cfg.distill.teacher
         kind = info(tc.model.name).output
         if kind != "mask":
-            raise ConfigError(f"distill.teacher {path}: model {tc.model.name} outputs a {kind}, not a mask; "
-                              "the teacher must be a segmentation checkpoint.")
+            raise ConfigError(
+                f"distill.teacher {path}: model {tc.model.name} outputs a {kind}, not a mask; "
+                "the teacher must be a segmentation checkpoint."
+            )
         if teacher.task not in ("segmentation", "distillation"):
-            raise ConfigError(f"distill.teacher {path}: a {teacher.task} checkpoint; give a segmentation checkpoint.")
+            raise ConfigError(
+                f"distill.teacher {path}: a {teacher.task} checkpoint; give a segmentation checkpoint."
+            )
         t_chans, s_chans = tc.model.kwargs.get("in_chans"), self.cfg.model.kwargs.get("in_chans")
         if t_chans != s_chans or tc.data.channels != self.cfg.data.channels:
-            raise ConfigError(f"distill.teacher {path}: the teacher reads {t_chans} input channels "
-                              f"({', '.join(tc.data.channels)}), the student {s_chans} ({', '.join(self.cfg.data.channels)}); "
-                              "set data.channels as the teacher was trained.")
+            raise ConfigError(
+                f"distill.teacher {path}: the teacher reads {t_chans} input channels "
+                f"({', '.join(tc.data.channels)}), the student {s_chans} ({', '.join(self.cfg.data.channels)}); "
+                "set data.channels as the teacher was trained."
+            )
         if len(tc.data.frames) != len(self.cfg.data.frames):
-            raise ConfigError(f"distill.teacher {path}: the teacher reads {len(tc.data.frames)} frames "
-                              f"{tc.data.frames}, the student {len(self.cfg.data.frames)} {self.cfg.data.frames}; "
-                              f"set data.frames={tc.data.frames}.")
+            raise ConfigError(
+                f"distill.teacher {path}: the teacher reads {len(tc.data.frames)} frames "
+                f"{tc.data.frames}, the student {len(self.cfg.data.frames)} {self.cfg.data.frames}; "
+                f"set data.frames={tc.data.frames}."
+            )
 
     @property
     def teacher(self) -> nn.Module:
@@ -163,13 +184,17 @@ class DistillationTask(SegmentationTask):
         from segladder.training.finetuning import ProgressiveUnfreezing
 
         trainer = self._trainer
-        found = [c for c in (trainer.callbacks if trainer is not None else []) if isinstance(c, ProgressiveUnfreezing)]
+        found = [
+            c
+            for c in (trainer.callbacks if trainer is not None else [])
+            if isinstance(c, ProgressiveUnfreezing)
+        ]
         return found[0].unfrozen if found else 0
 
     def group_lrs(self) -> dict[str, float]:
         """The current decoder LR and encoder LR (0 while the encoder is frozen)."""
         out = {"decoder": 0.0, "encoder": 0.0}
-        for opt in (self.trainer.optimizers if self._trainer is not None else []):
+        for opt in self.trainer.optimizers if self._trainer is not None else []:
             for g in opt.param_groups:
                 kind = "encoder" if str(g.get("name", "")).startswith("encoder") else "decoder"
                 out[kind] = max(out[kind], float(g["lr"]))
@@ -177,7 +202,10 @@ class DistillationTask(SegmentationTask):
 
     def configure_optimizers(self):
         # Unfrozen encoder blocks join as new groups, so the schedule must follow groups added later.
-        opt = build_optimizer(self.model, self.cfg.optim.model_copy(update={"encoder_lr_mult": self.cfg.distill.encoder_lr_scale}))
+        opt = build_optimizer(
+            self.model,
+            self.cfg.optim.model_copy(update={"encoder_lr_mult": self.cfg.distill.encoder_lr_scale}),
+        )
         try:
             sched = build_scheduler(opt, self.cfg.optim, self._total_steps(), groups_may_grow=True)
         except ValueError as exc:
@@ -223,10 +251,20 @@ class DistillationTask(SegmentationTask):
         from segladder.viz import plot_histories
 
         epochs = {"": json.loads((run_dir / "metrics.json").read_text())["epochs"]}
-        plot_histories(epochs, run_dir / "distill_curves.png", ("train/kd", "train/mse_prob", "train/bce", "train/dice"),
-                       ("val/dice", "val/miou", "val/agreement"), ("loss parts", "validation (at 0.5)"))
-        plot_histories(epochs, run_dir / "distill_schedule.png", ("distill/temperature", "distill/unfrozen_blocks"),
-                       ("lr/decoder", "lr/encoder"), ("temperature and unfrozen blocks", "learning rates"))
+        plot_histories(
+            epochs,
+            run_dir / "distill_curves.png",
+            ("train/kd", "train/mse_prob", "train/bce", "train/dice"),
+            ("val/dice", "val/miou", "val/agreement"),
+            ("loss parts", "validation (at 0.5)"),
+        )
+        plot_histories(
+            epochs,
+            run_dir / "distill_schedule.png",
+            ("distill/temperature", "distill/unfrozen_blocks"),
+            ("lr/decoder", "lr/encoder"),
+            ("temperature and unfrozen blocks", "learning rates"),
+        )
 
     # ---------------------------------------------------------------------------- checkpoints
 

@@ -51,15 +51,23 @@ class SegmentationTask(Task):
         # Seed 001: a classification head beside the mask; the mask loss only where there is a contrail.
         # 3rd place: a hard-mask head beside the soft-label one.
         out = self.model(self.layout(batch["image"]), aux=True) if heads else {"mask": self(batch["image"])}
-        for key, weight, option in (("cls", aux.cls_weight, "aux_classifier"), ("hard", aux.hard_mask_weight, "hard_head")):
+        for key, weight, option in (
+            ("cls", aux.cls_weight, "aux_classifier"),
+            ("hard", aux.hard_mask_weight, "hard_head"),
+        ):
             if weight > 0 and key not in out:
-                raise ConfigError(f"aux.{'cls_weight' if key == 'cls' else 'hard_mask_weight'} > 0 needs a model with "
-                                  f"that head ({option}=True); {self.cfg.model.name} has none.")
+                raise ConfigError(
+                    f"aux.{'cls_weight' if key == 'cls' else 'hard_mask_weight'} > 0 needs a model with "
+                    f"that head ({option}=True); {self.cfg.model.name} has none."
+                )
         positive = batch["mask"].flatten(1).amax(1) > 0.5
         if aux.seg_on_positives_only:
             keep = positive.nonzero().flatten()
-            seg, parts = (self.loss(out["mask"][keep], {k: v[keep] for k, v in batch.items() if torch.is_tensor(v)})
-                          if len(keep) else (out["mask"].sum() * 0.0, {}))
+            seg, parts = (
+                self.loss(out["mask"][keep], {k: v[keep] for k, v in batch.items() if torch.is_tensor(v)})
+                if len(keep)
+                else (out["mask"].sum() * 0.0, {})
+            )
         else:
             seg, parts = self.loss(out["mask"], batch)
         if aux.cls_weight > 0:

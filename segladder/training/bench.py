@@ -76,18 +76,42 @@ def _peak_gib(device: torch.device) -> float | None:
     return round(torch.cuda.max_memory_allocated() / 2**30, 2) if device.type == "cuda" else None
 
 
-def bench_config(model: str, size: int, frames: int, batch: int, precision: str, channels_last: bool,
-                 compile: bool, root: str | None = None, augment: dict | None = None, workers: int = 0) -> ExperimentConfig:
-    return build_config({
-        "name": "bench",
-        "data": {"root": root, "frames": list(range(5 - frames, 5)), "image_size": size, "batch_size": batch,
-                 "num_workers": workers, "augment": augment or {}},
-        "model": {"name": model},
-        "loss": [{"name": "bce"}],
-        "optim": {"name": "adamw", "lr": 1e-4, "schedule": "constant"},
-        "trainer": {"precision": precision, "channels_last": channels_last, "compile": compile, "progress": False,
-                    "overlays": 0, "max_epochs": 1},
-    })
+def bench_config(
+    model: str,
+    size: int,
+    frames: int,
+    batch: int,
+    precision: str,
+    channels_last: bool,
+    compile: bool,
+    root: str | None = None,
+    augment: dict | None = None,
+    workers: int = 0,
+) -> ExperimentConfig:
+    return build_config(
+        {
+            "name": "bench",
+            "data": {
+                "root": root,
+                "frames": list(range(5 - frames, 5)),
+                "image_size": size,
+                "batch_size": batch,
+                "num_workers": workers,
+                "augment": augment or {},
+            },
+            "model": {"name": model},
+            "loss": [{"name": "bce"}],
+            "optim": {"name": "adamw", "lr": 1e-4, "schedule": "constant"},
+            "trainer": {
+                "precision": precision,
+                "channels_last": channels_last,
+                "compile": compile,
+                "progress": False,
+                "overlays": 0,
+                "max_epochs": 1,
+            },
+        }
+    )
 
 
 def flops_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
@@ -100,9 +124,16 @@ def flops_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> 
 
 def _result(case: str, mode: str, batch: int, seconds: float, steps: int, flops: int, device) -> dict:
     dt = seconds / steps
-    return {"case": case, "mode": mode, "batch": batch, "img_per_s": round(batch / dt, 1), "step_ms": round(dt * 1e3, 2),
-            "tflops": round(flops / dt / 1e12, 3), "gflop_per_img": round(flops / batch / 1e9, 2),
-            "peak_gib": _peak_gib(device)}
+    return {
+        "case": case,
+        "mode": mode,
+        "batch": batch,
+        "img_per_s": round(batch / dt, 1),
+        "step_ms": round(dt * 1e3, 2),
+        "tflops": round(flops / dt / 1e12, 3),
+        "gflop_per_img": round(flops / batch / 1e9, 2),
+        "peak_gib": _peak_gib(device),
+    }
 
 
 def bench_reference(cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device) -> dict:
@@ -135,7 +166,9 @@ def bench_reference(cfg: ExperimentConfig, case: str, steps: int, warmup: int, d
     for _ in range(steps):
         step()
     _sync(device)
-    return _result(case, f"reference_{_mode(cfg)}", x.shape[0], time.perf_counter() - t0, steps, flops, device)
+    return _result(
+        case, f"reference_{_mode(cfg)}", x.shape[0], time.perf_counter() - t0, steps, flops, device
+    )
 
 
 def _batch(cfg: ExperimentConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,12 +183,21 @@ def _batch(cfg: ExperimentConfig, device: torch.device) -> tuple[torch.Tensor, t
 
 def _mode(cfg: ExperimentConfig) -> str:
     t = cfg.trainer
-    return {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}[t.precision] \
-        + ("_cl" if t.channels_last else "") + ("_compile" if t.compile else "")
+    return (
+        {"32": "fp32", "32-true": "fp32", "bf16-mixed": "bf16", "16-mixed": "fp16"}[t.precision]
+        + ("_cl" if t.channels_last else "")
+        + ("_compile" if t.compile else "")
+    )
 
 
-def bench_trainer(cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device,
-                  data: Iterable | None = None) -> dict:
+def bench_trainer(
+    cfg: ExperimentConfig,
+    case: str,
+    steps: int,
+    warmup: int,
+    device: torch.device,
+    data: Iterable | None = None,
+) -> dict:
     """Our task under Lightning's Trainer; `data` None means the same in-memory batch every step."""
     from segladder.training.build import build_task
 
@@ -170,13 +212,25 @@ def bench_trainer(cfg: ExperimentConfig, case: str, steps: int, warmup: int, dev
     else:
         label = "trainer_cache_aug"
     timer = _StepTimer(warmup, steps)
-    trainer = L.Trainer(accelerator=device.type, devices=1, precision=cfg.trainer.precision, max_epochs=1,
-                        limit_train_batches=warmup + steps, limit_val_batches=0, logger=False, callbacks=[timer],
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        num_sanity_val_steps=0)
+    trainer = L.Trainer(
+        accelerator=device.type,
+        devices=1,
+        precision=cfg.trainer.precision,
+        max_epochs=1,
+        limit_train_batches=warmup + steps,
+        limit_val_batches=0,
+        logger=False,
+        callbacks=[timer],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(task, datamodule=_LoaderData(data))
     if timer.seconds is None:
-        raise RuntimeError(f"the data gave fewer than {warmup + steps} batches; use more records or fewer steps")
+        raise RuntimeError(
+            f"the data gave fewer than {warmup + steps} batches; use more records or fewer steps"
+        )
     return _result(case, f"{label}_{_mode(cfg)}", cfg.data.batch_size, timer.seconds, steps, flops, device)
 
 

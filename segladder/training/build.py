@@ -100,21 +100,33 @@ def loggers(cfg: ExperimentConfig, run_dir: Path) -> list:
 
             out.append(WandbLogger(project=cfg.trainer.wandb_project, name=cfg.name, save_dir=str(run_dir)))
         except ModuleNotFoundError:
-            raise ConfigError("trainer.wandb_project needs the wandb package: pip install wandb "
-                              "(or leave trainer.wandb_project unset).") from None
+            raise ConfigError(
+                "trainer.wandb_project needs the wandb package: pip install wandb "
+                "(or leave trainer.wandb_project unset)."
+            ) from None
     return out
 
 
-def build_trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, extra_callbacks=()) -> tuple[L.Trainer, NonFiniteGuard]:
+def build_trainer(
+    cfg: ExperimentConfig, run_dir: Path, monitor: str, extra_callbacks=()
+) -> tuple[L.Trainer, NonFiniteGuard]:
     """Lightning's Trainer with segladder's callbacks (NaN guard, finite atomic checkpoints, RNG state, pictures)."""
     t = cfg.trainer
     guard = NonFiniteGuard(run_dir, t.nan_patience)
     callbacks = [
         guard,
         GracefulStop(run_dir),
-        FiniteModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
-                              save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False,
-                              optimizer_state=t.optimizer_state),
+        FiniteModelCheckpoint(
+            dirpath=run_dir / "checkpoints",
+            filename="best",
+            monitor=monitor,
+            mode="max",
+            save_top_k=1,
+            save_last=True,
+            auto_insert_metric_name=False,
+            enable_version_counter=False,
+            optimizer_state=t.optimizer_state,
+        ),
         RNGState(),
         RunRecorder(run_dir, t.overlays),
         LearningRateMonitor(logging_interval="step"),
@@ -122,21 +134,40 @@ def build_trainer(cfg: ExperimentConfig, run_dir: Path, monitor: str, extra_call
     ]
     if t.progress:
         callbacks.append(RichProgressBar(leave=True))
-    kwargs = {k: v for k, v in {
-        "limit_train_batches": t.limit_train_batches, "limit_val_batches": t.limit_val_batches,
-        "val_check_interval": t.val_check_interval, "gradient_clip_val": t.gradient_clip_val,
-    }.items() if v is not None}
+    kwargs = {
+        k: v
+        for k, v in {
+            "limit_train_batches": t.limit_train_batches,
+            "limit_val_batches": t.limit_val_batches,
+            "val_check_interval": t.val_check_interval,
+            "gradient_clip_val": t.gradient_clip_val,
+        }.items()
+        if v is not None
+    }
     strategy = t.strategy
     if strategy == "ddp":
         from lightning.pytorch.strategies import DDPStrategy
 
         strategy = DDPStrategy(find_unused_parameters=t.find_unused_parameters)
     trainer = L.Trainer(
-        max_epochs=t.max_epochs, max_steps=t.max_steps, precision=t.precision, accelerator=t.accelerator,
-        devices=t.devices, strategy=strategy, num_nodes=t.num_nodes, sync_batchnorm=t.sync_batchnorm, accumulate_grad_batches=t.accumulate_grad_batches,
-        log_every_n_steps=t.log_every_n_steps, deterministic=t.deterministic, callbacks=callbacks,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        precision=t.precision,
+        accelerator=t.accelerator,
+        devices=t.devices,
+        strategy=strategy,
+        num_nodes=t.num_nodes,
+        sync_batchnorm=t.sync_batchnorm,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        log_every_n_steps=t.log_every_n_steps,
+        deterministic=t.deterministic,
+        callbacks=callbacks,
         logger=loggers(cfg, run_dir),
-        plugins=[AtomicCheckpointIO()], default_root_dir=str(run_dir), num_sanity_val_steps=0,
-        enable_progress_bar=t.progress, enable_model_summary=False, **kwargs,
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=str(run_dir),
+        num_sanity_val_steps=0,
+        enable_progress_bar=t.progress,
+        enable_model_summary=False,
+        **kwargs,
     )
     return trainer, guard

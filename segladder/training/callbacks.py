@@ -101,12 +101,19 @@ class NonFiniteGuard(Callback):
         self.consecutive += 1
         lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
         record = {
-            "step": trainer.global_step, "epoch": trainer.current_epoch, "batch_idx": batch_idx, "kind": event["kind"],
-            "lr": lr, "record_ids": list(batch.get("record_id", [])), "loss_parts": event["parts"],
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "batch_idx": batch_idx,
+            "kind": event["kind"],
+            "lr": lr,
+            "record_ids": list(batch.get("record_id", [])),
+            "loss_parts": event["parts"],
         }
         self.skipped.append(record)
-        console.print(f"[yellow]non-finite {event['kind']}[/] at step {record['step']} (lr {lr:.3g}); step skipped; "
-                      f"records {', '.join(record['record_ids'][:4])}{' …' if len(record['record_ids']) > 4 else ''}")
+        console.print(
+            f"[yellow]non-finite {event['kind']}[/] at step {record['step']} (lr {lr:.3g}); step skipped; "
+            f"records {', '.join(record['record_ids'][:4])}{' …' if len(record['record_ids']) > 4 else ''}"
+        )
         if self.consecutive >= self.patience:
             self._diagnose(trainer, pl_module, batch, record)
             trainer.should_stop = True
@@ -123,7 +130,11 @@ class NonFiniteGuard(Callback):
             with ctx:
                 loss, _ = pl_module.compute_loss(batch)
             loss.backward()
-            grad_params = [n for n, p in pl_module.model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            grad_params = [
+                n
+                for n, p in pl_module.model.named_parameters()
+                if p.grad is not None and not torch.isfinite(p.grad).all()
+            ]
             pl_module.model.zero_grad(set_to_none=True)
         batch_path = self.run_dir / "nan_batch.pt"
         with atomic_path(batch_path) as tmp:
@@ -145,9 +156,13 @@ class NonFiniteGuard(Callback):
             ],
         }
         atomic_write_json(self.run_dir / "nan_report.json", report)
-        where = module["module"] if module else (f"gradients of {grad_params[0]}" if grad_params else "unknown")
-        self.stopped_reason = (f"stopped after {self.consecutive} consecutive non-finite steps; first non-finite "
-                               f"output: {where}; see {self.run_dir / 'nan_report.json'}")
+        where = (
+            module["module"] if module else (f"gradients of {grad_params[0]}" if grad_params else "unknown")
+        )
+        self.stopped_reason = (
+            f"stopped after {self.consecutive} consecutive non-finite steps; first non-finite "
+            f"output: {where}; see {self.run_dir / 'nan_report.json'}"
+        )
         console.print(f"[red]{self.stopped_reason}[/]")
 
 
@@ -209,13 +224,24 @@ class FiniteModelCheckpoint(ModelCheckpoint):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
     def _save_checkpoint(self, trainer: L.Trainer, filepath: str) -> None:
-        bad = [k for k, v in trainer.lightning_module.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        bad = [
+            k
+            for k, v in trainer.lightning_module.state_dict().items()
+            if v.is_floating_point() and not torch.isfinite(v).all()
+        ]
         if bad:
-            console.print(f"[red]not writing {Path(filepath).name}: non-finite weights in {', '.join(bad[:3])}[/]")
+            console.print(
+                f"[red]not writing {Path(filepath).name}: non-finite weights in {', '.join(bad[:3])}[/]"
+            )
             return
         is_last = Path(filepath).stem == self.CHECKPOINT_NAME_LAST
         same_step = self._last_checkpoint_saved and self._last_global_step_saved == trainer.global_step
-        if is_last and same_step and self.optimizer_state == "all" and self._last_checkpoint_saved != filepath:
+        if (
+            is_last
+            and same_step
+            and self.optimizer_state == "all"
+            and self._last_checkpoint_saved != filepath
+        ):
             if trainer.is_global_zero:
                 link_or_copy(self._last_checkpoint_saved, filepath)
             trainer.strategy.barrier()
@@ -271,15 +297,23 @@ class GracefulStop(Callback):
         if self.received is None:
             return
         last = self.run_dir / "checkpoints" / "last.ckpt"
-        kept = ("checkpoints/last.ckpt keeps the last finished epoch" if last.exists()
-                else "no epoch had finished, so nothing to keep")
-        raise Interrupted(f"training stopped on {self.received} during epoch {trainer.current_epoch + 1} (step "
-                          f"{trainer.global_step}); {kept}", hint=f"segladder train --resume {self.run_dir}")
+        kept = (
+            "checkpoints/last.ckpt keeps the last finished epoch"
+            if last.exists()
+            else "no epoch had finished, so nothing to keep"
+        )
+        raise Interrupted(
+            f"training stopped on {self.received} during epoch {trainer.current_epoch + 1} (step "
+            f"{trainer.global_step}); {kept}",
+            hint=f"segladder train --resume {self.run_dir}",
+        )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._check(trainer)
 
-    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:
         self._check(trainer)
 
 
@@ -344,7 +378,9 @@ class RunRecorder(Callback):
             self._recent = (self._recent + [float(loss)])[-LOSS_END_STEPS:]
         elapsed = time.perf_counter() - self._epoch_t0
         if elapsed > 0:
-            pl_module.log("samples_per_s", self._samples / elapsed, prog_bar=True, on_step=True, on_epoch=False)
+            pl_module.log(
+                "samples_per_s", self._samples / elapsed, prog_bar=True, on_step=True, on_epoch=False
+            )
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
@@ -359,14 +395,20 @@ class RunRecorder(Callback):
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         elapsed = time.perf_counter() - self._epoch_t0
-        row = {"epoch": trainer.current_epoch, "step": trainer.global_step,
-               "samples_per_s": self._samples / elapsed if elapsed else None, **metrics}
+        row = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "samples_per_s": self._samples / elapsed if elapsed else None,
+            **metrics,
+        }
         if self._recent:
             row["train/loss_end"] = sum(self._recent) / len(self._recent)
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
         final = {k: v for k, v in row.items() if k not in ("epoch", "step")}
-        atomic_write_json(self.run_dir / "metrics.json",
-                          {"final": final, "epochs": self.history, "world_size": trainer.world_size})
+        atomic_write_json(
+            self.run_dir / "metrics.json",
+            {"final": final, "epochs": self.history, "world_size": trainer.world_size},
+        )
         self._curves_png()
         val = metrics.get(pl_module.monitor)
         train_loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))
@@ -380,8 +422,12 @@ class RunRecorder(Callback):
         )
 
     def _curves_png(self) -> None:
-        plot_histories({"": self.history}, self.run_dir / "curves.png", loss_keys=("train/loss_epoch", "val/loss"),
-                       metric_keys=("val/dice_best", "val/dice_0.5", "val/auc", "val/acc"))
+        plot_histories(
+            {"": self.history},
+            self.run_dir / "curves.png",
+            loss_keys=("train/loss_epoch", "val/loss"),
+            metric_keys=("val/dice_best", "val/dice_0.5", "val/auc", "val/acc"),
+        )
 
     def _threshold_png(self, pl_module) -> None:
         import matplotlib.pyplot as plt
@@ -412,4 +458,6 @@ class RunRecorder(Callback):
 
 def _tensorboard(pl_module):
     logger = pl_module.logger
-    return getattr(logger, "experiment", None) if logger is not None and hasattr(logger, "log_graph") else None
+    return (
+        getattr(logger, "experiment", None) if logger is not None and hasattr(logger, "log_graph") else None
+    )

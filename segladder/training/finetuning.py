@@ -25,8 +25,10 @@ def find_encoder(model: nn.Module) -> nn.Module:
         if name.split(".")[-1] == "encoder":
             inner = getattr(module, "model", None)
             return inner if isinstance(inner, nn.Module) else module
-    raise ConfigError(f"{type(model).__name__} has no submodule named 'encoder', so it cannot be unfrozen block "
-                      "by block; set distill.unfreeze_start_epoch=0 to train it whole from the start.")
+    raise ConfigError(
+        f"{type(model).__name__} has no submodule named 'encoder', so it cannot be unfrozen block "
+        "by block; set distill.unfreeze_start_epoch=0 to train it whole from the start."
+    )
 
 
 def encoder_blocks(model: nn.Module) -> list[list[nn.Module]]:
@@ -43,7 +45,9 @@ def encoder_blocks(model: nn.Module) -> list[list[nn.Module]]:
         stages = list(container.children())
         rest = [m for n, m in children.items() if m is not container]
     else:
-        layers = sorted((n for n in children if n.startswith("layer") and n[5:].isdigit()), key=lambda n: int(n[5:]))
+        layers = sorted(
+            (n for n in children if n.startswith("layer") and n[5:].isdigit()), key=lambda n: int(n[5:])
+        )
         stages = [children[n] for n in layers]
         rest = [m for n, m in children.items() if n not in layers]
     if not stages:
@@ -108,8 +112,10 @@ class ProgressiveUnfreezing(BaseFinetuning):
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
         target = blocks_unfrozen_at(epoch, self.start_epoch, self.every, len(self._blocks))
-        decoder = next((g for g in optimizer.param_groups if not str(g.get("name", "")).startswith("encoder")),
-                       optimizer.param_groups[0])
+        decoder = next(
+            (g for g in optimizer.param_groups if not str(g.get("name", "")).startswith("encoder")),
+            optimizer.param_groups[0],
+        )
         base = decoder.get("initial_lr", decoder["lr"]) * self.lr_scale
         factor = decoder["lr"] / decoder.get("initial_lr", decoder["lr"])
         while self.unfrozen < target:
@@ -119,10 +125,13 @@ class ProgressiveUnfreezing(BaseFinetuning):
             # the optimiser would be silently left out. Parameters are compared by identity here.
             self.make_trainable(self._blocks[index])
             present = {id(p) for g in optimizer.param_groups for p in g["params"]}
-            params = [p for p in self.filter_params(self._blocks[index], requires_grad=True) if id(p) not in present]
+            params = [
+                p for p in self.filter_params(self._blocks[index], requires_grad=True) if id(p) not in present
+            ]
             if params:
-                optimizer.add_param_group({"params": params, "lr": base * factor, "initial_lr": base,
-                                           "name": f"encoder.{index}"})
+                optimizer.add_param_group(
+                    {"params": params, "lr": base * factor, "initial_lr": base, "name": f"encoder.{index}"}
+                )
             self.unfrozen += 1
         self.set_bn_modes(pl_module)
 
@@ -140,6 +149,8 @@ class ProgressiveUnfreezing(BaseFinetuning):
                     if isinstance(bn, _BatchNorm):
                         bn.train(pl_module.training and i >= frozen)
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
+    ) -> None:
         # Lightning puts the whole module back in train mode after validation; frozen BN must stay in eval.
         self.set_bn_modes(pl_module)

@@ -36,8 +36,9 @@ class FoldsResult:
     ensemble: FoldEnsemble | None  # None until every fold has finished
 
 
-def train_folds(cfg: ExperimentConfig, run_dir: Path, *, k: int = 5, only: list[int] | None = None,
-                progress: bool = True) -> FoldsResult:
+def train_folds(
+    cfg: ExperimentConfig, run_dir: Path, *, k: int = 5, only: list[int] | None = None, progress: bool = True
+) -> FoldsResult:
     """Train every fold of `cfg` (or those in `only`) into `run_dir/fold_k/`; a second call continues.
 
     The folds come from `cfg.data.folds`, or are cut here by record (stratified by "has a contrail") into
@@ -53,7 +54,9 @@ def train_folds(cfg: ExperimentConfig, run_dir: Path, *, k: int = 5, only: list[
     folds_csv = Path(cfg.data.folds) if cfg.data.folds else run_dir / FOLDS_FILE
     if not folds_csv.exists():
         if cfg.data.root is None:
-            raise ConfigError("data.root is not set: give the dataset to cut folds from (--set data.root=PATH).")
+            raise ConfigError(
+                "data.root is not set: give the dataset to cut folds from (--set data.root=PATH)."
+            )
         make_folds(cfg.data.root, folds_csv, k=k, by="record", splits=[cfg.data.train_split], seed=cfg.seed)
         console.print(f"folds: {k} by record over '{cfg.data.train_split}', written to {folds_csv}")
     rows = read_folds(folds_csv)
@@ -65,22 +68,31 @@ def train_folds(cfg: ExperimentConfig, run_dir: Path, *, k: int = 5, only: list[
         raise ConfigError(f"--fold {bad[0]}: {folds_csv} has folds 0..{k - 1}.")
     for f in todo:
         _train_fold(cfg, run_dir, folds_csv, f, k, task.monitor)
-    dice = [_fold_best(run_dir / f"fold_{f}", task.monitor)[0] for f in range(k)
-            if (run_dir / f"fold_{f}" / DONE_FILE).exists()]
+    dice = [
+        _fold_best(run_dir / f"fold_{f}", task.monitor)[0]
+        for f in range(k)
+        if (run_dir / f"fold_{f}" / DONE_FILE).exists()
+    ]
     if len(dice) < k:
         console.print(f"{len(dice)} of {k} folds finished; run the same command again to train the others.")
         return FoldsResult(run_dir, dice, None)
     if "mask" not in task.accepts:  # e.g. classification: per-fold scores, but no maps to pool
         mean, std = statistics.fmean(dice), statistics.stdev(dice) if k > 1 else 0.0
-        atomic_write_json(run_dir / "folds_summary.json", {"monitor": task.monitor, "folds": dice, "mean": mean, "std": std})
-        console.print(f"{task.monitor} per fold: {', '.join(f'{d:.4f}' for d in dice)}; mean ± std {mean:.4f} ± {std:.4f}")
+        atomic_write_json(
+            run_dir / "folds_summary.json", {"monitor": task.monitor, "folds": dice, "mean": mean, "std": std}
+        )
+        console.print(
+            f"{task.monitor} per fold: {', '.join(f'{d:.4f}' for d in dice)}; mean ± std {mean:.4f} ± {std:.4f}"
+        )
         return FoldsResult(run_dir, dice, None)
     ensemble = out_of_fold(run_dir, rows, k, progress=progress)
     _summary(run_dir, ensemble)
     return FoldsResult(run_dir, ensemble.fold_dice, ensemble)
 
 
-def _train_fold(cfg: ExperimentConfig, run_dir: Path, folds_csv: Path, fold: int, k: int, monitor: str) -> None:
+def _train_fold(
+    cfg: ExperimentConfig, run_dir: Path, folds_csv: Path, fold: int, k: int, monitor: str
+) -> None:
     fold_dir = run_dir / f"fold_{fold}"
     if (fold_dir / DONE_FILE).exists():
         console.print(f"fold {fold + 1}/{k}: finished earlier, kept")
@@ -112,8 +124,9 @@ def _held_out(ck, rows: list[FoldRecord], fold: int) -> Subset | torch.utils.dat
     return parts[0] if len(parts) == 1 else torch.utils.data.ConcatDataset(parts)
 
 
-def out_of_fold(run_dir: Path, rows: list[FoldRecord], k: int, *, batch_size: int = 16,
-                progress: bool = True) -> FoldEnsemble:
+def out_of_fold(
+    run_dir: Path, rows: list[FoldRecord], k: int, *, batch_size: int = 16, progress: bool = True
+) -> FoldEnsemble:
     """Predict each fold's held-out records with that fold's best model; choose post-processing on the pool."""
     oof_dir = run_dir / "oof"
     sweep = ThresholdSweepDice()
@@ -145,9 +158,15 @@ def out_of_fold(run_dir: Path, rows: list[FoldRecord], k: int, *, batch_size: in
     _threshold_png(run_dir, res["thresholds"].numpy(), res["curve"].numpy())
     fold_best = [_fold_best(run_dir / f"fold_{f}") for f in range(k)]
     ensemble = FoldEnsemble(
-        checkpoints=[f"fold_{f}/checkpoints/best.ckpt" for f in range(k)], threshold=th, min_component=min_component,
-        percentile=percentile, oof_dice=dice, oof_dice_at_0_5=float(sweep_05.compute()["dice_best"]),
-        oof_records=len(written), fold_dice=[d for d, _ in fold_best], best_epochs=[e for _, e in fold_best],
+        checkpoints=[f"fold_{f}/checkpoints/best.ckpt" for f in range(k)],
+        threshold=th,
+        min_component=min_component,
+        percentile=percentile,
+        oof_dice=dice,
+        oof_dice_at_0_5=float(sweep_05.compute()["dice_best"]),
+        oof_records=len(written),
+        fold_dice=[d for d, _ in fold_best],
+        best_epochs=[e for _, e in fold_best],
     )
     ensemble.write(run_dir)
     return ensemble
@@ -198,13 +217,22 @@ def _summary(run_dir: Path, ens: FoldEnsemble) -> None:
 
     mean = statistics.fmean(ens.fold_dice)
     std = statistics.stdev(ens.fold_dice) if len(ens.fold_dice) > 1 else 0.0
-    atomic_write_json(run_dir / "folds_summary.json", {
-        "folds": [{"fold": f, "dice_best": d, "best_epoch": e}
-                  for f, (d, e) in enumerate(zip(ens.fold_dice, ens.best_epochs, strict=True))],
-        "mean": mean, "std": std, "oof_dice": ens.oof_dice, "oof_threshold": ens.threshold,
-        "oof_min_component": ens.min_component, "oof_percentile": ens.percentile,
-        "full_data_epochs": ens.full_data_epochs,
-    })
+    atomic_write_json(
+        run_dir / "folds_summary.json",
+        {
+            "folds": [
+                {"fold": f, "dice_best": d, "best_epoch": e}
+                for f, (d, e) in enumerate(zip(ens.fold_dice, ens.best_epochs, strict=True))
+            ],
+            "mean": mean,
+            "std": std,
+            "oof_dice": ens.oof_dice,
+            "oof_threshold": ens.threshold,
+            "oof_min_component": ens.min_component,
+            "oof_percentile": ens.percentile,
+            "full_data_epochs": ens.full_data_epochs,
+        },
+    )
     fig, ax = plt.subplots(figsize=(1.2 * len(ens.fold_dice) + 3, 3.5))
     ax.bar([f"fold {f}" for f in range(len(ens.fold_dice))], ens.fold_dice, color="#4c72b0")
     ax.axhline(mean, color="black", lw=1, label=f"mean {mean:.4f} ± {std:.4f}")
@@ -215,7 +243,11 @@ def _summary(run_dir: Path, ens: FoldEnsemble) -> None:
     plt.close(fig)
     for f, d in enumerate(ens.fold_dice):
         console.print(f"fold {f}: global Dice {d:.4f}")
-    console.print(f"mean ± std {mean:.4f} ± {std:.4f}; pooled out-of-fold {ens.oof_dice:.4f} at threshold "
-                  f"{ens.threshold:.2f}, min component {ens.min_component} px (percentile {ens.percentile:.3f})")
-    console.print(f"final model on all data: segladder train CONFIG --set data.train_split=train+validation "
-                  f"trainer.max_epochs={ens.full_data_epochs}")
+    console.print(
+        f"mean ± std {mean:.4f} ± {std:.4f}; pooled out-of-fold {ens.oof_dice:.4f} at threshold "
+        f"{ens.threshold:.2f}, min component {ens.min_component} px (percentile {ens.percentile:.3f})"
+    )
+    console.print(
+        f"final model on all data: segladder train CONFIG --set data.train_split=train+validation "
+        f"trainer.max_epochs={ens.full_data_epochs}"
+    )

@@ -39,7 +39,9 @@ def check_checkpoint(path: str | Path) -> CheckpointCheck:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        return CheckpointCheck(path, f"refused: holds objects other than tensors ({str(exc).splitlines()[0]})")
+        return CheckpointCheck(
+            path, f"refused: holds objects other than tensors ({str(exc).splitlines()[0]})"
+        )
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
         size = path.stat().st_size if path.exists() else 0
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -47,8 +49,11 @@ def check_checkpoint(path: str | Path) -> CheckpointCheck:
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         return CheckpointCheck(path, "not a training checkpoint (no state_dict)")
     check = CheckpointCheck(path, None, int(ckpt.get("epoch", -1)), int(ckpt.get("global_step", -1)))
-    bad = [k for k, v in ckpt["state_dict"].items()
-           if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
+    bad = [
+        k
+        for k, v in ckpt["state_dict"].items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
     if bad:
         check.problem = f"non-finite weights in {bad[0]}"
     elif "optimizer_states" not in ckpt or "loops" not in ckpt:
@@ -67,21 +72,34 @@ def choose_checkpoint(run_dir: str | Path) -> Path:
     ckdir = run_dir / "checkpoints"
     for partial in sorted(ckdir.glob(".*.tmp")) if ckdir.is_dir() else []:
         partial.unlink(missing_ok=True)
-        console.print(f"removed {partial}, a partial checkpoint left by a write that was killed", soft_wrap=True)
+        console.print(
+            f"removed {partial}, a partial checkpoint left by a write that was killed", soft_wrap=True
+        )
     paths = sorted(ckdir.glob("*.ckpt"), key=lambda p: (p.name != LAST, p.name)) if ckdir.is_dir() else []
     if not paths:
-        raise ResumeError(f"--resume {run_dir}: no checkpoints/{LAST} yet nor any other checkpoint (the run stopped "
-                          "before its first epoch ended); start it again instead.")
+        raise ResumeError(
+            f"--resume {run_dir}: no checkpoints/{LAST} yet nor any other checkpoint (the run stopped "
+            "before its first epoch ended); start it again instead."
+        )
     checks = [check_checkpoint(p) for p in paths]
     good = [c for c in checks if c.ok]
     if not good:
         reasons = "; ".join(f"{c.path.name}: {c.problem}" for c in checks)
-        raise ResumeError(f"--resume {run_dir}: no checkpoint can continue the run ({reasons}). Start it again, "
-                          "or train from its weights with a new run.")
+        raise ResumeError(
+            f"--resume {run_dir}: no checkpoint can continue the run ({reasons}). Start it again, "
+            "or train from its weights with a new run."
+        )
     chosen = max(good, key=lambda c: (c.global_step, c.path.name == LAST))
     passed = [f"{c.path.name} {c.problem}" for c in checks if not c.ok]
-    passed += [f"{c.path.name} is older (epoch {c.epoch + 1})" for c in good if c is not chosen and c.global_step < chosen.global_step]
+    passed += [
+        f"{c.path.name} is older (epoch {c.epoch + 1})"
+        for c in good
+        if c is not chosen and c.global_step < chosen.global_step
+    ]
     why = f"; {', '.join(passed)}" if passed else ""
-    console.print(f"resuming from {chosen.path.relative_to(run_dir)} (epoch {chosen.epoch + 1} done, step "
-                  f"{chosen.global_step}): the newest intact checkpoint{why}", soft_wrap=True)
+    console.print(
+        f"resuming from {chosen.path.relative_to(run_dir)} (epoch {chosen.epoch + 1} done, step "
+        f"{chosen.global_step}): the newest intact checkpoint{why}",
+        soft_wrap=True,
+    )
     return chosen.path

@@ -45,7 +45,9 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-RUN_DIR_ENV = "SEGLADDER_RUN_DIR"  # the run directory, handed to the processes Lightning's DDP launcher starts
+RUN_DIR_ENV = (
+    "SEGLADDER_RUN_DIR"  # the run directory, handed to the processes Lightning's DDP launcher starts
+)
 
 
 def shared_run_dir(cfg: ExperimentConfig, out: Path | None) -> Path:
@@ -59,8 +61,10 @@ def shared_run_dir(cfg: ExperimentConfig, out: Path | None) -> Path:
         return Path(os.environ[RUN_DIR_ENV])
     started_together = max(int(os.environ.get("WORLD_SIZE", 1)), int(os.environ.get("SLURM_NTASKS", 1))) > 1
     if started_together and out is None:
-        raise ConfigError("this process is one of several started by torchrun or SLURM: give --out RUN_DIR on shared "
-                          "storage so that every process writes to the same run.")
+        raise ConfigError(
+            "this process is one of several started by torchrun or SLURM: give --out RUN_DIR on shared "
+            "storage so that every process writes to the same run."
+        )
     return Path(out) if out is not None else new_run_dir(cfg)
 
 
@@ -68,11 +72,15 @@ def batch_summary(cfg: ExperimentConfig, world_size: int) -> str:
     """The per-device and the effective batch, and the LR rule: the configured LR is used as it is."""
     per_device, accumulate = cfg.data.batch_size, cfg.trainer.accumulate_grad_batches
     effective = per_device * accumulate * world_size
-    line = (f"batch: {per_device} per device × {accumulate} accumulated × {world_size} process(es) = "
-            f"{effective} samples per optimiser step; optim.lr {cfg.optim.lr:g} as configured")
+    line = (
+        f"batch: {per_device} per device × {accumulate} accumulated × {world_size} process(es) = "
+        f"{effective} samples per optimiser step; optim.lr {cfg.optim.lr:g} as configured"
+    )
     if world_size > 1:
-        line += (f" (not rescaled: for the single-process LR of batch {per_device * accumulate}, the linear rule "
-                 f"gives lr × {world_size})")
+        line += (
+            f" (not rescaled: for the single-process LR of batch {per_device * accumulate}, the linear rule "
+            f"gives lr × {world_size})"
+        )
     return line
 
 
@@ -89,8 +97,12 @@ def new_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
 def environment() -> dict:
     def git(*args: str) -> str | None:
         try:
-            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=5,
-                                  cwd=Path(__file__).parent).stdout.strip() or None
+            return (
+                subprocess.run(
+                    ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+                ).stdout.strip()
+                or None
+            )
         except (OSError, subprocess.SubprocessError):
             return None
 
@@ -100,16 +112,27 @@ def environment() -> dict:
     from segladder import __version__
 
     return {
-        "segladder": __version__, "git_commit": git("rev-parse", "HEAD"), "git_dirty": bool(git("status", "--porcelain")),
-        "python": platform.python_version(), "platform": platform.platform(), "torch": torch.__version__,
-        "lightning": lightning.__version__, "timm": timm.__version__,
-        "cuda": torch.version.cuda, "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
-        "cpus": os.cpu_count(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "segladder": __version__,
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(git("status", "--porcelain")),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "timm": timm.__version__,
+        "cuda": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "cpus": os.cpu_count(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
 
-def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = None,
-          callbacks: Sequence[L.Callback] = ()) -> TrainResult:
+def train(
+    cfg: ExperimentConfig,
+    out: Path | None = None,
+    resume: Path | None = None,
+    callbacks: Sequence[L.Callback] = (),
+) -> TrainResult:
     """Train `cfg` into a run directory (new, `out`, or `resume`d); returns where everything was written.
 
     `callbacks` join the run's own (the ladder's fault injection and training-batch probe use this).
@@ -118,7 +141,9 @@ def train(cfg: ExperimentConfig, out: Path | None = None, resume: Path | None = 
     if resume is not None:
         run_dir = Path(resume)
         if not (run_dir / "config.yaml").exists():
-            raise ConfigError(f"--resume {run_dir}: no config.yaml there; give a run directory made by `segladder train`.")
+            raise ConfigError(
+                f"--resume {run_dir}: no config.yaml there; give a run directory made by `segladder train`."
+            )
         cfg = load_config(run_dir / "config.yaml")
         ckpt_path = str(choose_checkpoint(run_dir))
     L.seed_everything(cfg.seed, workers=True, verbose=False)

@@ -38,7 +38,9 @@ class Result:
     seconds: float = 0.0
 
     def __str__(self) -> str:
-        return f"segladder {' '.join(self.argv)} → {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+        return (
+            f"segladder {' '.join(self.argv)} → {self.code}\n--- stdout\n{self.out}\n--- stderr\n{self.err}"
+        )
 
     def error(self) -> str:
         """stderr from its one `error: ...` line on (a data error lists the bad records below it); fails on a
@@ -46,14 +48,20 @@ class Result:
         assert "Traceback" not in self.err + self.out, str(self)
         lines = [line for line in self.err.splitlines() if line.startswith("error:")]
         assert len(lines) == 1, str(self)
-        return self.err[self.err.index(lines[0]):]
+        return self.err[self.err.index(lines[0]) :]
 
 
 def run_cli(*args: str | Path, timeout: float = 300, module: str = "segladder", **kw) -> Result:
     """`python -m segladder ARGS` in a subprocess."""
     argv = [str(a) for a in args]
-    p = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=cli_env(),
-                       timeout=timeout, **kw)
+    p = subprocess.run(
+        [sys.executable, "-m", module, *argv],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+        **kw,
+    )
     return Result(argv, p.returncode, p.stdout, p.stderr)
 
 
@@ -80,8 +88,14 @@ def run_many(cases: list[list[str | Path]], workdir: Path, timeout: float = 600)
     """Each argument list through `segladder.cli.run`, in order, in one fresh interpreter."""
     argvs = [[str(a) for a in argv] for argv in cases]
     results = workdir / "results.json"
-    p = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs), str(results)], capture_output=True,
-                       text=True, env=cli_env(), timeout=timeout, cwd=workdir)
+    p = subprocess.run(
+        [sys.executable, "-c", _DRIVER, json.dumps(argvs), str(results)],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+        cwd=workdir,
+    )
     assert p.returncode == 0 and results.exists(), p.stdout + p.stderr
     return [Result(**r) for r in json.loads(results.read_text())]
 
@@ -95,7 +109,9 @@ def cli_data(synth_root, tmp_path_factory):
 
     base = tmp_path_factory.mktemp("cli")
     cache = base / "cache"
-    prepare_cache(synth_root, cache, CacheOptions(frames=(0, 1, 2, 3, 4), image_size=32), workers=1, progress=False)
+    prepare_cache(
+        synth_root, cache, CacheOptions(frames=(0, 1, 2, 3, 4), image_size=32), workers=1, progress=False
+    )
     seg, cls = base / "seg-run", base / "cls-run"
     for run in (seg, cls):
         (run / "checkpoints").mkdir(parents=True)

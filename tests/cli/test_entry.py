@@ -29,11 +29,18 @@ def test_entry_points_agree_on_exit_codes(synth_root, bad_root):
     """The bug this guards: `raise typer.Exit(1)` used to leave the installed command with exit 0."""
     root, rid = bad_root
     script = Path(sys.executable).with_name("segladder")
-    runs = [run_cli("data", "check", root, "--splits", "validation"),
-            run_cli("data", "check", root, "--splits", "validation", module="segladder.cli")]
+    runs = [
+        run_cli("data", "check", root, "--splits", "validation"),
+        run_cli("data", "check", root, "--splits", "validation", module="segladder.cli"),
+    ]
     if script.exists():  # the console script of the environment running the tests
-        p = subprocess.run([str(script), "data", "check", str(root), "--splits", "validation"], capture_output=True,
-                           text=True, env=cli_env(), timeout=120)
+        p = subprocess.run(
+            [str(script), "data", "check", str(root), "--splits", "validation"],
+            capture_output=True,
+            text=True,
+            env=cli_env(),
+            timeout=120,
+        )
         runs.append(Result([], p.returncode, p.stdout, p.stderr))
     for r in runs:
         assert r.code == 1, str(r)
@@ -47,8 +54,13 @@ def test_entry_points_agree_on_exit_codes(synth_root, bad_root):
 
 def _interrupt_when(cmd: list[str], ready, timeout: float = 240) -> Result:
     """Start `python -m segladder CMD`, send Ctrl-C (SIGINT) once `ready()` holds, return how it ended."""
-    proc = subprocess.Popen([sys.executable, "-m", "segladder", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=cli_env())
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "segladder", *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(),
+    )
     deadline = time.time() + timeout
     while not ready() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.1)
@@ -60,32 +72,62 @@ def _interrupt_when(cmd: list[str], ready, timeout: float = 240) -> Result:
 
 def test_ctrl_c_exits_130_and_says_to_run_it_again(tmp_path):
     out = tmp_path / "synth"
-    r = _interrupt_when(["synth", "contrails", str(out), "--records", "5000", "--size", "64", "--no-progress"],
-                        lambda: (out / "train").is_dir() and len(list((out / "train").iterdir())) >= 2)
+    r = _interrupt_when(
+        ["synth", "contrails", str(out), "--records", "5000", "--size", "64", "--no-progress"],
+        lambda: (out / "train").is_dir() and len(list((out / "train").iterdir())) >= 2,
+    )
     assert r.code == 130, str(r)
     assert "Traceback" not in r.err, str(r)
     last = r.err.strip().splitlines()[-1]
     assert last.startswith("interrupted") and last.endswith(
-        f"continue with `segladder synth contrails {out} --records 5000 --size 64 --no-progress`"), str(r)
+        f"continue with `segladder synth contrails {out} --records 5000 --size 64 --no-progress`"
+    ), str(r)
 
 
 def test_ctrl_c_during_training_names_the_resume_command(cli_data, tmp_path):
     run = tmp_path / "run"
-    cmd = ["train", "tiny_synthetic", "--set", f"data.root={cli_data['cache']}", "data.image_size=32",
-           "model.name=ResNet18_SimplerFCN", "trainer.max_epochs=500", "trainer.progress=false",
-           "trainer.overlays=0", "--out", str(run)]
+    cmd = [
+        "train",
+        "tiny_synthetic",
+        "--set",
+        f"data.root={cli_data['cache']}",
+        "data.image_size=32",
+        "model.name=ResNet18_SimplerFCN",
+        "trainer.max_epochs=500",
+        "trainer.progress=false",
+        "trainer.overlays=0",
+        "--out",
+        str(run),
+    ]
     r = _interrupt_when(cmd, lambda: (run / "checkpoints" / "last.ckpt").exists())
     assert r.code == 130, str(r)
     assert "Traceback" not in r.err, str(r)
     last = r.err.strip().splitlines()[-1]
     assert last.startswith("interrupted: training stopped on SIGINT") and last.endswith(
-        f"continue with `segladder train --resume {run}`"), str(r)
+        f"continue with `segladder train --resume {run}`"
+    ), str(r)
 
 
 def test_make_test_fails_below_the_collected_test_floor():
     floor = int((Path(__file__).parents[1] / "MIN_TESTS").read_text())
     assert floor >= 400
-    p = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only",
-                        "--min-tests", "100000", str(Path(__file__))], capture_output=True, text=True,
-                       env=cli_env(), timeout=120, cwd=Path(__file__).parents[2])
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--collect-only",
+            "--min-tests",
+            "100000",
+            str(Path(__file__)),
+        ],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=120,
+        cwd=Path(__file__).parents[2],
+    )
     assert p.returncode == 4 and "fewer than the floor 100000" in p.stdout + p.stderr, p.stdout + p.stderr

@@ -9,8 +9,15 @@ import numpy as np
 from segladder.data.layout import BANDS, INDIVIDUAL_MASKS_FILE, PIXEL_MASK_FILE, band_file
 
 
-def write_record(path: Path, size: int = 16, *, bands: dict[int, np.ndarray] | None = None,
-                 mask: np.ndarray | None = None, individual: np.ndarray | None = None, seed: int = 0) -> Path:
+def write_record(
+    path: Path,
+    size: int = 16,
+    *,
+    bands: dict[int, np.ndarray] | None = None,
+    mask: np.ndarray | None = None,
+    individual: np.ndarray | None = None,
+    seed: int = 0,
+) -> Path:
     """A record with smooth random temperatures (or the given (H, W, 8) bands) and optional masks."""
     rng = np.random.default_rng(seed)
     path.mkdir(parents=True, exist_ok=True)

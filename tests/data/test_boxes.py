@@ -45,20 +45,31 @@ def ann(aid, bbox, image_id=1, **extra):
 
 
 def test_reads_boxes_class_agnostic_and_skips_crowd(tmp_path):
-    path = write_coco(tmp_path, [ann(7, [1, 2, 10, 5]), ann(8, [0, 0, 40, 30], iscrowd=1),
-                                 {**ann(9, [5, 5, 3, 3]), "category_id": 42}])
+    path = write_coco(
+        tmp_path,
+        [
+            ann(7, [1, 2, 10, 5]),
+            ann(8, [0, 0, 40, 30], iscrowd=1),
+            {**ann(9, [5, 5, 3, 3]), "category_id": 42},
+        ],
+    )
     records = read_coco(path, tmp_path / "images")
     assert [(r.ann_id, r.box, r.file_name, r.width, r.height) for r in records] == [
-        (7, (1.0, 2.0, 10.0, 5.0), "a.png", 40, 30), (9, (5.0, 5.0, 3.0, 3.0), "a.png", 40, 30)]
+        (7, (1.0, 2.0, 10.0, 5.0), "a.png", 40, 30),
+        (9, (5.0, 5.0, 3.0, 3.0), "a.png", 40, 30),
+    ]
 
 
-@pytest.mark.parametrize("anns, make_files, message", [
-    ([ann(3, [1, 1, 0, 5])], True, "gt.json: annotation id 3: zero-size box"),
-    ([ann(4, [35, 1, 10, 5])], True, "gt.json: annotation id 4: box .* outside its 40×30 image"),
-    ([ann(5, [1, 1, 5, 5], image_id=99)], True, "annotation id 5 refers to image id 99"),
-    ([{"id": 6, "image_id": 1}], True, r"annotations\[0\] needs 'id', 'image_id' and 'bbox'"),
-    ([ann(2, [1, 1, 5, 5])], False, "gt.json: image id 1: file .*a.png does not exist"),
-])
+@pytest.mark.parametrize(
+    "anns, make_files, message",
+    [
+        ([ann(3, [1, 1, 0, 5])], True, "gt.json: annotation id 3: zero-size box"),
+        ([ann(4, [35, 1, 10, 5])], True, "gt.json: annotation id 4: box .* outside its 40×30 image"),
+        ([ann(5, [1, 1, 5, 5], image_id=99)], True, "annotation id 5 refers to image id 99"),
+        ([{"id": 6, "image_id": 1}], True, r"annotations\[0\] needs 'id', 'image_id' and 'bbox'"),
+        ([ann(2, [1, 1, 5, 5])], False, "gt.json: image id 1: file .*a.png does not exist"),
+    ],
+)
 def test_bad_input_names_the_file_and_id(tmp_path, anns, make_files, message):
     path = write_coco(tmp_path, anns, make_files=make_files)
     with pytest.raises(DataError, match=message):
@@ -164,9 +175,12 @@ def test_box_crops_items(tmp_path):
     item = ds[0]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert item["ann_id"] == 1
-    np.testing.assert_allclose(item["target"].numpy(), to_crop(item["true"].numpy(), item["region"].numpy(), 32),
-                               atol=1e-5)
-    np.testing.assert_allclose(item["rough"].numpy(), xywh_to_xyxy(jitter_box((5, 4, 20, 12), eval_rng(2, 1))))
+    np.testing.assert_allclose(
+        item["target"].numpy(), to_crop(item["true"].numpy(), item["region"].numpy(), 32), atol=1e-5
+    )
+    np.testing.assert_allclose(
+        item["rough"].numpy(), xywh_to_xyxy(jitter_box((5, 4, 20, 12), eval_rng(2, 1)))
+    )
     train = BoxCrops(records, tmp_path / "images", 32, 1.1, "random", seed=2)
     first = train[0]["rough"].clone()
     assert torch.equal(train[0]["rough"], first)  # a function of (seed, epoch, index)
@@ -196,7 +210,7 @@ def test_synthetic_set_is_valid_coco_with_overlapping_boxes(tmp_path):
     touching = 0
     for boxes in by_image.values():
         for i, a in enumerate(boxes):
-            for b in boxes[i + 1:]:
+            for b in boxes[i + 1 :]:
                 touching += min(a[2], b[2]) >= max(a[0], b[0]) and min(a[3], b[3]) >= max(a[1], b[1])
     assert touching > 0
     again = write_box_synth(tmp_path / "t", n_train=12, n_val=3, size=64, seed=5)

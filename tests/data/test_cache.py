@@ -16,7 +16,9 @@ FRAMES = (2, 3, 4)
 
 def test_cached_equals_raw_sample_for_sample(synth_root, tmp_path):
     cache = tmp_path / "cache"
-    res = prepare_cache(synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), workers=2, progress=False)
+    res = prepare_cache(
+        synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), workers=2, progress=False
+    )
     assert res.written == 12 + 4 + 3 and res.reused == 0
     for split in ("train", "validation", "test"):
         raw = ContrailsDataset(synth_root, split, frames=FRAMES, image_size=32)
@@ -45,7 +47,9 @@ def test_float16_cache_with_bands_and_statistics(synth_root, tmp_path):
     prepare_cache(synth_root, cache, opts, ["train", "validation"], workers=1, progress=False)
     c = ContrailsCache(cache)
     assert c.stats["channels"] == list(opts.channels) and len(c.stats["mean"]) == 6
-    raw = ContrailsDataset(synth_root, "validation", frames=(4,), channels=opts.channels, image_size=32, stats=c.stats)
+    raw = ContrailsDataset(
+        synth_root, "validation", frames=(4,), channels=opts.channels, image_size=32, stats=c.stats
+    )
     cached = ContrailsDataset(cache, "validation", frames=(4,), channels=opts.channels, image_size=32)
     a, b = raw[0]["image"], cached[0]["image"]
     assert a.shape == (6, 1, 32, 32)
@@ -59,7 +63,9 @@ def test_float16_cache_with_bands_and_statistics(synth_root, tmp_path):
 
 def test_request_other_than_prepared_is_refused(synth_root, tmp_path):
     cache = tmp_path / "cache"
-    prepare_cache(synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False)
+    prepare_cache(
+        synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False
+    )
     ContrailsDataset(cache, "train", frames=(3, 4), image_size=32)  # a subset is fine
     with pytest.raises(CacheError, match=r"frames \[0, 1\]"):
         ContrailsDataset(cache, "train", frames=(0, 1), image_size=32)
@@ -70,12 +76,16 @@ def test_request_other_than_prepared_is_refused(synth_root, tmp_path):
     with pytest.raises(CacheError, match="no split 'validation'"):
         ContrailsDataset(cache, "validation", frames=FRAMES, image_size=32)
     with pytest.raises(CacheError, match="other options"):
-        prepare_cache(synth_root, cache, CacheOptions(frames=(4,), image_size=32), ["train"], workers=1, progress=False)
+        prepare_cache(
+            synth_root, cache, CacheOptions(frames=(4,), image_size=32), ["train"], workers=1, progress=False
+        )
 
 
 def test_corrupted_or_incomplete_cache_is_refused(synth_root, tmp_path):
     cache = tmp_path / "cache"
-    prepare_cache(synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False)
+    prepare_cache(
+        synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False
+    )
     masks = cache / "train" / "masks.npy"
     data = masks.read_bytes()
     masks.write_bytes(data[: len(data) // 2])
@@ -96,7 +106,9 @@ def _prepare_slowly(root, cache):
         return original(*a, **k)
 
     cache_mod.read_sample = slow
-    prepare_cache(root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False, chunk=2)
+    prepare_cache(
+        root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False, chunk=2
+    )
 
 
 def test_prepare_interrupted_then_resumed(synth_root, tmp_path):
@@ -117,12 +129,18 @@ def test_prepare_interrupted_then_resumed(synth_root, tmp_path):
     with pytest.raises(CacheError, match="interrupted"):
         ContrailsCache(cache)
 
-    res = prepare_cache(synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False)
+    res = prepare_cache(
+        synth_root, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False
+    )
     assert res.reused == finished and res.written == 12 - finished
     fresh = tmp_path / "fresh"
-    prepare_cache(synth_root, fresh, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=2, progress=False)
+    prepare_cache(
+        synth_root, fresh, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=2, progress=False
+    )
     for name in ("images", "masks", "soft"):
-        np.testing.assert_array_equal(np.load(cache / "train" / f"{name}.npy"), np.load(fresh / "train" / f"{name}.npy"))
+        np.testing.assert_array_equal(
+            np.load(cache / "train" / f"{name}.npy"), np.load(fresh / "train" / f"{name}.npy")
+        )
     assert json.loads((cache / "manifest.json").read_text())["complete"] is True
 
 
@@ -133,10 +151,26 @@ def test_prepare_bad_records_fail_or_are_skipped(synth_copy, tmp_path):
     (ref.path / "band_14.npy").unlink()
     cache = tmp_path / "cache"
     with pytest.raises(BadDatasetError, match=f"{ref.record_id}: missing band_14.npy"):
-        prepare_cache(synth_copy, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1, progress=False)
-    res = prepare_cache(synth_copy, cache, CacheOptions(frames=FRAMES, image_size=32), ["train"], workers=1,
-                        progress=False, skip_bad=True)
-    assert res.skipped["train"] == [ref.record_id] and res.written == 0  # the good ones were kept from the first run
+        prepare_cache(
+            synth_copy,
+            cache,
+            CacheOptions(frames=FRAMES, image_size=32),
+            ["train"],
+            workers=1,
+            progress=False,
+        )
+    res = prepare_cache(
+        synth_copy,
+        cache,
+        CacheOptions(frames=FRAMES, image_size=32),
+        ["train"],
+        workers=1,
+        progress=False,
+        skip_bad=True,
+    )
+    assert (
+        res.skipped["train"] == [ref.record_id] and res.written == 0
+    )  # the good ones were kept from the first run
     ds = ContrailsDataset(cache, "train", frames=FRAMES, image_size=32)
     assert len(ds) == 11 and ref.record_id not in ds.record_ids
 

@@ -90,5 +90,6 @@ def test_training_dataset_refuses_bad_records_unless_skipping(synth_copy):
         assert rid not in msg
     ds = ContrailsDataset(synth_copy, "train", frames=[4], skip_bad=True, image_size=32)
     assert len(ds) == 10 and not set(ds.record_ids) & set(used_bad)
-    assert ContrailsDataset(synth_copy, "train", frames=[4], channels=["bands"], skip_bad=True, image_size=32).record_ids \
-        == [r for r in ds.record_ids if r not in ids[:6]]
+    assert ContrailsDataset(
+        synth_copy, "train", frames=[4], channels=["bands"], skip_bad=True, image_size=32
+    ).record_ids == [r for r in ds.record_ids if r not in ids[:6]]

@@ -30,14 +30,24 @@ def test_batches_through_a_dataloader(synth_root):
 
 def test_normalize_ash_uses_training_statistics_on_both_paths(synth_root, tmp_path):
     cache = tmp_path / "cache"
-    prepare_cache(synth_root, cache, CacheOptions(frames=(4,), image_size=32), ["train", "validation"],
-                  workers=1, progress=False)
-    raw = ContrailsDataset(synth_root, "validation", frames=[4], image_size=32, normalize_ash=True, stats_records=0)
+    prepare_cache(
+        synth_root,
+        cache,
+        CacheOptions(frames=(4,), image_size=32),
+        ["train", "validation"],
+        workers=1,
+        progress=False,
+    )
+    raw = ContrailsDataset(
+        synth_root, "validation", frames=[4], image_size=32, normalize_ash=True, stats_records=0
+    )
     cached = ContrailsDataset(cache, "validation", frames=[4], image_size=32, normalize_ash=True)
     plain = ContrailsDataset(cache, "validation", frames=[4], image_size=32)
     s = cached.stats
     # The statistics are those of the training split's ash channels, computed here from the raw records.
-    train = torch.stack([it["image"] for it in ContrailsDataset(synth_root, "train", frames=[4], image_size=32)])
+    train = torch.stack(
+        [it["image"] for it in ContrailsDataset(synth_root, "train", frames=[4], image_size=32)]
+    )
     assert s["mean"] == pytest.approx(train.mean(dim=(0, 2, 3, 4)).tolist(), abs=2e-3)
     assert s["std"] == pytest.approx(train.std(dim=(0, 2, 3, 4)).tolist(), rel=2e-2)
     assert raw.stats["mean"] == pytest.approx(s["mean"], abs=2e-3)

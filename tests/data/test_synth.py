@@ -97,7 +97,10 @@ def test_ids_metadata_and_sample_submission_match_the_records(synth_root):
             for m in meta:
                 assert set(m) == set(METADATA_KEYS) and isinstance(m["record_id"], str)
                 assert m["projection_wkt"].startswith("PROJCS[")
-                assert all(isinstance(m[k], float) for k in ("row_min", "row_size", "col_min", "col_size", "timestamp"))
+                assert all(
+                    isinstance(m[k], float)
+                    for k in ("row_min", "row_size", "col_min", "col_size", "timestamp")
+                )
                 assert 1.5e9 < m["timestamp"] < 1.7e9
     assert len(set(all_ids)) == len(all_ids)
     lines = (synth_root / SAMPLE_SUBMISSION_FILE).read_text().splitlines()
@@ -127,7 +130,11 @@ def test_same_seed_gives_identical_bytes_and_another_seed_differs(tmp_path):
 
 
 def test_some_records_are_empty_and_some_have_contrails(synth_root):
-    sums = [int(np.load(r / PIXEL_MASK_FILE).sum()) for s in ("train", "validation") for r in _records(synth_root, s)]
+    sums = [
+        int(np.load(r / PIXEL_MASK_FILE).sum())
+        for s in ("train", "validation")
+        for r in _records(synth_root, s)
+    ]
     assert any(s == 0 for s in sums) and sum(s > 0 for s in sums) >= 5
 
 
@@ -174,7 +181,9 @@ def test_the_label_matches_frame_4_better_than_frame_0(scenes):
 
 
 def test_write_record_at_another_size_is_all_or_nothing(tmp_path, monkeypatch):
-    stats = write_record(tmp_path / "val" / "123456789012345678", np.random.default_rng(0), size=48, split="validation")
+    stats = write_record(
+        tmp_path / "val" / "123456789012345678", np.random.default_rng(0), size=48, split="validation"
+    )
     rec = tmp_path / "val" / "123456789012345678"
     assert np.load(rec / "band_11.npy").shape == (48, 48, N_FRAMES)
     assert np.load(rec / PIXEL_MASK_FILE).shape == (48, 48, 1)
@@ -225,10 +234,14 @@ def test_another_seed_is_refused_unless_overwriting(tmp_path):
         generate_contrails(out, records=2, val_records=0, test_records=0, size=SIZE, seed=9, progress=False)
     assert PARAMS_FILE in str(err.value) and "--overwrite" in str(err.value) and "seed=1" in str(err.value)
     with pytest.raises(DataError, match=PARAMS_FILE):
-        generate_contrails(out, records=2, val_records=0, test_records=0, size=SIZE + 16, seed=1, progress=False)
+        generate_contrails(
+            out, records=2, val_records=0, test_records=0, size=SIZE + 16, seed=1, progress=False
+        )
 
     (out / "notes.txt").write_text("mine")
-    generate_contrails(out, records=2, val_records=0, test_records=0, size=SIZE, seed=9, progress=False, overwrite=True)
+    generate_contrails(
+        out, records=2, val_records=0, test_records=0, size=SIZE, seed=9, progress=False, overwrite=True
+    )
     assert [p.name for p in _records(out, "train")] == sorted(record_ids(9, "train", 2))
     assert json.loads((out / PARAMS_FILE).read_text())["seed"] == 9
     assert (out / "notes.txt").read_text() == "mine"
@@ -269,8 +282,22 @@ def test_cli_writes_the_dataset_and_reports_errors(tmp_path):
     import segladder.cli.synth  # noqa: F401  (registers the command group)
     from segladder.cli import app
 
-    args = ["synth", "contrails", str(tmp_path / "ds"), "--records", "2", "--val-records", "1",
-            "--test-records", "1", "--size", str(SIZE), "--seed", "5", "--no-progress"]
+    args = [
+        "synth",
+        "contrails",
+        str(tmp_path / "ds"),
+        "--records",
+        "2",
+        "--val-records",
+        "1",
+        "--test-records",
+        "1",
+        "--size",
+        str(SIZE),
+        "--seed",
+        "5",
+        "--no-progress",
+    ]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     assert "train" in res.output and str(tmp_path / "ds") in res.output.replace("\n", "")

@@ -18,7 +18,7 @@ def masks(draw):
     for _ in range(draw(st.integers(1, 4))):
         r0, c0 = draw(st.integers(0, size - 2)), draw(st.integers(0, size - 2))
         h, w = draw(st.integers(1, size // 2)), draw(st.integers(1, size // 2))
-        mask[r0:r0 + h, c0:c0 + w] = 1
+        mask[r0 : r0 + h, c0 : c0 + w] = 1
     return mask
 
 
@@ -68,8 +68,9 @@ def test_flips_off_by_default_and_config_is_validated():
 
 
 def test_dataset_applies_augmentation_with_aligned_masks(synth_root):
-    ds = ContrailsDataset(synth_root, "train", frames=[3, 4], image_size=32,
-                          augment=AugmentConfig(hflip_p=1.0))
+    ds = ContrailsDataset(
+        synth_root, "train", frames=[3, 4], image_size=32, augment=AugmentConfig(hflip_p=1.0)
+    )
     plain = ContrailsDataset(synth_root, "train", frames=[3, 4], image_size=32)
     for i in range(len(ds)):
         a, b = ds[i], plain[i]
@@ -113,8 +114,11 @@ def test_second_place_pipeline_moves_every_frame_and_the_mask_together():
     def erode(region):
         return cv2.erode(region.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=8).astype(bool)
 
-    aug = build_augment(second_place_augment(shift_scale_rotate_p=1.0, gamma_or_brightness_p=1.0,
-                                             motion_or_gaussian_blur_p=1.0))
+    aug = build_augment(
+        second_place_augment(
+            shift_scale_rotate_p=1.0, gamma_or_brightness_p=1.0, motion_or_gaussian_blur_p=1.0
+        )
+    )
     size = 64
     mask = np.zeros((size, size), np.uint8)
     mask[12:44, 20:48] = 1

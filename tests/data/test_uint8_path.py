@@ -17,15 +17,23 @@ def caches(synth_root, tmp_path_factory):
     out = {}
     for dtype in ("uint8", "float16"):
         path = tmp_path_factory.mktemp(f"cache-{dtype}") / "cache"
-        prepare_cache(synth_root, path, CacheOptions(frames=(2, 3, 4), channels=("ash", "diffs"), image_size=32,
-                                                     dtype=dtype), ["train", "validation"], workers=1, progress=False)
+        prepare_cache(
+            synth_root,
+            path,
+            CacheOptions(frames=(2, 3, 4), channels=("ash", "diffs"), image_size=32, dtype=dtype),
+            ["train", "validation"],
+            workers=1,
+            progress=False,
+        )
         out[dtype] = path
     return out
 
 
 def _pair(cache, split="train", **kw):
-    return (ContrailsDataset(cache, split, output_dtype="float32", **kw),
-            ContrailsDataset(cache, split, output_dtype="uint8", **kw))
+    return (
+        ContrailsDataset(cache, split, output_dtype="float32", **kw),
+        ContrailsDataset(cache, split, output_dtype="uint8", **kw),
+    )
 
 
 def _batches(ds, n=4, seed=None):
@@ -37,11 +45,14 @@ def _batches(ds, n=4, seed=None):
     return torch.utils.data.default_collate(items)
 
 
-@pytest.mark.parametrize("kw", [
-    {"frames": [2, 3, 4], "channels": ("ash", "diffs")},                 # whole cache, mixed affine
-    {"frames": [4, 2], "channels": ("ash",)},                            # a subset, reordered: uniform scale
-    {"frames": [3, 4], "channels": ("ash", "diffs"), "normalize_ash": True},
-])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"frames": [2, 3, 4], "channels": ("ash", "diffs")},  # whole cache, mixed affine
+        {"frames": [4, 2], "channels": ("ash",)},  # a subset, reordered: uniform scale
+        {"frames": [3, 4], "channels": ("ash", "diffs"), "normalize_ash": True},
+    ],
+)
 def test_uint8_batches_decode_to_the_float_path(caches, kw):
     fl, u8 = _pair(caches["uint8"], image_size=32, **kw)
     assert u8.emits_uint8 and not fl.emits_uint8
@@ -59,10 +70,14 @@ def test_uint8_batches_decode_to_the_float_path(caches, kw):
 
 def test_flips_rot90_and_ash_cutout_run_on_uint8_with_the_same_draws(caches):
     aug = AugmentConfig(hflip_p=0.5, vflip_p=0.5, rot90_p=1.0, cutout_p=1.0, cutout_size=(0.2, 0.4))
-    fl, u8 = _pair(caches["uint8"], image_size=32, frames=[3, 4], channels=("ash",), augment=aug, normalize_ash=True)
+    fl, u8 = _pair(
+        caches["uint8"], image_size=32, frames=[3, 4], channels=("ash",), augment=aug, normalize_ash=True
+    )
     assert u8.emits_uint8
     ref, got = _batches(fl, seed=5), decode_batch(_batches(u8, seed=5))
-    plain = _batches(ContrailsDataset(caches["uint8"], "train", frames=[3, 4], image_size=32, normalize_ash=True))
+    plain = _batches(
+        ContrailsDataset(caches["uint8"], "train", frames=[3, 4], image_size=32, normalize_ash=True)
+    )
     assert not torch.equal(ref["image"], plain["image"])  # the draws did move pixels
     torch.testing.assert_close(got["image"], ref["image"], atol=1e-6, rtol=0)
     torch.testing.assert_close(got["mask"], ref["mask"], atol=0, rtol=0)
@@ -101,8 +116,15 @@ def test_decode_writes_the_requested_memory_format_through_workers(caches):
 
 @pytest.mark.gpu
 def test_fused_decode_on_the_gpu_matches_the_cpu(caches):
-    ds = ContrailsDataset(caches["uint8"], "train", frames=[2, 3, 4], channels=("ash", "diffs"), image_size=32,
-                          output_dtype="uint8", normalize_ash=True)
+    ds = ContrailsDataset(
+        caches["uint8"],
+        "train",
+        frames=[2, 3, 4],
+        channels=("ash", "diffs"),
+        image_size=32,
+        output_dtype="uint8",
+        normalize_ash=True,
+    )
     batch = torch.utils.data.default_collate([ds[i] for i in range(4)])
     cpu = decode_batch(batch)["image"]
     gpu = decode_batch({k: v.cuda() if torch.is_tensor(v) else v for k, v in batch.items()})["image"]
@@ -114,14 +136,20 @@ def test_bench_data_reports_every_path_beside_memcpy(synth_root, caches, tmp_pat
     from segladder.data.bench import bench_data_loading, format_report
 
     cache = tmp_path / "ash"
-    prepare_cache(synth_root, cache, CacheOptions(frames=(3, 4), image_size=32), ["train"], workers=1, progress=False)
+    prepare_cache(
+        synth_root, cache, CacheOptions(frames=(3, 4), image_size=32), ["train"], workers=1, progress=False
+    )
     r = bench_data_loading(synth_root, cache, [3, 4], seconds=0.05, batch_size=4, workers=1)
     assert r["sample_shape"] == (3, 2, 32, 32)
     assert r["sample_bytes"] == 3 * 2 * 32 * 32 + 2 * 32 * 32  # image, mask and soft rows as stored
     for name in ("raw", "cached_float", "cached_uint8", "loader", "loader_in_process"):
         assert r["samples"][name] >= 12 and r["samples_per_s_per_core"][name] > 0, name
-        assert r["vs_memcpy"][name] == pytest.approx(r["samples_per_s_per_core"][name] / r["memcpy_samples_per_s"])
-    assert r["speedup"] == pytest.approx(r["samples_per_s_per_core"]["cached_uint8"] / r["samples_per_s_per_core"]["raw"])
+        assert r["vs_memcpy"][name] == pytest.approx(
+            r["samples_per_s_per_core"][name] / r["memcpy_samples_per_s"]
+        )
+    assert r["speedup"] == pytest.approx(
+        r["samples_per_s_per_core"]["cached_uint8"] / r["samples_per_s_per_core"]["raw"]
+    )
     text = "\n".join(format_report(r))
     assert "(d) DataLoader, 1 workers" in text and "memcpy" in text
     with pytest.raises(DataError, match="not a uint8 cache"):

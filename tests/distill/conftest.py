@@ -7,14 +7,30 @@ from pathlib import Path
 import pytest
 
 # An EfficientNet-shaped encoder small enough for CPU tests (timm's test model: stem + 5 stages).
-TINY_UNET = {"name": "Unet2D", "encoder": "test_efficientnet", "decoder": {"decoder_channels": [32, 16, 8, 8, 8]}}
+TINY_UNET = {
+    "name": "Unet2D",
+    "encoder": "test_efficientnet",
+    "decoder": {"decoder_channels": [32, 16, 8, 8, 8]},
+}
 
 
 def tiny_config(root: Path, **sections) -> dict:
-    trainer = {"max_epochs": 1, "progress": False, "overlays": 0, "limit_train_batches": 2, "limit_val_batches": 1,
-               **sections.pop("trainer", {})}
-    data = {"root": str(root), "frames": [4], "image_size": 32, "batch_size": 4, "num_workers": 0,
-            **sections.pop("data", {})}
+    trainer = {
+        "max_epochs": 1,
+        "progress": False,
+        "overlays": 0,
+        "limit_train_batches": 2,
+        "limit_val_batches": 1,
+        **sections.pop("trainer", {}),
+    }
+    data = {
+        "root": str(root),
+        "frames": [4],
+        "image_size": 32,
+        "batch_size": 4,
+        "num_workers": 0,
+        **sections.pop("data", {}),
+    }
     return {"data": data, "model": dict(TINY_UNET), "trainer": trainer, **sections}
 
 

@@ -8,8 +8,9 @@ import numpy as np
 from PIL import Image
 
 
-def write_image_folder(root: Path, n_train: int = 8, n_val: int = 4, size: int = 40, seed: int = 0,
-                       suffix: str = ".png") -> Path:
+def write_image_folder(
+    root: Path, n_train: int = 8, n_val: int = 4, size: int = 40, seed: int = 0, suffix: str = ".png"
+) -> Path:
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[:size, :size]
     for split, n in (("train", n_train), ("val", n_val)):

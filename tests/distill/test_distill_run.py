@@ -16,10 +16,15 @@ from tests.distill.conftest import tiny_config
 
 
 def _distill_cfg(root, teacher, epochs=3, **extra):
-    return build_config(tiny_config(
-        root, task="distillation", optim={"schedule": "cosine", "lr": 1e-3},
-        distill={"teacher": str(teacher), "unfreeze_start_epoch": 1, "unfreeze_every": 1, **extra},
-        trainer={"max_epochs": epochs}))
+    return build_config(
+        tiny_config(
+            root,
+            task="distillation",
+            optim={"schedule": "cosine", "lr": 1e-3},
+            distill={"teacher": str(teacher), "unfreeze_start_epoch": 1, "unfreeze_every": 1, **extra},
+            trainer={"max_epochs": epochs},
+        )
+    )
 
 
 class Interrupt(Exception):
@@ -35,19 +40,38 @@ class StopAtEpoch(Callback):
             raise Interrupt
 
 
-def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(distill_root, teacher_ckpt, tmp_path):
+def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(
+    distill_root, teacher_ckpt, tmp_path
+):
     res = train(_distill_cfg(distill_root, teacher_ckpt), out=tmp_path / "run")
     epochs = res.metrics["epochs"]
-    assert [e["distill/temperature"] for e in epochs] == pytest.approx([cosine_temperature(4, 1, p) for p in (0, .5, 1)])
+    assert [e["distill/temperature"] for e in epochs] == pytest.approx(
+        [cosine_temperature(4, 1, p) for p in (0, 0.5, 1)]
+    )
     assert [e["distill/unfrozen_blocks"] for e in epochs] == [0, 1, 2]
-    assert epochs[0]["lr/encoder"] == 0 and epochs[1]["lr/encoder"] == pytest.approx(0.3 * epochs[1]["lr/decoder"], rel=0.05)
-    for key in ("train/kd", "train/mse_prob", "train/bce", "train/dice", "val/dice", "val/miou", "val/agreement",
-                "val/loss", "val/kd"):
+    assert epochs[0]["lr/encoder"] == 0 and epochs[1]["lr/encoder"] == pytest.approx(
+        0.3 * epochs[1]["lr/decoder"], rel=0.05
+    )
+    for key in (
+        "train/kd",
+        "train/mse_prob",
+        "train/bce",
+        "train/dice",
+        "val/dice",
+        "val/miou",
+        "val/agreement",
+        "val/loss",
+        "val/kd",
+    ):
         assert all(key in e for e in epochs), key
     assert 0 <= epochs[-1]["val/agreement"] <= 1 and 0 <= epochs[-1]["val/miou"] <= 1
-    assert (res.run_dir / "distill_curves.png").stat().st_size and (res.run_dir / "distill_schedule.png").stat().st_size
+    assert (res.run_dir / "distill_curves.png").stat().st_size and (
+        res.run_dir / "distill_schedule.png"
+    ).stat().st_size
     ckpt = torch.load(res.best_checkpoint, weights_only=True)
-    assert ckpt["segladder"]["task"] == "segmentation" and ckpt["segladder"]["distilled_from"] == str(teacher_ckpt)
+    assert ckpt["segladder"]["task"] == "segmentation" and ckpt["segladder"]["distilled_from"] == str(
+        teacher_ckpt
+    )
     assert all(k.startswith("model.") for k in ckpt["state_dict"])  # no teacher weights in the student
     teacher_n = len(torch.load(teacher_ckpt, weights_only=True)["state_dict"])
     assert len(ckpt["state_dict"]) == teacher_n  # same architecture here: exactly one model's tensors
@@ -56,7 +80,9 @@ def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(
     assert student.model(torch.zeros(1, 3, 1, 32, 32)).shape == (1, 1, 32, 32)
 
 
-def test_resume_mid_schedule_restores_the_frozen_set_and_groups(distill_root, teacher_ckpt, tmp_path, monkeypatch):
+def test_resume_mid_schedule_restores_the_frozen_set_and_groups(
+    distill_root, teacher_ckpt, tmp_path, monkeypatch
+):
     full = train(_distill_cfg(distill_root, teacher_ckpt), out=tmp_path / "full")
     original = DistillationTask.callbacks
     monkeypatch.setattr(DistillationTask, "callbacks", lambda self: [*original(self), StopAtEpoch(2)])
@@ -69,12 +95,19 @@ def test_resume_mid_schedule_restores_the_frozen_set_and_groups(distill_root, te
     resumed = train(_distill_cfg(distill_root, teacher_ckpt), resume=tmp_path / "cut")
     a, b = full.metrics["epochs"], resumed.metrics["epochs"]
     assert [e["epoch"] for e in b] == [0, 1, 2]
-    for key in ("distill/unfrozen_blocks", "distill/temperature", "lr/encoder", "lr/decoder", "train/loss_epoch"):
+    for key in (
+        "distill/unfrozen_blocks",
+        "distill/temperature",
+        "lr/encoder",
+        "lr/decoder",
+        "train/loss_epoch",
+    ):
         assert b[2][key] == pytest.approx(a[2][key], rel=1e-4, abs=1e-7), key
     final_a = torch.load(full.last_checkpoint, weights_only=True)
     final_b = torch.load(resumed.last_checkpoint, weights_only=True)
-    assert [g.get("name") for g in final_a["optimizer_states"][0]["param_groups"]] == \
-           [g.get("name") for g in final_b["optimizer_states"][0]["param_groups"]]
+    assert [g.get("name") for g in final_a["optimizer_states"][0]["param_groups"]] == [
+        g.get("name") for g in final_b["optimizer_states"][0]["param_groups"]
+    ]
     for k, v in final_a["state_dict"].items():
         torch.testing.assert_close(final_b["state_dict"][k], v, rtol=1e-4, atol=1e-5)
 
@@ -102,9 +135,15 @@ def test_distillation_on_an_image_folder_and_the_student_evaluates_as_segmentati
     root = write_image_folder(tmp_path / "rgb", n_train=8, n_val=4)
     base = tiny_config(root, data={"frames": [0], "augment": {"preset": "heavy"}})
     teacher = train(build_config(base), out=tmp_path / "teacher").best_checkpoint
-    cfg = build_config({**base, "task": "distillation", "optim": {"schedule": "cosine"},
-                        "distill": {"teacher": str(teacher), "unfreeze_start_epoch": 0},
-                        "trainer": {**base["trainer"], "max_epochs": 2}})
+    cfg = build_config(
+        {
+            **base,
+            "task": "distillation",
+            "optim": {"schedule": "cosine"},
+            "distill": {"teacher": str(teacher), "unfreeze_start_epoch": 0},
+            "trainer": {**base["trainer"], "max_epochs": 2},
+        }
+    )
     res = train(cfg, out=tmp_path / "student")
     assert [e["distill/unfrozen_blocks"] for e in res.metrics["epochs"]] == [1, 1]
     assert res.metrics["epochs"][-1]["distill/temperature"] == pytest.approx(1.0)

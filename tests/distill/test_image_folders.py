@@ -21,22 +21,32 @@ def folder(tmp_path):
 
 def test_folder_is_recognised_and_items_look_like_contrail_samples(folder):
     cfg = DataConfig(root=str(folder), image_size=32)
-    assert data_format(cfg) == "images" and data_format(DataConfig(root=str(folder), format="contrails")) == "contrails"
+    assert (
+        data_format(cfg) == "images"
+        and data_format(DataConfig(root=str(folder), format="contrails")) == "contrails"
+    )
     ds = dataset_from_config(cfg, "validation")  # "validation" finds val/
     assert isinstance(ds, ImageMaskDataset) and len(ds) == 2
     item = ds[0]
     assert item["image"].shape == (3, 1, 32, 32) and item["mask"].shape == (1, 32, 32)
     assert set(torch.unique(item["mask"]).tolist()) <= {0.0, 1.0} and item["mask"].sum() > 0
     same = dataset_from_config(DataConfig(root=str(folder), image_size=40), "val")[0]
-    raw = torch.from_numpy(np.asarray(Image.open(folder / "val" / "images" / "img000.png").convert("RGB")).copy())
+    raw = torch.from_numpy(
+        np.asarray(Image.open(folder / "val" / "images" / "img000.png").convert("RGB")).copy()
+    )
     mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
     expected = (raw.permute(2, 0, 1).float() / 255 - mean[:, None, None]) / std[:, None, None]
-    torch.testing.assert_close(same["image"][:, 0], expected)  # at its own size: exactly the pixels, standardised
+    torch.testing.assert_close(
+        same["image"][:, 0], expected
+    )  # at its own size: exactly the pixels, standardised
     disc = same["image"][:, 0][:, same["mask"][0] > 0].mean(1)
     torch.testing.assert_close(disc, (torch.tensor([220, 200, 60]) / 255 - mean) / std)
 
+
 def test_heavy_preset_augments_reproducibly_through_the_data_module(folder):
-    cfg = DataConfig(root=str(folder), image_size=32, batch_size=2, num_workers=0, augment={"preset": "heavy"})
+    cfg = DataConfig(
+        root=str(folder), image_size=32, batch_size=2, num_workers=0, augment={"preset": "heavy"}
+    )
     dm = ContrailsDataModule(cfg, seed=5)
     dm.setup("fit")
     a = dm.train_set[1]["image"]

@@ -51,8 +51,14 @@ def test_kd_rejects_bad_temperature_and_shapes():
 
 
 def test_kd_and_mse_terms_read_the_teacher_from_the_batch():
-    loss = build_loss([{"name": "kd", "weight": 0.3, "temperature": 2.0}, {"name": "mse_prob", "weight": 0.5},
-                       {"name": "bce", "weight": 0.5}, {"name": "dice"}])
+    loss = build_loss(
+        [
+            {"name": "kd", "weight": 0.3, "temperature": 2.0},
+            {"name": "mse_prob", "weight": 0.5},
+            {"name": "bce", "weight": 0.5},
+            {"name": "dice"},
+        ]
+    )
     assert loss.target_keys == {"teacher", "mask"}
     zs, zt = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     mask = (torch.rand(2, 1, 4, 4) > 0.5).float()
@@ -60,8 +66,10 @@ def test_kd_and_mse_terms_read_the_teacher_from_the_batch():
     assert float(parts["kd"]) == pytest.approx(float(binary_kd_loss(zs, zt, 2.0)), rel=1e-6)
     mse = ((torch.sigmoid(zs) - torch.sigmoid(zt)) ** 2).mean()
     assert float(parts["mse_prob"]) == pytest.approx(float(mse), rel=1e-6)
-    assert float(total) == pytest.approx(0.3 * float(parts["kd"]) + 0.5 * float(mse) + 0.5 * float(parts["bce"])
-                                         + float(parts["dice"]), rel=1e-5)
+    assert float(total) == pytest.approx(
+        0.3 * float(parts["kd"]) + 0.5 * float(mse) + 0.5 * float(parts["bce"]) + float(parts["dice"]),
+        rel=1e-5,
+    )
     assert "kd" in LOSSES and "mse_prob" in LOSSES
 
 

@@ -76,7 +76,13 @@ def test_unfreezing_goes_deepest_first_with_scaled_lr_groups_and_frozen_bn_in_ev
     assert group["initial_lr"] == pytest.approx(0.3 * 1e-3)
     decoder_lr = opt.param_groups[0]["lr"]
     assert group["lr"] == pytest.approx(0.3 * decoder_lr)  # joins at the schedule's current factor
-    frozen_bn = [m for i in range(len(blocks) - 1) for mod in blocks[i] for m in mod.modules() if isinstance(m, _BatchNorm)]
+    frozen_bn = [
+        m
+        for i in range(len(blocks) - 1)
+        for mod in blocks[i]
+        for m in mod.modules()
+        if isinstance(m, _BatchNorm)
+    ]
     assert frozen_bn and not any(m.training for m in frozen_bn)
     live_bn = [m for mod in blocks[-1] for m in mod.modules() if isinstance(m, _BatchNorm)]
     assert live_bn and all(m.training for m in live_bn)
@@ -87,7 +93,9 @@ def test_unfreezing_goes_deepest_first_with_scaled_lr_groups_and_frozen_bn_in_ev
     sched.step()
     enc = [g for g in opt.param_groups if g["name"].startswith("encoder")]
     dec = opt.param_groups[0]
-    assert all(g["lr"] == pytest.approx(0.3 * dec["lr"]) for g in enc)  # the schedule follows the added groups
+    assert all(
+        g["lr"] == pytest.approx(0.3 * dec["lr"]) for g in enc
+    )  # the schedule follows the added groups
     cb.finetune_function(holder, 100, opt)
     assert cb.unfrozen == len(blocks) and all(trainable(i) for i in range(len(blocks)))
     names = [p for g in opt.param_groups for p in g["params"]]

@@ -43,7 +43,9 @@ def tiny_run(fault_cache, tmp_path_factory):
     """A finished one-epoch run of `tiny_config` (read-only: copy it before damaging it)."""
     from segladder.training.run import train
 
-    return train(tiny_config(fault_cache, **{"trainer.max_epochs": 1}), out=tmp_path_factory.mktemp("tiny") / "run").run_dir
+    return train(
+        tiny_config(fault_cache, **{"trainer.max_epochs": 1}), out=tmp_path_factory.mktemp("tiny") / "run"
+    ).run_dir
 
 
 def tiny_config(root, **over):
@@ -52,8 +54,11 @@ def tiny_config(root, **over):
         "name": "faults",
         "seed": 3,
         "data": {"root": str(root), "frames": [3, 4], "image_size": 32, "batch_size": 8, "num_workers": 0},
-        "model": {"name": "Unet2D", "encoder": "mobilenetv3_small_050",
-                  "decoder": {"decoder_channels": [32, 16, 16, 8, 8]}},
+        "model": {
+            "name": "Unet2D",
+            "encoder": "mobilenetv3_small_050",
+            "decoder": {"decoder_channels": [32, 16, 16, 8, 8]},
+        },
         "loss": [{"name": "bce", "pos_weight": 5.0}],
         "optim": {"lr": 3e-3},
         "trainer": {"max_epochs": 2, "progress": False, "overlays": 0},
@@ -78,7 +83,9 @@ class SmallFS:
     def grow(self, size: int) -> None:
         self.size = size
         if self.tmpfs:
-            subprocess.run(["mount", "-o", f"remount,size={_pages(size)}", str(self.path)], check=True, timeout=30)
+            subprocess.run(
+                ["mount", "-o", f"remount,size={_pages(size)}", str(self.path)], check=True, timeout=30
+            )
 
     def used(self) -> int:
         return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())
@@ -101,8 +108,11 @@ def small_fs(tmp_path, monkeypatch):
         path = tmp_path / f"fs-{uuid.uuid4().hex[:6]}"
         path.mkdir()
         if _can_mount():
-            res = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={_pages(nbytes)}", "tmpfs", str(path)],
-                                 capture_output=True, timeout=30)
+            res = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={_pages(nbytes)}", "tmpfs", str(path)],
+                capture_output=True,
+                timeout=30,
+            )
             if res.returncode == 0:
                 mounts.append(path)
                 return SmallFS(path, nbytes, monkeypatch, tmpfs=True)

@@ -28,10 +28,17 @@ def test_second_prepare_refuses_while_the_first_runs(fault_root, tmp_path, capsy
     owner.start()
     try:
         assert ready.wait(30)
-        with pytest.raises(LockedError, match=rf"cache folder {out} is in use by another process \(pid {owner.pid} "):
-            prepare_cache(fault_root, out, CacheOptions(frames=(4,), image_size=32), workers=1, progress=False)
-        code, err = run_cli(["data", "prepare", fault_root, "--out", out, "--frames", "4", "--size", "32"],
-                            capsys, monkeypatch)
+        with pytest.raises(
+            LockedError, match=rf"cache folder {out} is in use by another process \(pid {owner.pid} "
+        ):
+            prepare_cache(
+                fault_root, out, CacheOptions(frames=(4,), image_size=32), workers=1, progress=False
+            )
+        code, err = run_cli(
+            ["data", "prepare", fault_root, "--out", out, "--frames", "4", "--size", "32"],
+            capsys,
+            monkeypatch,
+        )
         assert code == 2 and f"pid {owner.pid}" in one_error_line(err)
         assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # nothing interleaved
     finally:

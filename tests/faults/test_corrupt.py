@@ -62,7 +62,9 @@ def test_no_intact_checkpoint_is_one_clear_line(run_copy, capsys, monkeypatch):
         choose_checkpoint(run_copy)
     code, err = run_cli(["train", "--resume", run_copy], capsys, monkeypatch)
     line = one_error_line(err)
-    assert code == 2 and "last.ckpt: truncated or corrupt" in line and "best.ckpt: truncated or corrupt" in line
+    assert (
+        code == 2 and "last.ckpt: truncated or corrupt" in line and "best.ckpt: truncated or corrupt" in line
+    )
 
 
 def test_unsafe_checkpoint_is_refused_not_loaded(tmp_path):

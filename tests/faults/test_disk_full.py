@@ -59,13 +59,19 @@ def test_first_checkpoint_on_a_full_disk(fault_cache, tiny_run, small_fs, capsys
     code, err = run_cli(["train", cfg_file, "--out", run], capsys, monkeypatch)
     line = one_error_line(err)
     assert code == 2
-    assert "disk full writing" in line and "best.ckpt" in line and re.search(rf"needs {BYTES}, {BYTES} free", line)
+    assert (
+        "disk full writing" in line
+        and "best.ckpt" in line
+        and re.search(rf"needs {BYTES}, {BYTES} free", line)
+    )
     assert f"segladder train --resume {run}" in line
     assert not list((run / "checkpoints").glob("*.ckpt")) and fs.leftovers() == []
     assert (run / "config.yaml").is_file()
 
 
-def test_disk_full_at_last_resumes_from_best_and_finishes(fault_cache, tiny_run, small_fs, capsys, monkeypatch):
+def test_disk_full_at_last_resumes_from_best_and_finishes(
+    fault_cache, tiny_run, small_fs, capsys, monkeypatch
+):
     """The issue's case: best.ckpt written, last.ckpt does not fit (a filesystem without hard links, so it
     is a copy); after freeing space, --resume continues from the intact best.ckpt and finishes."""
     size = _checkpoint_bytes(tiny_run)
@@ -110,8 +116,22 @@ def test_cache_on_a_full_disk_refuses_before_reading_records(fault_root, small_f
 def test_predict_on_a_full_disk(fault_root, tiny_run, small_fs, capsys, monkeypatch):
     fs = small_fs(12 * 1024)  # a few of the float16 maps fit, not all
     out = fs.path / "preds"
-    code, err = run_cli(["predict", tiny_run / "checkpoints" / "best.ckpt", "--data", fault_root, "--split",
-                         "validation", "--out", out, "--device", "cpu"], capsys, monkeypatch)
+    code, err = run_cli(
+        [
+            "predict",
+            tiny_run / "checkpoints" / "best.ckpt",
+            "--data",
+            fault_root,
+            "--split",
+            "validation",
+            "--out",
+            out,
+            "--device",
+            "cpu",
+        ],
+        capsys,
+        monkeypatch,
+    )
     line = one_error_line(err)
     assert code == 2 and "disk full writing" in line and str(out) in line
     assert "re-run the command" in line or "continue" in line or "segladder predict" in line
@@ -125,8 +145,20 @@ def test_predict_on_a_full_disk(fault_root, tiny_run, small_fs, capsys, monkeypa
 def test_synth_on_a_full_disk_then_continued(small_fs, capsys, monkeypatch):
     fs = small_fs(600 * 1024)  # one 32² record is ~0.15 MB
     out = fs.path / "synth"
-    args = ["synth", "contrails", out, "--records", "8", "--val-records", "0", "--test-records", "0", "--size", "32",
-            "--no-progress"]
+    args = [
+        "synth",
+        "contrails",
+        out,
+        "--records",
+        "8",
+        "--val-records",
+        "0",
+        "--test-records",
+        "0",
+        "--size",
+        "32",
+        "--no-progress",
+    ]
     code, err = run_cli(args, capsys, monkeypatch)
     line = one_error_line(err)
     assert code == 2 and "disk full writing" in line and re.search(rf"needs {BYTES}", line)

@@ -26,8 +26,14 @@ REPO = Path(__file__).resolve().parents[2]
 def interrupt(slow: str, delay: float, args: list, ready: Callable[[], bool], sig: int) -> tuple[int, str]:
     """Run `segladder ARGS` with `slow` slowed by `delay` s per call; send `sig` once `ready()`."""
     env = dict(os.environ, PYTHONPATH=str(REPO), NO_ALBUMENTATIONS_UPDATE="1", COLUMNS="400")
-    proc = subprocess.Popen([sys.executable, "-m", "tests.faults.slow_cli", slow, str(delay), *map(str, args)],
-                            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.slow_cli", slow, str(delay), *map(str, args)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not ready():
         time.sleep(0.05)
@@ -51,8 +57,13 @@ def test_training_stops_cleanly_and_resumes(fault_cache, tmp_path, sig, capsys, 
         except (OSError, ValueError):
             return False
 
-    code, err = interrupt("segladder.data.datasets:ContrailsDataset.__getitem__", 0.15,
-                          ["train", cfg, "--out", run], one_epoch_done, sig)
+    code, err = interrupt(
+        "segladder.data.datasets:ContrailsDataset.__getitem__",
+        0.15,
+        ["train", cfg, "--out", run],
+        one_epoch_done,
+        sig,
+    )
     assert code == 130, err[-2000:]
     line = next(ln for ln in err.splitlines() if ln.startswith("interrupted"))
     assert f"training stopped on {signal.Signals(sig).name} during epoch 2" in line
@@ -78,7 +89,11 @@ def test_data_prepare_stops_cleanly_and_continues(fault_root, tmp_path, capsys, 
 
     # One chunk is 16 records: slow enough that the second chunk is running when the signal comes.
     code, err = interrupt("segladder.data.cache:read_sample", 0.1, args, some_rows_done, signal.SIGINT)
-    assert code == 130 and "interrupted" in err and f"continue with `segladder {' '.join(map(str, args))}`" in err
+    assert (
+        code == 130
+        and "interrupted" in err
+        and f"continue with `segladder {' '.join(map(str, args))}`" in err
+    )
     assert not (out / "manifest.json").exists() and not (out / ".prepare.lock").exists()
     code, err = run_cli(args, capsys, monkeypatch)
     assert code == 0, err
@@ -89,11 +104,25 @@ def test_data_prepare_stops_cleanly_and_continues(fault_root, tmp_path, capsys, 
 
 def test_synth_stops_cleanly_and_continues(tmp_path, capsys, monkeypatch):
     out = tmp_path / "synth"
-    args = ["synth", "contrails", out, "--records", "12", "--val-records", "0", "--test-records", "0",
-            "--size", "32", "--no-progress"]
+    args = [
+        "synth",
+        "contrails",
+        out,
+        "--records",
+        "12",
+        "--val-records",
+        "0",
+        "--test-records",
+        "0",
+        "--size",
+        "32",
+        "--no-progress",
+    ]
 
     def two_records() -> bool:
-        return (out / "train").is_dir() and len([p for p in (out / "train").iterdir() if not p.name.startswith(".")]) >= 2
+        return (out / "train").is_dir() and len(
+            [p for p in (out / "train").iterdir() if not p.name.startswith(".")]
+        ) >= 2
 
     code, err = interrupt("segladder.data.synth:make_record", 0.3, args, two_records, signal.SIGTERM)
     assert code == 130 and "continue with `segladder synth contrails" in err
@@ -106,8 +135,20 @@ def test_synth_stops_cleanly_and_continues(tmp_path, capsys, monkeypatch):
 
 def test_predict_stops_cleanly_and_rerun_finishes(fault_root, tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "preds"
-    args = ["predict", tiny_run / "checkpoints" / "best.ckpt", "--data", fault_root, "--split", "validation",
-            "--out", out, "--device", "cpu", "--batch-size", "1"]
+    args = [
+        "predict",
+        tiny_run / "checkpoints" / "best.ckpt",
+        "--data",
+        fault_root,
+        "--split",
+        "validation",
+        "--out",
+        out,
+        "--device",
+        "cpu",
+        "--batch-size",
+        "1",
+    ]
 
     def some_maps() -> bool:
         return (out / "probs").is_dir() and len(list((out / "probs").glob("*.npy"))) >= 2

@@ -20,8 +20,12 @@ def test_same_epoch_best_and_last_are_one_file(tiny_run):
 
 
 def test_optimizer_state_only_in_last(fault_cache, tmp_path):
-    run = train(tiny_config(fault_cache, **{"trainer.max_epochs": 2, "trainer.optimizer_state": "last",
-                                            "optim.lr": 1e-9}), out=tmp_path / "run").run_dir
+    run = train(
+        tiny_config(
+            fault_cache, **{"trainer.max_epochs": 2, "trainer.optimizer_state": "last", "optim.lr": 1e-9}
+        ),
+        out=tmp_path / "run",
+    ).run_dir
     best, last = run / "checkpoints" / "best.ckpt", run / "checkpoints" / "last.ckpt"
     b, lst = torch.load(best, weights_only=True), torch.load(last, weights_only=True)
     assert "optimizer_states" not in b and "optimizer_states" in lst and lst["epoch"] == 1

@@ -27,5 +27,7 @@ def seg_ckpt(ckpt_dir):
 @pytest.fixture(scope="session")
 def const_ckpts(ckpt_dir):
     """Two segmenters predicting 0.2 and 0.8 everywhere (stored thresholds 0.3, 0.7); the second reads frame 4 only."""
-    return (make_checkpoint(ckpt_dir / "p02.ckpt", bias=logit(0.2), threshold=0.3),
-            make_checkpoint(ckpt_dir / "p08.ckpt", bias=logit(0.8), threshold=0.7, frames=(4,)))
+    return (
+        make_checkpoint(ckpt_dir / "p02.ckpt", bias=logit(0.2), threshold=0.3),
+        make_checkpoint(ckpt_dir / "p08.ckpt", bias=logit(0.8), threshold=0.7, frames=(4,)),
+    )

@@ -17,15 +17,29 @@ FRAMES = (0, 1, 2, 3, 4)
 SIZE = 32
 
 
-def experiment_config(name: str = "Unet2D", task: str = "segmentation", frames=FRAMES, image_size: int = SIZE,
-                      **model_kwargs) -> ExperimentConfig:
-    return ExperimentConfig(task=task, data={"frames": list(frames), "image_size": image_size},
-                            model={"name": name, **model_kwargs})
+def experiment_config(
+    name: str = "Unet2D", task: str = "segmentation", frames=FRAMES, image_size: int = SIZE, **model_kwargs
+) -> ExperimentConfig:
+    return ExperimentConfig(
+        task=task,
+        data={"frames": list(frames), "image_size": image_size},
+        model={"name": name, **model_kwargs},
+    )
 
 
-def make_checkpoint(path: Path, name: str = "Unet2D", *, task: str = "segmentation", threshold: float = 0.5,
-                    frames=FRAMES, image_size: int = SIZE, version: int = 1, bias: float | None = None,
-                    seed: int = 0, **model_kwargs) -> Path:
+def make_checkpoint(
+    path: Path,
+    name: str = "Unet2D",
+    *,
+    task: str = "segmentation",
+    threshold: float = 0.5,
+    frames=FRAMES,
+    image_size: int = SIZE,
+    version: int = 1,
+    bias: float | None = None,
+    seed: int = 0,
+    **model_kwargs,
+) -> Path:
     """Save a checkpoint in the trainer's format. With `bias`, the last layer's weights are zeroed and
     its bias set, so every pixel (or record) gets the logit `bias`."""
     if name in ("Unet2D", "Classifier"):
@@ -38,9 +52,18 @@ def make_checkpoint(path: Path, name: str = "Unet2D", *, task: str = "segmentati
         with torch.no_grad():
             last.weight.zero_()
             last.bias.fill_(bias)
-    torch.save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                "segladder": {"version": version, "task": task, "threshold": threshold,
-                              "config": cfg.model_dump(mode="json")}}, path)
+    torch.save(
+        {
+            "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
+            "segladder": {
+                "version": version,
+                "task": task,
+                "threshold": threshold,
+                "config": cfg.model_dump(mode="json"),
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -62,8 +85,14 @@ class Lookup(nn.Module):
         return torch.stack([self.table[row_key(r)] for r in x])
 
 
-def toy_checkpoint(items: list[dict], output: Callable[[dict], torch.Tensor], *, task: str = "segmentation",
-                   threshold: float = 0.5, path: str = "toy.ckpt") -> LoadedCheckpoint:
+def toy_checkpoint(
+    items: list[dict],
+    output: Callable[[dict], torch.Tensor],
+    *,
+    task: str = "segmentation",
+    threshold: float = 0.5,
+    path: str = "toy.ckpt",
+) -> LoadedCheckpoint:
     """A LoadedCheckpoint whose model maps each dataset item's image to `output(item)`."""
     table = {row_key(it["image"]): output(it) for it in items}
     name = "Classifier" if task == "classification" else "Unet2D"

@@ -12,8 +12,17 @@ from segladder.inference.errors import CheckpointError
 def write_checkpoint(path, model_cfg: dict, net: torch.nn.Module):
     cfg = build_config({"model": model_cfg})
     state = {f"model.{k}": v for k, v in net.state_dict().items()}
-    torch.save({"state_dict": state, CHECKPOINT_KEY: {"version": CHECKPOINT_VERSION, "threshold": 0.4,
-                                                      "config": cfg.model_dump(mode="json")}}, path)
+    torch.save(
+        {
+            "state_dict": state,
+            CHECKPOINT_KEY: {
+                "version": CHECKPOINT_VERSION,
+                "threshold": 0.4,
+                "config": cfg.model_dump(mode="json"),
+            },
+        },
+        path,
+    )
     return path
 
 
@@ -39,7 +48,9 @@ def test_a_checkpoint_trained_from_imagenet_weights_loads_without_them(tmp_path,
     monkeypatch.delenv("SEGLADDER_WEIGHTS", raising=False)
     monkeypatch.delenv("SEGLADDER_ALLOW_DOWNLOAD", raising=False)
     net = models.create("ResNet18_SimplerFCN").eval()
-    path = write_checkpoint(tmp_path / "auto.ckpt", {"name": "ResNet18_SimplerFCN", "pretrained": "auto"}, net)
+    path = write_checkpoint(
+        tmp_path / "auto.ckpt", {"name": "ResNet18_SimplerFCN", "pretrained": "auto"}, net
+    )
     with pytest.raises(models.ModelError, match="not available offline"):
         models.create("ResNet18_SimplerFCN", pretrained="auto")
     loaded = load_checkpoint(path)

@@ -48,7 +48,9 @@ def _blob(it):
 @pytest.fixture
 def toys(items, monkeypatch):
     toys = {
-        "cls.ckpt": toy_checkpoint(items, lambda it: torch.tensor([_logit(CLS[it["index"]])]), task="classification"),
+        "cls.ckpt": toy_checkpoint(
+            items, lambda it: torch.tensor([_logit(CLS[it["index"]])]), task="classification"
+        ),
         "seg.ckpt": toy_checkpoint(items, lambda it: torch.full((1, SIZE, SIZE), _logit(SEG[it["index"]]))),
         # stage 2: perfect on positives; the all-data model also paints a blob on the negative record.
         "all.ckpt": toy_checkpoint(items, lambda it: _blob(it) * 12 - 6, threshold=0.4),
@@ -59,9 +61,15 @@ def toys(items, monkeypatch):
 
 
 def _write(tmp_path, **over):
-    cfg = {"classifier": "cls.ckpt", "segmenter": "seg.ckpt", "filter": {"rule": "or", "top_k": 5},
-           "stage2": [{"checkpoint": "all.ckpt", "weight": 3, "name": "all-data"},
-                      {"checkpoint": "pos.ckpt", "weight": 1, "name": "positives-only"}]}
+    cfg = {
+        "classifier": "cls.ckpt",
+        "segmenter": "seg.ckpt",
+        "filter": {"rule": "or", "top_k": 5},
+        "stage2": [
+            {"checkpoint": "all.ckpt", "weight": 3, "name": "all-data"},
+            {"checkpoint": "pos.ckpt", "weight": 1, "name": "positives-only"},
+        ],
+    }
     cfg.update(over)
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -71,7 +79,9 @@ def _write(tmp_path, **over):
 @pytest.mark.parametrize("rule", ["or", "and", "mean"])
 def test_run_filters_as_the_rule_says(synth_root, items, toys, tmp_path, rule):
     out = tmp_path / "run"
-    res = run_pipeline(_write(tmp_path, filter={"rule": rule}), synth_root, out, split="validation", progress=False)
+    res = run_pipeline(
+        _write(tmp_path, filter={"rule": rule}), synth_root, out, split="validation", progress=False
+    )
     assert res.threshold == pytest.approx(0.75 * 0.4 + 0.25 * 0.6)
     with open(out / "filter.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -94,7 +104,9 @@ def _dice(pred_sum, tp, target_sum):
 
 @pytest.mark.parametrize("rule", ["or", "and", "mean"])
 def test_evaluate_reports_each_stage(synth_root, items, toys, tmp_path, rule):
-    r = evaluate_pipeline(_write(tmp_path, filter={"rule": rule}), synth_root, out=tmp_path / "ev", progress=False)
+    r = evaluate_pipeline(
+        _write(tmp_path, filter={"rule": rule}), synth_root, out=tmp_path / "ev", progress=False
+    )
     gt = [int(it["mask"].sum()) for it in items]
     total, keep = sum(gt), KEEP[rule]
     s1 = r["stage1"]
@@ -139,14 +151,23 @@ def test_cli_evaluate(synth_root, toys, tmp_path):
     assert "lost to wrong filtering" in r.output and "all-data" in r.output
 
 
-@pytest.mark.parametrize("cfg, match", [
-    ({"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filtr": {}}, "unknown key 'filtr'. Did you mean: filter"),
-    ({"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filter": {"topk": 5}}, "unknown key 'filter.topk'. Did you mean: top_k"),
-    ({"stage2": [{"checkpoint": "a.ckpt", "wieght": 2}], "segmenter": "s.ckpt"}, "Did you mean: weight"),
-    ({"stage2": ["a.ckpt"]}, "stage 1 needs"),
-    ({"segmenter": "s.ckpt", "stage2": []}, "stage2"),
-    ({"segmenter": "s.ckpt", "stage2": ["a.ckpt"], "filter": {"rule": "xor"}}, "rule"),
-])
+@pytest.mark.parametrize(
+    "cfg, match",
+    [
+        (
+            {"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filtr": {}},
+            "unknown key 'filtr'. Did you mean: filter",
+        ),
+        (
+            {"stage2": ["a.ckpt"], "segmenter": "s.ckpt", "filter": {"topk": 5}},
+            "unknown key 'filter.topk'. Did you mean: top_k",
+        ),
+        ({"stage2": [{"checkpoint": "a.ckpt", "wieght": 2}], "segmenter": "s.ckpt"}, "Did you mean: weight"),
+        ({"stage2": ["a.ckpt"]}, "stage 1 needs"),
+        ({"segmenter": "s.ckpt", "stage2": []}, "stage2"),
+        ({"segmenter": "s.ckpt", "stage2": ["a.ckpt"], "filter": {"rule": "xor"}}, "rule"),
+    ],
+)
 def test_config_errors(tmp_path, cfg, match):
     path = tmp_path / "p.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -178,8 +199,14 @@ def test_evaluate_gain_per_record_csv_and_member_positives(synth_root, items, to
         return m * 12 - 6
 
     toys["half.ckpt"] = toy_checkpoint(items, half, threshold=0.5)
-    path = _write(tmp_path, filter={"rule": "and"}, stage2=[{"checkpoint": "all.ckpt", "weight": 3, "name": "all-data"},
-                                                            {"checkpoint": "half.ckpt", "name": "half"}])
+    path = _write(
+        tmp_path,
+        filter={"rule": "and"},
+        stage2=[
+            {"checkpoint": "all.ckpt", "weight": 3, "name": "all-data"},
+            {"checkpoint": "half.ckpt", "name": "half"},
+        ],
+    )
     r = evaluate_pipeline(path, synth_root, out=tmp_path / "ev", progress=False)
     gt = [int(it["mask"].sum()) for it in items]
     upper = [int(it["mask"][0, :half_rows].sum()) for it in items]

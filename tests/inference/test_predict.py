@@ -28,7 +28,9 @@ def _ids(root, split):
 
 def test_outputs_are_consistent(synth_root, seg_ckpt, tmp_path):
     out = tmp_path / "pred"
-    res = predict([seg_ckpt], synth_root, out, split="validation", min_component=3, overlays=2, progress=False)
+    res = predict(
+        [seg_ckpt], synth_root, out, split="validation", min_component=3, overlays=2, progress=False
+    )
     ids = _ids(synth_root, "validation")
     assert res.records == len(ids) and res.threshold == 0.5 and res.submission_problems == []
     sub = read_submission(out / "submission.csv")
@@ -44,7 +46,9 @@ def test_outputs_are_consistent(synth_root, seg_ckpt, tmp_path):
     assert positive == res.positive_pixels > 0  # a random network marks some pixels
     ds = ContrailsDataset(synth_root, "validation", frames=[4], image_size=32)
     probs = np.stack([np.load(out / "probs" / f"{rid}.npy") for rid in ids])
-    assert res.dice == pytest.approx(global_dice(probs.astype(np.float32), np.stack([ds[i]["mask"][0] for i in range(4)]), 0.5))
+    assert res.dice == pytest.approx(
+        global_dice(probs.astype(np.float32), np.stack([ds[i]["mask"][0] for i in range(4)]), 0.5)
+    )
     assert (out / "overlays" / "overlay_00000.png").stat().st_size > 0
     summary = json.loads((out / "predict.json").read_text())
     assert summary["threshold"] == 0.5 and summary["input"]["frames"] == [0, 1, 2, 3, 4]
@@ -99,13 +103,16 @@ def test_masks_are_written_at_each_records_own_size(synth_copy, seg_ckpt, tmp_pa
     for b in BANDS:
         np.save(odd / band_file(b), (260 + 20 * rng.random((30, 22, 8))).astype(np.float32))
     out = tmp_path / "o"
-    r = CliRunner().invoke(app, ["predict", str(seg_ckpt), "--data", str(synth_copy), "--out", str(out),
-                                 "--threshold", "0.5"])
+    r = CliRunner().invoke(
+        app, ["predict", str(seg_ckpt), "--data", str(synth_copy), "--out", str(out), "--threshold", "0.5"]
+    )
     assert r.exit_code == 0, r.output
     assert "warning" not in r.output and "4 records" in r.output
     mask = np.load(out / "masks" / "9990001.npy")
     assert mask.shape == (30, 22) and np.load(out / "probs" / "9990001.npy").shape == (30, 22)
-    assert np.load(out / "masks" / f"{sorted(p.name for p in (synth_copy / 'test').iterdir())[0]}.npy").shape == (32, 32)
+    assert np.load(
+        out / "masks" / f"{sorted(p.name for p in (synth_copy / 'test').iterdir())[0]}.npy"
+    ).shape == (32, 32)
     assert check_submission(out / "submission.csv", synth_copy, "test") == []
     rows = dict(line.split(",") for line in (out / "submission.csv").read_text().splitlines()[1:])
     np.testing.assert_array_equal(rle_decode(rows["9990001"], (30, 22)), mask)
@@ -122,8 +129,24 @@ def test_a_model_at_another_size_than_the_records_writes_masks_at_the_records_si
 
 def test_cli_predict(synth_root, seg_ckpt, tmp_path):
     out = tmp_path / "cli"
-    r = CliRunner().invoke(app, ["predict", str(seg_ckpt), "--data", str(synth_root), "--out", str(out),
-                                 "--threshold", "0.6", "--tta", "--min-component", "2", "--batch-size", "2"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            str(seg_ckpt),
+            "--data",
+            str(synth_root),
+            "--out",
+            str(out),
+            "--threshold",
+            "0.6",
+            "--tta",
+            "--min-component",
+            "2",
+            "--batch-size",
+            "2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "3 records" in r.output and "(fixed)" in r.output
     assert check_submission(out / "submission.csv", synth_root, "test") == []
@@ -162,8 +185,14 @@ def test_refuses_a_malicious_pickle(synth_root, tmp_path):
 
 def test_refuses_data_the_checkpoint_cannot_read(synth_root, seg_ckpt, tmp_path):
     cache = tmp_path / "cache"
-    prepare_cache(synth_root, cache, CacheOptions(frames=(4,), image_size=32), ["train", "validation"],
-                  workers=1, progress=False)
+    prepare_cache(
+        synth_root,
+        cache,
+        CacheOptions(frames=(4,), image_size=32),
+        ["train", "validation"],
+        workers=1,
+        progress=False,
+    )
     with pytest.raises(DataError, match="frames"):
         predict([seg_ckpt], cache, tmp_path / "o", split="validation", progress=False)
     assert not (tmp_path / "o" / "probs").exists()
@@ -182,13 +211,16 @@ def test_refuses_an_empty_split_and_an_unwritable_output(synth_copy, seg_ckpt, t
         predict([seg_ckpt], synth_copy, tmp_path / "o", progress=False)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"threshold": 0.5, "percentile": 99}, "not both"),
-    ({"threshold": 2.0}, r"\[0, 1\]"),
-    ({"weights": [1, 2]}, "2 ensemble weight"),
-    ({"weights": [-1]}, "positive"),
-    ({"device": "cuda:7" if not torch.cuda.is_available() else "nonsense"}, "device"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"threshold": 0.5, "percentile": 99}, "not both"),
+        ({"threshold": 2.0}, r"\[0, 1\]"),
+        ({"weights": [1, 2]}, "2 ensemble weight"),
+        ({"weights": [-1]}, "positive"),
+        ({"device": "cuda:7" if not torch.cuda.is_available() else "nonsense"}, "device"),
+    ],
+)
 def test_option_errors(synth_root, seg_ckpt, tmp_path, kwargs, match):
     with pytest.raises(SegladderError, match=match):
         predict([seg_ckpt], synth_root, tmp_path / "o", progress=False, **kwargs)
@@ -201,8 +233,20 @@ def test_ensemble_needs_models():
 
 def test_pseudo_labels(synth_root, seg_ckpt, tmp_path):
     out = tmp_path / "pseudo"
-    r = CliRunner().invoke(app, ["pseudo-label", str(seg_ckpt), "--data", str(synth_root), "--out", str(out),
-                                 "--split", "validation", "--tta"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "pseudo-label",
+            str(seg_ckpt),
+            "--data",
+            str(synth_root),
+            "--out",
+            str(out),
+            "--split",
+            "validation",
+            "--tta",
+        ],
+    )
     assert r.exit_code == 0, r.output
     index = json.loads((out / "index.json").read_text())
     assert index["records"] == _ids(synth_root, "validation") and index["split"] == "validation"

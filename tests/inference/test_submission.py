@@ -68,11 +68,20 @@ def test_column_major_order():
     assert rle_encode(mask) == "4 2"
 
 
-@pytest.mark.parametrize("rle, fragment", [
-    ("1 2 3", "odd number"), ("0 2", "start 0 < 1"), ("1 0", "length 0 < 1"), ("5 1 2 1", "sorted"),
-    ("1 3 2 1", "overlaps"), ("10 2", "ends past"), ("a 1", "integer"), ("", "empty field"),
-    ("99999999999999999999999 1", "beyond"),
-])
+@pytest.mark.parametrize(
+    "rle, fragment",
+    [
+        ("1 2 3", "odd number"),
+        ("0 2", "start 0 < 1"),
+        ("1 0", "length 0 < 1"),
+        ("5 1 2 1", "sorted"),
+        ("1 3 2 1", "overlaps"),
+        ("10 2", "ends past"),
+        ("a 1", "integer"),
+        ("", "empty field"),
+        ("99999999999999999999999 1", "beyond"),
+    ],
+)
 def test_malformed_rle_is_named(rle, fragment):
     problems = rle_problems(rle, 10)
     assert problems and fragment in problems[0]
@@ -87,8 +96,7 @@ def test_sample_submission_of_the_competition_format_parses(synth_root):
 def test_check_names_every_problem(synth_root, tmp_path):
     ids = [line.split(",")[0] for line in (synth_root / "sample_submission.csv").read_text().splitlines()[1:]]
     bad = tmp_path / "bad.csv"
-    bad.write_text("record_id,encoded_pixels\n"
-                   f"{ids[0]},1 2 3\n{ids[0]},-\n123,-\n{ids[1]},1024 2\n")
+    bad.write_text(f"record_id,encoded_pixels\n{ids[0]},1 2 3\n{ids[0]},-\n123,-\n{ids[1]},1024 2\n")
     problems = check_submission(bad, synth_root, "test")
     text = "\n".join(problems)
     assert "odd number" in text and "duplicate record_id" in text and "123 is not in split" in text
@@ -99,8 +107,9 @@ def test_check_names_every_problem(synth_root, tmp_path):
     result = CliRunner().invoke(app, ["submission", "check", str(bad), "--data", str(synth_root)])
     assert result.exit_code == 1
     assert len([line for line in result.output.splitlines() if line]) == 6  # 5 problems + the summary
-    ok = CliRunner().invoke(app, ["submission", "check", str(synth_root / "sample_submission.csv"),
-                                  "--data", str(synth_root)])
+    ok = CliRunner().invoke(
+        app, ["submission", "check", str(synth_root / "sample_submission.csv"), "--data", str(synth_root)]
+    )
     assert ok.exit_code == 0, ok.output
 
 

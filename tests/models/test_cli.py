@@ -18,7 +18,9 @@ def test_list_shows_every_model_with_its_size():
     assert result.exit_code == 0, result.output
     for name in models.available():
         assert name in result.output
-    assert "17.02" in result.output and "53.32" in result.output  # ResNet18_U, CoaT_ULSTM, millions of parameters
+    assert (
+        "17.02" in result.output and "53.32" in result.output
+    )  # ResNet18_U, CoaT_ULSTM, millions of parameters
     assert "GFLOPs" not in result.output
 
 

@@ -20,10 +20,23 @@ ORIGINAL_COUNTS = {
 # changes by accident fails here. Change a row when an architecture changes on purpose (e.g. the
 # ResNet-18 rungs' decoder widths); ±2% keeps ResNet18_U's window clear of the neighbouring rungs.
 PARAMS = {
-    "ResNet18_SimplerFCN": 11.247, "ResNet18_Simple": 13.963, "ResNet18_U": 17.022, "ResNet18_ULSTM": 19.646,
-    "CoaT_ULSTM": 53.32, "Unet2D": 14.328, "UnetPlusPlus2D": 15.97, "FPN2D": 13.047, "DeepLabV3Plus2D": 12.329,
-    "MAnet2D": 21.675, "SMP2D": 14.328, "SegCls2D": 14.329, "Unet25D": 27.016, "Unet25DCls": 27.016,
-    "Classifier": 11.177, "Classifier25D": 12.092, "Snapper": 27.447,
+    "ResNet18_SimplerFCN": 11.247,
+    "ResNet18_Simple": 13.963,
+    "ResNet18_U": 17.022,
+    "ResNet18_ULSTM": 19.646,
+    "CoaT_ULSTM": 53.32,
+    "Unet2D": 14.328,
+    "UnetPlusPlus2D": 15.97,
+    "FPN2D": 13.047,
+    "DeepLabV3Plus2D": 12.329,
+    "MAnet2D": 21.675,
+    "SMP2D": 14.328,
+    "SegCls2D": 14.329,
+    "Unet25D": 27.016,
+    "Unet25DCls": 27.016,
+    "Classifier": 11.177,
+    "Classifier25D": 12.092,
+    "Snapper": 27.447,
 }
 
 

@@ -68,9 +68,9 @@ def test_loss_is_lowest_for_logits_at_the_true_edges():
 def test_decoding_argmax_expectation_and_confidence():
     size = 33  # positions map to coordinates p * 33 / 32
     logits = torch.full((1, 4, size), -30.0)
-    logits[0, 0, 4] = 0                       # a single peak
-    logits[0, 1, 8] = logits[0, 1, 9] = 0     # two equal neighbours: halfway
-    logits[0, 2, 20] = 0                      # a peak with a far second mode outside the window
+    logits[0, 0, 4] = 0  # a single peak
+    logits[0, 1, 8] = logits[0, 1, 9] = 0  # two equal neighbours: halfway
+    logits[0, 2, 20] = 0  # a peak with a far second mode outside the window
     logits[0, 2, 30] = -0.5
     logits[0, 3, 25] = 2
     logits[0, 3, 26] = 2 + torch.log(torch.tensor(3.0))  # 1:3 weights: 25.75

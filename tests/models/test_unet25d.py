@@ -36,9 +36,17 @@ def test_pair_conv_is_a_conv3d_with_kernel_2_and_replicate_padding():
 
 def test_collapse_takes_three_frames_to_one_as_the_conv3d_blocks_do():
     torch.manual_seed(2)
-    blocks = nn.Sequential(*[
-        m for _ in range(2) for m in (nn.Conv3d(5, 5, (2, 3, 3), padding=(0, 1, 1), padding_mode="replicate"),
-                                       nn.BatchNorm3d(5), nn.LeakyReLU())])
+    blocks = nn.Sequential(
+        *[
+            m
+            for _ in range(2)
+            for m in (
+                nn.Conv3d(5, 5, (2, 3, 3), padding=(0, 1, 1), padding_mode="replicate"),
+                nn.BatchNorm3d(5),
+                nn.LeakyReLU(),
+            )
+        ]
+    )
     collapse = Conv3dCollapse(5)
     for i in range(2):
         collapse.convs[i].from_conv3d(blocks[3 * i])
@@ -70,7 +78,9 @@ def test_short_sequences_repeat_their_first_frame():
     two = torch.rand(1, 3, 2, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(frame), model(frame[:, :, None].expand(-1, -1, 3, -1, -1)))
-        torch.testing.assert_close(model(two), model(torch.stack([two[:, :, 0], two[:, :, 0], two[:, :, 1]], 2)))
+        torch.testing.assert_close(
+            model(two), model(torch.stack([two[:, :, 0], two[:, :, 0], two[:, :, 1]], 2))
+        )
 
 
 def test_frames_are_resized_to_input_size_and_logits_back():
@@ -102,8 +112,13 @@ def test_unknown_options_are_refused():
 
 
 def test_task_trains_the_hard_head_with_dice_on_the_mask():
-    cfg = build_config({"model": {"name": "Unet25D", "input_size": None}, "aux": {"hard_mask_weight": 1.0},
-                        "loss": [{"name": "soft_bce"}]})
+    cfg = build_config(
+        {
+            "model": {"name": "Unet25D", "input_size": None},
+            "aux": {"hard_mask_weight": 1.0},
+            "loss": [{"name": "soft_bce"}],
+        }
+    )
     task = SegmentationTask(cfg, make())
     batch = {"image": torch.rand(2, 3, 3, 32, 32), "mask": (torch.rand(2, 1, 32, 32) > 0.8).float()}
     batch["soft"] = batch["mask"] * 0.75

@@ -17,14 +17,24 @@ from segladder.training.run import train
 
 @pytest.fixture(scope="module")
 def box_set(tmp_path_factory):
-    return write_box_synth(tmp_path_factory.mktemp("boxes"), n_train=6, n_val=3, size=48, seed=3, max_objects=2)
+    return write_box_synth(
+        tmp_path_factory.mktemp("boxes"), n_train=6, n_val=3, size=48, seed=3, max_objects=2
+    )
 
 
 def tiny_config(s, **over):
     base = {
-        "name": "tiny_boxes", "task": "boxes", "seed": 5,
-        "data": {"images": str(s.images), "train": str(s.train), "val": str(s.val), "crop_size": 32,
-                 "batch_size": 8, "num_workers": 0},
+        "name": "tiny_boxes",
+        "task": "boxes",
+        "seed": 5,
+        "data": {
+            "images": str(s.images),
+            "train": str(s.train),
+            "val": str(s.val),
+            "crop_size": 32,
+            "batch_size": 8,
+            "num_workers": 0,
+        },
         "model": {"name": "Snapper", "encoder": "test_resnet", "hidden": 16, "decoder_layers": 2},
         "optim": {"lr": 1e-3, "schedule": "constant"},
         "trainer": {"max_epochs": 1, "progress": False, "overlays": 2},
@@ -39,10 +49,16 @@ def trained(box_set, tmp_path_factory):
 
 
 def test_shipped_config_is_the_seed_and_picks_the_coco_module(box_set):
-    cfg = load_config(resolve_config_path("snapper"), [f"data.images={box_set.images}",
-                                                      f"data.train={box_set.train}", f"data.val={box_set.val}"])
-    assert (cfg.optim.lr, cfg.data.batch_size, cfg.data.buffer_ratio, cfg.model.kwargs["encoder"]) == \
-        (1e-4, 64, 1.1, "resnet50")
+    cfg = load_config(
+        resolve_config_path("snapper"),
+        [f"data.images={box_set.images}", f"data.train={box_set.train}", f"data.val={box_set.val}"],
+    )
+    assert (cfg.optim.lr, cfg.data.batch_size, cfg.data.buffer_ratio, cfg.model.kwargs["encoder"]) == (
+        1e-4,
+        64,
+        1.1,
+        "resnet50",
+    )
     assert type(build_datamodule(cfg)).__name__ == "BoxesDataModule"
     assert check_experiment(cfg).model.kwargs["in_chans"] == 3
 
@@ -60,8 +76,14 @@ def test_boxes_refuses_mask_models_and_contrails_data(box_set):
 
 def test_training_writes_the_papers_metrics_and_a_picture(trained):
     final = trained.metrics["final"]
-    for key in ("miou", "iou_over_0.9", "edges_within_1px", "edges_within_3px", "corners_within_1px",
-                "corners_within_3px"):
+    for key in (
+        "miou",
+        "iou_over_0.9",
+        "edges_within_1px",
+        "edges_within_3px",
+        "corners_within_1px",
+        "corners_within_3px",
+    ):
         assert 0 <= final[f"val/{key}"] <= 1 and 0 <= final[f"val/rough_{key}"] <= 1
     # The rough boxes are the seeded jitter of the ground truth: never perfect, never far off.
     assert 0.6 < final["val/rough_miou"] < 0.99
@@ -77,24 +99,57 @@ def test_adjust_and_evaluate_from_the_checkpoint(trained, box_set, tmp_path):
     cli = CliRunner()
     ck = str(trained.best_checkpoint)
     rough = tmp_path / "rough.json"
-    assert cli.invoke(app, ["boxes", "jitter", str(box_set.val), "--out", str(rough), "--seed", "1"]).exit_code == 0
+    assert (
+        cli.invoke(app, ["boxes", "jitter", str(box_set.val), "--out", str(rough), "--seed", "1"]).exit_code
+        == 0
+    )
     out = tmp_path / "adjusted.json"
-    r = cli.invoke(app, ["boxes", "adjust", ck, "--images", str(box_set.images), "--boxes", str(rough),
-                         "--out", str(out), "--batch-size", "4"])
+    r = cli.invoke(
+        app,
+        [
+            "boxes",
+            "adjust",
+            ck,
+            "--images",
+            str(box_set.images),
+            "--boxes",
+            str(rough),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     gt, adj = json.loads(box_set.val.read_text()), json.loads(out.read_text())
     assert [a["id"] for a in adj["annotations"]] == [a["id"] for a in gt["annotations"]]
     assert all(len(a["edge_confidence"]) == 4 and a["bbox"][2] >= 0 for a in adj["annotations"])
 
     png = tmp_path / "one.png"
-    r = cli.invoke(app, ["boxes", "adjust", ck, str(box_set.images / "000006.png"), "--box", "5,6,20,18",
-                         "--out", str(png)])
+    r = cli.invoke(
+        app,
+        ["boxes", "adjust", ck, str(box_set.images / "000006.png"), "--box", "5,6,20,18", "--out", str(png)],
+    )
     assert r.exit_code == 0, r.output
     assert len(r.stdout.strip().splitlines()[-1].split(",")) == 4 and png.stat().st_size > 0
 
     ev = tmp_path / "ev"
-    r = cli.invoke(app, ["boxes", "evaluate", ck, "--images", str(box_set.images), "--annotations", str(box_set.val),
-                         "--out", str(ev), "--seed", "5"])
+    r = cli.invoke(
+        app,
+        [
+            "boxes",
+            "evaluate",
+            ck,
+            "--images",
+            str(box_set.images),
+            "--annotations",
+            str(box_set.val),
+            "--out",
+            str(ev),
+            "--seed",
+            "5",
+        ],
+    )
     assert r.exit_code == 0, r.output
     m = json.loads((ev / "metrics.json").read_text())
     # Validation jitters with the experiment seed, so evaluate with the same seed scores the same rough boxes.
@@ -117,7 +172,9 @@ def test_one_box_with_bad_size_is_a_clear_error(trained, box_set):
 
     with pytest.raises(DataError, match="w and h > 0"):
         adjust_single(trained.best_checkpoint, box_set.images / "000006.png", (1, 2, 0, 5))
-    assert np.isfinite(adjust_single(trained.best_checkpoint, box_set.images / "000006.png", (1, 2, 9, 5))[0]).all()
+    assert np.isfinite(
+        adjust_single(trained.best_checkpoint, box_set.images / "000006.png", (1, 2, 9, 5))[0]
+    ).all()
 
 
 def test_onnx_export_matches_pytorch(trained, tmp_path):

@@ -47,15 +47,34 @@ def test_unknown_task_and_optimiser_suggest_the_registered_names():
 def test_the_resolved_config_travels_typed_into_the_task():
     cfg = build_config({"data": {"channels": ["ash", "bands"]}, "model": {"name": "ResNet18_Simple"}})
     task = build_task(cfg)
-    assert task.cfg.model.kwargs["in_chans"] == 3 + 9  # filled from the data's channels, not re-validated from a dict
+    assert (
+        task.cfg.model.kwargs["in_chans"] == 3 + 9
+    )  # filled from the data's channels, not re-validated from a dict
     assert task.cfg.data is cfg.data and "in_chans" not in cfg.model.kwargs
 
 
 def test_cli_refuses_a_classifier_under_the_segmentation_task_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-    proc = subprocess.run([sys.executable, "-m", "segladder", "train", "tiny_synthetic", "--set", "model.name=Classifier",
-                           "task=segmentation", f"data.root={tmp_path}", "--out", str(tmp_path / "run")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "segladder",
+            "train",
+            "tiny_synthetic",
+            "--set",
+            "model.name=Classifier",
+            "task=segmentation",
+            f"data.root={tmp_path}",
+            "--out",
+            str(tmp_path / "run"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 2
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: task 'segmentation'"), proc.stderr
@@ -64,8 +83,9 @@ def test_cli_refuses_a_classifier_under_the_segmentation_task_in_one_line(tmp_pa
 
 
 def test_overrides_are_typed_by_the_field_they_set():
-    assert parse_overrides(["data.root=2023", "data.pseudo_labels=off", "trainer.devices=2", "data.root=null"]) == \
-        {"data": {"root": None, "pseudo_labels": "off"}, "trainer": {"devices": 2}}
+    assert parse_overrides(
+        ["data.root=2023", "data.pseudo_labels=off", "trainer.devices=2", "data.root=null"]
+    ) == {"data": {"root": None, "pseudo_labels": "off"}, "trainer": {"devices": 2}}
     cfg = load_config(None, ["name=2023"], values={"data": {"root": Path("off"), "batch_size": 4}})
     assert cfg.name == "2023" and cfg.data.root == "off" and cfg.data.batch_size == 4
 
@@ -73,10 +93,19 @@ def test_overrides_are_typed_by_the_field_they_set():
 def test_a_dataset_folder_named_2023_trains(train_root, tmp_path, monkeypatch):
     shutil.copytree(train_root, tmp_path / "2023")
     monkeypatch.chdir(tmp_path)
-    cfg = load_config("configs/tiny_synthetic.yaml" if Path("configs").exists() else
-                      Path(__file__).resolve().parents[2] / "configs" / "tiny_synthetic.yaml",
-                      ["data.root=2023", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
-                       "trainer.limit_val_batches=1", "trainer.progress=false", "trainer.overlays=0"])
+    cfg = load_config(
+        "configs/tiny_synthetic.yaml"
+        if Path("configs").exists()
+        else Path(__file__).resolve().parents[2] / "configs" / "tiny_synthetic.yaml",
+        [
+            "data.root=2023",
+            "trainer.max_epochs=1",
+            "trainer.limit_train_batches=2",
+            "trainer.limit_val_batches=1",
+            "trainer.progress=false",
+            "trainer.overlays=0",
+        ],
+    )
     assert cfg.data.root == "2023"
     res = train(cfg, out=tmp_path / "run")
     assert json.loads((res.run_dir / "metrics.json").read_text())["epochs"]
@@ -102,12 +131,20 @@ def test_a_new_task_is_one_registered_class(train_cache, tmp_path):
     """Registering a Task subclass is all it takes: the builder, the callbacks and the run directory take it as it is."""
     if "positive_fraction" not in TASKS:
         TASKS.add("positive_fraction", PositiveFractionTask)
-    cfg = build_config({
-        "task": "positive_fraction", "data": {"root": str(train_cache), "frames": [3, 4], "image_size": 64,
-                                              "batch_size": 8, "num_workers": 0},
-        "model": {"name": "Classifier", "encoder": "resnet18"},
-        "trainer": {"max_epochs": 1, "progress": False, "limit_train_batches": 2, "limit_val_batches": 1},
-    })
+    cfg = build_config(
+        {
+            "task": "positive_fraction",
+            "data": {
+                "root": str(train_cache),
+                "frames": [3, 4],
+                "image_size": 64,
+                "batch_size": 8,
+                "num_workers": 0,
+            },
+            "model": {"name": "Classifier", "encoder": "resnet18"},
+            "trainer": {"max_epochs": 1, "progress": False, "limit_train_batches": 2, "limit_val_batches": 1},
+        }
+    )
     res = train(cfg, out=tmp_path / "run")
     assert "val/neg_mse" in res.metrics["final"] and res.best_checkpoint is not None
     section = torch.load(res.best_checkpoint, weights_only=True)["segladder"]

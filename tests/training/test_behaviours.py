@@ -37,7 +37,9 @@ def test_positives_only_and_train_records_select_the_right_records(train_root, t
 def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """ROC-AUC as the probability that a positive outscores a negative (ties count half)."""
     pos, neg = scores[labels == 1], scores[labels == 0]
-    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+    return float(
+        ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    )
 
 
 def test_classification_task_end_to_end_and_the_epoch_end_loss(train_cache, tmp_path, monkeypatch):
@@ -56,9 +58,18 @@ def test_classification_task_end_to_end_and_the_epoch_end_loss(train_cache, tmp_
 
     monkeypatch.setattr(Task, "training_step", recorded)
     # batch 2 over 24 records: 12 steps, so "the last 10 steps" differs from "the whole epoch".
-    cfg = quick_config(train_cache, **{"task": "classification", "model.name": "Classifier", "data.batch_size": 2,
-                                       "data.train_records": 24, "loss": "[{name: bce}]", "trainer.max_epochs": 1,
-                                       "trainer.overlays": 0})
+    cfg = quick_config(
+        train_cache,
+        **{
+            "task": "classification",
+            "model.name": "Classifier",
+            "data.batch_size": 2,
+            "data.train_records": 24,
+            "loss": "[{name: bce}]",
+            "trainer.max_epochs": 1,
+            "trainer.overlays": 0,
+        },
+    )
     res = train(cfg, out=tmp_path / "cls")
     final = res.metrics["final"]
     assert {"val/acc", "val/auc"} <= set(final) and "val/dice_best" not in final
@@ -78,5 +89,7 @@ def test_classification_task_end_to_end_and_the_epoch_end_loss(train_cache, tmp_
     labels = np.array([int(it["mask"].any()) for it in items])
     assert final["val/acc"] == pytest.approx(((scores > 0.5) == labels).mean(), abs=1e-6)
     assert final["val/auc"] == pytest.approx(_auc(scores, labels), abs=1e-6)
-    with pytest.raises(SegladderError, match="a classification checkpoint; evaluate scores segmentation masks"):
+    with pytest.raises(
+        SegladderError, match="a classification checkpoint; evaluate scores segmentation masks"
+    ):
         evaluate(res.best_checkpoint, train_cache, "validation", tmp_path / "eval", progress=False)

@@ -14,7 +14,9 @@ def test_shipped_configs_validate(path):
         with pytest.raises(ConfigError, match="needs distill.teacher"):
             check_experiment(cfg)
     elif cfg.trainer.precision == "16-mixed" and not torch.cuda.is_available():  # the fp16 recipe is GPU-only
-        with pytest.raises(ConfigError, match=r"^trainer\.precision 16-mixed needs a CUDA device; use 32 or bf16-mixed"):
+        with pytest.raises(
+            ConfigError, match=r"^trainer\.precision 16-mixed needs a CUDA device; use 32 or bf16-mixed"
+        ):
             check_experiment(cfg)
     else:
         check_experiment(cfg)
@@ -31,8 +33,15 @@ def test_16_mixed_is_refused_on_cpu_only():
 
 def test_every_seed_system_has_a_config():
     names = {p.stem for p in CONFIG_DIR.glob("*.yaml")}
-    assert {"resnet18_simplerfcn", "resnet18_simple", "resnet18_u", "resnet18_ulstm", "coat_ulstm",
-            "unet25d", "classifier"} <= names
+    assert {
+        "resnet18_simplerfcn",
+        "resnet18_simple",
+        "resnet18_u",
+        "resnet18_ulstm",
+        "coat_ulstm",
+        "unet25d",
+        "classifier",
+    } <= names
 
 
 def test_overrides_are_typed_and_nested():

@@ -9,8 +9,13 @@ from tests.training.conftest import quick_config
 
 
 def test_two_epochs_on_uint8_batches_match_the_float_path(train_cache, tmp_path, monkeypatch):
-    over = {"model.name": "ResNet18_SimplerFCN", "trainer.limit_train_batches": 3, "trainer.overlays": 1,
-            "data.augment.rot90_p": 0.5, "data.augment.hflip_p": 0.5}
+    over = {
+        "model.name": "ResNet18_SimplerFCN",
+        "trainer.limit_train_batches": 3,
+        "trainer.overlays": 1,
+        "data.augment.rot90_p": 0.5,
+        "data.augment.hflip_p": 0.5,
+    }
     emitted = []
 
     def recording(*args, **kw):

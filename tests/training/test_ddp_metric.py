@@ -20,7 +20,7 @@ def _worker(rank, world, init_file, out_file):
     probs, target = _data()
     metric = ThresholdSweepDice(thresholds=[0.1, 0.3, 0.5])
     for i in range(rank, 10, world):  # each process sees a different half, as DistributedSampler does
-        metric.update(probs[i:i + 1], target[i:i + 1])
+        metric.update(probs[i : i + 1], target[i : i + 1])
     res = metric.compute()
     if rank == 0:
         torch.save({k: v for k, v in res.items()}, out_file)

@@ -64,7 +64,7 @@ def test_min_component_choice_matches_a_hand_computation(tmp_path):
     oof.mkdir()
     p = np.zeros((16, 16), np.float16)
     truth = np.zeros((16, 16), np.float16)
-    p[2:6, 2:6] = 0.9      # a 16-pixel true blob
+    p[2:6, 2:6] = 0.9  # a 16-pixel true blob
     truth[2:6, 2:6] = 1
     p[10:12, 10:13] = 0.8  # a 6-pixel false blob: removed by min sizes >= 10
     np.save(oof / "a.npy", np.stack([p, truth]))
@@ -80,15 +80,25 @@ def test_folds_to_a_submission(train_root, tmp_path):
     shutil.copytree(train_root, data)
     from segladder.data.synth import generate_contrails
 
-    generate_contrails(tmp_path / "with_test", records=2, val_records=0, test_records=3, size=64, seed=9, progress=False)
+    generate_contrails(
+        tmp_path / "with_test", records=2, val_records=0, test_records=3, size=64, seed=9, progress=False
+    )
     shutil.copytree(tmp_path / "with_test" / "test", data / "test", dirs_exist_ok=True)
     _register()
     runner = CliRunner()
     res = runner.invoke(app, ["data", "folds", str(data), "--k", "3", "--out", str(tmp_path / "folds.csv")])
     assert res.exit_code == 0, res.output
-    cfg = quick_config(data, **{"data.folds": str(tmp_path / "folds.csv"), "trainer.max_epochs": 1,
-                                "trainer.limit_train_batches": 2, "model.name": "ResNet18_Simple",
-                                "data.frames": "[3,4]", "trainer.overlays": 0})
+    cfg = quick_config(
+        data,
+        **{
+            "data.folds": str(tmp_path / "folds.csv"),
+            "trainer.max_epochs": 1,
+            "trainer.limit_train_batches": 2,
+            "model.name": "ResNet18_Simple",
+            "data.frames": "[3,4]",
+            "trainer.overlays": 0,
+        },
+    )
     run = tmp_path / "cv"
     first = train_folds(cfg, run, only=[0], progress=False)
     assert first.ensemble is None and (run / "fold_0" / "fold_done.json").exists()
@@ -101,8 +111,20 @@ def test_folds_to_a_submission(train_root, tmp_path):
     summary = json.loads((run / "folds_summary.json").read_text())
     assert summary["mean"] == pytest.approx(np.mean(ens.fold_dice))
     assert read_fold_ensemble(run).threshold == ens.threshold
-    res = runner.invoke(app, ["predict", str(run), "--folds", "--data", str(data), "--split", "test",
-                              "--out", str(tmp_path / "pred")])
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            str(run),
+            "--folds",
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "pred"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     predicted = json.loads((tmp_path / "pred" / "predict.json").read_text())
     assert predicted["threshold"] == pytest.approx(ens.threshold) and len(predicted["models"]) == 3

@@ -73,8 +73,15 @@ class InfGradNet(Tiny):
 def fit(model, tmp_path, data, patience=3, epochs=1):
     from segladder.tasks.segmentation import SegmentationTask
 
-    cfg = quick_config(tmp_path, **{"trainer.nan_patience": patience, "trainer.max_epochs": epochs,
-                                    "trainer.overlays": 0, "optim.schedule": "constant"})
+    cfg = quick_config(
+        tmp_path,
+        **{
+            "trainer.nan_patience": patience,
+            "trainer.max_epochs": epochs,
+            "trainer.overlays": 0,
+            "optim.schedule": "constant",
+        },
+    )
     task = SegmentationTask(cfg, model)
     trainer, guard = build_trainer(cfg, tmp_path / "run", task.monitor)
     trainer.fit(task, DataLoader(data, batch_size=4), DataLoader(Batches(8), batch_size=4))
@@ -112,7 +119,8 @@ def test_repeated_overflow_stops_with_a_diagnosis_naming_the_module(tmp_path):
     for k, v in model.state_dict().items():  # every step was skipped: the weights never moved
         torch.testing.assert_close(v, before[k])
     assert not list((run / "checkpoints").glob("*.ckpt")) or all(
-        _weights_finite(p) for p in (run / "checkpoints").glob("*.ckpt"))
+        _weights_finite(p) for p in (run / "checkpoints").glob("*.ckpt")
+    )
 
 
 def test_non_finite_gradients_are_dropped_and_named(tmp_path):

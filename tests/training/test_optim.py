@@ -42,29 +42,55 @@ def _one_step(name: str) -> dict[str, float]:
 def test_groups_split_encoder_from_decoder_and_decay_from_norms_and_biases():
     opt = build_optimizer(_model(), OptimConfig(lr=LR, weight_decay=WD, encoder_lr_mult=MULT))
     groups = {g["name"]: (len(g["params"]), g["lr"], g["weight_decay"]) for g in opt.param_groups}
-    assert groups == {"encoder": (1, LR * MULT, WD), "encoder_no_decay": (3, LR * MULT, 0.0),
-                      "decoder": (1, LR, WD), "decoder_no_decay": (1, LR, 0.0)}
+    assert groups == {
+        "encoder": (1, LR * MULT, WD),
+        "encoder_no_decay": (3, LR * MULT, 0.0),
+        "decoder": (1, LR, WD),
+        "decoder_no_decay": (1, LR, 0.0),
+    }
 
 
 # Every parameter starts at 1.0 with gradient 0.2; lr 0.1 (encoder 0.025), weight decay 0.5.
 # Adam's first step moves by lr × sign(gradient) (m̂ = g, v̂ = g²; eps aside).
 EXPECTED = {
     # AdamW: decoupled decay p·(1 − lr·wd), then −lr·sign(g).
-    "adamw": {"encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025, "encoder.0.bias": 1 - 0.025,
-              "encoder.1.weight": 1 - 0.025, "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1, "head.bias": 1 - 0.1},
+    "adamw": {
+        "encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025,
+        "encoder.0.bias": 1 - 0.025,
+        "encoder.1.weight": 1 - 0.025,
+        "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1,
+        "head.bias": 1 - 0.1,
+    },
     # Adam: decay is L2 in the gradient (g + wd·p = 0.7 > 0), so the first step is still −lr·sign.
-    "adam": {"encoder.0.weight": 1 - 0.025, "encoder.0.bias": 1 - 0.025, "head.weight": 1 - 0.1, "head.bias": 1 - 0.1},
+    "adam": {
+        "encoder.0.weight": 1 - 0.025,
+        "encoder.0.bias": 1 - 0.025,
+        "head.weight": 1 - 0.1,
+        "head.bias": 1 - 0.1,
+    },
     # RAdam: the variance is not yet trusted on step 1, so it steps by lr·m̂ = lr·g after decoupled decay.
-    "radam": {"encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025 * 0.2, "encoder.0.bias": 1 - 0.025 * 0.2,
-              "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1 * 0.2, "head.bias": 1 - 0.1 * 0.2},
+    "radam": {
+        "encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025 * 0.2,
+        "encoder.0.bias": 1 - 0.025 * 0.2,
+        "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1 * 0.2,
+        "head.bias": 1 - 0.1 * 0.2,
+    },
     # The 2nd place's RAdam + trust ratio + Lookahead: every norm is below 10 (trust ratio 1) and Lookahead
     # first syncs at step 6, so step 1 is RAdam's.
-    "radam_lars_lookahead": {"encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025 * 0.2, "encoder.0.bias": 1 - 0.025 * 0.2,
-                             "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1 * 0.2, "head.bias": 1 - 0.1 * 0.2},
+    "radam_lars_lookahead": {
+        "encoder.0.weight": 1 * (1 - 0.025 * 0.5) - 0.025 * 0.2,
+        "encoder.0.bias": 1 - 0.025 * 0.2,
+        "head.weight": 1 * (1 - 0.1 * 0.5) - 0.1 * 0.2,
+        "head.bias": 1 - 0.1 * 0.2,
+    },
     # SGD, Nesterov momentum 0.9: the first step is lr·(1 + 0.9)·(g + wd·p).
-    "sgd": {"encoder.0.weight": 1 - 0.025 * 1.9 * (0.2 + 0.5), "encoder.0.bias": 1 - 0.025 * 1.9 * 0.2,
-            "encoder.1.bias": 1 - 0.025 * 1.9 * 0.2, "head.weight": 1 - 0.1 * 1.9 * (0.2 + 0.5),
-            "head.bias": 1 - 0.1 * 1.9 * 0.2},
+    "sgd": {
+        "encoder.0.weight": 1 - 0.025 * 1.9 * (0.2 + 0.5),
+        "encoder.0.bias": 1 - 0.025 * 1.9 * 0.2,
+        "encoder.1.bias": 1 - 0.025 * 1.9 * 0.2,
+        "head.weight": 1 - 0.1 * 1.9 * (0.2 + 0.5),
+        "head.bias": 1 - 0.1 * 1.9 * 0.2,
+    },
 }
 
 
@@ -94,8 +120,12 @@ def test_cosine_schedule_with_warm_up():
 
 def test_constant_schedule_is_none_and_onecycle_peaks_at_each_groups_lr():
     model = _model()
-    assert build_scheduler(build_optimizer(model, OptimConfig(schedule="constant")), OptimConfig(schedule="constant"),
-                           10) is None
+    assert (
+        build_scheduler(
+            build_optimizer(model, OptimConfig(schedule="constant")), OptimConfig(schedule="constant"), 10
+        )
+        is None
+    )
     cfg = OptimConfig(lr=LR, encoder_lr_mult=MULT, schedule="onecycle", pct_start=0.4)
     opt = build_optimizer(model, cfg)
     sched = build_scheduler(opt, cfg, total_steps=10)  # the peak falls on step 0.4 × 10 − 1 = 3

@@ -29,7 +29,9 @@ def reference(weights, grads, lrs, decays, steps, k=6, alpha=0.5, clip=10.0):
             v[i] = b2 * v[i] + (1 - b2) * g * g
             rho = rho_inf - 2 * t * b2**t / (1 - b2**t)
             if rho >= 5:
-                r = math.sqrt((1 - b2**t) * (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+                r = math.sqrt(
+                    (1 - b2**t) * (rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho)
+                )
                 update = lrs[i] * r / (1 - b1**t) * m[i] / (np.sqrt(v[i]) + EPS)
             else:
                 update = lrs[i] / (1 - b1**t) * m[i]
@@ -51,8 +53,10 @@ def make_case():
     decayed = torch.randn(30, generator=gen) * 2.5  # ‖w‖ > 10 and weight decay
     grads = [torch.randn(p.shape, generator=gen) for p in (big, small, decayed)]
     params = [torch.nn.Parameter(p.clone()) for p in (big, small, decayed)]
-    groups = [{"params": params[:2], "lr": LR, "weight_decay": 0.0},
-              {"params": params[2:], "lr": LR / 3, "weight_decay": 0.1}]
+    groups = [
+        {"params": params[:2], "lr": LR, "weight_decay": 0.0},
+        {"params": params[2:], "lr": LR / 3, "weight_decay": 0.1},
+    ]
     return params, grads, groups
 
 
@@ -99,7 +103,8 @@ def test_state_dict_round_trip_keeps_the_slow_weights():
     state = copy.deepcopy(opt.state_dict())  # as if written to disk: no tensors shared with `opt`
     copies = [torch.nn.Parameter(p.detach().clone()) for p in params]
     resumed = OPTIMIZERS.get("radam_lars_lookahead")(
-        [{**g, "params": copies[:2] if i == 0 else copies[2:]} for i, g in enumerate(groups)], cfg)
+        [{**g, "params": copies[:2] if i == 0 else copies[2:]} for i, g in enumerate(groups)], cfg
+    )
     resumed.load_state_dict(state)
     for _ in range(6):  # past the next Lookahead sync at step 12
         step(opt, params)
@@ -110,8 +115,15 @@ def test_state_dict_round_trip_keeps_the_slow_weights():
 
 def test_one_cycle_cycles_beta1_against_the_lr():
     p = torch.nn.Parameter(torch.zeros(3))
-    cfg = OptimConfig(name="radam_lars_lookahead", lr=3.5e-4, weight_decay=0.0, pct_start=0.1,
-                      cycle_momentum=True, momentum_range=(0.85, 0.95), final_div_factor=4000)
+    cfg = OptimConfig(
+        name="radam_lars_lookahead",
+        lr=3.5e-4,
+        weight_decay=0.0,
+        pct_start=0.1,
+        cycle_momentum=True,
+        momentum_range=(0.85, 0.95),
+        final_div_factor=4000,
+    )
     opt = OPTIMIZERS.get(cfg.name)([{"params": [p], "lr": cfg.lr, "weight_decay": 0.0}], cfg)
     sched = build_scheduler(opt, cfg, total_steps=100)
     lrs, beta1s = [], []
@@ -142,10 +154,21 @@ def test_coat_ulstm_config_is_the_second_place_recipe():
 
 def test_training_steps_with_the_second_place_optimiser_and_augmentation(train_cache, tmp_path):
     recipe = load_config(CONFIG_DIR / "coat_ulstm.yaml")
-    cfg = quick_config(train_cache, **{"trainer.max_epochs": 1, "trainer.limit_train_batches": 3,
-                                       "trainer.overlays": 0, "trainer.gradient_clip_val": 3.0})
-    cfg = cfg.model_copy(update={"optim": recipe.optim.model_copy(update={"lr": 1e-3}),
-                                 "data": cfg.data.model_copy(update={"augment": recipe.data.augment})})
+    cfg = quick_config(
+        train_cache,
+        **{
+            "trainer.max_epochs": 1,
+            "trainer.limit_train_batches": 3,
+            "trainer.overlays": 0,
+            "trainer.gradient_clip_val": 3.0,
+        },
+    )
+    cfg = cfg.model_copy(
+        update={
+            "optim": recipe.optim.model_copy(update={"lr": 1e-3}),
+            "data": cfg.data.model_copy(update={"augment": recipe.data.augment}),
+        }
+    )
     res = train(cfg, out=tmp_path / "run")
     hist = res.metrics["epochs"]
     assert len(hist) == 1 and math.isfinite(hist[0]["train/loss_epoch"])

@@ -27,9 +27,22 @@ def _env(**extra) -> dict:
 
 @pytest.mark.slow
 def test_two_process_ddp_run_writes_one_run_directory(train_root, tmp_path):
-    cmd = [sys.executable, "-m", "segladder", "train", "tiny_synthetic", "--set", f"data.root={train_root}",
-           "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp", "trainer.max_epochs=1",
-           "trainer.progress=false", "trainer.overlays=1", "model.name=ResNet18_Simple"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "segladder",
+        "train",
+        "tiny_synthetic",
+        "--set",
+        f"data.root={train_root}",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "trainer.overlays=1",
+        "model.name=ResNet18_Simple",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     runs = list((tmp_path / "runs" / "tiny_synthetic").iterdir())
@@ -37,7 +50,9 @@ def test_two_process_ddp_run_writes_one_run_directory(train_root, tmp_path):
     metrics = json.loads((runs[0] / "metrics.json").read_text())
     assert metrics["world_size"] == 2
     final = metrics["final"]
-    assert all(v == v and abs(v) != float("inf") for k, v in final.items() if k.startswith(("val/", "train/")))
+    assert all(
+        v == v and abs(v) != float("inf") for k, v in final.items() if k.startswith(("val/", "train/"))
+    )
     assert "16 samples per optimiser step" in " ".join((proc.stdout + proc.stderr).split())
     assert (runs[0] / "checkpoints" / "best.ckpt").exists()
     assert proc.stdout.count(str(runs[0].name)) == 1  # one summary, from rank 0
@@ -55,7 +70,9 @@ def test_processes_started_together_must_share_an_out_folder(monkeypatch, tmp_pa
 
 
 def test_batch_summary_states_the_effective_batch_and_the_lr_rule():
-    cfg = build_config({"data": {"batch_size": 8}, "trainer": {"accumulate_grad_batches": 2}, "optim": {"lr": 1e-3}})
+    cfg = build_config(
+        {"data": {"batch_size": 8}, "trainer": {"accumulate_grad_batches": 2}, "optim": {"lr": 1e-3}}
+    )
     line = batch_summary(cfg, world_size=4)
     assert "8 per device × 2 accumulated × 4 process(es) = 64 samples" in line and "lr × 4" in line
     assert "lr ×" not in batch_summary(cfg, world_size=1)
@@ -96,12 +113,31 @@ def test_cloud_script_end_to_end_with_a_standin_kaggle(train_root, tmp_path):
     kaggle.chmod(kaggle.stat().st_mode | stat.S_IEXEC)
     shutil.copytree(REPO / "configs", work / "configs")  # the script tars the working folder as "the code"
     secret = "s3cr3t-kaggle-key-value"
-    env = _env(HOME=str(home), KAGGLE_USERNAME="someone", KAGGLE_KEY=secret, STANDIN_LOG=str(tmp_path / "kaggle.log"),
-               STANDIN_DATA=str(train_root))
+    env = _env(
+        HOME=str(home),
+        KAGGLE_USERNAME="someone",
+        KAGGLE_KEY=secret,
+        STANDIN_LOG=str(tmp_path / "kaggle.log"),
+        STANDIN_DATA=str(train_root),
+    )
     env["PATH"] = f"{bin_dir}{os.pathsep}{env['PATH']}"
-    cmd = ["bash", str(REPO / "scripts" / "cloud_train.sh"), "--skip-install", "--gpus", "0", "--config", "tiny_synthetic",
-           "--dataset-slug", "someone/contrails-model", "--", "trainer.max_epochs=1", "trainer.progress=false",
-           "trainer.overlays=0", "trainer.limit_train_batches=2", "model.name=ResNet18_Simple"]
+    cmd = [
+        "bash",
+        str(REPO / "scripts" / "cloud_train.sh"),
+        "--skip-install",
+        "--gpus",
+        "0",
+        "--config",
+        "tiny_synthetic",
+        "--dataset-slug",
+        "someone/contrails-model",
+        "--",
+        "trainer.max_epochs=1",
+        "trainer.progress=false",
+        "trainer.overlays=0",
+        "trainer.limit_train_batches=2",
+        "model.name=ResNet18_Simple",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=600)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-3000:]
@@ -114,22 +150,55 @@ def test_cloud_script_end_to_end_with_a_standin_kaggle(train_root, tmp_path):
     assert secret not in out and secret not in log
     assert stat.S_IMODE((home / ".kaggle" / "kaggle.json").stat().st_mode) == 0o600
     # Pre-empted and started again: nothing is downloaded twice, training continues the same run.
-    again = subprocess.run(cmd[:-6] + ["--no-upload", "--"] + cmd[-5:], capture_output=True, text=True, env=env,
-                           cwd=work, timeout=600)
+    again = subprocess.run(
+        cmd[:-6] + ["--no-upload", "--"] + cmd[-5:],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=work,
+        timeout=600,
+    )
     assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
     assert "already downloaded" in again.stdout and "resuming runs/cloud/tiny_synthetic" in again.stdout
     assert (tmp_path / "kaggle.log").read_text().count("competitions download") == 1
 
 
 def test_cloud_script_dry_run_prints_the_plan(tmp_path):
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "cloud_train.sh"), "--dry-run", "--config", "coat_ulstm",
-                           "--gpus", "8", "--dataset-slug", "me/model"], capture_output=True, text=True,
-                          env=_env(HOME=str(tmp_path)), cwd=tmp_path, timeout=60)
+    proc = subprocess.run(
+        [
+            "bash",
+            str(REPO / "scripts" / "cloud_train.sh"),
+            "--dry-run",
+            "--config",
+            "coat_ulstm",
+            "--gpus",
+            "8",
+            "--dataset-slug",
+            "me/model",
+        ],
+        capture_output=True,
+        text=True,
+        env=_env(HOME=str(tmp_path)),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
-    for expected in ("pip install", "kaggle competitions download", "segladder models fetch coat_ulstm",
-                     "segladder data prepare", "trainer.devices=8 trainer.strategy=ddp", "kaggle datasets create"):
+    for expected in (
+        "pip install",
+        "kaggle competitions download",
+        "segladder models fetch coat_ulstm",
+        "segladder data prepare",
+        "trainer.devices=8 trainer.strategy=ddp",
+        "kaggle datasets create",
+    ):
         assert expected in proc.stdout
     assert not (tmp_path / "data").exists()  # a dry run runs nothing
-    bad = subprocess.run(["bash", str(REPO / "scripts" / "cloud_train.sh"), "--gpus", "many"], capture_output=True,
-                         text=True, env=_env(HOME=str(tmp_path)), cwd=tmp_path, timeout=60)
+    bad = subprocess.run(
+        ["bash", str(REPO / "scripts" / "cloud_train.sh"), "--gpus", "many"],
+        capture_output=True,
+        text=True,
+        env=_env(HOME=str(tmp_path)),
+        cwd=tmp_path,
+        timeout=60,
+    )
     assert bad.returncode == 2 and "--gpus 'many'" in bad.stderr

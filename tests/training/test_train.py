@@ -25,8 +25,16 @@ def test_tiny_model_learns_and_writes_the_run_directory(train_cache, tmp_path):
     # An all-empty prediction scores 0 on a validation split with contrails; learning clears it well.
     assert res.metrics["final"]["val/dice_best"] > 0.25, hist
     assert hist[-1]["train/loss_epoch"] < hist[0]["train/loss_epoch"]
-    for name in ("config.yaml", "environment.json", "metrics.json", "curves.png", "threshold_curve.png",
-                 "checkpoints/best.ckpt", "checkpoints/last.ckpt", "overlays/epoch_005.png"):
+    for name in (
+        "config.yaml",
+        "environment.json",
+        "metrics.json",
+        "curves.png",
+        "threshold_curve.png",
+        "checkpoints/best.ckpt",
+        "checkpoints/last.ckpt",
+        "overlays/epoch_005.png",
+    ):
         assert (run / name).is_file(), name
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))
     env = json.loads((run / "environment.json").read_text())
@@ -37,10 +45,13 @@ def test_tiny_model_learns_and_writes_the_run_directory(train_cache, tmp_path):
     assert best["segladder"]["stats"]["channels"] == ["ash_r", "ash_g", "ash_b"]
     best_dice = max(h["val/dice_best"] for h in hist)
     assert best["segladder"]["threshold"] == pytest.approx(
-        next(h["val/threshold"] for h in hist if h["val/dice_best"] == best_dice))
+        next(h["val/threshold"] for h in hist if h["val/dice_best"] == best_dice)
+    )
 
     # evaluate re-scores the best checkpoint on the same split and gets the same global Dice.
-    ev = evaluate(run / "checkpoints" / "best.ckpt", train_cache, "validation", tmp_path / "eval", progress=False)
+    ev = evaluate(
+        run / "checkpoints" / "best.ckpt", train_cache, "validation", tmp_path / "eval", progress=False
+    )
     assert ev.dice_best == pytest.approx(best_dice, abs=1e-6)
     assert ev.dice_stored == pytest.approx(best_dice, abs=1e-6)
     rows = (tmp_path / "eval" / "per_record.csv").read_text().splitlines()
@@ -53,10 +64,24 @@ def test_cli_prints_the_run_directory_last(train_cache, tmp_path):
 
     _register()
     out = tmp_path / "cli-run"
-    res = CliRunner().invoke(app, ["train", "--set", f"data.root={train_cache}", "data.frames=[3,4]",
-                                   "data.image_size=64", "data.num_workers=0", "trainer.max_epochs=1",
-                                   "trainer.progress=false", "trainer.limit_train_batches=2", "trainer.overlays=0",
-                                   "model.name=ResNet18_SimplerFCN", "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "train",
+            "--set",
+            f"data.root={train_cache}",
+            "data.frames=[3,4]",
+            "data.image_size=64",
+            "data.num_workers=0",
+            "trainer.max_epochs=1",
+            "trainer.progress=false",
+            "trainer.limit_train_batches=2",
+            "trainer.overlays=0",
+            "model.name=ResNet18_SimplerFCN",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert res.output.strip().splitlines()[-1] == str(out)
 
@@ -76,15 +101,26 @@ def _final_state(run: Path) -> dict:
 
 
 def test_killed_then_resumed_matches_an_uninterrupted_run(train_cache, tmp_path):
-    sets = [f"data.root={train_cache}", "data.frames=[3,4]", "data.image_size=64", "data.num_workers=0",
-            "trainer.max_epochs=4", "trainer.progress=false", "trainer.overlays=0", "model.name=ResNet18_SimplerFCN",
-            "data.augment.rot90_p=0.5", "seed=5"]
+    sets = [
+        f"data.root={train_cache}",
+        "data.frames=[3,4]",
+        "data.image_size=64",
+        "data.num_workers=0",
+        "trainer.max_epochs=4",
+        "trainer.progress=false",
+        "trainer.overlays=0",
+        "model.name=ResNet18_SimplerFCN",
+        "data.augment.rot90_p=0.5",
+        "seed=5",
+    ]
     cmd = [sys.executable, "-m", "segladder.cli", "train", "--set", *sets]
     full = tmp_path / "full"
     subprocess.run([*cmd, "--out", str(full)], check=True, capture_output=True, timeout=600)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 300
     metrics = killed / "metrics.json"
     while time.time() < deadline and proc.poll() is None:  # kill during the third epoch
@@ -123,9 +159,18 @@ def test_resume_needs_a_checkpoint(tmp_path, train_cache):
 
 def test_two_process_ddp_run_reports_the_global_dice(train_cache, tmp_path):
     """Lightning DDP on CPU (gloo): each process validates half the records, the logged Dice is global."""
-    cfg = quick_config(train_cache, **{"trainer.max_epochs": 2, "trainer.accelerator": "cpu", "trainer.devices": 2,
-                                       "trainer.strategy": "ddp_spawn", "model.name": "ResNet18_SimplerFCN",
-                                       "model.upsample": 1, "trainer.overlays": 0})
+    cfg = quick_config(
+        train_cache,
+        **{
+            "trainer.max_epochs": 2,
+            "trainer.accelerator": "cpu",
+            "trainer.devices": 2,
+            "trainer.strategy": "ddp_spawn",
+            "model.name": "ResNet18_SimplerFCN",
+            "model.upsample": 1,
+            "trainer.overlays": 0,
+        },
+    )
     res = train(cfg, out=tmp_path / "ddp")
     hist = res.metrics["epochs"]
     best = max(h["val/dice_best"] for h in hist)
@@ -140,12 +185,32 @@ def test_pseudo_labels_join_the_training_data(train_cache, tmp_path):
     from segladder.data.module import ContrailsDataModule
     from segladder.inference.pseudo import pseudo_label
 
-    teacher = train(quick_config(train_cache, **{"trainer.max_epochs": 1, "model.name": "ResNet18_SimplerFCN",
-                                                 "model.upsample": 1, "trainer.overlays": 0}), out=tmp_path / "t")
-    labels = pseudo_label([teacher.best_checkpoint], train_cache, tmp_path / "pseudo", split="validation", progress=False)
-    cfg = quick_config(train_cache, **{"data.pseudo_labels": str(labels.out), "data.pseudo_threshold": 0.3,
-                                       "trainer.max_epochs": 1, "model.name": "ResNet18_SimplerFCN",
-                                       "model.upsample": 1, "trainer.overlays": 0})
+    teacher = train(
+        quick_config(
+            train_cache,
+            **{
+                "trainer.max_epochs": 1,
+                "model.name": "ResNet18_SimplerFCN",
+                "model.upsample": 1,
+                "trainer.overlays": 0,
+            },
+        ),
+        out=tmp_path / "t",
+    )
+    labels = pseudo_label(
+        [teacher.best_checkpoint], train_cache, tmp_path / "pseudo", split="validation", progress=False
+    )
+    cfg = quick_config(
+        train_cache,
+        **{
+            "data.pseudo_labels": str(labels.out),
+            "data.pseudo_threshold": 0.3,
+            "trainer.max_epochs": 1,
+            "model.name": "ResNet18_SimplerFCN",
+            "model.upsample": 1,
+            "trainer.overlays": 0,
+        },
+    )
     dm = ContrailsDataModule(cfg.data, cfg.seed)
     dm.setup("fit")
     assert len(dm.train_set) == 40 + 12
@@ -162,8 +227,15 @@ def test_auxiliary_head_and_positives_only_segmentation_loss(train_cache, tmp_pa
     """Seed 001: SegCls2D trains its classification head, and the mask loss sees positive records only."""
     from segladder.training.build import build_task
 
-    cfg = quick_config(train_cache, **{"model.name": "SegCls2D", "aux.cls_weight": 0.5,
-                                       "aux.seg_on_positives_only": True, "trainer.max_epochs": 1})
+    cfg = quick_config(
+        train_cache,
+        **{
+            "model.name": "SegCls2D",
+            "aux.cls_weight": 0.5,
+            "aux.seg_on_positives_only": True,
+            "trainer.max_epochs": 1,
+        },
+    )
     task = build_task(cfg).eval()  # batch-norm statistics independent of the batch
     g = torch.Generator().manual_seed(0)
     image = torch.rand(4, 3, 2, 64, 64, generator=g)
@@ -181,6 +253,10 @@ def test_auxiliary_head_and_positives_only_segmentation_loss(train_cache, tmp_pa
     empty_loss, empty_parts = task.compute_loss({"image": image[[0, 2]], "mask": mask[[0, 2]]})
     assert set(empty_parts) == {"cls"} and torch.isfinite(empty_loss)
     loss.backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in task.model.named_parameters() if "classification" in n)
+    assert any(
+        p.grad is not None and p.grad.abs().sum() > 0
+        for n, p in task.model.named_parameters()
+        if "classification" in n
+    )
     res = train(cfg, out=tmp_path / "aux")
     assert "train/cls" in res.metrics["final"]
