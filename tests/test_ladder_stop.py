@@ -26,7 +26,7 @@ def trained(monkeypatch):
 
     calls: list[str] = []
 
-    def fake_train(cfg, out=None, resume=None):
+    def fake_train(cfg, out=None, resume=None, callbacks=()):
         calls.append(cfg.model.name)
         end, epoch, f1 = HISTORIES[cfg.model.name]
         row = {"epoch": 0, "train/loss_end": end, "train/loss_epoch": epoch, "val/dice_best": f1}
@@ -37,7 +37,7 @@ def trained(monkeypatch):
 
 
 def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path):
-    result = run_ladder(build_config({}), tmp_path, RUNGS)
+    result = run_ladder(build_config({}), tmp_path, RUNGS, profile="seed")  # the seed's absolute gates
     assert trained == ["ResNet18_SimplerFCN", "ResNet18_Simple"]
     assert result.stopped_at == "ResNet18_Simple"
     assert [r.status for r in result.rungs] == ["passed", "failed"]
@@ -46,6 +46,6 @@ def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path):
 
 
 def test_keep_going_trains_every_rung(trained, tmp_path):
-    result = run_ladder(build_config({}), tmp_path, RUNGS, keep_going=True)
+    result = run_ladder(build_config({}), tmp_path, RUNGS, keep_going=True, profile="seed")
     assert trained == list(RUNGS) and result.stopped_at is None
     assert [r.status for r in result.rungs] == ["passed", "failed", "passed"]

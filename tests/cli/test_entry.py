@@ -92,7 +92,7 @@ def test_ctrl_c_during_training_names_the_resume_command(cli_data, tmp_path):
         "--set",
         f"data.root={cli_data['cache']}",
         "data.image_size=32",
-        "model.name=ResNet18_SimplerFCN",
+        "model.name=ResNet18_U",
         "trainer.max_epochs=500",
         "trainer.progress=false",
         "trainer.overlays=0",

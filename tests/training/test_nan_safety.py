@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from segladder.errors import DiskFullError
 from segladder.training.build import build_trainer
 from segladder.training.callbacks import AtomicCheckpointIO, FiniteModelCheckpoint
 from tests.training.conftest import quick_config
@@ -157,7 +158,7 @@ def test_full_disk_leaves_the_previous_checkpoint_intact(tmp_path, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(DiskFullError, match="disk full writing .*last.ckpt"):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, path)
     monkeypatch.setattr(torch, "save", real_save)
     assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))

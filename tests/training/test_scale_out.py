@@ -41,7 +41,7 @@ def test_two_process_ddp_run_writes_one_run_directory(train_root, tmp_path):
         "trainer.max_epochs=1",
         "trainer.progress=false",
         "trainer.overlays=1",
-        "model.name=ResNet18_Simple",
+        "model.name=ResNet18_U",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -136,7 +136,7 @@ def test_cloud_script_end_to_end_with_a_standin_kaggle(train_root, tmp_path):
         "trainer.progress=false",
         "trainer.overlays=0",
         "trainer.limit_train_batches=2",
-        "model.name=ResNet18_Simple",
+        "model.name=ResNet18_U",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=600)
     out = proc.stdout + proc.stderr
