@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from segladder.config import ExperimentConfig
 from segladder.errors import ConfigError
 from segladder.inference.checkpoint import CHECKPOINT_KEY, CHECKPOINT_VERSION
+from segladder.losses import build_loss
 from segladder.optim import build_optimizer, build_scheduler
 from segladder.registry import Registry
 
@@ -142,6 +143,18 @@ class Task(L.LightningModule):
             "config": self.cfg.model_dump(mode="json"),
             **self.checkpoint_section(),
         }
+
+
+class LossTask(Task):
+    """A task trained with the experiment's `loss` section: a weighted sum of registered loss terms."""
+
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        build_loss(cfg.loss)  # a bad loss term is reported before the model is built
+
+    def __init__(self, cfg: ExperimentConfig, model: nn.Module):
+        super().__init__(cfg, model)
+        self.loss = build_loss(cfg.loss)
 
 
 def require_task(pl_module: L.LightningModule, user: str) -> Task:

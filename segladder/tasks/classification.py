@@ -6,13 +6,12 @@ import torch
 from torch import Tensor, nn
 
 from segladder.config import ExperimentConfig
-from segladder.losses import build_loss
 from segladder.metrics import ClassificationMetrics
-from segladder.tasks.base import TASKS, Task
+from segladder.tasks.base import TASKS, LossTask
 
 
 @TASKS.register("classification")
-class ClassificationTask(Task):
+class ClassificationTask(LossTask):
     """Trains a label model; the target is whether the record's mask has any pixel. Validation: AUC, accuracy.
 
     Args:
@@ -23,13 +22,8 @@ class ClassificationTask(Task):
     accepts = ("label",)
     monitor = "val/auc"
 
-    @classmethod
-    def check(cls, cfg: ExperimentConfig) -> None:
-        build_loss(cfg.loss)  # a bad loss term is reported before the model is built
-
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__(cfg, model)
-        self.loss = build_loss(cfg.loss)
         self.val_metric = ClassificationMetrics(from_logits=True)
 
     @staticmethod

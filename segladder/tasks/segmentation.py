@@ -11,11 +11,11 @@ from segladder.config import ExperimentConfig, LossTerm
 from segladder.errors import ConfigError
 from segladder.losses import build_loss
 from segladder.metrics import ThresholdSweepDice
-from segladder.tasks.base import TASKS, Task
+from segladder.tasks.base import TASKS, LossTask
 
 
 @TASKS.register("segmentation")
-class SegmentationTask(Task):
+class SegmentationTask(LossTask):
     """Trains a mask model; validation sweeps thresholds over all pixels (global Dice, domain-facts §3).
 
     With `aux.cls_weight` > 0 or `aux.seg_on_positives_only`, seed 001's segmenter with a classification
@@ -29,13 +29,8 @@ class SegmentationTask(Task):
     accepts = ("mask",)
     monitor = "val/dice_best"
 
-    @classmethod
-    def check(cls, cfg: ExperimentConfig) -> None:
-        build_loss(cfg.loss)  # a bad loss term is reported before the model is built
-
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__(cfg, model)
-        self.loss = build_loss(cfg.loss)
         self.hard_loss = build_loss([LossTerm(name="dice", target="mask")])
         self.val_metric = ThresholdSweepDice(from_logits=True)
         self.threshold = 0.5
