@@ -279,7 +279,9 @@ def pseudo_label_cmd(
 
 @export_app.command("onnx")
 def export_onnx_cmd(
-    checkpoint: Path = typer.Argument(..., help="Checkpoint to export."),
+    checkpoint: Path = typer.Argument(
+        ..., help="Checkpoint to export (with --folds: a `train --folds` run directory)."
+    ),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
     data: Path = typer.Option(
         None, "--data", help=f"{_DATA_HELP} When given, parity is also checked on real records."
@@ -290,11 +292,19 @@ def export_onnx_cmd(
     atol: float = typer.Option(
         1e-4, "--atol", min=0.0, help="Largest allowed |ONNX − PyTorch| on probabilities."
     ),
+    folds: bool = typer.Option(
+        False,
+        "--folds",
+        help="Export the fold ensemble of a `train --folds` run as one model (mean probability, "
+        "out-of-fold threshold).",
+    ),
 ) -> None:
     """Export to ONNX (dynamic batch; input contract and threshold in the metadata) and check parity with PyTorch."""
     from segladder.inference.export import export_onnx
 
-    res = export_onnx(checkpoint, out, data=data, split=split, check_records=records, opset=opset, atol=atol)
+    res = export_onnx(
+        checkpoint, out, data=data, split=split, check_records=records, opset=opset, atol=atol, folds=folds
+    )
     real = (
         "no --data given"
         if res.max_abs_diff_real is None

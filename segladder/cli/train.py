@@ -83,19 +83,31 @@ def train(
 
 @app.command("evaluate")
 def evaluate(
-    checkpoint: Path = typer.Argument(..., help="A best.ckpt or last.ckpt from a run directory."),
+    checkpoint: Path = typer.Argument(
+        ..., help="A best.ckpt or last.ckpt from a run directory (with --folds: a `train --folds` run)."
+    ),
     data: Path = typer.Option(..., "--data", help="Raw dataset root or prepared cache."),
     split: str = typer.Option("validation", "--split", help="Split to score."),
     out: Path = typer.Option(None, "--out", help="Output folder (default: <run>/eval-<split>/)."),
     batch_size: int = typer.Option(16, "--batch-size", help="Batch size."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when present)."),
+    folds: bool = typer.Option(
+        False,
+        "--folds",
+        help="CHECKPOINT is one run of `train --folds`: score its fold ensemble at the out-of-fold "
+        "threshold and component size.",
+    ),
 ) -> None:
     """Global Dice at the stored and the best threshold, per-record Dice CSV and the threshold curve PNG."""
     from segladder.inference.evaluate import evaluate as run_eval
 
-    r = run_eval(checkpoint, data, split, out, batch_size, device)
+    r = run_eval(checkpoint, data, split, out, batch_size, device, folds=folds)
     typer.echo(f"{r.records} records of {split}")
     typer.echo(f"global Dice at the stored threshold {r.stored_threshold:.2f}: {r.dice_stored:.4f}")
+    if r.dice_postprocessed is not None:
+        typer.echo(
+            f"global Dice there after removing components < {r.min_component} px: {r.dice_postprocessed:.4f}"
+        )
     typer.echo(f"global Dice at the best threshold   {r.best_threshold:.2f}: {r.dice_best:.4f}")
     typer.echo(
         f"written: {r.out / 'metrics.json'}, {r.out / 'per_record.csv'}, {r.out / 'threshold_curve.png'}"

@@ -1,4 +1,4 @@
-"""`evaluate`: global Dice of a checkpoint at its stored and its best threshold, per-record Dice, curve PNG."""
+"""`evaluate`: global Dice of a checkpoint or a fold ensemble at its stored and its best threshold, per-record Dice, curve PNG."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from segladder.data.datasets import dataset_from_config
 from segladder.errors import DataError
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.errors import CheckpointError
+from segladder.inference.inputs import Inputs
+from segladder.inference.postprocess import binarize, remove_small_components
+from segladder.inference.segmenters import Ensemble, TorchSegmenter, resolve_device
 from segladder.io import atomic_path, atomic_write_json
 from segladder.metrics import ThresholdSweepDice, per_record_dice
 from segladder.progress import progress_bar
@@ -28,6 +28,9 @@ class Evaluation:
     best_threshold: float
     records: int
     out: Path
+    # Fold ensembles only: Dice at the out-of-fold threshold after removing the OOF-chosen small components.
+    min_component: int = 0
+    dice_postprocessed: float | None = None
 
 
 def evaluate(
@@ -38,35 +41,75 @@ def evaluate(
     batch_size: int = 16,
     device: str | None = None,
     progress: bool = True,
+    folds: bool = False,
 ) -> Evaluation:
-    ck = load_checkpoint(checkpoint)
-    if ck.task != "segmentation":
-        raise CheckpointError(f"{checkpoint}: a {ck.task} checkpoint; evaluate scores segmentation masks.")
-    ds = dataset_from_config(ck.config.data, split, root=data, stats=ck.stats)
-    if not ds.has_mask:
+    """Score one checkpoint, or with `folds` the fold ensemble of a `train --folds` run directory.
+
+    A fold ensemble averages its folds' probabilities; its stored threshold and minimum component size
+    are the out-of-fold choices, so the figures are those `predict RUN --folds` would reach.
+    """
+    dev = resolve_device(device)
+    min_component = 0
+    if folds:
+        from segladder.inference.folds import read_fold_ensemble
+
+        fold_ensemble = read_fold_ensemble(checkpoint)
+        paths = fold_ensemble.checkpoints
+        min_component = fold_ensemble.min_component
+        default_out = Path(checkpoint) / f"eval-{split}"
+    else:
+        paths = [checkpoint]
+        default_out = Path(checkpoint).resolve().parent.parent / f"eval-{split}"
+    members = []
+    for path in paths:
+        ck = load_checkpoint(path)
+        if ck.task != "segmentation":
+            raise CheckpointError(f"{path}: a {ck.task} checkpoint; evaluate scores segmentation masks.")
+        members.append(TorchSegmenter(ck, dev))
+    ensemble = Ensemble(members)
+    stored_threshold = fold_ensemble.threshold if folds else ensemble.threshold
+    inputs = Inputs(ensemble.specs, data, split, batch_size=batch_size)
+    if not inputs.has_mask:
         raise DataError(f"split '{split}' of {data} has no masks to evaluate against.")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = ck.model.to(dev)
-    out = Path(out) if out else Path(checkpoint).resolve().parent.parent / f"eval-{split}"
+    out = Path(out) if out else default_out
     out.mkdir(parents=True, exist_ok=True)
     # The default 0.01 grid plus the stored threshold, so both figures come from one pass.
-    grid = sorted({round(k / 100, 2) for k in range(1, 100)} | {ck.threshold})
+    grid = sorted({round(k / 100, 2) for k in range(1, 100)} | {stored_threshold})
     sweep = ThresholdSweepDice(thresholds=grid)
     rows: list[tuple[str, float, float, int, int]] = []
-    loader = DataLoader(ds, batch_size=batch_size)
-    with progress_bar(disable=not progress) as bar, torch.no_grad():
-        task = bar.add_task(f"evaluating {split}", total=len(ds))
-        for batch in loader:
-            probs = torch.sigmoid(model(batch["image"].to(dev)).float()).cpu()
-            sweep.update(probs, batch["mask"])
-            per = per_record_dice(probs, batch["mask"], ck.threshold)
-            for rid, dice, p, m in zip(batch["record_id"], per, probs, batch["mask"], strict=True):
-                rows.append((rid, float(dice), float(p.max()), int((p > ck.threshold).sum()), int(m.sum())))
-            bar.advance(task, len(batch["record_id"]))
+    overlap = predicted = true = 0  # global Dice after component removal
+    with progress_bar(disable=not progress) as bar:
+        task = bar.add_task(f"evaluating {split}", total=len(inputs))
+        for batch in inputs.batches():
+            probs = ensemble.probs(batch.images)
+            sweep.update(probs, batch.mask)
+            per = per_record_dice(probs, batch.mask, stored_threshold)
+            for rid, dice, p, m in zip(batch.record_ids, per, probs, batch.mask, strict=True):
+                rows.append(
+                    (rid, float(dice), float(p.max()), int((p > stored_threshold).sum()), int(m.sum()))
+                )
+                if folds:
+                    kept = (
+                        remove_small_components(binarize(p[0].numpy(), stored_threshold), min_component) > 0
+                    )
+                    truth = m[0].numpy() > 0.5
+                    overlap += int((kept & truth).sum())
+                    predicted, true = predicted + int(kept.sum()), true + int(truth.sum())
+            bar.advance(task, len(batch.record_ids))
     res = sweep.compute()
     th, curve = res["thresholds"].numpy(), res["curve"].numpy()
-    stored = float(curve[np.argmin(np.abs(th - ck.threshold))])
-    result = Evaluation(stored, ck.threshold, float(res["dice_best"]), float(res["threshold"]), len(ds), out)
+    stored = float(curve[np.argmin(np.abs(th - stored_threshold))])
+    post = (2 * overlap / (predicted + true) if predicted + true else 1.0) if folds else None
+    result = Evaluation(
+        stored,
+        stored_threshold,
+        float(res["dice_best"]),
+        float(res["threshold"]),
+        len(inputs),
+        out,
+        min_component,
+        post,
+    )
     with atomic_path(out / "per_record.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["record_id", "dice", "max_prob", "pred_pixels", "true_pixels"])
@@ -75,19 +118,24 @@ def evaluate(
         out / "metrics.json",
         {
             "checkpoint": str(checkpoint),
+            "checkpoints": [str(p) for p in paths],
+            "fold_ensemble": folds,
             "data": str(data),
             "split": split,
-            "records": len(ds),
+            "records": len(inputs),
             "dice_at_stored_threshold": stored,
-            "stored_threshold": ck.threshold,
+            "stored_threshold": stored_threshold,
             "dice_best": result.dice_best,
             "best_threshold": result.best_threshold,
+            "min_component": min_component,
+            "dice_after_min_component": post,
             "curve": {"thresholds": th.tolist(), "dice": curve.tolist()},
         },
     )
     import matplotlib.pyplot as plt
 
-    fig = threshold_curve_figure(th, curve, f"{split}, {Path(checkpoint).name}", stored=ck.threshold)
+    title = f"{split}, fold ensemble of {len(paths)}" if folds else f"{split}, {Path(checkpoint).name}"
+    fig = threshold_curve_figure(th, curve, title, stored=stored_threshold)
     save_figure(fig, out / "threshold_curve.png")
     plt.close(fig)
     return result

@@ -44,10 +44,21 @@ def export_onnx(
     check_records: int = 4,
     opset: int = DEFAULT_OPSET,
     atol: float = PARITY_ATOL,
+    folds: bool = False,
 ) -> ExportResult:
-    """Export a checkpoint; parity is checked on random inputs and, with `data`, on the split's first records."""
-    ck = load_checkpoint(checkpoint)
-    spec = InputSpec.from_checkpoint(ck)
+    """Export a checkpoint; parity is checked on random inputs and, with `data`, on the split's first records.
+
+    With `folds`, `checkpoint` is a `train --folds` run directory and its fold ensemble becomes one ONNX
+    model: the folds' mean probability (as logits), the out-of-fold threshold and component size in
+    its metadata.
+    """
+    if folds:
+        model, spec, meta = _fold_ensemble_model(checkpoint)
+    else:
+        ck = load_checkpoint(checkpoint)
+        spec = InputSpec.from_checkpoint(ck)
+        model = ck.model
+        meta = {"task": ck.task, "threshold": ck.threshold, "model_name": ck.config.model.name}
     real = None
     if data is not None:
         ds = spec.dataset(data, split)
@@ -55,18 +66,27 @@ def export_onnx(
         if n == 0:
             raise ExportError(f"split '{split}' of {data} holds no records to check the export on.")
         real = torch.stack([ds[i]["image"] for i in range(n)])
-    return export_model(
-        ck.model,
-        spec,
-        out,
-        task=ck.task,
-        threshold=ck.threshold,
-        model_name=ck.config.model.name,
-        source=str(checkpoint),
-        opset=opset,
-        atol=atol,
-        real=real,
-    )
+    return export_model(model, spec, out, **meta, source=str(checkpoint), opset=opset, atol=atol, real=real)
+
+
+def _fold_ensemble_model(run_dir: str | Path) -> tuple[nn.Module, InputSpec, dict]:
+    from segladder.inference.folds import ProbabilityMean, read_fold_ensemble
+
+    ens = read_fold_ensemble(run_dir)
+    cks = [load_checkpoint(c) for c in ens.checkpoints]
+    specs = {InputSpec.from_checkpoint(ck) for ck in cks}
+    if len(specs) > 1 or any(ck.task != "segmentation" for ck in cks):
+        raise ExportError(
+            f"{run_dir}: its folds read different inputs or are not segmenters; "
+            "one ONNX model needs folds of one segmentation config."
+        )
+    meta = {
+        "task": "segmentation",
+        "threshold": ens.threshold,
+        "model_name": f"{len(cks)}-fold ensemble of {cks[0].config.model.name}",
+        "extra": {"min_component": str(ens.min_component), "folds": str(len(cks))},
+    }
+    return ProbabilityMean([ck.model for ck in cks]), specs.pop(), meta
 
 
 def export_model(
@@ -81,6 +101,7 @@ def export_model(
     opset: int = DEFAULT_OPSET,
     atol: float = PARITY_ATOL,
     real: torch.Tensor | None = None,
+    extra: dict[str, str] | None = None,
 ) -> ExportResult:
     """Write `model` as ONNX with `spec` and `threshold` in its metadata; on a parity failure nothing is written.
 
@@ -100,6 +121,7 @@ def export_model(
         "model": model_name,
         "source": source,
         "input": json.dumps(spec.as_dict()),
+        **(extra or {}),
     }
     rand = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
     try:

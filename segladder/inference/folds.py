@@ -6,6 +6,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
+from torch import nn
+
 from segladder.inference.errors import InferenceError
 from segladder.io import atomic_write_json
 
@@ -66,3 +69,23 @@ def read_fold_ensemble(run_dir: str | Path) -> FoldEnsemble:
             "on that run directory again to finish it."
         )
     return ens
+
+
+class ProbabilityMean(nn.Module):
+    """Models as one: the mean of their probabilities, returned as logits so that one model's contract holds.
+
+    Logits are clamped at probabilities 1e-6 and 1 − 1e-6, far beyond any threshold a practitioner uses.
+
+    Args:
+        models: the members; each maps (B, C, T, H, W) to logits (B, 1, H, W).
+    """
+
+    def __init__(self, models: list[nn.Module], eps: float = 1e-6):
+        super().__init__()
+        self.members = nn.ModuleList(models)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.stack([torch.sigmoid(m(x).float()) for m in self.members]).mean(0)
+        p = p.clamp(self.eps, 1 - self.eps)
+        return torch.log(p) - torch.log(1 - p)

@@ -266,7 +266,9 @@ def predict(
     dev = resolve_device(device)
     out = prepare_output(out)
     if onnx is not None:
-        members: list[Segmenter] = [OnnxSegmenter(onnx, dev, tta, tta_shift)]
+        exported = OnnxSegmenter(onnx, dev, tta, tta_shift)
+        members: list[Segmenter] = [exported]
+        min_component = min_component or exported.min_component
     else:
         members = list(load_segmenters(checkpoints, dev, tta, tta_shift))
     ens = Ensemble(members, weights)

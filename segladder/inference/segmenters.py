@@ -192,6 +192,8 @@ class OnnxSegmenter(Segmenter):
             )
         if meta.get("task") != "segmentation":
             raise ExportError(f"{path}: a {meta.get('task')} model where a segmentation model is needed.")
+        # A fold ensemble's export carries the out-of-fold component size; `predict --onnx` applies it.
+        self.min_component = int(meta.get("min_component", 0))
         super().__init__(
             str(path),
             InputSpec.from_dict(json.loads(meta["input"])),

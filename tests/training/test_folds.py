@@ -12,6 +12,8 @@ from typer.testing import CliRunner
 from segladder.cli import _register, app
 from segladder.data.folds import assign_folds, make_folds, read_folds
 from segladder.errors import DataError
+from segladder.inference.errors import InferenceError
+from segladder.inference.evaluate import evaluate
 from segladder.inference.folds import read_fold_ensemble
 from segladder.inference.submission import check_submission
 from segladder.training.folds import MIN_COMPONENT_GRID, _best_min_component, train_folds
@@ -129,3 +131,47 @@ def test_folds_to_a_submission(train_root, tmp_path):
     predicted = json.loads((tmp_path / "pred" / "predict.json").read_text())
     assert predicted["threshold"] == pytest.approx(ens.threshold) and len(predicted["models"]) == 3
     assert check_submission(tmp_path / "pred" / "submission.csv", data, "test") == []
+    # The fold ensemble through evaluate and export, as the issue asks: same threshold, same maps.
+    res = runner.invoke(
+        app, ["evaluate", str(run), "--folds", "--data", str(data), "--out", str(tmp_path / "ev")]
+    )
+    assert res.exit_code == 0, res.output
+    scored = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert scored["fold_ensemble"] and len(scored["checkpoints"]) == 3
+    assert scored["stored_threshold"] == pytest.approx(ens.threshold)
+    assert scored["min_component"] == ens.min_component and "after removing components" in res.output
+    if ens.min_component == 0:  # nothing removed: the post-processed Dice is the plain one
+        assert scored["dice_after_min_component"] == pytest.approx(
+            scored["dice_at_stored_threshold"], abs=1e-6
+        )
+    onnx_path = tmp_path / "cv.onnx"
+    res = runner.invoke(
+        app, ["export", "onnx", str(run), "--folds", "--out", str(onnx_path), "--data", str(data)]
+    )
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(
+        app,
+        [
+            "predict",
+            "--onnx",
+            str(onnx_path),
+            "--data",
+            str(data),
+            "--split",
+            "test",
+            "--out",
+            str(tmp_path / "po"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    via_onnx = json.loads((tmp_path / "po" / "predict.json").read_text())
+    assert via_onnx["threshold"] == pytest.approx(ens.threshold)
+    assert via_onnx["min_component"] == predicted["min_component"] == ens.min_component
+    maps = sorted((tmp_path / "pred" / "probs").glob("*.npy"))
+    assert len(maps) == 3
+    for path in maps:
+        a = np.load(path).astype(np.float32)
+        b = np.load(tmp_path / "po" / "probs" / path.name).astype(np.float32)
+        assert np.abs(a - b).max() < 2e-3
+    with pytest.raises(InferenceError, match="no ensemble.json"):
+        evaluate(run / "fold_0", data, folds=True, progress=False)
