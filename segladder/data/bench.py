@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, default_collate
+from torch.utils.data import DataLoader, RandomSampler, default_collate
 
 from segladder.data.cache import ContrailsCache
 from segladder.data.datasets import ContrailsDataset
@@ -67,28 +67,27 @@ def _memcpy_steps(ds: ContrailsDataset, batch_size: int) -> tuple[Callable[[int]
 def _loader_rate(
     ds: ContrailsDataset, batch_size: int, workers: int, seconds: float
 ) -> tuple[float, int, bool]:
-    """The DataLoader as training uses it (shuffled, workers, pinned when there is a GPU), start-up excluded."""
+    """The DataLoader as training uses it (shuffled, workers, pinned when there is a GPU), start-up excluded.
+
+    The sampler draws with replacement so that the timed window is one long epoch, as on a real-size
+    dataset (thousands of batches an epoch): a few dozen records would otherwise restart the epoch every
+    other batch, and each restart drains the workers' queue and times their latency, not their throughput.
+    """
     pin = torch.cuda.is_available()
     loader = DataLoader(
         ds,
         batch_size=batch_size,
-        shuffle=True,
+        sampler=RandomSampler(
+            ds, replacement=True, num_samples=1 << 40, generator=torch.Generator().manual_seed(0)
+        ),
         num_workers=workers,
         pin_memory=pin,
-        drop_last=len(ds) > batch_size,
-        persistent_workers=workers > 0,
-        generator=torch.Generator().manual_seed(0),
     )
     it = iter(loader)
     next(it)  # workers started and the first batches queued
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds or n < len(ds):
-        try:
-            batch = next(it)
-        except StopIteration:
-            it = iter(loader)
-            continue
-        n += batch["image"].shape[0]
+        n += next(it)["image"].shape[0]
     del it
     return n / elapsed, n, pin
 
@@ -129,11 +128,11 @@ def bench_data_loading(
             "cached_float": _timed(_batch_steps(cached_float, batch_size), seconds, n_min),
             "cached_uint8": _timed(_batch_steps(cached_uint8, batch_size), seconds, n_min),
         }
+        loader_rate, loader_n, pinned = _loader_rate(cached_uint8, batch_size, workers, seconds)
+        # The same loader in the main process: what the workers' shared-memory hand-over costs.
+        inproc_rate, inproc_n, _ = _loader_rate(cached_uint8, batch_size, 0, seconds)
     finally:
         torch.set_num_threads(threads)
-    loader_rate, loader_n, pinned = _loader_rate(cached_uint8, batch_size, workers, seconds)
-    # The same loader in the main process: what the workers' shared-memory hand-over costs.
-    inproc_rate, inproc_n, _ = _loader_rate(cached_uint8, batch_size, 0, seconds)
     per_core = {name: rate for name, (rate, _) in rates.items()}
     per_core["loader"] = loader_rate / max(workers, 1)
     per_core["loader_in_process"] = inproc_rate

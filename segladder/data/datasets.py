@@ -139,6 +139,9 @@ class ContrailsDataset(Dataset):
                 # The whole affine (ash standardisation included) is applied after the uint8 augmentation.
                 self._item_scale = torch.from_numpy(self._scale_all * self._ash_scale)
                 self._item_offset = torch.from_numpy(self._offset_all * self._ash_scale + self._ash_offset)
+        # Soft labels travel as their stored uint8 too (decoded with the image), except where pseudo labels
+        # (float) must collate with them; the DataModule turns this off for every part of such a set.
+        self.soft_uint8 = self.emits_uint8 and pseudo is None
 
     # ------------------------------------------------------------------------------------- building
 
@@ -251,9 +254,9 @@ class ContrailsDataset(Dataset):
         if not self._whole:
             q = q[np.ix_(self._chan_idx, self._frame_idx)]
         mask = self._split.arrays["masks"][row] if self._split.has_masks else None
-        soft = (
-            _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self._split.has_soft else None
-        )
+        soft = self._split.arrays["soft"][row] if self._split.has_soft else None
+        if soft is not None and not self.soft_uint8:
+            soft = _to_float(soft).mul_(1 / 255).numpy()
         if self.pseudo is not None:
             soft = self.pseudo.load(self.record_ids[index], q.shape[-1])
             mask = (soft > self.pseudo_threshold).astype(np.uint8)
@@ -269,8 +272,7 @@ class ContrailsDataset(Dataset):
         if mask is not None:
             item["mask"] = torch.from_numpy(mask)[None]
         if soft is not None:
-            # Soft labels stay float32: pseudo labels are float and must collate with the cached ones.
-            item["soft"] = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[None]
+            item["soft"] = torch.from_numpy(np.ascontiguousarray(soft))[None]
         return item
 
     def __getitem__(self, index: int) -> dict:
@@ -327,6 +329,8 @@ def decode_batch(batch: dict, memory_format: torch.memory_format = torch.contigu
     batch["image"] = decode_images(batch["image"], scale, offset, memory_format)
     if "mask" in batch and batch["mask"].dtype == torch.uint8:
         batch["mask"] = batch["mask"].to(torch.float32)
+    if "soft" in batch and batch["soft"].dtype == torch.uint8:
+        batch["soft"] = batch["soft"].to(torch.float32).mul_(1 / 255)
     return batch
 
 

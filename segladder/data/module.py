@@ -103,6 +103,8 @@ class ContrailsDataModule(L.LightningDataModule):
                 keep_soft=contrails_datasets(base)[0].has_soft,
                 output_dtype=TRAINING_OUTPUT_DTYPE,
             )
+            for part in contrails_datasets(base):
+                part.soft_uint8 = False  # float pseudo labels must collate with the split's own soft labels
             base = ConcatDataset([base, extra])
         self.train_set = _Seeded(base, self.seed)
 

@@ -58,7 +58,7 @@ def test_uint8_batches_decode_to_the_float_path(caches, kw):
     assert u8.emits_uint8 and not fl.emits_uint8
     item = u8[1]
     assert item["image"].dtype == torch.uint8 and item["mask"].dtype == torch.uint8
-    assert item["image_scale"].shape == (len(u8.channels),) and item["soft"].dtype == torch.float32
+    assert item["image_scale"].shape == (len(u8.channels),) and item["soft"].dtype == torch.uint8
     ref, got = _batches(fl), decode_batch(_batches(u8))
     assert set(got) == set(ref)
     assert got["image"].dtype == torch.float32 and got["mask"].dtype == torch.float32
@@ -81,6 +81,7 @@ def test_flips_rot90_and_ash_cutout_run_on_uint8_with_the_same_draws(caches):
     assert not torch.equal(ref["image"], plain["image"])  # the draws did move pixels
     torch.testing.assert_close(got["image"], ref["image"], atol=1e-6, rtol=0)
     torch.testing.assert_close(got["mask"], ref["mask"], atol=0, rtol=0)
+    torch.testing.assert_close(got["soft"], ref["soft"], atol=0, rtol=0)  # soft labels moved as uint8 too
 
 
 @pytest.mark.parametrize("case", ["raw", "float16", "brightness", "cutout_on_diffs"])

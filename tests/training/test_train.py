@@ -219,6 +219,7 @@ def test_pseudo_labels_join_the_training_data(train_cache, tmp_path):
     np.testing.assert_allclose(item["soft"][0].numpy(), soft)
     np.testing.assert_array_equal(item["mask"][0].numpy(), (soft > 0.3).astype(np.float32))
     assert set(item) == set(dm.train_set[0])  # batches mix both kinds
+    assert item["soft"].dtype == dm.train_set[0]["soft"].dtype == torch.float32  # so they collate
     res = train(cfg, out=tmp_path / "student")
     assert res.metrics["epochs"] and res.best_checkpoint is not None
 
