@@ -192,6 +192,16 @@ def rung_f1(history: list[dict], which: str = "best") -> float | None:
     return max(f1s) if which == "best" else f1s[-1]
 
 
+def f1_spread(history: list[dict]) -> float:
+    """How much a rung's F1 still moves: the standard deviation of its last third of epochs (at least 3)."""
+    f1s = [h["val/dice_best"] for h in history if h.get("val/dice_best") is not None]
+    tail = f1s[-max(3, len(f1s) // 3) :]
+    if len(tail) < 3:  # two epochs say how fast a curve rises, not how much it wobbles
+        return 0.0
+    mean = sum(tail) / len(tail)
+    return math.sqrt(sum((v - mean) ** 2 for v in tail) / (len(tail) - 1))
+
+
 def check_gates(
     gate: Gate,
     history: list[dict],
@@ -200,9 +210,15 @@ def check_gates(
     baselines: Baselines | None = None,
     f1_from: str = "best",
     probe: InputStats | None = None,
+    previous_history: list[dict] | None = None,
 ) -> list[GateCheck]:
     """Apply one rung's gates to its per-epoch metrics; `previous` is the F1 of the rung below; `probe` what
-    the training loop was fed (see `TrainingBatchProbe`)."""
+    the training loop was fed (see `TrainingBatchProbe`).
+
+    With a tolerance for the rung below (calibrated profile), the tolerance is at least twice the two
+    rungs' combined F1 spread over their last epochs (`f1_spread`, from `previous_history` and
+    `history`): a difference the curves themselves still move by is not evidence that a part is broken.
+    """
     checks: list[GateCheck] = []
     losses = [h.get("train/loss_epoch", h.get("train/loss")) for h in history]
     has_nan = nan_steps > 0 or any(v is None or not math.isfinite(v) for v in losses) or not history
@@ -269,12 +285,15 @@ def check_gates(
     if (gate.better_than_previous or gate.at_least_previous) and previous is not None:
         slack = gate.previous_tolerance * (baselines.headroom if baselines is not None else 1.0)
         if slack > 0:
+            noise = 2 * math.hypot(f1_spread(history), f1_spread(previous_history or []))
+            why = "twice the curves' spread over their last epochs" if noise > slack else "of the headroom"
+            slack = max(slack, noise)
             ok = math.isfinite(f1) and f1 >= previous - slack
             checks.append(
                 GateCheck(
                     "not worse than the rung below",
                     ok,
-                    f"F1 {f1:.4f} vs {previous:.4f} (tolerance {slack:.4f})",
+                    f"F1 {f1:.4f} vs {previous:.4f} (tolerance {slack:.4f}: {why})",
                 )
             )
         else:

@@ -230,7 +230,14 @@ def run_ladder(
         nan_steps = 1 if r.reason else 0
         below = None if previous is None else (previous.best_f1 if prof.f1 == "best" else previous.f1_last)
         r.checks = check_gates(
-            gates.get(rung, Gate()), r.history, below, nan_steps, baselines, prof.f1, probe.stats
+            gates.get(rung, Gate()),
+            r.history,
+            below,
+            nan_steps,
+            baselines,
+            prof.f1,
+            probe.stats,
+            previous_history=None if previous is None else previous.history,
         )
         r.status = "passed" if all(c.passed for c in r.checks) else "failed"
         result.rungs.append(r)
