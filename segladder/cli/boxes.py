@@ -159,7 +159,7 @@ def evaluate(
         decode=decode,
     )
     typer.echo(f"{r.boxes} boxes, jitter seed {seed}")
-    typer.echo(before_after_table(r.before, r.after).rstrip())
+    typer.echo(before_after_table(r.before, r.after, r.reachable).rstrip())
     typer.echo(
         f"written: {json.dumps([str(r.out / f) for f in ('metrics.json', 'table.md', 'examples.png')])}"
     )

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from segladder.config import build_config, load_config, resolve_config_path
 from segladder.data.boxes_synth import write_box_synth
 from segladder.errors import ConfigError
+from segladder.metrics import BOX_KEYS
 from segladder.training.build import build_datamodule, check_experiment
 from segladder.training.run import train
 
@@ -156,6 +157,60 @@ def test_adjust_and_evaluate_from_the_checkpoint(trained, box_set, tmp_path):
     assert m["before"]["miou"] == pytest.approx(trained.metrics["final"]["val/rough_miou"], abs=1e-5)
     assert m["after"]["miou"] == pytest.approx(trained.metrics["final"]["val/miou"], abs=1e-4)
     assert (ev / "examples.png").exists() and "| miou |" in (ev / "table.md").read_text()
+    # One pass places edges inside the crop only: no adjusted score beats the true boxes clipped to the crops.
+    assert all(m["reachable"][k] >= m["after"][k] - 1e-9 for k in BOX_KEYS), m
+    assert "reachable" in (ev / "table.md").read_text()
+
+
+def test_reachable_boxes_are_the_true_boxes_clipped_to_the_crop():
+    from segladder.inference.boxes import reachable_boxes, score
+
+    true = {1: (10.0, 10.0, 20.0, 20.0), 2: (10.0, 10.0, 20.0, 20.0)}
+    # Box 1's rough box is the true one: its crop (buffer 1.1) holds it. Box 2's rough box is shifted 6 px
+    # right and has the same size: its crop spans x 15 … 37, so the true left edge (10) is clipped to 15.
+    rough = {1: (10.0, 10.0, 20.0, 20.0), 2: (16.0, 10.0, 20.0, 20.0)}
+    got = reachable_boxes(true, rough, 1.1)
+    assert got[1] == pytest.approx(true[1])
+    assert got[2] == pytest.approx((15.0, 10.0, 15.0, 20.0))
+    s = score(true, got)
+    assert s["miou"] == pytest.approx((1 + 15 / 20) / 2)
+    assert s["edges_within_1px"] == pytest.approx(7 / 8) and s["edges_within_3px"] == pytest.approx(7 / 8)
+
+
+def test_bench_boxes_reports_batched_and_single_rates(trained, box_set, tmp_path):
+    from segladder.cli import _register
+    from segladder.cli.app import app
+
+    _register()
+    out = tmp_path / "bench.json"
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "boxes",
+            str(trained.best_checkpoint),
+            "--images",
+            str(box_set.images),
+            "--annotations",
+            str(box_set.val),
+            "--batch-size",
+            "2",
+            "--boxes",
+            "3",
+            "--single",
+            "2",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())
+    assert (got["boxes"], got["single_boxes"], got["batch_size"], got["crop_size"]) == (3, 2, 2, 32)
+    assert got["batch_boxes_per_s"] > 0 and got["single_boxes_per_s"] > 0
+    assert got["single_ms_per_box"] == pytest.approx(1000 / got["single_boxes_per_s"])
+    assert "boxes/s" in r.output
 
 
 def test_a_missing_checkpoint_is_a_clear_error(tmp_path):
