@@ -27,7 +27,8 @@ class Task(L.LightningModule):
     logged metric that picks the best checkpoint, higher is better) and implements `compute_loss`,
     `validation_step` and `on_validation_epoch_end`; it is registered with `@TASKS.register("name")` and
     gets its config section in `segladder/config.py`. The callbacks talk to it only through the members
-    below (`model_input`, `compute_loss`, `nonfinite`, `threshold_curve`, `pictures`, `monitor`).
+    below (`model_input`, `compute_loss`, `nonfinite`, `threshold_curve`, `pictures`, `monitor`,
+    `curve_keys`, `curve_title`).
 
     Args:
         cfg: the experiment; `cfg.model` already holds every argument the model was built with.
@@ -36,6 +37,9 @@ class Task(L.LightningModule):
 
     accepts: ClassVar[tuple[str, ...]] = ()
     monitor: ClassVar[str] = "val/loss"
+    # The validation metrics drawn per epoch in the run's curves.png (absent keys are skipped), and its title.
+    curve_keys: ClassVar[tuple[str, ...]] = ("val/dice_best", "val/dice_0.5", "val/auc", "val/acc")
+    curve_title: ClassVar[str] = "validation (F1 = global Dice at the best threshold)"
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__()

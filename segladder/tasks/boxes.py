@@ -30,6 +30,8 @@ class BoxesTask(Task):
 
     accepts = ("box",)
     monitor = "val/miou"
+    curve_keys = ("val/miou", "val/rough_miou", "val/edges_within_1px", "val/rough_edges_within_1px")
+    curve_title = "validation: snapped against rough boxes"
 
     @classmethod
     def check(cls, cfg: ExperimentConfig) -> None:

@@ -410,7 +410,7 @@ class RunRecorder(Callback):
             self.run_dir / "metrics.json",
             {"final": final, "epochs": self.history, "world_size": trainer.world_size},
         )
-        self._curves_png()
+        self._curves_png(pl_module)
         val = metrics.get(pl_module.monitor)
         train_loss = metrics.get("train/loss_epoch", metrics.get("train/loss"))
         console.print(
@@ -422,12 +422,13 @@ class RunRecorder(Callback):
             soft_wrap=True,
         )
 
-    def _curves_png(self) -> None:
+    def _curves_png(self, pl_module) -> None:
         plot_histories(
             {"": self.history},
             self.run_dir / "curves.png",
             loss_keys=("train/loss_epoch", "val/loss"),
-            metric_keys=("val/dice_best", "val/dice_0.5", "val/auc", "val/acc"),
+            metric_keys=pl_module.curve_keys,
+            titles=("loss", pl_module.curve_title),
         )
 
     def _threshold_png(self, pl_module) -> None:

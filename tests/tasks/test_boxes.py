@@ -92,6 +92,17 @@ def test_training_writes_the_papers_metrics_and_a_picture(trained):
     assert list((trained.run_dir / "overlays").glob("*.png"))
 
 
+def test_curves_png_draws_the_box_metrics(trained):
+    from PIL import Image
+
+    # The validation panel (right half) plots val/miou beside val/rough_miou (matplotlib's first two
+    # colours); it was blank for box runs when it only knew the segmentation keys.
+    rgb = np.asarray(Image.open(trained.run_dir / "curves.png").convert("RGB")).astype(int)
+    right = rgb[:, rgb.shape[1] // 2 :]
+    for colour in ((31, 119, 180), (255, 127, 14)):
+        assert (np.abs(right - colour).sum(-1) < 30).sum() > 20, colour
+
+
 def test_adjust_and_evaluate_from_the_checkpoint(trained, box_set, tmp_path):
     from segladder.cli import _register
     from segladder.cli.app import app
