@@ -391,3 +391,25 @@ def torch_equal(a, b) -> bool:
     import torch
 
     return a.shape == b.shape and bool(torch.equal(a, b))
+
+
+def test_an_interruption_stops_the_whole_ladder(monkeypatch, synth_root, tmp_path):
+    from segladder.errors import Interrupted
+    from segladder.ladder import ladder_config, run_ladder
+
+    calls = []
+
+    def interrupted_train(cfg, out, callbacks=()):
+        calls.append(cfg.model.name)
+        raise Interrupted(
+            "training stopped on SIGTERM during epoch 1", hint=f"segladder train --resume {out}"
+        )
+
+    monkeypatch.setattr("segladder.training.run.train", interrupted_train)
+    with pytest.raises(
+        Interrupted, match="the ladder stopped in ResNet18_SimplerFCN: training stopped on SIGTERM"
+    ):
+        run_ladder(
+            ladder_config(synth_root), tmp_path, ("ResNet18_SimplerFCN", "ResNet18_Simple"), keep_going=True
+        )
+    assert calls == ["ResNet18_SimplerFCN"]  # the next rung was not started

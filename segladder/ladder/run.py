@@ -12,7 +12,7 @@ import torch
 
 from segladder.config import CONFIG_DIR, ExperimentConfig, ModelConfig, build_config
 from segladder.data.layout import LABELED_FRAME
-from segladder.errors import ConfigError, SegladderError
+from segladder.errors import ConfigError, Interrupted, SegladderError
 from segladder.ladder.faults import Fault
 from segladder.ladder.gates import (
     DEFAULT_PROFILE,
@@ -219,6 +219,12 @@ def run_ladder(
         except TrainingStopped as exc:
             r.metrics = read_metrics(exc.run_dir)
             r.reason = str(exc)
+        except Interrupted as exc:
+            # Ctrl-C or SIGTERM stops the whole ladder (and a self-test), not just this rung; the hint
+            # becomes the command that was running (finished rungs keep their run directories).
+            raise Interrupted(
+                f"the ladder stopped in {rung}: {str(exc).split('; continue with')[0]}"
+            ) from None
         except (SegladderError, RuntimeError, MemoryError) as exc:
             # Missing offline weights, out of memory, a model that cannot take this input: report, go on.
             r.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
