@@ -292,6 +292,11 @@ class DistillConfig(_Section):
     encoder_lr_scale: float = Field(
         0.3, gt=0, description="unfrozen encoder blocks train at this × the decoder LR"
     )
+    cache_teacher_logits: bool = Field(
+        False,
+        description="keep the teacher's logits per record (fp16, in memory) after their first pass; "
+        "needs data.augment off, since augmented inputs change every epoch",
+    )
 
 
 class ExperimentConfig(_Section):

@@ -67,6 +67,16 @@ class DistillationTask(SegmentationTask):
                 "distillation with progressive unfreezing needs optim.schedule cosine or constant "
                 "(one-cycle cannot schedule the encoder groups added during training)."
             )
+        if d.cache_teacher_logits and cfg.data.augment.enabled:
+            on = [k for k, v in cfg.data.augment.model_dump().items() if k.endswith("_p") and v > 0]
+            if cfg.data.augment.preset != "none":
+                on.insert(0, f"preset={cfg.data.augment.preset}")
+            raise ConfigError(
+                "distill.cache_teacher_logits needs augmentation off (the teacher must see each record "
+                f"unchanged every epoch), but data.augment has {', '.join(on)}; set "
+                f"{' '.join(f'data.augment.{k}=0' for k in on if '=' not in k) or 'data.augment.preset=none'}"
+                " or distill.cache_teacher_logits=false."
+            )
         if not d.alpha + d.beta + d.gamma + d.delta > 0:
             raise ConfigError(
                 "distill.alpha/beta/gamma/delta are all 0: at least one loss term needs a weight."
@@ -89,6 +99,9 @@ class DistillationTask(SegmentationTask):
         # Held in a tuple: not a submodule, so not in state_dict, not moved to train mode, not optimised.
         self._teacher = (teacher.model,)
         self.teacher_threshold = teacher.threshold
+        # (stage, record_id) → fp16 logits on the CPU; None when the teacher runs on every batch.
+        self.logit_cache: dict[tuple[str, str], Tensor] | None = {} if d.cache_teacher_logits else None
+        self.teacher_passes = 0  # teacher forward passes run (what the cache saves)
         self.val_miou = MulticlassJaccardIndex(num_classes=2, average="macro")
         self.val_agreement = BinaryF1Score(threshold=0.5)  # F1 of binary maps is their Dice
         self.val_dice = BinaryF1Score(threshold=0.5)
@@ -141,7 +154,26 @@ class DistillationTask(SegmentationTask):
         if first is not None and first.device != x.device:
             t.to(x.device)
         t.eval()
+        self.teacher_passes += 1
         return t(self.layout(x)).float()
+
+    def batch_teacher_logits(self, batch: dict, stage: str) -> Tensor:
+        """The teacher's logits for `batch`: from `logit_cache` when every record in it is there, else live.
+
+        With the cache on, live logits are stored rounded to fp16 and the rounded values are returned, so the
+        first epoch and every later one see the same targets. Records are keyed by stage and `record_id`
+        (image folders may reuse a file stem across train and val).
+        """
+        x, cache, ids = batch["image"], self.logit_cache, batch.get("record_id")
+        if cache is None or ids is None:
+            return self.teacher_logits(x)
+        keys = [(stage, str(rid)) for rid in ids]
+        if all(k in cache for k in keys):
+            return torch.stack([cache[k] for k in keys]).to(x.device, torch.float32)
+        logits = self.teacher_logits(x).to(torch.float16)
+        for key, z in zip(keys, logits.cpu()):
+            cache[key] = z.clone()  # a copy: not a view that would keep the whole batch alive
+        return logits.float()
 
     # ------------------------------------------------------------------------------ schedules
 
@@ -168,7 +200,7 @@ class DistillationTask(SegmentationTask):
         self.set_temperature()
         x = batch["image"]
         student = self(x)
-        return self.loss(student, {**batch, "teacher": self.teacher_logits(x)})
+        return self.loss(student, {**batch, "teacher": self.batch_teacher_logits(batch, "train")})
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         loss = super().training_step(batch, batch_idx)
@@ -219,7 +251,7 @@ class DistillationTask(SegmentationTask):
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         x = batch["image"]
         logits = self(x)
-        teacher = self.teacher_logits(x)
+        teacher = self.batch_teacher_logits(batch, "val")
         loss, parts = self.loss(logits, {**batch, "teacher": teacher})
         bs = x.shape[0]
         self.log("val/loss", loss, on_epoch=True, sync_dist=True, batch_size=bs)
