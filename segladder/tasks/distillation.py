@@ -171,7 +171,7 @@ class DistillationTask(SegmentationTask):
         if all(k in cache for k in keys):
             return torch.stack([cache[k] for k in keys]).to(x.device, torch.float32)
         logits = self.teacher_logits(x).to(torch.float16)
-        for key, z in zip(keys, logits.cpu()):
+        for key, z in zip(keys, logits.cpu(), strict=True):
             cache[key] = z.clone()  # a copy: not a view that would keep the whole batch alive
         return logits.float()
 
