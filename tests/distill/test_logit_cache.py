@@ -50,7 +50,9 @@ def test_cached_logits_give_the_live_loss_and_spare_the_teacher(distill_root, te
     assert all(z.dtype == torch.float16 and z.shape == (1, 32, 32) for z in cached.logit_cache.values())
     # fp16 storage rounds the logits by < 1e-3 relative: the loss and each part agree to that.
     assert again.item() == pytest.approx(want.item(), rel=1e-3)
-    assert first.item() == pytest.approx(again.item(), rel=1e-6)  # first and later epochs see the same targets
+    assert first.item() == pytest.approx(
+        again.item(), rel=1e-6
+    )  # first and later epochs see the same targets
     for name in ("kd", "mse_prob", "bce", "dice"):
         assert parts[name].item() == pytest.approx(want_parts[name].item(), rel=1e-3, abs=1e-6), name
     # One record not seen yet: the teacher runs on the batch again; validation records are kept apart.
@@ -68,7 +70,9 @@ class PassesPerEpoch(Callback):
         self.passes.append(pl_module.teacher_passes)
 
 
-def test_training_with_the_cache_runs_the_teacher_in_the_first_epoch_only(distill_root, teacher_ckpt, tmp_path):
+def test_training_with_the_cache_runs_the_teacher_in_the_first_epoch_only(
+    distill_root, teacher_ckpt, tmp_path
+):
     probe = PassesPerEpoch()
     # 4 batches of 4 = all 16 training records each epoch (shuffled differently), 1 validation batch.
     cfg = _cfg(distill_root, teacher_ckpt, True, trainer={"max_epochs": 3, "limit_train_batches": 4})
