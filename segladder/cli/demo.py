@@ -13,7 +13,7 @@ from segladder.cli.app import app
 console = Console()
 
 # The demo's data: also what `segladder ladder --selftest` runs on.
-DEMO_RECORDS, DEMO_VAL_RECORDS, DEMO_SIZE, DEMO_EPOCHS = 128, 32, 64, 8
+DEMO_RECORDS, DEMO_VAL_RECORDS, DEMO_SIZE, DEMO_EPOCHS = 128, 32, 64, 5
 
 
 @app.command("demo")

@@ -243,7 +243,6 @@ def run_ladder(
             baselines,
             prof.f1,
             probe.stats,
-            previous_history=None if previous is None else previous.history,
         )
         r.status = "passed" if all(c.passed for c in r.checks) else "failed"
         result.rungs.append(r)

@@ -16,6 +16,11 @@ import pytest
 from tests.cli.conftest import Result, cli_env, run_cli
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.fixture(scope="module")
 def bad_root(synth_root, tmp_path_factory):
     root = tmp_path_factory.mktemp("entry") / "bad"
@@ -60,6 +65,8 @@ def _interrupt_when(cmd: list[str], ready, timeout: float = 240) -> Result:
         stderr=subprocess.PIPE,
         text=True,
         env=cli_env(),
+        # As from an interactive shell: a suite run under nohup would hand down an ignored SIGINT.
+        preexec_fn=_default_signals,
     )
     deadline = time.time() + timeout
     while not ready() and proc.poll() is None and time.time() < deadline:

@@ -23,6 +23,11 @@ from tests.faults.helpers import run_cli
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _default_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def interrupt(slow: str, delay: float, args: list, ready: Callable[[], bool], sig: int) -> tuple[int, str]:
     """Run `segladder ARGS` with `slow` slowed by `delay` s per call; send `sig` once `ready()`."""
     env = dict(os.environ, PYTHONPATH=str(REPO), NO_ALBUMENTATIONS_UPDATE="1", COLUMNS="400")
@@ -33,6 +38,8 @@ def interrupt(slow: str, delay: float, args: list, ready: Callable[[], bool], si
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # As from an interactive shell: a suite run under nohup would hand down an ignored SIGINT.
+        preexec_fn=_default_signals,
     )
     deadline = time.time() + 240
     while time.time() < deadline and proc.poll() is None and not ready():
