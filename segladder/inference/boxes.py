@@ -417,18 +417,9 @@ def export_box_onnx(
     The crop geometry and decoding travel in the metadata (`segladder.crop_size`, `buffer_ratio`, `decode`,
     `window`); on a parity failure nothing is written.
     """
-    import warnings
-
-    import onnx
-
     from segladder.inference.errors import ExportError
-    from segladder.inference.segmenters import (
-        INPUT_NAME,
-        META_PREFIX,
-        ONNX_FORMAT_VERSION,
-        OUTPUT_NAME,
-        onnx_session,
-    )
+    from segladder.inference.export import trace_onnx
+    from segladder.inference.segmenters import INPUT_NAME, ONNX_FORMAT_VERSION, OUTPUT_NAME, onnx_session
     from segladder.io import atomic_path
 
     adjuster = BoxAdjuster.from_checkpoint(checkpoint, "cpu")
@@ -445,22 +436,7 @@ def export_box_onnx(
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
         with atomic_path(out) as tmp:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
-                torch.onnx.export(
-                    model,
-                    (x[:1],),
-                    str(tmp),
-                    dynamo=False,
-                    opset_version=opset,
-                    input_names=[INPUT_NAME],
-                    output_names=[OUTPUT_NAME],
-                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                )
-            proto = onnx.load(str(tmp))
-            for key, value in meta.items():
-                proto.metadata_props.add(key=META_PREFIX + key, value=value)
-            onnx.save(proto, str(tmp))
+            trace_onnx(model, x[:1], tmp, meta, opset, "the box model")
             got = torch.from_numpy(
                 onnx_session(tmp, torch.device("cpu")).run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0]
             )

@@ -105,12 +105,9 @@ def export_model(
 ) -> ExportResult:
     """Write `model` as ONNX with `spec` and `threshold` in its metadata; on a parity failure nothing is written.
 
-    The legacy (TorchScript) exporter is used: the dynamo exporter needs onnxscript, and the legacy one
-    handles the LSTM models. The model is traced at batch 1 and checked at batch 3, which proves the
-    batch axis dynamic.
+    The model is traced at batch 1 (`trace_onnx`) and checked at batch 3, which proves the batch axis
+    dynamic.
     """
-    import onnx
-
     out = Path(out)
     model = model.cpu().eval()
     shape = (len(spec.channels), len(spec.frames), spec.image_size, spec.image_size)
@@ -126,32 +123,7 @@ def export_model(
     rand = torch.rand(3, *shape, generator=torch.Generator().manual_seed(0))
     try:
         with atomic_path(out) as tmp:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
-                try:
-                    torch.onnx.export(
-                        model,
-                        (torch.rand(1, *shape),),
-                        str(tmp),
-                        dynamo=False,
-                        opset_version=opset,
-                        input_names=[INPUT_NAME],
-                        output_names=[OUTPUT_NAME],
-                        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                    )
-                except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
-                    # An opset too old for an operator, or one this torch does not know, surfaces here.
-                    if not isinstance(exc, torch.onnx.errors.OnnxExporterError) and "opset" not in str(exc):
-                        raise
-                    reason = str(exc).splitlines()[0].split(". Please")[0]
-                    raise ExportError(
-                        f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
-                        f"({reason}); use --opset {DEFAULT_OPSET}."
-                    ) from None
-            proto = onnx.load(str(tmp))
-            for key, value in meta.items():
-                proto.metadata_props.add(key=META_PREFIX + key, value=value)
-            onnx.save(proto, str(tmp))
+            trace_onnx(model, torch.rand(1, *shape), tmp, meta, opset, model_name)
             session = onnx_session(tmp, torch.device("cpu"))
             diff_random = _parity(model, session, rand)
             diff_real = _parity(model, session, real) if real is not None else None
@@ -164,6 +136,49 @@ def export_model(
     except OSError as exc:
         raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
     return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real))
+
+
+def trace_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    meta: dict[str, str],
+    opset: int,
+    model_name: str = "",
+) -> None:
+    """Trace `model` at `example` into `path` (dynamic batch axis) and add `meta` under the segladder prefix.
+
+    The legacy (TorchScript) exporter: the dynamo exporter needs onnxscript, and the legacy one handles the
+    LSTM models. An opset the model cannot be written at is one clear `ExportError`.
+    """
+    import onnx
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
+            # An opset too old for an operator, or one this torch does not know, surfaces here.
+            if not isinstance(exc, torch.onnx.errors.OnnxExporterError) and "opset" not in str(exc):
+                raise
+            reason = str(exc).splitlines()[0].split(". Please")[0]
+            raise ExportError(
+                f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
+                f"({reason}); use --opset {DEFAULT_OPSET}."
+            ) from None
+    proto = onnx.load(str(path))
+    for key, value in meta.items():
+        proto.metadata_props.add(key=META_PREFIX + key, value=value)
+    onnx.save(proto, str(path))
 
 
 def _parity(model: nn.Module, session, x: torch.Tensor) -> float:
