@@ -55,6 +55,19 @@ def test_better_than_previous_and_nan():
     assert check_gates(DEFAULT_GATES["CoaT_ULSTM"], history([0.3], [0.6]), previous=0.6)[-1].passed
 
 
+def test_an_update_larger_than_the_weights_fails_the_first_rung():
+    from segladder.ladder.probe import UpdateStats
+
+    gate = CALIBRATED_GATES["ResNet18_SimplerFCN"]
+    calm = UpdateStats(steps=80, max_ratio=0.02, max_step=18, median_ratio=0.01)
+    spike = UpdateStats(steps=80, max_ratio=2.0, max_step=24, median_ratio=0.01)
+    runs = [history([0.4, 0.2], [0.2, 0.3])] * 2
+    ok, bad = (check_gates(gate, h, None, updates=u) for h, u in zip(runs, (calm, spike), strict=True))
+    assert next(c for c in ok if c.name == "steps smaller than the weights").passed
+    failed = next(c for c in bad if c.name == "steps smaller than the weights")
+    assert not failed.passed and "step 24" in failed.detail
+
+
 def test_diagnosis_names_the_part_the_rung_adds():
     failed = RungResult("ResNet18_ULSTM", "failed", None, {"epochs": history([0.6, 0.59], [0.3, 0.31])})
     failed.checks = check_gates(DEFAULT_GATES["ResNet18_ULSTM"], failed.history, previous=0.4)
@@ -313,13 +326,13 @@ def test_selftest_catches_faults_and_passes_clean_data(ladder_cache, tmp_path):
         "trainer": {"max_epochs": 3, "accumulate_grad_batches": 1, "progress": False, "overlays": 0},
     }
     # Nine steps cannot close the calibrated loss gap; what is tested here is the machinery: no loss-gap gate.
-    gates = {"ResNet18_SimplerFCN": Gate(f1_headroom=0.02, loss_rise=2.0, data_match=True)}
+    gates = {"ResNet18_SimplerFCN": Gate(f1_headroom=0.02, loss_rise=2.0, data_match=True, update_max=0.25)}
     rows = selftest(
         tmp_path,
         ladder_cache,
         values,
         rungs=("ResNet18_SimplerFCN",),
-        faults=("shuffled_labels", "fp16_overflow"),
+        faults=("shuffled_labels", "fp16_overflow", "lr_spike"),
         gates=gates,
     )
     table = {r.fault: r for r in rows}
@@ -332,8 +345,11 @@ def test_selftest_catches_faults_and_passes_clean_data(ladder_cache, tmp_path):
         and nan.nan_report
         and (tmp_path / "fp16_overflow" / "ResNet18_SimplerFCN" / "nan_report.json").exists()
     )
+    assert table["lr_spike"].caught and "training loop" in table["lr_spike"].implicated
+    spike = json.loads((tmp_path / "lr_spike" / "report.json").read_text())["rungs"][0]["checks"]
+    assert not next(c for c in spike if c["name"] == "steps smaller than the weights")["passed"]
     saved = json.loads((tmp_path / "selftest.json").read_text())
-    assert [r["fault"] for r in saved["rows"]] == ["clean", "shuffled_labels", "fp16_overflow"]
+    assert [r["fault"] for r in saved["rows"]] == ["clean", "shuffled_labels", "fp16_overflow", "lr_spike"]
     for name in ("clean", "shuffled_labels", "fp16_overflow"):
         assert_report_schema(json.loads((tmp_path / name / "report.json").read_text()))
 

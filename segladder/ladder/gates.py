@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from segladder.ladder.probe import InputStats
+from segladder.ladder.probe import InputStats, UpdateStats
 
 # What each rung adds over the one below: the part a failing gate implicates (seed 000, 用途).
 IMPLICATES = {
@@ -66,6 +66,9 @@ class Gate(BaseModel):
     loss_rise: float | None = Field(
         None, description="no epoch's training loss above this × the lowest before it"
     )
+    update_max: float | None = Field(
+        None, description="no optimiser step moves the weights by more than this × their norm"
+    )
     previous_tolerance: float = Field(
         0.0, ge=0, description="with *_previous: slack as a fraction of the headroom"
     )
@@ -93,7 +96,7 @@ SEED_GATES: dict[str, Gate] = {
 }
 DEFAULT_GATES = SEED_GATES  # the seed's numbers, kept under their historical name
 
-_LEARNS = {"loss_rise": 2.0, "loss_gap": 0.5}
+_LEARNS = {"loss_rise": 2.0, "loss_gap": 0.5, "update_max": 0.25}
 # How far the training batches may drift from validation's before the data is blamed (in validation stds),
 # and how much of validation's label signature (mask contrast in the labelled frame) they must keep.
 INPUT_SHIFT_MAX, SIGNATURE_MIN = 1.0, 0.5
@@ -210,9 +213,11 @@ def check_gates(
     baselines: Baselines | None = None,
     f1_from: str = "best",
     probe: InputStats | None = None,
+    updates: UpdateStats | None = None,
 ) -> list[GateCheck]:
     """Apply one rung's gates to its per-epoch metrics; `previous` is the F1 of the rung below; `probe` what
-    the training loop was fed (see `TrainingBatchProbe`).
+    the training loop was fed (see `TrainingBatchProbe`); `updates` how far its steps moved the weights
+    (see `UpdateSizeProbe`).
 
     With a tolerance for the rung below (calibrated profile), a rung short of the one below by more than
     the tolerance is not failed while its own F1 still rose over its last epochs by at least the excess
@@ -250,6 +255,15 @@ def check_gates(
         )
     if gate.loss_rise is not None and history:
         checks.append(_stable_loss(losses, gate.loss_rise))
+    if gate.update_max is not None and updates is not None:
+        checks.append(
+            GateCheck(
+                "steps smaller than the weights",
+                updates.max_ratio <= gate.update_max,
+                f"largest step moved the weights by {updates.max_ratio:.3g} of their norm (step "
+                f"{updates.max_step}; median {updates.median_ratio:.3g}); bound {gate.update_max:g}",
+            )
+        )
     if baselines is not None and gate.loss_gap is not None and history:
         loss = _loss_at(history, None)
         b = baselines

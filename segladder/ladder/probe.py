@@ -1,7 +1,9 @@
-"""What the training loop is fed, measured against the validation set: input ranges and label alignment."""
+"""What the training loop does, measured as it runs: the inputs and labels it is fed, and how far each step moves the weights."""
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -79,3 +81,58 @@ class TrainingBatchProbe(Callback):
     @property
     def stats(self) -> InputStats | None:
         return self._acc.stats()
+
+
+@dataclass(frozen=True)
+class UpdateStats:
+    """How far the optimiser steps moved the weights: ‖Δθ‖ / ‖θ‖ over all trained parameters, per step.
+
+    An update as large as the weights themselves is no longer a small step down the loss: an LR spike, a
+    schedule or unit bug (an LR in percent), or an exploding gradient the clipping did not stop.
+    """
+
+    steps: int
+    max_ratio: float
+    max_step: int  # the global step of the largest update
+    median_ratio: float
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class UpdateSizeProbe(Callback):
+    """Records ‖Δθ‖ / ‖θ‖ of every optimiser step (the weights are copied just before each step).
+
+    The copy costs one pass over the weights per step, small next to a step's forward and backward.
+    """
+
+    def __init__(self):
+        self._before: list[torch.Tensor] | None = None
+        self._params: list[torch.Tensor] = []
+        self._ratios: list[tuple[int, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not self._params:
+            return  # a step with no gradients (the NaN guard dropped them) moves nothing
+        self._before = [p.detach().clone() for p in self._params]
+        self._step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._before is None:
+            return  # accumulating: no step was taken on this batch
+        with torch.no_grad():
+            after = [p.detach() for p in self._params]
+            delta = torch._foreach_sub(after, self._before)
+            moved = torch.stack([n.double() for n in torch._foreach_norm(delta)]).norm()
+            size = torch.stack([n.double() for n in torch._foreach_norm(self._before)]).norm()
+        self._before, self._params = None, []
+        ratio = float(moved / size) if size > 0 else 0.0
+        self._ratios.append((self._step, ratio if math.isfinite(ratio) else math.inf))
+
+    @property
+    def stats(self) -> UpdateStats | None:
+        if not self._ratios:
+            return None
+        step, top = max(self._ratios, key=lambda r: r[1])
+        return UpdateStats(len(self._ratios), top, step, statistics.median(r for _, r in self._ratios))

@@ -24,7 +24,7 @@ from segladder.ladder.gates import (
     check_gates,
     diagnose,
 )
-from segladder.ladder.probe import TrainingBatchProbe
+from segladder.ladder.probe import TrainingBatchProbe, UpdateSizeProbe
 from segladder.progress import console
 
 DEFAULT_RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet18_ULSTM", "CoaT_ULSTM")
@@ -208,12 +208,12 @@ def run_ladder(
         console.rule(f"[bold]rung {i + 1}/{len(rungs)}: {rung}")
         t0 = time.perf_counter()
         r = RungResult(rung, "not run", out / rung)
-        probe = TrainingBatchProbe()
+        probe, updates = TrainingBatchProbe(), UpdateSizeProbe()
         try:
             res = train(
                 rung_config(base, rung),
                 out=out / rung,
-                callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe],
+                callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe, updates],
             )
             r.metrics = res.metrics
         except TrainingStopped as exc:
@@ -243,6 +243,7 @@ def run_ladder(
             baselines,
             prof.f1,
             probe.stats,
+            updates.stats,
         )
         r.status = "passed" if all(c.passed for c in r.checks) else "failed"
         result.rungs.append(r)
