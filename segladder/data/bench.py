@@ -9,10 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, RandomSampler, default_collate
+from torch.utils.data import RandomSampler, default_collate
 
 from segladder.data.cache import ContrailsCache
 from segladder.data.datasets import ContrailsDataset
+from segladder.data.handover import describe_handover
 from segladder.errors import CacheError
 
 # The targets of the data-path issue, printed beside the figures.
@@ -66,30 +67,28 @@ def _memcpy_steps(ds: ContrailsDataset, batch_size: int) -> tuple[Callable[[int]
 
 def _loader_rate(
     ds: ContrailsDataset, batch_size: int, workers: int, seconds: float
-) -> tuple[float, int, bool]:
-    """The DataLoader as training uses it (shuffled, workers, pinned when there is a GPU), start-up excluded.
+) -> tuple[float, int, bool, str]:
+    """The DataLoader as training builds it (`make_loader`: workers, slot hand-over, pinned on a GPU).
+
+    Start-up is excluded. Returns samples/s, samples, whether batches were pinned, and the hand-over used.
 
     The sampler draws with replacement so that the timed window is one long epoch, as on a real-size
     dataset (thousands of batches an epoch): a few dozen records would otherwise restart the epoch every
     other batch, and each restart drains the workers' queue and times their latency, not their throughput.
     """
-    pin = torch.cuda.is_available()
-    loader = DataLoader(
-        ds,
-        batch_size=batch_size,
-        sampler=RandomSampler(
-            ds, replacement=True, num_samples=1 << 40, generator=torch.Generator().manual_seed(0)
-        ),
-        num_workers=workers,
-        pin_memory=pin,
+    from segladder.data.module import make_loader
+
+    sampler = RandomSampler(
+        ds, replacement=True, num_samples=1 << 40, generator=torch.Generator().manual_seed(0)
     )
+    loader = make_loader(ds, batch_size=batch_size, num_workers=workers, sampler=sampler)
     it = iter(loader)
     next(it)  # workers started and the first batches queued
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds or n < len(ds):
         n += next(it)["image"].shape[0]
     del it
-    return n / elapsed, n, pin
+    return n / elapsed, n, loader.pin_memory, describe_handover(loader)
 
 
 def bench_data_loading(
@@ -128,9 +127,9 @@ def bench_data_loading(
             "cached_float": _timed(_batch_steps(cached_float, batch_size), seconds, n_min),
             "cached_uint8": _timed(_batch_steps(cached_uint8, batch_size), seconds, n_min),
         }
-        loader_rate, loader_n, pinned = _loader_rate(cached_uint8, batch_size, workers, seconds)
+        loader_rate, loader_n, pinned, handover = _loader_rate(cached_uint8, batch_size, workers, seconds)
         # The same loader in the main process: what the workers' shared-memory hand-over costs.
-        inproc_rate, inproc_n, _ = _loader_rate(cached_uint8, batch_size, 0, seconds)
+        inproc_rate, inproc_n, _, _ = _loader_rate(cached_uint8, batch_size, 0, seconds)
     finally:
         torch.set_num_threads(threads)
     per_core = {name: rate for name, (rate, _) in rates.items()}
@@ -143,6 +142,7 @@ def bench_data_loading(
         "workers": workers,
         "cpu_count": os.cpu_count(),
         "pinned": pinned,
+        "handover": handover,
         "memcpy_samples_per_s": memcpy[0],
         "memcpy_gb_per_s": memcpy[0] * sample_bytes / 1e9,
         "samples_per_s_per_core": per_core,
@@ -179,7 +179,7 @@ def format_report(r: dict) -> list[str]:
     for key, label in names.items():
         lines.append(f"{label:<44}{pc[key]:9.1f}   {vs[key]:6.3f}   ({n[key]} samples)")
     lines += [
-        f"loader total: {r['loader_samples_per_s']:.1f} samples/s",
+        f"loader total: {r['loader_samples_per_s']:.1f} samples/s; worker hand-over: {r['handover']}",
         f"speed-up over raw: uint8 {r['speedup']:.1f}×, float {r['speedup_float']:.1f}×",
         f"targets: uint8 ≥ {TARGET_SPEEDUP:.0f}× raw {'✓' if r['speedup'] >= TARGET_SPEEDUP else '✗'}, "
         f"uint8 ≥ {TARGET_UINT8_PER_CORE:,.0f} samples/s per core {'✓' if pc['cached_uint8'] >= TARGET_UINT8_PER_CORE else '✗'}, "

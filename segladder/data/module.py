@@ -11,6 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from segladder.data.datasets import ContrailsDataset, dataset_from_config, decode_batch
 from segladder.data.folds import FoldRecord, fold_count, read_folds
+from segladder.data.handover import SlotCollate, SlotHandoverLoader
 from segladder.data.pseudo import PseudoLabels
 from segladder.errors import ConfigError
 
@@ -156,14 +157,12 @@ class ContrailsDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self._sampler = EpochSeededSampler(len(self.train_set), self.seed)
-        return DataLoader(
+        return make_loader(
             self.train_set,
             batch_size=self.cfg.batch_size,
             sampler=self._sampler,
             num_workers=self.cfg.num_workers,
-            pin_memory=torch.cuda.is_available(),
             drop_last=len(self.train_set) > self.cfg.batch_size,
-            persistent_workers=False,
         )
 
     def val_dataloader(self) -> DataLoader:
@@ -174,13 +173,11 @@ class ContrailsDataModule(L.LightningDataModule):
             # Lightning's default sampler pads shards to equal length, counting some records twice in the
             # global Dice; this one gives each record to exactly one process.
             sampler = UnrepeatedDistributedSampler(self.val_set, shuffle=False)
-        return DataLoader(
+        return make_loader(
             self.val_set,
             batch_size=self.cfg.val_batch_size or self.cfg.batch_size,
-            shuffle=False,
             sampler=sampler,
             num_workers=self.cfg.num_workers,
-            pin_memory=torch.cuda.is_available(),
         )
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -196,6 +193,39 @@ def _input_memory_format(dm: L.LightningDataModule, batch) -> torch.memory_forma
     if getattr(trainer_cfg, "channels_last", False) and image is not None and image.dim() == 4:
         return torch.channels_last
     return torch.contiguous_format
+
+
+def make_loader(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    num_workers: int,
+    sampler: Sampler | None = None,
+    drop_last: bool = False,
+) -> DataLoader:
+    """The DataLoader training builds (the benchmark times this one): pinned on a GPU, workers per epoch.
+
+    With workers over a dataset of uint8 items (fixed shapes), batches come back through reused
+    shared-memory slots (`SlotCollate`) instead of PyTorch's fresh segment a batch; otherwise it is a
+    plain DataLoader.
+    """
+    kwargs = dict(
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=drop_last,
+        persistent_workers=False,
+    )
+    if num_workers > 0 and emits_uint8_batches(dataset):
+        return SlotHandoverLoader(dataset, collate_fn=SlotCollate(dataset, batch_size), **kwargs)
+    return DataLoader(dataset, **kwargs)
+
+
+def emits_uint8_batches(ds: Dataset) -> bool:
+    """Whether every dataset under `ds` hands out the fixed-shape uint8 items of the training path."""
+    base = ds.base if isinstance(ds, _Seeded) else ds
+    return all(getattr(d, "emits_uint8", False) for d in contrails_datasets(base))
 
 
 def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:
