@@ -20,13 +20,18 @@ from segladder.errors import DataError
 _RINGS: weakref.WeakValueDictionary[int, _Ring] = weakref.WeakValueDictionary()
 _RING_IDS = itertools.count()
 
-# Columns of the shared header: per worker, the ring's next claim and the pid of the process writing it,
-# then one generation counter per slot (odd while a worker writes the slot, even once it is published).
-_NEXT, _OWNER, _GEN = 0, 1, 2
+# The shared header, a row per worker: the ring's next slot, the pid of the process owning the ring, then per
+# slot its generation (odd while being written, even once published) and the pid whose batch it holds (0: free).
+_NEXT, _OWNER, _SLOTS = 0, 1, 2
 
 
 class _Ring:
-    """The slots of every worker of one loader: shared tensors allocated and touched once, in the main process."""
+    """The slots of every worker of one loader: shared tensors allocated and touched once, in the main process.
+
+    A slot is written by one worker process and freed by the main process once it has copied the batch
+    out; a worker whose slots all still hold unread batches falls back to PyTorch's own hand-over, so a
+    consumer that holds batches slows the loader down but never sees them change.
+    """
 
     def __init__(
         self,
@@ -50,20 +55,28 @@ class _Ring:
             ]
             for _ in range(workers)
         ]
-        self.header = torch.zeros((workers, _GEN + slots), dtype=torch.int64).share_memory_()
-        self.lock = context.Lock()  # guards claims and publications; the copies run outside it
+        self.header = torch.zeros((workers, _SLOTS + 2 * slots), dtype=torch.int64).share_memory_()
+        self.lock = context.Lock()  # guards claims, publications and frees; the copies run outside it
         _RINGS[self.id] = self
 
     @property
     def nbytes(self) -> int:
         return sum(t.nbytes for ring in self.data for slot in ring for t in slot.values())
 
+    def _gen(self, worker: int, slot: int) -> torch.Tensor:
+        return self.header[worker, _SLOTS + slot]
+
+    def _holder(self, worker: int, slot: int) -> torch.Tensor:
+        return self.header[worker, _SLOTS + self.slots + slot]
+
     def claim(self, worker: int, pid: int, first: bool) -> tuple[int, int] | None:
-        """(slot, odd generation) for this worker process, or None when another process owns the ring.
+        """(slot, odd generation) to write next, or None: fall back to PyTorch's hand-over for this batch.
 
         A DataLoader iterator can start the next epoch's workers before the previous (unfinished) epoch's
-        workers have stopped; both have the same worker ids. A new process takes its ring over, and the old
-        one falls back to PyTorch's own hand-over, so two processes never write one ring.
+        workers have stopped (Lightning does), and both have the same worker ids: the newest process takes
+        the ring over, and the old one gets None from then on. The owner takes a free slot, else one left
+        by another process (batches nobody will read, unless two iterators of one loader are read at once:
+        then the older one's reader gets a clear error), never one holding its own unread batch.
         """
         h = self.header[worker]
         with self.lock:
@@ -71,22 +84,30 @@ class _Ring:
                 h[_OWNER] = pid
             elif int(h[_OWNER]) != pid:
                 return None
-            k = int(h[_NEXT]) % self.slots
-            h[_NEXT] += 1
-            gen = int(h[_GEN + k]) + 1
-            h[_GEN + k] = gen
+            start = int(h[_NEXT])
+            order = [(start + j) % self.slots for j in range(self.slots)]
+            holders = [int(self._holder(worker, k)) for k in order]
+            k = next((k for k, p in zip(order, holders, strict=True) if p == 0), None)
+            if k is None:
+                k = next((k for k, p in zip(order, holders, strict=True) if p != pid), None)
+            if k is None:
+                return None
+            h[_NEXT] = k + 1
+            gen = int(self._gen(worker, k)) + 1
+            self._gen(worker, k).fill_(gen)
+            self._holder(worker, k).fill_(pid)
         return k, gen
 
     def publish(self, worker: int, slot: int, gen: int) -> bool:
-        """Mark the slot written; False when it was claimed again meanwhile (its bytes are then not ours)."""
+        """Mark the slot written; False when it was taken over meanwhile (its bytes are then not ours)."""
         with self.lock:
-            if int(self.header[worker, _GEN + slot]) != gen:
+            if int(self._gen(worker, slot)) != gen:
                 return False
-            self.header[worker, _GEN + slot] = gen + 1
+            self._gen(worker, slot).fill_(gen + 1)
         return True
 
     def read(self, ref: SlotBatch, pin: bool) -> dict:
-        """Copy a published slot out (into pinned memory when `pin`): seqlock-style, checked before and after."""
+        """Copy a published slot out (into pinned memory when `pin`), checked before and after; then free it."""
         self._check(ref)
         slot = self.data[ref.worker][ref.slot]
         batch = dict(ref.rest)
@@ -94,15 +115,18 @@ class _Ring:
             src = t[: ref.size]
             batch[name] = torch.empty(src.shape, dtype=src.dtype, pin_memory=pin).copy_(src)
         self._check(ref)
+        with self.lock:
+            if int(self._gen(ref.worker, ref.slot)) == ref.generation:
+                self._holder(ref.worker, ref.slot).fill_(0)
         return {name: batch[name] for name in ref.order}
 
     def _check(self, ref: SlotBatch) -> None:
-        if int(self.header[ref.worker, _GEN + ref.slot]) != ref.generation:
+        if int(self._gen(ref.worker, ref.slot)) != ref.generation:
             raise DataError(
-                f"DataLoader hand-over: worker {ref.worker}'s shared-memory slot {ref.slot} was overwritten "
-                f"before the main process copied its batch out ({self.slots} slots a worker are too few for "
-                "how far ahead this loader's batches were held); the batch is refused rather than corrupted. "
-                "Consume the loader's batches as they come, or set data.num_workers=0."
+                f"DataLoader hand-over: worker {ref.worker}'s shared-memory slot {ref.slot} was rewritten "
+                "before the main process copied its batch out (were two iterators of one DataLoader read "
+                "at once?); the batch is refused rather than mixed. Read one iterator at a time, or set "
+                "data.num_workers=0."
             )
 
 
@@ -140,8 +164,10 @@ class SlotCollate:
     allocated and touched once in the main process (`prepare`, called by `SlotHandoverLoader` before its
     workers start), reused every batch and every epoch. A worker stacks its samples into the next slot and
     returns a `SlotBatch`; the main process copies it out (`SlotHandoverLoader`, or the pin-memory thread
-    straight into pinned memory). A generation counter per slot, checked before and after that copy, turns
-    a slot overwritten too early into a `DataError`, never into silently mixed batches.
+    straight into pinned memory) and frees the slot. A worker never rewrites a slot whose batch is unread
+    (it falls back to PyTorch's hand-over for that batch), and a generation counter per slot, checked
+    before and after the copy, turns any slot rewritten under a reader into a `DataError`, never into
+    silently mixed batches.
 
     Samples must be dicts whose tensors have the shapes and dtypes of sample 0 (the uint8 training items);
     anything else (a partial dict, another shape, no worker) is collated by `default_collate`, as before.
@@ -149,8 +175,8 @@ class SlotCollate:
     Args:
         dataset: the loader's dataset; sample 0 gives the tensor fields' shapes and dtypes.
         batch_size: the most samples a batch holds (slot size).
-        slots: slots a worker; default `prefetch_factor + 2` (the batches a worker may run ahead of the
-            main process's copy, plus one spare).
+        slots: slots a worker; default `prefetch_factor + 2`: a worker runs at most `prefetch_factor`
+            batches ahead of the main process's copy, plus one spare.
     """
 
     def __init__(self, dataset, batch_size: int, slots: int | None = None):
@@ -190,8 +216,10 @@ class SlotCollate:
 
     @property
     def handed_over(self) -> int:
-        """Batches the workers have put into slots so far (all rings, all epochs)."""
-        return 0 if self._ring is None else int(self._ring.header[:, _NEXT].sum())
+        """Batches the workers have handed over through slots so far (all epochs; fallbacks not counted)."""
+        if self._ring is None:
+            return 0
+        return int(self._ring.header[:, _SLOTS : _SLOTS + self._ring.slots].sum()) // 2
 
     def __call__(self, samples: Sequence[dict]):
         info = get_worker_info()
