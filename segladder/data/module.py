@@ -202,12 +202,13 @@ def make_loader(
     num_workers: int,
     sampler: Sampler | None = None,
     drop_last: bool = False,
+    slot_handover: bool = True,
 ) -> DataLoader:
     """The DataLoader training builds (the benchmark times this one): pinned on a GPU, workers per epoch.
 
     With workers over a dataset of uint8 items (fixed shapes), batches come back through reused
-    shared-memory slots (`SlotCollate`) instead of PyTorch's fresh segment a batch; otherwise it is a
-    plain DataLoader.
+    shared-memory slots (`SlotCollate`) instead of PyTorch's fresh segment a batch; otherwise (or with
+    `slot_handover=False`, the benchmark's reference) it is a plain DataLoader.
     """
     kwargs = dict(
         batch_size=batch_size,
@@ -217,7 +218,7 @@ def make_loader(
         drop_last=drop_last,
         persistent_workers=False,
     )
-    if num_workers > 0 and emits_uint8_batches(dataset):
+    if slot_handover and num_workers > 0 and emits_uint8_batches(dataset):
         return SlotHandoverLoader(dataset, collate_fn=SlotCollate(dataset, batch_size), **kwargs)
     return DataLoader(dataset, **kwargs)
 

@@ -143,7 +143,14 @@ def test_bench_data_reports_every_path_beside_memcpy(synth_root, caches, tmp_pat
     r = bench_data_loading(synth_root, cache, [3, 4], seconds=0.05, batch_size=4, workers=1)
     assert r["sample_shape"] == (3, 2, 32, 32)
     assert r["sample_bytes"] == 3 * 2 * 32 * 32 + 2 * 32 * 32  # image, mask and soft rows as stored
-    for name in ("raw", "cached_float", "cached_uint8", "loader", "loader_in_process"):
+    for name in (
+        "raw",
+        "cached_float",
+        "cached_uint8",
+        "loader",
+        "loader_default_handover",
+        "loader_in_process",
+    ):
         assert r["samples"][name] >= 12 and r["samples_per_s_per_core"][name] > 0, name
         assert r["vs_memcpy"][name] == pytest.approx(
             r["samples_per_s_per_core"][name] / r["memcpy_samples_per_s"]
@@ -153,5 +160,6 @@ def test_bench_data_reports_every_path_beside_memcpy(synth_root, caches, tmp_pat
     )
     text = "\n".join(format_report(r))
     assert "(d) DataLoader, 1 workers" in text and "memcpy" in text
+    assert r["handover"].startswith("reused shared-memory slots (4 a worker") and "through slots" in text
     with pytest.raises(DataError, match="not a uint8 cache"):
         bench_data_loading(synth_root, caches["float16"], [3, 4], seconds=0.01, batch_size=4, workers=0)
