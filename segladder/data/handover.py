@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, default_collate, get_worker_info
 
 from segladder.errors import DataError
+from segladder.progress import console
 
 # Rings of the collate objects alive in this process, by id: what a `SlotBatch` names when it is resolved
 # (in the main process, by the loader's iterator or by torch's pin-memory thread).
@@ -184,19 +185,32 @@ class SlotCollate:
         self._ring: _Ring | None = None
         self._ring_id: int | None = None
         self._owner_pid: int | None = None  # the worker process that took its ring over (per process)
+        self._declined = False
 
     def prepare(self, loader: DataLoader) -> None:
         """Allocate the rings for `loader`'s workers (main process, before they start); kept across epochs."""
         workers = loader.num_workers
         slots = self.requested_slots or (loader.prefetch_factor or 2) + 2
         ring = self._ring
-        if ring is not None and ring.workers >= workers and ring.slots == slots:
+        if self._declined or (ring is not None and ring.workers >= workers and ring.slots == slots):
             return
         sample = self.dataset[0]
         if not isinstance(sample, dict):
             return
         fields = {k: (tuple(v.shape), v.dtype) for k, v in sample.items() if isinstance(v, torch.Tensor)}
         if not fields:
+            return
+        need = sum(int(torch.Size(shape).numel()) * dtype.itemsize for shape, dtype in fields.values())
+        need *= self.batch_size * workers * slots
+        free = shared_memory_free()
+        if free is not None and need > free // 2:
+            # Leave room for PyTorch's own shared tensors; without the slots the loader still works.
+            console.print(
+                f"[yellow]DataLoader hand-over:[/] the workers' slots need {need / 2**20:.1f} MiB of shared "
+                f"memory and /dev/shm has {free / 2**20:.1f} MiB free: using PyTorch's hand-over (slower). "
+                "Enlarge /dev/shm (docker --shm-size) or lower data.num_workers or data.batch_size."
+            )
+            self._declined = True  # said once, not every epoch
             return
         context = loader.multiprocessing_context
         if context is None:
@@ -205,6 +219,10 @@ class SlotCollate:
             context = multiprocessing.get_context(context)
         self._ring = _Ring(fields, self.batch_size, workers, slots, context)
         self._ring_id = self._ring.id
+
+    def __getstate__(self) -> dict:
+        # A spawned worker gets the dataset from its DataLoader; here only the ring (handles) travels.
+        return {**self.__dict__, "dataset": None}
 
     @property
     def slots(self) -> int | None:
@@ -285,6 +303,15 @@ class SlotHandoverLoader(DataLoader):
         if self.num_workers > 0 and isinstance(self.collate_fn, SlotCollate):
             self.collate_fn.prepare(self)
         return _Resolving(super().__iter__())
+
+
+def shared_memory_free() -> int | None:
+    """Bytes free in /dev/shm, where PyTorch puts shared tensors (None where there is no such folder)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
 
 
 def describe_handover(loader: DataLoader) -> str:

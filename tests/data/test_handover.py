@@ -125,3 +125,36 @@ def test_training_with_workers_matches_training_in_the_main_process(train_cache,
         for key in a:
             if key != "samples_per_s":  # the one timing
                 assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_spawned_workers_get_the_slots_too(uint8_set):
+    loader = make_loader(uint8_set, batch_size=6, num_workers=1)
+    loader.multiprocessing_context = (
+        "spawn"  # pickles the collate object (forkserver, Python ≥ 3.14's default)
+    )
+    assert_same_batches(list(loader), list(DataLoader(uint8_set, batch_size=6)))
+    assert loader.collate_fn.handed_over == 2
+
+
+def test_too_little_shared_memory_falls_back_with_one_line(uint8_set, monkeypatch, capsys):
+    from segladder.data import handover
+
+    monkeypatch.setattr(handover, "shared_memory_free", lambda: 1 << 16)
+    loader = make_loader(uint8_set, batch_size=4, num_workers=2)
+    assert_same_batches(list(loader), list(DataLoader(uint8_set, batch_size=4)))
+    assert loader.collate_fn.handed_over == 0 and loader.collate_fn.slots is None
+    assert "/dev/shm has 0.1 MiB free: using PyTorch's hand-over" in capsys.readouterr().err.replace(
+        "\n", " "
+    )
+    list(loader)  # the next epoch: said once
+    assert "hand-over" not in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_pinned_batches_are_copied_from_the_slots_straight_into_pinned_memory(uint8_set):
+    loader = make_loader(uint8_set, batch_size=5, num_workers=2)
+    assert loader.pin_memory
+    batches = list(loader)
+    assert all(b["image"].is_pinned() and b["mask"].is_pinned() for b in batches)
+    assert_same_batches(batches, list(DataLoader(uint8_set, batch_size=5)))
+    assert loader.collate_fn.handed_over == 3
