@@ -163,7 +163,7 @@ class SlotCollate:
     every page of it is faulted twice (written in the worker, read in the main process): on a small VM
     that cost ten times the copy itself. Here each worker owns a ring of `slots` batch-sized buffers,
     allocated and touched once in the main process (`prepare`, called by `SlotHandoverLoader` before its
-    workers start), reused every batch and every epoch. A worker stacks its samples into the next slot and
+    workers start), reused every batch and every epoch. A worker stacks its samples into a free slot and
     returns a `SlotBatch`; the main process copies it out (`SlotHandoverLoader`, or the pin-memory thread
     straight into pinned memory) and frees the slot. A worker never rewrites a slot whose batch is unread
     (it falls back to PyTorch's hand-over for that batch), and a generation counter per slot, checked
@@ -183,7 +183,6 @@ class SlotCollate:
     def __init__(self, dataset, batch_size: int, slots: int | None = None):
         self.dataset, self.batch_size, self.requested_slots = dataset, batch_size, slots
         self._ring: _Ring | None = None
-        self._ring_id: int | None = None
         self._owner_pid: int | None = None  # the worker process that took its ring over (per process)
         self._declined = False
 
@@ -218,7 +217,6 @@ class SlotCollate:
         elif isinstance(context, str):
             context = multiprocessing.get_context(context)
         self._ring = _Ring(fields, self.batch_size, workers, slots, context)
-        self._ring_id = self._ring.id
 
     def __getstate__(self) -> dict:
         # A spawned worker gets the dataset from its DataLoader; here only the ring (handles) travels.
