@@ -21,8 +21,9 @@ from segladder.progress import console
 _RINGS: weakref.WeakValueDictionary[int, _Ring] = weakref.WeakValueDictionary()
 _RING_IDS = itertools.count()
 
-# The shared header, a row per worker: the ring's next slot, the pid of the process owning the ring, then per
-# slot its generation (odd while being written, even once published) and the pid whose batch it holds (0: free).
+# The shared header, a row per worker: the ring's next slot, the iterator (token) whose worker owns the ring,
+# then per slot its generation (odd while being written, even once published) and the token of the iterator
+# whose batch it holds (0: free). Tokens count the loader's iterators, so a worker process has one of its own.
 _NEXT, _OWNER, _SLOTS = 0, 1, 2
 
 
@@ -70,33 +71,32 @@ class _Ring:
     def _holder(self, worker: int, slot: int) -> torch.Tensor:
         return self.header[worker, _SLOTS + self.slots + slot]
 
-    def claim(self, worker: int, pid: int, first: bool) -> tuple[int, int] | None:
+    def claim(self, worker: int, token: int) -> tuple[int, int] | None:
         """(slot, odd generation) to write next, or None: fall back to PyTorch's hand-over for this batch.
 
         A DataLoader iterator can start the next epoch's workers before the previous (unfinished) epoch's
-        workers have stopped (Lightning does), and both have the same worker ids: the newest process takes
-        the ring over, and the old one gets None from then on. The owner takes a free slot, else one left
-        by another process (batches nobody will read, unless two iterators of one loader are read at once:
-        then the older one's reader gets a clear error), never one holding its own unread batch.
+        workers have stopped (Lightning does), and both have the same worker ids: the newest iterator's
+        worker takes the ring over, and the older one gets None from then on. The owner takes a free slot,
+        else one left by an older iterator (batches nobody will read, unless two iterators of one loader are
+        read at once: then the older one's reader gets a clear error), never one holding its own unread batch.
         """
         h = self.header[worker]
         with self.lock:
-            if first:
-                h[_OWNER] = pid
-            elif int(h[_OWNER]) != pid:
+            if int(h[_OWNER]) > token:
                 return None
+            h[_OWNER] = token
             start = int(h[_NEXT])
             order = [(start + j) % self.slots for j in range(self.slots)]
             holders = [int(self._holder(worker, k)) for k in order]
             k = next((k for k, p in zip(order, holders, strict=True) if p == 0), None)
             if k is None:
-                k = next((k for k, p in zip(order, holders, strict=True) if p != pid), None)
+                k = next((k for k, p in zip(order, holders, strict=True) if p != token), None)
             if k is None:
                 return None
             h[_NEXT] = k + 1
             gen = int(self._gen(worker, k)) + 1
             self._gen(worker, k).fill_(gen)
-            self._holder(worker, k).fill_(pid)
+            self._holder(worker, k).fill_(token)
         return k, gen
 
     def publish(self, worker: int, slot: int, gen: int) -> bool:
@@ -183,11 +183,15 @@ class SlotCollate:
     def __init__(self, dataset, batch_size: int, slots: int | None = None):
         self.dataset, self.batch_size, self.requested_slots = dataset, batch_size, slots
         self._ring: _Ring | None = None
-        self._owner_pid: int | None = None  # the worker process that took its ring over (per process)
+        self._token = 0  # counts prepare() calls, i.e. iterators; each one's workers carry its value
         self._declined = False
 
     def prepare(self, loader: DataLoader) -> None:
-        """Allocate the rings for `loader`'s workers (main process, before they start); kept across epochs."""
+        """Allocate the rings for `loader`'s workers (main process, before they start); kept across epochs.
+
+        Called once per iterator, before its workers start: they inherit a token newer than any before.
+        """
+        self._token += 1
         workers = loader.num_workers
         slots = self.requested_slots or (loader.prefetch_factor or 2) + 2
         ring = self._ring
@@ -242,10 +246,7 @@ class SlotCollate:
         ring = self._ring
         if info is None or ring is None or info.id >= ring.workers or not self._fits(samples, ring):
             return default_collate(samples)
-        pid = os.getpid()
-        first = self._owner_pid != pid
-        self._owner_pid = pid
-        claimed = ring.claim(info.id, pid, first)
+        claimed = ring.claim(info.id, self._token)
         if claimed is None:
             return default_collate(samples)
         k, gen = claimed
