@@ -139,6 +139,8 @@ class Baselines:
             via the annotators' mean); None when the data holds no individual masks (1.0 is used).
         trivial_loss: the configured loss of the best constant prediction on the validation masks.
         uninformed_loss: the configured loss of predicting 0.5 everywhere (an untrained model's start).
+        inputs: the validation set's input statistics (what the first rung's data checks compare with).
+        train_prior: the positive-pixel fraction of (up to 64) training masks: where the rungs' outputs start.
     """
 
     positive_fraction: float
@@ -148,6 +150,7 @@ class Baselines:
     trivial_loss: float
     uninformed_loss: float = math.nan
     inputs: InputStats | None = None
+    train_prior: float | None = None
 
     @property
     def floor(self) -> float:
@@ -170,6 +173,7 @@ class Baselines:
             "trivial_loss": self.trivial_loss,
             "uninformed_loss": self.uninformed_loss,
             "inputs": self.inputs.as_dict() if self.inputs else None,
+            "train_prior": self.train_prior,
         }
 
 

@@ -100,11 +100,18 @@ def validation_set(cfg: ExperimentConfig):
 
 def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> Baselines:
     """Model-free scores on the validation set: empty and constant predictions, annotator agreement, trivial loss."""
-    from segladder.data.datasets import dataset_from_config
+    from torch.utils.data import default_collate
+
+    from segladder.data.datasets import dataset_from_config, decode_batch
     from segladder.ladder.probe import dataset_stats
     from segladder.losses import build_loss
 
-    items = [val[i] for i in range(len(val))]
+    def decoded(ds, n: int):
+        # The data module's sets hand out stored uint8 bytes; the gates compare what the model is fed.
+        for i in range(n):
+            yield {k: v[0] for k, v in decode_batch(default_collate([ds[i]])).items()}
+
+    items = list(decoded(val, len(val)))
     masks = torch.stack([it["mask"] for it in items]).float()
     positives, pixels = float(masks.sum()), masks.numel()
     fraction = positives / pixels
@@ -121,11 +128,12 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         uninformed = float(loss(torch.zeros_like(masks), {"mask": masks, "soft": masks})[0])
     ceiling = None
     train = dataset_from_config(cfg.data, cfg.data.train_split.split("+")[0])
+    n = min(ceiling_records, len(train), cfg.data.train_records or len(train))
+    train_items = list(decoded(train, n))
+    major = torch.stack([it["mask"] for it in train_items]).float()
+    prior = float(major.mean()) if n else None
     if train.has_soft:
-        n = min(ceiling_records, len(train), cfg.data.train_records or len(train))
-        items = [train[i] for i in range(n)]
-        soft = torch.stack([it["soft"] for it in items])
-        major = torch.stack([it["mask"] for it in items])
+        soft = torch.stack([it["soft"] for it in train_items])
         # A random annotator against the majority, pooled over annotators: 2·Σ s·m / (Σ s + Σ m).
         denominator = float(soft.sum() + major.sum())
         ceiling = 2 * float((soft * major).sum()) / denominator if denominator > 0 else None
@@ -137,6 +145,7 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         min(losses),
         uninformed,
         dataset_stats(items),
+        prior if prior is not None and 0 < prior < 1 else None,
     )
 
 
@@ -163,10 +172,23 @@ class LadderResult:
 def rung_config(base: ExperimentConfig, rung: str) -> ExperimentConfig:
     """The base config with model.name set to the rung; base model options go to the rungs that take them."""
     from segladder.models import info
+    from segladder.models.registry import GENERIC_OPTIONS
 
-    accepted = inspect.signature(info(rung).factory).parameters
+    accepted = {*inspect.signature(info(rung).factory).parameters, *GENERIC_OPTIONS}
     model = ModelConfig(name=rung, **{k: v for k, v in base.model.kwargs.items() if k in accepted})
     return base.model_copy(update={"name": rung, "model": model})
+
+
+def _with_prior(base: ExperimentConfig, baselines: Baselines | None) -> ExperimentConfig:
+    """Every rung's output starts at the training masks' positive rate (`model.output_prior`) unless set.
+
+    From scratch and with rare positives, a rung started at logit 0 first learns only the constant and then
+    sits at it for epochs (ResNet18_ULSTM longest), which a short budget reads as a broken part.
+    """
+    if baselines is None or baselines.train_prior is None or "output_prior" in base.model.kwargs:
+        return base
+    model = ModelConfig(name=base.model.name, **base.model.kwargs, output_prior=baselines.train_prior)
+    return base.model_copy(update={"model": model})
 
 
 def get_profile(name: str) -> GateProfile:
@@ -211,7 +233,7 @@ def run_ladder(
         probe, updates = TrainingBatchProbe(), UpdateSizeProbe()
         try:
             res = train(
-                rung_config(base, rung),
+                rung_config(_with_prior(base, baselines), rung),
                 out=out / rung,
                 callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe, updates],
             )
