@@ -179,6 +179,7 @@ def bench_data_loading(
 def format_report(r: dict) -> list[str]:
     """The lines `segladder bench data` prints."""
     pc, vs, n = r["samples_per_s_per_core"], r["vs_memcpy"], r["samples"]
+    total = r["loader_samples_per_s"] / r["memcpy_samples_per_s"]
     lines = [
         f"sample image shape (C, T, H, W): {r['sample_shape']}, {r['sample_bytes']:,} stored bytes a sample, "
         f"batches of {r['batch_size']}, torch threads 1, {r['cpu_count']} CPUs",
@@ -197,10 +198,19 @@ def format_report(r: dict) -> list[str]:
     for key, label in names.items():
         lines.append(f"{label:<44}{pc[key]:9.1f}   {vs[key]:6.3f}   ({n[key]} samples)")
     lines += [
-        f"loader total: {r['loader_samples_per_s']:.1f} samples/s; worker hand-over: {r['handover']}",
+        f"loader total: {r['loader_samples_per_s']:.1f} samples/s ({total:.3f} × memcpy); "
+        f"worker hand-over: {r['handover']}",
         f"speed-up over raw: uint8 {r['speedup']:.1f}×, float {r['speedup_float']:.1f}×",
         f"targets: uint8 ≥ {TARGET_SPEEDUP:.0f}× raw {'✓' if r['speedup'] >= TARGET_SPEEDUP else '✗'}, "
         f"uint8 ≥ {TARGET_UINT8_PER_CORE:,.0f} samples/s per core {'✓' if pc['cached_uint8'] >= TARGET_UINT8_PER_CORE else '✗'}, "
-        f"loader per core ≥ memcpy/2 {'✓' if vs['loader'] >= TARGET_LOADER_VS_MEMCPY else '✗'}",
+        f"loader total ≥ memcpy/2 {'✓' if total >= TARGET_LOADER_VS_MEMCPY else '✗'}, "
+        f"loader per worker core ≥ memcpy/2 {'✓' if vs['loader'] >= TARGET_LOADER_VS_MEMCPY else '✗'}",
     ]
+    if r["workers"] > 1 and vs["loader"] < TARGET_LOADER_VS_MEMCPY <= total:
+        # Every batch is copied once more in the main process (out of its slot; on a GPU, into pinned
+        # memory), so the whole loader moves at most one core's memcpy, shared by the workers.
+        lines.append(
+            f"  (per worker core is capped at memcpy/{r['workers']}: the main process copies every batch "
+            "once, on one core)"
+        )
     return lines
