@@ -2,6 +2,7 @@
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -420,3 +421,17 @@ def test_an_interruption_stops_the_whole_ladder(monkeypatch, synth_root, tmp_pat
             ladder_config(synth_root), tmp_path, ("ResNet18_SimplerFCN", "ResNet18_Simple"), keep_going=True
         )
     assert calls == ["ResNet18_SimplerFCN"]  # the next rung was not started
+
+
+def test_a_budget_too_small_to_learn_from_scratch_is_named(tmp_path):
+    from segladder.ladder.demo import demo_values
+    from segladder.ladder.run import budget_warning, ladder_config
+
+    base = Baselines(0.02, 0.0, 0.04, None, 0.1, 0.7, train_prior=0.02, train_records=100)
+    seed_budget = ladder_config(tmp_path)  # configs/ladder.yaml: 2 epochs, batch 8 × accumulation 4
+    warning = budget_warning(seed_budget, base)
+    assert warning is not None and "6 optimiser steps" in warning and "--budget epochs=N" in warning
+    demo = ladder_config(tmp_path, values=demo_values(5, 0))
+    assert budget_warning(demo, replace(base, train_records=128)) is None
+    pretrained = ladder_config(tmp_path, overrides=["model.pretrained=/weights/resnet18.pth"])
+    assert budget_warning(pretrained, base) is None

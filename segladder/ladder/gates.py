@@ -141,6 +141,7 @@ class Baselines:
         uninformed_loss: the configured loss of predicting 0.5 everywhere (an untrained model's start).
         inputs: the validation set's input statistics (what the first rung's data checks compare with).
         train_prior: the positive-pixel fraction of (up to 64) training masks: where the rungs' outputs start.
+        train_records: how many training records each rung trains on (for the budget warning).
     """
 
     positive_fraction: float
@@ -151,6 +152,7 @@ class Baselines:
     uninformed_loss: float = math.nan
     inputs: InputStats | None = None
     train_prior: float | None = None
+    train_records: int | None = None
 
     @property
     def floor(self) -> float:
@@ -174,6 +176,7 @@ class Baselines:
             "uninformed_loss": self.uninformed_loss,
             "inputs": self.inputs.as_dict() if self.inputs else None,
             "train_prior": self.train_prior,
+            "train_records": self.train_records,
         }
 
 

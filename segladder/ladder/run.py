@@ -146,6 +146,7 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         uninformed,
         dataset_stats(items),
         prior if prior is not None and 0 < prior < 1 else None,
+        min(len(train), cfg.data.train_records or len(train)),
     )
 
 
@@ -177,6 +178,31 @@ def rung_config(base: ExperimentConfig, rung: str) -> ExperimentConfig:
     accepted = {*inspect.signature(info(rung).factory).parameters, *GENERIC_OPTIONS}
     model = ModelConfig(name=rung, **{k: v for k, v in base.model.kwargs.items() if k in accepted})
     return base.model_copy(update={"name": rung, "model": model})
+
+
+# The fewest optimiser steps a rung trained from scratch has passed its calibrated gates with (the demo's 80).
+MIN_SCRATCH_STEPS = 80
+
+
+def budget_warning(base: ExperimentConfig, baselines: Baselines | None) -> str | None:
+    """A warning when each rung gets too few optimiser steps from scratch for its F1 gates to mean anything."""
+    if baselines is None or baselines.train_records is None or base.model.kwargs.get("pretrained"):
+        return None
+    t = base.trainer
+    batches = baselines.train_records // base.data.batch_size or 1
+    if isinstance(t.limit_train_batches, int):
+        batches = min(batches, t.limit_train_batches)
+    elif isinstance(t.limit_train_batches, float):
+        batches = max(1, int(batches * t.limit_train_batches))
+    steps = t.max_epochs * max(1, batches // t.accumulate_grad_batches)
+    if steps >= MIN_SCRATCH_STEPS:
+        return None
+    return (
+        f"budget: {steps} optimiser steps a rung, from scratch: too few for the F1 gates to tell a broken part "
+        f"from an untrained one (the demo's {MIN_SCRATCH_STEPS} steps are the fewest measured to pass). Raise "
+        "--budget epochs=N, or lower trainer.accumulate_grad_batches, or give pretrained weights "
+        "(--set model.pretrained=PATH), as seed 000's budget assumes."
+    )
 
 
 def _with_prior(base: ExperimentConfig, baselines: Baselines | None) -> ExperimentConfig:
@@ -222,6 +248,8 @@ def run_ladder(
         [], out, profile=prof.name, baselines=baselines, fault=fault.name if fault else None
     )
     console.print(f"gate profile: [bold]{prof.name}[/] ({prof.description})")
+    if (warning := budget_warning(base, baselines)) is not None:
+        console.print(f"[yellow]{warning}[/]")
     if fault is not None:
         fault.preflight(base)
         console.print(f"[magenta]injected fault: {fault.name}[/] ({fault.description})")
