@@ -251,6 +251,7 @@ def run_ladder(
     console.print(f"gate profile: [bold]{prof.name}[/] ({prof.description})")
     if (warning := budget_warning(base, baselines)) is not None:
         console.print(f"[yellow]{warning}[/]")
+    base = _with_prior(base, baselines)
     if fault is not None:
         fault.preflight(base)
         console.print(f"[magenta]injected fault: {fault.name}[/] ({fault.description})")
@@ -262,7 +263,7 @@ def run_ladder(
         probe, updates = TrainingBatchProbe(), UpdateSizeProbe()
         try:
             res = train(
-                rung_config(_with_prior(base, baselines), rung),
+                rung_config(base, rung),
                 out=out / rung,
                 callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe, updates],
             )
