@@ -435,3 +435,9 @@ def test_a_budget_too_small_to_learn_from_scratch_is_named(tmp_path):
     assert budget_warning(demo, replace(base, train_records=128)) is None
     pretrained = ladder_config(tmp_path, overrides=["model.pretrained=/weights/resnet18.pth"])
     assert budget_warning(pretrained, base) is None
+    # The calibrated profile trains from scratch at a budget that gives verdicts; --budget still wins.
+    calibrated = ladder_config(tmp_path, profile="calibrated")
+    assert (calibrated.trainer.max_epochs, calibrated.trainer.accumulate_grad_batches) == (5, 1)
+    assert calibrated.optim.lr == 3e-3 and budget_warning(calibrated, base) is None
+    assert ladder_config(tmp_path, budget={"epochs": 2}, profile="calibrated").trainer.max_epochs == 2
+    assert ladder_config(tmp_path, profile="seed").trainer.accumulate_grad_batches == 4

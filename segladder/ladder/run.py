@@ -73,15 +73,18 @@ def ladder_config(
     budget: dict[str, int] | None = None,
     values: dict | None = None,
     overrides: list[str] | None = None,
+    profile: str | None = None,
 ) -> ExperimentConfig:
-    """The shared config of every rung: configs/ladder.yaml (or `config`), then the data, typed `values`,
-    the budget, and last the user's `--set` overrides."""
+    """The shared config of every rung: configs/ladder.yaml (or `config`), then the data, the gate profile's
+    budget (with the default config only), typed `values`, the budget, and last the user's `--set` overrides."""
     from segladder.config import _merge, read_yaml
 
     path = Path(config or CONFIG_DIR / "ladder.yaml")
     merged = read_yaml(path, "config", "data/model/loss/optim/trainer")
     merged.setdefault("name", path.stem)
     merged = _merge(merged, {"data": data_values(data)})
+    if profile is not None and config is None:
+        merged = _merge(merged, get_profile(profile).budget)
     merged = _merge(merged, values or {})
     for key, n in (budget or {}).items():
         section, name = BUDGET_FIELDS[key]
