@@ -109,6 +109,7 @@ class UpdateSizeProbe(Callback):
     def __init__(self):
         self._before: list[torch.Tensor] | None = None
         self._params: list[torch.Tensor] = []
+        self._step = 0
         self._ratios: list[tuple[int, float]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
@@ -122,10 +123,8 @@ class UpdateSizeProbe(Callback):
         if self._before is None:
             return  # accumulating: no step was taken on this batch
         with torch.no_grad():
-            after = [p.detach() for p in self._params]
-            delta = torch._foreach_sub(after, self._before)
-            moved = torch.stack([n.double() for n in torch._foreach_norm(delta)]).norm()
-            size = torch.stack([n.double() for n in torch._foreach_norm(self._before)]).norm()
+            moved = _global_norm(torch._foreach_sub([p.detach() for p in self._params], self._before))
+            size = _global_norm(self._before)
         self._before, self._params = None, []
         ratio = float(moved / size) if size > 0 else 0.0
         self._ratios.append((self._step, ratio if math.isfinite(ratio) else math.inf))
@@ -136,3 +135,8 @@ class UpdateSizeProbe(Callback):
             return None
         step, top = max(self._ratios, key=lambda r: r[1])
         return UpdateStats(len(self._ratios), top, step, statistics.median(r for _, r in self._ratios))
+
+
+def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of all `tensors` taken as one vector (the per-tensor norms combined in float64)."""
+    return torch.stack([n.double() for n in torch._foreach_norm(tensors)]).norm()

@@ -131,10 +131,10 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         uninformed = float(loss(torch.zeros_like(masks), {"mask": masks, "soft": masks})[0])
     ceiling = None
     train = dataset_from_config(cfg.data, cfg.data.train_split.split("+")[0])
-    n = min(ceiling_records, len(train), cfg.data.train_records or len(train))
-    train_items = list(decoded(train, n))
+    train_records = min(len(train), cfg.data.train_records or len(train))
+    train_items = list(decoded(train, min(ceiling_records, train_records)))
     major = torch.stack([it["mask"] for it in train_items]).float()
-    prior = float(major.mean()) if n else None
+    prior = float(major.mean())
     if train.has_soft:
         soft = torch.stack([it["soft"] for it in train_items])
         # A random annotator against the majority, pooled over annotators: 2·Σ s·m / (Σ s + Σ m).
@@ -148,8 +148,8 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         min(losses),
         uninformed,
         dataset_stats(items),
-        prior if prior is not None and 0 < prior < 1 else None,
-        min(len(train), cfg.data.train_records or len(train)),
+        prior if 0 < prior < 1 else None,
+        train_records,
     )
 
 
