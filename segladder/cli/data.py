@@ -60,7 +60,9 @@ def prepare(
         "--channels",
         help="Input channels: groups ash, bands, diffs or names like band_11, diff_15_14.",
     ),
-    size: int = typer.Option(256, "--size", help="Image size; records of another size are resized."),
+    size: int = typer.Option(
+        0, "--size", help="Image size (default: the records' own); records of another size are resized."
+    ),
     dtype: str = typer.Option("uint8", "--dtype", help="Storage: uint8 (compact) or float16."),
     interpolation: str = typer.Option(
         "bilinear", "--interpolation", help="Image resize: bilinear or bicubic (masks: nearest)."
@@ -76,11 +78,12 @@ def prepare(
 ) -> None:
     """Convert raw records into a memory-mapped cache; resumable, never half-valid."""
     from segladder.data.cache import CacheOptions, prepare_cache
+    from segladder.data.contrails import native_size
 
     opts = CacheOptions(
         frames=tuple(parse_int_list(frames) or range(8)),
         channels=tuple(parse_str_list(channels) or ["ash"]),
-        image_size=size,
+        image_size=size or native_size(root),
         dtype=dtype,
         interpolation=interpolation,
         stats_records=stats_records,

@@ -117,6 +117,21 @@ def discover_records(root: str | Path, split: str, *, required: bool = True) -> 
     return sorted(refs, key=lambda r: r.record_id)
 
 
+def native_size(root: str | Path) -> int:
+    """The image size of a dataset's records: that of the first record of its first split (read from the
+    band file's header, no pixels); records of other sizes are resized to it by the cache."""
+    splits = present_splits(root)
+    ref = discover_records(root, splits[0] if splits else "train")[0]
+    path = ref.path / band_file(BANDS[0])
+    try:
+        shape = np.load(path, mmap_mode="r").shape
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: cannot read its header ({exc}); check the file or give --size.") from None
+    if len(shape) != 3 or shape[0] != shape[1]:
+        raise DataError(f"{path}: shape {shape} is not (H, W, frames) with H = W; give --size.")
+    return int(shape[0])
+
+
 def present_splits(root: str | Path) -> list[str]:
     """The splits of `root` whose folders hold at least one record (the default when none are named)."""
     root = Path(root)

@@ -71,6 +71,8 @@ CASES = [
         0,
         r"frames \[2, 3, 4\]",
     ),
+    # Without --size the cache keeps the records' own size (32² here), never a silent upsampling.
+    ("prepare-native-size", "data prepare {raw} --out {tmp}/c3 --frames 4 --splits validation", 0, r", 32²"),
     ("prepare-bad-frames", "data prepare {raw} --out {tmp}/c2 --frames 2-x", 2, r"^error: --frames '2-x'"),
     (
         "prepare-bad-channel",
