@@ -20,6 +20,9 @@ SHORT_GATES = {
     "F1 above the baselines": "F1",
     "loss stable": "stable",
     "loss falls": "loss",
+    "steps smaller than the weights": "step",
+    "training inputs match validation": "inputs",
+    "training labels sit on their signature": "labels",
 }
 
 
@@ -62,6 +65,11 @@ def write_report_json(result: LadderResult) -> Path:
     return path
 
 
+def short_gate(name: str) -> str:
+    """A check's name in the table's narrow gates column (report.md and report.json keep the full one)."""
+    return SHORT_GATES.get(name, name.replace(" ", ""))
+
+
 def ladder_table(result: LadderResult) -> Table:
     which = "best epoch" if PROFILES[result.profile].f1 == "best" else "last epoch"
     table = Table(title=f"ladder, {result.profile} gates (F1 = global Dice at the best threshold, {which})")
@@ -70,13 +78,7 @@ def ladder_table(result: LadderResult) -> Table:
     for r in result.rungs:
         last = r.history[-1] if r.history else {}
         colour = {"passed": "green", "failed": "red"}.get(r.status, "yellow")
-        gates = (
-            " ".join(
-                ("✓" if c.passed else "✗") + SHORT_GATES.get(c.name, c.name.replace(" ", ""))
-                for c in r.checks
-            )
-            or r.reason[:40]
-        )
+        gates = " ".join(("✓" if c.passed else "✗") + short_gate(c.name) for c in r.checks) or r.reason[:40]
         table.add_row(
             r.rung.replace("ResNet18_", "R18_"),
             f"[{colour}]{r.status}[/]",

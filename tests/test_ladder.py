@@ -260,6 +260,30 @@ def test_first_rung_compares_the_training_batches_with_validation():
     )
 
 
+def test_every_gate_has_a_short_name_in_the_table():
+    from segladder.ladder.probe import InputStats, UpdateStats
+    from segladder.report import short_gate
+
+    stats = InputStats([0.7, 0.6, 0.6], [0.14, 0.11, 0.25], [-2.0, -0.9, -0.25])
+    base = Baselines(0.02, 0.0, 0.04, 0.84, 0.1, 0.7, inputs=stats)
+    names = set()
+    for gates in (CALIBRATED_GATES, DEFAULT_GATES):
+        for gate in gates.values():
+            checks = check_gates(
+                gate,
+                history([0.3, 0.1], [0.1, 0.3]),
+                0.2,
+                0,
+                base,
+                "last",
+                stats,
+                UpdateStats(10, 0.01, 1, 0.01),
+            )
+            names |= {c.name for c in checks}
+    assert {"steps smaller than the weights", "training labels sit on their signature"} <= names
+    assert all(len(short_gate(n)) <= 10 for n in names), {n: short_gate(n) for n in names}
+
+
 def test_calibrated_rung_below_tolerates_noise_but_not_a_drop():
     gate = CALIBRATED_GATES["ResNet18_ULSTM"]
     # Tolerance 0.05 × headroom 0.8 = 0.04 below the rung below.
