@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -107,10 +109,25 @@ def loggers(cfg: ExperimentConfig, run_dir: Path) -> list:
     return out
 
 
+class _DropAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "💡 Tip" not in record.getMessage()
+
+
+def quiet_library_notices() -> None:
+    """Keep two lines a user can do nothing about out of every run's output: Lightning's advert for its
+    cloud logger, and torch's deprecation notice for a pytree call inside Lightning itself."""
+    log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info writes
+    if not any(isinstance(f, _DropAdvert) for f in log.filters):
+        log.addFilter(_DropAdvert())
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
+
+
 def build_trainer(
     cfg: ExperimentConfig, run_dir: Path, monitor: str, extra_callbacks=()
 ) -> tuple[L.Trainer, NonFiniteGuard]:
     """Lightning's Trainer with segladder's callbacks (NaN guard, finite atomic checkpoints, RNG state, pictures)."""
+    quiet_library_notices()
     t = cfg.trainer
     guard = NonFiniteGuard(run_dir, t.nan_patience)
     callbacks = [

@@ -113,6 +113,8 @@ def test_ctrl_c_during_training_names_the_resume_command(cli_data, tmp_path):
     assert last.startswith("interrupted: training stopped on SIGINT") and last.endswith(
         f"continue with `segladder train --resume {run}`"
     ), str(r)
+    # Nothing a user cannot act on: no Lightning advert, no deprecation notice from inside Lightning.
+    assert "💡" not in r.out + r.err and "LeafSpec" not in r.err, str(r)
 
 
 def test_make_test_fails_below_the_collected_test_floor():
