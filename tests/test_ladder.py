@@ -419,6 +419,29 @@ def test_a_fault_that_cannot_be_planted_is_refused_before_training(ladder_cache,
     assert not (tmp_path / "ResNet18_SimplerFCN").exists()
 
 
+def test_coat_rung_asks_for_its_weights_and_is_not_run_without_them(ladder_cache, tmp_path, monkeypatch):
+    from segladder.ladder import ladder_config, run_ladder, rung_config
+    from segladder.progress import console
+
+    for name in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
+        monkeypatch.setenv(name, str(tmp_path / name))  # empty caches: no weights anywhere
+    for name in ("HF_HUB_CACHE", "SEGLADDER_WEIGHTS", "SEGLADDER_ALLOW_DOWNLOAD"):
+        monkeypatch.delenv(name, raising=False)
+    base = ladder_config(ladder_cache, overrides=["data.num_workers=0", "trainer.progress=false"])
+    assert rung_config(base, "CoaT_ULSTM").model.kwargs["pretrained"] == "auto"
+    assert "pretrained" not in rung_config(base, "ResNet18_U").model.kwargs
+    scratch = ladder_config(ladder_cache, overrides=["model.pretrained=false"])
+    assert rung_config(scratch, "CoaT_ULSTM").model.kwargs["pretrained"] is False
+
+    with console.capture() as captured:
+        res = run_ladder(base, tmp_path / "ladder", ("CoaT_ULSTM",))
+    (coat,) = res.rungs
+    assert coat.status == "not run" and coat.reason.startswith("no pretrained weights")
+    assert res.first_failure is None and not (tmp_path / "ladder" / "CoaT_ULSTM" / "checkpoints").exists()
+    text = " ".join(captured.get().split())
+    assert "Supply them:" in text and "--set model.pretrained=false" in text, text
+
+
 def torch_equal(a, b) -> bool:
     import torch
 

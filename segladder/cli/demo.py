@@ -22,7 +22,9 @@ def demo(
         None, "--data", help="Real data (raw root or cache) instead of the synthetic set."
     ),
     full: bool = typer.Option(
-        False, "--full", help="The full ladder, CoaT_ULSTM included, with the seed's phase-1 budget."
+        False,
+        "--full",
+        help="The full ladder with the seed's phase-1 budget; CoaT_ULSTM runs when its ImageNet weights are here.",
     ),
     home: Path = typer.Option(
         None,

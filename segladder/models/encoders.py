@@ -14,7 +14,7 @@ import timm
 import torch
 from torch import nn
 
-from segladder.models.registry import ModelError
+from segladder.models.registry import ModelError, WeightsUnavailable
 from segladder.registry import suggest
 
 log = logging.getLogger(__name__)
@@ -463,7 +463,7 @@ def _timm_weights(name: str, in_chans: int) -> dict[str, torch.Tensor]:
             "or set SEGLADDER_ALLOW_DOWNLOAD=1 in the environment before starting, to let timm "
             "download them once into its cache"
         )
-        raise ModelError(
+        raise WeightsUnavailable(
             f"pretrained weights for {tag!r} are not available offline (looked in: {'; '.join(looked)}).\n"
             "Supply them: " + ";\n  ".join(ways) + ".\n"
             "Or train from scratch knowingly: pretrained=False (config: model.pretrained=false)."

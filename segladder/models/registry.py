@@ -16,6 +16,11 @@ class ModelError(ConfigError):
     """A model name, model option or weights file is wrong; the message says what was expected."""
 
 
+class WeightsUnavailable(ModelError):
+    """Pretrained weights were asked for (`pretrained: auto`) but are not on this machine; the message says
+    how to supply them."""
+
+
 class ModelInputError(ModelError, ValueError):
     """A tensor given to a model has the wrong rank, channels, frames or size."""
 
