@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,9 @@ def ladder_table(result: LadderResult) -> Table:
     for r in result.rungs:
         last = r.history[-1] if r.history else {}
         colour = {"passed": "green", "failed": "red"}.get(r.status, "yellow")
-        gates = " ".join(("✓" if c.passed else "✗") + short_gate(c.name) for c in r.checks) or r.reason[:40]
+        gates = " ".join(
+            ("✓" if c.passed else "✗") + short_gate(c.name) for c in r.checks
+        ) or textwrap.shorten(r.reason, 40, placeholder=" …")
         table.add_row(
             r.rung.replace("ResNet18_", "R18_"),
             f"[{colour}]{r.status}[/]",

@@ -293,7 +293,7 @@ def run_ladder(
             ) from None
         except WeightsUnavailable as exc:
             # The whole message: it says where weights were looked for and how to supply them.
-            r.reason = f"no pretrained weights: {str(exc).splitlines()[0]}"
+            r.reason = f"no pretrained weights on this machine. {str(exc).splitlines()[0]}"
             r.seconds = time.perf_counter() - t0
             result.rungs.append(r)
             scratch = (
