@@ -261,3 +261,24 @@ def test_auxiliary_head_and_positives_only_segmentation_loss(train_cache, tmp_pa
     )
     res = train(cfg, out=tmp_path / "aux")
     assert "train/cls" in res.metrics["final"]
+
+
+def test_curves_are_redrawn_at_most_every_refresh_and_always_at_the_end(tmp_path):
+    from types import SimpleNamespace
+
+    from segladder.training.callbacks import RunRecorder
+
+    rec = RunRecorder(tmp_path)
+    rec.REFRESH_S = 3600.0
+    drawn = []
+    for epoch in range(4):
+        rec._refresh("curves", lambda e=epoch: drawn.append(e))
+    assert drawn == [0]  # the first epoch draws; the next three are within the refresh interval
+    rec.on_fit_end(SimpleNamespace(is_global_zero=True), None)
+    assert drawn == [0, 3]  # the end draws the last state once
+    rec.on_fit_end(SimpleNamespace(is_global_zero=True), None)
+    assert drawn == [0, 3]
+    rec.REFRESH_S = 0.0
+    for epoch in range(2):
+        rec._refresh("curves", lambda e=epoch: drawn.append(e))
+    assert drawn == [0, 3, 0, 1]
