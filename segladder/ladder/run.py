@@ -291,27 +291,25 @@ def run_ladder(
             raise Interrupted(
                 f"the ladder stopped in {rung}: {str(exc).split('; continue with')[0]}"
             ) from None
-        except WeightsUnavailable as exc:
-            # The whole message: it says where weights were looked for and how to supply them.
-            r.reason = f"no pretrained weights on this machine. {str(exc).splitlines()[0]}"
-            r.seconds = time.perf_counter() - t0
-            result.rungs.append(r)
-            scratch = (
-                ""
-                if "pretrained" in base.model.kwargs
-                else (
-                    f"\nThe ladder starts {rung} from ImageNet weights (seed 000's phase 4; from scratch it is hard "
-                    "to train). To train it from scratch anyway: --set model.pretrained=false."
-                )
-            )
-            console.print(f"[yellow]{rung}: not run.\n{exc}{scratch}[/]")
-            continue
         except (SegladderError, RuntimeError, MemoryError) as exc:
-            # Out of memory, a model that cannot take this input, a wrong weights file: report, go on.
-            r.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            # Missing offline weights, out of memory, a model that cannot take this input: report, go on.
             r.seconds = time.perf_counter() - t0
             result.rungs.append(r)
-            console.print(f"[yellow]{rung}: not run ({r.reason})[/]")
+            if isinstance(exc, WeightsUnavailable):
+                # The whole message: it says where weights were looked for and how to supply them.
+                r.reason = f"no pretrained weights on this machine. {str(exc).splitlines()[0]}"
+                scratch = (
+                    ""
+                    if "pretrained" in base.model.kwargs
+                    else (
+                        f"\nThe ladder starts {rung} from ImageNet weights (seed 000's phase 4; from scratch it "
+                        "is hard to train). To train it from scratch anyway: --set model.pretrained=false."
+                    )
+                )
+                console.print(f"[yellow]{rung}: not run.\n{exc}{scratch}[/]")
+            else:
+                r.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                console.print(f"[yellow]{rung}: not run ({r.reason})[/]")
             continue
         r.seconds = time.perf_counter() - t0
         nan_steps = 1 if r.reason else 0

@@ -111,3 +111,17 @@ def test_unreadable_band_names_the_file(tmp_path):
     (rec / "band_14.npy").write_bytes(b"not numpy")
     with pytest.raises(DataError, match="band_14.npy"):
         ash_rgb(rec)
+
+
+def test_native_size_reads_the_first_record_and_names_a_bad_file(tmp_path, synth_root):
+    from segladder.data.contrails import native_size
+
+    assert native_size(synth_root) == 32
+    record = tmp_path / "train" / "1000"
+    record.mkdir(parents=True)
+    (record / "band_08.npy").write_bytes(b"not an array")
+    with pytest.raises(DataError, match=r"1000/band_08\.npy: cannot read its header.*--size"):
+        native_size(tmp_path)
+    np.save(record / "band_08.npy", np.zeros((16, 24, 8), np.float32))
+    with pytest.raises(DataError, match=r"band_08\.npy: shape \(16, 24, 8\) .*--size"):
+        native_size(tmp_path)
