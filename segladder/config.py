@@ -249,7 +249,10 @@ class TrainerConfig(_Section):
         False, description="DDP: only for models with parameters a step may not use"
     )
     accumulate_grad_batches: int = Field(1, ge=1)
-    gradient_clip_val: float | None = None
+    gradient_clip_val: float | None = Field(
+        None, description="clip gradients to this global norm (or value, see gradient_clip_algorithm)"
+    )
+    gradient_clip_algorithm: Literal["norm", "value"] = "norm"
     limit_train_batches: int | float | None = None
     limit_val_batches: int | float | None = None
     val_check_interval: int | float | None = None
@@ -257,7 +260,18 @@ class TrainerConfig(_Section):
     deterministic: bool = False
 
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the model's forward (docs/training.md, Speed)")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile's mode when trainer.compile is true"
+    )
+    compile_dynamic: bool | None = Field(
+        False,
+        description="torch.compile's dynamic: false compiles for the shapes seen (a last short batch "
+        "recompiles once), null lets torch decide",
+    )
+    cudnn_benchmark: bool = Field(
+        True, description="let cuDNN time its kernels for each input shape (ignored when deterministic)"
+    )
     nan_patience: int = Field(5, ge=1, description="stop after this many consecutive non-finite steps")
     overlays: int = Field(8, ge=0, description="validation records drawn as overlays each epoch")
     progress: bool = True
@@ -412,14 +426,23 @@ def parse_overrides(pairs: list[str], schema: type[BaseModel] | None = None) -> 
 
 
 def _is_text_field(schema: type[BaseModel], parts: list[str]) -> bool:
-    """Whether the dotted key names a field whose type is str (or str | None) in `schema`."""
+    """Whether the dotted key names a field whose type is str or a choice of strings (`Literal["32", ...]`),
+    optionally `| None`, in `schema`: `trainer.precision=32` is the choice "32", not the number 32."""
     section = _section_model(schema, tuple(parts[:-1]))
     field = section.model_fields.get(parts[-1]) if section is not None else None
     if field is None:
         return False
     ann = field.annotation
     union = typing.get_origin(ann) in (typing.Union, types.UnionType)
-    return {a for a in (typing.get_args(ann) if union else (ann,)) if a is not type(None)} == {str}
+    kinds = set()
+    for a in typing.get_args(ann) if union else (ann,):
+        if a is type(None):
+            continue
+        if typing.get_origin(a) is Literal:
+            kinds |= {type(v) for v in typing.get_args(a)}
+        else:
+            kinds.add(a)
+    return kinds == {str}
 
 
 def _merge(base: dict, over: dict) -> dict:

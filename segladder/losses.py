@@ -76,7 +76,8 @@ class BCELoss(_BinaryLoss):
     def _loss(self, logits: Tensor, target: Tensor) -> Tensor:
         pos_weight = None
         if self.pos_weight is not None:
-            pos_weight = torch.tensor(self.pos_weight, dtype=logits.dtype, device=logits.device)
+            # A fill on the device, not torch.tensor(...): that is a blocking host→device copy every step.
+            pos_weight = logits.new_full((), self.pos_weight)
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
     def extra_repr(self) -> str:

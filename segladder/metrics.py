@@ -21,6 +21,7 @@ from torchmetrics.utilities import dim_zero_cat
 __all__ = [
     "BoxMetrics",
     "ClassificationMetrics",
+    "FiniteMean",
     "ThresholdSweepDice",
     "box_iou",
     "global_dice",
@@ -64,6 +65,30 @@ def per_record_dice(probs: Any, targets: Any, threshold: float = 0.5) -> np.ndar
     pred = (p > threshold).reshape(p.shape[0], -1)
     t = t.reshape(t.shape[0], -1)
     return _dice((pred & t).sum(1), pred.sum(1), t.sum(1)).cpu().numpy()
+
+
+class FiniteMean(Metric):
+    """The weighted mean of the finite values given, accumulated on their device without a host sync.
+
+    The epoch's training loss: a skipped non-finite step neither counts nor turns the mean into NaN
+    (torchmetrics' `MeanMetric` checks for NaN on the host at every update). NaN when nothing was finite.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
+        self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, value: Tensor, weight: float = 1.0) -> None:
+        value = value.detach().float()
+        finite = torch.isfinite(value)
+        self.total += torch.where(finite, value, 0.0).sum() * weight
+        self.weight += finite.sum() * weight
+
+    def compute(self) -> Tensor:
+        return self.total / self.weight
 
 
 def _threshold_grid(thresholds: int | Sequence[float]) -> tuple[float, ...]:

@@ -46,13 +46,46 @@ def data(
         typer.echo(line)
 
 
-MODES = {
-    "fp32": ("32", False, False),
-    "bf16": ("bf16-mixed", False, False),
-    "bf16_cl": ("bf16-mixed", True, False),
-    "bf16_cl_compile": ("bf16-mixed", True, True),
-    "fp32_cl": ("32", True, False),
+# Mode → the trainer keys it sets; the compile variants are what docs/benchmarks.md compares.
+MODES: dict[str, dict] = {
+    "fp32": {"precision": "32"},
+    "fp32_cl": {"precision": "32", "channels_last": True},
+    "bf16": {"precision": "bf16-mixed"},
+    "bf16_cl": {"precision": "bf16-mixed", "channels_last": True},
+    "bf16_cl_nobenchmark": {"precision": "bf16-mixed", "channels_last": True, "cudnn_benchmark": False},
+    "bf16_cl_compile": {"precision": "bf16-mixed", "channels_last": True, "compile": True},
+    "bf16_cl_compile_dynamic": {
+        "precision": "bf16-mixed",
+        "channels_last": True,
+        "compile": True,
+        "compile_dynamic": None,
+    },
+    "bf16_cl_compile_autotune": {
+        "precision": "bf16-mixed",
+        "channels_last": True,
+        "compile": True,
+        "compile_mode": "max-autotune-no-cudagraphs",
+    },
 }
+
+
+def _mode_config(mode: str, model: str, size: int, frames: int, batch: int, **data):
+    from segladder.training.bench import bench_config
+
+    m = MODES[mode]
+    return bench_config(
+        model,
+        size,
+        frames,
+        batch,
+        m["precision"],
+        m.get("channels_last", False),
+        m.get("compile", False),
+        compile_mode=m.get("compile_mode", "default"),
+        compile_dynamic=m.get("compile_dynamic", False),
+        cudnn_benchmark=m.get("cudnn_benchmark", True),
+        **data,
+    )
 
 
 @bench_app.command("train")
@@ -75,16 +108,25 @@ def train(
     data: Path = typer.Option(
         None,
         "--data",
-        help="Prepared cache for the real data path (default: synthetic data made in a temp folder).",
+        help="Prepared cache for the real data path (default: synthetic records made in a temp folder).",
+    ),
+    records: int = typer.Option(
+        64,
+        "--records",
+        help="Synthetic records for the real data path; drawn with replacement, so a few dozen suffice.",
     ),
     workers: int = typer.Option(4, "--workers", help="DataLoader workers for the real data path."),
     skip_data: bool = typer.Option(False, "--skip-data", help="Skip the real-data-path case."),
+    skip_reference: bool = typer.Option(False, "--skip-reference", help="Skip the bare loop."),
 ) -> None:
-    """Samples/s and peak memory of full training steps: our Trainer, the bare reference loop, and the real data path."""
+    """Samples/s and peak memory of full training steps: the Trainer `segladder train` builds, the bare
+    reference loop beside it, and the real data path (cache → workers → device decode → step)."""
+    import json
+
     import torch
 
     from segladder.cli._common import parse_str_list
-    from segladder.training.bench import bench_config, bench_reference, bench_trainer, print_result
+    from segladder.training.bench import bench_reference, bench_trainer, print_result
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     chosen = parse_str_list(modes) or (["bf16_cl", "bf16_cl_compile"] if device.type == "cuda" else ["fp32"])
@@ -93,8 +135,8 @@ def train(
         raise typer.BadParameter(
             f"unknown mode(s) {unknown}; choose from {list(MODES)}", param_hint="--modes"
         )
-    import json
-
+    if records < 1:
+        raise typer.BadParameter("needs at least 1 record", param_hint="--records")
     print(
         json.dumps(
             {
@@ -106,36 +148,60 @@ def train(
         flush=True,
     )
     case = f"{model}_{size}_T{frames}"
+    memory: dict[str, float] = {}
     for mode in chosen:
-        precision, cl, comp = MODES[mode]
-        cfg = bench_config(model, size, frames, batch, precision, cl, comp)
-        print_result(bench_reference(cfg, case, steps, warmup, device))
-        print_result(bench_trainer(cfg, case, steps, warmup, device))
+        cfg = _mode_config(mode, model, size, frames, batch)
+        ref = None if skip_reference else bench_reference(cfg, case, steps, warmup, device)
+        if ref is not None:
+            print_result(ref)
+        res = bench_trainer(cfg, case, steps, warmup, device)
+        memory[mode] = res["img_per_s"]
+        print_result(
+            {**res, **({"vs_reference": round(res["img_per_s"] / ref["img_per_s"], 3)} if ref else {})}
+        )
     if skip_data:
         return
-    precision, cl, comp = MODES[chosen[0]]
+    mode = chosen[0]
     with tempfile.TemporaryDirectory(prefix="segladder-bench-") as tmp:
-        cache = data or _synthetic_cache(Path(tmp), batch * (warmup + steps), size, frames)
-        cfg = bench_config(
+        cache = data or _synthetic_cache(Path(tmp), records, size, frames)
+        cfg = _mode_config(
+            mode,
             model,
             size,
             frames,
             batch,
-            precision,
-            cl,
-            comp,
             root=str(cache),
             augment={"rot90_p": 0.5, "cutout_p": 0.5},
             workers=workers,
         )
-        from segladder.data.module import ContrailsDataModule, contrails_datasets
+        from torch.utils.data import RandomSampler
+
+        from segladder.data.module import ContrailsDataModule, contrails_datasets, make_loader
 
         dm = ContrailsDataModule(cfg.data, cfg.seed)
         dm.build_train()
-        res = bench_trainer(cfg, case, steps, warmup, device, data=dm.train_dataloader())
+        # With replacement, as `bench data` draws: the timed window is one long epoch over a small cache.
+        sampler = RandomSampler(
+            dm.train_set,
+            replacement=True,
+            num_samples=batch * (warmup + steps),
+            generator=torch.Generator().manual_seed(0),
+        )
+        loader = make_loader(
+            dm.train_set, batch_size=batch, num_workers=workers, sampler=sampler, drop_last=True
+        )
+        res = bench_trainer(cfg, case, steps, warmup, device, data=loader)
         # rot90 and cutout over ash run on the stored uint8 values, so this is the uint8-to-the-device path.
         uint8 = all(ds.emits_uint8 for ds in contrails_datasets(dm.train_set.base))
-        print_result({**res, "data_path": "uint8" if uint8 else "float32"})
+        print_result(
+            {
+                **res,
+                "data_path": "uint8" if uint8 else "float32",
+                "records": records if data is None else None,
+                "workers": workers,
+                "vs_memory": round(res["img_per_s"] / memory[mode], 3),
+            }
+        )
 
 
 def _synthetic_cache(tmp: Path, records: int, size: int, frames: int) -> Path:

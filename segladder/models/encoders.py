@@ -83,9 +83,23 @@ class CoaTFeatures(nn.Module):
         self.model = timm.create_model(name, pretrained=False, in_chans=in_chans, **timm_kwargs)
         if getattr(self.model, "parallel_blocks", None) is not None:
             raise ModelError(f"{name}: only the CoaT-Lite models (coat_lite_*) can be used as encoders")
-        self.model.prune_intermediate_layers(indices=4, prune_norm=True, prune_head=True)
+        # What timm's `prune_intermediate_layers` does for CoaT-Lite, by hand: it and CoaT's `feature_info`
+        # arrived after timm 1.0.29, and the stages below read neither the final norms nor the head.
+        for norm in ("norm2", "norm3", "norm4"):
+            if getattr(self.model, norm, None) is not None:
+                setattr(self.model, norm, nn.Identity())
+        self.model.aggregate = None
+        self.model.reset_classifier(0)
         self.out_indices = tuple(out_indices)
-        self.feature_info = timm.models.FeatureInfo(self.model.feature_info, self.out_indices)
+        stages = [
+            {
+                "num_chs": getattr(self.model, f"patch_embed{i + 1}").proj.out_channels,
+                "reduction": 4 * 2**i,
+                "module": f"serial_blocks{i + 1}",
+            }
+            for i in range(4)
+        ]
+        self.feature_info = timm.models.FeatureInfo(stages, self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []

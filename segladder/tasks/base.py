@@ -14,6 +14,7 @@ from segladder.config import ExperimentConfig
 from segladder.errors import ConfigError
 from segladder.inference.checkpoint import CHECKPOINT_KEY, CHECKPOINT_VERSION
 from segladder.losses import build_loss
+from segladder.metrics import FiniteMean
 from segladder.optim import build_optimizer, build_scheduler
 from segladder.registry import Registry
 
@@ -27,8 +28,12 @@ class Task(L.LightningModule):
     logged metric that picks the best checkpoint, higher is better) and implements `compute_loss`,
     `validation_step` and `on_validation_epoch_end`; it is registered with `@TASKS.register("name")` and
     gets its config section in `segladder/config.py`. The callbacks talk to it only through the members
-    below (`model_input`, `compute_loss`, `nonfinite`, `threshold_curve`, `pictures`, `monitor`,
-    `curve_keys`, `curve_title`).
+    below (`model_input`, `compute_loss`, `step_finite`, `step_parts`, `threshold_curve`, `pictures`,
+    `monitor`, `curve_keys`, `curve_title`).
+
+    A training step never reads a value back from the device: the loss's finiteness is kept as a device
+    flag (`step_finite`) that `NonFiniteGuard` turns into a skipped optimiser step, and the epoch's
+    training loss is a device-side mean of the finite steps (`FiniteMean`).
 
     Args:
         cfg: the experiment; `cfg.model` already holds every argument the model was built with.
@@ -47,7 +52,12 @@ class Task(L.LightningModule):
         self.save_hyperparameters({"config": cfg.model_dump(mode="json")})
         self.cfg = cfg
         self.model = model
-        self.nonfinite: dict | None = None  # set when a step is skipped; read by NonFiniteGuard
+        # Device flag "every micro-batch of the coming optimiser step had a finite loss", and the last loss's
+        # parts; NonFiniteGuard reads both and clears the flag once the step is decided.
+        self.step_finite: Tensor | None = None
+        self.step_parts: dict[str, Tensor] = {}
+        self.train_loss_mean = FiniteMean()
+        self.train_part_means = nn.ModuleDict()
         self._compiled: Any = None
         if cfg.trainer.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -86,12 +96,16 @@ class Task(L.LightningModule):
     # -------------------------------------------------------------------------------- forward
 
     def configure_model(self) -> None:
-        if self.cfg.trainer.compile and self._compiled is None:
+        t = self.cfg.trainer
+        if t.compile and self._compiled is None:
             # Compiled forward kept beside the module so state_dict keys stay those of the plain model.
-            object.__setattr__(self, "_compiled", torch.compile(self.model))
+            compiled = torch.compile(self.model, mode=t.compile_mode, dynamic=t.compile_dynamic)
+            object.__setattr__(self, "_compiled", compiled)
 
     def forward(self, x: Tensor) -> Tensor:
-        return (self._compiled or self.model)(self.layout(x))
+        # `is None`, not `or`: truth-testing a module calls its __len__, which a compiled wrapper may lack.
+        model = self.model if self._compiled is None else self._compiled
+        return model(self.layout(x))
 
     def layout(self, x: Tensor) -> Tensor:
         if self.cfg.trainer.channels_last and x.dim() == 4:
@@ -100,23 +114,48 @@ class Task(L.LightningModule):
 
     # ------------------------------------------------------------------------------- training
 
-    def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, parts = self.compute_loss(batch)
-        if not torch.isfinite(loss):
-            # Returning None makes Lightning skip backward and the optimiser step for this batch.
-            self.nonfinite = {
-                "kind": "loss",
-                "batch": batch,
-                "parts": {k: float(v) for k, v in parts.items()},
-            }
-            return None
+        finite = torch.isfinite(loss.detach())
+        # ANDed over the micro-batches of an accumulated step; NonFiniteGuard resets it after the step.
+        self.step_finite = finite if self.step_finite is None else self.step_finite & finite
+        self.step_parts = parts
         bs = self.model_input(batch).shape[0]
-        self.log(
-            "train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=bs, sync_dist=True
-        )
+        # Per step without sync_dist (an all-reduce a step); the epoch means are reduced once, at its end.
+        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        self.train_loss_mean.update(loss, bs)
+        self.log("train/loss_epoch", self.train_loss_mean, on_step=False, on_epoch=True, batch_size=bs)
         for name, value in parts.items():
-            self.log(f"train/{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+            if name not in self.train_part_means:
+                self.train_part_means[name] = FiniteMean().to(loss.device)
+            metric = self.train_part_means[name]
+            metric.update(value, bs)
+            self.log(
+                f"train/{name}",
+                metric,
+                on_step=False,
+                on_epoch=True,
+                batch_size=bs,
+                metric_attribute=f"train_part_means.{name}",
+            )
         return loss
+
+    def configure_gradient_clipping(
+        self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
+    ) -> None:
+        """Clips here rather than in Lightning's precision plugin, which refuses a fused optimiser under
+        mixed precision (the fused kernel unscales fp16 gradients itself): under 16-mixed the gradients are
+        unscaled first, as the plugin would, and the GradScaler then steps with them as they are."""
+        if not gradient_clip_val:
+            return
+        scaler = getattr(self.trainer.precision_plugin, "scaler", None)
+        if scaler is not None and getattr(optimizer, "_step_supports_amp_scaling", False):
+            scaler.unscale_(optimizer)
+        grads = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(grads, gradient_clip_val, foreach=True)
+        else:
+            torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)
 
     def on_train_epoch_start(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import time
+import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -87,7 +90,12 @@ def bench_config(
     root: str | None = None,
     augment: dict | None = None,
     workers: int = 0,
+    progress: bool = True,
+    compile_mode: str = "default",
+    compile_dynamic: bool | None = False,
+    cudnn_benchmark: bool = True,
 ) -> ExperimentConfig:
+    """A `train` config of the benchmark's case; the trainer keys are those a user's run would set."""
     return build_config(
         {
             "name": "bench",
@@ -106,7 +114,10 @@ def bench_config(
                 "precision": precision,
                 "channels_last": channels_last,
                 "compile": compile,
-                "progress": False,
+                "compile_mode": compile_mode,
+                "compile_dynamic": compile_dynamic,
+                "cudnn_benchmark": cudnn_benchmark,
+                "progress": progress,
                 "overlays": 0,
                 "max_epochs": 1,
             },
@@ -148,7 +159,9 @@ def bench_reference(cfg: ExperimentConfig, case: str, steps: int, warmup: int, d
             x = x.contiguous(memory_format=torch.channels_last)
     flops = flops_per_step(model, x, y)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
-    run = torch.compile(model) if cfg.trainer.compile else model
+    t = cfg.trainer
+    torch.backends.cudnn.benchmark = t.cudnn_benchmark
+    run = torch.compile(model, mode=t.compile_mode, dynamic=t.compile_dynamic) if t.compile else model
 
     def step():
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
@@ -198,10 +211,25 @@ def bench_trainer(
     device: torch.device,
     data: Iterable | None = None,
 ) -> dict:
-    """Our task under Lightning's Trainer; `data` None means the same in-memory batch every step."""
-    from segladder.training.build import build_task
+    """The Trainer `segladder train` builds (its callbacks, logger and progress bar), timed over `steps`
+    optimiser steps after `warmup`; `data` None means the same in-memory batch every step."""
+    from segladder.training.build import build_task, build_trainer
 
     torch.manual_seed(0)
+    t = cfg.trainer
+    cfg = cfg.model_copy(
+        update={
+            "trainer": t.model_copy(
+                update={
+                    "accelerator": device.type,
+                    "devices": 1,
+                    "max_epochs": 1,
+                    "limit_train_batches": warmup + steps,
+                    "limit_val_batches": 0,
+                }
+            )
+        }
+    )
     task = build_task(cfg)
     x, y = _batch(cfg, torch.device("cpu"))
     flops = flops_per_step(create(cfg.model.name, **cfg.model.kwargs), x, y)
@@ -212,21 +240,12 @@ def bench_trainer(
     else:
         label = "trainer_cache_aug"
     timer = _StepTimer(warmup, steps)
-    trainer = L.Trainer(
-        accelerator=device.type,
-        devices=1,
-        precision=cfg.trainer.precision,
-        max_epochs=1,
-        limit_train_batches=warmup + steps,
-        limit_val_batches=0,
-        logger=False,
-        callbacks=[timer],
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(task, datamodule=_LoaderData(data))
+    with tempfile.TemporaryDirectory(prefix="segladder-bench-run-") as run_dir:
+        trainer, _ = build_trainer(cfg, Path(run_dir), task.monitor, extra_callbacks=[timer])
+        with warnings.catch_warnings():
+            # No validation here, so the best-checkpoint callback finds no monitored value (as intended).
+            warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
+            trainer.fit(task, datamodule=_LoaderData(data))
     if timer.seconds is None:
         raise RuntimeError(
             f"the data gave fewer than {warmup + steps} batches; use more records or fewer steps"

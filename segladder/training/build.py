@@ -8,7 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from segladder.config import ExperimentConfig, ModelConfig
@@ -17,6 +17,7 @@ from segladder.training.callbacks import (
     AtomicCheckpointIO,
     FiniteModelCheckpoint,
     GracefulStop,
+    IntervalProgressBar,
     NonFiniteGuard,
     RNGState,
     RunRecorder,
@@ -150,7 +151,7 @@ def build_trainer(
         *extra_callbacks,
     ]
     if t.progress:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(IntervalProgressBar(leave=True))
     kwargs = {
         k: v
         for k, v in {
@@ -158,6 +159,7 @@ def build_trainer(
             "limit_val_batches": t.limit_val_batches,
             "val_check_interval": t.val_check_interval,
             "gradient_clip_val": t.gradient_clip_val,
+            "gradient_clip_algorithm": t.gradient_clip_algorithm if t.gradient_clip_val else None,
         }.items()
         if v is not None
     }
@@ -178,6 +180,7 @@ def build_trainer(
         accumulate_grad_batches=t.accumulate_grad_batches,
         log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic,
+        benchmark=t.cudnn_benchmark and not t.deterministic,
         callbacks=callbacks,
         logger=loggers(cfg, run_dir),
         plugins=[AtomicCheckpointIO()],

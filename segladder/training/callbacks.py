@@ -8,6 +8,8 @@ import random
 import signal
 import threading
 import time
+from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
 from segladder.errors import Interrupted
 from segladder.io import atomic_path, atomic_write_json, link_or_copy
@@ -34,6 +36,16 @@ def _finite(t: Any) -> bool:
     if isinstance(t, dict):
         return all(_finite(x) for x in t.values())
     return True
+
+
+def _any_nonfinite(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """A device flag: does any element of `tensors` hold NaN or ±inf? The max-abs norm of a tensor is finite
+    exactly when all its elements are; torch computes it for all tensors in a few fused kernels."""
+    try:
+        norms = torch._foreach_norm(tensors, float("inf"))
+    except (RuntimeError, NotImplementedError):  # a device or dtype without the fused norm
+        norms = [t.abs().amax() for t in tensors]
+    return ~torch.stack(norms).isfinite().all()
 
 
 def first_nonfinite_module(model: torch.nn.Module, x: torch.Tensor, context) -> dict | None:
@@ -60,14 +72,38 @@ def first_nonfinite_module(model: torch.nn.Module, x: torch.Tensor, context) -> 
     return found or None
 
 
+@dataclass
+class _StepFlags:
+    """One optimiser step's non-finite flags on their way to the host, and what a report of it needs."""
+
+    flags: torch.Tensor  # (loss bad, gradients bad), in pinned host memory once `ready`
+    event: Any  # a CUDA event recorded after the copy; None when the flags were on the CPU all along
+    record: dict
+    batch: dict
+
+    def ready(self) -> bool:
+        return self.event is None or self.event.query()
+
+    def wait(self) -> None:
+        if self.event is not None:
+            self.event.synchronize()
+
+
 class NonFiniteGuard(Callback):
     """Skips steps with a non-finite loss or gradient; after `patience` in a row, diagnoses and stops.
 
-    A non-finite loss is caught in `training_step` (which returns None, so Lightning skips backward and
-    step). Non-finite gradients are dropped here (grads set to None: the optimiser leaves those parameters
-    and their state untouched). Under 16-mixed the GradScaler already skips overflowing steps while it
-    calibrates its scale, so only non-finite losses count there.
+    Nothing is read back from the device to decide a step. The task keeps its loss's finiteness as a
+    device flag (`Task.step_finite`); here it is joined with the gradients' and, for a fused optimiser (every
+    AdamW/Adam segladder builds on a CPU or CUDA device), handed to the fused kernel as `found_inf`, which
+    leaves the weights, the moments and the step count untouched when it is set. The flags are copied to the
+    host without waiting (pinned memory and an event) and reported, counted and acted on once the copy has
+    landed, at most `MAX_PENDING` steps later. Other optimisers get the gradients set to None after one
+    host read of the flag per step (torch's non-fused optimisers have no on-device skip). Under 16-mixed the
+    GradScaler already skips overflowing steps while it calibrates its scale, so only non-finite losses count
+    there. With gradient accumulation a non-finite micro-batch drops its whole optimiser step.
     """
+
+    MAX_PENDING = 16
 
     def __init__(self, run_dir: Path, patience: int = 5):
         self.run_dir, self.patience = Path(run_dir), patience
@@ -75,49 +111,106 @@ class NonFiniteGuard(Callback):
         self.skipped: list[dict] = []
         self.stopped_reason: str | None = None
         self._batch: dict | None = None
+        self._batch_idx = -1
+        self._pending: deque[_StepFlags] = deque()
+        self._pinned: list[torch.Tensor] = []
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         require_task(pl_module, type(self).__name__)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._batch = batch
-        pl_module.nonfinite = None
+        self._batch, self._batch_idx = batch, batch_idx
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        # One device→host sync per step. A tensor's sum is finite exactly when its elements are (NaN and
-        # ±inf propagate), short of values beyond 1e30; 15× cheaper on the CPU than isfinite per tensor.
-        if not grads or bool(torch.stack([g.sum(dtype=torch.float32) for g in grads]).isfinite().all()):
-            return
-        for g in optimizer.param_groups:
-            for p in g["params"]:
-                p.grad = None
-        if trainer.precision != "16-mixed":
-            pl_module.nonfinite = {"kind": "gradient", "batch": self._batch, "parts": {}}
+        loss_finite = pl_module.step_finite
+        pl_module.step_finite = None
+        device = grads[0].device if grads else pl_module.device
+        loss_bad = (
+            ~loss_finite if loss_finite is not None else torch.zeros((), dtype=torch.bool, device=device)
+        )
+        grads_bad = _any_nonfinite(grads) if grads else torch.zeros((), dtype=torch.bool, device=device)
+        scaled = trainer.precision == "16-mixed"
+        bad = loss_bad if scaled else loss_bad | grads_bad
+        if getattr(optimizer, "defaults", {}).get("fused") and not scaled:
+            optimizer.found_inf = bad.float()  # read by the fused kernel: skip this step when 1
+        elif bool(bad):  # no on-device skip for this optimiser: one host read a step
+            for g in optimizer.param_groups:
+                for p in g["params"]:
+                    p.grad = None
+        # The kind reported: the loss when it was bad, else the gradients (not counted under 16-mixed).
+        grads_only = torch.zeros_like(grads_bad) if scaled else grads_bad & ~loss_bad
+        flags = torch.stack([loss_bad, grads_only])
+        lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else float("nan")
+        self._enqueue(trainer, pl_module, flags, lr)
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        event = pl_module.nonfinite
-        if event is None:
-            self.consecutive = 0
-            return
-        self.consecutive += 1
-        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+    def _enqueue(self, trainer, pl_module, flags: torch.Tensor, lr) -> None:
+        batch = self._batch or {}
         record = {
             "step": trainer.global_step,
             "epoch": trainer.current_epoch,
-            "batch_idx": batch_idx,
-            "kind": event["kind"],
-            "lr": lr,
+            "batch_idx": self._batch_idx,
+            "lr": lr,  # a tensor LR is read at report time, not now
             "record_ids": list(batch.get("record_id", [])),
-            "loss_parts": event["parts"],
+            "parts": dict(pl_module.step_parts),
+        }
+        event = None
+        if flags.device.type == "cuda":
+            host = self._pinned.pop() if self._pinned else torch.empty(2, dtype=torch.bool, pin_memory=True)
+            host.copy_(flags, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
+            flags = host
+        self._pending.append(_StepFlags(flags, event, record, batch))
+        if len(self._pending) > self.MAX_PENDING:
+            self._pending[0].wait()  # the device is that many steps behind; the queue still holds work
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._drain(trainer, pl_module, wait=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._drain(trainer, pl_module, wait=True)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._drain(trainer, pl_module, wait=True)
+        for opt in trainer.optimizers:
+            if hasattr(opt, "found_inf"):
+                opt.found_inf = None
+
+    def _drain(self, trainer, pl_module, wait: bool) -> None:
+        while self._pending and (wait or self._pending[0].ready()):
+            step = self._pending.popleft()
+            step.wait()
+            loss_bad, grads_bad = (bool(v) for v in step.flags.tolist())
+            if step.event is not None:
+                self._pinned.append(step.flags)
+            if self.stopped_reason is not None:
+                continue
+            self._account(trainer, pl_module, step, "loss" if loss_bad else "gradient" if grads_bad else None)
+
+    def _account(self, trainer, pl_module, step: _StepFlags, kind: str | None) -> None:
+        if kind is None:
+            self.consecutive = 0
+            return
+        self.consecutive += 1
+        rec = step.record
+        record = {
+            "step": rec["step"],
+            "epoch": rec["epoch"],
+            "batch_idx": rec["batch_idx"],
+            "kind": kind,
+            "lr": float(rec["lr"]),
+            "record_ids": rec["record_ids"],
+            "loss_parts": {k: float(v) for k, v in rec["parts"].items()},
         }
         self.skipped.append(record)
+        ids = record["record_ids"]
         console.print(
-            f"[yellow]non-finite {event['kind']}[/] at step {record['step']} (lr {lr:.3g}); step skipped; "
-            f"records {', '.join(record['record_ids'][:4])}{' …' if len(record['record_ids']) > 4 else ''}"
+            f"[yellow]non-finite {kind}[/] at step {record['step']} (lr {record['lr']:.3g}); step skipped; "
+            f"records {', '.join(ids[:4])}{' …' if len(ids) > 4 else ''}"
         )
         if self.consecutive >= self.patience:
-            self._diagnose(trainer, pl_module, batch, record)
+            self._diagnose(trainer, pl_module, step.batch, record)
             trainer.should_stop = True
 
     def _diagnose(self, trainer, pl_module, batch, record) -> None:
@@ -343,6 +436,21 @@ class RNGState(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class IntervalProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, reading the logged values back every `log_every_n_steps` steps while
+    training rather than every step: each read waits for the device to finish all the work queued so far."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._shown: dict = {}
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        steady = trainer.training and trainer.global_step % trainer.log_every_n_steps != 0
+        if not (steady and self._shown):
+            self._shown = super().get_metrics(trainer, pl_module)
+        return self._shown
+
+
 # ------------------------------------------------------------------------------ metrics and pictures
 
 
@@ -368,7 +476,7 @@ class RunRecorder(Callback):
         self._t0 = time.perf_counter()
         self._samples = 0
         self._epoch_t0 = time.perf_counter()
-        self._recent: list[float] = []
+        self._recent: deque[torch.Tensor] = deque(maxlen=LOSS_END_STEPS)  # on the device until epoch end
 
     def state_dict(self) -> dict:
         return {"history": self.history}
@@ -380,15 +488,17 @@ class RunRecorder(Callback):
         require_task(pl_module, type(self).__name__)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
-        self._samples, self._epoch_t0, self._recent = 0, time.perf_counter(), []
+        self._samples, self._epoch_t0 = 0, time.perf_counter()
+        self._recent.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._samples += pl_module.model_input(batch).shape[0]
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
-            self._recent = (self._recent + [float(loss)])[-LOSS_END_STEPS:]
+            self._recent.append(loss.detach())
         elapsed = time.perf_counter() - self._epoch_t0
-        if elapsed > 0:
+        # A logged Python number becomes a device tensor (a blocking host→device copy): only at log steps.
+        if elapsed > 0 and trainer.global_step % trainer.log_every_n_steps == 0:
             pl_module.log(
                 "samples_per_s", self._samples / elapsed, prog_bar=True, on_step=True, on_epoch=False
             )
@@ -413,8 +523,9 @@ class RunRecorder(Callback):
             "samples_per_s": self._samples / elapsed if elapsed else None,
             **metrics,
         }
-        if self._recent:
-            row["train/loss_end"] = sum(self._recent) / len(self._recent)
+        recent = torch.stack(list(self._recent)).float() if self._recent else None
+        if recent is not None and bool(torch.isfinite(recent).any()):
+            row["train/loss_end"] = float(recent[torch.isfinite(recent)].mean())
         self.history = [h for h in self.history if h["epoch"] != row["epoch"]] + [row]
         final = {k: v for k, v in row.items() if k not in ("epoch", "step")}
         atomic_write_json(

@@ -82,3 +82,11 @@ def test_model_and_loss_errors_are_caught_before_anything_is_built():
         check_experiment(build_config({"model": {"name": "ResNet18_U", "pss": 0.1}}))
     with pytest.raises(ConfigError, match=r"loss\[0\]\.name: unknown loss 'lovaz'\. Did you mean: lovasz\?"):
         check_experiment(build_config({"loss": [{"name": "lovaz"}]}))
+
+
+def test_a_choice_of_strings_keeps_a_numeric_looking_value_as_written():
+    # `--set trainer.precision=32` is the choice "32", not the number 32 that YAML would read.
+    cfg = build_config({}, ["trainer.precision=32", "trainer.compile_dynamic=null", "trainer.max_epochs=3"])
+    assert (
+        cfg.trainer.precision == "32" and cfg.trainer.compile_dynamic is None and cfg.trainer.max_epochs == 3
+    )

@@ -1,0 +1,217 @@
+"""The GPU check (`scripts/gpu_check.sh`): GPU tests, trainer vs bare loop, the real data path, `bench data`.
+
+Each step runs as its own process under a time limit and is recorded even when it fails, so one crash
+still leaves the other figures. Writes OUT/gpu_check.json (every result row, the verdicts, the versions)
+and OUT/gpu_check.md (the short table for docs/benchmarks.md); exits 1 when a step failed or a ratio
+missed its target. `--smoke` runs the same steps on the CPU at tiny sizes, so the script cannot rot
+between the sessions that have a GPU; its ratios are printed but not judged (CPU timings at batch 2 say
+nothing about GPU parity).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+TRAINER_TARGET = 0.97  # the trainer against the bare loop, same model, mode and batch (issue 25)
+DATA_TARGET = 0.90  # cache → workers → device decode → step, against the in-memory trainer
+
+# (model, frames, batch at 256², whether the real data path is timed too); seed 002's CoaT batch is 8.
+FULL_CASES = [("Unet2D", 1, 32, True), ("ResNet18_ULSTM", 5, 16, True), ("CoaT_ULSTM", 5, 8, False)]
+SMOKE_CASES = [("Unet2D", 1, 2, True), ("ResNet18_ULSTM", 2, 2, True), ("CoaT_ULSTM", 2, 2, False)]
+
+
+def _versions() -> dict:
+    import lightning
+    import timm
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "lightning": lightning.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "cpus": os.cpu_count(),
+    }
+
+
+class Check:
+    def __init__(self, out: Path, smoke: bool):
+        self.out, self.smoke = out, smoke
+        self.steps: list[dict] = []
+        self.rows: list[dict] = []
+        self.log = (out / "gpu_check.log").open("w")
+
+    def run(self, name: str, argv: list[str], timeout: float) -> bool:
+        t0 = time.perf_counter()
+        print(f"--- {name}: {' '.join(argv)}", flush=True)
+        self.log.write(f"--- {name}: {' '.join(argv)}\n")
+        try:
+            p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+            code, out, err = p.returncode, p.stdout, p.stderr
+        except subprocess.TimeoutExpired as e:
+            code, out, err = "timeout", _text(e.stdout), _text(e.stderr)
+        seconds = round(time.perf_counter() - t0, 1)
+        self.log.write(out + err + "\n")
+        self.log.flush()
+        for line in out.splitlines():
+            if line.startswith("{") and '"mode"' in line:
+                self.rows.append({**json.loads(line), "step": name})
+        tail = (out + err).strip().splitlines()[-6:]
+        self.steps.append({"step": name, "exit": code, "seconds": seconds, "tail": tail if code != 0 else []})
+        print(
+            f"    exit {code} in {seconds}s" + ("" if code == 0 else "\n    " + "\n    ".join(tail)),
+            flush=True,
+        )
+        return code == 0
+
+
+def _text(b) -> str:
+    return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def _verdicts(rows: list[dict], judged: bool) -> list[dict]:
+    out = []
+    for r in rows:
+        if "vs_reference" in r:
+            ok = r["vs_reference"] >= TRAINER_TARGET
+            out.append(
+                {
+                    "what": f"{r['case']} {r['mode']}",
+                    "ratio": r["vs_reference"],
+                    "target": TRAINER_TARGET,
+                    "ok": ok,
+                }
+            )
+        if "vs_memory" in r:
+            ok = r["vs_memory"] >= DATA_TARGET
+            out.append(
+                {"what": f"{r['case']} {r['mode']}", "ratio": r["vs_memory"], "target": DATA_TARGET, "ok": ok}
+            )
+    if not judged:
+        for v in out:
+            v["ok"] = None
+    return out
+
+
+def _table(rows: list[dict], verdicts: list[dict], steps: list[dict], versions: dict, smoke: bool) -> str:
+    lines = [
+        f"GPU check{' (smoke, CPU)' if smoke else ''}: {versions['device']}, torch {versions['torch']}, "
+        f"timm {versions['timm']}, Lightning {versions['lightning']}, Python {versions['python']}, "
+        f"{versions['cpus']} CPUs",
+        "",
+        "| case | mode | bare loop img/s | segladder img/s | ratio | target |",
+        "|---|---|---|---|---|---|",
+    ]
+    refs = {
+        (r["case"], r["mode"].removeprefix("reference_")): r
+        for r in rows
+        if r["mode"].startswith("reference_")
+    }
+    for r in rows:
+        if r["mode"].startswith("trainer_memory_"):
+            mode = r["mode"].removeprefix("trainer_memory_")
+            ref = refs.get((r["case"], mode))
+            lines.append(
+                f"| {r['case']} bs{r['batch']} | {mode} | {ref['img_per_s'] if ref else '-'} | {r['img_per_s']} | "
+                f"{r.get('vs_reference', '-')} | {TRAINER_TARGET} |"
+            )
+        elif r["mode"].startswith("trainer_cache_aug_"):
+            mode = r["mode"].removeprefix("trainer_cache_aug_")
+            lines.append(
+                f"| {r['case']} bs{r['batch']} data path ({r.get('workers')} workers) | {mode} | (in-memory trainer) | "
+                f"{r['img_per_s']} | {r.get('vs_memory', '-')} | {DATA_TARGET} |"
+            )
+    lines += ["", "| step | exit | seconds |", "|---|---|---|"]
+    lines += [f"| {s['step']} | {s['exit']} | {s['seconds']} |" for s in steps]
+    missed = [v for v in verdicts if v["ok"] is False]
+    lines += [
+        "",
+        f"{len(missed)} of {len(verdicts)} ratios below target" if verdicts else "no ratios measured",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="the same steps on the CPU at tiny sizes")
+    ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
+    ap.add_argument("--skip-tests", action="store_true", help="skip `pytest -m gpu`")
+    ap.add_argument("--reference", type=Path, help="also run this ref_train_bench.py (shared/bench)")
+    ap.add_argument("--compile-options", action="store_true", help="also time compile's options on Unet2D")
+    args = ap.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    smoke = args.smoke
+    py = sys.executable
+    seg = [py, "-m", "segladder"]
+    check = Check(args.out, smoke)
+    t0 = time.perf_counter()
+    if not args.skip_tests:
+        argv = [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
+        if not smoke and importlib.util.find_spec("xdist") is not None:
+            argv += ["-n", "4"]  # the compile tests are mostly compilation on the CPU; the GPU has room
+        check.run("pytest -m gpu", argv, 240)
+    if args.reference is not None:
+        # ref_train_bench.py (the shared performance anchors' bare loop), for the table beside ours.
+        argv = [py, str(args.reference), "--cases", "unet_r18_256", "--modes", "bf16_cl"]
+        check.run("ref_train_bench.py", argv, 120)
+    size, steps, warmup = (64, 3, 2) if smoke else (256, 30, 10)
+    workers = 0 if smoke else 12
+    for model, frames, batch, with_data in SMOKE_CASES if smoke else FULL_CASES:
+        # On the CPU only the smallest case compiles: inductor's C++ build takes minutes on 2 cores.
+        modes = "bf16_cl" if smoke and model != "Unet2D" else "bf16_cl,bf16_cl_compile"
+        argv = [*seg, "bench", "train", "--model", model, "--size", str(size), "--frames", str(frames)]
+        argv += ["--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--modes", modes]
+        argv += ["--workers", str(workers), "--records", "8" if smoke else "64"]
+        if not with_data:
+            argv.append("--skip-data")
+        check.run(f"bench train {model}", argv, 150 if smoke else 200)
+    if args.compile_options and not smoke:
+        # What `compile: true` should mean: the options that matter, on the reference's own case.
+        modes = "bf16_cl_nobenchmark,bf16_cl_compile_dynamic,bf16_cl_compile_autotune"
+        argv = [
+            *seg,
+            "bench",
+            "train",
+            "--model",
+            "Unet2D",
+            "--size",
+            "256",
+            "--batch",
+            "32",
+            "--steps",
+            "30",
+        ]
+        check.run("bench train compile options", [*argv, "--modes", modes, "--skip-data"], 200)
+    argv = [*seg, "bench", "data", "--records", "8" if smoke else "64", "--workers", str(2 if smoke else 12)]
+    argv += ["--seconds", "0.5" if smoke else "3", "--frames", "0-4"]
+    check.run("bench data", argv, 120 if smoke else 150)
+    versions = _versions()
+    verdicts = _verdicts(check.rows, judged=not smoke)
+    failed = [s for s in check.steps if s["exit"] != 0]
+    report = {
+        "smoke": smoke,
+        "versions": versions,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "steps": check.steps,
+        "rows": check.rows,
+        "verdicts": verdicts,
+        "ok": not failed and all(v["ok"] is not False for v in verdicts),
+    }
+    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+    table = _table(check.rows, verdicts, check.steps, versions, smoke)
+    (args.out / "gpu_check.md").write_text(table)
+    print(table)
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

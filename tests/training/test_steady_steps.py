@@ -1,0 +1,239 @@
+"""A training step reads nothing back from the device: the NaN guard skips on the device, clipping works with
+fused optimisers, and compile trains. The GPU tests hold it under `torch.cuda.set_sync_debug_mode("error")`."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from segladder.training.build import build_trainer
+from tests.training.conftest import quick_config
+from tests.training.test_nan_safety import Batches, Tiny
+
+
+def _task(tmp_path, model=None, **over):
+    from segladder.tasks.segmentation import SegmentationTask
+
+    cfg = quick_config(
+        tmp_path,
+        **{"trainer.max_epochs": 1, "trainer.overlays": 0, "optim.schedule": "constant", **over},
+    )
+    return cfg, SegmentationTask(cfg, model or Tiny())
+
+
+class _HostReadsForbidden(L.Callback):
+    """Fails the run if the NaN guard's step decision reads a tensor on the host (bool/item/tolist)."""
+
+    def __init__(self):
+        self.checked = 0
+
+    def setup(self, trainer, pl_module, stage):
+        from segladder.training.callbacks import NonFiniteGuard
+
+        guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
+        decide = guard.on_before_optimizer_step
+
+        def no_reads(*args, **kwargs):
+            def refuse(*a, **k):
+                raise AssertionError("the NaN guard read a tensor on the host to decide a step")
+
+            saved = {n: getattr(torch.Tensor, n) for n in ("__bool__", "item", "tolist")}
+            try:
+                for n in saved:
+                    setattr(torch.Tensor, n, refuse)
+                decide(*args, **kwargs)
+            finally:
+                for n, f in saved.items():
+                    setattr(torch.Tensor, n, f)
+            self.checked += 1
+
+        guard.on_before_optimizer_step = no_reads
+
+
+def test_fused_adamw_skips_a_nonfinite_step_on_the_device(tmp_path):
+    cfg, task = _task(tmp_path, **{"optim.name": "adamw"})
+    trainer, guard = build_trainer(
+        cfg, tmp_path / "run", task.monitor, extra_callbacks=[_HostReadsForbidden()]
+    )
+    snapshots = []
+
+    class Snap(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            opt = trainer.optimizers[0]
+            state = opt.state[pl_module.model.conv.weight]
+            snapshots.append(
+                (pl_module.model.conv.weight.detach().clone(), state["exp_avg"].clone(), float(state["step"]))
+            )
+
+    trainer.callbacks.append(Snap())
+    # 4 batches of 4: the third holds +inf, the others are finite.
+    trainer.fit(task, DataLoader(Batches(16, bad=[9]), batch_size=4), DataLoader(Batches(8), batch_size=4))
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert next(c for c in trainer.callbacks if isinstance(c, _HostReadsForbidden)).checked == 4
+    (w0, m0, s0), (w1, m1, s1), (w2, m2, s2), (w3, m3, s3) = snapshots
+    assert not torch.equal(w0, w1) and s1 == s0 + 1  # a finite step moves the weights and counts
+    assert (
+        torch.equal(w1, w2) and torch.equal(m1, m2) and s2 == s1
+    )  # the bad one: weights, moments, count kept
+    assert not torch.equal(w2, w3) and s3 == s2 + 1
+    assert [s["kind"] for s in guard.skipped] == ["loss"] and "rec009" in guard.skipped[0]["record_ids"]
+    metrics = trainer.callback_metrics
+    assert torch.isfinite(metrics["train/loss_epoch"])  # the skipped step is not in the epoch's mean
+
+
+def test_a_non_fused_optimiser_skips_too(tmp_path):
+    model = Tiny()
+    cfg, task = _task(tmp_path, model, **{"optim.name": "sgd", "optim.momentum": 0.9})
+    trainer, guard = build_trainer(cfg, tmp_path / "run", task.monitor)
+    before = model.conv.weight.detach().clone()
+    # Every batch of the only epoch is bad: no step may touch the weights.
+    trainer.fit(
+        task, DataLoader(Batches(8, bad=range(8)), batch_size=4), DataLoader(Batches(8), batch_size=4)
+    )
+    assert len(guard.skipped) == 2
+    torch.testing.assert_close(model.conv.weight, before)
+
+
+def test_the_epoch_loss_is_the_weighted_mean_of_the_finite_steps():
+    from segladder.metrics import FiniteMean
+
+    m = FiniteMean()
+    for value, bs in ((torch.tensor(1.0), 4), (torch.tensor(float("nan")), 4), (torch.tensor(4.0), 2)):
+        m.update(value, bs)
+    assert m.compute().item() == pytest.approx((1 * 4 + 4 * 2) / 6)
+
+
+class _ClippedGrads(L.Callback):
+    """The global gradient norm and largest gradient of each optimiser step: read after the step, where the
+    gradients are still those the task clipped (Lightning zeroes them at the next step's start)."""
+
+    def __init__(self):
+        self.norms: list[float] = []
+        self.largest: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        self.largest.append(max(float(g.abs().max()) for g in grads))
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_clipping_acts_with_a_fused_optimiser(tmp_path, precision):
+    """Lightning refuses to clip for a fused optimiser under mixed precision; the task clips instead."""
+    norms = {}
+    for clip in (None, 1e-3):
+        over = {"optim.name": "adamw", "trainer.precision": precision}
+        if clip is not None:
+            over["trainer.gradient_clip_val"] = clip
+        cfg, task = _task(tmp_path / str(clip), **over)
+        seen = _ClippedGrads()
+        trainer, _ = build_trainer(cfg, tmp_path / str(clip) / "run", task.monitor, extra_callbacks=[seen])
+        trainer.fit(task, DataLoader(Batches(8), batch_size=4), DataLoader(Batches(8), batch_size=4))
+        assert trainer.optimizers[0].defaults["fused"] is True
+        norms[clip] = seen.norms
+    assert len(norms[None]) == len(norms[1e-3]) == 2
+    assert min(norms[None]) > 1e-2  # unclipped gradients are far above the clip
+    assert max(norms[1e-3]) == pytest.approx(1e-3, rel=1e-3)
+
+
+def test_clip_by_value(tmp_path):
+    over = {
+        "optim.name": "adamw",
+        "trainer.gradient_clip_val": 1e-4,
+        "trainer.gradient_clip_algorithm": "value",
+    }
+    cfg, task = _task(tmp_path, **over)
+    seen = _ClippedGrads()
+    trainer, _ = build_trainer(cfg, tmp_path / "run", task.monitor, extra_callbacks=[seen])
+    trainer.fit(task, DataLoader(Batches(8), batch_size=4), DataLoader(Batches(8), batch_size=4))
+    assert len(seen.largest) == 2 and max(seen.largest) == pytest.approx(1e-4)
+
+
+@pytest.mark.slow
+def test_compile_trains_a_tiny_model(tmp_path):
+    """`trainer.compile: true` on the CPU: the compiled forward is the one that trains."""
+    cfg, task = _task(tmp_path, **{"trainer.compile": True, "optim.name": "adamw"})
+    trainer, _ = build_trainer(cfg, tmp_path / "run", task.monitor)
+    before = task.model.conv.weight.detach().clone()
+    trainer.fit(task, DataLoader(Batches(8), batch_size=4), DataLoader(Batches(8), batch_size=4))
+    assert task._compiled is not None and type(task._compiled).__name__ == "OptimizedModule"
+    assert not torch.equal(before, task.model.conv.weight)  # the compiled module shares the weights
+    assert set(
+        torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    ) == {f"model.{k}" for k in task.model.state_dict()}
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+
+class _NoSyncWindow(L.Callback):
+    """`set_sync_debug_mode("error")` from the start of batch `start` to the end of batch `stop - 1`: any
+    device→host wait in between (the loop, the callbacks, the progress bar, the step) raises."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop, self.covered = start, stop, 0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.start:
+            torch.cuda.set_sync_debug_mode("error")
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.start <= batch_idx < self.stop:
+            self.covered += 1
+        if batch_idx == self.stop - 1:
+            torch.cuda.set_sync_debug_mode(0)
+
+    def on_exception(self, trainer, pl_module, exception):
+        torch.cuda.set_sync_debug_mode(0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compile"])
+def test_steady_steps_never_wait_for_the_gpu(tmp_path, compile):
+    from segladder.training.bench import _LoaderData, _Repeat, bench_config
+    from segladder.training.build import build_task
+
+    cfg = bench_config("Unet2D", 64, 1, 8, "bf16-mixed", True, compile, progress=True)
+    t = cfg.trainer.model_copy(
+        update={
+            "accelerator": "cuda",
+            "devices": 1,
+            "gradient_clip_val": 1.0,
+            "log_every_n_steps": 100,
+            "limit_val_batches": 0,
+            "limit_train_batches": 30,
+        }
+    )
+    cfg = cfg.model_copy(update={"trainer": t})
+    task = build_task(cfg)
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "image": torch.rand(8, 3, 64, 64, generator=g).cuda(),
+        "mask": (torch.rand(8, 1, 64, 64, generator=g) > 0.9).float().cuda(),
+    }
+    window = _NoSyncWindow(5, 25)
+    trainer, guard = build_trainer(cfg, tmp_path / "run", task.monitor, extra_callbacks=[window])
+    trainer.fit(task, datamodule=_LoaderData(_Repeat(batch, 30)))
+    assert window.covered == 20 and trainer.global_step == 30
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert not guard.skipped
+
+
+@pytest.mark.gpu
+def test_a_nonfinite_step_is_skipped_on_the_gpu(tmp_path):
+    cfg, task = _task(
+        tmp_path, **{"optim.name": "adamw", "trainer.accelerator": "cuda", "trainer.devices": 1}
+    )
+    trainer, guard = build_trainer(cfg, tmp_path / "run", task.monitor)
+    weights = []
+
+    class Snap(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            weights.append(pl_module.model.conv.weight.detach().clone())
+
+    trainer.callbacks.append(Snap())
+    trainer.fit(task, DataLoader(Batches(16, bad=[9]), batch_size=4), DataLoader(Batches(8), batch_size=4))
+    assert not torch.equal(weights[0], weights[1]) and torch.equal(weights[1], weights[2])
+    assert [s["kind"] for s in guard.skipped] == ["loss"]
