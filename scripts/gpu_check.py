@@ -44,13 +44,25 @@ def _versions() -> dict:
 
 
 class Check:
-    def __init__(self, out: Path, smoke: bool):
+    """Runs the steps, keeps their result rows, and rewrites the JSON and the table after each one."""
+
+    def __init__(self, out: Path, smoke: bool, deadline: float | None = None):
         self.out, self.smoke = out, smoke
+        self.t0 = time.perf_counter()
+        self.deadline = deadline
         self.steps: list[dict] = []
         self.rows: list[dict] = []
         self.log = (out / "gpu_check.log").open("w")
+        self.versions = _versions()
 
     def run(self, name: str, argv: list[str], timeout: float) -> bool:
+        if self.deadline is not None:
+            left = self.deadline - (time.perf_counter() - self.t0)
+            if left < 30:
+                self.steps.append({"step": name, "exit": "skipped (deadline)", "seconds": 0, "tail": []})
+                self.save()
+                return False
+            timeout = min(timeout, left)
         t0 = time.perf_counter()
         print(f"--- {name}: {' '.join(argv)}", flush=True)
         self.log.write(f"--- {name}: {' '.join(argv)}\n")
@@ -71,7 +83,25 @@ class Check:
             f"    exit {code} in {seconds}s" + ("" if code == 0 else "\n    " + "\n    ".join(tail)),
             flush=True,
         )
+        self.save()
         return code == 0
+
+    def save(self) -> dict:
+        verdicts = _verdicts(self.rows, judged=not self.smoke)
+        failed = [s for s in self.steps if s["exit"] != 0]
+        report = {
+            "smoke": self.smoke,
+            "versions": self.versions,
+            "seconds": round(time.perf_counter() - self.t0, 1),
+            "steps": self.steps,
+            "rows": self.rows,
+            "verdicts": verdicts,
+            "ok": not failed and all(v["ok"] is not False for v in verdicts),
+        }
+        (self.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
+        table = _table(self.rows, verdicts, self.steps, self.versions, self.smoke)
+        (self.out / "gpu_check.md").write_text(table)
+        return report
 
 
 def _text(b) -> str:
@@ -147,69 +177,46 @@ def main() -> int:
     ap.add_argument("--skip-tests", action="store_true", help="skip `pytest -m gpu`")
     ap.add_argument("--reference", type=Path, help="also run this ref_train_bench.py (shared/bench)")
     ap.add_argument("--compile-options", action="store_true", help="also time compile's options on Unet2D")
+    ap.add_argument(
+        "--deadline", type=float, default=None, help="seconds for the whole check; steps past it are skipped"
+    )
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     smoke = args.smoke
     py = sys.executable
     seg = [py, "-m", "segladder"]
-    check = Check(args.out, smoke)
-    t0 = time.perf_counter()
+    check = Check(args.out, smoke, args.deadline)
+    size, steps, warmup = (64, 2, 1) if smoke else (256, 30, 10)
+    workers = 0 if smoke else 12
+    eager, compiled = ("fp32_cl", "fp32_cl_compile") if smoke else ("bf16_cl", "bf16_cl_compile")
+    for model, frames, batch, with_data in SMOKE_CASES if smoke else FULL_CASES:
+        # On the CPU only the smallest case compiles: inductor's C++ build takes minutes on 2 cores.
+        modes = eager if smoke and model != "Unet2D" else f"{eager},{compiled}"
+        argv = [*seg, "bench", "train", "--model", model, "--size", str(size), "--frames", str(frames)]
+        argv += ["--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--modes", modes]
+        argv += ["--workers", str(workers), "--records", "4" if smoke else "64"]
+        if not with_data:
+            argv.append("--skip-data")
+        check.run(f"bench train {model}", argv, 120 if smoke else 200)
     if not args.skip_tests:
         argv = [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"]
         if not smoke and importlib.util.find_spec("xdist") is not None:
             argv += ["-n", "4"]  # the compile tests are mostly compilation on the CPU; the GPU has room
         check.run("pytest -m gpu", argv, 240)
+    argv = [*seg, "bench", "data", "--records", "4" if smoke else "64", "--workers", str(2 if smoke else 12)]
+    argv += ["--seconds", "0.3" if smoke else "3", "--frames", "0-4", "--batch", "2" if smoke else "32"]
+    check.run("bench data", argv, 120 if smoke else 150)
     if args.reference is not None:
         # ref_train_bench.py (the shared performance anchors' bare loop), for the table beside ours.
         argv = [py, str(args.reference), "--cases", "unet_r18_256", "--modes", "bf16_cl"]
         check.run("ref_train_bench.py", argv, 120)
-    size, steps, warmup = (64, 3, 2) if smoke else (256, 30, 10)
-    workers = 0 if smoke else 12
-    for model, frames, batch, with_data in SMOKE_CASES if smoke else FULL_CASES:
-        # On the CPU only the smallest case compiles: inductor's C++ build takes minutes on 2 cores.
-        modes = "bf16_cl" if smoke and model != "Unet2D" else "bf16_cl,bf16_cl_compile"
-        argv = [*seg, "bench", "train", "--model", model, "--size", str(size), "--frames", str(frames)]
-        argv += ["--batch", str(batch), "--steps", str(steps), "--warmup", str(warmup), "--modes", modes]
-        argv += ["--workers", str(workers), "--records", "8" if smoke else "64"]
-        if not with_data:
-            argv.append("--skip-data")
-        check.run(f"bench train {model}", argv, 150 if smoke else 200)
     if args.compile_options and not smoke:
         # What `compile: true` should mean: the options that matter, on the reference's own case.
         modes = "bf16_cl_nobenchmark,bf16_cl_compile_dynamic,bf16_cl_compile_autotune"
-        argv = [
-            *seg,
-            "bench",
-            "train",
-            "--model",
-            "Unet2D",
-            "--size",
-            "256",
-            "--batch",
-            "32",
-            "--steps",
-            "30",
-        ]
-        check.run("bench train compile options", [*argv, "--modes", modes, "--skip-data"], 200)
-    argv = [*seg, "bench", "data", "--records", "8" if smoke else "64", "--workers", str(2 if smoke else 12)]
-    argv += ["--seconds", "0.5" if smoke else "3", "--frames", "0-4"]
-    check.run("bench data", argv, 120 if smoke else 150)
-    versions = _versions()
-    verdicts = _verdicts(check.rows, judged=not smoke)
-    failed = [s for s in check.steps if s["exit"] != 0]
-    report = {
-        "smoke": smoke,
-        "versions": versions,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "steps": check.steps,
-        "rows": check.rows,
-        "verdicts": verdicts,
-        "ok": not failed and all(v["ok"] is not False for v in verdicts),
-    }
-    (args.out / "gpu_check.json").write_text(json.dumps(report, indent=1))
-    table = _table(check.rows, verdicts, check.steps, versions, smoke)
-    (args.out / "gpu_check.md").write_text(table)
-    print(table)
+        argv = [*seg, "bench", "train", "--model", "Unet2D", "--size", "256", "--batch", "32"]
+        check.run("bench train compile options", [*argv, "--modes", modes, "--skip-data"], 240)
+    report = check.save()
+    print((args.out / "gpu_check.md").read_text())
     return 0 if report["ok"] else 1
 
 

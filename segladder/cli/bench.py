@@ -50,6 +50,7 @@ def data(
 MODES: dict[str, dict] = {
     "fp32": {"precision": "32"},
     "fp32_cl": {"precision": "32", "channels_last": True},
+    "fp32_cl_compile": {"precision": "32", "channels_last": True, "compile": True},
     "bf16": {"precision": "bf16-mixed"},
     "bf16_cl": {"precision": "bf16-mixed", "channels_last": True},
     "bf16_cl_nobenchmark": {"precision": "bf16-mixed", "channels_last": True, "cudnn_benchmark": False},

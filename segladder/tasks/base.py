@@ -56,6 +56,7 @@ class Task(L.LightningModule):
         # parts; NonFiniteGuard reads both and clears the flag once the step is decided.
         self.step_finite: Tensor | None = None
         self.step_parts: dict[str, Tensor] = {}
+        self.last_loss: Tensor | None = None
         self.train_loss_mean = FiniteMean()
         self.train_part_means = nn.ModuleDict()
         self._compiled: Any = None
@@ -122,7 +123,10 @@ class Task(L.LightningModule):
         self.step_parts = parts
         bs = self.model_input(batch).shape[0]
         # Per step without sync_dist (an all-reduce a step); the epoch means are reduced once, at its end.
-        self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False, batch_size=bs)
+        # Not prog_bar: Lightning turns every progress-bar value into a number after every batch, a host
+        # read that waits for the device; IntervalProgressBar shows `last_loss` at log steps instead.
+        self.last_loss = loss.detach()
+        self.log("train/loss", self.last_loss, on_step=True, on_epoch=False, batch_size=bs)
         self.train_loss_mean.update(loss, bs)
         self.log("train/loss_epoch", self.train_loss_mean, on_step=False, on_epoch=True, batch_size=bs)
         for name, value in parts.items():

@@ -181,7 +181,7 @@ class NonFiniteGuard(Callback):
         while self._pending and (wait or self._pending[0].ready()):
             step = self._pending.popleft()
             step.wait()
-            loss_bad, grads_bad = (bool(v) for v in step.flags.tolist())
+            loss_bad, grads_bad = step.flags.numpy().tolist()  # host memory: the pinned copy on CUDA
             if step.event is not None:
                 self._pinned.append(step.flags)
             if self.stopped_reason is not None:
@@ -437,18 +437,28 @@ class RNGState(Callback):
 
 
 class IntervalProgressBar(RichProgressBar):
-    """Lightning's rich progress bar, reading the logged values back every `log_every_n_steps` steps while
-    training rather than every step: each read waits for the device to finish all the work queued so far."""
+    """Lightning's rich progress bar, showing the training loss and samples/s read every `log_every_n_steps`
+    steps: each read waits for the device to finish all the work queued so far, so the training step logs
+    nothing to the bar itself (Lightning would read every progress-bar value after every batch)."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._shown: dict = {}
 
     def get_metrics(self, trainer, pl_module) -> dict:
-        steady = trainer.training and trainer.global_step % trainer.log_every_n_steps != 0
-        if not (steady and self._shown):
-            self._shown = super().get_metrics(trainer, pl_module)
-        return self._shown
+        metrics = super().get_metrics(trainer, pl_module)
+        if trainer.training and (trainer.global_step % trainer.log_every_n_steps == 0 or not self._shown):
+            loss = getattr(pl_module, "last_loss", None)
+            recorder = next((c for c in trainer.callbacks if isinstance(c, RunRecorder)), None)
+            self._shown = {
+                **({"train/loss": f"{float(loss):.4g}"} if loss is not None else {}),
+                **(
+                    {"samples/s": f"{recorder.samples_per_s:.1f}"}
+                    if recorder and recorder.samples_per_s
+                    else {}
+                ),
+            }
+        return {**metrics, **self._shown}
 
 
 # ------------------------------------------------------------------------------ metrics and pictures
@@ -475,6 +485,7 @@ class RunRecorder(Callback):
         self._stale: dict[str, object] = {}  # picture → what draws it once training ends
         self._t0 = time.perf_counter()
         self._samples = 0
+        self.samples_per_s: float | None = None
         self._epoch_t0 = time.perf_counter()
         self._recent: deque[torch.Tensor] = deque(maxlen=LOSS_END_STEPS)  # on the device until epoch end
 
@@ -497,11 +508,10 @@ class RunRecorder(Callback):
         if isinstance(loss, torch.Tensor):
             self._recent.append(loss.detach())
         elapsed = time.perf_counter() - self._epoch_t0
+        self.samples_per_s = self._samples / elapsed if elapsed > 0 else None
         # A logged Python number becomes a device tensor (a blocking host→device copy): only at log steps.
-        if elapsed > 0 and trainer.global_step % trainer.log_every_n_steps == 0:
-            pl_module.log(
-                "samples_per_s", self._samples / elapsed, prog_bar=True, on_step=True, on_epoch=False
-            )
+        if self.samples_per_s and trainer.global_step % trainer.log_every_n_steps == 0:
+            pl_module.log("samples_per_s", self.samples_per_s, on_step=True, on_epoch=False)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:

@@ -83,6 +83,64 @@ def test_fused_adamw_skips_a_nonfinite_step_on_the_device(tmp_path):
     assert torch.isfinite(metrics["train/loss_epoch"])  # the skipped step is not in the epoch's mean
 
 
+class _NoHostReads(L.Callback):
+    """From the start of batch `start` to the end of batch `stop - 1`, any Python-level read of a tensor's
+    value (bool, float, int, item, tolist) raises: on a GPU each is a wait for the device's queue. The CPU
+    stand-in for `torch.cuda.set_sync_debug_mode("error")`, covering the loop, callbacks and progress bar."""
+
+    NAMES = ("__bool__", "__float__", "__int__", "__index__", "item", "tolist")
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop, self.covered = start, stop, 0
+        self._saved: dict = {}
+
+    def _forbid(self):
+        def refuse(*a, **k):
+            raise AssertionError("a steady training step read a tensor's value on the host")
+
+        self._saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        for n in self.NAMES:
+            setattr(torch.Tensor, n, refuse)
+
+    def _allow(self):
+        for n, f in self._saved.items():
+            setattr(torch.Tensor, n, f)
+        self._saved = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.start:
+            self._forbid()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if self.start <= batch_idx < self.stop:
+            self.covered += 1
+        if batch_idx == self.stop - 1:
+            self._allow()
+
+    def on_exception(self, trainer, pl_module, exception):
+        self._allow()
+
+
+def test_steady_steps_read_nothing_back(tmp_path):
+    """The user's Trainer (progress bar, recorder, checkpoints, logger) with clipping and bf16: between log
+    steps no tensor value reaches Python."""
+    cfg, task = _task(
+        tmp_path,
+        **{
+            "optim.name": "adamw",
+            "trainer.precision": "bf16-mixed",
+            "trainer.gradient_clip_val": 1.0,
+            "trainer.progress": True,
+            "trainer.log_every_n_steps": 50,
+        },
+    )
+    window = _NoHostReads(1, 7)
+    trainer, guard = build_trainer(cfg, tmp_path / "run", task.monitor, extra_callbacks=[window])
+    trainer.fit(task, DataLoader(Batches(32), batch_size=4), DataLoader(Batches(8), batch_size=4))
+    assert window.covered == 6 and trainer.global_step == 8 and not guard.skipped
+    assert torch.isfinite(trainer.callback_metrics["train/loss_epoch"])
+
+
 def test_a_non_fused_optimiser_skips_too(tmp_path):
     model = Tiny()
     cfg, task = _task(tmp_path, model, **{"optim.name": "sgd", "optim.momentum": 0.9})
