@@ -84,6 +84,7 @@ class DistillationTask(SegmentationTask):
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
         super().__init__(cfg, model)
+        self._schedule_sums: dict[str, tuple[float, int]] = {}
         d = cfg.distill
         terms = [
             {"name": "kd", "weight": d.alpha, "temperature": d.temperature_start},
@@ -204,13 +205,26 @@ class DistillationTask(SegmentationTask):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
         loss = super().training_step(batch, batch_idx)
-        kw = {"on_step": False, "on_epoch": True, "batch_size": batch["image"].shape[0], "sync_dist": True}
-        self.log("distill/temperature", self.temperature, **kw)
-        self.log("distill/unfrozen_blocks", float(self.unfrozen_blocks()), **kw)
+        # Host numbers, averaged over the epoch here and logged once at its end: a logged Python number
+        # becomes a device tensor, a blocking copy, on every step.
         lrs = self.group_lrs()
-        self.log("lr/decoder", lrs["decoder"], **kw)
-        self.log("lr/encoder", lrs["encoder"], **kw)
+        for key, value in (
+            ("distill/temperature", self.temperature),
+            ("distill/unfrozen_blocks", float(self.unfrozen_blocks())),
+            ("lr/decoder", lrs["decoder"]),
+            ("lr/encoder", lrs["encoder"]),
+        ):
+            total, n = self._schedule_sums.get(key, (0.0, 0))
+            self._schedule_sums[key] = (total + value, n + 1)
         return loss
+
+    def train_epoch_metrics(self) -> dict[str, Tensor]:
+        means = {k: torch.tensor(total / n) for k, (total, n) in self._schedule_sums.items() if n}
+        return {**super().train_epoch_metrics(), **means}
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._schedule_sums = {}
 
     def unfrozen_blocks(self) -> int:
         from segladder.training.finetuning import ProgressiveUnfreezing
@@ -274,6 +288,7 @@ class DistillationTask(SegmentationTask):
             metric.reset()
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         # Runs after RunRecorder has written this epoch's metrics.json: the schedules and parts as PNG.
         run_dir = Path(self.trainer.default_root_dir)
         if not self.trainer.is_global_zero or not (run_dir / "metrics.json").exists():

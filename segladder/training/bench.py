@@ -64,6 +64,11 @@ class _LoaderData(L.LightningDataModule):
     def train_dataloader(self) -> Iterable:
         return self.loader
 
+    def transfer_batch_to_device(self, batch, device, dataloader_idx: int):
+        from segladder.data.module import transfer_flat_batch
+
+        return transfer_flat_batch(batch, device)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         from segladder.data.module import ContrailsDataModule
 

@@ -525,7 +525,9 @@ class RunRecorder(Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if not trainer.is_global_zero:
             return
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        # The task's training means are logged after the callbacks' epoch end; they are read from it here.
+        logged = {**trainer.callback_metrics, **pl_module.train_epoch_metrics()}
+        metrics = {k: float(v) for k, v in logged.items() if v.numel() == 1}
         elapsed = time.perf_counter() - self._epoch_t0
         row = {
             "epoch": trainer.current_epoch,
