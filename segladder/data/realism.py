@@ -28,7 +28,6 @@ from segladder.data.contrails import (
     native_size,
     present_splits,
     read_bands,
-    split_dir,
 )
 from segladder.data.layout import INDIVIDUAL_MASKS_FILE, LABELED_FRAME
 from segladder.errors import DataError
@@ -137,7 +136,12 @@ def record_stats(ref: RecordRef) -> RecordStats:
 
 def dataset_refs(root: str | Path) -> list[RecordRef]:
     """Every record of the present splits, sorted by split and id; a DataError when there is none."""
-    split_dir(root, "train")  # a missing or non-folder root gets its own message
+    root = Path(root)
+    if not root.is_dir():
+        what = "is a file" if root.exists() else "does not exist"
+        raise DataError(
+            f"{root} {what}: give a folder in the competition layout (ROOT/train/<record_id>/band_08.npy ...)."
+        )
     splits = present_splits(root)
     refs = [r for s in splits for r in discover_records(root, s)]
     if not refs:
