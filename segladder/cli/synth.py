@@ -77,3 +77,86 @@ def contrails(
         f"{summary.written} record(s) written, {summary.skipped} already present; "
         f"{summary.positive_fraction:.0%} of labelled records have contrails. Dataset: {summary.path}"
     )
+
+
+@synth_app.command("compare")
+def compare(
+    real: Path = typer.Argument(
+        ..., help="Real records in the competition layout (e.g. the OpenContrails sample)."
+    ),
+    synth: Path = typer.Argument(
+        None, help="Synthetic records to measure; omitted: generate a fresh set with the current generator."
+    ),
+    out: Path = typer.Option(
+        Path("runs/synth-compare"), "--out", help="Folder for the figures stats.png and grid.png."
+    ),
+    json_file: Path = typer.Option(None, "--json", help="Write the rows as JSON to this file."),
+    factor: float = typer.Option(
+        1.0, "--factor", help="Tolerance = this (1 to 2) × the distance between the real set's two halves."
+    ),
+    records: int = typer.Option(
+        32,
+        "--records",
+        help="Synthetic records to generate when SYNTH is omitted (at the real records' size).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated synthetic set."),
+    workers: int = typer.Option(
+        1, "--workers", help="Worker processes reading records (0: one per core, up to 8)."
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+) -> None:
+    """Measure synthetic records against real ones, row by row; exit 1 when any row is out of tolerance.
+
+    Each row's tolerance is the distance between two halves of REAL (docs/data.md, "Synthetic vs real").
+    """
+    from segladder.data.realism import compare_datasets
+
+    result = compare_datasets(
+        real,
+        synth,
+        out=out,
+        json_path=json_file,
+        factor=factor,
+        synth_records=records,
+        seed=seed,
+        workers=workers or None,
+        progress=progress,
+    )
+    table = Table(title=f"synthetic vs real: {result.n_real} real, {result.n_synthetic} synthetic records")
+    for col, justify in (
+        ("row", "left"),
+        ("real", "right"),
+        ("synthetic", "right"),
+        ("distance", "right"),
+        ("tolerance", "right"),
+        ("", "left"),
+    ):
+        table.add_column(col, justify=justify)
+    for r in result.rows:
+        unit = f" {r.unit}" if r.unit else ""
+        if r.skipped:
+            table.add_row(r.name, "", "", "", "", f"skipped: {r.skipped}")
+            continue
+        table.add_row(
+            r.name,
+            f"{r.real:.4g}{unit}",
+            f"{r.synthetic:.4g}{unit}",
+            f"{r.distance:.3g}",
+            f"{r.tolerance:.3g}",
+            "ok" if r.ok else "[red]OUT[/red]",
+        )
+    console = Console(width=max(Console().width, 120))
+    console.print(table)
+    compared = [r for r in result.rows if r.ok is not None]
+    within = sum(bool(r.ok) for r in compared)
+    skipped = len(result.rows) - len(compared)
+    typer.echo(f"real: {result.real}; synthetic: {result.synthetic}")
+    typer.echo(
+        f"figures: {', '.join(str(f) for f in result.figures)}"
+        + (f"; rows: {json_file}" if json_file else "")
+    )
+    typer.echo(
+        f"{within} of {len(compared)} rows within tolerance" + (f", {skipped} skipped" if skipped else "")
+    )
+    if not result.ok:
+        raise typer.Exit(1)
