@@ -12,6 +12,7 @@ from torchmetrics.classification import BinaryF1Score, MulticlassJaccardIndex
 from segladder.config import ExperimentConfig
 from segladder.errors import ConfigError
 from segladder.inference.checkpoint import CHECKPOINT_KEY, load_checkpoint
+from segladder.inference.errors import CheckpointError
 from segladder.losses import BinaryKDLoss, build_loss
 from segladder.optim import build_optimizer, build_scheduler
 from segladder.tasks.base import TASKS
@@ -93,7 +94,10 @@ class DistillationTask(SegmentationTask):
         ]
         self.loss = build_loss([t for t in terms if t["weight"] > 0], where="distill")
         self.temperature = d.temperature_start
-        teacher = load_checkpoint(d.teacher)
+        try:
+            teacher = load_checkpoint(d.teacher)
+        except CheckpointError as exc:
+            raise ConfigError(f"distill.teacher: {exc}") from None
         self._check_teacher(teacher)
         teacher.model.requires_grad_(False).eval()
         # Held in a tuple: not a submodule, so not in state_dict, not moved to train mode, not optimised.
