@@ -301,7 +301,9 @@ def export_onnx_cmd(
 ) -> None:
     """Export to ONNX (dynamic batch; input contract and threshold in the metadata) and check parity with PyTorch."""
     from segladder.inference.export import export_onnx
+    from segladder.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"--out": out}, {"CHECKPOINT": checkpoint})
     res = export_onnx(
         checkpoint, out, data=data, split=split, check_records=records, opset=opset, atol=atol, folds=folds
     )

@@ -6,12 +6,17 @@ All cases run, in order, in one fresh interpreter (see conftest.py); each case i
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+from segladder.data.boxes_synth import write_box_synth
 from tests.cli.conftest import run_many
 
 # Files that are not checkpoints, each given where a checkpoint is read.
@@ -71,6 +76,84 @@ CASES = [
         2,
         r"^error: \S*empty\.ckpt is not a segladder checkpoint \(an empty file\)",
     ),
+    # boxes synth
+    ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
+    (
+        "boxes-synth-nothing",
+        "boxes synth {tmp}/bs0 --train 0 --val 0",
+        2,
+        r"^error: --train 0 --val 0: .*N ≥ 1",
+    ),
+    ("boxes-synth-smallest", "boxes synth {tmp}/bs16 --train 1 --val 1 --size 16", 0, r"training and 1 val"),
+    # --out never overwrites an input
+    (
+        "boxes-jitter-over-gt",
+        "boxes jitter {boxes}/val.json --out {boxes}/val.json",
+        2,
+        r"^error: --out \S*val\.json is the input GT .*nothing was written",
+    ),
+    ("boxes-jitter", "boxes jitter {boxes}/val.json --out {tmp}/rough.json", 0, r"rough boxes written"),
+    (
+        "boxes-adjust-over-boxes",
+        "boxes adjust {box_ckpt} --images {boxes}/images --boxes {tmp}/rough.json --out {tmp}/rough.json",
+        2,
+        r"^error: --out \S*rough\.json is the input --boxes",
+    ),
+    (
+        "boxes-adjust-png-over-image",
+        "boxes adjust {box_ckpt} {boxes}/images/000000.png --box 2,3,20,10 --out {boxes}/images/000000.png",
+        2,
+        r"^error: --out \S*000000\.png is the input IMAGE",
+    ),
+    (
+        "boxes-score-json-over-gt",
+        "boxes score {boxes}/val.json {tmp}/rough.json --json {boxes}/val.json",
+        2,
+        r"^error: --json \S*val\.json is the input GT",
+    ),
+    (
+        "boxes-evaluate-over-annotations",
+        "boxes evaluate {box_ckpt} --images {boxes}/images --annotations {tmp}/ev/rough.json --out {tmp}/ev",
+        2,
+        r"^error: OUT/rough\.json \S*ev/rough\.json is the input --annotations",
+    ),
+    (
+        "boxes-export-over-checkpoint",
+        "boxes export {box_ckpt} {box_ckpt}",
+        2,
+        r"^error: OUT \S*box\.ckpt is the input CHECKPOINT",
+    ),
+    (
+        "export-onnx-over-checkpoint",
+        "export onnx {tmp}/seg-copy.ckpt --out {tmp}/seg-copy.ckpt",
+        2,
+        r"^error: --out \S*seg-copy\.ckpt is the input CHECKPOINT",
+    ),
+    (
+        "distill-compare-json-over-student",
+        "distill compare {seg}/checkpoints/best.ckpt {tmp}/seg-copy.ckpt --data {raw} --json {tmp}/seg-copy.ckpt",
+        2,
+        r"^error: --json \S*seg-copy\.ckpt is the input STUDENT",
+    ),
+    # boxes: boxes that cannot be right
+    (
+        "boxes-score-negative-width",
+        "boxes score {boxes}/val.json {tmp}/negative.json",
+        2,
+        r"^error: \S*negative\.json: annotation id {neg_id}: bbox \[.*\] has a negative width; .*not corners",
+    ),
+    (
+        "boxes-adjust-box-outside",
+        "boxes adjust {box_ckpt} {boxes}/images/000000.png --box 60,2,8,8 --out {tmp}/outside.png",
+        2,
+        r"^error: --box 60,2,8,8: wholly outside \S*000000\.png \(48×48 px\)",
+    ),
+    (
+        "boxes-adjust-box-overlapping",
+        "boxes adjust {box_ckpt} {boxes}/images/000000.png --box 44,2,8,8 --out {tmp}/overlapping.png",
+        0,
+        r"^[\d.]+,[\d.]+,[\d.]+,[\d.]+$",
+    ),
 ]
 
 
@@ -82,10 +165,60 @@ def ctx(cli_data, tmp_path_factory):
     Image.fromarray(np.zeros((4, 6), np.uint8)).save(tmp / "picture.png")
     (tmp / "empty.ckpt").write_bytes(b"")
     (tmp / "folder.ckpt").mkdir()
-    values = {**{k: str(v) for k, v in cli_data.items()}, "tmp": str(tmp)}
+    shutil.copyfile(cli_data["seg"] / "checkpoints" / "best.ckpt", tmp / "seg-copy.ckpt")
+    boxes = write_box_synth(tmp / "boxes", n_train=2, n_val=2, size=48, seed=3, max_objects=2, progress=False)
+    box_ckpt = box_checkpoint(tmp / "box.ckpt")
+    (tmp / "ev").mkdir()
+    shutil.copyfile(boxes.val, tmp / "ev" / "rough.json")
+    gt = json.loads(boxes.val.read_text())["annotations"]
+    neg_id = gt[-1]["id"]
+    x, y, w, h = gt[-1]["bbox"]
+    negative = [{"id": a["id"], "bbox": a["bbox"]} for a in gt[:-1]] + [
+        {"id": neg_id, "bbox": [x + w, y, -w, h]}
+    ]
+    (tmp / "negative.json").write_text(json.dumps(negative))
+    inputs = [
+        boxes.val,
+        boxes.images / "000000.png",
+        tmp / "ev" / "rough.json",
+        box_ckpt,
+        tmp / "seg-copy.ckpt",
+    ]
+    before = {p: p.read_bytes() for p in inputs}
+    values = {
+        **{k: str(v) for k, v in cli_data.items()},
+        "tmp": str(tmp),
+        "boxes": str(boxes.root),
+        "box_ckpt": str(box_ckpt),
+        "neg_id": str(neg_id),
+    }
     argvs = [argv.format(**values).split() for _, argv, _, _ in CASES]
     results = run_many(argvs, tmp)
-    return {"tmp": tmp, "values": values, "results": dict(zip([c[0] for c in CASES], results, strict=True))}
+    return {
+        "tmp": tmp,
+        "values": values,
+        "before": before,
+        "results": dict(zip([c[0] for c in CASES], results, strict=True)),
+    }
+
+
+def box_checkpoint(path: Path) -> Path:
+    """A Snapper checkpoint in the trainer's format (random weights, 32 px crops)."""
+    from segladder.config import ExperimentConfig
+    from segladder.inference.checkpoint import CHECKPOINT_KEY
+    from segladder.models import create
+
+    cfg = ExperimentConfig(
+        task="boxes",
+        data={"crop_size": 32},
+        model={"name": "Snapper", "encoder": "test_resnet", "hidden": 16, "decoder_layers": 2},
+    )
+    torch.manual_seed(0)
+    model = create("Snapper", **cfg.model.kwargs)
+    state = {f"model.{k}": v for k, v in model.state_dict().items()}
+    meta = {"version": 1, "task": "boxes", "threshold": 0.5, "config": cfg.model_dump(mode="json")}
+    torch.save({"state_dict": state, CHECKPOINT_KEY: meta}, path)
+    return path
 
 
 @pytest.mark.parametrize(
@@ -94,6 +227,7 @@ def ctx(cli_data, tmp_path_factory):
 def test_bad_input_exit_code_and_message(ctx, name, code, pattern):
     r = ctx["results"][name]
     assert r.code == code, str(r)
+    pattern = pattern.replace("{neg_id}", ctx["values"]["neg_id"])
     if code == 2:
         msg = r.error()
         assert re.search(pattern, msg), str(r)
@@ -103,3 +237,9 @@ def test_bad_input_exit_code_and_message(ctx, name, code, pattern):
             s.startswith("error:") for s in r.err.splitlines()
         ), str(r)
         assert re.search(pattern, r.out), str(r)
+
+
+def test_no_input_was_overwritten(ctx):
+    changed = [str(p) for p, data in ctx["before"].items() if p.read_bytes() != data]
+    assert not changed
+    assert not (ctx["tmp"] / "ev" / "metrics.json").exists()  # refused before anything was written
