@@ -79,6 +79,19 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     )
 
 
+def input_mismatches(a: ExperimentConfig, b: ExperimentConfig) -> list[tuple[str, object, object]]:
+    """The input keys on which two models' configs differ, as (key, a's value, b's value): the image size,
+    the frames, the channels and the model's input channels. Two models can be distilled or compared only
+    when this is empty."""
+    keys = {
+        "data.image_size": (a.data.image_size, b.data.image_size),
+        "data.frames": (list(a.data.frames), list(b.data.frames)),
+        "data.channels": (list(a.data.channels), list(b.data.channels)),
+        "model.in_chans": (a.model.kwargs.get("in_chans"), b.model.kwargs.get("in_chans")),
+    }
+    return [(k, va, vb) for k, (va, vb) in keys.items() if va != vb]
+
+
 _FIX = "give a best.ckpt or last.ckpt from a run directory's checkpoints/ folder"
 _ZIP, _PICKLE = b"PK\x03\x04", b"\x80"  # torch.save's zip format; its legacy format starts with a pickle
 

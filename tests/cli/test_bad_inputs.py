@@ -18,6 +18,7 @@ from PIL import Image
 
 from segladder.data.boxes_synth import write_box_synth
 from tests.cli.conftest import run_many
+from tests.inference.helpers import make_checkpoint
 
 # Files that are not checkpoints, each given where a checkpoint is read.
 NOT_CHECKPOINTS = {
@@ -49,13 +50,13 @@ CASES = [
         "distill-compare-teacher-text",
         "distill compare {tmp}/notes.txt {seg}/checkpoints/best.ckpt --data {raw} --out {tmp}/dc-text",
         2,
-        r"^error: \S*notes\.txt is not a segladder checkpoint \(a text file\)",
+        r"^error: TEACHER: \S*notes\.txt is not a segladder checkpoint \(a text file\)",
     ),
     (
         "distill-compare-student-png",
         "distill compare {seg}/checkpoints/best.ckpt {tmp}/picture.png --data {raw} --out {tmp}/dc-png",
         2,
-        r"^error: \S*picture\.png is not a segladder checkpoint \(a PNG image\)",
+        r"^error: STUDENT: \S*picture\.png is not a segladder checkpoint \(a PNG image\)",
     ),
     (
         "distill-teacher-csv",
@@ -75,6 +76,30 @@ CASES = [
         "export onnx {tmp}/empty.ckpt --out {tmp}/e.onnx",
         2,
         r"^error: \S*empty\.ckpt is not a segladder checkpoint \(an empty file\)",
+    ),
+    # distillation: teacher and student read the same input, checked before training or scoring
+    (
+        "distill-teacher-other-size",
+        "train distill_b0_from_b3 --out {tmp}/run-other-size --set data.root={cache} "
+        "distill.teacher={seg}/checkpoints/best.ckpt",
+        2,
+        r"^error: distill\.teacher \S*best\.ckpt: the teacher and the student read different input: "
+        r"data\.image_size 32 vs 256, data\.frames \[0, 1, 2, 3, 4\] vs \[4\], model\.in_chans \S+ vs 3 "
+        r"\(teacher vs student\); set data\.image_size=32 data\.frames=\[0,1,2,3,4\] as the teacher was trained",
+    ),
+    (
+        "distill-compare-other-size",
+        "distill compare {seg}/checkpoints/best.ckpt {tmp}/student48.ckpt --data {raw} --out {tmp}/dc-48",
+        2,
+        r"^error: STUDENT \S*student48\.ckpt reads data\.image_size 48, TEACHER \S*best\.ckpt 32: .*"
+        r"give a student distilled from this teacher",
+    ),
+    (
+        "distill-compare-baseline-missing",
+        "distill compare {seg}/checkpoints/best.ckpt {tmp}/seg-copy.ckpt --data {raw} --out {tmp}/dc-b "
+        "--baseline {tmp}/none.ckpt",
+        2,
+        r"^error: --baseline: checkpoint \S*none\.ckpt does not exist",
     ),
     # boxes synth
     ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
@@ -166,6 +191,7 @@ def ctx(cli_data, tmp_path_factory):
     (tmp / "empty.ckpt").write_bytes(b"")
     (tmp / "folder.ckpt").mkdir()
     shutil.copyfile(cli_data["seg"] / "checkpoints" / "best.ckpt", tmp / "seg-copy.ckpt")
+    make_checkpoint(tmp / "student48.ckpt", seed=2, image_size=48)
     boxes = write_box_synth(tmp / "boxes", n_train=2, n_val=2, size=48, seed=3, max_objects=2, progress=False)
     box_ckpt = box_checkpoint(tmp / "box.ckpt")
     (tmp / "ev").mkdir()
@@ -243,3 +269,4 @@ def test_no_input_was_overwritten(ctx):
     changed = [str(p) for p, data in ctx["before"].items() if p.read_bytes() != data]
     assert not changed
     assert not (ctx["tmp"] / "ev" / "metrics.json").exists()  # refused before anything was written
+    assert not (ctx["tmp"] / "dc-48").exists() and not (ctx["tmp"] / "dc-b").exists()
