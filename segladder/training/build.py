@@ -8,13 +8,14 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from segladder.config import ExperimentConfig, ModelConfig
 from segladder.errors import ConfigError
 from segladder.training.callbacks import (
     AtomicCheckpointIO,
+    EpochProgressBar,
     FiniteModelCheckpoint,
     GracefulStop,
     NonFiniteGuard,
@@ -150,7 +151,7 @@ def build_trainer(
         *extra_callbacks,
     ]
     if t.progress:
-        callbacks.append(RichProgressBar(leave=True))
+        callbacks.append(EpochProgressBar(leave=True))
     kwargs = {
         k: v
         for k, v in {

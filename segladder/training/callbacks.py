@@ -15,7 +15,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
 
 from segladder.errors import Interrupted
 from segladder.io import atomic_path, atomic_write_json, link_or_copy
@@ -192,6 +192,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class EpochProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting epochs from 1 ("Epoch 1/3" … "Epoch 3/3") as the log lines,
+    metrics and overlays file names do (Lightning's own shows "Epoch 0/2" … "Epoch 2/2")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}" + (
+            f"/{self.trainer.max_epochs}" if self.trainer.max_epochs not in (None, -1) else ""
+        )
+        return f"{text:{len(self.validation_description)}}"
 
 
 class FiniteModelCheckpoint(ModelCheckpoint):

@@ -101,6 +101,46 @@ CASES = [
         2,
         r"^error: --baseline: checkpoint \S*none\.ckpt does not exist",
     ),
+    # train --folds: checked before any folder is made
+    (
+        "train-folds-mistyped-file",
+        "train tiny_synthetic --folds 2 --out {tmp}/f-none --set data.root={raw} data.folds={tmp}/none.csv",
+        2,
+        r"^error: data\.folds \S*none\.csv does not exist; make it with `segladder data folds ROOT",
+    ),
+    (
+        "train-folds-all-in-fold-0",
+        "train tiny_synthetic --out {tmp}/f-zero --set data.root={raw} data.folds={tmp}/zero.csv",
+        2,
+        r"^error: \S*zero\.csv: every record is in fold 0, so fold 0 has no records to train on",
+    ),
+    (
+        "train-folds-too-many",
+        "train tiny_synthetic --folds 50 --out {tmp}/f-50 --set data.root={raw}",
+        2,
+        r"^error: only 12 group\(s\) for 50 folds: lower --folds to at most 12\.$",
+    ),
+    (
+        "train-folds-one",
+        "train tiny_synthetic --folds 1 --out {tmp}/f-1 --set data.root={raw}",
+        2,
+        r"^error: --folds 1: cross-validation needs at least 2 folds",
+    ),
+    # a run refused on its data leaves no run directory (checked in test_a_refused_run_leaves_...)
+    (
+        "train-bad-data-root",
+        "train tiny_synthetic --out {tmp}/r-root --set data.root={tmp}/nowhere",
+        2,
+        r"^error: .*nowhere",
+    ),
+    (
+        "train-bad-coco",
+        "train snapper --out {tmp}/r-coco --set data.images={boxes}/images data.train={tmp}/notes.txt "
+        "data.val={boxes}/val.json model.encoder=test_resnet data.crop_size=32",
+        2,
+        r"^error: \S*notes\.txt: malformed JSON",
+    ),
+    ("train-snapper-no-data", "train snapper --out {tmp}/r-snapper", 2, r"^error: .*data\.(images|train)"),
     # boxes synth
     ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
     (
@@ -192,6 +232,10 @@ def ctx(cli_data, tmp_path_factory):
     (tmp / "folder.ckpt").mkdir()
     shutil.copyfile(cli_data["seg"] / "checkpoints" / "best.ckpt", tmp / "seg-copy.ckpt")
     make_checkpoint(tmp / "student48.ckpt", seed=2, image_size=48)
+    train_ids = sorted(p.name for p in (cli_data["raw"] / "train").iterdir())
+    (tmp / "zero.csv").write_text(
+        "record_id,split,fold,has_contrail,group\n" + "".join(f"{r},train,0,1,{r}\n" for r in train_ids)
+    )
     boxes = write_box_synth(tmp / "boxes", n_train=2, n_val=2, size=48, seed=3, max_objects=2, progress=False)
     box_ckpt = box_checkpoint(tmp / "box.ckpt")
     (tmp / "ev").mkdir()
@@ -270,3 +314,11 @@ def test_no_input_was_overwritten(ctx):
     assert not changed
     assert not (ctx["tmp"] / "ev" / "metrics.json").exists()  # refused before anything was written
     assert not (ctx["tmp"] / "dc-48").exists() and not (ctx["tmp"] / "dc-b").exists()
+
+
+def test_a_refused_run_leaves_no_folder_and_no_file_behind(ctx):
+    tmp = ctx["tmp"]
+    refused = ["f-none", "f-zero", "f-50", "f-1", "run-teacher-csv", "run-other-size"]
+    for name in [*refused, "r-root", "r-coco", "r-snapper"]:
+        assert not (tmp / name).exists(), name
+    assert not (tmp / "none.csv").exists()  # a mistyped data.folds is refused, not created
