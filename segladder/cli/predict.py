@@ -313,5 +313,6 @@ def export_onnx_cmd(
         else f"{res.max_abs_diff_real:.2e} on {res.real_records} real records"
     )
     typer.echo(
-        f"wrote {res.path}; max |ONNX − PyTorch| on probabilities: {res.max_abs_diff_random:.2e} on random input, {real}"
+        f"wrote {res.path}; max |ONNX − PyTorch| on probabilities: {res.max_abs_diff_random:.2e} on random input, {real}; "
+        f"input (batch, {', '.join(map(str, res.input_shape))})"
     )

@@ -33,6 +33,7 @@ class ExportResult:
     max_abs_diff_random: float
     max_abs_diff_real: float | None  # None when no data was given to check on
     real_records: int
+    input_shape: tuple[int, ...] = ()  # one input without its batch axis, as traced and checked
 
 
 def export_onnx(
@@ -50,12 +51,15 @@ def export_onnx(
 
     With `folds`, `checkpoint` is a `train --folds` run directory and its fold ensemble becomes one ONNX
     model: the folds' mean probability (as logits), the out-of-fold threshold and component size in
-    its metadata.
+    its metadata. A `boxes` checkpoint is exported as `boxes export` does: its input is (batch, 3, S, S)
+    crops, not contrail records, and parity is checked on such crops.
     """
     if folds:
         model, spec, meta = _fold_ensemble_model(checkpoint)
     else:
         ck = load_checkpoint(checkpoint)
+        if ck.task == "boxes":
+            return _export_boxes(checkpoint, ck.config.data.crop_size, out, data, opset, atol)
         spec = InputSpec.from_checkpoint(ck)
         model = ck.model
         meta = {"task": ck.task, "threshold": ck.threshold, "model_name": ck.config.model.name}
@@ -67,6 +71,18 @@ def export_onnx(
             raise ExportError(f"split '{split}' of {data} holds no records to check the export on.")
         real = torch.stack([ds[i]["image"] for i in range(n)])
     return export_model(model, spec, out, **meta, source=str(checkpoint), opset=opset, atol=atol, real=real)
+
+
+def _export_boxes(checkpoint, size: int, out, data, opset: int, atol: float) -> ExportResult:
+    from segladder.inference.boxes import export_box_onnx
+
+    if data is not None:
+        raise ExportError(
+            f"--data {data}: {checkpoint} is a box model, checked on random crops, not on contrail records; "
+            "leave --data out (or use `segladder boxes export`)."
+        )
+    r = export_box_onnx(checkpoint, out, opset=opset, atol=atol)
+    return ExportResult(r.path, r.max_prob_diff, None, 0, (3, size, size))
 
 
 def _fold_ensemble_model(run_dir: str | Path) -> tuple[nn.Module, InputSpec, dict]:
@@ -135,7 +151,7 @@ def export_model(
                 )
     except OSError as exc:
         raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
-    return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real))
+    return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real), shape)
 
 
 def trace_onnx(

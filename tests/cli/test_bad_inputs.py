@@ -141,6 +141,19 @@ CASES = [
         r"^error: \S*notes\.txt: malformed JSON",
     ),
     ("train-snapper-no-data", "train snapper --out {tmp}/r-snapper", 2, r"^error: .*data\.(images|train)"),
+    # export onnx reads the input shape from the checkpoint's task
+    (
+        "export-onnx-box-model",
+        "export onnx {box_ckpt} --out {tmp}/box.onnx",
+        0,
+        r"wrote \S*box\.onnx; .* on random input, no --data given; input \(batch, 3, 32, 32\)$",
+    ),
+    (
+        "export-onnx-box-model-with-data",
+        "export onnx {box_ckpt} --out {tmp}/box-data.onnx --data {raw}",
+        2,
+        r"^error: --data \S*: \S*box\.ckpt is a box model, checked on random crops",
+    ),
     # boxes synth
     ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
     (
@@ -322,3 +335,13 @@ def test_a_refused_run_leaves_no_folder_and_no_file_behind(ctx):
     for name in [*refused, "r-root", "r-coco", "r-snapper"]:
         assert not (tmp / name).exists(), name
     assert not (tmp / "none.csv").exists()  # a mistyped data.folds is refused, not created
+
+
+def test_a_box_model_exports_with_its_crop_input(ctx):
+    import onnx
+
+    proto = onnx.load(str(ctx["tmp"] / "box.onnx"))
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ["batch", 3, 32, 32]
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert (meta["segladder.task"], meta["segladder.crop_size"]) == ("boxes", "32")
