@@ -18,6 +18,7 @@ from PIL import Image
 
 from segladder.data.boxes_synth import write_box_synth
 from tests.cli.conftest import run_many
+from tests.distill.images import write_image_folder
 from tests.inference.helpers import make_checkpoint
 
 # Files that are not checkpoints, each given where a checkpoint is read.
@@ -154,6 +155,20 @@ CASES = [
         2,
         r"^error: --data \S*: \S*box\.ckpt is a box model, checked on random crops",
     ),
+    # data check on image/mask folders
+    (
+        "check-image-folders",
+        "data check {tmp}/rgb",
+        0,
+        r"checked 6 image/mask pairs \(4 train, 2 val\) in \S*rgb \(image folders layout\): all good$",
+    ),
+    (
+        "check-image-folders-bad",
+        "data check {tmp}/rgb-bad",
+        1,
+        r"(?m)^train/img001: no mask train/masks/img001\.png\n"
+        r"val/img000: \S*img000\.png: mask values \[7\] outside .*\n.*2 bad$",
+    ),
     # boxes synth
     ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
     (
@@ -245,6 +260,10 @@ def ctx(cli_data, tmp_path_factory):
     (tmp / "folder.ckpt").mkdir()
     shutil.copyfile(cli_data["seg"] / "checkpoints" / "best.ckpt", tmp / "seg-copy.ckpt")
     make_checkpoint(tmp / "student48.ckpt", seed=2, image_size=48)
+    write_image_folder(tmp / "rgb", n_train=4, n_val=2, size=24)
+    shutil.copytree(tmp / "rgb", tmp / "rgb-bad")
+    (tmp / "rgb-bad" / "train" / "masks" / "img001.png").unlink()
+    Image.fromarray(np.full((24, 24), 7, np.uint8)).save(tmp / "rgb-bad" / "val" / "masks" / "img000.png")
     train_ids = sorted(p.name for p in (cli_data["raw"] / "train").iterdir())
     (tmp / "zero.csv").write_text(
         "record_id,split,fold,has_contrail,group\n" + "".join(f"{r},train,0,1,{r}\n" for r in train_ids)
