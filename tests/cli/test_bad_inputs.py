@@ -169,6 +169,19 @@ CASES = [
         r"(?m)^train/img001: no mask train/masks/img001\.png\n"
         r"val/img000: \S*img000\.png: mask values \[7\] outside .*\n.*2 bad$",
     ),
+    # predict --folds: the stored out-of-fold choices, unless an option (0 included) overrides them
+    (
+        "predict-folds",
+        "predict {tmp}/folds-run --folds --data {raw} --split validation --out {tmp}/pf",
+        0,
+        r"4 records",
+    ),
+    (
+        "predict-folds-min-component-0",
+        "predict {tmp}/folds-run --folds --data {raw} --split validation --out {tmp}/pf0 --min-component 0",
+        0,
+        r"4 records",
+    ),
     # boxes synth
     ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
     (
@@ -260,6 +273,7 @@ def ctx(cli_data, tmp_path_factory):
     (tmp / "folder.ckpt").mkdir()
     shutil.copyfile(cli_data["seg"] / "checkpoints" / "best.ckpt", tmp / "seg-copy.ckpt")
     make_checkpoint(tmp / "student48.ckpt", seed=2, image_size=48)
+    fold_run(tmp / "folds-run")
     write_image_folder(tmp / "rgb", n_train=4, n_val=2, size=24)
     shutil.copytree(tmp / "rgb", tmp / "rgb-bad")
     (tmp / "rgb-bad" / "train" / "masks" / "img001.png").unlink()
@@ -302,6 +316,27 @@ def ctx(cli_data, tmp_path_factory):
         "before": before,
         "results": dict(zip([c[0] for c in CASES], results, strict=True)),
     }
+
+
+def fold_run(run: Path) -> Path:
+    """A `train --folds` run of two folds whose models give every pixel probability 0.5, with an out-of-fold
+    threshold of 0.4 and a component size larger than any image (so the stored size removes every mask)."""
+    for f in range(2):
+        (run / f"fold_{f}" / "checkpoints").mkdir(parents=True)
+        make_checkpoint(run / f"fold_{f}" / "checkpoints" / "best.ckpt", bias=0.0, threshold=0.5)
+    ensemble = {
+        "checkpoints": [f"fold_{f}/checkpoints/best.ckpt" for f in range(2)],
+        "threshold": 0.4,
+        "min_component": 2000,
+        "percentile": 50.0,
+        "oof_dice": 0.5,
+        "oof_dice_at_0_5": 0.4,
+        "oof_records": 12,
+        "fold_dice": [0.5, 0.5],
+        "best_epochs": [0, 0],
+    }
+    (run / "ensemble.json").write_text(json.dumps(ensemble))
+    return run
 
 
 def box_checkpoint(path: Path) -> Path:
@@ -364,3 +399,17 @@ def test_a_box_model_exports_with_its_crop_input(ctx):
     assert dims == ["batch", 3, 32, 32]
     meta = {p.key: p.value for p in proto.metadata_props}
     assert (meta["segladder.task"], meta["segladder.crop_size"]) == ("boxes", "32")
+
+
+def test_predict_folds_applies_the_out_of_fold_choices_and_an_explicit_min_component_0(ctx):
+    stored = json.loads((ctx["tmp"] / "pf" / "predict.json").read_text())
+    run = ctx["tmp"] / "folds-run"
+    assert (stored["threshold"], stored["threshold_source"]) == (
+        0.4,
+        f"out-of-fold, from {run}/ensemble.json",
+    )
+    # p = 0.5 > 0.4 everywhere: one 32×32 component per record, removed by the stored 2000 px size ...
+    assert (stored["min_component"], stored["positive_pixels"]) == (2000, 0)
+    kept = json.loads((ctx["tmp"] / "pf0" / "predict.json").read_text())
+    # ... and kept whole by --min-component 0, at the same out-of-fold threshold.
+    assert (kept["threshold"], kept["min_component"], kept["positive_pixels"]) == (0.4, 0, 4 * 32 * 32)
