@@ -144,7 +144,10 @@ def read_checkpoint_file(path: Path, map_location: str | torch.device = "cpu") -
     except pickle.UnpicklingError:
         # torch's own message advises weights_only=False, i.e. running whatever the file holds: not repeated.
         raise CheckpointError(
-            _not_ours(path, "it holds Python objects other than tensors and plain data, which could run code")
+            _not_ours(
+                path,
+                "refused to load: it holds Python objects other than tensors and plain data, which could run code",
+            )
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         first = (str(exc).splitlines() or [type(exc).__name__])[0][:120]
