@@ -182,6 +182,12 @@ CASES = [
         0,
         r"4 records",
     ),
+    (
+        "prepare-into-the-dataset",
+        "data prepare {raw} --out {raw}/train --frames 4",
+        2,
+        r"^error: --out \S*train is the dataset ROOT \S* or one of its splits; give a folder outside them",
+    ),
     # boxes synth
     ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
     (
