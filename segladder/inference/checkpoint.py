@@ -89,7 +89,8 @@ def input_mismatches(a: ExperimentConfig, b: ExperimentConfig) -> list[tuple[str
         "data.channels": (list(a.data.channels), list(b.data.channels)),
         "model.in_chans": (a.model.kwargs.get("in_chans"), b.model.kwargs.get("in_chans")),
     }
-    return [(k, va, vb) for k, (va, vb) in keys.items() if va != vb]
+    # A config that does not name in_chans (it follows from channels and frames) is compared on those alone.
+    return [(k, va, vb) for k, (va, vb) in keys.items() if va != vb and None not in (va, vb)]
 
 
 _FIX = "give a best.ckpt or last.ckpt from a run directory's checkpoints/ folder"
