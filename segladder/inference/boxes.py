@@ -440,8 +440,13 @@ def export_box_onnx(
     `window`); on a parity failure nothing is written.
     """
     from segladder.inference.errors import ExportError
-    from segladder.inference.export import trace_onnx
-    from segladder.inference.segmenters import INPUT_NAME, ONNX_FORMAT_VERSION, OUTPUT_NAME, onnx_session
+    from segladder.inference.segmenters import (
+        INPUT_NAME,
+        ONNX_FORMAT_VERSION,
+        OUTPUT_NAME,
+        onnx_session,
+        trace_onnx,
+    )
     from segladder.io import atomic_path
 
     adjuster = BoxAdjuster.from_checkpoint(checkpoint, "cpu")

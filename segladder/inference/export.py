@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,16 +13,17 @@ from torch import nn
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.errors import ExportError
 from segladder.inference.inputs import InputSpec
-from segladder.inference.segmenters import (
+from segladder.inference.segmenters import (  # noqa: F401  (trace_onnx re-exported)
+    DEFAULT_OPSET,
     INPUT_NAME,
     META_PREFIX,
     ONNX_FORMAT_VERSION,
     OUTPUT_NAME,
     onnx_session,
+    trace_onnx,
 )
 from segladder.io import atomic_path
 
-DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4  # on probabilities, fp32
 
 
@@ -152,49 +152,6 @@ def export_model(
     except OSError as exc:
         raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
     return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real), shape)
-
-
-def trace_onnx(
-    model: nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    meta: dict[str, str],
-    opset: int,
-    model_name: str = "",
-) -> None:
-    """Trace `model` at `example` into `path` (dynamic batch axis) and add `meta` under the segladder prefix.
-
-    The legacy (TorchScript) exporter: the dynamo exporter needs onnxscript, and the legacy one handles the
-    LSTM models. An opset the model cannot be written at is one clear `ExportError`.
-    """
-    import onnx
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
-        try:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
-            # An opset too old for an operator, or one this torch does not know, surfaces here.
-            if not isinstance(exc, torch.onnx.errors.OnnxExporterError) and "opset" not in str(exc):
-                raise
-            reason = str(exc).splitlines()[0].split(". Please")[0]
-            raise ExportError(
-                f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
-                f"({reason}); use --opset {DEFAULT_OPSET}."
-            ) from None
-    proto = onnx.load(str(path))
-    for key, value in meta.items():
-        proto.metadata_props.add(key=META_PREFIX + key, value=value)
-    onnx.save(proto, str(path))
 
 
 def _parity(model: nn.Module, session, x: torch.Tensor) -> float:
