@@ -20,7 +20,8 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/segladder demo
 
-# pytest's own exit code; fewer tests collected than the floor in tests/MIN_TESTS fails too.
+# 0 when pytest passes, 2 (make's code for a failed recipe) when it fails; fewer tests collected than the
+# floor in tests/MIN_TESTS fails too.
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q --min-tests "$$(cat tests/MIN_TESTS)"
 

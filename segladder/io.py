@@ -302,3 +302,26 @@ def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
             path.unlink(missing_ok=True)
     finally:
         os.close(fd)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether `a` and `b` name one file (links and relative paths included); False when either is absent."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
+def refuse_overwriting_inputs(writes: dict[str, str | os.PathLike], reads: dict[str, Any]) -> None:
+    """A `SegladderError` before anything is written when an output would replace an input.
+
+    `writes` maps how the user named each output (`--out`) to its path; `reads` maps how each input was
+    named (`GT`, `--boxes`) to its path (None: not given).
+    """
+    for out_name, out in writes.items():
+        for in_name, src in reads.items():
+            if src is not None and Path(src).is_file() and same_file(out, src):
+                raise SegladderError(
+                    f"{out_name} {out} is the input {in_name} ({src}): it would be overwritten; "
+                    "write to another file (nothing was written)."
+                )

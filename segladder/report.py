@@ -6,11 +6,12 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-import torch
 from rich.table import Table
 
-from segladder.io import atomic_write_json, atomic_write_text
+from segladder.inference.evaluate import RecordScores, score_records
+from segladder.io import atomic_write_text
 from segladder.ladder import PROFILES, LadderResult, RungResult
+from segladder.ladder.summary import report_dict, rung_f1, write_report_json  # noqa: F401  (re-exported)
 from segladder.viz import overlay_panels, plot_histories, save_figure
 
 SHORT_GATES = {
@@ -25,45 +26,6 @@ SHORT_GATES = {
     "training inputs match validation": "inputs",
     "training labels sit on their signature": "labels",
 }
-
-
-def rung_f1(result: LadderResult, r: RungResult) -> float | None:
-    """The F1 the profile's gates read: the best epoch's (seed) or the last epoch's (calibrated)."""
-    return r.best_f1 if PROFILES[result.profile].f1 == "best" else r.f1_last
-
-
-def report_dict(result: LadderResult) -> dict:
-    """What report.json holds: per rung its status, F1, loss, checks and implicated part; the first failure."""
-    first = result.first_failure
-    return {
-        "rungs": [
-            {
-                "rung": r.rung,
-                "status": r.status,
-                "f1": rung_f1(result, r),
-                "loss": r.loss,
-                "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in r.checks],
-                "implicated": r.implicated,
-                "reason": r.reason or None,
-                "seconds": round(r.seconds, 2),
-                "nan_report": str(r.nan_report) if r.nan_report else None,
-            }
-            for r in result.rungs
-        ],
-        "first_failure": first.rung if first else None,
-        "profile": result.profile,
-        "seconds": round(result.seconds, 2),
-        "fault": result.fault,
-        "baselines": result.baselines.as_dict() if result.baselines else None,
-        **result.extra,
-    }
-
-
-def write_report_json(result: LadderResult) -> Path:
-    result.out.mkdir(parents=True, exist_ok=True)
-    path = result.out / "report.json"
-    atomic_write_json(path, report_dict(result))
-    return path
 
 
 def short_gate(name: str) -> str:
@@ -85,7 +47,7 @@ def ladder_table(result: LadderResult) -> Table:
         table.add_row(
             r.rung.replace("ResNet18_", "R18_"),
             f"[{colour}]{r.status}[/]",
-            _fmt(last.get("train/loss_epoch"), 3),
+            _fmt(r.loss, 3),
             _fmt(rung_f1(result, r), 3),
             _fmt(last.get("val/threshold"), 2),
             gates,
@@ -109,21 +71,18 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
     preds = _predictions(ran, val_data)
     overlays_png = out / "overlays.png"
     if preds:
-        _overlays(preds, val_data, range(min(n_overlay, len(val_data))), overlays_png)
+        _overlays(preds, range(min(n_overlay, len(next(iter(preds.values())).record_ids))), overlays_png)
     worst_lines: list[str] = []
     best = max(
         (r for r in ran if r.best_f1 is not None and r.rung in preds), key=lambda r: r.best_f1, default=None
     )
     if best is not None:
-        from segladder.metrics import per_record_dice
-
-        probs, threshold = preds[best.rung]
-        masks = torch.stack([val_data[i]["mask"] for i in range(len(val_data))])
-        dice = per_record_dice(probs, masks, threshold)
-        order = np.argsort(dice, kind="stable")[:worst_k]
-        _overlays({best.rung: preds[best.rung]}, val_data, order.tolist(), out / "worst.png")
+        scores = preds[best.rung]
+        order = np.argsort(scores.dice, kind="stable")[:worst_k]
+        _overlays({best.rung: scores}, order.tolist(), out / "worst.png")
         worst_lines = [
-            f"| {val_data[int(i)]['record_id']} | {dice[i]:.4f} | {int(masks[i].sum())} |" for i in order
+            f"| {scores.record_ids[i]} | {scores.dice[i]:.4f} | {int(scores.inputs.item(int(i))['mask'].sum())} |"
+            for i in order
         ]
 
     md = [
@@ -145,13 +104,13 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
             "",
         ]
     md += ["| rung | status | epochs | final train loss | val F1 | gates |", "|---|---|---|---|---|---|"]
+    # The loss is the one report.json and the gates read (the end-of-training loss), not the epoch mean.
     for r in result.rungs:
-        last = r.history[-1] if r.history else {}
         gates = (
             "<br>".join(("✓ " if c.passed else "✗ ") + f"{c.name}: {c.detail}" for c in r.checks) or r.reason
         )
         md.append(
-            f"| {r.rung} | {r.status} | {len(r.history)} | {_fmt(last.get('train/loss_epoch'))} | "
+            f"| {r.rung} | {r.status} | {len(r.history)} | {_fmt(r.loss)} | "
             f"{_fmt(rung_f1(result, r))} | {gates} |"
         )
     failed = [r for r in result.rungs if r.diagnosis]
@@ -191,26 +150,35 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
     return path
 
 
-def _predictions(rungs: list[RungResult], val_data) -> dict[str, tuple[torch.Tensor, float]]:
-    """Validation probabilities of each rung's best checkpoint: {rung: (probs (N, 1, H, W), threshold)}."""
-    from segladder.inference.checkpoint import load_checkpoint
+def record_predictions(checkpoints: dict[str, Path], val_data) -> dict[str, RecordScores]:
+    """Each checkpoint's predictions on the records of `val_data`, read and scored as `evaluate` does.
 
-    out = {}
-    images = torch.stack([val_data[i]["image"] for i in range(len(val_data))])
-    for r in rungs:
-        ckpt = r.run_dir / "checkpoints" / "best.ckpt" if r.run_dir else None
-        if ckpt is None or not ckpt.exists():
-            continue
-        loaded = load_checkpoint(ckpt)
-        with torch.no_grad():
-            probs = torch.cat(
-                [torch.sigmoid(loaded.model(images[i : i + 16]).float()) for i in range(0, len(images), 16)]
-            )
-        out[r.rung] = (probs, loaded.threshold)
-    return out
+    `val_data` (the ladder's validation set) names the data, the split and how many of its first records;
+    the models are fed from `evaluate`'s decoded inputs, never from the set's stored uint8 bytes.
+    """
+    if not checkpoints:
+        return {}
+    data, split, n = _source(val_data)
+    return {name: score_records(ckpt, data, split, limit=n) for name, ckpt in checkpoints.items()}
 
 
-def _overlays(preds: dict[str, tuple[torch.Tensor, float]], val_data, indices, path: Path) -> None:
+def _source(val_data) -> tuple[Path, str, int]:
+    """(data root, split, record count) of a validation set: a dataset or the first records of one."""
+    from torch.utils.data import Subset
+
+    ds = val_data
+    while isinstance(ds, Subset):
+        ds = ds.dataset
+    return Path(ds.source), ds.split, len(val_data)
+
+
+def _predictions(rungs: list[RungResult], val_data) -> dict[str, RecordScores]:
+    """Validation predictions of each rung's best checkpoint (see `record_predictions`)."""
+    ckpts = {r.rung: r.run_dir / "checkpoints" / "best.ckpt" for r in rungs if r.run_dir}
+    return record_predictions({k: v for k, v in ckpts.items() if v.exists()}, val_data)
+
+
+def _overlays(preds: dict[str, RecordScores], indices, path: Path) -> None:
     """Rows are records; columns ash | ground truth | one prediction per rung."""
     import matplotlib
 
@@ -223,10 +191,10 @@ def _overlays(preds: dict[str, tuple[torch.Tensor, float]], val_data, indices, p
         len(indices), 2 + len(rungs), figsize=(2.2 * (2 + len(rungs)), 2.2 * len(indices)), squeeze=False
     )
     for row, i in enumerate(indices):
-        item = val_data[i]
         for col, rung in enumerate(rungs):
-            probs, th = preds[rung]
-            panels = overlay_panels(item["image"], item["mask"], probs[i], th)
+            scores = preds[rung]
+            item = scores.inputs.item(i)  # decoded, as the model read it
+            panels = overlay_panels(item["image"], item["mask"], scores.probs[i], scores.threshold)
             if col == 0:
                 axes[row, 0].imshow(panels["ash"])
                 axes[row, 1].imshow(panels["truth"])

@@ -36,9 +36,9 @@ def synth(
     out: Path = typer.Argument(
         ..., help="Folder to write: images/, train.json and val.json (COCO detection)."
     ),
-    train: int = typer.Option(200, "--train", help="Training images."),
-    val: int = typer.Option(50, "--val", help="Validation images."),
-    size: int = typer.Option(128, "--size", help="Image side in pixels."),
+    train: int = typer.Option(200, "--train", min=0, help="Training images."),
+    val: int = typer.Option(50, "--val", min=0, help="Validation images."),
+    size: int = typer.Option(128, "--size", help="Image side in pixels (at least 16)."),
     seed: int = typer.Option(0, "--seed", help="Random seed."),
 ) -> None:
     """Write a synthetic COCO box set: textured backgrounds, varied shapes with exact boxes, some touching or overlapping."""
@@ -59,7 +59,9 @@ def jitter(
 ) -> None:
     """Rough boxes as in the paper: centre moved up to 10% of each side, width and height scaled in [0.9, 1.1]."""
     from segladder.inference.boxes import jitter_file
+    from segladder.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"--out": out}, {"GT": gt})
     typer.echo(f"{jitter_file(gt, out, seed)} rough boxes written to {out}")
 
 
@@ -73,9 +75,11 @@ def score(
 ) -> None:
     """The paper's Table 1: mIoU, IoU > 0.9, edges and corners within 1 and 3 px."""
     from segladder.inference.boxes import score_files
-    from segladder.io import atomic_write_json
+    from segladder.io import atomic_write_json, refuse_overwriting_inputs
     from segladder.metrics import BOX_KEYS
 
+    if json_out is not None:
+        refuse_overwriting_inputs({"--json": json_out}, {"GT": gt, "BOXES": boxes})
     result = score_files(gt, boxes)
     for k in BOX_KEYS:
         typer.echo(f"{k:<20} {100 * result[k]:6.2f}%")
@@ -106,12 +110,16 @@ def adjust(
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when present)."),
 ) -> None:
     """Snap rough boxes onto object edges: a whole COCO file (batched) or one box on one image."""
+    from segladder.io import refuse_overwriting_inputs
+
+    reads = {"CHECKPOINT": checkpoint, "IMAGE": image, "--boxes": boxes}
     if image is not None:
         if box is None:
             raise typer.BadParameter("IMAGE needs --box x,y,w,h.")
         from segladder.inference.boxes import adjust_single
 
         png = out or image.with_suffix(".snapped.png")
+        refuse_overwriting_inputs({"--out" if out else "the default --out": png}, reads)
         snapped, conf = adjust_single(
             checkpoint, image, _parse_box(box), png, device=device, refine_steps=refine
         )
@@ -124,6 +132,7 @@ def adjust(
         )
     from segladder.inference.boxes import adjust_file
 
+    refuse_overwriting_inputs({"--out": out}, reads)
     n = adjust_file(checkpoint, images, boxes, out, batch_size=batch_size, device=device, refine_steps=refine)
     typer.echo(f"{n} boxes adjusted: {out}")
 
@@ -145,8 +154,13 @@ def evaluate(
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
 ) -> None:
     """Jitter → adjust → score: the paper's before/after table, JSON and a PNG of the best and worst boxes."""
-    from segladder.inference.boxes import before_after_table, evaluate_boxes
+    from segladder.inference.boxes import EVALUATION_FILES, before_after_table, evaluate_boxes
+    from segladder.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(
+        {f"OUT/{name}": out / name for name in EVALUATION_FILES},
+        {"--annotations": annotations, "CHECKPOINT": checkpoint},
+    )
     r = evaluate_boxes(
         checkpoint,
         images,
@@ -173,7 +187,9 @@ def export(
 ) -> None:
     """Export the box model to ONNX ((batch, 3, S, S) crops → (batch, 4, S) edge logits) with a parity check."""
     from segladder.inference.boxes import export_box_onnx
+    from segladder.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"OUT": out}, {"CHECKPOINT": checkpoint})
     r = export_box_onnx(checkpoint, out, opset=opset)
     typer.echo(
         f"written {r.path}: parity with PyTorch: probabilities within {r.max_prob_diff:.1e}, "

@@ -20,7 +20,11 @@ out = Console()
 
 @data_app.command("check")
 def check(
-    root: Path = typer.Argument(..., help="Dataset root holding train/, validation/ and/or test/."),
+    root: Path = typer.Argument(
+        ...,
+        help="Dataset root: train/, validation/, test/ of records (competition layout) or "
+        "train/, val/ holding images/ and masks/ (image folders).",
+    ),
     splits: str = typer.Option(
         "", "--splits", help="Comma-separated splits to check (default: all present)."
     ),
@@ -31,7 +35,7 @@ def check(
     ),
     workers: int = typer.Option(0, "--workers", help="Worker processes (0: one per core, up to 8)."),
 ) -> None:
-    """Validate every record; print `record_id: reason` per bad record and exit 1 if any is bad."""
+    """Validate every record (or image/mask pair); print `record_id: reason` per bad one and exit 1 if any is bad."""
     from segladder.data.check import check_dataset
 
     report = check_dataset(root, parse_str_list(splits), values=values, workers=workers or None)
@@ -39,8 +43,9 @@ def check(
         typer.echo(f"{rid}: {reason}")
     counts = ", ".join(f"{n} {s}" for s, n in report.records.items())
     bad = len(report.bad_ids)
+    what = "records" if report.layout == "competition" else "image/mask pairs"
     typer.echo(
-        f"checked {sum(report.records.values())} records ({counts}) in {root}: "
+        f"checked {sum(report.records.values())} {what} ({counts}) in {root} ({report.layout} layout): "
         f"{'all good' if report.ok else f'{bad} bad'}"
     )
     if not report.ok:

@@ -90,9 +90,11 @@ def predict_cmd(
         help="Pixels to shift flipped-back TTA predictions by (half-pixel label offset; see docs/inference.md).",
     ),
     min_component: int = typer.Option(
-        0,
+        None,
         "--min-component",
-        help="Remove connected components smaller than this many pixels (seed 001 tried 10).",
+        min=0,
+        help="Remove connected components smaller than this many pixels (seed 001 tried 10; default 0, "
+        "or the size stored with --folds / an ONNX model; 0 keeps every component).",
     ),
     overlays: int = typer.Option(0, "--overlays", help="Draw PNG overlays of the first N records."),
     batch_size: int = typer.Option(8, "--batch-size", help=_BATCH_HELP),
@@ -113,11 +115,14 @@ def predict_cmd(
 
         if len(checkpoints or []) != 1:
             raise SegladderError("--folds takes one run directory (of `segladder train CONFIG --folds K`).")
-        ens = read_fold_ensemble(checkpoints[0])
+        run = checkpoints[0]
+        ens = read_fold_ensemble(run)
         checkpoints = [Path(c) for c in ens.checkpoints]
-        if threshold is None and percentile is None:
-            threshold = ens.threshold
-        min_component = min_component or ens.min_component
+        default_threshold = (ens.threshold, f"out-of-fold, from {run}/ensemble.json")
+        if min_component is None:  # an explicit --min-component, 0 included, wins over the stored size
+            min_component = ens.min_component
+    else:
+        default_threshold = None
     pred = predict(
         checkpoints or [],
         data,
@@ -134,6 +139,7 @@ def predict_cmd(
         batch_size=batch_size,
         device=device,
         workers=workers,
+        default_threshold=default_threshold,
     )
     _report(pred)
 
@@ -301,7 +307,9 @@ def export_onnx_cmd(
 ) -> None:
     """Export to ONNX (dynamic batch; input contract and threshold in the metadata) and check parity with PyTorch."""
     from segladder.inference.export import export_onnx
+    from segladder.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"--out": out}, {"CHECKPOINT": checkpoint})
     res = export_onnx(
         checkpoint, out, data=data, split=split, check_records=records, opset=opset, atol=atol, folds=folds
     )
@@ -311,5 +319,6 @@ def export_onnx_cmd(
         else f"{res.max_abs_diff_real:.2e} on {res.real_records} real records"
     )
     typer.echo(
-        f"wrote {res.path}; max |ONNX − PyTorch| on probabilities: {res.max_abs_diff_random:.2e} on random input, {real}"
+        f"wrote {res.path}; max |ONNX − PyTorch| on probabilities: {res.max_abs_diff_random:.2e} on random input, {real}; "
+        f"input (batch, {', '.join(map(str, res.input_shape))})"
     )

@@ -8,10 +8,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from segladder.errors import DataError
 from segladder.io import atomic_write_json
 from segladder.progress import progress_bar
 
 SHAPES = ("rectangle", "ellipse", "triangle", "polygon")
+MIN_SIZE = 16
 
 
 @dataclass
@@ -125,6 +127,13 @@ def write_box_synth(
     progress: bool = True,
 ) -> BoxSynthResult:
     """Write `out/images/*.png`, `out/train.json` and `out/val.json` (COCO detection, one category 'object')."""
+    if size < MIN_SIZE:
+        raise DataError(
+            f"--size {size}: synthetic box images need at least {MIN_SIZE} px a side (shapes span 1/8 to 1/2 "
+            f"of it and a box needs 4 px); use --size {MIN_SIZE} or more (128 by default)."
+        )
+    if n_train + n_val == 0:
+        raise DataError("--train 0 --val 0: nothing to write; give --train N and/or --val N (N ≥ 1).")
     out = Path(out)
     images = out / "images"
     images.mkdir(parents=True, exist_ok=True)

@@ -252,6 +252,12 @@ def prepare_cache(
         discover_records(root, "train")  # the clear "missing root / split" error
     if out.exists() and not out.is_dir():
         raise CacheError(f"cache path {out} is a file; give a folder.")
+    here = out.resolve()
+    if here == root.resolve() or any(here.is_relative_to((root / s).resolve()) for s in splits):
+        # The cache's <split>/ folders and arrays would land among the records it reads.
+        raise CacheError(
+            f"--out {out} is the dataset ROOT {root} or one of its splits; give a folder outside them."
+        )
     with exclusive_lock(out / LOCK_FILE, f"cache folder {out}"):
         return _prepare_locked(
             root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk

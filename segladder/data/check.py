@@ -1,4 +1,4 @@
-"""Up-front validation of a competition-layout dataset: one reason per bad record, before any training."""
+"""Up-front validation of a dataset (competition layout or image/mask folders): one reason per bad record."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from segladder.data.contrails import RecordRef, discover_records, present_splits, read_metadata
+from segladder.data.images import check_pair, discover_pairs, is_image_folder, split_dir
 from segladder.data.layout import (
     BAND_FILES,
     INDIVIDUAL_MASKS_FILE,
@@ -30,6 +31,7 @@ class CheckReport:
     root: Path
     records: dict[str, int] = field(default_factory=dict)
     problems: list[tuple[str, str]] = field(default_factory=list)
+    layout: str = "competition"  # or "image folders"
 
     @property
     def ok(self) -> bool:
@@ -121,8 +123,14 @@ def check_dataset(
     workers: int | None = None,
     progress: bool = True,
 ) -> CheckReport:
-    """Validate every record of the splits (all present ones by default) and the metadata JSON files."""
+    """Validate every record of the splits (all present ones by default) and the metadata JSON files.
+
+    A root in the image/mask folder layout (`ROOT/{train,val}/{images,masks}/`) is checked as such: every
+    image readable, every labelled image with a mask of its size holding 0/1 or 0/255.
+    """
     root = Path(root)
+    if is_image_folder(root):
+        return check_image_folders(root, splits, workers=workers, progress=progress)
     report = CheckReport(root)
     wanted = list(splits) if splits else present_splits(root)
     if not wanted:
@@ -141,6 +149,36 @@ def check_dataset(
             report.problems.append((rid, "; ".join(reasons)))
     report.problems.sort()
     return report
+
+
+def check_image_folders(
+    root: Path, splits: Sequence[str] | None = None, *, workers: int | None = None, progress: bool = True
+) -> CheckReport:
+    """`check_dataset` for image/mask folders; problems are keyed `split/stem`."""
+    report = CheckReport(root, layout="image folders")
+    present = [s for s in ("train", "val", "validation", "test") if (root / s / "images").is_dir()]
+    pairs = []
+    for split in list(splits) if splits else present:
+        found = discover_pairs(root, split, need_masks=False)
+        name = split_dir(root, split).name
+        report.records[name] = len(found)
+        for p in found:
+            if p.mask is None and name != "test":
+                report.problems.append((f"{name}/{p.stem}", f"no mask {name}/masks/{p.stem}.png"))
+            else:
+                pairs.append((name, p))
+    for key, reason in parallel_map(
+        _check_pair, pairs, workers=workers, description="checking images", progress=progress
+    ):
+        if reason:
+            report.problems.append((key, reason))
+    report.problems.sort()
+    return report
+
+
+def _check_pair(item) -> tuple[str, str | None]:
+    split, pair = item
+    return f"{split}/{pair.stem}", check_pair(pair)
 
 
 def _metadata_problems(root: Path, split: str, ids: set[str]) -> list[tuple[str, str]]:

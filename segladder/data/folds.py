@@ -92,15 +92,20 @@ def _groups(
     return [f"t{c}" for c in cluster]
 
 
-def assign_folds(groups: Sequence[str], positive: Sequence[bool], k: int, seed: int = 0) -> list[int]:
+def assign_folds(
+    groups: Sequence[str], positive: Sequence[bool], k: int, seed: int = 0, fix: str | None = None
+) -> list[int]:
     """A fold per record: whole groups to folds, balancing record counts and positive counts (greedy).
 
     Groups are visited largest first (ties in a seeded random order) and each goes to the fold that is
     furthest below its share of records and of positives, so folds are stratified by "has a contrail".
+    `fix` is what the error for too few groups advises (the options of the command that asked).
     """
     names = sorted(set(groups))
     if len(names) < k:
-        raise DataError(f"only {len(names)} group(s) for {k} folds: lower --k or use a finer --by.")
+        raise DataError(
+            f"only {len(names)} group(s) for {k} folds: {fix or 'lower --k or use a finer --by'}."
+        )
     members: dict[str, list[int]] = {g: [] for g in names}
     for i, g in enumerate(groups):
         members[g].append(i)
@@ -131,10 +136,14 @@ def make_folds(
     seed: int = 0,
     window_minutes: float = 60.0,
     group_key: str = "row_min,col_min",
+    k_option: str = "--k",
 ) -> list[FoldRecord]:
-    """Cut `splits` of `root` into `k` folds and write them as CSV (`FOLD_COLUMNS`); returns the rows."""
+    """Cut `splits` of `root` into `k` folds and write them as CSV (`FOLD_COLUMNS`); returns the rows.
+
+    `k_option` is how the caller's command names `k` (`data folds --k`, `train --folds`), for its errors.
+    """
     if k < 2:
-        raise DataError(f"--k {k}: cross-validation needs at least 2 folds.")
+        raise DataError(f"{k_option} {k}: cross-validation needs at least 2 folds.")
     if by not in ("record", "time", "group"):
         raise DataError(f"--by {by!r}: use record, time or group.")
     root = Path(root)
@@ -142,7 +151,8 @@ def make_folds(
     if not records:
         raise DataError(f"no records in split(s) {', '.join(splits)} of {root}.")
     groups = _groups(root, records, by, window_minutes * 60.0, group_key)
-    folds = assign_folds(groups, [p for _, _, p in records], k, seed)
+    fix = None if k_option == "--k" else f"lower {k_option} to at most {len(set(groups))}"
+    folds = assign_folds(groups, [p for _, _, p in records], k, seed, fix)
     rows = [FoldRecord(r, s, f, p, g) for (s, r, p), f, g in zip(records, folds, groups, strict=True)]
     with atomic_path(Path(out)) as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -189,3 +199,26 @@ def read_folds(path: str | Path) -> list[FoldRecord]:
 
 def fold_count(rows: Sequence[FoldRecord]) -> int:
     return max(r.fold for r in rows) + 1
+
+
+def check_trainable(rows: Sequence[FoldRecord], path: str | Path) -> int:
+    """The number of folds in `rows` (read from `path`), after checking that each fold holds records out and
+    leaves records to train on; a DataError naming the file and the fold otherwise."""
+    if not rows:
+        raise DataError(f"{path}: no records; cut folds with `segladder data folds ROOT --out {path}`.")
+    k = fold_count(rows)
+    sizes = [0] * k
+    for r in rows:
+        if r.fold < 0:
+            raise DataError(f"{path}: record {r.split}/{r.record_id} has fold {r.fold}; folds count from 0.")
+        sizes[r.fold] += 1
+    fix = f"cut folds again with `segladder data folds ROOT --k 5 --overwrite --out {path}`"
+    if k < 2:
+        raise DataError(f"{path}: every record is in fold 0, so fold 0 has no records to train on; {fix}.")
+    empty = [f for f, n in enumerate(sizes) if n == 0]
+    if empty:
+        raise DataError(
+            f"{path}: fold {empty[0]} holds no records (folds 0..{k - 1} are numbered), so it has nothing "
+            f"to validate on; {fix}."
+        )
+    return k

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from segladder.data.datasets import ContrailsDataset, dataset_from_config, decode_batch
-from segladder.data.folds import FoldRecord, fold_count, read_folds
+from segladder.data.folds import FoldRecord, check_trainable, read_folds
 from segladder.data.handover import SlotCollate, SlotHandoverLoader
 from segladder.data.pseudo import PseudoLabels
 from segladder.errors import ConfigError
@@ -136,7 +136,7 @@ class ContrailsDataModule(L.LightningDataModule):
         if self._folds is None:
             c = self.cfg
             self._folds = read_folds(c.folds)
-            k = fold_count(self._folds)
+            k = check_trainable(self._folds, c.folds)
             if c.fold is None or not 0 <= c.fold < k:
                 raise ConfigError(
                     f"data.folds {c.folds} has folds 0..{k - 1}: set data.fold to one of them "

@@ -175,9 +175,20 @@ def reachable_boxes(
 
 
 def score_files(gt: str | Path, boxes: str | Path) -> dict:
-    """`score` of a boxes file (COCO or a list of {id, bbox}) against a ground-truth COCO file."""
+    """`score` of a boxes file (COCO or a list of {id, bbox}) against a ground-truth COCO file.
+
+    A box of negative width or height is refused (its IoU would be computed on a flipped box): it is most
+    often an [x0, y0, x1, y1] box where [x, y, w, h] belongs.
+    """
     true = {r.ann_id: r.box for r in read_coco(gt)}
-    return score(true, read_boxes(boxes), str(boxes))
+    candidates = read_boxes(boxes)
+    for aid, (x, y, w, h) in candidates.items():
+        if w < 0 or h < 0:
+            raise DataError(
+                f"{boxes}: annotation id {aid}: bbox [{x:g}, {y:g}, {w:g}, {h:g}] has a negative "
+                f"{'width' if w < 0 else 'height'}; boxes are [x, y, width, height] (COCO), not corners."
+            )
+    return score(true, candidates, str(boxes))
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -223,8 +234,15 @@ def adjust_single(
 
     if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
         raise DataError(f"--box {','.join(map(str, box))}: expected x,y,w,h with w and h > 0.")
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps)
     im = open_image(image)
+    x, y, w, h = box
+    width, height = im.size
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        raise DataError(
+            f"--box {','.join(f'{v:g}' for v in box)}: wholly outside {image} ({width}×{height} px); "
+            "give x,y,w,h in that image's pixels, overlapping the object."
+        )
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps)
     snapped, conf = adjuster.adjust_one(im, box)
     if png is not None:
         save_image(
@@ -236,6 +254,10 @@ def adjust_single(
             png,
         )
     return snapped, conf
+
+
+# What `evaluate_boxes` writes into its folder.
+EVALUATION_FILES = ("rough.json", "adjusted.json", "metrics.json", "table.md", "examples.png")
 
 
 @dataclass
@@ -418,8 +440,13 @@ def export_box_onnx(
     `window`); on a parity failure nothing is written.
     """
     from segladder.inference.errors import ExportError
-    from segladder.inference.export import trace_onnx
-    from segladder.inference.segmenters import INPUT_NAME, ONNX_FORMAT_VERSION, OUTPUT_NAME, onnx_session
+    from segladder.inference.segmenters import (
+        INPUT_NAME,
+        ONNX_FORMAT_VERSION,
+        OUTPUT_NAME,
+        onnx_session,
+        trace_onnx,
+    )
     from segladder.io import atomic_path
 
     adjuster = BoxAdjuster.from_checkpoint(checkpoint, "cpu")

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from segladder.data.datasets import dataset_from_config
 from segladder.errors import DataError
-from segladder.inference.checkpoint import load_checkpoint
+from segladder.inference.checkpoint import LoadedCheckpoint, input_mismatches, load_checkpoint
 from segladder.inference.errors import CheckpointError
 from segladder.io import atomic_write_json
 from segladder.progress import progress_bar
@@ -120,8 +120,20 @@ def _timed(model, x: torch.Tensor, device: torch.device, warmup: int, repeats: i
     return 1000 * elapsed / (repeats * x.shape[0]), peak
 
 
+def _segmenter(path: str | Path, option: str) -> LoadedCheckpoint:
+    try:
+        ck = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{option}: {exc}") from None
+    if ck.task != "segmentation":
+        raise CheckpointError(
+            f"{option} {path}: a {ck.task} checkpoint; distill compare needs segmentation checkpoints."
+        )
+    return ck
+
+
 def measure(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedCheckpoint,
     data: str | Path,
     split: str,
     device: torch.device,
@@ -131,11 +143,8 @@ def measure(
     label: str,
 ) -> ModelMeasure:
     """Scores on `split` of `data`, then speed and memory on one batch of it (the same batch size for every model)."""
-    ck = load_checkpoint(checkpoint)
-    if ck.task != "segmentation":
-        raise CheckpointError(
-            f"{checkpoint}: a {ck.task} checkpoint; distill compare needs segmentation checkpoints."
-        )
+    ck = checkpoint if isinstance(checkpoint, LoadedCheckpoint) else _segmenter(checkpoint, label)
+    checkpoint = ck.path
     ds = dataset_from_config(ck.config.data, split, root=data, stats=ck.stats)
     if not ds.has_mask:
         raise DataError(f"split '{split}' of {data} has no masks to score against.")
@@ -178,9 +187,21 @@ def compare(
     """
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(0)
+    # Every checkpoint is read and checked before any model is scored (scoring takes a while).
+    options = {"teacher": "TEACHER", "student": "STUDENT", "baseline": "--baseline"}
     paths = {"teacher": teacher, "student": student, **({"baseline": baseline} if baseline else {})}
+    loaded = {name: _segmenter(p, options[name]) for name, p in paths.items()}
+    for name, ck in loaded.items():
+        differ = input_mismatches(loaded["teacher"].config, ck.config)
+        if differ:
+            key, t_value, value = differ[0]
+            raise CheckpointError(
+                f"{options[name]} {ck.path} reads {key} {value}, TEACHER {teacher} {t_value}: models compared "
+                "must read the same input (size, frames, channels); give a "
+                f"{'student distilled from' if name == 'student' else 'model trained like'} this teacher."
+            )
     models = {
-        name: measure(p, data, split, dev, batch_size, warmup, repeats, name) for name, p in paths.items()
+        name: measure(ck, data, split, dev, batch_size, warmup, repeats, name) for name, ck in loaded.items()
     }
     t, s = models["teacher"], models["student"]
     summary = {

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from segladder.errors import DataError
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.errors import CheckpointError
-from segladder.inference.inputs import Inputs
+from segladder.inference.inputs import Batch, Inputs
 from segladder.inference.postprocess import binarize, remove_small_components
 from segladder.inference.segmenters import Ensemble, TorchSegmenter, resolve_device
 from segladder.io import atomic_path, atomic_write_json
@@ -31,6 +33,59 @@ class Evaluation:
     # Fold ensembles only: Dice at the out-of-fold threshold after removing the OOF-chosen small components.
     min_component: int = 0
     dice_postprocessed: float | None = None
+
+
+def scored_batches(
+    ensemble: Ensemble, inputs: Inputs, threshold: float
+) -> Iterator[tuple[Batch, torch.Tensor, np.ndarray]]:
+    """(batch, probabilities (B, 1, H, W), per-record Dice at `threshold`) for each batch of a labelled split.
+
+    The one place evaluated records are fed to models: `evaluate` and the ladder report's pictures and
+    worst records both read them here, so they agree record by record.
+    """
+    for batch in inputs.batches():
+        probs = ensemble.probs(batch.images)
+        yield batch, probs, per_record_dice(probs, batch.mask, threshold)
+
+
+@dataclass
+class RecordScores:
+    """One checkpoint's predictions on the first records of a labelled split, as `evaluate` scores them."""
+
+    record_ids: list[str]
+    probs: torch.Tensor  # (N, 1, H, W)
+    dice: np.ndarray  # (N,) per-record Dice at `threshold`
+    threshold: float
+    inputs: Inputs  # what the model read (decoded images and masks, via `inputs.item(i)`)
+
+
+def score_records(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "validation",
+    *,
+    limit: int | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+) -> RecordScores:
+    """Probabilities and per-record Dice of `checkpoint` on `split` of `data` (its first `limit` records),
+    at its stored threshold: the figures `evaluate` writes to per_record.csv."""
+    ck = load_checkpoint(checkpoint)
+    if ck.task != "segmentation":
+        raise CheckpointError(f"{checkpoint}: a {ck.task} checkpoint; only segmentation masks are scored.")
+    ensemble = Ensemble([TorchSegmenter(ck, resolve_device(device))])
+    inputs = Inputs(ensemble.specs, data, split, batch_size=batch_size)
+    if not inputs.has_mask:
+        raise DataError(f"split '{split}' of {data} has no masks to score against.")
+    n = len(inputs) if limit is None else min(limit, len(inputs))
+    ids, probs, dice = [], [], []
+    for batch, p, per in scored_batches(ensemble, inputs, ensemble.threshold):
+        ids += batch.record_ids
+        probs.append(p)
+        dice.append(per)
+        if len(ids) >= n:
+            break
+    return RecordScores(ids[:n], torch.cat(probs)[:n], np.concatenate(dice)[:n], ensemble.threshold, inputs)
 
 
 def evaluate(
@@ -80,10 +135,8 @@ def evaluate(
     overlap = predicted = true = 0  # global Dice after component removal
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"evaluating {split}", total=len(inputs))
-        for batch in inputs.batches():
-            probs = ensemble.probs(batch.images)
+        for batch, probs, per in scored_batches(ensemble, inputs, stored_threshold):
             sweep.update(probs, batch.mask)
-            per = per_record_dice(probs, batch.mask, stored_threshold)
             for rid, dice, p, m in zip(batch.record_ids, per, probs, batch.mask, strict=True):
                 rows.append(
                     (rid, float(dice), float(p.max()), int((p > stored_threshold).sum()), int(m.sum()))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,16 +13,17 @@ from torch import nn
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.errors import ExportError
 from segladder.inference.inputs import InputSpec
-from segladder.inference.segmenters import (
+from segladder.inference.segmenters import (  # noqa: F401  (trace_onnx re-exported)
+    DEFAULT_OPSET,
     INPUT_NAME,
     META_PREFIX,
     ONNX_FORMAT_VERSION,
     OUTPUT_NAME,
     onnx_session,
+    trace_onnx,
 )
 from segladder.io import atomic_path
 
-DEFAULT_OPSET = 17
 PARITY_ATOL = 1e-4  # on probabilities, fp32
 
 
@@ -33,6 +33,7 @@ class ExportResult:
     max_abs_diff_random: float
     max_abs_diff_real: float | None  # None when no data was given to check on
     real_records: int
+    input_shape: tuple[int, ...] = ()  # one input without its batch axis, as traced and checked
 
 
 def export_onnx(
@@ -50,12 +51,15 @@ def export_onnx(
 
     With `folds`, `checkpoint` is a `train --folds` run directory and its fold ensemble becomes one ONNX
     model: the folds' mean probability (as logits), the out-of-fold threshold and component size in
-    its metadata.
+    its metadata. A `boxes` checkpoint is exported as `boxes export` does: its input is (batch, 3, S, S)
+    crops, not contrail records, and parity is checked on such crops.
     """
     if folds:
         model, spec, meta = _fold_ensemble_model(checkpoint)
     else:
         ck = load_checkpoint(checkpoint)
+        if ck.task == "boxes":
+            return _export_boxes(checkpoint, ck.config.data.crop_size, out, data, opset, atol)
         spec = InputSpec.from_checkpoint(ck)
         model = ck.model
         meta = {"task": ck.task, "threshold": ck.threshold, "model_name": ck.config.model.name}
@@ -67,6 +71,18 @@ def export_onnx(
             raise ExportError(f"split '{split}' of {data} holds no records to check the export on.")
         real = torch.stack([ds[i]["image"] for i in range(n)])
     return export_model(model, spec, out, **meta, source=str(checkpoint), opset=opset, atol=atol, real=real)
+
+
+def _export_boxes(checkpoint, size: int, out, data, opset: int, atol: float) -> ExportResult:
+    from segladder.inference.boxes import export_box_onnx
+
+    if data is not None:
+        raise ExportError(
+            f"--data {data}: {checkpoint} is a box model, checked on random crops, not on contrail records; "
+            "leave --data out (or use `segladder boxes export`)."
+        )
+    r = export_box_onnx(checkpoint, out, opset=opset, atol=atol)
+    return ExportResult(r.path, r.max_prob_diff, None, 0, (3, size, size))
 
 
 def _fold_ensemble_model(run_dir: str | Path) -> tuple[nn.Module, InputSpec, dict]:
@@ -135,50 +151,7 @@ def export_model(
                 )
     except OSError as exc:
         raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
-    return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real))
-
-
-def trace_onnx(
-    model: nn.Module,
-    example: torch.Tensor,
-    path: Path,
-    meta: dict[str, str],
-    opset: int,
-    model_name: str = "",
-) -> None:
-    """Trace `model` at `example` into `path` (dynamic batch axis) and add `meta` under the segladder prefix.
-
-    The legacy (TorchScript) exporter: the dynamo exporter needs onnxscript, and the legacy one handles the
-    LSTM models. An opset the model cannot be written at is one clear `ExportError`.
-    """
-    import onnx
-
-    with warnings.catch_warnings(), torch.no_grad():
-        warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
-        try:
-            torch.onnx.export(
-                model,
-                (example,),
-                str(path),
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
-            # An opset too old for an operator, or one this torch does not know, surfaces here.
-            if not isinstance(exc, torch.onnx.errors.OnnxExporterError) and "opset" not in str(exc):
-                raise
-            reason = str(exc).splitlines()[0].split(". Please")[0]
-            raise ExportError(
-                f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
-                f"({reason}); use --opset {DEFAULT_OPSET}."
-            ) from None
-    proto = onnx.load(str(path))
-    for key, value in meta.items():
-        proto.metadata_props.add(key=META_PREFIX + key, value=value)
-    onnx.save(proto, str(path))
+    return ExportResult(out, diff_random, diff_real, 0 if real is None else len(real), shape)
 
 
 def _parity(model: nn.Module, session, x: torch.Tensor) -> float:

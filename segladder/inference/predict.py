@@ -246,20 +246,25 @@ def predict(
     percentile: float | None = None,
     tta: bool = False,
     tta_shift: int = 0,
-    min_component: int = 0,
+    min_component: int | None = None,
     overlays: int = 0,
     batch_size: int = 8,
     device: str | None = None,
     workers: int = 0,
     progress: bool = True,
+    default_threshold: tuple[float, str] | None = None,
 ) -> Prediction:
     """Predict a split with one checkpoint, an ensemble of checkpoints, or an exported ONNX model.
+
+    Without `threshold` or `percentile`, the threshold is `default_threshold` (value, where it comes from,
+    e.g. a fold ensemble's out-of-fold one), else the models' stored one. `min_component` None means the
+    size an ONNX model stores, else 0; an explicit 0 keeps every component.
 
     Every check (options, device, output folder, checkpoints, data against what the models read)
     happens before the first batch. Outputs: see `write_predictions` and docs/inference.md.
     """
     check_threshold_options(threshold, percentile)
-    if min_component < 0 or overlays < 0:
+    if (min_component or 0) < 0 or overlays < 0:
         raise InferenceError("--min-component and --overlays cannot be negative.")
     if bool(checkpoints) == (onnx is not None):
         raise InferenceError("give checkpoint(s) or --onnx MODEL, not both and not neither.")
@@ -268,10 +273,13 @@ def predict(
     if onnx is not None:
         exported = OnnxSegmenter(onnx, dev, tta, tta_shift)
         members: list[Segmenter] = [exported]
-        min_component = min_component or exported.min_component
+        if min_component is None:
+            min_component = exported.min_component
     else:
         members = list(load_segmenters(checkpoints, dev, tta, tta_shift))
     ens = Ensemble(members, weights)
+    min_component = min_component or 0
+    stored, stored_source = default_threshold or (ens.threshold, "stored with the checkpoint(s)")
     inputs = Inputs(ens.specs, data, split, batch_size=batch_size, workers=workers)
     summary = {
         "command": "predict",
@@ -286,7 +294,8 @@ def predict(
         lambda b: ens.probs(b.images),
         inputs,
         out,
-        stored_threshold=ens.threshold,
+        stored_threshold=stored,
+        stored_source=stored_source,
         threshold=threshold,
         percentile=percentile,
         min_component=min_component,

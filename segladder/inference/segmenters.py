@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -17,6 +18,7 @@ INPUT_NAME = "image"  # (batch, C, T, H, W) float32
 OUTPUT_NAME = "logits"  # (batch, 1, H, W) for segmenters, (batch, 1) for classifiers
 META_PREFIX = "segladder."
 ONNX_FORMAT_VERSION = 1
+DEFAULT_OPSET = 17  # what `export onnx` writes, and what an opset error advises
 
 
 def shift_along(t: torch.Tensor, pixels: int, dim: int) -> torch.Tensor:
@@ -205,3 +207,46 @@ class OnnxSegmenter(Segmenter):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         x = x.detach().cpu().float().contiguous()
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
+
+
+def trace_onnx(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    path: Path,
+    meta: dict[str, str],
+    opset: int,
+    model_name: str = "",
+) -> None:
+    """Trace `model` at `example` into `path` (dynamic batch axis) and add `meta` under the segladder prefix.
+
+    The legacy (TorchScript) exporter: the dynamo exporter needs onnxscript, and the legacy one handles the
+    LSTM models. An opset the model cannot be written at is one clear `ExportError`.
+    """
+    import onnx
+
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about the input checks' Python branches
+        try:
+            torch.onnx.export(
+                model,
+                (example,),
+                str(path),
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as exc:
+            # An opset too old for an operator, or one this torch does not know, surfaces here.
+            if not isinstance(exc, torch.onnx.errors.OnnxExporterError) and "opset" not in str(exc):
+                raise
+            reason = str(exc).splitlines()[0].split(". Please")[0]
+            raise ExportError(
+                f"opset {opset}: the ONNX exporter cannot write {model_name or 'the model'} "
+                f"({reason}); use --opset {DEFAULT_OPSET}."
+            ) from None
+    proto = onnx.load(str(path))
+    for key, value in meta.items():
+        proto.metadata_props.add(key=META_PREFIX + key, value=value)
+    onnx.save(proto, str(path))

@@ -95,7 +95,7 @@ def selftest(
     one seed 000 says implicates it (and, for NaN faults, the NaN report was written). `gates` replace
     the profile's gates of the rungs they name.
     """
-    from segladder.report import write_report_json
+    from segladder.ladder.summary import write_report_json
 
     out = Path(out)
     base = ladder_config(data, values=values)

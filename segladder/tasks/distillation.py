@@ -11,7 +11,8 @@ from torchmetrics.classification import BinaryF1Score, MulticlassJaccardIndex
 
 from segladder.config import ExperimentConfig
 from segladder.errors import ConfigError
-from segladder.inference.checkpoint import CHECKPOINT_KEY, load_checkpoint
+from segladder.inference.checkpoint import CHECKPOINT_KEY, input_mismatches, load_checkpoint
+from segladder.inference.errors import CheckpointError
 from segladder.losses import BinaryKDLoss, build_loss
 from segladder.optim import build_optimizer, build_scheduler
 from segladder.tasks.base import TASKS
@@ -22,6 +23,11 @@ def cosine_temperature(start: float, end: float, progress: float) -> float:
     """The KD temperature at `progress` ∈ [0, 1] of training: `start` at 0, `end` at 1, cosine in between."""
     progress = min(1.0, max(0.0, progress))
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _cli_value(value: object) -> str:
+    """A config value as `--set key=VALUE` takes it (lists without spaces)."""
+    return str(value).replace(" ", "").replace("'", "")
 
 
 @TASKS.register("distillation")
@@ -94,7 +100,10 @@ class DistillationTask(SegmentationTask):
         ]
         self.loss = build_loss([t for t in terms if t["weight"] > 0], where="distill")
         self.temperature = d.temperature_start
-        teacher = load_checkpoint(d.teacher)
+        try:
+            teacher = load_checkpoint(d.teacher)
+        except CheckpointError as exc:
+            raise ConfigError(f"distill.teacher: {exc}") from None
         self._check_teacher(teacher)
         teacher.model.requires_grad_(False).eval()
         # Held in a tuple: not a submodule, so not in state_dict, not moved to train mode, not optimised.
@@ -121,18 +130,17 @@ class DistillationTask(SegmentationTask):
             raise ConfigError(
                 f"distill.teacher {path}: a {teacher.task} checkpoint; give a segmentation checkpoint."
             )
-        t_chans, s_chans = tc.model.kwargs.get("in_chans"), self.cfg.model.kwargs.get("in_chans")
-        if t_chans != s_chans or tc.data.channels != self.cfg.data.channels:
-            raise ConfigError(
-                f"distill.teacher {path}: the teacher reads {t_chans} input channels "
-                f"({', '.join(tc.data.channels)}), the student {s_chans} ({', '.join(self.cfg.data.channels)}); "
-                "set data.channels as the teacher was trained."
+        differ = input_mismatches(tc, self.cfg)
+        if differ:
+            # model.in_chans follows from data.channels and data.frames; the data keys are the ones to set.
+            fix = " ".join(f"{k}={_cli_value(t)}" for k, t, _ in differ if k.startswith("data.")) or " ".join(
+                f"{k}={_cli_value(t)}" for k, t, _ in differ
             )
-        if len(tc.data.frames) != len(self.cfg.data.frames):
             raise ConfigError(
-                f"distill.teacher {path}: the teacher reads {len(tc.data.frames)} frames "
-                f"{tc.data.frames}, the student {len(self.cfg.data.frames)} {self.cfg.data.frames}; "
-                f"set data.frames={tc.data.frames}."
+                f"distill.teacher {path}: the teacher and the student read different input: "
+                + ", ".join(f"{k} {t} vs {s}" for k, t, s in differ)
+                + f" (teacher vs student); set {fix} as the teacher was trained, or give a teacher trained "
+                "like the student."
             )
 
     @property

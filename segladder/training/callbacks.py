@@ -287,6 +287,17 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
+class EpochProgressBar(RichProgressBar):
+    """Lightning's rich progress bar, counting epochs from 1 ("Epoch 1/3" … "Epoch 3/3") as the log lines,
+    metrics and overlays file names do (Lightning's own shows "Epoch 0/2" … "Epoch 2/2")."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        text = f"Epoch {current_epoch + 1}" + (
+            f"/{self.trainer.max_epochs}" if self.trainer.max_epochs not in (None, -1) else ""
+        )
+        return f"{text:{len(self.validation_description)}}"
+
+
 class FiniteModelCheckpoint(ModelCheckpoint):
     """A ModelCheckpoint that refuses to write weights holding NaN or inf, and spends no disk twice.
 
@@ -436,7 +447,7 @@ class RNGState(Callback):
             torch.cuda.set_rng_state_all(state["cuda"])
 
 
-class IntervalProgressBar(RichProgressBar):
+class IntervalProgressBar(EpochProgressBar):
     """Lightning's rich progress bar, showing the training loss and samples/s read every `log_every_n_steps`
     steps: each read waits for the device to finish all the work queued so far, so the training step logs
     nothing to the bar itself (Lightning would read every progress-bar value after every batch)."""

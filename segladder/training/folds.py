@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,9 +14,9 @@ from torch.utils.data import DataLoader, Subset
 
 from segladder.config import ExperimentConfig, dump_config
 from segladder.data.datasets import dataset_from_config
-from segladder.data.folds import FoldRecord, fold_count, make_folds, read_folds
+from segladder.data.folds import FoldRecord, check_trainable, make_folds, read_folds
 from segladder.data.module import fold_rows
-from segladder.errors import ConfigError
+from segladder.errors import ConfigError, SegladderError
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.folds import FoldEnsemble
 from segladder.inference.postprocess import Float16Histogram
@@ -50,22 +51,18 @@ def train_folds(
 
     task = task_class(cfg)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    folds_csv = Path(cfg.data.folds) if cfg.data.folds else run_dir / FOLDS_FILE
-    if not folds_csv.exists():
-        if cfg.data.root is None:
-            raise ConfigError(
-                "data.root is not set: give the dataset to cut folds from (--set data.root=PATH)."
-            )
-        make_folds(cfg.data.root, folds_csv, k=k, by="record", splits=[cfg.data.train_split], seed=cfg.seed)
-        console.print(f"folds: {k} by record over '{cfg.data.train_split}', written to {folds_csv}")
-    rows = read_folds(folds_csv)
-    k = fold_count(rows)
-    atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
-    todo = list(range(k)) if only is None else only
-    bad = [f for f in todo if not 0 <= f < k]
-    if bad:
-        raise ConfigError(f"--fold {bad[0]}: {folds_csv} has folds 0..{k - 1}.")
+    created = not run_dir.exists()
+    try:  # a run that fails these checks leaves no folder behind that would look like a run
+        folds_csv, rows, k = _folds_of(cfg, run_dir, k)
+        todo = list(range(k)) if only is None else only
+        bad = [f for f in todo if not 0 <= f < k]
+        if bad:
+            raise ConfigError(f"--fold {bad[0]}: {folds_csv} has folds 0..{k - 1}.")
+        atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
+    except SegladderError:
+        if created:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     for f in todo:
         _train_fold(cfg, run_dir, folds_csv, f, k, task.monitor)
     dice = [
@@ -90,14 +87,49 @@ def train_folds(
     return FoldsResult(run_dir, ensemble.fold_dice, ensemble)
 
 
+def _folds_of(cfg: ExperimentConfig, run_dir: Path, k: int) -> tuple[Path, list[FoldRecord], int]:
+    """The folds file, its rows and its fold count: `data.folds` (which must exist), the run's own
+    folds.csv from an earlier call, or `k` folds cut here by record into it."""
+    if cfg.data.folds:
+        folds_csv = Path(cfg.data.folds)
+        if not folds_csv.is_file():
+            raise ConfigError(
+                f"data.folds {folds_csv} does not exist; make it with `segladder data folds ROOT --out "
+                f"{folds_csv}`, or leave data.folds unset and `train --folds N` cuts N folds into "
+                f"{run_dir / FOLDS_FILE}."
+            )
+    else:
+        folds_csv = run_dir / FOLDS_FILE
+        if not folds_csv.exists():
+            if k < 2:
+                raise ConfigError(f"--folds {k}: cross-validation needs at least 2 folds.")
+            if cfg.data.root is None:
+                raise ConfigError(
+                    "data.root is not set: give the dataset to cut folds from (--set data.root=PATH)."
+                )
+            run_dir.mkdir(parents=True, exist_ok=True)
+            make_folds(
+                cfg.data.root,
+                folds_csv,
+                k=k,
+                by="record",
+                splits=[cfg.data.train_split],
+                seed=cfg.seed,
+                k_option="--folds",
+            )
+            console.print(f"folds: {k} by record over '{cfg.data.train_split}', written to {folds_csv}")
+    rows = read_folds(folds_csv)
+    return folds_csv, rows, check_trainable(rows, folds_csv)
+
+
 def _train_fold(
     cfg: ExperimentConfig, run_dir: Path, folds_csv: Path, fold: int, k: int, monitor: str
 ) -> None:
     fold_dir = run_dir / f"fold_{fold}"
     if (fold_dir / DONE_FILE).exists():
-        console.print(f"fold {fold + 1}/{k}: finished earlier, kept")
+        console.print(f"fold {fold + 1}/{k} (fold_{fold}): finished earlier, kept")
         return
-    console.rule(f"[bold]fold {fold + 1}/{k}")
+    console.rule(f"[bold]fold {fold + 1}/{k} (fold_{fold})")
     if (fold_dir / "config.yaml").exists() and (fold_dir / "checkpoints" / "last.ckpt").exists():
         train(None, resume=fold_dir)  # the fold was interrupted: continue it
     else:
@@ -234,7 +266,8 @@ def _summary(run_dir: Path, ens: FoldEnsemble) -> None:
         },
     )
     fig, ax = plt.subplots(figsize=(1.2 * len(ens.fold_dice) + 3, 3.5))
-    ax.bar([f"fold {f}" for f in range(len(ens.fold_dice))], ens.fold_dice, color="#4c72b0")
+    k = len(ens.fold_dice)
+    ax.bar([f"fold {f + 1}/{k}" for f in range(k)], ens.fold_dice, color="#4c72b0")
     ax.axhline(mean, color="black", lw=1, label=f"mean {mean:.4f} ± {std:.4f}")
     ax.axhline(ens.oof_dice, color="#c44e52", lw=1, ls="--", label=f"pooled OOF {ens.oof_dice:.4f}")
     ax.set_ylabel("global Dice (best threshold)")
@@ -242,7 +275,7 @@ def _summary(run_dir: Path, ens: FoldEnsemble) -> None:
     save_figure(fig, run_dir / "folds_summary.png")
     plt.close(fig)
     for f, d in enumerate(ens.fold_dice):
-        console.print(f"fold {f}: global Dice {d:.4f}")
+        console.print(f"fold {f + 1}/{k} (fold_{f}): global Dice {d:.4f}")
     console.print(
         f"mean ± std {mean:.4f} ± {std:.4f}; pooled out-of-fold {ens.oof_dice:.4f} at threshold "
         f"{ens.threshold:.2f}, min component {ens.min_component} px (percentile {ens.percentile:.3f})"

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from segladder.errors import SegladderError
+from segladder.inference.checkpoint import sniff_checkpoint
 from segladder.progress import console
 
 LAST = "last.ckpt"
@@ -36,13 +37,14 @@ class CheckpointCheck:
 def check_checkpoint(path: str | Path) -> CheckpointCheck:
     """Load `path` weights-only and say whether training can continue from it, and if not, why (one line)."""
     path = Path(path)
+    why = sniff_checkpoint(path) if path.is_file() else None
+    if why is not None:  # torch answers some of these with a KeyError or IndexError
+        return CheckpointCheck(path, f"truncated or corrupt ({path.stat().st_size} bytes; {why})")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        return CheckpointCheck(
-            path, f"refused: holds objects other than tensors ({str(exc).splitlines()[0]})"
-        )
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
+    except pickle.UnpicklingError:
+        return CheckpointCheck(path, "refused: holds objects other than tensors and plain data")
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         size = path.stat().st_size if path.exists() else 0
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         return CheckpointCheck(path, f"truncated or corrupt ({size} bytes; {first[:120]})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from collections.abc import Sequence
@@ -148,16 +149,22 @@ def train(
         ckpt_path = str(choose_checkpoint(run_dir))
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     task = build_task(cfg)  # a config the task cannot train fails here, before any data is read
+    dm = build_datamodule(cfg)
+    dm.setup("fit")  # data that does not match the config fails here, before the run directory is made
+    created = False
     if resume is None:
         run_dir = shared_run_dir(cfg, out)
         if rank_zero_only.rank == 0:
+            created = not run_dir.exists()
             run_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(run_dir / "config.yaml", dump_config(cfg))
             atomic_write_json(run_dir / "environment.json", environment())
-
-    dm = build_datamodule(cfg)
-    dm.setup("fit")  # data that does not match the config fails here, before the Trainer starts
-    trainer, guard = build_trainer(cfg, run_dir, task.monitor, [*task.callbacks(), *callbacks])
+    try:
+        trainer, guard = build_trainer(cfg, run_dir, task.monitor, [*task.callbacks(), *callbacks])
+    except SegladderError:
+        if created:  # a refused run leaves no folder that would later look like a run
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
     if rank_zero_only.rank == 0:
         console.print(batch_summary(cfg, trainer.world_size))
     own_env = RUN_DIR_ENV not in os.environ

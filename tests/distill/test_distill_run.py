@@ -119,11 +119,24 @@ def test_teacher_errors_are_one_line_naming_the_key(distill_root, teacher_ckpt, 
         build_task(build_config({"task": "distillation", "optim": {"schedule": "cosine"}}))
     cfg = _distill_cfg(distill_root, teacher_ckpt)
     two = cfg.model_copy(update={"data": cfg.data.model_copy(update={"frames": [3, 4]})})
-    with pytest.raises(ConfigError, match=r"teacher reads 1 frames \[4\], the student 2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different input: data\.frames \[4\] vs \[3, 4\] \(teacher vs student\); set data\.frames=\[4\] as",
+    ):
         build_task(two)
     bands = cfg.model_copy(update={"data": cfg.data.model_copy(update={"channels": ["ash", "bands"]})})
-    with pytest.raises(ConfigError, match="teacher reads 3 input channels .*student 12"):
+    with pytest.raises(
+        ConfigError,
+        match=r"different input: data\.channels \['ash'\] vs \['ash', 'bands'\], model\.in_chans 3 vs 12 "
+        r"\(teacher vs student\); set data\.channels=\[ash\] as the teacher",
+    ):
         build_task(bands)
+    larger = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": 48})})
+    with pytest.raises(
+        ConfigError,
+        match=r"different input: data\.image_size 32 vs 48 \(teacher vs student\); set data\.image_size=32 as",
+    ):
+        build_task(larger)
     with pytest.raises(ConfigError, match="needs optim.schedule cosine or constant"):
         build_task(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"schedule": "onecycle"})}))
 
