@@ -5,8 +5,10 @@ VENV ?= .venv
 # override TORCH_SPEC for another build (e.g. a CUDA index of your own).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.segladder-installed
+LOWEST_VENV ?= .venv-lowest
+LOWEST_STAMP := $(LOWEST_VENV)/.segladder-installed
 
-.PHONY: setup demo test lint bench-data clean
+.PHONY: setup demo test test-lowest gpu-smoke lint bench-data clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +27,24 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q --min-tests "$$(cat tests/MIN_TESTS)"
 
+# Every direct dependency at the lowest version pyproject.toml allows (scripts/lowest_constraints.py pins
+# them; torch and torchvision keep TORCH_SPEC, see there), running the model and training tests. CI runs it.
+$(LOWEST_STAMP): pyproject.toml Makefile scripts/lowest_constraints.py
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(LOWEST_VENV)/bin/python scripts/lowest_constraints.py > $(LOWEST_VENV)/lowest.txt
+	$(LOWEST_VENV)/bin/python -m pip install -q -c $(LOWEST_VENV)/lowest.txt -e '.[dev]'
+	touch $(LOWEST_STAMP)
+
+test-lowest: $(LOWEST_STAMP)
+	$(LOWEST_VENV)/bin/python -m pip list --format=freeze | grep -iE '^(timm|lightning|torchmetrics|segmentation|albumentations|pydantic|numpy|torch)=='
+	$(LOWEST_VENV)/bin/python -m pytest -q -p no:cacheprovider -m "not slow and not gpu" tests/models tests/training
+
+# scripts/gpu_check.sh's steps on the CPU at tiny sizes, so the GPU check cannot rot between GPU sessions.
+gpu-smoke: $(STAMP)
+	PYTHON=$(VENV)/bin/python bash scripts/gpu_check.sh --smoke --out .gpu-smoke
+
 # Lint rules and the formatter (line length 110, pyproject.toml) are both enforced; CI runs this.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check segladder tests
@@ -34,4 +54,4 @@ bench-data: $(STAMP)
 	$(VENV)/bin/segladder bench data
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(LOWEST_VENV) .gpu-smoke .pytest_cache .ruff_cache
