@@ -2,10 +2,8 @@
 
 import os as _os
 
-# Nothing may reach the network implicitly: albumentations checks PyPI for updates on import and the
-# Hugging Face hub (used by timm) downloads on a cache miss unless told it is offline.
+# albumentations asks PyPI for a newer version on every import; a library's import must not reach the
+# network. The Hugging Face switches (HF_HUB_OFFLINE, HF_ENDPOINT) are the user's: never set here.
 _os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-if _os.environ.get("SEGLADDER_ALLOW_DOWNLOAD", "") not in {"1", "true", "yes"}:
-    _os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 __version__ = "0.1.0"

@@ -83,8 +83,8 @@ def fetch_weights(
 ) -> None:
     """Build the config's model once so its pretrained weights land in the timm/Hugging Face cache.
 
-    Nothing downloads unless SEGLADDER_ALLOW_DOWNLOAD=1 is set for this command (scripts/cloud_train.sh
-    does); afterwards training reads the cache offline.
+    A missing file is downloaded (with progress; not under HF_HUB_OFFLINE=1); afterwards training reads
+    the cache without the network, HF_HUB_OFFLINE=1 or not.
     """
     from segladder.config import load_config, resolve_config_path
     from segladder.training.build import build_task
