@@ -1,9 +1,7 @@
 """segladder: train, debug, distil and ship segmentation models on satellite image sequences."""
 
-import os as _os
-
-# albumentations asks PyPI for a newer version on every import; a library's import must not reach the
-# network. The Hugging Face switches (HF_HUB_OFFLINE, HF_ENDPOINT) are the user's: never set here.
-_os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# Importing segladder changes no environment variable: the Hugging Face switches (HF_HUB_OFFLINE,
+# HF_ENDPOINT) are the user's, and albumentations' update check is silenced only around its own import
+# (segladder/data/albu.py).
 
 __version__ = "0.1.0"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import albumentations as A
 import cv2
 import numpy as np
 
 from segladder.config import AugmentConfig
+from segladder.data.albu import A
 from segladder.data.images import heavy_transforms
 from segladder.errors import DataError
 

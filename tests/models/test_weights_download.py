@@ -168,20 +168,34 @@ def test_no_network_is_a_clear_error(hub, monkeypatch):
     assert f"{closed} could not be reached (ConnectError" in first and "is there a network?" in first
 
 
-def test_importing_segladder_leaves_the_hugging_face_switches_alone():
+def test_importing_segladder_changes_no_environment_variable():
+    """HF_HUB_OFFLINE stays unset (the user's switch), and albumentations' PyPI check is skipped without
+    NO_ALBUMENTATIONS_UPDATE being left behind."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_"))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("HF_", "TRANSFORMERS_")) and k != "NO_ALBUMENTATIONS_UPDATE"
+    }
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     code = (
-        "import os, segladder, segladder.models, huggingface_hub.constants as c; "
-        "print(sorted(k for k in os.environ if k.startswith(('HF_', 'TRANSFORMERS_'))), c.HF_HUB_OFFLINE)"
+        "import os, sys, types\n"
+        "calls = []\n"
+        "fake = types.ModuleType('albumentations.check_version')\n"
+        "fake.check_for_updates = lambda: calls.append(1)\n"
+        "sys.modules['albumentations.check_version'] = fake  # records whether albumentations calls it\n"
+        "before = dict(os.environ)\n"
+        "import segladder, segladder.models, segladder.data.transforms, huggingface_hub.constants as c\n"
+        "ours = ('HF_', 'TRANSFORMERS_', 'NO_ALBUMENTATIONS', 'SEGLADDER')  # torch and cv2 set their own\n"
+        "changed = [k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)]\n"
+        "print([k for k in changed if k.startswith(ours)], c.HF_HUB_OFFLINE, calls, 'albumentations' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["[]", "False"], out.stderr
+    assert out.stdout.split() == ["[]", "False", "[]", "True"], out.stderr
 
 
 def test_models_fetch_fills_the_cache_ahead_of_training(hub, tmp_path):
