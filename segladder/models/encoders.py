@@ -420,7 +420,7 @@ def hub_offline() -> bool:
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return env.strip().lower() in {"1", "on", "yes", "true"} or constants.is_offline_mode()
+    return env.strip().lower() in {"1", "on", "yes", "true"} or bool(constants.HF_HUB_OFFLINE)
 
 
 def _hub_filenames(cfg) -> tuple[str, ...]:
@@ -463,7 +463,7 @@ def _download(cfg, looked: list[str]) -> Path:
         raise _unavailable(cfg, looked, "HF_HUB_OFFLINE is set, so nothing is downloaded", offline=True)
     if cfg.hf_hub_id:
         from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RemoteEntryNotFoundError
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
 
         repo, _, revision = cfg.hf_hub_id.partition("@")
         endpoint, cache = _hub_endpoint(), _hub_cache_dir()
@@ -476,10 +476,10 @@ def _download(cfg, looked: list[str]) -> Path:
                         repo, filename, revision=revision or None, cache_dir=cache, endpoint=endpoint
                     )
                 )
-            except RemoteEntryNotFoundError:
-                continue  # the repo holds the other format
             except LocalEntryNotFoundError as exc:  # the Hub could not be asked, and nothing is cached
                 raise _unavailable(cfg, looked, _hub_failure(exc, endpoint), offline=True) from exc
+            except EntryNotFoundError:
+                continue  # the repo holds the other format
             except HfHubHTTPError as exc:  # a repo that is missing, gated or private
                 status = exc.response.status_code if exc.response is not None else "?"
                 raise _unavailable(cfg, looked, f"{endpoint} answered HTTP {status} for {repo}") from exc

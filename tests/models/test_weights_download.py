@@ -120,6 +120,18 @@ def test_auto_downloads_into_the_hub_cache_and_loads_what_was_served(hub, tmp_pa
     assert encoder.weights_report.loaded == len(encoder.model.state_dict())
 
 
+def test_a_repo_with_only_the_pickled_file_is_read_after_the_safetensors_miss(hub):
+    import io
+
+    state = hub.serve_weights(seed=9)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    bin_path = FILE_PATH.replace("model.safetensors", "pytorch_model.bin")
+    hub.files = {bin_path: buffer.getvalue()}  # as timm's older repos: no model.safetensors
+    assert_loaded(Encoder(NAME, pretrained=True), state)
+    assert hub.requests == [("HEAD", FILE_PATH), ("HEAD", bin_path), ("GET", bin_path)]
+
+
 def test_a_cached_file_is_used_without_asking_the_hub(hub):
     state = hub.serve_weights(seed=6)
     Encoder(NAME, pretrained=True)
