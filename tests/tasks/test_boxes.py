@@ -65,7 +65,7 @@ def test_shipped_config_is_the_seed_and_picks_the_coco_module(box_set):
 
 
 def test_shipped_budget_is_the_converged_one(box_set, tmp_path):
-    """50 epochs (docs/boxes.md, "Training budget"): the Trainer built from the config stops there."""
+    """60 epochs (docs/boxes.md, "Training budget"): the Trainer built from the config stops there."""
     from segladder.training.build import build_trainer
 
     cfg = load_config(
@@ -73,7 +73,7 @@ def test_shipped_budget_is_the_converged_one(box_set, tmp_path):
         [f"data.images={box_set.images}", f"data.train={box_set.train}", f"data.val={box_set.val}"],
     )
     trainer, _ = build_trainer(cfg, tmp_path, "val/miou")
-    assert cfg.trainer.max_epochs == 50 and trainer.max_epochs == 50
+    assert cfg.trainer.max_epochs == 60 and trainer.max_epochs == 60
 
 
 def test_boxes_refuses_mask_models_and_contrails_data(box_set):
