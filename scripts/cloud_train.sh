@@ -111,10 +111,10 @@ else
 fi
 
 step "3/6 pretrained weights"
-# Building the task once with downloads allowed fills the timm/Hugging Face cache; training then reads it offline.
+# Building the task once fills the timm/Hugging Face cache (a download on a cache miss); training then reads it.
 SET_ARGS=()
 for kv in "${SETS[@]}"; do SET_ARGS+=(--set "$kv"); done
-run env SEGLADDER_ALLOW_DOWNLOAD=1 segladder models fetch "$CONFIG" "${SET_ARGS[@]}"
+run segladder models fetch "$CONFIG" "${SET_ARGS[@]}"
 
 step "4/6 cache"
 if [ "$DRY_RUN" = 1 ]; then

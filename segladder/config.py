@@ -40,6 +40,11 @@ class AugmentConfig(BaseModel):
     keep_ratio: bool = Field(
         False, description="one scale for both axes, as ShiftScaleRotate in albumentations 1.x"
     )
+    resized_crop_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="RandomResizedCrop back to the sample's size, after the affine"
+    )
+    resized_crop_scale: tuple[float, float] = Field((0.75, 1.0), description="area fraction kept")
+    resized_crop_ratio: tuple[float, float] = Field((0.9, 1 / 0.9), description="aspect ratio of the crop")
     brightness_p: float = Prob
     brightness_limit: float = Field(0.1, ge=0.0, le=1.0)
     contrast_limit: float = Field(0.1, ge=0.0, le=1.0)
@@ -52,9 +57,11 @@ class AugmentConfig(BaseModel):
         0.0, ge=0.0, le=1.0, description="OneOf(RandomGamma, RandomBrightnessContrast)"
     )
     motion_or_gaussian_blur_p: float = Field(
-        0.0, ge=0.0, le=1.0, description="OneOf(MotionBlur, GaussianBlur)"
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="OneOf(MotionBlur, GaussianBlur with sigma tied to the kernel as albumentations 1.x)",
     )
-    blur_sigma: tuple[float, float] = Field((0.8, 1.4), description="GaussianBlur sigma of the blur OneOf")
     noise_p: float = Prob
     noise_std: tuple[float, float] = (0.01, 0.03)
     cutout_p: float = Prob
@@ -67,10 +74,24 @@ class AugmentConfig(BaseModel):
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
-        for name in ("gamma_limit", "blur_limit", "blur_sigma", "noise_std", "cutout_holes", "cutout_size"):
+        for name in (
+            "gamma_limit",
+            "blur_limit",
+            "noise_std",
+            "cutout_holes",
+            "cutout_size",
+            "resized_crop_scale",
+            "resized_crop_ratio",
+        ):
             lo, hi = getattr(self, name)
             if lo > hi:
                 raise ValueError(f"{name}: the low end {lo} is above the high end {hi}")
+        if not 0 < self.resized_crop_scale[0] <= self.resized_crop_scale[1] <= 1:
+            raise ValueError(
+                f"resized_crop_scale: expected 0 < low <= high <= 1, got {self.resized_crop_scale}"
+            )
+        if self.resized_crop_ratio[0] <= 0:
+            raise ValueError(f"resized_crop_ratio: expected positive ratios, got {self.resized_crop_ratio}")
         return self
 
     @property

@@ -81,3 +81,16 @@ def test_no_import_circle_in_the_package():
     graph = import_graph()
     assert "segladder.training.build" in graph and "segladder.tasks.base" in graph
     assert cycles(graph) == []
+
+
+def test_tasks_import_nothing_from_training():
+    """training builds tasks; a task's own pieces (its callbacks) live beside it (docs/architecture.md)."""
+    graph = import_graph()
+    upward = {
+        (m, dep)
+        for m, deps in graph.items()
+        if m.startswith("segladder.tasks")
+        for dep in deps
+        if dep.startswith("segladder.training")
+    }
+    assert "segladder.tasks.finetuning" in graph and upward == set()

@@ -425,8 +425,9 @@ def test_coat_rung_asks_for_its_weights_and_is_not_run_without_them(ladder_cache
 
     for name in ("HF_HOME", "TORCH_HOME", "XDG_CACHE_HOME"):
         monkeypatch.setenv(name, str(tmp_path / name))  # empty caches: no weights anywhere
-    for name in ("HF_HUB_CACHE", "SEGLADDER_WEIGHTS", "SEGLADDER_ALLOW_DOWNLOAD"):
+    for name in ("HF_HUB_CACHE", "SEGLADDER_WEIGHTS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's switch: no download to fall back on
     base = ladder_config(ladder_cache, overrides=["data.num_workers=0", "trainer.progress=false"])
     assert rung_config(base, "CoaT_ULSTM").model.kwargs["pretrained"] == "auto"
     assert "pretrained" not in rung_config(base, "ResNet18_U").model.kwargs

@@ -13,6 +13,9 @@ from segladder.cli.app import app
 models_app = typer.Typer(help="Browse the model registry.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
+# What a model returns, by its registered output kind.
+OUTPUT_SHAPES = {"mask": "(B, 1, H, W)", "label": "(B, 1)", "box": "(B, 4, S)"}
+
 
 @models_app.command("list")
 def list_models(
@@ -37,22 +40,24 @@ def list_models(
     title = "segladder models" + (
         f" (GFLOPs per sample at C×T×H×W = {'×'.join(map(str, shape))})" if flops else ""
     )
-    table = Table(title=title)
-    table.add_column("name", style="bold")
-    table.add_column("params (M)", justify="right")
+    names = available()
+    # The name is what the user types: never wrapped or cut; the description wraps in what is left.
+    table = Table(title=title, box=None, pad_edge=False, header_style="bold underline")
+    table.add_column("name", style="bold", no_wrap=True, min_width=max(map(len, names)))
+    table.add_column("params (M)", justify="right", no_wrap=True)
     if flops:
-        table.add_column("GFLOPs", justify="right")
-    table.add_column("input")
-    table.add_column("time")
-    table.add_column("output")
-    table.add_column("description")
-    for name in available():
+        table.add_column("GFLOPs", justify="right", no_wrap=True)
+    table.add_column("input", ratio=1, min_width=8, overflow="fold")
+    table.add_column("time", no_wrap=True)
+    table.add_column("output", no_wrap=True)
+    table.add_column("description", ratio=2, min_width=12, overflow="fold")
+    for name in names:
         entry = info(name)
         cost = model_cost(name, flops=flops, input_shape=shape)
         row = [name, f"{cost.params / 1e6:.2f}"]
         if flops:
             row.append(f"{cost.flops / 1e9:.1f}")
-        output = "(B, 1, H, W)" if entry.output == "mask" else "(B, 1)"
+        output = OUTPUT_SHAPES.get(entry.output, entry.output)
         row += [entry.input_desc, "yes" if entry.uses_time else "no", output, entry.description]
         table.add_row(*row)
     Console().print(table)
@@ -83,8 +88,8 @@ def fetch_weights(
 ) -> None:
     """Build the config's model once so its pretrained weights land in the timm/Hugging Face cache.
 
-    Nothing downloads unless SEGLADDER_ALLOW_DOWNLOAD=1 is set for this command (scripts/cloud_train.sh
-    does); afterwards training reads the cache offline.
+    A missing file is downloaded (with progress; not under HF_HUB_OFFLINE=1); afterwards training reads
+    the cache without the network, HF_HUB_OFFLINE=1 or not.
     """
     from segladder.config import load_config, resolve_config_path
     from segladder.training.build import build_task

@@ -90,7 +90,7 @@ class ContrailsDataset(Dataset):
         self.frames, self.channels = resolve_frames(frames), resolve_channels(channels)
         self.image_size, self.interpolation = image_size, interpolation
         self.normalize_ash = normalize_ash
-        self.aug = build_augment(augment)
+        self.aug = build_augment(augment, size=image_size)
         if augment is not None and augment.uses_gamma and any(c not in ASH_CHANNELS for c in self.channels):
             raise DataError(
                 "augment.gamma_p / gamma_or_brightness_p > 0 needs inputs in [0, 1] (RandomGamma), but "
@@ -374,7 +374,7 @@ class ImageMaskDataset(Dataset):
         self.record_ids = [p.stem for p in self.pairs]
         self.has_mask = all(p.mask is not None for p in self.pairs)
         self.has_soft, self.cache, self.stats = False, None, None
-        self.aug = build_augment(augment, rgb=True)
+        self.aug = build_augment(augment, rgb=True, size=image_size)
         self._mean = np.asarray(IMAGENET_MEAN, np.float32)[:, None, None]
         self._std = np.asarray(IMAGENET_STD, np.float32)[:, None, None]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import albumentations as A
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segladder.data.albu import A
 from segladder.errors import ConfigError, DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")

@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-import albumentations as A
 import cv2
 import numpy as np
 
 from segladder.config import AugmentConfig
+from segladder.data.albu import A
 from segladder.data.images import heavy_transforms
 from segladder.errors import DataError
 
 
-def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | None:
+def build_augment(cfg: AugmentConfig | None, rgb: bool = False, size: int | None = None) -> A.Compose | None:
     """The albumentations pipeline for `cfg`, or None when every probability is zero.
 
     `preset: heavy` (seed 004: colour jitter, rain/fog/sun flare) needs RGB images, so it is refused unless
-    `rgb` says the pipeline will see (H, W, 3) uint8 images (the image/mask folders).
+    `rgb` says the pipeline will see (H, W, 3) uint8 images (the image/mask folders). `size` is the side of
+    the samples the pipeline sees; `resized_crop_p` resizes its crops back to it.
     """
     if cfg is None or not cfg.enabled:
         return None
@@ -44,6 +45,17 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | N
                 p=cfg.shift_scale_rotate_p,
             )
         )
+    if cfg.resized_crop_p:
+        if size is None:
+            raise DataError("augment.resized_crop_p needs the sample size (build_augment(..., size=N))")
+        t.append(
+            A.RandomResizedCrop(
+                size=(size, size),
+                scale=cfg.resized_crop_scale,
+                ratio=cfg.resized_crop_ratio,
+                p=cfg.resized_crop_p,
+            )
+        )
     if cfg.brightness_p:
         t.append(A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=cfg.brightness_p))
     if cfg.gamma_p:
@@ -61,14 +73,9 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | N
             )
         )
     if cfg.motion_or_gaussian_blur_p:
-        # albumentations 1.x (the 2nd-place code) derived the Gaussian sigma from the kernel size
-        # (0.8 / 1.1 / 1.4 for 3 / 5 / 7 px); 2.x draws it on its own, hence a range spanning those.
         t.append(
             A.OneOf(
-                [
-                    A.MotionBlur(blur_limit=cfg.blur_limit, p=1.0),
-                    A.GaussianBlur(blur_limit=cfg.blur_limit, sigma_limit=cfg.blur_sigma, p=1.0),
-                ],
+                [A.MotionBlur(blur_limit=cfg.blur_limit, p=1.0), tied_gaussian_blur(cfg.blur_limit)],
                 p=cfg.motion_or_gaussian_blur_p,
             )
         )
@@ -85,6 +92,26 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False) -> A.Compose | N
             )
         )
     return A.Compose(t, additional_targets={"soft": "mask"})
+
+
+def tied_gaussian_blur(blur_limit: tuple[int, int]) -> A.OneOf:
+    """GaussianBlur as albumentations 1.x ran it (the 2nd place's `A.GaussianBlur()`): kernel and sigma tied.
+
+    1.x drew k from range(lo, hi + 1) and moved an even k to k + 1 (for 3–7: k 3, 5, 7 with chances 1, 2
+    and 2 in 5), and passed sigma 0 to OpenCV, which then takes 0.3·((k − 1)/2 − 1) + 0.8 (0.8 / 1.1 / 1.4).
+    2.x draws sigma on its own, so here each kernel is one fixed blur, weighted as 1.x drew it.
+    """
+    lo, hi = blur_limit
+    draws = [k if k % 2 else (k + 1) % (hi + 1) for k in range(lo, hi + 1)]
+    kernels = sorted({k for k in draws if k > 0})
+    return A.OneOf(
+        [
+            A.GaussianBlur(blur_limit=(k, k), sigma_limit=(sigma, sigma), p=draws.count(k) / len(draws))
+            for k in kernels
+            for sigma in [round(0.3 * ((k - 1) * 0.5 - 1) + 0.8, 6)]
+        ],
+        p=1.0,
+    )
 
 
 def augment(

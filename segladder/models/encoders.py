@@ -1,4 +1,4 @@
-"""Encoders from timm (`features_only`) and the one place that finds and loads pretrained weights offline."""
+"""Encoders from timm (`features_only`) and the one place that finds, downloads and loads pretrained weights."""
 
 from __future__ import annotations
 
@@ -142,11 +142,6 @@ class WeightsReport:
         return "; ".join(parts)
 
 
-def download_allowed() -> bool:
-    """True when the user asked for network access with SEGLADDER_ALLOW_DOWNLOAD=1."""
-    return os.environ.get("SEGLADDER_ALLOW_DOWNLOAD", "").lower() in {"1", "true", "yes"}
-
-
 def load_pretrained(
     module: nn.Module,
     name: str,
@@ -157,9 +152,10 @@ def load_pretrained(
 ) -> WeightsReport | None:
     """Load weights for timm model `name` into `module` (its features-only or full form).
 
-    `pretrained=True` or `"auto"` looks for the encoder's ImageNet weights offline: a file named after
-    it in a folder of $SEGLADDER_WEIGHTS, then timm's file in the Hugging Face / torch hub cache;
-    it downloads only when SEGLADDER_ALLOW_DOWNLOAD=1. A path loads that file or folder. Keys whose
+    `pretrained=True` or `"auto"` takes the encoder's ImageNet weights from a file named after it in a
+    folder of $SEGLADDER_WEIGHTS, then timm's file in the Hugging Face / torch hub cache, and otherwise
+    downloads that file into the cache as timm would (not when HF_HUB_OFFLINE=1: then, or when the
+    download fails, `WeightsUnavailable` says how to supply it). A path loads that file or folder. Keys whose
     shapes differ are an error, except the first conv (adapted to `in_chans` as timm does) and
     `new_head`, the module names of a head sized for this task (left as initialised). Missing and
     unexpected keys are logged and returned.
@@ -425,14 +421,37 @@ def _hub_cache_dir() -> Path:
     return Path(xdg) / "huggingface" / "hub"
 
 
+def _hub_endpoint() -> str:
+    # At call time too: huggingface_hub reads HF_ENDPOINT once, when it is first imported.
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_offline() -> bool:
+    """True when the user told the Hugging Face libraries to stay offline (HF_HUB_OFFLINE=1), now or
+    when huggingface_hub was imported. segladder never sets it."""
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
+    return env.strip().lower() in {"1", "on", "yes", "true"} or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_filenames(cfg) -> tuple[str, ...]:
+    # timm's order: the cfg's own file, else safetensors before the pickled alternative.
+    return (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
+
+
 def _cached_weights(cfg) -> tuple[Path | None, list[str]]:
     """The locally cached file of a timm pretrained cfg, and the places looked in (for the error)."""
     looked = []
+    if cfg.file and Path(cfg.file).expanduser().is_file():
+        return Path(cfg.file).expanduser(), looked
     if cfg.hf_hub_id:
         from huggingface_hub import try_to_load_from_cache
 
         repo, _, revision = cfg.hf_hub_id.partition("@")
-        names = (cfg.hf_hub_filename,) if cfg.hf_hub_filename else ("model.safetensors", "pytorch_model.bin")
+        names = _hub_filenames(cfg)
         for filename in names:
             hit = try_to_load_from_cache(
                 repo, filename, cache_dir=_hub_cache_dir(), revision=revision or None
@@ -448,47 +467,120 @@ def _cached_weights(cfg) -> tuple[Path | None, list[str]]:
     return None, looked
 
 
+def _download(cfg, looked: list[str]) -> Path:
+    """Download timm's weights file for `cfg` into the Hugging Face (or torch hub) cache, with progress.
+
+    `hf_hub_download` is what timm itself calls; it is given the cache folder and endpoint read now
+    rather than at its import. Offline, or when the download fails, a `WeightsUnavailable` says why.
+    """
+    if hub_offline():
+        raise _unavailable(cfg, looked, "HF_HUB_OFFLINE is set, so nothing is downloaded", offline=True)
+    if cfg.hf_hub_id:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+        repo, _, revision = cfg.hf_hub_id.partition("@")
+        endpoint, cache = _hub_endpoint(), _hub_cache_dir()
+        names = _hub_filenames(cfg)
+        for filename in names:
+            log.info("downloading %s/%s/%s into %s", endpoint, repo, filename, cache)
+            try:
+                return Path(
+                    hf_hub_download(
+                        repo, filename, revision=revision or None, cache_dir=cache, endpoint=endpoint
+                    )
+                )
+            except LocalEntryNotFoundError as exc:  # the Hub could not be asked, and nothing is cached
+                raise _unavailable(cfg, looked, _hub_failure(exc, endpoint), offline=True) from exc
+            except EntryNotFoundError:
+                continue  # the repo holds the other format
+            except HfHubHTTPError as exc:  # a repo that is missing, gated or private
+                status = exc.response.status_code if exc.response is not None else "?"
+                raise _unavailable(cfg, looked, f"{endpoint} answered HTTP {status} for {repo}") from exc
+        raise _unavailable(cfg, looked, f"{endpoint}/{repo} holds none of {', '.join(names)}")
+    import urllib.error
+
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(cfg.url).path)
+    log.info("downloading %s into %s", cfg.url, dst)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(cfg.url, str(dst), progress=True)
+    except urllib.error.HTTPError as exc:
+        raise _unavailable(cfg, looked, f"{cfg.url} answered HTTP {exc.code}") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise _unavailable(cfg, looked, f"{cfg.url} could not be reached ({reason})", offline=True) from exc
+    return dst
+
+
+def _hub_failure(exc: Exception, endpoint: str) -> str:
+    """Why hf_hub_download found neither the Hub nor a cached file, from the error it chained."""
+    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+
+    cause = exc.__cause__
+    if isinstance(cause, OfflineModeIsEnabled):
+        return "HF_HUB_OFFLINE is set, so nothing is downloaded"
+    if isinstance(cause, HfHubHTTPError) and cause.response is not None:
+        return (
+            f"{endpoint} answered HTTP {cause.response.status_code} (the Hub or mirror is failing; try later)"
+        )
+    if cause is not None:
+        return f"{endpoint} could not be reached ({type(cause).__name__}: {cause}); is there a network?"
+    return f"{endpoint}: {exc}"
+
+
+def _unavailable(cfg, looked: list[str], reason: str, *, offline: bool = False) -> WeightsUnavailable:
+    """The one error for weights that are neither on this machine nor downloadable: why, and the ways out."""
+    tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
+    env = os.environ.get(WEIGHTS_ENV)
+    looked = [f"${WEIGHTS_ENV} ({env})" if env else f"${WEIGHTS_ENV} (not set)", *looked]
+    ways = []
+    if cfg.hf_hub_id:
+        filename = _hub_filenames(cfg)[0]
+        ways.append(
+            f"download {filename} from https://huggingface.co/{cfg.hf_hub_id} and either pass "
+            f"pretrained='/path/to/{filename}' (config: model.pretrained=/path/to/{filename}) or save it "
+            f"as {tag}.{filename.rsplit('.', 1)[-1]} in a folder named by ${WEIGHTS_ENV}"
+        )
+    if cfg.url:
+        ways.append(
+            f"download {cfg.url} and pass pretrained='/path/to/{os.path.basename(urlparse(cfg.url).path)}' "
+            f"(or put it in {Path(torch.hub.get_dir()) / 'checkpoints'} or a folder named by ${WEIGHTS_ENV})"
+        )
+    if offline:
+        ways.append(
+            "or, on a machine with a network and HF_HUB_OFFLINE unset, run `segladder models fetch CONFIG` "
+            "(or this command) once to download them into the cache"
+        )
+    return WeightsUnavailable(
+        f"pretrained weights for {tag!r} are not on this machine and could not be downloaded: {reason} "
+        f"(looked in: {'; '.join(looked)}).\n"
+        "Supply them: " + ";\n  ".join(ways) + ".\n"
+        "Or train from scratch knowingly: pretrained=False (config: model.pretrained=false)."
+    )
+
+
 def _timm_weights(name: str, in_chans: int) -> dict[str, torch.Tensor]:
-    """timm's pretrained state_dict for `name` (first conv adapted to `in_chans`), from the cache."""
+    """timm's pretrained state_dict for `name` (first conv adapted to `in_chans`): cached, else downloaded."""
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ModelError(
             f"timm has no pretrained weights for {name!r}; use pretrained=False or pretrained=/path/to/file"
         )
     cached, looked = _cached_weights(cfg)
-    if cached is None and not download_allowed():
-        tag = f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
-        env = os.environ.get(WEIGHTS_ENV)
-        looked.insert(0, f"${WEIGHTS_ENV} ({env})" if env else f"${WEIGHTS_ENV} (not set)")
-        ways = []
-        if cfg.hf_hub_id:
-            filename = cfg.hf_hub_filename or "model.safetensors"
-            ways.append(
-                f"download {filename} from https://huggingface.co/{cfg.hf_hub_id} and either pass "
-                f"pretrained='/path/to/{filename}' (config: model.pretrained=/path/to/{filename}) or save it "
-                f"as {tag}.{filename.rsplit('.', 1)[-1]} in a folder named by ${WEIGHTS_ENV}"
-            )
-        if cfg.url:
-            ways.append(
-                f"download {cfg.url} and pass pretrained='/path/to/{os.path.basename(urlparse(cfg.url).path)}' "
-                f"(or put it in {Path(torch.hub.get_dir()) / 'checkpoints'} or a folder named by ${WEIGHTS_ENV})"
-            )
-        ways.append(
-            "or set SEGLADDER_ALLOW_DOWNLOAD=1 in the environment before starting, to let timm "
-            "download them once into its cache"
-        )
-        raise WeightsUnavailable(
-            f"pretrained weights for {tag!r} are not available offline (looked in: {'; '.join(looked)}).\n"
-            "Supply them: " + ";\n  ".join(ways) + ".\n"
-            "Or train from scratch knowingly: pretrained=False (config: model.pretrained=false)."
-        )
-    overlay = {"pretrained_cfg_overlay": {"file": str(cached)}} if cached is not None else {}
+    if cached is None:
+        cached = _download(cfg, looked)
     try:
-        model = timm.create_model(name, pretrained=True, in_chans=in_chans, num_classes=0, **overlay)
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            in_chans=in_chans,
+            num_classes=0,
+            pretrained_cfg_overlay={"file": str(cached)},
+        )
     except Exception as exc:
         raise ModelError(
-            f"could not load timm's pretrained weights for {name!r}"
-            f"{f' from {cached}' if cached else ' (download)'}: {exc}. "
-            "Pass pretrained='/path/to/weights' to use a local file."
+            f"could not load timm's pretrained weights for {name!r} from {cached}: {exc}. "
+            "Pass pretrained='/path/to/weights' to use another file."
         ) from exc
     return model.state_dict()

@@ -38,7 +38,7 @@ class DistillationTask(SegmentationTask):
     held outside the module tree, so it is neither trained, nor switched to train mode, nor saved in the
     student's checkpoint. It sees the very batch the student sees (after augmentation). The temperature falls
     by cosine from `temperature_start` to `temperature_end` per epoch or per step; the student's encoder is
-    unfrozen block by block by `training.finetuning.ProgressiveUnfreezing` (see `callbacks`). The checkpoint
+    unfrozen block by block by `tasks.finetuning.ProgressiveUnfreezing` (see `callbacks`). The checkpoint
     is an ordinary segmentation checkpoint (`task: segmentation`, plus a `distilled_from` note), so
     evaluate, predict and export read it unchanged.
 
@@ -148,7 +148,7 @@ class DistillationTask(SegmentationTask):
         return self._teacher[0]
 
     def callbacks(self) -> list:
-        from segladder.training.finetuning import ProgressiveUnfreezing
+        from segladder.tasks.finetuning import ProgressiveUnfreezing
 
         d = self.cfg.distill
         return [ProgressiveUnfreezing(d.unfreeze_start_epoch, d.unfreeze_every, d.encoder_lr_scale)]
@@ -235,7 +235,7 @@ class DistillationTask(SegmentationTask):
         self._schedule_sums = {}
 
     def unfrozen_blocks(self) -> int:
-        from segladder.training.finetuning import ProgressiveUnfreezing
+        from segladder.tasks.finetuning import ProgressiveUnfreezing
 
         trainer = self._trainer
         found = [

@@ -102,7 +102,83 @@ def test_second_place_pipeline_is_built_as_the_original():
     assert isinstance(contrast, A.RandomBrightnessContrast)
     assert tuple(contrast.brightness_limit) == (-0.1, 0.1) and tuple(contrast.contrast_limit) == (-0.2, 0.2)
     assert isinstance(blur, A.OneOf) and blur.p == 0.25
-    assert [type(t) for t in blur.transforms] == [A.MotionBlur, A.GaussianBlur]
+    motion, gaussian = blur.transforms
+    assert isinstance(motion, A.MotionBlur) and tuple(motion.blur_limit) == (3, 7)
+    assert motion.p == gaussian.p == 1.0  # MotionBlur or a Gaussian, even odds, as the original's OneOf
+    assert isinstance(gaussian, A.OneOf)
+    assert [(tuple(g.blur_limit), tuple(g.sigma_limit), g.p) for g in gaussian.transforms] == [
+        ((3, 3), (0.8, 0.8), 0.2),
+        ((5, 5), (1.1, 1.1), 0.4),
+        ((7, 7), (1.4, 1.4), 0.4),
+    ]
+
+
+def test_gaussian_blur_ties_sigma_to_the_kernel_as_albumentations_1x():
+    """Each draw is exactly one of OpenCV's (k, sigma) blurs, k 3 / 5 / 7 about 1 : 2 : 2 as 1.x drew it."""
+    import albumentations as A
+    import cv2
+
+    from segladder.data.transforms import tied_gaussian_blur
+
+    rng = np.random.default_rng(0)
+    image = rng.random((33, 33, 2), dtype=np.float32)
+    refs = {
+        (k, sigma): cv2.GaussianBlur(image, (k, k), sigmaX=sigma, borderType=cv2.BORDER_REFLECT_101)
+        for k, sigma in ((3, 0.8), (5, 1.1), (7, 1.4))
+    }
+    pipe = A.Compose([tied_gaussian_blur((3, 7))])
+    pipe.set_random_seed(3)
+    counts = dict.fromkeys(refs, 0)
+    for _ in range(400):
+        out = pipe(image=image)["image"]
+        (hit,) = [key for key, ref in refs.items() if np.allclose(out, ref, atol=1e-5)]
+        counts[hit] += 1
+    assert 50 <= counts[(3, 0.8)] <= 110 and 125 <= counts[(5, 1.1)] <= 195 and 125 <= counts[(7, 1.4)] <= 195
+
+
+def third_place_augment(**forced) -> AugmentConfig:
+    from segladder.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "unet25d.yaml").data.augment
+    assert load_config(CONFIG_DIR / "unet25d_wide.yaml").data.augment == cfg
+    return cfg.model_copy(update=forced)
+
+
+def test_third_place_pipeline_is_built_as_the_original():
+    import albumentations as A
+
+    hflip, vflip, rot90, affine, crop = build_augment(third_place_augment(), size=256).transforms
+    assert isinstance(hflip, A.HorizontalFlip) and hflip.p == 0.1
+    assert isinstance(vflip, A.VerticalFlip) and vflip.p == 0.1
+    assert isinstance(rot90, A.RandomRotate90) and rot90.p == 0.4
+    assert isinstance(affine, A.Affine) and affine.p == 0.3 and affine.keep_ratio  # ShiftScaleRotate
+    assert affine.rotate == (-15, 15) and affine.scale == {"x": (0.9, 1.1), "y": (0.9, 1.1)}
+    assert affine.translate_percent == {"x": (-0.05, 0.05), "y": (-0.05, 0.05)}
+    assert isinstance(crop, A.RandomResizedCrop) and crop.p == 0.7 and tuple(crop.size) == (256, 256)
+    assert tuple(crop.scale) == (0.75, 1.0) and crop.ratio == pytest.approx((0.9, 1 / 0.9))
+
+
+def test_third_place_crop_zooms_in_and_keeps_frames_and_masks_together(synth_root):
+    """The resized crop keeps 75–100 % of the area and comes back at the sample size, in the dataset too."""
+    only_crop = third_place_augment(hflip_p=0, vflip_p=0, rot90_p=0, shift_scale_rotate_p=0, resized_crop_p=1)
+    aug = build_augment(only_crop, size=64)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[16:48, 16:48] = 1  # 1024 pixels
+    areas = []
+    for seed in range(20):
+        aug.set_random_seed(seed)
+        image = np.broadcast_to(mask.astype(np.float32), (2, 3, 64, 64)).copy()
+        out, m, _ = augment(aug, image, mask, None)
+        assert out.shape == image.shape and m.shape == mask.shape
+        np.testing.assert_array_equal(out[1, 2], out[0, 0])
+        areas.append(int(m.sum()))
+    # A crop of area fraction f in [0.75, 1] magnifies the square by 1/f: 1024 to at most ~1365 pixels.
+    assert min(areas) >= 1024 * 0.95 and max(areas) <= 1024 / 0.75 * 1.1 and max(areas) > 1100
+    ds = ContrailsDataset(synth_root, "train", frames=[2, 3, 4], image_size=32, augment=third_place_augment())
+    (crop,) = [t for t in ds.aug.transforms if type(t).__name__ == "RandomResizedCrop"]
+    assert tuple(crop.size) == (32, 32) and ds[0]["image"].shape[-2:] == (32, 32)
+    with pytest.raises(DataError, match="resized_crop_p needs the sample size"):
+        build_augment(only_crop)
 
 
 def test_second_place_pipeline_moves_every_frame_and_the_mask_together():

@@ -11,7 +11,7 @@ from segladder.config import OptimConfig
 from segladder.models import create
 from segladder.optim import SharedFactorLR, build_optimizer, cosine_factor
 from segladder.tasks.distillation import cosine_temperature
-from segladder.training.finetuning import ProgressiveUnfreezing, blocks_unfrozen_at, encoder_blocks
+from segladder.tasks.finetuning import ProgressiveUnfreezing, blocks_unfrozen_at, encoder_blocks
 from tests.distill.conftest import TINY_UNET
 
 

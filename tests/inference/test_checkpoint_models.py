@@ -46,12 +46,12 @@ def test_a_checkpoint_trained_from_imagenet_weights_loads_without_them(tmp_path,
     for var, sub in (("HF_HOME", "hf"), ("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", "cache")):
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.delenv("SEGLADDER_WEIGHTS", raising=False)
-    monkeypatch.delenv("SEGLADDER_ALLOW_DOWNLOAD", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     net = models.create("ResNet18_SimplerFCN").eval()
     path = write_checkpoint(
         tmp_path / "auto.ckpt", {"name": "ResNet18_SimplerFCN", "pretrained": "auto"}, net
     )
-    with pytest.raises(models.ModelError, match="not available offline"):
+    with pytest.raises(models.ModelError, match="not on this machine and could not be downloaded"):
         models.create("ResNet18_SimplerFCN", pretrained="auto")
     loaded = load_checkpoint(path)
     assert loaded.config.model.kwargs["pretrained"] == "auto"

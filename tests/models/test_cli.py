@@ -49,3 +49,15 @@ def test_every_option_has_help():
         assert command.help
         for param in command.params:
             assert getattr(param, "help", None), f"models {command.name}: {param.name} has no help"
+
+
+def test_list_keeps_every_name_whole_in_80_columns():
+    result = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert max(map(len, lines)) <= 80
+    rows = {line.split()[0]: line for line in lines if line and not line.startswith(" ")}
+    assert set(models.available()) <= rows.keys()  # each name whole, at the start of its row
+    assert "…" not in result.output  # the description wraps and folds; nothing is cut
+    assert "(B, 4, S)" in rows["Snapper"] and "(B, 1)" not in rows["Snapper"]
+    assert "(B, 1) " in rows["Classifier"] and "(B, 1, H, W)" in rows["ResNet18_SimplerFCN"]

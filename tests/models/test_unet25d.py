@@ -131,3 +131,18 @@ def test_task_trains_the_hard_head_with_dice_on_the_mask():
     with_cls = SegmentationTask(cfg, make(hard_head=False, aux_classifier=True))
     with pytest.raises(ConfigError, match="hard_mask_weight > 0 needs a model with that head"):
         with_cls.compute_loss(batch)
+
+
+def test_the_original_eightfold_decoder_is_an_option_and_a_config():
+    from segladder.config import CONFIG_DIR, load_config
+
+    cfg = load_config(CONFIG_DIR / "unet25d_wide.yaml")
+    assert cfg.model.kwargs["decoder_ch_coef"] == 8
+    assert "decoder_ch_coef" not in load_config(CONFIG_DIR / "unet25d.yaml").model.kwargs
+    with torch.device("meta"):
+        wide = models.create(cfg.model.name, **cfg.model.kwargs)
+    assert count_parameters(wide) == 115_009_858  # 115.0 M, the 3rd place's resnet18 2.5D model
+    assert [b.conv1[0].out_channels for b in wide.decoder.blocks] == [2048, 1024, 512, 256, 128]
+    assert wide.head[0].in_channels == 128
+    with pytest.raises(ConfigError, match="decoder_ch_coef must be a positive integer"):
+        models.create("Unet25D", decoder_ch_coef=0)

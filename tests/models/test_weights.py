@@ -17,13 +17,12 @@ def timm_state(name="resnet18", seed=1):
 
 @pytest.fixture
 def offline_env(tmp_path, monkeypatch):
-    """Empty Hugging Face and torch hub caches, downloads not allowed."""
+    """Empty Hugging Face and torch hub caches, and the user's own switch to stay offline."""
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.delenv("SEGLADDER_ALLOW_DOWNLOAD", raising=False)
     monkeypatch.delenv("SEGLADDER_WEIGHTS", raising=False)
     return tmp_path
 
@@ -123,11 +122,12 @@ def test_missing_offline_weights_say_how_to_supply_them(offline_env):
     with pytest.raises(models.ModelError) as err:
         models.create("ResNet18_U", pretrained=True)
     message = str(err.value)
-    assert "not available offline" in message
+    assert message.startswith("pretrained weights for 'resnet18.tv_in1k' are not on this machine")
+    assert "HF_HUB_OFFLINE is set" in message.splitlines()[0]
     assert "https://huggingface.co/timm/resnet18.tv_in1k" in message and "model.safetensors" in message
     assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
     assert "pretrained='/path/to/" in message
-    assert "SEGLADDER_ALLOW_DOWNLOAD=1" in message
+    assert "HF_HUB_OFFLINE unset, run `segladder models fetch CONFIG`" in message
     assert str(offline_env / "hf" / "hub") in message
 
 

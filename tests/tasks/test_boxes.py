@@ -64,6 +64,18 @@ def test_shipped_config_is_the_seed_and_picks_the_coco_module(box_set):
     assert check_experiment(cfg).model.kwargs["in_chans"] == 3
 
 
+def test_shipped_budget_is_the_converged_one(box_set, tmp_path):
+    """60 epochs (docs/boxes.md, "Training budget"): the Trainer built from the config stops there."""
+    from segladder.training.build import build_trainer
+
+    cfg = load_config(
+        resolve_config_path("snapper"),
+        [f"data.images={box_set.images}", f"data.train={box_set.train}", f"data.val={box_set.val}"],
+    )
+    trainer, _ = build_trainer(cfg, tmp_path, "val/miou")
+    assert cfg.trainer.max_epochs == 60 and trainer.max_epochs == 60
+
+
 def test_boxes_refuses_mask_models_and_contrails_data(box_set):
     with pytest.raises(ConfigError, match="task 'boxes' trains models whose output is a box.*Snapper"):
         check_experiment(tiny_config(box_set, **{"model.name": "ResNet18_U"}))

@@ -144,7 +144,8 @@ def test_one_cycle_cycles_beta1_against_the_lr():
 def test_coat_ulstm_config_is_the_second_place_recipe():
     cfg = load_config(CONFIG_DIR / "coat_ulstm.yaml")
     assert cfg.data.batch_size == 8 and cfg.trainer.accumulate_grad_batches == 1
-    assert cfg.trainer.gradient_clip_val == 3.0 and cfg.trainer.precision == "16-mixed"
+    # fastai's GradientAccumulation doubled the gradients its GradientClip(3.0) saw: 1.5 on the true ones.
+    assert cfg.trainer.gradient_clip_val == 1.5 and cfg.trainer.precision == "16-mixed"
     assert cfg.trainer.max_epochs == 4  # what train.py + config.json run; the README's 24 is never read
     o = cfg.optim
     assert (o.name, o.lr, o.weight_decay, o.pct_start) == ("radam_lars_lookahead", 3.5e-4, 0.0, 0.1)
@@ -160,7 +161,7 @@ def test_training_steps_with_the_second_place_optimiser_and_augmentation(train_c
             "trainer.max_epochs": 1,
             "trainer.limit_train_batches": 3,
             "trainer.overlays": 0,
-            "trainer.gradient_clip_val": 3.0,
+            "trainer.gradient_clip_val": recipe.trainer.gradient_clip_val,
         },
     )
     cfg = cfg.model_copy(
@@ -173,3 +174,43 @@ def test_training_steps_with_the_second_place_optimiser_and_augmentation(train_c
     hist = res.metrics["epochs"]
     assert len(hist) == 1 and math.isfinite(hist[0]["train/loss_epoch"])
     assert (res.run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_recipes_gradient_clip_is_what_the_optimiser_steps_with(train_cache, tmp_path):
+    """The optimiser sees gradients of norm 1.5 (the recipe's clip) when the raw ones are larger."""
+    import lightning as L
+
+    recipe = load_config(CONFIG_DIR / "coat_ulstm.yaml")
+
+    class GradNorms(L.Callback):
+        def __init__(self):
+            self.raw, self.stepped = [], []
+
+        def on_train_start(self, trainer, pl_module):
+            params = [p for p in pl_module.parameters() if p.requires_grad]
+            # Lightning runs the closure (forward, backward, clipping) inside step(): read the gradients after it.
+            trainer.optimizers[0].register_step_post_hook(lambda *_: self.stepped.append(norm(params)))
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            self.raw.append(norm([p for p in pl_module.parameters() if p.requires_grad]))
+
+    def norm(params):
+        return torch.linalg.vector_norm(
+            torch.stack([p.grad.norm() for p in params if p.grad is not None])
+        ).item()
+
+    cfg = quick_config(
+        train_cache,
+        **{
+            "trainer.max_epochs": 1,
+            "trainer.limit_train_batches": 3,
+            "trainer.limit_val_batches": 1,
+            "trainer.overlays": 0,
+            "trainer.gradient_clip_val": recipe.trainer.gradient_clip_val,
+            "loss": [{"name": "bce", "weight": 50.0}],  # raw gradient norms well above the clip
+        },
+    )
+    probe = GradNorms()
+    train(cfg, out=tmp_path / "run", callbacks=[probe])
+    assert len(probe.stepped) == 3 and min(probe.raw) > 3.0
+    assert probe.stepped == pytest.approx([1.5] * 3, rel=1e-4)

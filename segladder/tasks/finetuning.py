@@ -1,4 +1,4 @@
-"""Progressive unfreezing of a segmenter's encoder on Lightning's `BaseFinetuning` (seed 004)."""
+"""Progressive unfreezing of a segmenter's encoder on Lightning's `BaseFinetuning` (seed 004), beside the task that adds it."""
 
 from __future__ import annotations
 
