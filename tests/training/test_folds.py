@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from segladder.cli import _register, app
@@ -175,3 +176,42 @@ def test_folds_to_a_submission(train_root, tmp_path):
         assert np.abs(a - b).max() < 2e-3
     with pytest.raises(InferenceError, match="no ensemble.json"):
         evaluate(run / "fold_0", data, folds=True, progress=False)
+
+
+def test_oof_threshold_is_the_pooled_best_and_each_fold_scores_its_own_records(
+    synth_root, tmp_path, monkeypatch
+):
+    """Toy fold models give 0.25 on every contrail pixel and 0.05 elsewhere, so on the pooled maps Dice is 1
+    at every threshold from 0.05 to 0.24 and 0 from 0.25 on (0.5 included): ties go to the one nearest 0.5,
+    0.24. Each fold's model knows only its own held-out records, so a fold scored by another fold's model
+    fails with a KeyError."""
+    import segladder.training.folds as folds_mod
+    from segladder.config import ExperimentConfig
+    from segladder.data.datasets import dataset_from_config
+    from segladder.inference.checkpoint import LoadedCheckpoint
+    from segladder.training.folds import out_of_fold
+    from tests.inference.helpers import Lookup, row_key
+
+    rows = make_folds(synth_root, tmp_path / "folds.csv", k=3)
+    cfg = ExperimentConfig(data={"root": str(synth_root), "frames": [4], "image_size": 32})
+    ds = dataset_from_config(cfg.data, "train")
+    logit = torch.logit(torch.tensor([0.05, 0.25])).float()
+    index = {rid: i for i, rid in enumerate(ds.record_ids)}
+    tables: list[dict] = [{} for _ in range(3)]
+    for r in rows:
+        item = ds[index[r.record_id]]
+        tables[r.fold][row_key(item["image"])] = logit[(item["mask"] > 0.5).long()]
+    masks = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+    positives, pixels = int((masks > 0.5).sum()), masks.numel()
+    assert 0 < positives < pixels / 2
+
+    def load(path):
+        fold = int(path.parent.parent.name.removeprefix("fold_"))
+        return LoadedCheckpoint(Lookup(tables[fold]), cfg, 0.5, "segmentation", path)
+
+    monkeypatch.setattr(folds_mod, "load_checkpoint", load)
+    ens = out_of_fold(tmp_path / "run", rows, 3, batch_size=5, progress=False)
+    assert ens.threshold == pytest.approx(0.24) and ens.oof_dice == pytest.approx(1.0)
+    assert ens.oof_dice_at_0_5 == 0.0 and ens.min_component == 0 and ens.oof_records == len(rows) == 12
+    assert ens.percentile == pytest.approx(100 * (1 - positives / pixels), abs=1e-6)
+    assert json.loads((tmp_path / "run" / "ensemble.json").read_text())["threshold"] == ens.threshold
