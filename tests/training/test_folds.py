@@ -17,6 +17,7 @@ from segladder.inference.errors import InferenceError
 from segladder.inference.evaluate import evaluate
 from segladder.inference.folds import read_fold_ensemble
 from segladder.inference.submission import check_submission
+from segladder.metrics import ThresholdSweepDice
 from segladder.training.folds import MIN_COMPONENT_GRID, _best_min_component, train_folds
 from tests.training.conftest import quick_config
 
@@ -108,7 +109,21 @@ def test_folds_to_a_submission(train_root, tmp_path):
     done = train_folds(cfg, run, progress=False)  # continues: fold 0 kept, folds 1 and 2 trained
     ens = done.ensemble
     assert ens is not None and len(ens.checkpoints) == 3 and ens.oof_records == 40
-    assert 0 < ens.threshold < 1 and ens.min_component in MIN_COMPONENT_GRID
+    assert ens.min_component in MIN_COMPONENT_GRID
+    # The chosen threshold is the best of the pooled out-of-fold maps (re-read from oof/, stored as fp16).
+    sweep = ThresholdSweepDice()
+    maps = sorted((run / "oof").glob("*.npy"))
+    assert len(maps) == 40
+    for path in maps:
+        p, m = np.load(path).astype(np.float32)
+        sweep.update(torch.from_numpy(p)[None], torch.from_numpy(m)[None])
+    swept = sweep.compute()
+    curve = dict(zip(np.round(swept["thresholds"].numpy(), 4).tolist(), swept["curve"].tolist(), strict=True))
+    assert curve[round(ens.threshold, 4)] == pytest.approx(float(swept["dice_best"]), abs=2e-3)
+    assert ens.oof_dice_at_0_5 == pytest.approx(curve[0.5], abs=2e-3)
+    assert (
+        ens.oof_dice >= curve[round(ens.threshold, 4)] - 2e-3
+    )  # component removal never loses (0 is a choice)
     for name in ("ensemble.json", "folds_summary.json", "folds_summary.png", "oof_threshold_curve.png"):
         assert (run / name).exists(), name
     summary = json.loads((run / "folds_summary.json").read_text())
