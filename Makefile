@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.segladder-installed
 
-.PHONY: setup demo test lint bench-data clean
+.PHONY: setup demo test lint mutation bench-data clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check segladder tests
 	$(VENV)/bin/ruff format --check segladder tests
+
+# Mutation testing (docs/reliability.md): one-line mutations of the code behind each documented promise, each
+# run against the tests that must catch it, in a scratch copy. Tens of minutes on 2 cores, so not part of CI.
+mutation: $(STAMP)
+	$(VENV)/bin/python scripts/mutation.py
 
 bench-data: $(STAMP)
 	$(VENV)/bin/segladder bench data

@@ -73,9 +73,14 @@ def test_min_component_choice_matches_a_hand_computation(tmp_path):
     p[10:12, 10:13] = 0.8  # a 6-pixel false blob: removed by min sizes >= 10
     np.save(oof / "a.npy", np.stack([p, truth]))
     size, dice = _best_min_component(oof, ["a"], 0.5)
-    # min 0 or 5: Dice = 2·16 / (22 + 16) = 0.842; min 10 or 20: 2·16/(16+16) = 1; min 50: nothing kept, 0.
+    # min 0 or 5: Dice = 2·16 / (22 + 16) = 0.842; min 10: 2·16/(16+16) = 1; min 20 and up drop the true
+    # blob too: nothing kept, 0.
     assert size == 10 and dice == pytest.approx(1.0)
-    assert MIN_COMPONENT_GRID[:3] == (0, 5, 10)
+    assert MIN_COMPONENT_GRID[:4] == (0, 5, 10, 20)
+    # Without the false blob, 0, 5 and 10 tie at Dice 1: the smallest (no removal) wins.
+    p[10:12, 10:13] = 0
+    np.save(oof / "b.npy", np.stack([p, truth]))
+    assert _best_min_component(oof, ["b"], 0.5) == (0, pytest.approx(1.0))
 
 
 @pytest.mark.slow
