@@ -39,6 +39,9 @@ def test_off_by_one_and_off_by_three_edges():
     ious = [100 * 99 / 10000, 100 * 97 / 10000, (100 * 100) / (101 * 103)]
     assert r["miou"] == pytest.approx(np.mean(ious))
     assert r["iou_over_0.9"] == 1.0 and r["boxes"] == 3
+    # A shift by 1 px on x moves every corner by exactly 1 px (corners pair an x edge with a y edge).
+    shifted = compute([[11, 10, 111, 110]], [[10, 10, 110, 110]])
+    assert shifted["corners_within_1px"] == 1.0 and shifted["edges_within_1px"] == 1.0
     rolled = compute(pred, true[1:] + true[:1])
     assert rolled["miou"] == 0.0 and rolled["edges_within_3px"] < 0.5
 
