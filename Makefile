@@ -8,7 +8,7 @@ STAMP := $(VENV)/.segladder-installed
 LOWEST_VENV ?= .venv-lowest
 LOWEST_STAMP := $(LOWEST_VENV)/.segladder-installed
 
-.PHONY: setup demo test test-lowest gpu-smoke lint bench-data clean
+.PHONY: setup demo test test-lowest gpu-smoke lint mutation bench-data clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,11 @@ gpu-smoke: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check segladder tests
 	$(VENV)/bin/ruff format --check segladder tests
+
+# Mutation testing (docs/reliability.md): one-line mutations of the code behind each documented promise, each
+# run against the tests that must catch it, in a scratch copy. Tens of minutes on 2 cores, so not part of CI.
+mutation: $(STAMP)
+	$(VENV)/bin/python scripts/mutation.py
 
 bench-data: $(STAMP)
 	$(VENV)/bin/segladder bench data

@@ -22,11 +22,12 @@ def test_exact_hits_score_one():
 
 
 def test_off_by_one_and_off_by_three_edges():
-    true = [[10, 10, 110, 110]] * 3
+    # Three different truths (same size, far apart): a prediction paired with another row's truth scores 0.
+    true = [[10, 10, 110, 110], [300, 40, 400, 140], [20, 500, 120, 600]]
     pred = [
         [11, 10, 110, 110],  # one edge off by 1
-        [10, 13, 110, 110],  # one edge off by 3
-        [9, 10, 110, 113],
+        [300, 43, 400, 140],  # one edge off by 3
+        [19, 500, 120, 603],
     ]  # left off by 1, bottom off by 3
     r = compute(pred, true)
     # Edges: 12 in all; |Δ| ≤ 1 misses the two off-by-3 edges, |Δ| ≤ 3 misses none.
@@ -37,13 +38,21 @@ def test_off_by_one_and_off_by_three_edges():
     assert r["corners_within_3px"] == pytest.approx((4 + 4 + 3) / 12)
     ious = [100 * 99 / 10000, 100 * 97 / 10000, (100 * 100) / (101 * 103)]
     assert r["miou"] == pytest.approx(np.mean(ious))
-    assert r["iou_over_0.9"] == 1.0
+    assert r["iou_over_0.9"] == 1.0 and r["boxes"] == 3
+    # A shift by 1 px on x moves every corner by exactly 1 px (corners pair an x edge with a y edge).
+    shifted = compute([[11, 10, 111, 110]], [[10, 10, 110, 110]])
+    assert shifted["corners_within_1px"] == 1.0 and shifted["edges_within_1px"] == 1.0
+    rolled = compute(pred, true[1:] + true[:1])
+    assert rolled["miou"] == 0.0 and rolled["edges_within_3px"] < 0.5
 
 
 def test_iou_threshold_is_strict_and_disjoint_boxes_score_zero():
     assert float(box_iou([[0, 0, 9, 10]], [[0, 0, 10, 10]])[0]) == pytest.approx(0.9)
-    r = compute([[0, 0, 9, 10], [50, 50, 60, 60]], [[0, 0, 10, 10], [0, 0, 10, 10]])
+    assert float(box_iou([[0, 0, 10, 10]], [[0, 0, 9, 10]])[0]) == pytest.approx(0.9)  # either order
+    r = compute([[0, 0, 9, 10], [80, 80, 90, 90]], [[0, 0, 10, 10], [50, 50, 60, 60]])
     assert r["iou_over_0.9"] == 0.0 and r["miou"] == pytest.approx(0.45)
+    r = compute([[0, 0, 9, 10], [50, 50, 60, 60]], [[0, 0, 10, 10], [50, 50, 60, 60]])
+    assert r["iou_over_0.9"] == 0.5 and r["miou"] == pytest.approx(0.95)
 
 
 def test_updates_accumulate_like_one_batch():
@@ -69,13 +78,14 @@ def test_score_command_agrees_with_hand_computation(tmp_path):
         "images": [{"id": 1, "file_name": "a.png", "width": 200, "height": 200}],
         "annotations": [
             {"id": 1, "image_id": 1, "bbox": [10, 10, 100, 100]},
-            {"id": 2, "image_id": 1, "bbox": [10, 10, 100, 100]},
+            {"id": 2, "image_id": 1, "bbox": [60, 40, 100, 100]},
             {"id": 3, "image_id": 1, "bbox": [0, 0, 5, 5], "iscrowd": 1},
         ],
     }
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     (tmp_path / "b.json").write_text(
-        json.dumps([{"id": 1, "bbox": [10, 10, 100, 100]}, {"id": 2, "bbox": [11, 10, 99, 103]}])
+        # Listed in the other order than the truth: pairs are made by id, not by position.
+        json.dumps([{"id": 2, "bbox": [61, 40, 99, 103]}, {"id": 1, "bbox": [10, 10, 100, 100]}])
     )
     result = CliRunner().invoke(
         app,

@@ -12,7 +12,7 @@ from segladder.errors import BadDatasetError
 
 
 def plant_faults(root):
-    """Damage six training records and one validation record, one fault each; return {id: reason pattern}."""
+    """Damage seven training records and one validation record, one fault each; return {id: reason pattern}."""
     refs = discover_records(root, "train")
     val = discover_records(root, "validation")
     r = [ref.path for ref in refs]
@@ -26,6 +26,7 @@ def plant_faults(root):
     bad[0, 0, 3] = np.nan
     bad[1, 1, 4] = np.inf
     np.save(r[5] / "band_14.npy", bad)
+    np.save(r[6] / "band_16.npy", np.zeros((size, size + 4, 8), np.float32))  # wider than the other bands
     m = np.load(val[0].path / "human_pixel_masks.npy")
     m[2, 2, 0] = 2
     np.save(val[0].path / "human_pixel_masks.npy", m)
@@ -40,6 +41,7 @@ def plant_faults(root):
         refs[3].record_id: "band_11.npy has 7 frames, expected 8",
         refs[4].record_id: "band_13.npy has dtype int32, expected float32",
         refs[5].record_id: "band_14.npy has 2 NaN/inf values",
+        refs[6].record_id: rf"band_16.npy is {size}×{size + 4}, other bands are {size}×{size}",
         val[0].record_id: r"human_pixel_masks.npy has values outside \{0, 1\}: \[2\]",
         "9999999999999999999": "listed in train_metadata.json but train/9999999999999999999/ does not exist",
     }
@@ -70,7 +72,7 @@ def test_cli_prints_one_line_per_bad_record_and_exits_nonzero(synth_copy):
     lines = res.output.strip().splitlines()
     for rid in expected:
         assert sum(line.startswith(f"{rid}: ") for line in lines) == 1
-    assert "8 bad" in lines[-1]
+    assert "9 bad" in lines[-1]
     ok = CliRunner().invoke(app, ["data", "check", str(synth_copy), "--splits", "test", "--workers", "1"])
     assert ok.exit_code == 0 and "all good" in ok.output
 
@@ -92,4 +94,4 @@ def test_training_dataset_refuses_bad_records_unless_skipping(synth_copy):
     assert len(ds) == 10 and not set(ds.record_ids) & set(used_bad)
     assert ContrailsDataset(
         synth_copy, "train", frames=[4], channels=["bands"], skip_bad=True, image_size=32
-    ).record_ids == [r for r in ds.record_ids if r not in ids[:6]]
+    ).record_ids == [r for r in ds.record_ids if r not in ids[:7]]

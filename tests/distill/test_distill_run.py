@@ -40,10 +40,18 @@ class StopAtEpoch(Callback):
             raise Interrupt
 
 
+class LastValidationBatch(Callback):
+    """Keeps the last validation batch as the task saw it (decoded, on its device)."""
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.batch = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(
     distill_root, teacher_ckpt, tmp_path
 ):
-    res = train(_distill_cfg(distill_root, teacher_ckpt), out=tmp_path / "run")
+    seen = LastValidationBatch()
+    res = train(_distill_cfg(distill_root, teacher_ckpt), out=tmp_path / "run", callbacks=[seen])
     epochs = res.metrics["epochs"]
     assert [e["distill/temperature"] for e in epochs] == pytest.approx(
         [cosine_temperature(4, 1, p) for p in (0, 0.5, 1)]
@@ -64,7 +72,23 @@ def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(
         "val/kd",
     ):
         assert all(key in e for e in epochs), key
-    assert 0 <= epochs[-1]["val/agreement"] <= 1 and 0 <= epochs[-1]["val/miou"] <= 1
+    # The last validation's agreement and mIoU, recomputed from its batch with the final student and the
+    # teacher (which differ, so agreement below 1 shows which is which).
+    student, teacher = load_checkpoint(res.last_checkpoint), load_checkpoint(teacher_ckpt)
+    with torch.no_grad():
+        s_mask = torch.sigmoid(student.model(seen.batch["image"])) > 0.5
+        t_mask = torch.sigmoid(teacher.model(seen.batch["image"])) > teacher.threshold
+    truth = seen.batch["mask"] > 0.5
+
+    def f1(a, b):
+        return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
+
+    def iou(a, b):
+        return float((a & b).sum() / max(1, int((a | b).sum())))
+
+    assert epochs[-1]["val/agreement"] == pytest.approx(f1(s_mask, t_mask), abs=1e-4)
+    assert epochs[-1]["val/dice"] == pytest.approx(f1(s_mask, truth), abs=1e-4)
+    assert epochs[-1]["val/miou"] == pytest.approx((iou(s_mask, truth) + iou(~s_mask, ~truth)) / 2, abs=1e-4)
     assert (res.run_dir / "distill_curves.png").stat().st_size and (
         res.run_dir / "distill_schedule.png"
     ).stat().st_size
@@ -162,3 +186,36 @@ def test_distillation_on_an_image_folder_and_the_student_evaluates_as_segmentati
     assert res.metrics["epochs"][-1]["distill/temperature"] == pytest.approx(1.0)
     ev = evaluate(res.best_checkpoint, root, "val", out=tmp_path / "eval", batch_size=4, progress=False)
     assert ev.records == 4 and 0 <= ev.dice_best <= 1
+
+
+@pytest.mark.parametrize("epoch, temperature", [(0, 4.0), (1, 2.5), (2, 1.0)])
+def test_the_scheduled_temperature_and_the_teachers_logits_reach_the_loss(
+    distill_root, teacher_ckpt, epoch, temperature
+):
+    """Not what is logged, what is computed: the KD part of a training step equals the KD of the student's
+    logits against the TEACHER's at the schedule's temperature for that epoch (cosine 4 → 1 over 3 epochs)."""
+    from types import SimpleNamespace
+
+    from segladder.losses import binary_kd_loss
+
+    task = build_task(_distill_cfg(distill_root, teacher_ckpt, epochs=3, alpha=1.0, beta=1.0))
+    task.eval()  # batch norm on running statistics: the student's logits are the same when recomputed
+    # Logits of a few units, as a trained teacher gives: near 0 the T² factor cancels T and KD hardly moves.
+    last = [m for m in task.teacher.modules() if isinstance(m, torch.nn.Conv2d)][-1]
+    with torch.no_grad():
+        last.weight.mul_(200.0)
+        last.bias.add_(2.0)
+    task._trainer = SimpleNamespace(current_epoch=epoch, max_epochs=3, global_step=0)
+    x = torch.rand(2, 3, 1, 32, 32, generator=torch.Generator().manual_seed(epoch))
+    batch = {"image": x, "mask": (x[:, :1, 0] > 0.7).float(), "record_id": ["a", "b"]}
+    with torch.no_grad():
+        _, parts = task.compute_loss(batch)
+        student, teacher = task(x).float(), task.teacher(x).float()
+    assert task.temperature == pytest.approx(temperature)
+    # The two networks differ (a trained teacher, a fresh student), so a swapped target shows.
+    assert teacher.abs().mean() > 1.0 and float(binary_kd_loss(student, teacher, temperature)) > 0.1
+    assert float(parts["kd"]) == pytest.approx(float(binary_kd_loss(student, teacher, temperature)), rel=1e-5)
+    if temperature != 4.0:  # and the temperature acted: at 4 the same pair scores differently
+        assert float(parts["kd"]) != pytest.approx(float(binary_kd_loss(student, teacher, 4.0)), rel=1e-3)
+    mse = ((torch.sigmoid(student) - torch.sigmoid(teacher)) ** 2).mean()
+    assert float(parts["mse_prob"]) == pytest.approx(float(mse), rel=1e-5)

@@ -120,3 +120,28 @@ def test_cut_manifest(cache_copy, capsys, monkeypatch):
     with pytest.raises(CacheError, match="manifest.json: .*re-run `segladder data prepare`"):
         _read(cache_copy)
     assert np.load(cache_copy / "train" / "done.npy").all()  # reading never changes the cache
+
+
+def test_a_weights_only_checkpoint_cannot_resume(run_copy, capsys, monkeypatch):
+    """best.ckpt under trainer.optimizer_state=last holds the weights only: never a place to resume from,
+    even when it is the newest; with nothing else the run is refused in one line."""
+    ck = run_copy / "checkpoints"
+    full = torch.load(ck / "last.ckpt", weights_only=True)
+    assert {"optimizer_states", "loops"} <= set(full)
+    (ck / "last.ckpt").unlink()  # best and last are one hard-linked file: write a separate one
+    for drop in (("optimizer_states",), ("loops",), ("optimizer_states", "loops")):
+        lean = {k: v for k, v in full.items() if k not in drop}
+        lean["global_step"] = full["global_step"] + 10  # newer than best.ckpt
+        torch.save(lean, ck / "last.ckpt")
+        check = check_checkpoint(ck / "last.ckpt")
+        assert not check.ok and "weights only" in check.problem, drop
+        assert choose_checkpoint(run_copy) == ck / "best.ckpt", drop
+        assert "last.ckpt holds the weights only" in capsys.readouterr().err
+    lean = {k: v for k, v in full.items() if k not in ("optimizer_states", "loops")}
+    torch.save(lean, ck / "best.ckpt")
+    with pytest.raises(
+        ResumeError, match="last.ckpt: holds the weights only.*best.ckpt: holds the weights only"
+    ):
+        choose_checkpoint(run_copy)
+    code, err = run_cli(["train", "--resume", run_copy], capsys, monkeypatch)
+    assert code == 2 and "no checkpoint can continue the run" in one_error_line(err)

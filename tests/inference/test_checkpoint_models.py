@@ -42,6 +42,22 @@ def test_weights_of_another_shape_are_a_checkpoint_error(tmp_path):
         load_checkpoint(path)
 
 
+def test_missing_or_extra_weights_are_a_checkpoint_error(tmp_path):
+    net = models.create("ResNet18_SimplerFCN")
+    path = write_checkpoint(tmp_path / "ok.ckpt", {"name": "ResNet18_SimplerFCN"}, net)
+    ckpt = torch.load(path, weights_only=True)
+    first = next(iter(ckpt["state_dict"]))
+    missing = {**ckpt, "state_dict": {k: v for k, v in ckpt["state_dict"].items() if k != first}}
+    torch.save(missing, tmp_path / "missing.ckpt")
+    with pytest.raises(CheckpointError, match=rf"missing \['{first.removeprefix('model.')}'\]"):
+        load_checkpoint(tmp_path / "missing.ckpt")
+    extra = {**ckpt, "state_dict": {**ckpt["state_dict"], "model.stray.weight": torch.zeros(2)}}
+    torch.save(extra, tmp_path / "extra.ckpt")
+    with pytest.raises(CheckpointError, match=r"unexpected \['stray.weight'\]"):
+        load_checkpoint(tmp_path / "extra.ckpt")
+    assert load_checkpoint(path).threshold == 0.4
+
+
 def test_a_checkpoint_trained_from_imagenet_weights_loads_without_them(tmp_path, monkeypatch):
     for var, sub in (("HF_HOME", "hf"), ("TORCH_HOME", "torch"), ("XDG_CACHE_HOME", "cache")):
         monkeypatch.setenv(var, str(tmp_path / sub))

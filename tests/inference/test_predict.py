@@ -155,7 +155,7 @@ def test_cli_predict(synth_root, seg_ckpt, tmp_path):
 # ----------------------------------------------------------------------------------- bad input
 
 
-def test_refuses_bad_checkpoints_before_work(synth_root, ckpt_dir, tmp_path):
+def test_refuses_bad_checkpoints_before_work(synth_root, seg_ckpt, tmp_path):
     cls = make_checkpoint(tmp_path / "cls.ckpt", "Classifier", task="classification")
     with pytest.raises(CheckpointError, match="classification checkpoint"):
         predict([cls], synth_root, tmp_path / "o1", progress=False)
@@ -164,7 +164,7 @@ def test_refuses_bad_checkpoints_before_work(synth_root, ckpt_dir, tmp_path):
         predict([v2], synth_root, tmp_path / "o2", progress=False)
     big = make_checkpoint(tmp_path / "big.ckpt", image_size=64)
     with pytest.raises(InferenceError, match="different image sizes"):
-        predict([ckpt_dir / "seg.ckpt", big], synth_root, tmp_path / "o3", progress=False)
+        predict([seg_ckpt, big], synth_root, tmp_path / "o3", progress=False)
     for out in ("o1", "o2", "o3"):
         assert not (tmp_path / out / "probs").exists()
 

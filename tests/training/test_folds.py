@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from segladder.cli import _register, app
@@ -16,6 +17,7 @@ from segladder.inference.errors import InferenceError
 from segladder.inference.evaluate import evaluate
 from segladder.inference.folds import read_fold_ensemble
 from segladder.inference.submission import check_submission
+from segladder.metrics import ThresholdSweepDice
 from segladder.training.folds import MIN_COMPONENT_GRID, _best_min_component, train_folds
 from tests.training.conftest import quick_config
 
@@ -71,9 +73,14 @@ def test_min_component_choice_matches_a_hand_computation(tmp_path):
     p[10:12, 10:13] = 0.8  # a 6-pixel false blob: removed by min sizes >= 10
     np.save(oof / "a.npy", np.stack([p, truth]))
     size, dice = _best_min_component(oof, ["a"], 0.5)
-    # min 0 or 5: Dice = 2·16 / (22 + 16) = 0.842; min 10 or 20: 2·16/(16+16) = 1; min 50: nothing kept, 0.
+    # min 0 or 5: Dice = 2·16 / (22 + 16) = 0.842; min 10: 2·16/(16+16) = 1; min 20 and up drop the true
+    # blob too: nothing kept, 0.
     assert size == 10 and dice == pytest.approx(1.0)
-    assert MIN_COMPONENT_GRID[:3] == (0, 5, 10)
+    assert MIN_COMPONENT_GRID[:4] == (0, 5, 10, 20)
+    # Without the false blob, 0, 5 and 10 tie at Dice 1: the smallest (no removal) wins.
+    p[10:12, 10:13] = 0
+    np.save(oof / "b.npy", np.stack([p, truth]))
+    assert _best_min_component(oof, ["b"], 0.5) == (0, pytest.approx(1.0))
 
 
 @pytest.mark.slow
@@ -107,7 +114,21 @@ def test_folds_to_a_submission(train_root, tmp_path):
     done = train_folds(cfg, run, progress=False)  # continues: fold 0 kept, folds 1 and 2 trained
     ens = done.ensemble
     assert ens is not None and len(ens.checkpoints) == 3 and ens.oof_records == 40
-    assert 0 < ens.threshold < 1 and ens.min_component in MIN_COMPONENT_GRID
+    assert ens.min_component in MIN_COMPONENT_GRID
+    # The chosen threshold is the best of the pooled out-of-fold maps (re-read from oof/, stored as fp16).
+    sweep = ThresholdSweepDice()
+    maps = sorted((run / "oof").glob("*.npy"))
+    assert len(maps) == 40
+    for path in maps:
+        p, m = np.load(path).astype(np.float32)
+        sweep.update(torch.from_numpy(p)[None], torch.from_numpy(m)[None])
+    swept = sweep.compute()
+    curve = dict(zip(np.round(swept["thresholds"].numpy(), 4).tolist(), swept["curve"].tolist(), strict=True))
+    assert curve[round(ens.threshold, 4)] == pytest.approx(float(swept["dice_best"]), abs=2e-3)
+    assert ens.oof_dice_at_0_5 == pytest.approx(curve[0.5], abs=2e-3)
+    assert (
+        ens.oof_dice >= curve[round(ens.threshold, 4)] - 2e-3
+    )  # component removal never loses (0 is a choice)
     for name in ("ensemble.json", "folds_summary.json", "folds_summary.png", "oof_threshold_curve.png"):
         assert (run / name).exists(), name
     summary = json.loads((run / "folds_summary.json").read_text())
@@ -175,3 +196,42 @@ def test_folds_to_a_submission(train_root, tmp_path):
         assert np.abs(a - b).max() < 2e-3
     with pytest.raises(InferenceError, match="no ensemble.json"):
         evaluate(run / "fold_0", data, folds=True, progress=False)
+
+
+def test_oof_threshold_is_the_pooled_best_and_each_fold_scores_its_own_records(
+    synth_root, tmp_path, monkeypatch
+):
+    """Toy fold models give 0.25 on every contrail pixel and 0.05 elsewhere, so on the pooled maps Dice is 1
+    at every threshold from 0.05 to 0.24 and 0 from 0.25 on (0.5 included): ties go to the one nearest 0.5,
+    0.24. Each fold's model knows only its own held-out records, so a fold scored by another fold's model
+    fails with a KeyError."""
+    import segladder.training.folds as folds_mod
+    from segladder.config import ExperimentConfig
+    from segladder.data.datasets import dataset_from_config
+    from segladder.inference.checkpoint import LoadedCheckpoint
+    from segladder.training.folds import out_of_fold
+    from tests.inference.helpers import Lookup, row_key
+
+    rows = make_folds(synth_root, tmp_path / "folds.csv", k=3)
+    cfg = ExperimentConfig(data={"root": str(synth_root), "frames": [4], "image_size": 32})
+    ds = dataset_from_config(cfg.data, "train")
+    logit = torch.logit(torch.tensor([0.05, 0.25])).float()
+    index = {rid: i for i, rid in enumerate(ds.record_ids)}
+    tables: list[dict] = [{} for _ in range(3)]
+    for r in rows:
+        item = ds[index[r.record_id]]
+        tables[r.fold][row_key(item["image"])] = logit[(item["mask"] > 0.5).long()]
+    masks = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+    positives, pixels = int((masks > 0.5).sum()), masks.numel()
+    assert 0 < positives < pixels / 2
+
+    def load(path):
+        fold = int(path.parent.parent.name.removeprefix("fold_"))
+        return LoadedCheckpoint(Lookup(tables[fold]), cfg, 0.5, "segmentation", path)
+
+    monkeypatch.setattr(folds_mod, "load_checkpoint", load)
+    ens = out_of_fold(tmp_path / "run", rows, 3, batch_size=5, progress=False)
+    assert ens.threshold == pytest.approx(0.24) and ens.oof_dice == pytest.approx(1.0)
+    assert ens.oof_dice_at_0_5 == 0.0 and ens.min_component == 0 and ens.oof_records == len(rows) == 12
+    assert ens.percentile == pytest.approx(100 * (1 - positives / pixels), abs=1e-6)
+    assert json.loads((tmp_path / "run" / "ensemble.json").read_text())["threshold"] == ens.threshold
