@@ -49,7 +49,7 @@ T_OOF = (
     "tests/training/test_folds.py::test_oof_threshold_is_the_pooled_best_and_each_fold_scores_its_own_records",
     "tests/training/test_folds.py::test_min_component_choice_matches_a_hand_computation",
 )
-T_NAN = ("tests/training/test_nan_safety.py",)
+T_NAN = ("tests/training/test_nan_safety.py", "tests/training/test_steady_steps.py")
 T_CKPT = (
     "tests/inference/test_checkpoint_models.py",
     "tests/inference/test_predict.py::test_refuses_bad_checkpoints_before_work",
@@ -240,10 +240,26 @@ MUTATIONS: list[Mutation] = [
     M(
         "NaN guard",
         "segladder/tasks/base.py",
-        "        if not torch.isfinite(loss):",
-        "        if False:",
+        "finite = torch.isfinite(loss.detach())",
+        "finite = torch.ones_like(loss.detach(), dtype=torch.bool)",
         T_NAN,
-        "a NaN loss is stepped on",
+        "a non-finite loss is not flagged",
+    ),
+    M(
+        "NaN guard",
+        "segladder/training/callbacks.py",
+        "optimizer.found_inf = bad.float()",
+        "optimizer.found_inf = None",
+        T_NAN,
+        "the fused optimiser steps on a non-finite step",
+    ),
+    M(
+        "NaN guard",
+        "segladder/training/callbacks.py",
+        "bad = loss_bad if scaled else loss_bad | grads_bad",
+        "bad = loss_bad",
+        T_NAN,
+        "non-finite gradients with a finite loss are stepped on",
     ),
     M(
         "NaN guard",
