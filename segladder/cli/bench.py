@@ -119,6 +119,9 @@ def train(
     workers: int = typer.Option(4, "--workers", help="DataLoader workers for the real data path."),
     skip_data: bool = typer.Option(False, "--skip-data", help="Skip the real-data-path case."),
     skip_reference: bool = typer.Option(False, "--skip-reference", help="Skip the bare loop."),
+    encoder: str = typer.Option(
+        None, "--encoder", help="The model's encoder, where it has one (default: its own)."
+    ),
 ) -> None:
     """Samples/s and peak memory of full training steps: the Trainer `segladder train` builds, the bare
     reference loop beside it, and the real data path (cache → workers → device decode → step)."""
@@ -151,7 +154,7 @@ def train(
     case = f"{model}_{size}_T{frames}"
     memory: dict[str, float] = {}
     for mode in chosen:
-        cfg = _mode_config(mode, model, size, frames, batch)
+        cfg = _mode_config(mode, model, size, frames, batch, encoder=encoder)
         ref = None if skip_reference else bench_reference(cfg, case, steps, warmup, device)
         if ref is not None:
             print_result(ref)
@@ -171,6 +174,7 @@ def train(
             size,
             frames,
             batch,
+            encoder=encoder,
             root=str(cache),
             augment={"rot90_p": 0.5, "cutout_p": 0.5},
             workers=workers,

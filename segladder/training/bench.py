@@ -99,6 +99,7 @@ def bench_config(
     compile_mode: str = "default",
     compile_dynamic: bool | None = False,
     cudnn_benchmark: bool = True,
+    encoder: str | None = None,
 ) -> ExperimentConfig:
     """A `train` config of the benchmark's case; the trainer keys are those a user's run would set."""
     return build_config(
@@ -112,7 +113,7 @@ def bench_config(
                 "num_workers": workers,
                 "augment": augment or {},
             },
-            "model": {"name": model},
+            "model": {"name": model, **({"encoder": encoder} if encoder else {})},
             "loss": [{"name": "bce"}],
             "optim": {"name": "adamw", "lr": 1e-4, "schedule": "constant"},
             "trainer": {
