@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3 )}
 WHEELS=${WHEELS:-.whl}
-if ! "$PY" -c "import segmentation_models_pytorch, pydantic, albumentations" 2>/dev/null; then
+# timm too where it is older than the floor (the GPU image has 1.0.29; RAdamLegacy's per-group step
+# sizes, which the 2nd-place optimiser relies on, arrived in 1.0.31).
+if ! "$PY" -c "import segmentation_models_pytorch, pydantic, albumentations, timm, sys; from packaging.version import Version as V; sys.exit(V(timm.__version__) < V('1.0.31'))" 2>/dev/null; then
   if [ -d "$WHEELS" ]; then
     "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/segladder-site "$WHEELS"/*.whl
     export PYTHONPATH="/tmp/segladder-site${PYTHONPATH:+:$PYTHONPATH}"
