@@ -357,8 +357,10 @@ def test_selftest_catches_faults_and_passes_clean_data(ladder_cache, tmp_path):
         "loss": [{"name": "bce", "pos_weight": 2.0}],
         "trainer": {"max_epochs": 3, "accumulate_grad_batches": 1, "progress": False, "overlays": 0},
     }
-    # Nine steps cannot close the calibrated loss gap; what is tested here is the machinery: no loss-gap gate.
-    gates = {"ResNet18_SimplerFCN": Gate(f1_headroom=0.02, loss_rise=2.0, data_match=True, update_max=0.25)}
+    # Nine steps neither close the calibrated loss gap nor lift F1 off the constant prediction on the
+    # real-like world (0.0642 = the constant's, measured); what is tested here is the machinery: the data,
+    # NaN and step-size gates, no loss-gap or F1 gate.
+    gates = {"ResNet18_SimplerFCN": Gate(loss_rise=2.0, data_match=True, update_max=0.25)}
     rows = selftest(
         tmp_path,
         ladder_cache,
