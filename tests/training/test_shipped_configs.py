@@ -25,6 +25,7 @@ TINY = [
 EXTRA = {
     "coat_ulstm": ["model.pretrained=false", "trainer.precision=bf16-mixed"],
     "unet25d": ["model.input_size=64", "trainer.precision=bf16-mixed"],
+    "unet25d_wide": ["model.input_size=64", "trainer.precision=bf16-mixed"],
     "ladder": ["model.name=ResNet18_SimplerFCN"],
     "snapper": ["data.crop_size=64", "model.encoder=resnet18"],
 }
