@@ -126,7 +126,7 @@ class Task(L.LightningModule):
         # Not prog_bar: Lightning turns every progress-bar value into a number after every batch, a host
         # read that waits for the device; IntervalProgressBar shows `last_loss` at log steps instead.
         self.last_loss = loss.detach()
-        if _logs_this_step(self.trainer):
+        if logs_this_step(self.trainer):
             self.log("train/loss", self.last_loss, on_step=True, on_epoch=False, batch_size=bs)
         # The epoch means accumulate on the device and are logged once, in on_train_epoch_end: a logged
         # Metric object costs Lightning a walk over its state on every self.log.
@@ -214,7 +214,7 @@ class LossTask(Task):
         self.loss = build_loss(cfg.loss)
 
 
-def _logs_this_step(trainer) -> bool:
+def logs_this_step(trainer) -> bool:
     """Whether the loggers write at this step (Lightning's own rule, as its LearningRateMonitor reads it); a
     value logged at other steps is never written, yet each self.log costs Lightning ~0.1 ms of Python."""
     connector = getattr(trainer, "_logger_connector", None)

@@ -22,7 +22,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressB
 from segladder.errors import Interrupted
 from segladder.io import atomic_path, atomic_write_json, link_or_copy
 from segladder.progress import console
-from segladder.tasks.base import require_task
+from segladder.tasks.base import logs_this_step, require_task
 from segladder.viz import plot_histories, save_figure, save_image, threshold_curve_figure
 
 # ---------------------------------------------------------------------------------------- NaN safety
@@ -458,7 +458,7 @@ class IntervalProgressBar(EpochProgressBar):
 
     def get_metrics(self, trainer, pl_module) -> dict:
         metrics = super().get_metrics(trainer, pl_module)
-        if trainer.training and (trainer.global_step % trainer.log_every_n_steps == 0 or not self._shown):
+        if trainer.training and (logs_this_step(trainer) or not self._shown):
             loss = getattr(pl_module, "last_loss", None)
             recorder = next((c for c in trainer.callbacks if isinstance(c, RunRecorder)), None)
             self._shown = {
@@ -521,7 +521,7 @@ class RunRecorder(Callback):
         elapsed = time.perf_counter() - self._epoch_t0
         self.samples_per_s = self._samples / elapsed if elapsed > 0 else None
         # A logged Python number becomes a device tensor (a blocking host→device copy): only at log steps.
-        if self.samples_per_s and trainer.global_step % trainer.log_every_n_steps == 0:
+        if self.samples_per_s and logs_this_step(trainer):
             pl_module.log("samples_per_s", self.samples_per_s, on_step=True, on_epoch=False)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
