@@ -28,13 +28,15 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q --min-tests "$$(cat tests/MIN_TESTS)"
 
 # Every direct dependency at the lowest version pyproject.toml allows (scripts/lowest_constraints.py pins
-# them; torch and torchvision keep TORCH_SPEC, see there), running the model and training tests. CI runs it.
-$(LOWEST_STAMP): pyproject.toml Makefile scripts/lowest_constraints.py
+# them), running the model and training tests. CI runs it. torch and torchvision keep TORCH_SPEC and are
+# hard-linked from $(VENV), not installed again: a second CUDA build filled the CI machine's disk.
+$(LOWEST_STAMP): $(STAMP) pyproject.toml Makefile scripts/lowest_constraints.py
+	rm -rf $(LOWEST_VENV)
 	$(PYTHON) -m venv $(LOWEST_VENV)
 	$(LOWEST_VENV)/bin/python -m pip install -q --upgrade pip
-	$(LOWEST_VENV)/bin/python -m pip install -q $(TORCH_SPEC)
-	$(LOWEST_VENV)/bin/python scripts/lowest_constraints.py > $(LOWEST_VENV)/lowest.txt
-	$(LOWEST_VENV)/bin/python -m pip install -q -c $(LOWEST_VENV)/lowest.txt -e '.[dev]'
+	$(VENV)/bin/python scripts/lowest_constraints.py link torch torchvision --into $(LOWEST_VENV)
+	$(VENV)/bin/python scripts/lowest_constraints.py pins > $(LOWEST_VENV)/lowest.txt
+	$(LOWEST_VENV)/bin/python -m pip install -q --no-cache-dir -c $(LOWEST_VENV)/lowest.txt -e '.[dev]'
 	touch $(LOWEST_STAMP)
 
 test-lowest: $(LOWEST_STAMP)
