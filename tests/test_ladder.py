@@ -578,3 +578,36 @@ def test_selftest_cli_runs_every_fault_and_exits_1_on_a_miss(monkeypatch, tmp_pa
     rows = json.loads((tmp_path / "st" / "selftest.json").read_text())["rows"]
     assert [r["fault"] for r in rows] == ["clean", *SIX_FAULTS]
     assert [r["fault"] for r in rows if not r["caught"]] == ([missed] if missed else [])
+
+
+def test_a_dataset_too_small_to_judge_gets_one_line_and_no_verdicts(tmp_path, capsys):
+    from segladder.cli import run
+    from segladder.data.synth import generate_contrails
+
+    # 6 training records and 2 validation ones, like the 9-record real sample (7 and 2).
+    generate_contrails(
+        tmp_path / "raw", records=6, val_records=2, test_records=0, size=32, seed=1, progress=False
+    )
+    out = tmp_path / "ladder"
+    code = run(["ladder", "--data", str(tmp_path / "raw"), "--out", str(out), "--set", "data.num_workers=0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: dataset too small to judge: 6 training record(s)"
+    )
+    assert "Traceback" not in err and not (out / "ResNet18_SimplerFCN").exists()
+
+
+def test_too_small_to_judge_needs_both_enough_training_and_positive_validation_records():
+    from segladder.ladder.run import too_small_to_judge
+
+    def baselines(train, val, positive):
+        return Baselines(
+            0.01, 0.0, 0.02, None, 0.1, train_records=train, val_records=val, val_positive_records=positive
+        )
+
+    assert too_small_to_judge(baselines(16, 8, 4)) is None
+    assert "15 training record(s) and 4 of 8" in too_small_to_judge(baselines(15, 8, 4))
+    assert "16 training record(s) and 3 of 9" in too_small_to_judge(baselines(16, 9, 3))
+    assert too_small_to_judge(baselines(None, 8, 4)) is None  # baselines made without the counts
