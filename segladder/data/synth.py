@@ -154,8 +154,8 @@ def record_metadata(seed: int, split: str, index: int, record_id: str) -> dict:
 #
 # Everything below is in brightness-temperature space and in pixel units of the ABI grid the competition
 # tiles use (about 2 km): a contrail is 1–3 px wide at any `size`. `size` sets the field of view, not the
-# resolution; the number of contrail clusters per record does not depend on it, so a small field of view is
-# a crop around a record's contrail activity, like the 64² crops of the real-record test fixture.
+# resolution. A record below 256² still holds a contrail corridor as often as a full tile (a crop around a
+# record's contrail activity, like the real-record test fixture), but fewer corridors and fewer lines each.
 
 _CONTRAIL_LEVELS = (
     500.0  # uint8 opacity canvases: 1/500 steps (~0.15 K of contrast), cv2 anti-aliases uint8 only
@@ -257,13 +257,13 @@ def _line(
 
 
 def _cluster(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[_Contrail]:
-    """Parallel contrails along one flight corridor, offset across and along it."""
+    """Parallel contrails along one flight corridor, offset across and along it; fewer in a small field of view."""
     centre = rng.uniform(0.05, 0.95, 2) * size
     angle = rng.uniform(0.0, math.pi)
     normal = np.array([-math.sin(angle), math.cos(angle)])
     along = np.array([math.cos(angle), math.sin(angle)])
     lines, offset = [], 0.0
-    for _ in range(1 + min(7, int(rng.poisson(1.3)))):
+    for _ in range(1 + min(11, int(rng.poisson(2.5 * math.sqrt(_area(size)))))):
         # Lengths as measured on real records: median ~30 px, from about 10 to 200 px at 256².
         length = float(np.clip(rng.lognormal(math.log(30.0), 0.7), 8.0, 1.1 * size))
         old = rng.random() < 0.5
@@ -278,9 +278,31 @@ def _cluster(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[_Con
         )
         if old and rng.random() < 0.25:  # faint at the label but clear before it: annotators saw the sequence
             c = replace(c, fade_to=rng.uniform(0.2, 0.4), opacity=max(c.opacity, 0.15))
-        lines.append(c)
-        offset += rng.choice([-1, 1]) * rng.uniform(3.0, 12.0)
+        lines += _broken(rng, c) if length > 30 and rng.random() < 0.4 else [c]
+        offset += rng.choice([-1, 1]) * rng.uniform(4.0, 18.0)
     return lines
+
+
+def _area(size: int) -> float:
+    """The field of view relative to a competition tile (256² px), at most 1."""
+    return min(1.0, (size / 256) ** 2)
+
+
+def _broken(rng: np.random.Generator, c: _Contrail) -> list[_Contrail]:
+    """A contrail in 2–3 collinear pieces with gaps of 3–8 px, as real ones often are (uneven ice supersaturation)."""
+    start, end = c.points[0], c.points[-1]
+    cuts = np.sort(rng.uniform(0.2, 0.8, int(rng.integers(1, 3))))
+    gap = rng.uniform(3.0, 8.0) / c.length
+    bounds = [0.0, *[x for cut in cuts for x in (cut - gap / 2, cut + gap / 2)], 1.0]
+    pieces = []
+    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+        if b - a <= 0:
+            continue
+        u = np.linspace(a, b, 5)[:, None]
+        # The piece starts forming when the aircraft reaches it: later along the track.
+        formed = c.formed + a * c.length / c.track_speed
+        pieces.append(replace(c, points=start + u * (end - start), length=(b - a) * c.length, formed=formed))
+    return pieces
 
 
 def _look_alikes(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[_Contrail]:
@@ -333,8 +355,8 @@ def _contrails(
 ) -> tuple[list[_Contrail], list[_Contrail]]:
     """(labelled, unlabelled) lines: contrails that pass the labelling rules; the rest and the look-alikes."""
     lines: list[_Contrail] = []
-    if rng.random() >= 0.4:  # about 40% of the records hold no contrail cluster at all
-        for _ in range(1 + min(4, int(rng.poisson(0.8)))):
+    if rng.random() >= 0.32:  # about a third of the records hold no contrail cluster at all
+        for _ in range(1 + min(5, int(rng.poisson(1.6 * _area(size))))):
             lines += _cluster(rng, size, wind)
     if rng.random() < 0.15:  # one forming only after the labelled frame: not in the label
         c = _cluster(rng, size, wind)[0]
@@ -393,7 +415,7 @@ def _annotators(
     n = int(rng.choice([4, 4, 4, 5, 6]))
     masks = np.zeros((n, size, size), np.uint8)
     for a in range(n):
-        style = float(rng.choice([-0.5, 0.0, 0.0, 0.5, 1.0]))
+        style = float(rng.choice([-0.5, 0.0, 0.5, 1.0, 1.0]))
         for c in labelled:
             if rng.random() < 0.05 + 0.35 * math.exp(-c.contrast(0.0) / 4.0):
                 continue
