@@ -470,16 +470,17 @@ def make_record(
         g = g + field * (value_g - g)
         c13 = c13 + field * (value_c13 - c13)
 
-    # Low water cloud: a little colder, split window near 0, band 14 − band 11 positive.
+    # Low water cloud: a little colder, band 14 − band 11 positive; the vapour above a low top still makes the
+    # split window negative (real records show no pink low-cloud patches).
     if rng.random() < 0.5:
         cover = _smooth(rng, n, cells) + 0.5 * _smooth(rng, n, cells * 3) + 0.3 * _smooth(rng, n, cells * 10)
-        low = np.clip((cover - rng.uniform(0.0, 1.5)) * rng.uniform(0.8, 2.5), 0.0, 1.0).astype(np.float32)
+        low = np.clip((cover - rng.uniform(0.0, 1.5)) * rng.uniform(0.5, 1.5), 0.0, 1.0).astype(np.float32)
         low = _drift_frames(low, wind_low, size)
         texture = _drift_frames(_smooth(rng, n, max(4, size // 6)), wind_low, size)
         layer(
             low,
             b14 - rng.uniform(4.0, 25.0) + 1.5 * texture,
-            rng.uniform(-1.2, -0.2),
+            rng.uniform(-2.5, -0.8),
             rng.uniform(0.5, 2.0),
             0.3,
         )
