@@ -36,6 +36,11 @@ def contrails(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a synthetic dataset in OUT made with another seed or size."
     ),
+    width_scale: float = typer.Option(
+        1.0,
+        "--width-scale",
+        help="Widen every contrail by this factor (1: the real 1–3 px; the demo's 64² world uses 2).",
+    ),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."
     ),
@@ -55,6 +60,7 @@ def contrails(
         seed=seed,
         progress=progress,
         overwrite=overwrite,
+        width_scale=width_scale,
     )
     table = Table(title=f"synthetic contrails, {summary.size}×{summary.size}, seed {summary.seed}")
     table.add_column("split")

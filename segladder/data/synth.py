@@ -35,6 +35,7 @@ GENERATOR = "contrails"
 # Bump when the same seed would produce different files, so old datasets are refused instead of mixed.
 GENERATOR_VERSION = 3  # 3: brightness-temperature world measured against real records (issue 24)
 MIN_SIZE = 16
+MIN_WIDTH_SCALE, MAX_WIDTH_SCALE = 0.5, 8.0
 MAX_SIZE = 4096
 MAX_RECORDS_PER_SPLIT = 10**15  # ids permute split·10**15 + index, so indices must stay below this
 
@@ -351,9 +352,12 @@ def _labelled(c: _Contrail, size: int) -> bool:
 
 
 def _contrails(
-    rng: np.random.Generator, size: int, wind: np.ndarray
+    rng: np.random.Generator, size: int, wind: np.ndarray, width_scale: float = 1.0
 ) -> tuple[list[_Contrail], list[_Contrail]]:
-    """(labelled, unlabelled) lines: contrails that pass the labelling rules; the rest and the look-alikes."""
+    """(labelled, unlabelled) lines: contrails that pass the labelling rules; the rest and the look-alikes.
+
+    `width_scale` widens every line (and its spreading) before the rules are applied.
+    """
     lines: list[_Contrail] = []
     if rng.random() >= 0.32:  # about a third of the records hold no contrail cluster at all
         for _ in range(1 + min(5, int(rng.poisson(1.6 * _area(size))))):
@@ -361,9 +365,15 @@ def _contrails(
     if rng.random() < 0.15:  # one forming only after the labelled frame: not in the label
         c = _cluster(rng, size, wind)[0]
         lines.append(replace(c, formed=rng.uniform(0.1, 2.5)))
+    look_alikes = _look_alikes(rng, size, wind)
+    if width_scale != 1.0:
+        lines, look_alikes = (
+            [replace(c, width=c.width * width_scale, spread=c.spread * width_scale) for c in group]
+            for group in (lines, look_alikes)
+        )
     labelled = [c for c in lines if _labelled(c, size)]
     chosen = {id(c) for c in labelled}
-    return labelled, [c for c in lines if id(c) not in chosen] + _look_alikes(rng, size, wind)
+    return labelled, [c for c in lines if id(c) not in chosen] + look_alikes
 
 
 def _draw(canvas: np.ndarray, points: np.ndarray, value: int, width: int, line_type: int) -> None:
@@ -427,7 +437,7 @@ def _annotators(
 
 
 def make_record(
-    rng: np.random.Generator, size: int = DEFAULT_SIZE, split: str = "train"
+    rng: np.random.Generator, size: int = DEFAULT_SIZE, split: str = "train", width_scale: float = 1.0
 ) -> dict[str, np.ndarray]:
     """One record's files as arrays, {file name: array}, with the dtypes and shapes of the competition.
 
@@ -497,7 +507,7 @@ def make_record(
         btd = btd - thin * rng.uniform(0.5, 2.0)
         g = g - thin * rng.uniform(0.5, 2.0)
 
-    labelled, others = _contrails(rng, size, wind_up)
+    labelled, others = _contrails(rng, size, wind_up, width_scale)
     opacity, top_w, btd_w, g_w = _ice_frames(labelled + others, size)
     covered = opacity > 0
     opacity = np.minimum(opacity, 0.95)
@@ -560,7 +570,12 @@ def _stats(record_id: str, split: str, files: dict[str, np.ndarray]) -> RecordSt
 
 
 def write_record(
-    record_dir: str | os.PathLike, rng: np.random.Generator, *, size: int = DEFAULT_SIZE, split: str = "train"
+    record_dir: str | os.PathLike,
+    rng: np.random.Generator,
+    *,
+    size: int = DEFAULT_SIZE,
+    split: str = "train",
+    width_scale: float = 1.0,
 ) -> RecordStats:
     """Generate one record into `record_dir` (its name is the record id), all files or none.
 
@@ -568,7 +583,7 @@ def write_record(
     so an interrupted run never leaves a record that looks whole; an existing `record_dir` is replaced.
     """
     record_dir = Path(record_dir)
-    files = make_record(rng, size=size, split=split)
+    files = make_record(rng, size=size, split=split, width_scale=width_scale)
     tmp = record_dir.parent / f".{record_dir.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -648,7 +663,10 @@ def _prepare_out(out: Path, params: dict, overwrite: bool) -> None:
 def _describe(params: dict) -> str:
     if not isinstance(params, dict):
         return "unknown parameters"
-    return ", ".join(f"{k}={params.get(k)}" for k in ("generator", "version", "seed", "size"))
+    return ", ".join(
+        f"{k}={params.get(k, 1.0 if k == 'width_scale' else None)}"
+        for k in ("generator", "version", "seed", "size", "width_scale")
+    )
 
 
 def _remove_dataset(out: Path) -> None:
@@ -684,16 +702,25 @@ def generate_contrails(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    width_scale: float = 1.0,
 ) -> SynthSummary:
     """Write a synthetic contrail dataset in the competition layout under `out`.
 
     Deterministic: the same seed and size give byte-identical files, and record i of a split is the
     same whatever the counts. Re-running into the same `out` skips records already complete, so an
-    interrupted run resumes; a dataset made with another seed or size is refused unless `overwrite`.
+    interrupted run resumes; a dataset made with other parameters is refused unless `overwrite`.
+    `width_scale` widens every contrail (1: the real 1–3 px); the demo uses 2 at 64² (docs/data.md).
     """
     _check_counts(records, val_records, test_records, size, seed)
+    if not MIN_WIDTH_SCALE <= width_scale <= MAX_WIDTH_SCALE:
+        raise DataError(
+            f"--width-scale is {width_scale:g}: give a factor between {MIN_WIDTH_SCALE:g} and {MAX_WIDTH_SCALE:g} "
+            "(1 draws contrails at their real 1–3 px)."
+        )
     out = Path(out)
     params = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": int(seed), "size": int(size)}
+    if width_scale != 1.0:
+        params["width_scale"] = float(width_scale)
     counts = {"train": records, "validation": val_records, "test": test_records}
     ids = {split: record_ids(seed, split, n) for split, n in counts.items()}
     _prepare_out(out, params, overwrite)
@@ -710,7 +737,13 @@ def generate_contrails(
                 record_dir = out / split / rid
                 st = _existing_stats(record_dir, split)
                 if st is None:
-                    st = write_record(record_dir, record_rng(seed, split, i), size=size, split=split)
+                    st = write_record(
+                        record_dir,
+                        record_rng(seed, split, i),
+                        size=size,
+                        split=split,
+                        width_scale=width_scale,
+                    )
                     written += 1
                 else:
                     skipped += 1
