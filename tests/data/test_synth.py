@@ -363,3 +363,19 @@ def test_cli_writes_the_dataset_and_reports_errors(tmp_path):
 
     params = typer.main.get_command(app).commands["synth"].commands["contrails"].params
     assert all(p.help for p in params), [p.name for p in params if not p.help]
+
+
+def test_width_scale_widens_the_contrails_and_belongs_to_the_dataset(tmp_path):
+    def positives(scale):
+        recs = [make_record(record_rng(4, "train", i), size=64, width_scale=scale) for i in range(12)]
+        return sum(int(r[PIXEL_MASK_FILE].sum()) for r in recs)
+
+    real, wide = positives(1.0), positives(2.0)
+    assert real > 0 and 1.5 * real < wide < 4 * real
+    args = dict(records=1, val_records=0, test_records=0, size=SIZE, seed=1, progress=False)
+    generate_contrails(tmp_path / "w", width_scale=2.0, **args)
+    assert json.loads((tmp_path / "w" / PARAMS_FILE).read_text())["width_scale"] == 2.0
+    with pytest.raises(DataError, match=r"width_scale=2\.0, but this run asks for .*width_scale=1\.0"):
+        generate_contrails(tmp_path / "w", **args)
+    with pytest.raises(DataError, match="--width-scale is 0: give a factor between 0.5 and 8"):
+        generate_contrails(tmp_path / "x", width_scale=0.0, **args)
