@@ -89,8 +89,15 @@ def ladder_cache(tmp_path_factory):
     from segladder.data.synth import generate_contrails
 
     tmp = tmp_path_factory.mktemp("ladder")
-    generate_contrails(
-        tmp / "raw", records=24, val_records=8, test_records=0, size=64, seed=5, progress=False
+    generate_contrails(  # the demo's world: contrails twice their real width (segladder.ladder.demo)
+        tmp / "raw",
+        records=24,
+        val_records=8,
+        test_records=0,
+        size=64,
+        seed=5,
+        progress=False,
+        width_scale=2.0,
     )
     prepare_cache(
         tmp / "raw", tmp / "cache", CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False
