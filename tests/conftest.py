@@ -69,7 +69,7 @@ def train_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("train-synth") / "raw"
     # The demo's world (contrails twice their real width): tests train a few dozen steps, as the demo does.
     generate_contrails(
-        root, records=40, val_records=12, test_records=0, size=64, seed=3, progress=False, width_scale=2.0
+        root, records=40, val_records=12, test_records=0, size=64, seed=3, progress=False, width_scale=3.0
     )
     return root
 

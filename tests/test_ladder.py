@@ -97,7 +97,7 @@ def ladder_cache(tmp_path_factory):
         size=64,
         seed=5,
         progress=False,
-        width_scale=2.0,
+        width_scale=3.0,
     )
     prepare_cache(
         tmp / "raw", tmp / "cache", CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False
@@ -618,3 +618,23 @@ def test_too_small_to_judge_needs_both_enough_training_and_positive_validation_r
     assert "15 training record(s) and 4 of 8" in too_small_to_judge(baselines(15, 8, 4))
     assert "16 training record(s) and 3 of 9" in too_small_to_judge(baselines(16, 9, 3))
     assert too_small_to_judge(baselines(None, 8, 4)) is None  # baselines made without the counts
+
+
+def test_the_label_signature_is_local_to_each_record():
+    import numpy as np
+    import torch
+
+    from segladder.ladder.probe import dataset_stats
+
+    # A dark line on a bright record, and an empty record far brighter still: the line's own signature is
+    # (0 − 1) / std; a pooled inside-vs-outside contrast would read (0 − 3.06) / std, the records' difference.
+    line = torch.ones(1, 16, 16)
+    line[0, 8] = 0.0
+    line_mask = torch.zeros(1, 16, 16)
+    line_mask[0, 8] = 1.0
+    empty = torch.full((1, 16, 16), 5.0)
+    stats = dataset_stats(
+        [{"image": line, "mask": line_mask}, {"image": empty, "mask": torch.zeros(1, 16, 16)}]
+    )
+    std = float(np.std(np.concatenate([line.numpy().ravel(), empty.numpy().ravel()])))
+    assert stats.contrast[0] == pytest.approx(-1.0 / std, rel=1e-6)

@@ -27,7 +27,7 @@ def default_home() -> Path:
 # a CPU; at the real 1–3 px a tiny model reached global Dice 0.05 in 25 steps (0.25 and more before the
 # world was made real), too little for the gates to tell a broken rung from an untrained one. Everything
 # else (colours, clouds, labelling rules, look-alikes, annotators) is the real-like world's.
-DEMO_WIDTH_SCALE = 2.0
+DEMO_WIDTH_SCALE = 3.0
 
 
 def demo_data(
