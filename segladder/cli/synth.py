@@ -39,7 +39,7 @@ def contrails(
     width_scale: float = typer.Option(
         1.0,
         "--width-scale",
-        help="Widen every contrail by this factor (1: the real 1–3 px; the demo's 64² world uses 2).",
+        help="Widen every contrail by this factor (1: the real 1–3 px; the demo's 64² world uses 3).",
     ),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."

@@ -709,7 +709,7 @@ def generate_contrails(
     Deterministic: the same seed and size give byte-identical files, and record i of a split is the
     same whatever the counts. Re-running into the same `out` skips records already complete, so an
     interrupted run resumes; a dataset made with other parameters is refused unless `overwrite`.
-    `width_scale` widens every contrail (1: the real 1–3 px); the demo uses 2 at 64² (docs/data.md).
+    `width_scale` widens every contrail (1: the real 1–3 px); the demo uses 3 at 64² (docs/data.md).
     """
     _check_counts(records, val_records, test_records, size, seed)
     if not MIN_WIDTH_SCALE <= width_scale <= MAX_WIDTH_SCALE:

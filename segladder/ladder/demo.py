@@ -23,10 +23,10 @@ def default_home() -> Path:
     return Path(os.environ.get("SEGLADDER_HOME", Path.home() / ".cache" / "segladder"))
 
 
-# The demo's contrails are twice their real width. It trains each rung for 80 optimiser steps at 64² on
-# a CPU; at the real 1–3 px a tiny model reached global Dice 0.05 in 25 steps (0.25 and more before the
-# world was made real), too little for the gates to tell a broken rung from an untrained one. Everything
-# else (colours, clouds, labelling rules, look-alikes, annotators) is the real-like world's.
+# The demo's contrails are three times their real width. It trains each rung for 80 optimiser steps at 64²
+# on a CPU; at the real 1–3 px a tiny model reached global Dice 0.05 in 25 steps (width 2: 0.15; the old
+# world: above 0.25). Everything else (colours, clouds, labelling rules, look-alikes, annotators) is the
+# real-like world's. Even so ResNet18_U misses its gate at this budget (docs/benchmarks.md): to recalibrate.
 DEMO_WIDTH_SCALE = 3.0
 
 
