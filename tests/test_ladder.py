@@ -87,9 +87,10 @@ def test_diagnosis_names_the_part_the_rung_adds():
 def ladder_cache(tmp_path_factory):
     from segladder.data.cache import CacheOptions, prepare_cache
     from segladder.data.synth import generate_contrails
+    from segladder.ladder.demo import DEMO_OPACITY_SCALE, DEMO_WIDTH_SCALE
 
     tmp = tmp_path_factory.mktemp("ladder")
-    generate_contrails(  # the demo's world: contrails twice their real width (segladder.ladder.demo)
+    generate_contrails(  # the demo's world: contrails wider and more opaque than real ones
         tmp / "raw",
         records=24,
         val_records=8,
@@ -97,7 +98,8 @@ def ladder_cache(tmp_path_factory):
         size=64,
         seed=5,
         progress=False,
-        width_scale=3.0,
+        width_scale=DEMO_WIDTH_SCALE,
+        opacity_scale=DEMO_OPACITY_SCALE,
     )
     prepare_cache(
         tmp / "raw", tmp / "cache", CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False

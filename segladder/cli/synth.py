@@ -41,6 +41,12 @@ def contrails(
         "--width-scale",
         help="Widen every contrail by this factor (1: the real 1–3 px; the demo's 64² world uses 3).",
     ),
+    opacity_scale: float = typer.Option(
+        1.0,
+        "--opacity-scale",
+        help="Thicken every contrail's ice by this factor, at most 0.9 opacity (1: as faint as real "
+        "ones; the demo's 64² world uses 3).",
+    ),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."
     ),
@@ -61,6 +67,7 @@ def contrails(
         progress=progress,
         overwrite=overwrite,
         width_scale=width_scale,
+        opacity_scale=opacity_scale,
     )
     table = Table(title=f"synthetic contrails, {summary.size}×{summary.size}, seed {summary.seed}")
     table.add_column("split")

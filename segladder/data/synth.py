@@ -36,6 +36,8 @@ GENERATOR = "contrails"
 GENERATOR_VERSION = 3  # 3: brightness-temperature world measured against real records (issue 24)
 MIN_SIZE = 16
 MIN_WIDTH_SCALE, MAX_WIDTH_SCALE = 0.5, 8.0
+MIN_OPACITY_SCALE, MAX_OPACITY_SCALE = 0.25, 8.0
+_MAX_OPACITY = 0.9  # a scaled contrail stays semi-transparent: it keeps its split-window signature
 MAX_SIZE = 4096
 MAX_RECORDS_PER_SPLIT = 10**15  # ids permute split·10**15 + index, so indices must stay below this
 
@@ -352,11 +354,16 @@ def _labelled(c: _Contrail, size: int) -> bool:
 
 
 def _contrails(
-    rng: np.random.Generator, size: int, wind: np.ndarray, width_scale: float = 1.0
+    rng: np.random.Generator,
+    size: int,
+    wind: np.ndarray,
+    width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
 ) -> tuple[list[_Contrail], list[_Contrail]]:
     """(labelled, unlabelled) lines: contrails that pass the labelling rules; the rest and the look-alikes.
 
-    `width_scale` widens every line (and its spreading) before the rules are applied.
+    `width_scale` widens every line (and its spreading) and `opacity_scale` thickens its ice (at most
+    0.9) before the rules are applied; look-alikes alike, so they stay as hard to tell apart.
     """
     lines: list[_Contrail] = []
     if rng.random() >= 0.32:  # about a third of the records hold no contrail cluster at all
@@ -366,9 +373,17 @@ def _contrails(
         c = _cluster(rng, size, wind)[0]
         lines.append(replace(c, formed=rng.uniform(0.1, 2.5)))
     look_alikes = _look_alikes(rng, size, wind)
-    if width_scale != 1.0:
+    if width_scale != 1.0 or opacity_scale != 1.0:
         lines, look_alikes = (
-            [replace(c, width=c.width * width_scale, spread=c.spread * width_scale) for c in group]
+            [
+                replace(
+                    c,
+                    width=c.width * width_scale,
+                    spread=c.spread * width_scale,
+                    opacity=min(_MAX_OPACITY, c.opacity * opacity_scale),
+                )
+                for c in group
+            ]
             for group in (lines, look_alikes)
         )
     labelled = [c for c in lines if _labelled(c, size)]
@@ -437,7 +452,11 @@ def _annotators(
 
 
 def make_record(
-    rng: np.random.Generator, size: int = DEFAULT_SIZE, split: str = "train", width_scale: float = 1.0
+    rng: np.random.Generator,
+    size: int = DEFAULT_SIZE,
+    split: str = "train",
+    width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """One record's files as arrays, {file name: array}, with the dtypes and shapes of the competition.
 
@@ -507,7 +526,7 @@ def make_record(
         btd = btd - thin * rng.uniform(0.5, 2.0)
         g = g - thin * rng.uniform(0.5, 2.0)
 
-    labelled, others = _contrails(rng, size, wind_up, width_scale)
+    labelled, others = _contrails(rng, size, wind_up, width_scale, opacity_scale)
     opacity, top_w, btd_w, g_w = _ice_frames(labelled + others, size)
     covered = opacity > 0
     opacity = np.minimum(opacity, 0.95)
@@ -576,6 +595,7 @@ def write_record(
     size: int = DEFAULT_SIZE,
     split: str = "train",
     width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
 ) -> RecordStats:
     """Generate one record into `record_dir` (its name is the record id), all files or none.
 
@@ -583,7 +603,7 @@ def write_record(
     so an interrupted run never leaves a record that looks whole; an existing `record_dir` is replaced.
     """
     record_dir = Path(record_dir)
-    files = make_record(rng, size=size, split=split, width_scale=width_scale)
+    files = make_record(rng, size=size, split=split, width_scale=width_scale, opacity_scale=opacity_scale)
     tmp = record_dir.parent / f".{record_dir.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -664,8 +684,8 @@ def _describe(params: dict) -> str:
     if not isinstance(params, dict):
         return "unknown parameters"
     return ", ".join(
-        f"{k}={params.get(k, 1.0 if k == 'width_scale' else None)}"
-        for k in ("generator", "version", "seed", "size", "width_scale")
+        f"{k}={params.get(k, 1.0 if k.endswith('_scale') else None)}"
+        for k in ("generator", "version", "seed", "size", "width_scale", "opacity_scale")
     )
 
 
@@ -703,13 +723,15 @@ def generate_contrails(
     progress: bool = True,
     overwrite: bool = False,
     width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
 ) -> SynthSummary:
     """Write a synthetic contrail dataset in the competition layout under `out`.
 
     Deterministic: the same seed and size give byte-identical files, and record i of a split is the
     same whatever the counts. Re-running into the same `out` skips records already complete, so an
     interrupted run resumes; a dataset made with other parameters is refused unless `overwrite`.
-    `width_scale` widens every contrail (1: the real 1–3 px); the demo uses 3 at 64² (docs/data.md).
+    `width_scale` widens every contrail (1: the real 1–3 px) and `opacity_scale` makes its ice thicker
+    (1: as measured on real records); the demo uses 3 and 3 at 64² (docs/data.md).
     """
     _check_counts(records, val_records, test_records, size, seed)
     if not MIN_WIDTH_SCALE <= width_scale <= MAX_WIDTH_SCALE:
@@ -717,10 +739,17 @@ def generate_contrails(
             f"--width-scale is {width_scale:g}: give a factor between {MIN_WIDTH_SCALE:g} and {MAX_WIDTH_SCALE:g} "
             "(1 draws contrails at their real 1–3 px)."
         )
+    if not MIN_OPACITY_SCALE <= opacity_scale <= MAX_OPACITY_SCALE:
+        raise DataError(
+            f"--opacity-scale is {opacity_scale:g}: give a factor between {MIN_OPACITY_SCALE:g} and "
+            f"{MAX_OPACITY_SCALE:g} (1 draws contrails as faint as real ones)."
+        )
     out = Path(out)
     params = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": int(seed), "size": int(size)}
     if width_scale != 1.0:
         params["width_scale"] = float(width_scale)
+    if opacity_scale != 1.0:
+        params["opacity_scale"] = float(opacity_scale)
     counts = {"train": records, "validation": val_records, "test": test_records}
     ids = {split: record_ids(seed, split, n) for split, n in counts.items()}
     _prepare_out(out, params, overwrite)
@@ -743,6 +772,7 @@ def generate_contrails(
                         size=size,
                         split=split,
                         width_scale=width_scale,
+                        opacity_scale=opacity_scale,
                     )
                     written += 1
                 else:

@@ -375,7 +375,34 @@ def test_width_scale_widens_the_contrails_and_belongs_to_the_dataset(tmp_path):
     args = dict(records=1, val_records=0, test_records=0, size=SIZE, seed=1, progress=False)
     generate_contrails(tmp_path / "w", width_scale=2.0, **args)
     assert json.loads((tmp_path / "w" / PARAMS_FILE).read_text())["width_scale"] == 2.0
-    with pytest.raises(DataError, match=r"width_scale=2\.0, but this run asks for .*width_scale=1\.0"):
+    with pytest.raises(
+        DataError, match=r"width_scale=2\.0, opacity_scale=1\.0, but this run asks for .*width_scale=1\.0"
+    ):
         generate_contrails(tmp_path / "w", **args)
     with pytest.raises(DataError, match="--width-scale is 0: give a factor between 0.5 and 8"):
         generate_contrails(tmp_path / "x", width_scale=0.0, **args)
+
+
+def test_opacity_scale_cools_the_contrails_only_and_belongs_to_the_dataset(tmp_path):
+    """The same draws with thicker ice: contrail pixels colder in band 14 at the label, the rest untouched."""
+    faint = [make_record(record_rng(6, "train", i), size=64) for i in range(12)]
+    thick = [make_record(record_rng(6, "train", i), size=64, opacity_scale=3.0) for i in range(12)]
+    cooling = {1.0: [], 3.0: []}
+    for f, t in zip(faint, thick, strict=True):
+        mask = f[PIXEL_MASK_FILE][..., 0] > 0
+        far = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0  # no contrail within 4 px
+        b14f, b14t = f["band_14.npy"][..., 4], t["band_14.npy"][..., 4]
+        if mask.any():
+            cooling[1.0].append(float(b14f[far].mean() - b14f[mask].mean()))
+            cooling[3.0].append(float(b14t[far].mean() - b14t[mask].mean()))
+        # Clouds and surface are the same draws: away from the lines (unlabelled ones included) nothing moved.
+        assert np.isclose(b14f, b14t, atol=1e-3).mean() > 0.9
+    assert len(cooling[1.0]) >= 4
+    assert np.mean(cooling[3.0]) > 2.0 * np.mean(cooling[1.0]) > 0
+    args = dict(records=1, val_records=0, test_records=0, size=SIZE, seed=1, progress=False)
+    generate_contrails(tmp_path / "o", opacity_scale=3.0, **args)
+    assert json.loads((tmp_path / "o" / PARAMS_FILE).read_text())["opacity_scale"] == 3.0
+    with pytest.raises(DataError, match=r"opacity_scale=3\.0, but this run asks for .*opacity_scale=1\.0"):
+        generate_contrails(tmp_path / "o", **args)
+    with pytest.raises(DataError, match="--opacity-scale is 0: give a factor between 0.25 and 8"):
+        generate_contrails(tmp_path / "y", opacity_scale=0.0, **args)
