@@ -5,7 +5,7 @@
 #
 #   scripts/sim2real.sh OUT [REAL [SPLIT]]
 #
-# Environment: RECORDS (480), VAL_RECORDS (64), EPOCHS (config's 6), SEED (0), CONFIG (configs/sim2real.yaml),
+# Environment: RECORDS (320), VAL_RECORDS (48), EPOCHS (the config's), SEED (0), CONFIG (configs/sim2real.yaml),
 # SEGLADDER (segladder). Re-running resumes the synthesis and the cache and retrains.
 set -euo pipefail
 
@@ -16,8 +16,8 @@ fi
 OUT=$1
 REAL=${2:-}
 SPLIT=${3:-train}
-RECORDS=${RECORDS:-480}
-VAL_RECORDS=${VAL_RECORDS:-64}
+RECORDS=${RECORDS:-320}
+VAL_RECORDS=${VAL_RECORDS:-48}
 SEED=${SEED:-0}
 CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real.yaml}
 SEGLADDER=${SEGLADDER:-segladder}

@@ -49,6 +49,10 @@ _T = (
 )  # frame time relative to the label, in 10-min steps
 _MAX_WIND = 3.5  # px per frame
 _MARGIN = int(math.ceil(_MAX_WIND * LABELED_FRAME)) + 2  # drifting fields are drawn this much larger
+# Contrail widths at the labelled frame (px) and how often each is drawn, and how far (px) an annotator's
+# line sits off the true one: together they set the width distribution of the majority mask's components.
+_WIDTHS, _WIDTH_SHARES = (1.0, 1.5, 2.0, 2.5, 3.0), (0.25, 0.25, 0.25, 0.15, 0.1)
+_ANNOTATOR_JITTER = 0.4
 _SUBPIXEL_BITS = 4  # cv2 drawing "shift": polyline vertices with 1/16 px precision
 
 
@@ -250,7 +254,7 @@ def _line(
         track_speed=rng.uniform(40.0, 110.0),  # ~250 m/s over 10 min at ~2 km pixels: it appears at once
         length=length,
         drift=wind + rng.normal(0.0, 0.15, 2),
-        width=float(rng.choice([1.0, 1.5, 2.0, 2.5, 3.0], p=[0.25, 0.25, 0.25, 0.15, 0.1])),
+        width=float(rng.choice(_WIDTHS, p=_WIDTH_SHARES)),
         spread=rng.uniform(0.05, 0.3),
         opacity=float(np.clip(rng.lognormal(math.log(0.09), 0.5), 0.03, 0.35)),
         top=rng.uniform(205.0, 232.0),
@@ -444,7 +448,8 @@ def _annotators(
         for c in labelled:
             if rng.random() < 0.05 + 0.35 * math.exp(-c.contrast(0.0) / 4.0):
                 continue
-            masks[a] |= _mask_of(c, size, 0.0, c.width_at(0.0) + style, rng.uniform(-0.4, 0.4, 2))
+            jitter = rng.uniform(-_ANNOTATOR_JITTER, _ANNOTATOR_JITTER, 2)
+            masks[a] |= _mask_of(c, size, 0.0, c.width_at(0.0) + style, jitter)
         for c in others:
             if c.visible_points(0.0) is not None and rng.random() < 0.12:
                 masks[a] |= _mask_of(c, size, 0.0, c.width_at(0.0) + style)
