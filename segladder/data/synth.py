@@ -51,8 +51,13 @@ _MAX_WIND = 3.5  # px per frame
 _MARGIN = int(math.ceil(_MAX_WIND * LABELED_FRAME)) + 2  # drifting fields are drawn this much larger
 # Contrail widths at the labelled frame (px) and how often each is drawn, and how far (px) an annotator's
 # line sits off the true one: together they set the width distribution of the majority mask's components.
-_WIDTHS, _WIDTH_SHARES = (1.0, 1.5, 2.0, 2.5, 3.0), (0.25, 0.25, 0.25, 0.15, 0.1)
-_ANNOTATOR_JITTER = 0.4
+_WIDTHS, _WIDTH_SHARES = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5), (0.1, 0.3, 0.28, 0.18, 0.09, 0.05)
+_ANNOTATOR_JITTER = 0.6
+_ANNOTATOR_STYLES = (-0.5, 0.0, 0.5, 1.0, 1.5)  # px an annotator draws wider than the line, drawn once each
+_MASK_SUPERSAMPLE = 4
+_NO_CLUSTER_SHARE = 0.2  # of records: with the labelling rules, about a fifth end up without a contrail
+_EXTRA_CLUSTERS = 2.2  # mean clusters beyond the first in a 256² record that has any
+_AGED_SHARE, _AGED_WIDTH, _AGED_LENGTH = 0.08, (8.0, 15.0), 180.0  # of clusters; px; median px
 _SUBPIXEL_BITS = 4  # cv2 drawing "shift": polyline vertices with 1/16 px precision
 
 
@@ -270,10 +275,15 @@ def _cluster(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[_Con
     normal = np.array([-math.sin(angle), math.cos(angle)])
     along = np.array([math.cos(angle), math.sin(angle)])
     lines, offset = [], 0.0
-    for _ in range(1 + min(11, int(rng.poisson(2.5 * math.sqrt(_area(size)))))):
+    # Now and then an aged corridor: one or two long contrails that have spread to 6–14 px (real masks hold
+    # such patches, ~200 px long; a few of them weigh much in the width and positive-pixel rows).
+    aged = rng.random() < _AGED_SHARE
+    count = int(rng.integers(1, 3)) if aged else 1 + min(11, int(rng.poisson(2.5 * math.sqrt(_area(size)))))
+    for _ in range(count):
         # Lengths as measured on real records: median ~30 px, from about 10 to 200 px at 256².
-        length = float(np.clip(rng.lognormal(math.log(30.0), 0.7), 8.0, 1.1 * size))
-        old = rng.random() < 0.5
+        median = _AGED_LENGTH if aged else 30.0
+        length = float(np.clip(rng.lognormal(math.log(median), 0.5 if aged else 0.7), 8.0, 1.1 * size))
+        old = aged or rng.random() < 0.5
         formed = -math.inf if old else rng.uniform(-LABELED_FRAME - 0.5, -0.2)
         c = _line(
             rng,
@@ -283,10 +293,16 @@ def _cluster(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[_Con
             wind,
             formed,
         )
-        if old and rng.random() < 0.25:  # faint at the label but clear before it: annotators saw the sequence
+        if aged:  # wide, slowly spreading, and fainter for it than a young line of the same ice
+            c = replace(
+                c, width=rng.uniform(*_AGED_WIDTH), spread=rng.uniform(0.0, 0.3), opacity=0.7 * c.opacity
+            )
+        elif (
+            old and rng.random() < 0.25
+        ):  # faint at the label but clear before it: annotators saw the sequence
             c = replace(c, fade_to=rng.uniform(0.2, 0.4), opacity=max(c.opacity, 0.15))
         lines += _broken(rng, c) if length > 30 and rng.random() < 0.4 else [c]
-        offset += rng.choice([-1, 1]) * rng.uniform(4.0, 18.0)
+        offset += rng.choice([-1, 1]) * rng.uniform(4.0, 18.0) + (rng.uniform(*_AGED_WIDTH) if aged else 0.0)
     return lines
 
 
@@ -334,10 +350,25 @@ def _look_alikes(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[
 
 
 def _mask_of(c: _Contrail, size: int, t: float, width: float, jitter: np.ndarray | None = None) -> np.ndarray:
+    """The pixels a line of `width` px covers at least half of: drawn at _MASK_SUPERSAMPLE × the resolution
+    around the line only, then area-averaged, so a 1.5 or 2.5 px line is as wide as that on average rather
+    than rounded to whole pixels (real annotations are polygons of any width)."""
     canvas = np.zeros((size, size), np.uint8)
     pts = c.visible_points(t)
-    if pts is not None:
-        _draw(canvas, pts if jitter is None else pts + jitter, 1, max(1, round(width)), cv2.LINE_8)
+    if pts is None:
+        return canvas
+    if jitter is not None:
+        pts = pts + jitter
+    k, pad = _MASK_SUPERSAMPLE, width / 2 + 2
+    x0, y0 = (max(0, int(math.floor(v - pad))) for v in pts.min(axis=0))
+    x1, y1 = (min(size, int(math.ceil(v + pad)) + 1) for v in pts.max(axis=0))
+    if x1 <= x0 or y1 <= y0:
+        return canvas
+    fine = np.zeros(((y1 - y0) * k, (x1 - x0) * k), np.uint8)
+    # Pixel centres sit at (i + 0.5)·k − 0.5 on the fine grid.
+    _draw(fine, (pts - (x0, y0) + 0.5) * k - 0.5, 255, max(1, round(width * k)), cv2.LINE_8)
+    coarse = cv2.resize(fine, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    canvas[y0:y1, x0:x1] = coarse >= 128
     return canvas
 
 
@@ -370,8 +401,8 @@ def _contrails(
     0.9) before the rules are applied; look-alikes alike, so they stay as hard to tell apart.
     """
     lines: list[_Contrail] = []
-    if rng.random() >= 0.32:  # about a third of the records hold no contrail cluster at all
-        for _ in range(1 + min(5, int(rng.poisson(1.6 * _area(size))))):
+    if rng.random() >= _NO_CLUSTER_SHARE:
+        for _ in range(1 + min(5, int(rng.poisson(_EXTRA_CLUSTERS * _area(size))))):
             lines += _cluster(rng, size, wind)
     if rng.random() < 0.15:  # one forming only after the labelled frame: not in the label
         c = _cluster(rng, size, wind)[0]
@@ -444,7 +475,7 @@ def _annotators(
     n = int(rng.choice([4, 4, 4, 5, 6]))
     masks = np.zeros((n, size, size), np.uint8)
     for a in range(n):
-        style = float(rng.choice([-0.5, 0.0, 0.5, 1.0, 1.0]))
+        style = float(rng.choice(_ANNOTATOR_STYLES))
         for c in labelled:
             if rng.random() < 0.05 + 0.35 * math.exp(-c.contrast(0.0) / 4.0):
                 continue

@@ -395,8 +395,9 @@ def test_opacity_scale_cools_the_contrails_only_and_belongs_to_the_dataset(tmp_p
         if mask.any():
             cooling[1.0].append(float(b14f[far].mean() - b14f[mask].mean()))
             cooling[3.0].append(float(b14t[far].mean() - b14t[mask].mean()))
-        # Clouds and surface are the same draws: away from the lines (unlabelled ones included) nothing moved.
-        assert np.isclose(b14f, b14t, atol=1e-3).mean() > 0.9
+        # Clouds and surface are the same draws: away from the lines (unlabelled and aged wide ones
+        # included, up to a third of a 64² record) nothing moved.
+        assert np.isclose(b14f, b14t, atol=1e-3).mean() > 0.6
     assert len(cooling[1.0]) >= 4
     assert np.mean(cooling[3.0]) > 2.0 * np.mean(cooling[1.0]) > 0
     args = dict(records=1, val_records=0, test_records=0, size=SIZE, seed=1, progress=False)
