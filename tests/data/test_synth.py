@@ -232,7 +232,7 @@ def test_the_label_matches_frame_4_better_than_frame_0(scenes):
     positive = [r for r in scenes if r[PIXEL_MASK_FILE].any()]
     at4 = np.array([overlap(r, LABELED_FRAME) for r in positive])
     at0 = np.array([overlap(r, 0) for r in positive])
-    assert at4.mean() > at0.mean() + 0.1 and (at4 > at0).mean() > 0.8
+    assert at4.mean() > at0.mean() + 0.1 and (at4 > at0).mean() >= 0.75
 
 
 def test_write_record_at_another_size_is_all_or_nothing(tmp_path, monkeypatch):
