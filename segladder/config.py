@@ -71,6 +71,19 @@ class AugmentConfig(BaseModel):
         "none",
         description="heavy: seed 004's photometric set for RGB images (flip, colour jitter, weather, blur, noise)",
     )
+    crop_size: int | None = Field(
+        None,
+        ge=8,
+        description="train on square crops of this side at native resolution (thin contrails keep their "
+        "pixels while a step costs (crop / image)² of a whole one); validation and prediction see whole images",
+    )
+    crop_positive_share: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="with crop_size: the share of crops placed over contrail pixels where a record has any "
+        "(CropNonEmptyMaskIfExists); the rest anywhere (RandomCrop)",
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> AugmentConfig:
@@ -96,7 +109,11 @@ class AugmentConfig(BaseModel):
 
     @property
     def enabled(self) -> bool:
-        return self.preset != "none" or any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
+        return (
+            self.preset != "none"
+            or self.crop_size is not None
+            or any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
+        )
 
     @property
     def uses_gamma(self) -> bool:

@@ -216,12 +216,16 @@ def run_and_report(
     base, out: Path, rungs: tuple[str, ...], keep_going: bool = False, profile: str = "calibrated", fault=None
 ) -> LadderResult:
     """The ladder as the CLI runs it: validation set and baselines first, the rungs, then table and report."""
+    from segladder.errors import DataError
     from segladder.ladder import measure_baselines, run_ladder, validation_set
+    from segladder.ladder.run import too_small_to_judge
     from segladder.progress import console
 
     # The validation set the report draws is opened first: a bad data path fails before any rung trains.
     val = validation_set(base)
     baselines = measure_baselines(base, val)
+    if (reason := too_small_to_judge(baselines)) is not None:
+        raise DataError(reason)  # one line instead of verdicts that one record more or less would flip
     result = run_ladder(
         base, out, rungs, keep_going=keep_going, profile=profile, baselines=baselines, fault=fault
     )

@@ -65,9 +65,22 @@ def synth_copy(synth_root, tmp_path) -> Path:
 def train_root(tmp_path_factory) -> Path:
     """40 + 12 synthetic records at 64² for training tests."""
     from segladder.data.synth import generate_contrails
+    from segladder.ladder.demo import DEMO_OPACITY_SCALE, DEMO_WIDTH_SCALE
 
     root = tmp_path_factory.mktemp("train-synth") / "raw"
-    generate_contrails(root, records=40, val_records=12, test_records=0, size=64, seed=3, progress=False)
+    # The demo's world (contrails wider and more opaque than real ones): tests train a few dozen steps, as
+    # the demo does.
+    generate_contrails(
+        root,
+        records=40,
+        val_records=12,
+        test_records=0,
+        size=64,
+        seed=3,
+        progress=False,
+        width_scale=DEMO_WIDTH_SCALE,
+        opacity_scale=DEMO_OPACITY_SCALE,
+    )
     return root
 
 

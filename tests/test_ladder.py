@@ -87,10 +87,19 @@ def test_diagnosis_names_the_part_the_rung_adds():
 def ladder_cache(tmp_path_factory):
     from segladder.data.cache import CacheOptions, prepare_cache
     from segladder.data.synth import generate_contrails
+    from segladder.ladder.demo import DEMO_OPACITY_SCALE, DEMO_WIDTH_SCALE
 
     tmp = tmp_path_factory.mktemp("ladder")
-    generate_contrails(
-        tmp / "raw", records=24, val_records=8, test_records=0, size=64, seed=5, progress=False
+    generate_contrails(  # the demo's world: contrails wider and more opaque than real ones
+        tmp / "raw",
+        records=24,
+        val_records=8,
+        test_records=0,
+        size=64,
+        seed=5,
+        progress=False,
+        width_scale=DEMO_WIDTH_SCALE,
+        opacity_scale=DEMO_OPACITY_SCALE,
     )
     prepare_cache(
         tmp / "raw", tmp / "cache", CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False
@@ -578,3 +587,56 @@ def test_selftest_cli_runs_every_fault_and_exits_1_on_a_miss(monkeypatch, tmp_pa
     rows = json.loads((tmp_path / "st" / "selftest.json").read_text())["rows"]
     assert [r["fault"] for r in rows] == ["clean", *SIX_FAULTS]
     assert [r["fault"] for r in rows if not r["caught"]] == ([missed] if missed else [])
+
+
+def test_a_dataset_too_small_to_judge_gets_one_line_and_no_verdicts(tmp_path, capsys):
+    from segladder.cli import run
+    from segladder.data.synth import generate_contrails
+
+    # 6 training records and 2 validation ones, like the 9-record real sample (7 and 2).
+    generate_contrails(
+        tmp_path / "raw", records=6, val_records=2, test_records=0, size=32, seed=1, progress=False
+    )
+    out = tmp_path / "ladder"
+    code = run(["ladder", "--data", str(tmp_path / "raw"), "--out", str(out), "--set", "data.num_workers=0"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: dataset too small to judge: 6 training record(s)"
+    )
+    assert "Traceback" not in err and not (out / "ResNet18_SimplerFCN").exists()
+
+
+def test_too_small_to_judge_needs_both_enough_training_and_positive_validation_records():
+    from segladder.ladder.run import too_small_to_judge
+
+    def baselines(train, val, positive):
+        return Baselines(
+            0.01, 0.0, 0.02, None, 0.1, train_records=train, val_records=val, val_positive_records=positive
+        )
+
+    assert too_small_to_judge(baselines(16, 8, 4)) is None
+    assert "15 training record(s) and 4 of 8" in too_small_to_judge(baselines(15, 8, 4))
+    assert "16 training record(s) and 3 of 9" in too_small_to_judge(baselines(16, 9, 3))
+    assert too_small_to_judge(baselines(None, 8, 4)) is None  # baselines made without the counts
+
+
+def test_the_label_signature_is_local_to_each_record():
+    import numpy as np
+    import torch
+
+    from segladder.ladder.probe import dataset_stats
+
+    # A dark line on a bright record, and an empty record far brighter still: the line's own signature is
+    # (0 − 1) / std; a pooled inside-vs-outside contrast would read (0 − 3.06) / std, the records' difference.
+    line = torch.ones(1, 16, 16)
+    line[0, 8] = 0.0
+    line_mask = torch.zeros(1, 16, 16)
+    line_mask[0, 8] = 1.0
+    empty = torch.full((1, 16, 16), 5.0)
+    stats = dataset_stats(
+        [{"image": line, "mask": line_mask}, {"image": empty, "mask": torch.zeros(1, 16, 16)}]
+    )
+    std = float(np.std(np.concatenate([line.numpy().ravel(), empty.numpy().ravel()])))
+    assert stats.contrast[0] == pytest.approx(-1.0 / std, rel=1e-6)

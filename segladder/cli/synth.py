@@ -36,6 +36,17 @@ def contrails(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="Replace a synthetic dataset in OUT made with another seed or size."
     ),
+    width_scale: float = typer.Option(
+        1.0,
+        "--width-scale",
+        help="Widen every contrail by this factor (1: the real 1–3 px; the demo's 64² world uses 3).",
+    ),
+    opacity_scale: float = typer.Option(
+        1.0,
+        "--opacity-scale",
+        help="Thicken every contrail's ice by this factor, at most 0.9 opacity (1: as faint as real "
+        "ones; the demo's 64² world uses 3).",
+    ),
     progress: bool = typer.Option(
         True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."
     ),
@@ -55,6 +66,8 @@ def contrails(
         seed=seed,
         progress=progress,
         overwrite=overwrite,
+        width_scale=width_scale,
+        opacity_scale=opacity_scale,
     )
     table = Table(title=f"synthetic contrails, {summary.size}×{summary.size}, seed {summary.seed}")
     table.add_column("split")
@@ -95,9 +108,10 @@ def compare(
         1.0, "--factor", help="Tolerance = this (1 to 2) × the distance between the real set's two halves."
     ),
     records: int = typer.Option(
-        32,
+        128,  # segladder.data.realism.DEFAULT_SYNTH_RECORDS, written out: that module is slow to import
         "--records",
-        help="Synthetic records to generate when SYNTH is omitted (at the real records' size).",
+        help="Synthetic records to generate when SYNTH is omitted (at the real records' size); fewer make "
+        "the distances noisier.",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated synthetic set."),
     workers: int = typer.Option(

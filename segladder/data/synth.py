@@ -33,8 +33,11 @@ from segladder.progress import progress_bar
 PARAMS_FILE = ".synth.json"
 GENERATOR = "contrails"
 # Bump when the same seed would produce different files, so old datasets are refused instead of mixed.
-GENERATOR_VERSION = 2  # 2: look-alikes that only time tells apart, contrails fading at the label
+GENERATOR_VERSION = 3  # 3: brightness-temperature world measured against real records (issue 24)
 MIN_SIZE = 16
+MIN_WIDTH_SCALE, MAX_WIDTH_SCALE = 0.5, 8.0
+MIN_OPACITY_SCALE, MAX_OPACITY_SCALE = 0.25, 8.0
+_MAX_OPACITY = 0.9  # a scaled contrail stays semi-transparent: it keeps its split-window signature
 MAX_SIZE = 4096
 MAX_RECORDS_PER_SPLIT = 10**15  # ids permute split·10**15 + index, so indices must stay below this
 
@@ -46,6 +49,15 @@ _T = (
 )  # frame time relative to the label, in 10-min steps
 _MAX_WIND = 3.5  # px per frame
 _MARGIN = int(math.ceil(_MAX_WIND * LABELED_FRAME)) + 2  # drifting fields are drawn this much larger
+# Contrail widths at the labelled frame (px) and how often each is drawn, and how far (px) an annotator's
+# line sits off the true one: together they set the width distribution of the majority mask's components.
+_WIDTHS, _WIDTH_SHARES = (1.0, 1.5, 2.0, 2.5, 3.0, 3.5), (0.1, 0.3, 0.28, 0.18, 0.09, 0.05)
+_ANNOTATOR_JITTER = 0.6
+_ANNOTATOR_STYLES = (-0.5, 0.0, 0.5, 1.0, 1.5)  # px an annotator draws wider than the line, drawn once each
+_MASK_SUPERSAMPLE = 4
+_NO_CLUSTER_SHARE = 0.2  # of records: with the labelling rules, about a fifth end up without a contrail
+_EXTRA_CLUSTERS = 2.2  # mean clusters beyond the first in a 256² record that has any
+_AGED_SHARE, _AGED_WIDTH, _AGED_LENGTH = 0.08, (8.0, 15.0), 180.0  # of clusters; px; median px
 _SUBPIXEL_BITS = 4  # cv2 drawing "shift": polyline vertices with 1/16 px precision
 
 
@@ -151,20 +163,32 @@ def record_metadata(seed: int, split: str, index: int, record_id: str) -> dict:
 
 
 # --------------------------------------------------------------------------- scene
+#
+# Everything below is in brightness-temperature space and in pixel units of the ABI grid the competition
+# tiles use (about 2 km): a contrail is 1–3 px wide at any `size`. `size` sets the field of view, not the
+# resolution. A record below 256² still holds a contrail corridor as often as a full tile (a crop around a
+# record's contrail activity, like the real-record test fixture), but fewer corridors and fewer lines each.
+
+_CONTRAIL_LEVELS = (
+    500.0  # uint8 opacity canvases: 1/500 steps (~0.15 K of contrast), cv2 anti-aliases uint8 only
+)
+_VISIBLE_K = 1.0  # K of band-14 contrast below which a line is not visible in an image
+_REF_BELOW_K = 285.0  # a typical scene temperature under a contrail, for the visibility test
 
 
 @dataclass(frozen=True)
 class _Contrail:
-    points: np.ndarray  # (P, 2) x, y at the labelled frame, along the flight track
-    formed: float  # frame time the aircraft started drawing it (−inf: formed long before frame 0)
+    points: np.ndarray  # (P, 2) x, y of the whole track at the labelled frame
+    formed: float  # frame time the aircraft passed the track's start (−inf: long before frame 0)
     track_speed: float  # px per frame the line grows while forming
     length: float
     drift: np.ndarray  # (2,) px per frame
-    width: int  # px at the labelled frame
+    width: float  # px at the labelled frame
     spread: float  # px of width gained per frame
-    cooling: float  # K colder in band 14 at full coverage
-    btd_drop: float  # K more negative band 15 − band 14 at full coverage
-    strength: float  # 0..1, how visible; faint ones are missed by more annotators
+    opacity: float  # ice emissivity at the labelled frame (0..1)
+    top: float  # K, the ice's own temperature
+    btd_gain: float  # K more negative band 15 − band 14 per unit opacity (thin ice: split-window signature)
+    g_gain: float  # K less band 14 − band 11 per unit opacity (ice emits relatively more at 8.4 µm)
     fade_to: float = 1.0  # signal at the labelled frame relative to a frame before it (< 1: fading out)
     window: tuple[float, float] = (-math.inf, math.inf)  # frame times it is present at all
 
@@ -172,10 +196,9 @@ class _Contrail:
         """The part of the track present at frame time t, moved by the wind; None before it forms."""
         if not self.window[0] <= t <= self.window[1]:
             return None
-        if math.isinf(self.formed):
-            frac = 1.0
-        else:
-            frac = min(1.0, self.track_speed * (t - self.formed) / self.length)
+        frac = (
+            1.0 if math.isinf(self.formed) else min(1.0, self.track_speed * (t - self.formed) / self.length)
+        )
         if frac <= 0.02:
             return None
         n = len(self.points)
@@ -186,11 +209,16 @@ class _Contrail:
         return pts + self.drift * t
 
     def width_at(self, t: float) -> float:
-        return max(0.6, self.width + self.spread * t)
+        return max(0.8, self.width + self.spread * t)
 
-    def intensity(self, t: float) -> float:
-        """Signal relative to the contrail's full strength: fading ones lose it over the last frame step."""
-        return 1.0 if t <= -1.0 else 1.0 + (self.fade_to - 1.0) * min(1.0, t + 1.0)
+    def opacity_at(self, t: float) -> float:
+        """Spreading dilutes the ice (a wider line is fainter); a fading one loses it over the last step."""
+        fade = 1.0 if t <= -1.0 else 1.0 + (self.fade_to - 1.0) * min(1.0, t + 1.0)
+        return self.opacity * min(1.5, self.width / self.width_at(t)) * fade
+
+    def contrast(self, t: float) -> float:
+        """Band-14 cooling it causes over a typical scene, K."""
+        return self.opacity_at(t) * (_REF_BELOW_K - self.top)
 
 
 def _smooth(rng: np.random.Generator, n: int, cells: int) -> np.ndarray:
@@ -215,62 +243,187 @@ def _wind(rng: np.random.Generator, lo: float, hi: float) -> np.ndarray:
     return rng.uniform(lo, hi) * np.array([math.cos(angle), math.sin(angle)])
 
 
-def _contrail(rng: np.random.Generator, size: int, wind: np.ndarray, formed: float) -> _Contrail:
-    centre = rng.uniform(0.1, 0.9, 2) * size
-    angle = rng.uniform(0.0, math.pi)
-    length = max(8.0, rng.uniform(0.2, 0.9) * size)
-    bend = rng.uniform(-0.06, 0.06) * length  # slight curvature from the wind shear
+def _line(
+    rng: np.random.Generator, centre: np.ndarray, angle: float, length: float, wind: np.ndarray, formed: float
+) -> _Contrail:
     direction = np.array([math.cos(angle), math.sin(angle)])
     normal = np.array([-direction[1], direction[0]])
-    u = np.linspace(-0.5, 0.5, 9)[:, None]
+    bend = rng.uniform(-0.02, 0.02) * length  # nearly straight: young contrails have not been sheared yet
+    u = np.linspace(-0.5, 0.5, 5)[:, None]
     points = centre + u * length * direction + bend * (1 - 4 * u**2) * normal
     if rng.random() < 0.5:  # flown in either direction: growth starts at either end
         points = points[::-1]
-    strength = rng.uniform(0.25, 1.0)
-    btd_drop = rng.uniform(1.5, 4.5) * (0.5 + 0.5 * strength)
     return _Contrail(
         points=points,
         formed=formed,
-        track_speed=rng.uniform(30.0, 80.0),  # ~250 m/s over 10 min at ~2 km pixels
+        track_speed=rng.uniform(40.0, 110.0),  # ~250 m/s over 10 min at ~2 km pixels: it appears at once
         length=length,
-        drift=wind + rng.normal(0.0, 0.3, 2),
-        width=int(rng.choice([1, 2, 3], p=[0.3, 0.45, 0.25])),
-        spread=rng.uniform(0.1, 0.45),
-        cooling=btd_drop * rng.uniform(1.2, 2.2),
-        btd_drop=btd_drop,
-        strength=strength,
+        drift=wind + rng.normal(0.0, 0.15, 2),
+        width=float(rng.choice(_WIDTHS, p=_WIDTH_SHARES)),
+        spread=rng.uniform(0.05, 0.3),
+        opacity=float(np.clip(rng.lognormal(math.log(0.09), 0.5), 0.03, 0.35)),
+        top=rng.uniform(205.0, 232.0),
+        btd_gain=rng.uniform(3.0, 7.0),
+        g_gain=rng.uniform(4.0, 10.0),
     )
 
 
-def _contrails(
-    rng: np.random.Generator, size: int, wind: np.ndarray
-) -> tuple[list[_Contrail], list[_Contrail]]:
-    """(labelled, unlabelled): contrails present at the labelled frame; ones that only form after it and
-    look-alikes that only time tells apart from a contrail.
+def _cluster(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[_Contrail]:
+    """Parallel contrails along one flight corridor, offset across and along it; fewer in a small field of view."""
+    centre = rng.uniform(0.05, 0.95, 2) * size
+    angle = rng.uniform(0.0, math.pi)
+    normal = np.array([-math.sin(angle), math.cos(angle)])
+    along = np.array([math.cos(angle), math.sin(angle)])
+    lines, offset = [], 0.0
+    # Now and then an aged corridor: one or two long contrails that have spread to 6–14 px (real masks hold
+    # such patches, ~200 px long; a few of them weigh much in the width and positive-pixel rows).
+    aged = rng.random() < _AGED_SHARE
+    count = int(rng.integers(1, 3)) if aged else 1 + min(11, int(rng.poisson(2.5 * math.sqrt(_area(size)))))
+    for _ in range(count):
+        # Lengths as measured on real records: median ~30 px, from about 10 to 200 px at 256².
+        median = _AGED_LENGTH if aged else 30.0
+        length = float(np.clip(rng.lognormal(math.log(median), 0.5 if aged else 0.7), 8.0, 1.1 * size))
+        old = aged or rng.random() < 0.5
+        formed = -math.inf if old else rng.uniform(-LABELED_FRAME - 0.5, -0.2)
+        c = _line(
+            rng,
+            centre + offset * normal + rng.uniform(-0.4, 0.4) * length * along,
+            angle + rng.normal(0.0, 0.04),
+            length,
+            wind,
+            formed,
+        )
+        if aged:  # wide, slowly spreading, and fainter for it than a young line of the same ice
+            c = replace(
+                c, width=rng.uniform(*_AGED_WIDTH), spread=rng.uniform(0.0, 0.3), opacity=0.7 * c.opacity
+            )
+        elif (
+            old and rng.random() < 0.25
+        ):  # faint at the label but clear before it: annotators saw the sequence
+            c = replace(c, fade_to=rng.uniform(0.2, 0.4), opacity=max(c.opacity, 0.15))
+        lines += _broken(rng, c) if length > 30 and rng.random() < 0.4 else [c]
+        offset += rng.choice([-1, 1]) * rng.uniform(4.0, 18.0) + (rng.uniform(*_AGED_WIDTH) if aged else 0.0)
+    return lines
 
-    In the labelled frame alone a look-alike is a contrail: the same thin line, cooling and split-window
-    drop. Time separates them: a linear cloud edge that flashes up in the labelled frame only, or one
-    that stays put while the upper-level wind carries every contrail. Some labelled contrails fade in the
-    last frame step, faint in the labelled frame but clear before it (annotators saw the sequence).
+
+def _area(size: int) -> float:
+    """The field of view relative to a competition tile (256² px), at most 1."""
+    return min(1.0, (size / 256) ** 2)
+
+
+def _broken(rng: np.random.Generator, c: _Contrail) -> list[_Contrail]:
+    """A contrail in 2–3 collinear pieces with gaps of 3–8 px, as real ones often are (uneven ice supersaturation)."""
+    start, end = c.points[0], c.points[-1]
+    cuts = np.sort(rng.uniform(0.2, 0.8, int(rng.integers(1, 3))))
+    gap = rng.uniform(3.0, 8.0) / c.length
+    bounds = [0.0, *[x for cut in cuts for x in (cut - gap / 2, cut + gap / 2)], 1.0]
+    pieces = []
+    for a, b in zip(bounds[::2], bounds[1::2], strict=True):
+        if b - a <= 0:
+            continue
+        u = np.linspace(a, b, 5)[:, None]
+        # The piece starts forming when the aircraft reaches it: later along the track.
+        formed = c.formed + a * c.length / c.track_speed
+        pieces.append(replace(c, points=start + u * (end - start), length=(b - a) * c.length, formed=formed))
+    return pieces
+
+
+def _look_alikes(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[_Contrail]:
+    """Lines that are not contrails, telling themselves apart only over time.
+
+    In the labelled frame alone they are contrails: thin, cold, with the split-window signature. One kind
+    flashes up in the labelled frame only (a single image: below the labelling rules' two); the other stays
+    put while the upper-level wind carries every contrail (a linear cloud anchored to the ground).
     """
-    labelled: list[_Contrail] = []
-    if rng.random() >= 0.35:  # about a third of the records are empty at the labelled frame
-        for _ in range(1 + min(7, int(rng.poisson(1.5)))):
-            # Most are old; some form during the sequence and are shorter in the earlier frames.
-            formed = -math.inf if rng.random() < 0.55 else rng.uniform(-LABELED_FRAME + 0.5, -0.3)
-            c = _contrail(rng, size, wind, formed)
-            if math.isinf(formed) and rng.random() < 0.45:
-                c = replace(c, fade_to=rng.uniform(0.1, 0.25), strength=max(c.strength, 0.8))
-            labelled.append(c)
-    late = [_contrail(rng, size, wind, rng.uniform(0.1, 2.5))] if rng.random() < 0.2 else []
-    for _ in range(int(rng.poisson(1.2))):
-        c = _contrail(rng, size, wind, -math.inf)
-        if rng.random() < 0.6:
-            c = replace(c, window=(-0.5, math.inf))  # flashes up at the labelled frame
+    out = []
+    for _ in range(int(rng.poisson(0.8))):
+        centre = rng.uniform(0.1, 0.9, 2) * size
+        length = float(np.clip(rng.lognormal(math.log(30.0), 0.6), 10.0, size))
+        c = _line(rng, centre, rng.uniform(0.0, math.pi), length, wind, -math.inf)
+        c = replace(c, opacity=max(c.opacity, 0.08))
+        if rng.random() < 0.5:
+            c = replace(c, window=(-0.5, 0.5))
         else:
-            c = replace(c, drift=np.zeros(2), spread=0.0)  # anchored to the ground, not carried by the wind
-        late.append(c)
-    return labelled, late
+            c = replace(c, drift=np.zeros(2), spread=0.0)
+        out.append(c)
+    return out
+
+
+def _mask_of(c: _Contrail, size: int, t: float, width: float, jitter: np.ndarray | None = None) -> np.ndarray:
+    """The pixels a line of `width` px covers at least half of: drawn at _MASK_SUPERSAMPLE × the resolution
+    around the line only, then area-averaged, so a 1.5 or 2.5 px line is as wide as that on average rather
+    than rounded to whole pixels (real annotations are polygons of any width)."""
+    canvas = np.zeros((size, size), np.uint8)
+    pts = c.visible_points(t)
+    if pts is None:
+        return canvas
+    if jitter is not None:
+        pts = pts + jitter
+    k, pad = _MASK_SUPERSAMPLE, width / 2 + 2
+    x0, y0 = (max(0, int(math.floor(v - pad))) for v in pts.min(axis=0))
+    x1, y1 = (min(size, int(math.ceil(v + pad)) + 1) for v in pts.max(axis=0))
+    if x1 <= x0 or y1 <= y0:
+        return canvas
+    fine = np.zeros(((y1 - y0) * k, (x1 - x0) * k), np.uint8)
+    # Pixel centres sit at (i + 0.5)·k − 0.5 on the fine grid.
+    _draw(fine, (pts - (x0, y0) + 0.5) * k - 0.5, 255, max(1, round(width * k)), cv2.LINE_8)
+    coarse = cv2.resize(fine, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA)
+    canvas[y0:y1, x0:x1] = coarse >= 128
+    return canvas
+
+
+def _labelled(c: _Contrail, size: int) -> bool:
+    """The competition's rules: ≥ 10 px, ≥ 3× longer than wide at some time, visible in ≥ 2 images."""
+    frames = [
+        float(t) for t in _T if c.visible_points(float(t)) is not None and c.contrast(float(t)) >= _VISIBLE_K
+    ]
+    if 0.0 not in frames or len(frames) < 2:
+        return False
+    if int(_mask_of(c, size, 0.0, c.width_at(0.0)).sum()) < 10:
+        return False
+    aspect = max(
+        float(np.linalg.norm(np.diff(c.visible_points(t), axis=0), axis=1).sum()) / c.width_at(t)
+        for t in frames
+    )
+    return aspect >= 3.0
+
+
+def _contrails(
+    rng: np.random.Generator,
+    size: int,
+    wind: np.ndarray,
+    width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
+) -> tuple[list[_Contrail], list[_Contrail]]:
+    """(labelled, unlabelled) lines: contrails that pass the labelling rules; the rest and the look-alikes.
+
+    `width_scale` widens every line (and its spreading) and `opacity_scale` thickens its ice (at most
+    0.9) before the rules are applied; look-alikes alike, so they stay as hard to tell apart.
+    """
+    lines: list[_Contrail] = []
+    if rng.random() >= _NO_CLUSTER_SHARE:
+        for _ in range(1 + min(5, int(rng.poisson(_EXTRA_CLUSTERS * _area(size))))):
+            lines += _cluster(rng, size, wind)
+    if rng.random() < 0.15:  # one forming only after the labelled frame: not in the label
+        c = _cluster(rng, size, wind)[0]
+        lines.append(replace(c, formed=rng.uniform(0.1, 2.5)))
+    look_alikes = _look_alikes(rng, size, wind)
+    if width_scale != 1.0 or opacity_scale != 1.0:
+        lines, look_alikes = (
+            [
+                replace(
+                    c,
+                    width=c.width * width_scale,
+                    spread=c.spread * width_scale,
+                    opacity=min(_MAX_OPACITY, c.opacity * opacity_scale),
+                )
+                for c in group
+            ]
+            for group in (lines, look_alikes)
+        )
+    labelled = [c for c in lines if _labelled(c, size)]
+    chosen = {id(c) for c in labelled}
+    return labelled, [c for c in lines if id(c) not in chosen] + look_alikes
 
 
 def _draw(canvas: np.ndarray, points: np.ndarray, value: int, width: int, line_type: int) -> None:
@@ -280,50 +433,76 @@ def _draw(canvas: np.ndarray, points: np.ndarray, value: int, width: int, line_t
     )
 
 
-def _contrail_frames(contrails: list[_Contrail], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cooling, btd_drop), each (size, size, 8) K: the contrails' anti-aliased, drifting, widening lines."""
-    # uint8 canvases keep cv2's anti-aliasing; 1/20 K and 1/40 K steps are far below the sensor noise.
-    cool = np.zeros((N_FRAMES, size, size), np.uint8)
-    btd = np.zeros((N_FRAMES, size, size), np.uint8)
+def _ice_frames(
+    contrails: list[_Contrail], size: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(opacity, opacity·top, opacity·btd_gain, opacity·g_gain), each (size, size, 8): the drifting, widening
+    lines' ice, anti-aliased; the weighted ones give each pixel its contrail's properties."""
+    shape = (N_FRAMES, size, size)
+    opacity = np.zeros(shape, np.float32)
+    top, btd, g = np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(shape, np.float32)
+    canvas = np.zeros((size, size), np.uint8)
     for k, t in enumerate(_T):
         for c in contrails:
             pts = c.visible_points(float(t))
             if pts is None:
                 continue
-            width = c.width_at(float(t))
-            # Spreading dilutes the ice: a wider line is fainter.
-            fade = min(1.3, math.sqrt(c.width / width)) * c.intensity(float(t))
-            _draw(cool[k], pts, min(255, round(20 * c.cooling * fade)), round(width), cv2.LINE_AA)
-            _draw(btd[k], pts, min(255, round(40 * c.btd_drop * fade)), round(width), cv2.LINE_AA)
-    return cool.transpose(1, 2, 0) * np.float32(1 / 20), btd.transpose(1, 2, 0) * np.float32(1 / 40)
+            canvas[:] = 0
+            _draw(
+                canvas,
+                pts,
+                min(255, round(_CONTRAIL_LEVELS * c.opacity_at(float(t)))),
+                round(c.width_at(float(t))),
+                cv2.LINE_AA,
+            )
+            on = canvas > 0
+            a = canvas[on].astype(np.float32) / _CONTRAIL_LEVELS
+            opacity[k][on] += a
+            top[k][on] += a * c.top
+            btd[k][on] += a * c.btd_gain
+            g[k][on] += a * c.g_gain
+    return tuple(x.transpose(1, 2, 0) for x in (opacity, top, btd, g))
 
 
-def _annotators(rng: np.random.Generator, contrails: list[_Contrail], size: int) -> np.ndarray:
-    """(size, size, R) uint8: each annotator's take on the labelled frame, R in 4..7."""
-    n = int(rng.integers(4, 8))
+def _annotators(
+    rng: np.random.Generator, labelled: list[_Contrail], others: list[_Contrail], size: int
+) -> np.ndarray:
+    """(size, size, R) uint8: each annotator's take on the labelled frame, R in 4..6 (mostly 4, as on real data).
+
+    Faint contrails are missed more often; some annotators draw thinner or fatter; now and then one marks a
+    look-alike or an unlabelled line that the others leave out (a minority, so it never reaches the mask).
+    """
+    n = int(rng.choice([4, 4, 4, 5, 6]))
     masks = np.zeros((n, size, size), np.uint8)
     for a in range(n):
-        style = int(rng.choice([-1, 0, 0, 1]))  # some draw thinner, some fatter
-        for c in contrails:
-            if rng.random() < 0.08 + 0.3 * (1.0 - c.strength):
-                continue  # missed: faint contrails more often
-            pts = c.visible_points(0.0)
-            if pts is not None:
-                _draw(masks[a], pts + rng.uniform(-0.4, 0.4, 2), 1, c.width + style, cv2.LINE_8)
-        on = np.flatnonzero(masks[a])
-        masks[a].flat[on[rng.random(on.size) < 0.02]] = 0  # a few stray missed pixels
+        style = float(rng.choice(_ANNOTATOR_STYLES))
+        for c in labelled:
+            if rng.random() < 0.05 + 0.35 * math.exp(-c.contrast(0.0) / 4.0):
+                continue
+            jitter = rng.uniform(-_ANNOTATOR_JITTER, _ANNOTATOR_JITTER, 2)
+            masks[a] |= _mask_of(c, size, 0.0, c.width_at(0.0) + style, jitter)
+        for c in others:
+            if c.visible_points(0.0) is not None and rng.random() < 0.12:
+                masks[a] |= _mask_of(c, size, 0.0, c.width_at(0.0) + style)
     return masks.transpose(1, 2, 0)
 
 
 def make_record(
-    rng: np.random.Generator, size: int = DEFAULT_SIZE, split: str = "train"
+    rng: np.random.Generator,
+    size: int = DEFAULT_SIZE,
+    split: str = "train",
+    width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """One record's files as arrays, {file name: array}, with the dtypes and shapes of the competition.
 
-    Brightness temperatures come from a layered scene: a static surface, drifting water vapour, broad
-    natural clouds (cold, split-window difference near 0 or positive), sometimes cirrus sheets (negative
-    difference, but broad) and thin contrails, whose ice absorbs more at 12 µm than at 11 µm, hence a
-    band 15 − band 14 of about −1 to −4 K. Only shape and that difference together identify a contrail.
+    Brightness temperatures are built as the ash RGB sees them: band 14 (11.2 µm), the split-window
+    difference band 15 − band 14 (12.3 − 11.2 µm, the red) and band 14 − band 11 (11.2 − 8.4 µm, the green).
+    Clear sky: a sea or land surface seen through water vapour, which makes the split window negative
+    (−1 to −4.5 K, more in moist air) and band 11 colder; land also lowers the 8.4 µm emissivity. Over it
+    drift low water clouds, semi-transparent cirrus and thick cold cloud, and contrails: thin ice whose
+    emissivity pulls band 14 towards its cold top, the split window further negative and band 14 − band 11
+    down. Only shape, that signature and its history over the 8 frames together identify a contrail.
     """
     if split not in _SPLIT_INDEX:
         raise DataError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}.")
@@ -331,47 +510,76 @@ def make_record(
     cells = max(2, size // 40)
     wind_up, wind_low = _wind(rng, 0.8, _MAX_WIND), _wind(rng, 0.3, 2.0)
 
-    surface = rng.uniform(278.0, 296.0) + 3.5 * _smooth(rng, size, max(2, size // 64))
-    surface += _smooth(rng, size, cells * 4)
+    # Surface and clear-sky atmosphere.
+    sea = rng.random() < 0.5
+    if sea:
+        surface = rng.uniform(286.0, 301.0) + 0.6 * _smooth(rng, size, cells)
+        emissivity = np.zeros((size, size), np.float32)
+    else:
+        surface = rng.uniform(272.0, 306.0) + 3.0 * _smooth(rng, size, max(2, size // 64))
+        surface += _smooth(rng, size, cells * 4)
+        emissivity = 0.3 + 0.4 * np.abs(_smooth(rng, size, cells * 2))  # dry land is darker at 8.4 µm
     surface = surface[:, :, None] + rng.uniform(-0.3, 0.3) * _T  # diurnal warming or cooling
-    emissivity = 0.4 * _smooth(rng, size, cells * 2)[:, :, None]  # land surfaces differ at 8.4 µm
-    wv_low = _drift_frames(_smooth(rng, n, cells), wind_low, size)
-    wv_high = _drift_frames(_smooth(rng, n, cells), wind_up, size)
-    btd_texture = (0.45 * _smooth(rng, size, cells * 3) + 0.3 * _smooth(rng, size, cells * 6))[:, :, None]
+    moisture = float(rng.beta(3.0, 1.5))
+    vapour = _drift_frames(_smooth(rng, n, cells), wind_low, size)
+    wet = np.clip(moisture + 0.1 * vapour, 0.0, 1.0)
+    b14 = surface - (0.8 + 4.0 * wet)
+    btd = -(0.8 + 3.6 * wet) + 0.2 * _smooth(rng, size, cells * 3)[:, :, None]  # band 15 − band 14
+    g = 0.4 + 2.8 * wet + emissivity[:, :, None]  # band 14 − band 11
+    c13 = 0.4 + 1.0 * wet  # band 13 − band 14: 10.3 µm is the cleaner window
 
-    cover = _smooth(rng, n, cells) + 0.5 * _smooth(rng, n, cells * 3)
-    cloud = np.clip((cover - rng.uniform(-0.5, 1.8)) * rng.uniform(0.8, 2.5), 0.0, 1.0)
-    cloud = _drift_frames(cloud.astype(np.float32), wind_low, size)
-    cloud_top = rng.uniform(220.0, 265.0) + 3.0 * _drift_frames(_smooth(rng, n, cells * 2), wind_low, size)
-    texture = _drift_frames(_smooth(rng, n, max(4, size // 6)), wind_low, size)
+    def layer(field: np.ndarray, value14, value_btd, value_g, value_c13) -> None:
+        nonlocal b14, btd, g, c13
+        b14 = b14 + field * (value14 - b14)
+        btd = btd + field * (value_btd - btd)
+        g = g + field * (value_g - g)
+        c13 = c13 + field * (value_c13 - c13)
 
-    cirrus = np.zeros((n, n), np.float32)
+    # Low water cloud: a little colder, band 14 − band 11 positive; the vapour above a low top still makes the
+    # split window negative (real records show no pink low-cloud patches).
     if rng.random() < 0.5:
-        _draw(cirrus, rng.uniform(0, n, (2, 2)), 1, int(rng.uniform(0.08, 0.2) * size), cv2.LINE_8)
-        cirrus = cv2.GaussianBlur(cirrus, (0, 0), 0.04 * size) * np.clip(
-            1 + 0.5 * _smooth(rng, n, cells), 0, 2
+        cover = _smooth(rng, n, cells) + 0.5 * _smooth(rng, n, cells * 3) + 0.3 * _smooth(rng, n, cells * 10)
+        low = np.clip((cover - rng.uniform(0.0, 1.5)) * rng.uniform(0.5, 1.5), 0.0, 1.0).astype(np.float32)
+        low = _drift_frames(low, wind_low, size)
+        texture = _drift_frames(_smooth(rng, n, max(4, size // 6)), wind_low, size)
+        layer(
+            low,
+            b14 - rng.uniform(4.0, 25.0) + 1.5 * texture,
+            rng.uniform(-2.5, -0.8),
+            rng.uniform(0.5, 2.0),
+            0.3,
         )
-    cirrus = _drift_frames(cirrus, wind_up, size)
-    cirrus_cool, cirrus_btd = rng.uniform(1.0, 5.0), rng.uniform(0.5, 2.5)
 
-    labelled, late = _contrails(rng, size, wind_up)
-    cool, btd_drop = _contrail_frames(labelled + late, size)
+    # Upper ice cloud: thick cold tops where it is opaque, cirrus where it is thin. Thin ice shows the
+    # split-window signature most at intermediate opacity, hence the e(1 − e) terms.
+    if rng.random() < 0.7:
+        cover = _smooth(rng, n, cells) + 0.6 * _smooth(rng, n, cells * 4) + 0.3 * _smooth(rng, n, cells * 10)
+        ice = np.clip((cover - rng.uniform(0.0, 1.8)) * rng.uniform(0.3, 1.2), 0.0, 1.0).astype(np.float32)
+        ice = _drift_frames(ice, wind_up, size)
+        top = rng.uniform(205.0, 245.0) + 2.0 * _drift_frames(_smooth(rng, n, cells * 2), wind_up, size)
+        thin = 4.0 * ice * (1.0 - ice)
+        layer(ice, top, rng.uniform(-1.2, -0.3), rng.uniform(-3.0, 0.5), 0.2)
+        btd = btd - thin * rng.uniform(0.5, 2.0)
+        g = g - thin * rng.uniform(0.5, 2.0)
 
-    clear = 1.0 - cloud
-    b14 = surface - 0.6 - 0.8 * wv_low
-    b14 += cloud * (cloud_top - b14) + (0.3 + 0.8 * cloud) * texture - cirrus * cirrus_cool - cool
-    btd = clear * (0.5 + btd_texture - 0.15 * wv_low) + cloud * rng.uniform(-0.3, 0.8)
-    btd -= cirrus * cirrus_btd + btd_drop
-    ice = 0.25 * cool + 0.2 * cirrus * cirrus_cool  # thin ice cools 10.3 and 8.4 µm less than 11.2 µm
-    b13 = b14 + clear * (0.8 + 0.2 * wv_low) + 0.15 * cloud + ice
-    b11 = b14 - clear * (2.2 + 0.6 * wv_low + emissivity) - cloud * rng.uniform(-0.5, 0.5) + 1.4 * ice
-    b12 = 0.55 * b14 + 104.0 + 1.5 * wv_high
-    b16 = 0.72 * b14 + 48.0 - 2.0 * wv_low
-    wv_mid = 0.5 * (wv_low + wv_high)
+    labelled, others = _contrails(rng, size, wind_up, width_scale, opacity_scale)
+    opacity, top_w, btd_w, g_w = _ice_frames(labelled + others, size)
+    covered = opacity > 0
+    opacity = np.minimum(opacity, 0.95)
+    top = np.where(covered, top_w / np.maximum(opacity, 1e-6), 0.0)
+    b14 = b14 + opacity * (np.where(covered, top, b14) - b14)
+    btd = btd - btd_w
+    g = g - g_w
+    c13 = c13 + 0.3 * opacity
+
+    b11 = b14 - g
+    b13 = b14 + c13
+    b12 = 0.55 * b14 + 104.0 + 1.5 * vapour
+    b16 = 0.72 * b14 + 48.0 - 2.0 * vapour
     water_vapour = {
-        8: 233.0 + 0.08 * (b14 - 285.0) - 7.0 * wv_high,
-        9: 242.0 + 0.18 * (b14 - 285.0) - 6.0 * wv_mid,
-        10: 251.0 + 0.30 * (b14 - 285.0) - 5.0 * wv_low,
+        8: 233.0 + 0.08 * (b14 - 285.0) - 7.0 * vapour,
+        9: 242.0 + 0.18 * (b14 - 285.0) - 6.0 * vapour,
+        10: 251.0 + 0.30 * (b14 - 285.0) - 5.0 * vapour,
     }
     bands = {**water_vapour, 11: b11, 12: b12, 13: b13, 14: b14, 15: b14 + btd, 16: b16}
     noise = rng.standard_normal((len(BANDS), size, size, N_FRAMES), dtype=np.float32)
@@ -381,7 +589,7 @@ def make_record(
         out[band_file(band)] = np.ascontiguousarray(bands[band] + sigma * noise[k], dtype=np.float32)
 
     if split != "test":
-        individual = _annotators(rng, labelled, size)
+        individual = _annotators(rng, labelled, others, size)
         votes = individual.sum(axis=-1, dtype=np.int32)
         # "More than half of the annotators", exactly as the competition defines the pixel mask.
         out[PIXEL_MASK_FILE] = (2 * votes > individual.shape[-1]).astype(np.int32)[:, :, None]
@@ -417,7 +625,13 @@ def _stats(record_id: str, split: str, files: dict[str, np.ndarray]) -> RecordSt
 
 
 def write_record(
-    record_dir: str | os.PathLike, rng: np.random.Generator, *, size: int = DEFAULT_SIZE, split: str = "train"
+    record_dir: str | os.PathLike,
+    rng: np.random.Generator,
+    *,
+    size: int = DEFAULT_SIZE,
+    split: str = "train",
+    width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
 ) -> RecordStats:
     """Generate one record into `record_dir` (its name is the record id), all files or none.
 
@@ -425,7 +639,7 @@ def write_record(
     so an interrupted run never leaves a record that looks whole; an existing `record_dir` is replaced.
     """
     record_dir = Path(record_dir)
-    files = make_record(rng, size=size, split=split)
+    files = make_record(rng, size=size, split=split, width_scale=width_scale, opacity_scale=opacity_scale)
     tmp = record_dir.parent / f".{record_dir.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -505,7 +719,10 @@ def _prepare_out(out: Path, params: dict, overwrite: bool) -> None:
 def _describe(params: dict) -> str:
     if not isinstance(params, dict):
         return "unknown parameters"
-    return ", ".join(f"{k}={params.get(k)}" for k in ("generator", "version", "seed", "size"))
+    return ", ".join(
+        f"{k}={params.get(k, 1.0 if k.endswith('_scale') else None)}"
+        for k in ("generator", "version", "seed", "size", "width_scale", "opacity_scale")
+    )
 
 
 def _remove_dataset(out: Path) -> None:
@@ -541,16 +758,34 @@ def generate_contrails(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    width_scale: float = 1.0,
+    opacity_scale: float = 1.0,
 ) -> SynthSummary:
     """Write a synthetic contrail dataset in the competition layout under `out`.
 
     Deterministic: the same seed and size give byte-identical files, and record i of a split is the
     same whatever the counts. Re-running into the same `out` skips records already complete, so an
-    interrupted run resumes; a dataset made with another seed or size is refused unless `overwrite`.
+    interrupted run resumes; a dataset made with other parameters is refused unless `overwrite`.
+    `width_scale` widens every contrail (1: the real 1–3 px) and `opacity_scale` makes its ice thicker
+    (1: as measured on real records); the demo uses 3 and 3 at 64² (docs/data.md).
     """
     _check_counts(records, val_records, test_records, size, seed)
+    if not MIN_WIDTH_SCALE <= width_scale <= MAX_WIDTH_SCALE:
+        raise DataError(
+            f"--width-scale is {width_scale:g}: give a factor between {MIN_WIDTH_SCALE:g} and {MAX_WIDTH_SCALE:g} "
+            "(1 draws contrails at their real 1–3 px)."
+        )
+    if not MIN_OPACITY_SCALE <= opacity_scale <= MAX_OPACITY_SCALE:
+        raise DataError(
+            f"--opacity-scale is {opacity_scale:g}: give a factor between {MIN_OPACITY_SCALE:g} and "
+            f"{MAX_OPACITY_SCALE:g} (1 draws contrails as faint as real ones)."
+        )
     out = Path(out)
     params = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": int(seed), "size": int(size)}
+    if width_scale != 1.0:
+        params["width_scale"] = float(width_scale)
+    if opacity_scale != 1.0:
+        params["opacity_scale"] = float(opacity_scale)
     counts = {"train": records, "validation": val_records, "test": test_records}
     ids = {split: record_ids(seed, split, n) for split, n in counts.items()}
     _prepare_out(out, params, overwrite)
@@ -567,7 +802,14 @@ def generate_contrails(
                 record_dir = out / split / rid
                 st = _existing_stats(record_dir, split)
                 if st is None:
-                    st = write_record(record_dir, record_rng(seed, split, i), size=size, split=split)
+                    st = write_record(
+                        record_dir,
+                        record_rng(seed, split, i),
+                        size=size,
+                        split=split,
+                        width_scale=width_scale,
+                        opacity_scale=opacity_scale,
+                    )
                     written += 1
                 else:
                     skipped += 1

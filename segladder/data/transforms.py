@@ -21,6 +21,23 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False, size: int | None
     if cfg is None or not cfg.enabled:
         return None
     t: list[A.BasicTransform] = []
+    if cfg.crop_size is not None:
+        side = cfg.crop_size
+        if size is not None and side > size:
+            raise DataError(
+                f"data.augment.crop_size is {side} but the samples are {size}×{size}: give a crop no larger "
+                "than data.image_size."
+            )
+        share = cfg.crop_positive_share
+        t.append(  # first, so every later transform works on the crop only
+            A.OneOf(
+                [
+                    A.CropNonEmptyMaskIfExists(height=side, width=side, p=share),
+                    A.RandomCrop(height=side, width=side, p=1.0 - share),
+                ],
+                p=1.0,
+            )
+        )
     if cfg.preset == "heavy":
         if not rgb:
             raise DataError(

@@ -147,6 +147,8 @@ class Baselines:
         inputs: the validation set's input statistics (what the first rung's data checks compare with).
         train_prior: the positive-pixel fraction of (up to 64) training masks: where the rungs' outputs start.
         train_records: how many training records each rung trains on (for the budget warning).
+        val_records: validation records the rungs are scored on.
+        val_positive_records: how many of them hold a contrail (too few and no F1 can be judged).
     """
 
     positive_fraction: float
@@ -158,6 +160,8 @@ class Baselines:
     inputs: InputStats | None = None
     train_prior: float | None = None
     train_records: int | None = None
+    val_records: int | None = None
+    val_positive_records: int | None = None
 
     @property
     def floor(self) -> float:
@@ -182,6 +186,8 @@ class Baselines:
             "inputs": self.inputs.as_dict() if self.inputs else None,
             "train_prior": self.train_prior,
             "train_records": self.train_records,
+            "val_records": self.val_records,
+            "val_positive_records": self.val_positive_records,
         }
 
 

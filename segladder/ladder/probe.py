@@ -14,8 +14,11 @@ from lightning.pytorch.callbacks import Callback
 class InputStats:
     """Per input channel, on the labelled (last) frame: mean, std, and how the mask stands out.
 
-    `contrast[c]` is (mean inside the mask − mean outside) / std: the signature a label should have in
-    its own frame. Shuffled, transposed or mistimed labels lose it; unconverted inputs change mean and std.
+    `contrast[c]` is (mean inside the mask − mean of a 4-px ring around it) / std: the signature a label
+    should have in its own frame. Local, because on real-like scenes the records that hold contrails differ
+    from the empty ones far more than a thin line differs from its surroundings (a pooled inside-vs-outside
+    contrast then measures which records were drawn, not the label). Shuffled, transposed or mistimed
+    labels lose it; unconverted inputs change mean and std.
     """
 
     mean: list[float]
@@ -28,30 +31,33 @@ class InputStats:
 
 class _Accumulator:
     def __init__(self):
-        self.n = self.pos = 0.0
-        self.s = self.s2 = self.s_in = None
+        self.n = self.pos = self.ring_n = 0.0
+        self.s = self.s2 = self.s_in = self.s_ring = None
 
     def add(self, image: torch.Tensor, mask: torch.Tensor) -> None:
         x = image[:, :, -1].double() if image.dim() == 5 else image.double()  # (B, C, H, W), labelled frame
         m = (mask > 0.5).double()  # (B, 1, H, W)
-        sums = (x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), (x * m).sum((0, 2, 3)))
+        ring = torch.nn.functional.max_pool2d(m, 9, stride=1, padding=4) - m
+        sums = (x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), (x * m).sum((0, 2, 3)), (x * ring).sum((0, 2, 3)))
         if self.s is None:
-            self.s, self.s2, self.s_in = (torch.zeros_like(sums[0]) for _ in range(3))
+            self.s, self.s2, self.s_in, self.s_ring = (torch.zeros_like(sums[0]) for _ in range(4))
         self.s += sums[0]
         self.s2 += sums[1]
         self.s_in += sums[2]
+        self.s_ring += sums[3]
         self.n += x.shape[0] * x.shape[2] * x.shape[3]
         self.pos += float(m.sum())
+        self.ring_n += float(ring.sum())
 
     def stats(self) -> InputStats | None:
         if self.s is None or self.n == 0:
             return None
         mean = self.s / self.n
         std = (self.s2 / self.n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
-        if 0 < self.pos < self.n:
+        if 0 < self.pos and self.ring_n > 0:
             inside = self.s_in / self.pos
-            outside = (self.s - self.s_in) / (self.n - self.pos)
-            contrast = ((inside - outside) / std).tolist()
+            around = self.s_ring / self.ring_n
+            contrast = ((inside - around) / std).tolist()
         else:
             contrast = [0.0] * len(mean)
         return InputStats(mean.tolist(), std.tolist(), contrast)

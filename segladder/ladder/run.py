@@ -157,6 +157,8 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
         dataset_stats(items),
         prior if 0 < prior < 1 else None,
         train_records,
+        len(items),
+        int((masks.flatten(1).amax(1) > 0).sum()),
     )
 
 
@@ -217,6 +219,26 @@ def budget_warning(base: ExperimentConfig, baselines: Baselines | None) -> str |
         f"from an untrained one ({MIN_SCRATCH_STEPS} steps are the fewest measured to pass on clean data). Raise "
         "--budget epochs=N, or lower trainer.accumulate_grad_batches, or give pretrained weights "
         "(--set model.pretrained=PATH), as seed 000's budget assumes."
+    )
+
+
+# Below these a ladder's verdicts are noise: one record more or less flips a gate. The 9-record real sample
+# (7 training records, 2 validation records with 17 and 25 contrail pixels) sits below them.
+MIN_TRAIN_RECORDS, MIN_VAL_POSITIVE_RECORDS = 16, 4
+
+
+def too_small_to_judge(baselines: Baselines) -> str | None:
+    """One line saying why this dataset cannot support the ladder's verdicts, or None when it can."""
+    train, val, positive = baselines.train_records, baselines.val_records, baselines.val_positive_records
+    if train is None or val is None or positive is None:
+        return None
+    if train >= MIN_TRAIN_RECORDS and positive >= MIN_VAL_POSITIVE_RECORDS:
+        return None
+    return (
+        f"dataset too small to judge: {train} training record(s) and {positive} of {val} validation record(s) "
+        f"with contrails; the ladder's gates need at least {MIN_TRAIN_RECORDS} training records and "
+        f"{MIN_VAL_POSITIVE_RECORDS} validation records with contrails, so no rung was trained. "
+        "Give a larger dataset (or `segladder demo` for synthetic data)."
     )
 
 

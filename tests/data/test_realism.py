@@ -219,3 +219,18 @@ def test_the_statistics_import_no_torch():
     code = "import sys, segladder.data.realism, segladder.data.synth; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_the_command_generates_as_many_records_as_the_library_by_default():
+    """The CLI writes the default out (importing realism would slow every command's start); they must agree."""
+    import inspect
+
+    import typer
+
+    from segladder.cli.app import app
+    from segladder.data.realism import DEFAULT_SYNTH_RECORDS, compare_datasets
+
+    params = typer.main.get_command(app).commands["synth"].commands["compare"].params
+    (records,) = [p for p in params if p.name == "records"]
+    assert records.default == DEFAULT_SYNTH_RECORDS
+    assert inspect.signature(compare_datasets).parameters["synth_records"].default == DEFAULT_SYNTH_RECORDS

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import cv2
@@ -138,25 +139,77 @@ def test_some_records_are_empty_and_some_have_contrails(synth_root):
     assert any(s == 0 for s in sums) and sum(s > 0 for s in sums) >= 5
 
 
-def test_contrails_are_thin_cold_lines_with_a_negative_split_window_difference(scenes):
-    inside_btd, ring_btd, valley_in, valley_out = [], [], [], []
+def test_contrails_are_thin_cold_lines_with_the_split_window_signature(scenes):
+    # Real records (issue 24): inside a contrail band 15 − band 14 is 0.2–1.2 K below its surroundings,
+    # band 14 − band 11 1–2 K below, and band 14 a few K colder; the clear sky around is already negative.
+    d_btd, d_g, valley_in, valley_out, ring_btd = [], [], [], [], []
     for rec in scenes:
         mask = rec[PIXEL_MASK_FILE][:, :, 0].astype(np.uint8)
         if not mask.any():
             continue
         b14 = rec["band_14.npy"][:, :, LABELED_FRAME]
         btd = rec["band_15.npy"][:, :, LABELED_FRAME] - b14
+        g = b14 - rec["band_11.npy"][:, :, LABELED_FRAME]
         ring = (cv2.dilate(mask, np.ones((9, 9), np.uint8)) > 0) & (mask == 0)
-        inside_btd.append(btd[mask > 0].mean())
+        d_btd.append(btd[mask > 0].mean() - btd[ring].mean())
+        d_g.append(g[mask > 0].mean() - g[ring].mean())
         ring_btd.append(btd[ring].mean())
         # A grey closing fills valleys narrower than its kernel: how much colder than the local background.
         valley = cv2.morphologyEx(b14, cv2.MORPH_CLOSE, np.ones((9, 9), np.uint8)) - b14
         valley_in.append(valley[mask > 0].mean())
         valley_out.append(valley[ring].mean())
-    assert len(inside_btd) >= 8
-    assert np.mean(inside_btd) < -1.0 and np.mean(ring_btd) > -0.3
+    assert len(d_btd) >= 8
+    assert -1.5 < np.mean(d_btd) < -0.2 and np.mean(d_g) < -0.4
+    assert -4.5 < np.mean(ring_btd) < -1.0
     # Look-alikes (unlabelled contrail-like lines) may lie in the ring, and some contrails fade at the label.
     assert np.mean(valley_in) > 1.5 and (np.array(valley_in) > 2 * np.array(valley_out)).mean() > 0.6
+
+
+def test_ash_rgb_is_cyan_dominated_with_a_real_red_mean(scenes):
+    # Real records at the labelled frame: R mean 0.04–0.26 (one cloudy record 0.59), G 0.42–0.83.
+    red, green, blue = [], [], []
+    for rec in scenes:
+        b11, b14, b15 = (rec[f"band_{b}.npy"][:, :, LABELED_FRAME] for b in (11, 14, 15))
+        red.append(np.clip((b15 - b14 + 4) / 6, 0, 1).mean())
+        green.append(np.clip((b14 - b11 + 4) / 9, 0, 1).mean())
+        blue.append(np.clip((b14 - 243) / 60, 0, 1).mean())
+    assert 0.04 < np.median(red) < 0.26 and np.mean(np.array(red) < 0.4) > 0.8
+    assert np.median(green) > 2 * np.median(red) and np.median(blue) > 2 * np.median(red)
+
+
+def test_labelled_contrails_follow_the_competition_rules():
+    # One contrail, varied one rule at a time: >= 10 px, >= 3x longer than wide, visible in >= 2 images.
+    base = synth._line(
+        np.random.default_rng(0), np.array([32.0, 30.0]), 0.3, 30.0, np.array([1.0, 0.5]), -2.0
+    )
+    base = synth.replace(base, opacity=0.2, width=1.5, spread=0.1, fade_to=1.0)
+    assert synth._labelled(base, 64)
+    # Appearing in the labelled frame and gone in the next: one image only.
+    assert not synth._labelled(synth.replace(base, window=(-0.5, 0.5)), 64)
+    # Appearing at the labelled frame and staying: visible in frames 4..7, so labelled.
+    assert synth._labelled(synth.replace(base, formed=-0.4), 64)
+    # Forming only after the labelled frame.
+    assert not synth._labelled(synth.replace(base, formed=0.3), 64)
+    # Too faint to see (under 1 K of band-14 contrast).
+    assert not synth._labelled(synth.replace(base, opacity=0.005), 64)
+    # Too small: 5 px long, 1 px wide (long enough for its width, but under 10 px).
+    short = synth._line(
+        np.random.default_rng(0), np.array([32.0, 30.0]), 0.3, 5.0, np.array([1.0, 0.5]), -2.0
+    )
+    assert not synth._labelled(synth.replace(short, opacity=0.2, width=1.0, spread=0.0), 64)
+    # Ten pixels but as wide as long: never 3x longer than wide.
+    blob = synth._line(
+        np.random.default_rng(0), np.array([32.0, 30.0]), 0.3, 8.0, np.array([1.0, 0.5]), -math.inf
+    )
+    assert not synth._labelled(synth.replace(blob, opacity=0.2, width=5.0, spread=0.0), 64)
+    assert synth._mask_of(blob, 64, 0.0, 5.0).sum() >= 10
+
+
+def test_the_positive_fraction_is_real_like(scenes):
+    # Real positive records: 17-5,579 of 65,536 px; many records are empty.
+    positive = [r[PIXEL_MASK_FILE].mean() for r in scenes if r[PIXEL_MASK_FILE].any()]
+    assert 0.25 < len(positive) / len(scenes) < 0.9
+    assert 0.002 < np.mean(positive) < 0.1
 
 
 def test_bands_are_plausible_and_correlated(scenes):
@@ -164,20 +217,22 @@ def test_bands_are_plausible_and_correlated(scenes):
     med = {int(n[5:7]): float(np.median(a)) for n, a in rec.items() if n.startswith("band_")}
     assert all(200 < med[b] < 265 for b in (8, 9, 10)) and med[8] < med[9] < med[10]
     assert all(med[10] < med[b] < 305 for b in (11, 13, 14, 15))
-    assert abs(med[13] - med[14]) < 2 and abs(med[15] - med[14]) < 2
+    assert 0 < med[13] - med[14] < 2 and -5 < med[15] - med[14] < -0.5
     b13, b14 = (rec[f"band_{b}.npy"].ravel() for b in (13, 14))
     assert np.corrcoef(b13, b14)[0, 1] > 0.9
 
 
 def test_the_label_matches_frame_4_better_than_frame_0(scenes):
     def overlap(rec, frame):
-        signal = rec["band_14.npy"][:, :, frame] - rec["band_15.npy"][:, :, frame]  # −(B15 − B14)
+        # Thin cold lines: how far band 14 sits below its grey closing (valleys narrower than 5 px).
+        b14 = np.ascontiguousarray(rec["band_14.npy"][:, :, frame])
+        signal = cv2.morphologyEx(b14, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8)) - b14
         return np.corrcoef(signal.ravel(), rec[PIXEL_MASK_FILE].ravel())[0, 1]
 
     positive = [r for r in scenes if r[PIXEL_MASK_FILE].any()]
     at4 = np.array([overlap(r, LABELED_FRAME) for r in positive])
     at0 = np.array([overlap(r, 0) for r in positive])
-    assert at4.mean() > at0.mean() + 0.1 and (at4 > at0).mean() > 0.8
+    assert at4.mean() > at0.mean() + 0.1 and (at4 > at0).mean() >= 0.75
 
 
 def test_write_record_at_another_size_is_all_or_nothing(tmp_path, monkeypatch):
@@ -308,3 +363,47 @@ def test_cli_writes_the_dataset_and_reports_errors(tmp_path):
 
     params = typer.main.get_command(app).commands["synth"].commands["contrails"].params
     assert all(p.help for p in params), [p.name for p in params if not p.help]
+
+
+def test_width_scale_widens_the_contrails_and_belongs_to_the_dataset(tmp_path):
+    def positives(scale):
+        recs = [make_record(record_rng(4, "train", i), size=64, width_scale=scale) for i in range(12)]
+        return sum(int(r[PIXEL_MASK_FILE].sum()) for r in recs)
+
+    real, wide = positives(1.0), positives(2.0)
+    assert real > 0 and 1.5 * real < wide < 4 * real
+    args = dict(records=1, val_records=0, test_records=0, size=SIZE, seed=1, progress=False)
+    generate_contrails(tmp_path / "w", width_scale=2.0, **args)
+    assert json.loads((tmp_path / "w" / PARAMS_FILE).read_text())["width_scale"] == 2.0
+    with pytest.raises(
+        DataError, match=r"width_scale=2\.0, opacity_scale=1\.0, but this run asks for .*width_scale=1\.0"
+    ):
+        generate_contrails(tmp_path / "w", **args)
+    with pytest.raises(DataError, match="--width-scale is 0: give a factor between 0.5 and 8"):
+        generate_contrails(tmp_path / "x", width_scale=0.0, **args)
+
+
+def test_opacity_scale_cools_the_contrails_only_and_belongs_to_the_dataset(tmp_path):
+    """The same draws with thicker ice: contrail pixels colder in band 14 at the label, the rest untouched."""
+    faint = [make_record(record_rng(6, "train", i), size=64) for i in range(12)]
+    thick = [make_record(record_rng(6, "train", i), size=64, opacity_scale=3.0) for i in range(12)]
+    cooling = {1.0: [], 3.0: []}
+    for f, t in zip(faint, thick, strict=True):
+        mask = f[PIXEL_MASK_FILE][..., 0] > 0
+        far = cv2.dilate(mask.astype(np.uint8), np.ones((9, 9), np.uint8)) == 0  # no contrail within 4 px
+        b14f, b14t = f["band_14.npy"][..., 4], t["band_14.npy"][..., 4]
+        if mask.any():
+            cooling[1.0].append(float(b14f[far].mean() - b14f[mask].mean()))
+            cooling[3.0].append(float(b14t[far].mean() - b14t[mask].mean()))
+        # Clouds and surface are the same draws: away from the lines (unlabelled and aged wide ones
+        # included, up to a third of a 64² record) nothing moved.
+        assert np.isclose(b14f, b14t, atol=1e-3).mean() > 0.6
+    assert len(cooling[1.0]) >= 4
+    assert np.mean(cooling[3.0]) > 2.0 * np.mean(cooling[1.0]) > 0
+    args = dict(records=1, val_records=0, test_records=0, size=SIZE, seed=1, progress=False)
+    generate_contrails(tmp_path / "o", opacity_scale=3.0, **args)
+    assert json.loads((tmp_path / "o" / PARAMS_FILE).read_text())["opacity_scale"] == 3.0
+    with pytest.raises(DataError, match=r"opacity_scale=3\.0, but this run asks for .*opacity_scale=1\.0"):
+        generate_contrails(tmp_path / "o", **args)
+    with pytest.raises(DataError, match="--opacity-scale is 0: give a factor between 0.25 and 8"):
+        generate_contrails(tmp_path / "y", opacity_scale=0.0, **args)

@@ -215,3 +215,30 @@ def test_second_place_pipeline_moves_every_frame_and_the_mask_together():
             assert out[0, 0][inside].min() > out[0, 0][outside].max(), seed
             checked += 1
     assert checked >= 8
+
+
+def test_crops_cut_every_frame_and_the_masks_at_one_place_and_find_the_contrails():
+    """A (C, T, H, W) image whose pixels encode their own row and column: a crop's pixels say where it was cut."""
+    h, w, side = 40, 56, 16  # not square, so swapped axes show
+    rows, cols = np.mgrid[0:h, 0:w].astype(np.float32)
+    image = np.stack([np.stack([rows, cols, rows + 1000 * t]) for t in range(2)], axis=1)  # (3, 2, H, W)
+    mask = np.zeros((h, w), np.uint8)
+    mask[30:32, 45:50] = 1  # one small contrail near a corner
+    soft = mask * np.float32(0.75)
+    positive = build_augment(AugmentConfig(crop_size=side, crop_positive_share=1.0))
+    anywhere = build_augment(AugmentConfig(crop_size=side, crop_positive_share=0.0))
+    hits = {"positive": 0, "anywhere": 0}
+    for seed in range(30):
+        for name, aug in (("positive", positive), ("anywhere", anywhere)):
+            aug.set_random_seed(seed)
+            out, m, s = augment(aug, image, mask, soft)
+            assert out.shape == (3, 2, side, side)
+            r0, c0 = int(out[0, 0, 0, 0]), int(out[1, 0, 0, 0])
+            np.testing.assert_array_equal(out[0, 1], out[0, 0])  # the same cut for every frame
+            np.testing.assert_array_equal(out[2, 1] - out[2, 0], 1000)
+            np.testing.assert_array_equal(m, mask[r0 : r0 + side, c0 : c0 + side])
+            np.testing.assert_array_equal(s, soft[r0 : r0 + side, c0 : c0 + side])
+            hits[name] += int(m.any())
+    assert hits["positive"] == 30 and hits["anywhere"] < 15
+    with pytest.raises(DataError, match=r"crop_size is 64 but the samples are 32×32"):
+        build_augment(AugmentConfig(crop_size=64), size=32)

@@ -1,5 +1,6 @@
 import csv
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -29,8 +30,26 @@ def _logit(p):
 
 
 @pytest.fixture(scope="module")
-def items(synth_root):
-    ds = ContrailsDataset(synth_root, "validation", frames=FRAMES, image_size=SIZE)
+def pipeline_root(synth_root, tmp_path_factory):
+    """The synthetic dataset with its 4 validation records' contents ordered positive, positive, negative,
+    positive (directory names, and so the id order, unchanged), whatever the generator drew."""
+    root = tmp_path_factory.mktemp("pipeline") / "contrails"
+    shutil.copytree(synth_root, root)
+    records = sorted(p for p in (root / "validation").iterdir() if p.is_dir())
+    positive = [bool(np.load(r / "human_pixel_masks.npy").any()) for r in records]
+    assert len(records) == 4 and sum(positive) == 3, "the fixture needs three positive records and one empty"
+    empty = records[positive.index(False)]
+    if empty != records[2]:  # swap the empty record's files with those of the third record
+        tmp = root / "swap"
+        empty.rename(tmp)
+        records[2].rename(empty)
+        tmp.rename(records[2])
+    return root
+
+
+@pytest.fixture(scope="module")
+def items(pipeline_root):
+    ds = ContrailsDataset(pipeline_root, "validation", frames=FRAMES, image_size=SIZE)
     its = [ds[i] for i in range(len(ds))]
     assert [bool(it["mask"].any()) for it in its] == [True, True, False, True]
     for i, it in enumerate(its):
@@ -77,10 +96,10 @@ def _write(tmp_path, **over):
 
 
 @pytest.mark.parametrize("rule", ["or", "and", "mean"])
-def test_run_filters_as_the_rule_says(synth_root, items, toys, tmp_path, rule):
+def test_run_filters_as_the_rule_says(pipeline_root, items, toys, tmp_path, rule):
     out = tmp_path / "run"
     res = run_pipeline(
-        _write(tmp_path, filter={"rule": rule}), synth_root, out, split="validation", progress=False
+        _write(tmp_path, filter={"rule": rule}), pipeline_root, out, split="validation", progress=False
     )
     assert res.threshold == pytest.approx(0.75 * 0.4 + 0.25 * 0.6)
     with open(out / "filter.csv", newline="") as fh:
@@ -103,9 +122,9 @@ def _dice(pred_sum, tp, target_sum):
 
 
 @pytest.mark.parametrize("rule", ["or", "and", "mean"])
-def test_evaluate_reports_each_stage(synth_root, items, toys, tmp_path, rule):
+def test_evaluate_reports_each_stage(pipeline_root, items, toys, tmp_path, rule):
     r = evaluate_pipeline(
-        _write(tmp_path, filter={"rule": rule}), synth_root, out=tmp_path / "ev", progress=False
+        _write(tmp_path, filter={"rule": rule}), pipeline_root, out=tmp_path / "ev", progress=False
     )
     gt = [int(it["mask"].sum()) for it in items]
     total, keep = sum(gt), KEEP[rule]
@@ -130,8 +149,8 @@ def test_evaluate_reports_each_stage(synth_root, items, toys, tmp_path, rule):
     assert (tmp_path / "ev" / "pipeline_metrics.json").exists()
 
 
-def test_small_components_removed_in_the_final_masks(synth_root, items, toys, tmp_path):
-    r = evaluate_pipeline(_write(tmp_path, min_component=10), synth_root, progress=False)
+def test_small_components_removed_in_the_final_masks(pipeline_root, items, toys, tmp_path):
+    r = evaluate_pipeline(_write(tmp_path, min_component=10), pipeline_root, progress=False)
     cleaned = [remove_small_components(it["mask"][0].numpy(), 10) for it in items]
     truth = [it["mask"][0].numpy() for it in items]
     tp = sum(int((c * t).sum()) for c, t in zip(cleaned, truth, strict=True))
@@ -139,14 +158,14 @@ def test_small_components_removed_in_the_final_masks(synth_root, items, toys, tm
     assert r["final"]["dice"] == pytest.approx(expected)  # the 9-pixel blob is gone too
 
 
-def test_stage1_segmenter_reused_in_stage2(synth_root, toys, tmp_path):
+def test_stage1_segmenter_reused_in_stage2(pipeline_root, toys, tmp_path):
     path = _write(tmp_path, classifier=None, stage2=["seg.ckpt", "pos.ckpt"])
-    run_pipeline(path, synth_root, tmp_path / "o", split="validation", batch_size=4, progress=False)
+    run_pipeline(path, pipeline_root, tmp_path / "o", split="validation", batch_size=4, progress=False)
     assert toys["seg.ckpt"].model.calls == 1
 
 
-def test_cli_evaluate(synth_root, toys, tmp_path):
-    r = CliRunner().invoke(app, ["pipeline", "evaluate", str(_write(tmp_path)), "--data", str(synth_root)])
+def test_cli_evaluate(pipeline_root, toys, tmp_path):
+    r = CliRunner().invoke(app, ["pipeline", "evaluate", str(_write(tmp_path)), "--data", str(pipeline_root)])
     assert r.exit_code == 0, r.output
     assert "lost to wrong filtering" in r.output and "all-data" in r.output
 
@@ -180,15 +199,15 @@ def test_relative_paths_resolve_next_to_the_yaml(tmp_path):
     assert cfg.classifier == tmp_path / "cls.ckpt" and cfg.stage2[1].checkpoint == tmp_path / "pos.ckpt"
 
 
-def test_models_of_the_wrong_task_are_refused(synth_root, toys, tmp_path):
+def test_models_of_the_wrong_task_are_refused(pipeline_root, toys, tmp_path):
     with pytest.raises(CheckpointError, match="where a classifier is needed"):
-        run_pipeline(_write(tmp_path, classifier="seg.ckpt"), synth_root, tmp_path / "o", progress=False)
+        run_pipeline(_write(tmp_path, classifier="seg.ckpt"), pipeline_root, tmp_path / "o", progress=False)
     with pytest.raises(CheckpointError, match="where a segmentation model is needed"):
-        evaluate_pipeline(_write(tmp_path, stage2=["cls.ckpt"]), synth_root, progress=False)
+        evaluate_pipeline(_write(tmp_path, stage2=["cls.ckpt"]), pipeline_root, progress=False)
     assert not (tmp_path / "o" / "probs").exists()
 
 
-def test_evaluate_gain_per_record_csv_and_member_positives(synth_root, items, toys, tmp_path):
+def test_evaluate_gain_per_record_csv_and_member_positives(pipeline_root, items, toys, tmp_path):
     """Rule "and" keeps record 0 only; a third member draws the upper half of each mask plus the blob."""
     half_rows = SIZE // 2
 
@@ -207,7 +226,7 @@ def test_evaluate_gain_per_record_csv_and_member_positives(synth_root, items, to
             {"checkpoint": "half.ckpt", "name": "half"},
         ],
     )
-    r = evaluate_pipeline(path, synth_root, out=tmp_path / "ev", progress=False)
+    r = evaluate_pipeline(path, pipeline_root, out=tmp_path / "ev", progress=False)
     gt = [int(it["mask"].sum()) for it in items]
     upper = [int(it["mask"][0, :half_rows].sum()) for it in items]
     total = sum(gt)

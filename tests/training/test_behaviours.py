@@ -93,3 +93,29 @@ def test_classification_task_end_to_end_and_the_epoch_end_loss(train_cache, tmp_
         SegladderError, match="a classification checkpoint; evaluate scores segmentation masks"
     ):
         evaluate(res.best_checkpoint, train_cache, "validation", tmp_path / "eval", progress=False)
+
+
+@pytest.mark.parametrize("source", ["raw", "cache"])
+def test_crops_train_at_native_resolution_and_validation_sees_whole_images(
+    train_root, train_cache, source, tmp_path
+):
+    """data.augment.crop_size: training batches are the crop's side, validation keeps the records' 64²,
+    and a run through `train` (one epoch) validates and checkpoints as usual."""
+    from segladder.training.run import train
+
+    root = train_root if source == "raw" else train_cache
+    cfg = quick_config(root, **{"data.augment.crop_size": 24, "data.augment.crop_positive_share": 1.0})
+    dm = ContrailsDataModule(cfg.data, seed=0)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert tuple(batch["image"].shape[-2:]) == (24, 24) and tuple(batch["mask"].shape[-2:]) == (24, 24)
+    # Every crop of a record with contrails holds some (share 1.0); records without stay empty.
+    has = {rid: _raw_positive(train_root, rid) for rid in batch["record_id"]}
+    for rid, mask in zip(batch["record_id"], batch["mask"], strict=True):
+        assert bool(mask.any()) == has[rid], rid
+    val = next(iter(dm.val_dataloader()))
+    assert tuple(val["image"].shape[-2:]) == (64, 64)
+    if source == "cache":
+        res = train(quick_config(root, **{"data.augment.crop_size": 32, "trainer.max_epochs": 1}), tmp_path)
+        assert 0.0 <= res.metrics["final"]["val/dice_best"] <= 1.0
+        assert res.best_checkpoint is not None and res.best_checkpoint.exists()

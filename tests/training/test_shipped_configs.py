@@ -28,6 +28,7 @@ EXTRA = {
     "unet25d_wide": ["model.input_size=64", "trainer.precision=bf16-mixed"],
     "ladder": ["model.name=ResNet18_SimplerFCN"],
     "snapper": ["data.crop_size=64", "model.encoder=resnet18"],
+    "sim2real": ["data.augment.crop_size=32"],
 }
 
 

@@ -22,8 +22,9 @@ def test_tiny_model_learns_and_writes_the_run_directory(train_cache, tmp_path):
     run = res.run_dir
     hist = res.metrics["epochs"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3, 4]
-    # An all-empty prediction scores 0 on a validation split with contrails; learning clears it well.
-    assert res.metrics["final"]["val/dice_best"] > 0.25, hist
+    # An all-empty prediction scores 0 on this validation split and an all-positive one 0.103 (2,675 of
+    # 49,152 pixels, the demo's width-3 world); 25 steps reach 0.26 (0.05 with the real 1-3 px widths).
+    assert res.metrics["final"]["val/dice_best"] > 0.2, hist
     assert hist[-1]["train/loss_epoch"] < hist[0]["train/loss_epoch"]
     for name in (
         "config.yaml",
