@@ -320,6 +320,11 @@ class TrainerConfig(_Section):
         "all",
         description="checkpoints holding the optimiser state: all, or only last.ckpt (best.ckpt then ~1/3 the size)",
     )
+    init_from: str | None = Field(
+        None,
+        description="a segladder checkpoint whose model weights start this run (fine-tuning, as timm's "
+        "--initial-checkpoint); the optimiser, schedule and epochs start afresh",
+    )
 
 
 class DistillConfig(_Section):

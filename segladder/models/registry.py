@@ -100,7 +100,7 @@ def check_options(name: str, kwargs: dict) -> ModelInfo:
     unknown = [k for k in kwargs if k not in params and k not in GENERIC_OPTIONS]
     if unknown and not takes_any:
         accepted = ", ".join(p for p in params if params[p].kind is not inspect.Parameter.VAR_KEYWORD)
-        hints = "".join(suggest(k, list(params)) for k in unknown)
+        hints = "".join(dict.fromkeys(suggest(k, list(params)) for k in unknown))  # one hint once
         raise ModelError(
             f"model {name!r} has no option(s) {', '.join(unknown)}.{hints} It accepts: {accepted}."
         )

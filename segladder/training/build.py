@@ -80,7 +80,43 @@ def build_task(cfg: ExperimentConfig):
 
     cls = task_class(cfg)
     cfg = resolve_model(cfg)
-    return cls(cfg, create(cfg.model.name, **cfg.model.kwargs))
+    model = create(cfg.model.name, **cfg.model.kwargs)
+    if cfg.trainer.init_from:
+        _init_from(model, cfg, Path(cfg.trainer.init_from))
+    return cls(cfg, model)
+
+
+def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> None:
+    """Start `model` from the weights of the checkpoint at `path` (trainer.init_from), after checking that
+    it holds the same model on the same inputs."""
+    from segladder.inference.checkpoint import CheckpointError, input_mismatches, load_checkpoint
+
+    key = "trainer.init_from"
+    if not path.is_file():
+        raise ConfigError(f"{key}: {path} does not exist; give the best.ckpt or last.ckpt of an earlier run.")
+    try:
+        loaded = load_checkpoint(path)
+    except CheckpointError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if loaded.config.model.name != cfg.model.name:
+        raise ConfigError(
+            f"{key}: {path} holds {loaded.config.model.name}, this run trains {cfg.model.name}; "
+            f"set model.name={loaded.config.model.name} or start from a {cfg.model.name} checkpoint."
+        )
+    # The checkpoint's own config names in_chans only once resolved; compare like with like.
+    loaded_cfg = resolve_model(loaded.config) if "in_chans" not in loaded.config.model.kwargs else loaded.config
+    # Sizes may differ (the models are convolutional); frames and channels are what the weights mean.
+    clash = [c for c in input_mismatches(cfg, loaded_cfg) if c[0] != "data.image_size"]
+    if clash:
+        what = "; ".join(f"{k} {a} here, {b} in the checkpoint" for k, a, b in clash)
+        raise ConfigError(f"{key}: {path} was trained on other inputs ({what}); set them as the checkpoint has.")
+    try:
+        model.load_state_dict(loaded.model.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{key}: the weights of {path} do not fit this run's {cfg.model.name} "
+            f"({str(exc).strip().splitlines()[-1].strip()}); give the model the checkpoint's options."
+        ) from None
 
 
 def build_datamodule(cfg: ExperimentConfig) -> L.LightningDataModule:

@@ -80,6 +80,9 @@ def test_model_and_loss_errors_are_caught_before_anything_is_built():
         check_experiment(build_config({"model": {"name": "ResNet18U"}}))
     with pytest.raises(ConfigError, match=r"model 'ResNet18_U' has no option\(s\) pss\. Did you mean: ps\?"):
         check_experiment(build_config({"model": {"name": "ResNet18_U", "pss": 0.1}}))
+    # Two misspellings with the same nearest option give its hint once.
+    with pytest.raises(ConfigError, match=r"decoder_channel, decoder\. Did you mean: decoder_channels\? It"):
+        check_experiment(build_config({"model": {"name": "ResNet18_U", "decoder_channel": 1, "decoder": 1}}))
     with pytest.raises(ConfigError, match=r"loss\[0\]\.name: unknown loss 'lovaz'\. Did you mean: lovasz\?"):
         check_experiment(build_config({"loss": [{"name": "lovaz"}]}))
 
