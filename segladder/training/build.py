@@ -104,12 +104,16 @@ def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> Non
             f"set model.name={loaded.config.model.name} or start from a {cfg.model.name} checkpoint."
         )
     # The checkpoint's own config names in_chans only once resolved; compare like with like.
-    loaded_cfg = resolve_model(loaded.config) if "in_chans" not in loaded.config.model.kwargs else loaded.config
+    loaded_cfg = (
+        resolve_model(loaded.config) if "in_chans" not in loaded.config.model.kwargs else loaded.config
+    )
     # Sizes may differ (the models are convolutional); frames and channels are what the weights mean.
     clash = [c for c in input_mismatches(cfg, loaded_cfg) if c[0] != "data.image_size"]
     if clash:
         what = "; ".join(f"{k} {a} here, {b} in the checkpoint" for k, a, b in clash)
-        raise ConfigError(f"{key}: {path} was trained on other inputs ({what}); set them as the checkpoint has.")
+        raise ConfigError(
+            f"{key}: {path} was trained on other inputs ({what}); set them as the checkpoint has."
+        )
     try:
         model.load_state_dict(loaded.model.state_dict())
     except RuntimeError as exc:

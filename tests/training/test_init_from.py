@@ -16,7 +16,9 @@ from tests.faults.conftest import tiny_config
 
 @pytest.fixture(scope="module")
 def source(synth_root, tmp_path_factory):
-    run = train(tiny_config(synth_root, **{"trainer.max_epochs": 1}), out=tmp_path_factory.mktemp("src") / "run")
+    run = train(
+        tiny_config(synth_root, **{"trainer.max_epochs": 1}), out=tmp_path_factory.mktemp("src") / "run"
+    )
     return run.run_dir / "checkpoints" / "best.ckpt"
 
 
