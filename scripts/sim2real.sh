@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sim-to-real: synthesize, prepare and train on synthetic records only, through the documented commands,
 # leaving the model at OUT/best.ckpt; with REAL given, score it on real records at the threshold chosen on
-# synthetic validation. About 20 minutes on 2 idle CPU cores with the defaults (an estimate; docs/benchmarks.md).
+# synthetic validation. 6 minutes on 2 idle CPU cores with the defaults (measured; docs/benchmarks.md).
 #
 #   scripts/sim2real.sh OUT [REAL [SPLIT]]
 #

@@ -142,6 +142,9 @@ class ContrailsDataset(Dataset):
         # Soft labels travel as their stored uint8 too (decoded with the image), except where pseudo labels
         # (float) must collate with them; the DataModule turns this off for every part of such a set.
         self.soft_uint8 = self.emits_uint8 and pseudo is None
+        # Set by the DataModule where this split (no individual masks: the competition's validation) is
+        # joined with one that has them: its pixel mask then serves as its soft label, so batches collate.
+        self.soft_from_mask = False
 
     # ------------------------------------------------------------------------------------- building
 
@@ -263,6 +266,8 @@ class ContrailsDataset(Dataset):
             soft = soft if self.has_soft else None
         if self.aug is not None:
             q, mask, soft = augment(self.aug, q, mask, soft, dtype=None)
+        if soft is None and self.soft_from_mask and mask is not None:
+            soft = mask * np.uint8(255) if self.soft_uint8 else mask.astype(np.float32)
         item: dict = {
             "image": torch.from_numpy(q),
             "image_scale": self._item_scale,
@@ -288,6 +293,8 @@ class ContrailsDataset(Dataset):
         if self.aug is not None:
             image, mask, soft = augment(self.aug, image, mask, soft)
             image = self._standardise_ash(image)
+        if soft is None and self.soft_from_mask and mask is not None:
+            soft = mask
         item: dict = {"image": torch.from_numpy(image), "record_id": self.record_ids[index]}
         if mask is not None:
             item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]

@@ -144,3 +144,30 @@ def test_prediction_and_submission_at_the_records_own_size(trained):
     assert 0.05 * 3072 <= positive <= 0.12 * 3072, positive
     assert summary["positive_pixels"] == positive
     assert invoke("submission", "check", pred / "submission.csv", "--data", FIXTURE, "--split", "train")
+
+
+@pytest.mark.parametrize("source", ["raw", "cache"])
+def test_train_and_validation_join_with_the_pixel_mask_as_the_validation_soft_label(tmp_path, source):
+    """`data.train_split=train+validation` on real records: validation has no individual masks, so its pixel
+    mask is its soft label and the batch collates; the training records keep their annotators' mean."""
+    from segladder.config import build_config
+    from segladder.data.datasets import decode_batch
+    from segladder.data.module import ContrailsDataModule
+
+    root = FIXTURE
+    if source == "cache":
+        root = tmp_path / "cache"
+        invoke("data", "prepare", FIXTURE, "--out", root, "--frames", "4", "--workers", "1")
+    data = {"root": str(root), "frames": [4], "image_size": 32, "batch_size": 4, "num_workers": 0}
+    data["train_split"] = "train+validation"
+    dm = ContrailsDataModule(build_config({"data": data}).data, seed=0)
+    dm.build_train()
+    batch = decode_batch(next(iter(dm.train_dataloader())))  # the cache's batches travel as uint8
+    assert sorted(batch["record_id"]) == sorted(TRAIN_IDS + VAL_IDS)
+    soft, mask = {}, {}
+    for i, rid in enumerate(batch["record_id"]):
+        soft[rid], mask[rid] = batch["soft"][i, 0].float(), batch["mask"][i, 0].float()
+    assert mask[VAL_IDS[0]].sum() > 0 and torch.equal(soft[VAL_IDS[0]], mask[VAL_IDS[0]])
+    # The record one annotator of four marked: an empty pixel mask, a soft label of 0.25 where they drew.
+    lone = "1010450737335314351"
+    assert mask[lone].sum() == 0 and soft[lone].max() == pytest.approx(0.25, abs=0.01)
