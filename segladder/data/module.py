@@ -107,7 +107,7 @@ class ContrailsDataModule(L.LightningDataModule):
             for part in contrails_datasets(base):
                 part.soft_uint8 = False  # float pseudo labels must collate with the split's own soft labels
             base = ConcatDataset([base, extra])
-        _soft_labels_alike(base)
+        soft_labels_alike(base)
         self.train_set = _Seeded(base, self.seed)
 
     def build_val(self) -> None:
@@ -121,7 +121,7 @@ class ContrailsDataModule(L.LightningDataModule):
             ]
             subsets = [Subset(ds, fold_rows(ds, self.folds, lambda f: f == c.fold).tolist()) for ds in parts]
             val = subsets[0] if len(subsets) == 1 else ConcatDataset(subsets)
-            _soft_labels_alike(val)
+            soft_labels_alike(val)
         else:
             val = dataset_from_config(c, c.val_split, output_dtype=TRAINING_OUTPUT_DTYPE)
         self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
@@ -249,7 +249,7 @@ def emits_uint8_batches(ds: Dataset) -> bool:
     return all(getattr(d, "emits_uint8", False) for d in contrails_datasets(base))
 
 
-def _soft_labels_alike(ds: Dataset) -> None:
+def soft_labels_alike(ds: Dataset) -> None:
     """Where splits with and without soft labels are joined (train+validation), the ones without give
     their pixel mask as the soft label, so every item carries the same keys."""
     parts = contrails_datasets(ds)

@@ -198,8 +198,9 @@ def test_folds_to_a_submission(train_root, tmp_path):
         evaluate(run / "fold_0", data, folds=True, progress=False)
 
 
+@pytest.mark.parametrize("splits", [("train",), ("train", "validation")])
 def test_oof_threshold_is_the_pooled_best_and_each_fold_scores_its_own_records(
-    synth_root, tmp_path, monkeypatch
+    synth_root, tmp_path, monkeypatch, splits
 ):
     """Toy fold models give 0.25 on every contrail pixel and 0.05 elsewhere, so on the pooled maps Dice is 1
     at every threshold from 0.05 to 0.24 and 0 from 0.25 on (0.5 included): ties go to the one nearest 0.5,
@@ -212,16 +213,17 @@ def test_oof_threshold_is_the_pooled_best_and_each_fold_scores_its_own_records(
     from segladder.training.folds import out_of_fold
     from tests.inference.helpers import Lookup, row_key
 
-    rows = make_folds(synth_root, tmp_path / "folds.csv", k=3)
+    # The validation split has no individual masks: pooled with train, its records must still collate.
+    rows = make_folds(synth_root, tmp_path / "folds.csv", k=3, splits=splits)
     cfg = ExperimentConfig(data={"root": str(synth_root), "frames": [4], "image_size": 32})
-    ds = dataset_from_config(cfg.data, "train")
+    sets = {split: dataset_from_config(cfg.data, split) for split in splits}
     logit = torch.logit(torch.tensor([0.05, 0.25])).float()
-    index = {rid: i for i, rid in enumerate(ds.record_ids)}
     tables: list[dict] = [{} for _ in range(3)]
     for r in rows:
-        item = ds[index[r.record_id]]
+        ds = sets[r.split]
+        item = ds[list(ds.record_ids).index(r.record_id)]
         tables[r.fold][row_key(item["image"])] = logit[(item["mask"] > 0.5).long()]
-    masks = torch.stack([ds[i]["mask"] for i in range(len(ds))])
+    masks = torch.stack([ds[i]["mask"] for ds in sets.values() for i in range(len(ds))])
     positives, pixels = int((masks > 0.5).sum()), masks.numel()
     assert 0 < positives < pixels / 2
 
@@ -232,6 +234,7 @@ def test_oof_threshold_is_the_pooled_best_and_each_fold_scores_its_own_records(
     monkeypatch.setattr(folds_mod, "load_checkpoint", load)
     ens = out_of_fold(tmp_path / "run", rows, 3, batch_size=5, progress=False)
     assert ens.threshold == pytest.approx(0.24) and ens.oof_dice == pytest.approx(1.0)
-    assert ens.oof_dice_at_0_5 == 0.0 and ens.min_component == 0 and ens.oof_records == len(rows) == 12
+    assert ens.oof_dice_at_0_5 == 0.0 and ens.min_component == 0
+    assert ens.oof_records == len(rows) == sum(len(ds) for ds in sets.values()) == 12 + 4 * (len(splits) - 1)
     assert ens.percentile == pytest.approx(100 * (1 - positives / pixels), abs=1e-6)
     assert json.loads((tmp_path / "run" / "ensemble.json").read_text())["threshold"] == ens.threshold
