@@ -61,27 +61,32 @@ def synth_copy(synth_root, tmp_path) -> Path:
     return dst
 
 
-@pytest.fixture(scope="session")
-def train_root(tmp_path_factory) -> Path:
-    """40 + 12 synthetic records at 64² for training tests."""
+def generate_demo_world(root: Path, *, records: int, val_records: int, seed: int) -> Path:
+    """Synthetic records at 64² in the demo's world (contrails wider and more opaque than real ones):
+    tests train a few dozen steps, as the demo does."""
     from segladder.data.synth import generate_contrails
     from segladder.ladder.demo import DEMO_OPACITY_SCALE, DEMO_WIDTH_SCALE
 
-    root = tmp_path_factory.mktemp("train-synth") / "raw"
-    # The demo's world (contrails wider and more opaque than real ones): tests train a few dozen steps, as
-    # the demo does.
     generate_contrails(
         root,
-        records=40,
-        val_records=12,
+        records=records,
+        val_records=val_records,
         test_records=0,
         size=64,
-        seed=3,
+        seed=seed,
         progress=False,
         width_scale=DEMO_WIDTH_SCALE,
         opacity_scale=DEMO_OPACITY_SCALE,
     )
     return root
+
+
+@pytest.fixture(scope="session")
+def train_root(tmp_path_factory) -> Path:
+    """40 + 12 synthetic records at 64² for training tests."""
+    return generate_demo_world(
+        tmp_path_factory.mktemp("train-synth") / "raw", records=40, val_records=12, seed=3
+    )
 
 
 @pytest.fixture(scope="session")

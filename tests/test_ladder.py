@@ -19,6 +19,7 @@ from segladder.ladder import (
     diagnose,
 )
 from segladder.ladder.gates import f1_rise
+from tests.conftest import generate_demo_world
 
 
 def history(losses, f1s):
@@ -86,21 +87,9 @@ def test_diagnosis_names_the_part_the_rung_adds():
 @pytest.fixture(scope="module")
 def ladder_cache(tmp_path_factory):
     from segladder.data.cache import CacheOptions, prepare_cache
-    from segladder.data.synth import generate_contrails
-    from segladder.ladder.demo import DEMO_OPACITY_SCALE, DEMO_WIDTH_SCALE
 
     tmp = tmp_path_factory.mktemp("ladder")
-    generate_contrails(  # the demo's world: contrails wider and more opaque than real ones
-        tmp / "raw",
-        records=24,
-        val_records=8,
-        test_records=0,
-        size=64,
-        seed=5,
-        progress=False,
-        width_scale=DEMO_WIDTH_SCALE,
-        opacity_scale=DEMO_OPACITY_SCALE,
-    )
+    generate_demo_world(tmp / "raw", records=24, val_records=8, seed=5)
     prepare_cache(
         tmp / "raw", tmp / "cache", CacheOptions(frames=(3, 4), image_size=64), workers=1, progress=False
     )
