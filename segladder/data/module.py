@@ -86,7 +86,7 @@ class ContrailsDataModule(L.LightningDataModule):
             if c.positives_only:
                 rows = rows[np.isin(rows, positive_rows(train))]
             parts.append(train if len(rows) == len(train) else Subset(train, rows.tolist()))
-        base = parts[0] if len(parts) == 1 else ConcatDataset(parts)
+        base = joined(parts)
         if c.positives_only and len(base) == 0:
             raise ConfigError(
                 f"data.positives_only: split '{c.train_split}' of {c.root} has no positive records."
@@ -106,8 +106,7 @@ class ContrailsDataModule(L.LightningDataModule):
             )
             for part in contrails_datasets(base):
                 part.soft_uint8 = False  # float pseudo labels must collate with the split's own soft labels
-            base = ConcatDataset([base, extra])
-        soft_labels_alike(base)
+            base = joined([base, extra])
         self.train_set = _Seeded(base, self.seed)
 
     def build_val(self) -> None:
@@ -120,8 +119,7 @@ class ContrailsDataModule(L.LightningDataModule):
                 for split in sorted({r.split for r in self.folds})
             ]
             subsets = [Subset(ds, fold_rows(ds, self.folds, lambda f: f == c.fold).tolist()) for ds in parts]
-            val = subsets[0] if len(subsets) == 1 else ConcatDataset(subsets)
-            soft_labels_alike(val)
+            val = joined(subsets)
         else:
             val = dataset_from_config(c, c.val_split, output_dtype=TRAINING_OUTPUT_DTYPE)
         self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
@@ -249,13 +247,18 @@ def emits_uint8_batches(ds: Dataset) -> bool:
     return all(getattr(d, "emits_uint8", False) for d in contrails_datasets(base))
 
 
-def soft_labels_alike(ds: Dataset) -> None:
-    """Where splits with and without soft labels are joined (train+validation), the ones without give
-    their pixel mask as the soft label, so every item carries the same keys."""
-    parts = contrails_datasets(ds)
-    if any(p.has_soft for p in parts):
-        for part in parts:
-            part.soft_from_mask = not part.has_soft
+def joined(parts: list[Dataset]) -> Dataset:
+    """`parts` as one dataset. Where splits with and without soft labels meet (train+validation: the
+    competition's validation has no individual masks), the ones without give their pixel mask as the soft
+    label, so every item carries the same keys."""
+    if len(parts) == 1:
+        return parts[0]
+    out = ConcatDataset(parts)
+    datasets = contrails_datasets(out)
+    if any(d.has_soft for d in datasets):
+        for d in datasets:
+            d.soft_from_mask = not d.has_soft
+    return out
 
 
 def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:

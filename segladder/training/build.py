@@ -92,8 +92,6 @@ def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> Non
     from segladder.inference.checkpoint import CheckpointError, input_mismatches, load_checkpoint
 
     key = "trainer.init_from"
-    if not path.is_file():
-        raise ConfigError(f"{key}: {path} does not exist; give the best.ckpt or last.ckpt of an earlier run.")
     try:
         loaded = load_checkpoint(path)
     except CheckpointError as exc:
@@ -103,10 +101,7 @@ def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> Non
             f"{key}: {path} holds {loaded.config.model.name}, this run trains {cfg.model.name}; "
             f"set model.name={loaded.config.model.name} or start from a {cfg.model.name} checkpoint."
         )
-    # The checkpoint's own config names in_chans only once resolved; compare like with like.
-    loaded_cfg = (
-        resolve_model(loaded.config) if "in_chans" not in loaded.config.model.kwargs else loaded.config
-    )
+    loaded_cfg = resolve_model(loaded.config)  # in_chans filled in as it is for this run
     # Sizes may differ (the models are convolutional); frames and channels are what the weights mean.
     clash = [c for c in input_mismatches(cfg, loaded_cfg) if c[0] != "data.image_size"]
     if clash:

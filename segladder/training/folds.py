@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Subset
 from segladder.config import ExperimentConfig, dump_config
 from segladder.data.datasets import dataset_from_config
 from segladder.data.folds import FoldRecord, check_trainable, make_folds, read_folds
-from segladder.data.module import fold_rows, soft_labels_alike
+from segladder.data.module import fold_rows, joined
 from segladder.errors import ConfigError, SegladderError
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.folds import FoldEnsemble
@@ -148,16 +148,12 @@ def _fold_best(fold_dir: Path, monitor: str = "val/dice_best") -> tuple[float, i
     return float(best[monitor]), int(best["epoch"])
 
 
-def _held_out(ck, rows: list[FoldRecord], fold: int) -> Subset | torch.utils.data.ConcatDataset:
+def _held_out(ck, rows: list[FoldRecord], fold: int) -> torch.utils.data.Dataset:
     parts = []
     for split in sorted({r.split for r in rows}):
         ds = dataset_from_config(ck.config.data, split, stats=ck.stats)
         parts.append(Subset(ds, fold_rows(ds, rows, lambda f: f == fold).tolist()))
-    if len(parts) == 1:
-        return parts[0]
-    joined = torch.utils.data.ConcatDataset(parts)
-    soft_labels_alike(joined)
-    return joined
+    return joined(parts)
 
 
 def out_of_fold(
