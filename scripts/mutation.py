@@ -56,6 +56,7 @@ T_CKPT = (
     "tests/inference/test_predict.py::test_refuses_a_malicious_pickle",
     "tests/inference/test_predict.py::test_ensemble_weights_and_mixed_frames",
 )
+T_STEP = ("tests/training/test_steady_steps.py", "tests/training/test_optim.py")
 T_RLE = ("tests/inference/test_submission.py",)
 T_METRICS = ("tests/test_metrics.py",)
 T_BOXES = ("tests/test_box_metrics.py",)
@@ -240,26 +241,34 @@ MUTATIONS: list[Mutation] = [
     M(
         "NaN guard",
         "segladder/tasks/base.py",
-        "finite = torch.isfinite(loss.detach())",
-        "finite = torch.ones_like(loss.detach(), dtype=torch.bool)",
+        "        self.step_losses.append(self.last_loss)\n",
+        "",
         T_NAN,
-        "a non-finite loss is not flagged",
+        "the step's loss is not checked",
     ),
     M(
         "NaN guard",
         "segladder/training/callbacks.py",
-        "optimizer.found_inf = bad.float()",
-        "optimizer.found_inf = None",
+        "optimizer.found_inf = bad  #",
+        "optimizer.found_inf = None  #",
         T_NAN,
         "the fused optimiser steps on a non-finite step",
     ),
     M(
         "NaN guard",
         "segladder/training/callbacks.py",
-        "bad = loss_bad if scaled else loss_bad | grads_bad",
-        "bad = loss_bad",
+        "checked = losses if scaled else [*losses, *grads]",
+        "checked = losses",
         T_NAN,
         "non-finite gradients with a finite loss are stepped on",
+    ),
+    M(
+        "NaN guard",
+        "segladder/training/callbacks.py",
+        'kind = "gradient" if all(',
+        'kind = "loss" if all(',
+        T_NAN,
+        "a bad gradient reported as a bad loss",
     ),
     M(
         "NaN guard",
@@ -292,6 +301,63 @@ MUTATIONS: list[Mutation] = [
         '        if False:\n            console.print(\n                f"[red]not writing',
         T_NAN,
         "checkpoints with NaN weights are written",
+    ),
+    # --- the training step on a GPU (issue 25): sync-free, few launches, fused and clipped, compiled
+    M(
+        "training step",
+        "segladder/losses.py",
+        "term = value if weight == 1.0 else weight * value",
+        "term = weight * value",
+        T_STEP,
+        "a loss weight of 1 multiplied every step",
+    ),
+    M(
+        "training step",
+        "segladder/metrics.py",
+        "    FOLD = 256",
+        "    FOLD = 1",
+        T_STEP,
+        "the epoch means updated on the device every step",
+    ),
+    M(
+        "training step",
+        "segladder/training/callbacks.py",
+        "        if self.samples_per_s and logs_this_step(trainer):",
+        "        if self.samples_per_s:",
+        T_STEP,
+        "samples/s logged every step",
+    ),
+    M(
+        "training step",
+        "segladder/tasks/base.py",
+        "            torch.nn.utils.clip_grad_norm_(grads, gradient_clip_val, foreach=True)",
+        "            pass",
+        T_STEP,
+        "clipping by norm does nothing",
+    ),
+    M(
+        "training step",
+        "segladder/tasks/base.py",
+        "            torch.nn.utils.clip_grad_value_(grads, gradient_clip_val, foreach=True)",
+        "            pass",
+        T_STEP,
+        "clipping by value does nothing",
+    ),
+    M(
+        "training step",
+        "segladder/tasks/base.py",
+        "model = self.model if self._compiled is None else self._compiled",
+        "model = self.model",
+        T_STEP,
+        "trainer.compile builds a compiled module that never runs",
+    ),
+    M(
+        "training step",
+        "segladder/optim.py",
+        'kinds <= {"cpu", "cuda"}',
+        'kinds <= {"cpu"}',
+        T_STEP,
+        "Adam/AdamW not fused on CUDA",
     ),
     # --- checkpoints (loading for inference)
     M(

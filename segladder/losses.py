@@ -315,7 +315,8 @@ class CompositeLoss(nn.Module):
     def forward(
         self, logits: Tensor, targets: Tensor | Mapping[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        total = logits.new_zeros((), dtype=torch.float32)
+        # Started from the first term, and a weight of 1 not multiplied: each op is a kernel launch per step.
+        total: Tensor | None = None
         parts: dict[str, Tensor] = {}
         for name, weight, key, module in zip(self.names, self.weights, self.targets, self.terms, strict=True):
             if isinstance(targets, Mapping):
@@ -327,9 +328,10 @@ class CompositeLoss(nn.Module):
             else:
                 target = targets
             value = module(logits, target)
-            total = total + weight * value
+            term = value if weight == 1.0 else weight * value
+            total = term if total is None else total + term
             parts[name] = value.detach()
-        return total, parts
+        return total.float(), parts
 
     def extra_repr(self) -> str:
         return ", ".join(

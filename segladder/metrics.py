@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_auroc
 from torchmetrics.utilities import dim_zero_cat
@@ -22,6 +22,7 @@ __all__ = [
     "BoxMetrics",
     "ClassificationMetrics",
     "FiniteMean",
+    "StepMeans",
     "ThresholdSweepDice",
     "box_iou",
     "global_dice",
@@ -89,6 +90,48 @@ class FiniteMean(Metric):
 
     def compute(self) -> Tensor:
         return self.total / self.weight
+
+
+class StepMeans(nn.Module):
+    """Weighted means by name of values given once a step (the epoch's training loss and its parts).
+
+    A step only keeps a reference to its values: every `FOLD` steps, and when read, they are stacked and
+    folded into one `FiniteMean` per name and weight, so a training step launches no device work for them
+    (each kernel launch is host time a launch-bound GPU step waits for).
+    """
+
+    FOLD = 256
+
+    def __init__(self):
+        super().__init__()
+        self.means = nn.ModuleDict()
+        self._pending: list[tuple[float, dict[str, Tensor]]] = []
+
+    def update(self, values: dict[str, Tensor], weight: float = 1.0) -> None:
+        self._pending.append((float(weight), values))
+        if len(self._pending) >= self.FOLD:
+            self.fold()
+
+    def fold(self) -> None:
+        groups: dict[tuple[str, float], list[Tensor]] = {}
+        for weight, values in self._pending:
+            for name, value in values.items():
+                groups.setdefault((name, weight), []).append(value.detach().reshape(()))
+        self._pending.clear()
+        for (name, weight), stacked in groups.items():
+            if name not in self.means:
+                self.means[name] = FiniteMean().to(stacked[0].device)
+            self.means[name].update(torch.stack(stacked), weight)
+
+    def compute(self) -> dict[str, Tensor]:
+        """The means so far, reduced over processes, of the names that had a value."""
+        self.fold()
+        return {name: m.compute() for name, m in self.means.items() if m.update_called}
+
+    def reset(self) -> None:
+        self._pending.clear()
+        for m in self.means.values():
+            m.reset()
 
 
 def _threshold_grid(thresholds: int | Sequence[float]) -> tuple[float, ...]:

@@ -14,7 +14,7 @@ from segladder.config import ExperimentConfig
 from segladder.errors import ConfigError
 from segladder.inference.checkpoint import CHECKPOINT_KEY, CHECKPOINT_VERSION
 from segladder.losses import build_loss
-from segladder.metrics import FiniteMean
+from segladder.metrics import StepMeans
 from segladder.optim import build_optimizer, build_scheduler
 from segladder.registry import Registry
 
@@ -28,12 +28,13 @@ class Task(L.LightningModule):
     logged metric that picks the best checkpoint, higher is better) and implements `compute_loss`,
     `validation_step` and `on_validation_epoch_end`; it is registered with `@TASKS.register("name")` and
     gets its config section in `segladder/config.py`. The callbacks talk to it only through the members
-    below (`model_input`, `compute_loss`, `step_finite`, `step_parts`, `threshold_curve`, `pictures`,
+    below (`model_input`, `compute_loss`, `step_losses`, `step_parts`, `threshold_curve`, `pictures`,
     `monitor`, `curve_keys`, `curve_title`).
 
-    A training step never reads a value back from the device: the loss's finiteness is kept as a device
-    flag (`step_finite`) that `NonFiniteGuard` turns into a skipped optimiser step, and the epoch's
-    training loss is a device-side mean of the finite steps (`FiniteMean`).
+    A training step never reads a value back from the device, and launches no device work beyond the
+    model's and the loss's: the coming optimiser step's losses are kept (`step_losses`) for `NonFiniteGuard`
+    to check with the gradients in one fused kernel, and the epoch's training loss is a device-side mean of
+    the finite steps, folded from kept references (`StepMeans`).
 
     Args:
         cfg: the experiment; `cfg.model` already holds every argument the model was built with.
@@ -52,13 +53,12 @@ class Task(L.LightningModule):
         self.save_hyperparameters({"config": cfg.model_dump(mode="json")})
         self.cfg = cfg
         self.model = model
-        # Device flag "every micro-batch of the coming optimiser step had a finite loss", and the last loss's
-        # parts; NonFiniteGuard reads both and clears the flag once the step is decided.
-        self.step_finite: Tensor | None = None
+        # The (detached) losses of the micro-batches of the coming optimiser step, and the last loss's parts;
+        # NonFiniteGuard checks the losses with the gradients and clears them once the step is decided.
+        self.step_losses: list[Tensor] = []
         self.step_parts: dict[str, Tensor] = {}
         self.last_loss: Tensor | None = None
-        self.train_loss_mean = FiniteMean()
-        self.train_part_means = nn.ModuleDict()
+        self.train_means = StepMeans()
         self._compiled: Any = None
         if cfg.trainer.channels_last:
             self.model.to(memory_format=torch.channels_last)
@@ -117,24 +117,20 @@ class Task(L.LightningModule):
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
         loss, parts = self.compute_loss(batch)
-        finite = torch.isfinite(loss.detach())
-        # ANDed over the micro-batches of an accumulated step; NonFiniteGuard resets it after the step.
-        self.step_finite = finite if self.step_finite is None else self.step_finite & finite
+        self.last_loss = loss.detach()
+        self.step_losses.append(self.last_loss)
         self.step_parts = parts
         bs = self.model_input(batch).shape[0]
         # Per step without sync_dist (an all-reduce a step); the epoch means are reduced once, at its end.
         # Not prog_bar: Lightning turns every progress-bar value into a number after every batch, a host
         # read that waits for the device; IntervalProgressBar shows `last_loss` at log steps instead.
-        self.last_loss = loss.detach()
         if logs_this_step(self.trainer):
             self.log("train/loss", self.last_loss, on_step=True, on_epoch=False, batch_size=bs)
-        # The epoch means accumulate on the device and are logged once, in on_train_epoch_end: a logged
-        # Metric object costs Lightning a walk over its state on every self.log.
-        self.train_loss_mean.update(loss, bs)
-        for name, value in parts.items():
-            if name not in self.train_part_means:
-                self.train_part_means[name] = FiniteMean().to(loss.device)
-            self.train_part_means[name].update(value, bs)
+        # The epoch means are logged once, in on_train_epoch_end: a logged Metric object costs Lightning a
+        # walk over its state on every self.log.
+        self.train_means.update(
+            {"train/loss_epoch": self.last_loss, **{f"train/{n}": v for n, v in parts.items()}}, bs
+        )
         return loss
 
     def configure_gradient_clipping(
@@ -156,22 +152,14 @@ class Task(L.LightningModule):
 
     def train_epoch_metrics(self) -> dict[str, Tensor]:
         """The epoch's training loss and loss parts so far (means of the finite steps, reduced over processes)."""
-        out = (
-            {"train/loss_epoch": self.train_loss_mean.compute()} if self.train_loss_mean.update_called else {}
-        )
-        for name, metric in self.train_part_means.items():
-            if metric.update_called:
-                out[f"train/{name}"] = metric.compute()
-        return out
+        return self.train_means.compute()
 
     def on_train_epoch_end(self) -> None:
         for key, value in self.train_epoch_metrics().items():
             self.log(key, value, on_step=False, on_epoch=True)
 
     def on_train_epoch_start(self) -> None:
-        self.train_loss_mean.reset()
-        for metric in self.train_part_means.values():
-            metric.reset()
+        self.train_means.reset()
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
             dm.set_epoch(self.current_epoch)

@@ -38,14 +38,26 @@ def _finite(t: Any) -> bool:
     return True
 
 
-def _any_nonfinite(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """A device flag: does any element of `tensors` hold NaN or ±inf? The max-abs norm of a tensor is finite
-    exactly when all its elements are; torch computes it for all tensors in a few fused kernels."""
-    try:
-        norms = torch._foreach_norm(tensors, float("inf"))
-    except (RuntimeError, NotImplementedError):  # a device or dtype without the fused norm
-        norms = [t.abs().amax() for t in tensors]
-    return ~torch.stack(norms).isfinite().all()
+def _nonfinite_flag(tensors: list[torch.Tensor], device: torch.device, ones: dict) -> torch.Tensor:
+    """A float device flag, 1 when an element of `tensors` is NaN or ±inf, else 0: what a fused optimiser reads
+    as `found_inf`. GradScaler's own check makes it in one fused kernel per device and dtype; it multiplies
+    the values by `ones[device]` (1.0) in place, which leaves them as they were. `ones` caches that tensor."""
+    found = torch.zeros((), device=device)
+    groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.device, t.dtype), []).append(t)
+    for (dev, _), group in groups.items():
+        flag = found if dev == found.device else torch.zeros((), device=dev)
+        if dev not in ones:
+            ones[dev] = torch.ones((), device=dev)
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(group, flag, ones[dev])
+        except (RuntimeError, NotImplementedError):  # a device without the check: max-abs norms instead
+            norms = torch._foreach_norm(group, float("inf"))
+            flag = torch.maximum(flag, (~torch.stack(norms).isfinite().all()).float())
+        if flag is not found:
+            found = torch.maximum(found, flag.to(device))
+    return found
 
 
 def first_nonfinite_module(model: torch.nn.Module, x: torch.Tensor, context) -> dict | None:
@@ -74,10 +86,11 @@ def first_nonfinite_module(model: torch.nn.Module, x: torch.Tensor, context) -> 
 
 @dataclass
 class _StepFlags:
-    """One optimiser step's non-finite flags on their way to the host, and what a report of it needs."""
+    """One optimiser step's non-finite flag on its way to the host, and what a report of it needs."""
 
-    flags: torch.Tensor  # (loss bad, gradients bad), in pinned host memory once `ready`
-    event: Any  # a CUDA event recorded after the copy; None when the flags were on the CPU all along
+    flag: torch.Tensor  # 1.0 when the step was not finite; in pinned host memory once `ready`
+    event: Any  # a CUDA event recorded after the copy; None when the flag was on the CPU all along
+    losses: list[torch.Tensor]  # the step's losses, read back only when the flag is set (loss or gradient?)
     record: dict
     batch: dict
 
@@ -92,15 +105,17 @@ class _StepFlags:
 class NonFiniteGuard(Callback):
     """Skips steps with a non-finite loss or gradient; after `patience` in a row, diagnoses and stops.
 
-    Nothing is read back from the device to decide a step. The task keeps its loss's finiteness as a
-    device flag (`Task.step_finite`); here it is joined with the gradients' and, for a fused optimiser (every
-    AdamW/Adam segladder builds on a CPU or CUDA device), handed to the fused kernel as `found_inf`, which
-    leaves the weights, the moments and the step count untouched when it is set. The flags are copied to the
-    host without waiting (pinned memory and an event) and reported, counted and acted on once the copy has
-    landed, at most `MAX_PENDING` steps later. Other optimisers get the gradients set to None after one
-    host read of the flag per step (torch's non-fused optimisers have no on-device skip). Under 16-mixed the
-    GradScaler already skips overflowing steps while it calibrates its scale, so only non-finite losses count
-    there. With gradient accumulation a non-finite micro-batch drops its whole optimiser step.
+    Nothing is read back from the device to decide a step, and deciding it costs a few kernel launches. The
+    task keeps the step's losses (`Task.step_losses`); here they and the gradients are checked in
+    GradScaler's fused kernel, and for a fused optimiser (every AdamW/Adam segladder builds on a CPU or CUDA
+    device) the flag is handed to the fused kernel as `found_inf`, which leaves the weights, the moments
+    and the step count untouched when it is set. The flag is copied to the host without waiting (pinned
+    memory and an event) and reported, counted and acted on once the copy has landed, at most `MAX_PENDING`
+    steps later; only then, and only for a bad step, are its losses read to tell a bad loss from a bad
+    gradient. Other optimisers get the gradients set to None after one host read of the flag per step
+    (torch's non-fused optimisers have no on-device skip). Under 16-mixed the GradScaler already skips
+    overflowing steps while it calibrates its scale, so only non-finite losses count there. With gradient
+    accumulation a non-finite micro-batch drops its whole optimiser step.
     """
 
     MAX_PENDING = 16
@@ -114,6 +129,7 @@ class NonFiniteGuard(Callback):
         self._batch_idx = -1
         self._pending: deque[_StepFlags] = deque()
         self._pinned: list[torch.Tensor] = []
+        self._ones: dict[torch.device, torch.Tensor] = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         require_task(pl_module, type(self).__name__)
@@ -123,28 +139,20 @@ class NonFiniteGuard(Callback):
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        loss_finite = pl_module.step_finite
-        pl_module.step_finite = None
-        device = grads[0].device if grads else pl_module.device
-        loss_bad = (
-            ~loss_finite if loss_finite is not None else torch.zeros((), dtype=torch.bool, device=device)
-        )
-        grads_bad = _any_nonfinite(grads) if grads else torch.zeros((), dtype=torch.bool, device=device)
+        losses, pl_module.step_losses = pl_module.step_losses, []
         scaled = trainer.precision == "16-mixed"
-        bad = loss_bad if scaled else loss_bad | grads_bad
+        checked = losses if scaled else [*losses, *grads]
+        bad = _nonfinite_flag(checked, checked[0].device if checked else pl_module.device, self._ones)
         if getattr(optimizer, "defaults", {}).get("fused") and not scaled:
-            optimizer.found_inf = bad.float()  # read by the fused kernel: skip this step when 1
+            optimizer.found_inf = bad  # read by the fused kernel: skip this step when 1
         elif bool(bad):  # no on-device skip for this optimiser: one host read a step
             for g in optimizer.param_groups:
                 for p in g["params"]:
                     p.grad = None
-        # The kind reported: the loss when it was bad, else the gradients (not counted under 16-mixed).
-        grads_only = torch.zeros_like(grads_bad) if scaled else grads_bad & ~loss_bad
-        flags = torch.stack([loss_bad, grads_only])
         lr = optimizer.param_groups[0]["lr"] if optimizer.param_groups else float("nan")
-        self._enqueue(trainer, pl_module, flags, lr)
+        self._enqueue(trainer, pl_module, bad, losses, lr)
 
-    def _enqueue(self, trainer, pl_module, flags: torch.Tensor, lr) -> None:
+    def _enqueue(self, trainer, pl_module, flag: torch.Tensor, losses: list[torch.Tensor], lr) -> None:
         batch = self._batch or {}
         record = {
             "step": trainer.global_step,
@@ -155,13 +163,13 @@ class NonFiniteGuard(Callback):
             "parts": dict(pl_module.step_parts),
         }
         event = None
-        if flags.device.type == "cuda":
-            host = self._pinned.pop() if self._pinned else torch.empty(2, dtype=torch.bool, pin_memory=True)
-            host.copy_(flags, non_blocking=True)
+        if flag.device.type == "cuda":
+            host = self._pinned.pop() if self._pinned else torch.empty((), pin_memory=True)
+            host.copy_(flag, non_blocking=True)
             event = torch.cuda.Event()
             event.record()
-            flags = host
-        self._pending.append(_StepFlags(flags, event, record, batch))
+            flag = host
+        self._pending.append(_StepFlags(flag, event, losses, record, batch))
         if len(self._pending) > self.MAX_PENDING:
             self._pending[0].wait()  # the device is that many steps behind; the queue still holds work
 
@@ -181,12 +189,15 @@ class NonFiniteGuard(Callback):
         while self._pending and (wait or self._pending[0].ready()):
             step = self._pending.popleft()
             step.wait()
-            loss_bad, grads_bad = step.flags.numpy().tolist()  # host memory: the pinned copy on CUDA
+            bad = bool(step.flag.numpy())  # host memory (the pinned copy on CUDA): no wait for the device
             if step.event is not None:
-                self._pinned.append(step.flags)
+                self._pinned.append(step.flag)
             if self.stopped_reason is not None:
                 continue
-            self._account(trainer, pl_module, step, "loss" if loss_bad else "gradient" if grads_bad else None)
+            kind = None
+            if bad:  # something is wrong: now the losses may be read back
+                kind = "gradient" if all(bool(torch.isfinite(v).all()) for v in step.losses) else "loss"
+            self._account(trainer, pl_module, step, kind)
 
     def _account(self, trainer, pl_module, step: _StepFlags, kind: str | None) -> None:
         if kind is None:

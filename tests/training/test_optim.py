@@ -136,3 +136,20 @@ def test_constant_schedule_is_none_and_onecycle_peaks_at_each_groups_lr():
         opt.step()
         sched.step()
     assert peaks["decoder"] == pytest.approx(LR) and peaks["encoder"] == pytest.approx(LR * MULT)
+
+
+def test_adam_is_fused_where_every_parameter_is_on_one_cpu_or_cuda_kind():
+    """Fused on CUDA as on the CPU (one kernel a step, and the NaN guard's on-device skip); not where the
+    parameters are split across device kinds or on one the fused kernel lacks. Only `.device` is read, so
+    stand-ins carry the CUDA case on a machine without one."""
+    from types import SimpleNamespace
+
+    from segladder.optim import _fused
+
+    def on(*kinds):
+        return [{"params": [SimpleNamespace(device=torch.device(k)) for k in kinds]}]
+
+    assert _fused(on("cuda", "cuda")) == {"fused": True}
+    assert _fused(on("cpu")) == {"fused": True}
+    assert _fused(on("cpu", "cuda")) == {}
+    assert _fused(on("meta")) == {}

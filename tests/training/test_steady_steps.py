@@ -3,9 +3,14 @@ fused optimisers, and compile trains. The GPU tests hold it under `torch.cuda.se
 
 from __future__ import annotations
 
+import collections
+import math
+
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
 from segladder.training.build import build_trainer
@@ -163,6 +168,33 @@ def test_the_epoch_loss_is_the_weighted_mean_of_the_finite_steps():
     assert m.compute().item() == pytest.approx((1 * 4 + 4 * 2) / 6)
 
 
+def test_step_means_weigh_by_batch_size_skip_nonfinite_steps_and_fold_without_per_step_work(monkeypatch):
+    from segladder.metrics import StepMeans
+
+    monkeypatch.setattr(StepMeans, "FOLD", 3)
+    nan, inf = float("nan"), float("inf")
+    # 7 steps: folds after the 3rd and the 6th, and a rest read at compute; "part" is missing from two steps.
+    steps = [(1.0, 4), (nan, 4), (4.0, 2), (2.0, 4), (inf, 2), (3.0, 1), (5.0, 3)]
+    m = StepMeans()
+    for i, (value, bs) in enumerate(steps):
+        values = {"loss": torch.tensor(value)}
+        if i not in (1, 3):
+            values["part"] = torch.tensor(10.0 * i)
+        with _DeviceOps() as ops:
+            m.update(values, bs)
+        if i not in (2, 5):
+            assert not ops.ops  # an update that does not fold launches nothing
+    out = m.compute()
+    finite = [(v, w) for v, w in steps if math.isfinite(v)]
+    assert out["loss"].item() == pytest.approx(sum(v * w for v, w in finite) / sum(w for _, w in finite))
+    parts = [(10.0 * i, w) for i, (v, w) in enumerate(steps) if i not in (1, 3)]
+    assert out["part"].item() == pytest.approx(sum(v * w for v, w in parts) / sum(w for _, w in parts))
+    m.update({"loss": torch.tensor(100.0)}, 1)  # not folded yet: reset drops it too
+    m.reset()
+    m.update({"loss": torch.tensor(7.0)}, 2)
+    assert {k: v.item() for k, v in m.compute().items()} == {"loss": 7.0}  # "part" had no value since
+
+
 class _ClippedGrads(L.Callback):
     """The global gradient norm and largest gradient of each optimiser step: read after the step, where the
     gradients are still those the task clipped (Lightning zeroes them at the next step's start)."""
@@ -209,14 +241,108 @@ def test_clip_by_value(tmp_path):
     assert len(seen.largest) == 2 and max(seen.largest) == pytest.approx(1e-4)
 
 
+class _DeviceOps(TorchDispatchMode):
+    """Counts the ops that reach a device kernel (views, aliases and bare allocations do not): on a GPU each
+    is a launch, host time that a launch-bound step waits for. Forward, backward and optimiser all count."""
+
+    HOST_ONLY = {
+        "alias", "as_strided", "detach", "empty", "empty_strided", "expand", "lift_fresh", "permute",
+        "resolve_conj", "resolve_neg", "select", "slice", "squeeze", "t", "unsqueeze", "view", "_unsafe_view",
+        "_record_function_enter_new", "_record_function_exit",  # profiler marks, no kernel
+    }  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in self.HOST_ONLY:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _CountSteps(L.Callback):
+    """`_DeviceOps` from the start of batch `start` to the end of batch `stop - 1` (hooks between included)."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+        self.mode = _DeviceOps()
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if batch_idx == self.start:
+            self.mode.__enter__()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if batch_idx == self.stop - 1:
+            self.mode.__exit__(None, None, None)
+
+
+def test_a_steady_step_launches_only_the_guards_ops_beyond_the_bare_loop(tmp_path):
+    """The user's Trainer (NaN guard, recorder, checkpoints, logger, progress bar) against the bare loop of
+    `bench_reference` on the same model and batch, op for op, between log steps. Beyond the bare loop's ops
+    a step may launch only the NaN guard's flag and fused check, the fused optimiser's undo of its step
+    count (one per parameter group), the second parameter group's update (no weight decay on norms and
+    biases), and Lightning's loss clone and accumulation divide (and its backward). A per-step metric
+    update, finiteness test or loss-weight multiply shows as more."""
+    batch = next(iter(DataLoader(Batches(4), batch_size=4)))
+    steps = 6
+    cfg, task = _task(
+        tmp_path,
+        **{
+            "optim.name": "adamw",
+            "loss": "[{name: bce}]",
+            "trainer.progress": True,
+            "trainer.log_every_n_steps": 50,
+        },
+    )
+    window = _CountSteps(2, 2 + steps)
+    trainer, _ = build_trainer(cfg, tmp_path / "run", task.monitor, extra_callbacks=[window])
+    trainer.fit(
+        task, DataLoader([batch] * (steps + 4), batch_size=None), DataLoader(Batches(4), batch_size=4)
+    )
+    groups = len(trainer.optimizers[0].param_groups)
+    assert groups == 2
+
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    bare = _DeviceOps()
+    for i in range(steps + 2):
+        if i == 2:
+            bare.__enter__()
+        loss = F.binary_cross_entropy_with_logits(model(batch["image"]), batch["mask"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    bare.__exit__(None, None, None)
+
+    per_step = {
+        "zeros": 1,  # the guard's flag
+        "_amp_foreach_non_finite_check_and_unscale_": 1,  # losses and gradients in one check
+        "_foreach_sub_": groups,  # found_inf: the fused optimiser's step count kept on a skipped step
+        "_foreach_add_": groups - 1,
+        "_fused_adamw_": groups - 1,
+        "clone": 1,  # Lightning's closure result
+        "div": 2,  # Lightning's loss / accumulate_grad_batches, and its backward
+    }
+    assert window.mode.ops - bare.ops == collections.Counter({k: v * steps for k, v in per_step.items()})
+    assert not bare.ops - window.mode.ops  # the model's own work is all there
+
+
 @pytest.mark.slow
 def test_compile_trains_a_tiny_model(tmp_path):
     """`trainer.compile: true` on the CPU: the compiled forward is the one that trains."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
     cfg, task = _task(tmp_path, **{"trainer.compile": True, "optim.name": "adamw"})
     trainer, _ = build_trainer(cfg, tmp_path / "run", task.monitor)
     before = task.model.conv.weight.detach().clone()
     trainer.fit(task, DataLoader(Batches(8), batch_size=4), DataLoader(Batches(8), batch_size=4))
     assert task._compiled is not None and type(task._compiled).__name__ == "OptimizedModule"
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo captured the model: the compiled forward ran
     assert not torch.equal(before, task.model.conv.weight)  # the compiled module shares the weights
     assert set(
         torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
