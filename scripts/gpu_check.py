@@ -1,4 +1,5 @@
-"""The GPU check (`scripts/gpu_check.sh`): GPU tests, trainer vs bare loop, the real data path, `bench data`.
+"""The GPU check (`scripts/gpu_check.sh`): GPU tests, trainer vs bare loop, the real data path, `bench data`,
+and the device ops a step launches beyond the bare loop's.
 
 Each step runs as its own process under a time limit and is recorded even when it fails, so one crash
 still leaves the other figures. Writes OUT/gpu_check.json (every result row, the verdicts, the versions)
@@ -142,12 +143,13 @@ def _table(rows: list[dict], verdicts: list[dict], steps: list[dict], versions: 
         "| case | mode | bare loop img/s | segladder img/s | ratio | target |",
         "|---|---|---|---|---|---|",
     ]
+    timed = [r for r in rows if "ops_per_step" not in r]
     refs = {
         (r["case"], r["mode"].removeprefix("reference_")): r
-        for r in rows
+        for r in timed
         if r["mode"].startswith("reference_")
     }
-    for r in rows:
+    for r in timed:
         if r["mode"].startswith("trainer_memory_"):
             mode = r["mode"].removeprefix("trainer_memory_")
             ref = refs.get((r["case"], mode))
@@ -160,6 +162,20 @@ def _table(rows: list[dict], verdicts: list[dict], steps: list[dict], versions: 
             lines.append(
                 f"| {r['case']} bs{r['batch']} data path ({r.get('workers')} workers) | {mode} | (in-memory trainer) | "
                 f"{r['img_per_s']} | {r.get('vs_memory', '-')} | {DATA_TARGET} |"
+            )
+    counted = [r for r in rows if "extra_ops_per_step" in r]
+    if counted:
+        lines += [
+            "",
+            "| case | mode | bare loop ops/step | segladder ops/step | extra | extra by op |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in counted:
+            by_op = ", ".join(f"{k} {v:g}" for k, v in r["extra_ops"].items())
+            bare = r["ops_per_step"] - r["extra_ops_per_step"]
+            lines.append(
+                f"| {r['case']} bs{r['batch']} | {r['mode'].removeprefix('trainer_memory_')} | {bare:g} | "
+                f"{r['ops_per_step']:g} | {r['extra_ops_per_step']:g} | {by_op} |"
             )
     lines += ["", "| step | exit | seconds |", "|---|---|---|"]
     lines += [f"| {s['step']} | {s['exit']} | {s['seconds']} |" for s in steps]
@@ -214,6 +230,13 @@ def main() -> int:
         # ref_train_bench.py (the shared performance anchors' bare loop), for the table beside ours.
         argv = [py, str(args.reference), "--cases", "unet_r18_256", "--modes", "bf16_cl"]
         check.run("ref_train_bench.py", argv, 120)
+    for model, frames, _, _ in SMOKE_CASES if smoke else FULL_CASES:
+        # Device ops a step, Trainer beside bare loop: the same count on any machine, at a tiny size.
+        argv = [*seg, "bench", "train", "--ops", "--model", model, "--size", "64", "--frames", str(frames)]
+        argv += ["--batch", "2", "--steps", "3", "--warmup", "2", "--modes", eager]
+        if smoke and model in SMOKE_ENCODERS:
+            argv += ["--encoder", SMOKE_ENCODERS[model]]
+        check.run(f"bench train --ops {model}", argv, 120)
     if args.compile_options and not smoke:
         # What `compile: true` should mean: the options that matter, on the reference's own case.
         modes = "bf16_cl_nobenchmark,bf16_cl_compile_dynamic,bf16_cl_compile_autotune"

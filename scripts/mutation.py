@@ -353,6 +353,14 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "training step",
+        "segladder/training/build.py",
+        "    if type(trainer.precision_plugin) is MixedPrecision:",
+        "    if False:",
+        T_STEP,
+        "Lightning's autocast without the cast cache: a reused weight cast at each use",
+    ),
+    M(
+        "training step",
         "segladder/optim.py",
         'kinds <= {"cpu", "cuda"}',
         'kinds <= {"cpu"}',

@@ -122,6 +122,12 @@ def train(
     encoder: str = typer.Option(
         None, "--encoder", help="The model's encoder, where it has one (default: its own)."
     ),
+    ops: bool = typer.Option(
+        False,
+        "--ops",
+        help="Count each step's device ops (kernel launches on a GPU), Trainer beside bare loop, instead "
+        "of timing; the same on any machine. Not with compile modes or the data path.",
+    ),
 ) -> None:
     """Samples/s and peak memory of full training steps: the Trainer `segladder train` builds, the bare
     reference loop beside it, and the real data path (cache → workers → device decode → step)."""
@@ -141,6 +147,12 @@ def train(
         )
     if records < 1:
         raise typer.BadParameter("needs at least 1 record", param_hint="--records")
+    if ops and any("compile" in m for m in chosen):
+        raise typer.BadParameter(
+            "--ops counts eager steps (a compiled graph runs below the op dispatcher); drop the compile "
+            "modes from --modes",
+            param_hint="--modes",
+        )
     print(
         json.dumps(
             {
@@ -155,15 +167,19 @@ def train(
     memory: dict[str, float] = {}
     for mode in chosen:
         cfg = _mode_config(mode, model, size, frames, batch, encoder=encoder)
-        ref = None if skip_reference else bench_reference(cfg, case, steps, warmup, device)
+        ref = None if skip_reference else bench_reference(cfg, case, steps, warmup, device, count_ops=ops)
         if ref is not None:
             print_result(ref)
-        res = bench_trainer(cfg, case, steps, warmup, device)
+        res = bench_trainer(cfg, case, steps, warmup, device, count_ops=ops)
         memory[mode] = res["img_per_s"]
-        print_result(
-            {**res, **({"vs_reference": round(res["img_per_s"] / ref["img_per_s"], 3)} if ref else {})}
-        )
-    if skip_data:
+        if ops and ref is not None:
+            extra = {k: round(v - ref["ops"].get(k, 0), 2) for k, v in res["ops"].items()}
+            res["extra_ops_per_step"] = round(res["ops_per_step"] - ref["ops_per_step"], 2)
+            res["extra_ops"] = {k: v for k, v in extra.items() if v}
+        elif ref is not None:
+            res["vs_reference"] = round(res["img_per_s"] / ref["img_per_s"], 3)
+        print_result(res)
+    if skip_data or ops:
         return
     mode = chosen[0]
     with tempfile.TemporaryDirectory(prefix="segladder-bench-") as tmp:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import tempfile
 import time
@@ -13,17 +14,43 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from segladder.config import ExperimentConfig, build_config
 from segladder.models import create
 
 
-class _StepTimer(Callback):
-    """Times `steps` optimiser steps after `warmup`, synchronising the device at both ends."""
+class DeviceOps(TorchDispatchMode):
+    """Counts, by name, the ops that reach a device kernel while active (views, aliases, bare allocations and
+    profiler marks do not): on a GPU each is a launch, host time that a launch-bound step waits for. The
+    count does not depend on the machine, so it compares the Trainer with the bare loop anywhere."""
 
-    def __init__(self, warmup: int, steps: int):
-        self.warmup, self.steps = warmup, steps
+    HOST_ONLY = frozenset(
+        (
+            "alias", "as_strided", "detach", "empty", "empty_strided", "expand", "lift_fresh", "permute",
+            "resolve_conj", "resolve_neg", "select", "slice", "squeeze", "t", "unsqueeze", "view",
+            "_unsafe_view", "_record_function_enter_new", "_record_function_exit",
+        )
+    )  # fmt: skip
+
+    def __init__(self):
+        super().__init__()
+        self.ops: collections.Counter[str] = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in self.HOST_ONLY:
+            self.ops[name] += 1
+        return func(*args, **(kwargs or {}))
+
+
+class _StepTimer(Callback):
+    """Times `steps` optimiser steps after `warmup`, synchronising the device at both ends; with `counter`,
+    counts their device ops in it too (the timing is then not the step's)."""
+
+    def __init__(self, warmup: int, steps: int, counter: DeviceOps | None = None):
+        self.warmup, self.steps, self.counter = warmup, steps, counter
         self.t0: float | None = None
         self.seconds: float | None = None
 
@@ -33,12 +60,20 @@ class _StepTimer(Callback):
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             self.t0 = time.perf_counter()
+            if self.counter is not None:
+                self.counter.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.warmup + self.steps - 1:
+            if self.counter is not None:
+                self.counter.__exit__(None, None, None)
             _sync(pl_module.device)
             self.seconds = time.perf_counter() - self.t0
             trainer.should_stop = True
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if self.counter is not None and self.t0 is not None and self.seconds is None:
+            self.counter.__exit__(None, None, None)
 
 
 class _Repeat:
@@ -153,8 +188,11 @@ def _result(case: str, mode: str, batch: int, seconds: float, steps: int, flops:
     }
 
 
-def bench_reference(cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device) -> dict:
-    """The bare loop of ref_train_bench.py around the same model: data already on the device, fused AdamW."""
+def bench_reference(
+    cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device, count_ops: bool = False
+) -> dict:
+    """The bare loop of ref_train_bench.py around the same model: data already on the device, fused AdamW.
+    `count_ops` adds the device ops of a step (`with_ops`); its timing then is not the step's."""
     torch.manual_seed(0)
     model = create(cfg.model.name, **cfg.model.kwargs).to(device)
     x, y = _batch(cfg, device)
@@ -164,7 +202,7 @@ def bench_reference(cfg: ExperimentConfig, case: str, steps: int, warmup: int, d
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
     flops = flops_per_step(model, x, y)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as the Trainer, on the CPU too
     t = cfg.trainer
     torch.backends.cudnn.benchmark = t.cudnn_benchmark
     run = torch.compile(model, mode=t.compile_mode, dynamic=t.compile_dynamic) if t.compile else model
@@ -181,13 +219,25 @@ def bench_reference(cfg: ExperimentConfig, case: str, steps: int, warmup: int, d
     _sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    counter = DeviceOps() if count_ops else None
     t0 = time.perf_counter()
+    if counter is not None:
+        counter.__enter__()
     for _ in range(steps):
         step()
+    if counter is not None:
+        counter.__exit__(None, None, None)
     _sync(device)
-    return _result(
-        case, f"reference_{_mode(cfg)}", x.shape[0], time.perf_counter() - t0, steps, flops, device
-    )
+    res = _result(case, f"reference_{_mode(cfg)}", x.shape[0], time.perf_counter() - t0, steps, flops, device)
+    return with_ops(res, counter, steps)
+
+
+def with_ops(res: dict, counter: DeviceOps | None, steps: int) -> dict:
+    """`res` with the device ops per step, in total and by name, where they were counted."""
+    if counter is None:
+        return res
+    by_name = {k: round(v / steps, 2) for k, v in counter.ops.most_common()}
+    return {**res, "ops_per_step": round(sum(counter.ops.values()) / steps, 2), "ops": by_name}
 
 
 def _batch(cfg: ExperimentConfig, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,9 +266,11 @@ def bench_trainer(
     warmup: int,
     device: torch.device,
     data: Iterable | None = None,
+    count_ops: bool = False,
 ) -> dict:
     """The Trainer `segladder train` builds (its callbacks, logger and progress bar), timed over `steps`
-    optimiser steps after `warmup`; `data` None means the same in-memory batch every step."""
+    optimiser steps after `warmup`; `data` None means the same in-memory batch every step. `count_ops` adds
+    the device ops of a step (`with_ops`); its timing then is not the step's."""
     from segladder.training.build import build_task, build_trainer
 
     torch.manual_seed(0)
@@ -241,11 +293,14 @@ def bench_trainer(
     flops = flops_per_step(create(cfg.model.name, **cfg.model.kwargs), x, y)
     if data is None:
         xd, yd = x.to(device), y.to(device)
+        if cfg.trainer.channels_last and xd.dim() == 4:
+            # As the reference's batch, and as the data module's decode delivers it: no copy in the step.
+            xd = xd.contiguous(memory_format=torch.channels_last)
         data = _Repeat({"image": xd, "mask": yd}, warmup + steps)
         label = "trainer_memory"
     else:
         label = "trainer_cache_aug"
-    timer = _StepTimer(warmup, steps)
+    timer = _StepTimer(warmup, steps, DeviceOps() if count_ops else None)
     with tempfile.TemporaryDirectory(prefix="segladder-bench-run-") as run_dir:
         trainer, _ = build_trainer(cfg, Path(run_dir), task.monitor, extra_callbacks=[timer])
         with warnings.catch_warnings():
@@ -256,7 +311,8 @@ def bench_trainer(
         raise RuntimeError(
             f"the data gave fewer than {warmup + steps} batches; use more records or fewer steps"
         )
-    return _result(case, f"{label}_{_mode(cfg)}", cfg.data.batch_size, timer.seconds, steps, flops, device)
+    res = _result(case, f"{label}_{_mode(cfg)}", cfg.data.batch_size, timer.seconds, steps, flops, device)
+    return with_ops(res, timer.counter, steps)
 
 
 def print_result(res: dict) -> None:

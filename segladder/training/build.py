@@ -10,11 +10,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from segladder.config import ExperimentConfig, ModelConfig
 from segladder.errors import ConfigError
 from segladder.training.callbacks import (
     AtomicCheckpointIO,
+    CachedAutocastPrecision,
     FiniteModelCheckpoint,
     GracefulStop,
     IntervalProgressBar,
@@ -225,4 +227,6 @@ def build_trainer(
         enable_model_summary=False,
         **kwargs,
     )
+    if type(trainer.precision_plugin) is MixedPrecision:
+        trainer.strategy.precision_plugin = CachedAutocastPrecision.replacing(trainer.precision_plugin)
     return trainer, guard

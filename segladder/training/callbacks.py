@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.plugins.precision import MixedPrecision
 
 from segladder.errors import Interrupted
 from segladder.io import atomic_path, atomic_write_json, link_or_copy
@@ -296,6 +297,26 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
+
+
+class CachedAutocastPrecision(MixedPrecision):
+    """Lightning's mixed precision with torch's autocast cache on, as a bare `torch.autocast` loop has it.
+
+    Lightning 2.6 turns the cache off (its issue #20644: a trainable weight first cast under a nested
+    `torch.no_grad()` is cached without its graph, and later uses of it then train nothing). Off, a weight
+    used several times in one forward is cast each time: ResNet18_ULSTM's recurrent gates, once per frame,
+    16 more casts and their gradients a step. No segladder model runs its trainable weights under no_grad
+    inside forward (the distillation teacher is frozen, so its weights are never cached), so the cache is
+    kept; it is emptied when each autocast region ends, every step."""
+
+    def autocast_context_manager(self) -> torch.autocast:
+        dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.half
+        return torch.autocast(self.device, dtype=dtype)
+
+    @classmethod
+    def replacing(cls, plugin: MixedPrecision) -> CachedAutocastPrecision:
+        """The same precision, device and GradScaler as `plugin`, the one Lightning resolved."""
+        return cls(plugin.precision, plugin.device, plugin.scaler)
 
 
 class EpochProgressBar(RichProgressBar):

@@ -10,9 +10,9 @@ import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.data import DataLoader
 
+from segladder.training.bench import DeviceOps
 from segladder.training.build import build_trainer
 from tests.training.conftest import quick_config
 from tests.training.test_nan_safety import Batches, Tiny
@@ -180,7 +180,7 @@ def test_step_means_weigh_by_batch_size_skip_nonfinite_steps_and_fold_without_pe
         values = {"loss": torch.tensor(value)}
         if i not in (1, 3):
             values["part"] = torch.tensor(10.0 * i)
-        with _DeviceOps() as ops:
+        with DeviceOps() as ops:
             m.update(values, bs)
         if i not in (2, 5):
             assert not ops.ops  # an update that does not fold launches nothing
@@ -241,33 +241,12 @@ def test_clip_by_value(tmp_path):
     assert len(seen.largest) == 2 and max(seen.largest) == pytest.approx(1e-4)
 
 
-class _DeviceOps(TorchDispatchMode):
-    """Counts the ops that reach a device kernel (views, aliases and bare allocations do not): on a GPU each
-    is a launch, host time that a launch-bound step waits for. Forward, backward and optimiser all count."""
-
-    HOST_ONLY = {
-        "alias", "as_strided", "detach", "empty", "empty_strided", "expand", "lift_fresh", "permute",
-        "resolve_conj", "resolve_neg", "select", "slice", "squeeze", "t", "unsqueeze", "view", "_unsafe_view",
-        "_record_function_enter_new", "_record_function_exit",  # profiler marks, no kernel
-    }  # fmt: skip
-
-    def __init__(self):
-        super().__init__()
-        self.ops: collections.Counter = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func.overloadpacket.__name__
-        if name not in self.HOST_ONLY:
-            self.ops[name] += 1
-        return func(*args, **(kwargs or {}))
-
-
 class _CountSteps(L.Callback):
-    """`_DeviceOps` from the start of batch `start` to the end of batch `stop - 1` (hooks between included)."""
+    """`DeviceOps` from the start of batch `start` to the end of batch `stop - 1` (hooks between included)."""
 
     def __init__(self, start: int, stop: int):
         self.start, self.stop = start, stop
-        self.mode = _DeviceOps()
+        self.mode = DeviceOps()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         if batch_idx == self.start:
@@ -278,20 +257,37 @@ class _CountSteps(L.Callback):
             self.mode.__exit__(None, None, None)
 
 
-def test_a_steady_step_launches_only_the_guards_ops_beyond_the_bare_loop(tmp_path):
+class _Recurrent(Tiny):
+    """Tiny with a 1×1 conv applied twice, as a recurrent cell's weights are once per frame."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x[:, :, -1]))
+        return self.head(self.mix(torch.relu(self.mix(h))))
+
+
+@pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
+def test_a_steady_step_launches_only_the_guards_ops_beyond_the_bare_loop(tmp_path, precision):
     """The user's Trainer (NaN guard, recorder, checkpoints, logger, progress bar) against the bare loop of
     `bench_reference` on the same model and batch, op for op, between log steps. Beyond the bare loop's ops
     a step may launch only the NaN guard's flag and fused check, the fused optimiser's undo of its step
     count (one per parameter group), the second parameter group's update (no weight decay on norms and
     biases), and Lightning's loss clone and accumulation divide (and its backward). A per-step metric
-    update, finiteness test or loss-weight multiply shows as more."""
+    update, finiteness test or loss-weight multiply shows as more; under bf16-mixed, so does a weight used
+    twice and cast twice (Lightning's autocast without torch's cast cache)."""
     batch = next(iter(DataLoader(Batches(4), batch_size=4)))
     steps = 6
+    torch.manual_seed(0)
     cfg, task = _task(
         tmp_path,
+        _Recurrent(),
         **{
             "optim.name": "adamw",
             "loss": "[{name: bce}]",
+            "trainer.precision": precision,
             "trainer.progress": True,
             "trainer.log_every_n_steps": 50,
         },
@@ -305,13 +301,14 @@ def test_a_steady_step_launches_only_the_guards_ops_beyond_the_bare_loop(tmp_pat
     assert groups == 2
 
     torch.manual_seed(0)
-    model = Tiny()
+    model = _Recurrent()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
-    bare = _DeviceOps()
+    bare = DeviceOps()
     for i in range(steps + 2):
         if i == 2:
             bare.__enter__()
-        loss = F.binary_cross_entropy_with_logits(model(batch["image"]), batch["mask"])
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16-mixed"):
+            loss = F.binary_cross_entropy_with_logits(model(batch["image"]).float(), batch["mask"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
