@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
+from segladder.config import DataConfig
 from segladder.data.datasets import ContrailsDataset, dataset_from_config, decode_batch
 from segladder.data.folds import FoldRecord, check_trainable, read_folds
 from segladder.data.handover import SlotCollate, SlotHandoverLoader
@@ -114,12 +115,7 @@ class ContrailsDataModule(L.LightningDataModule):
         if self.val_set is not None:
             return
         if c.folds:
-            parts = [
-                dataset_from_config(c, split, output_dtype=TRAINING_OUTPUT_DTYPE)
-                for split in sorted({r.split for r in self.folds})
-            ]
-            subsets = [Subset(ds, fold_rows(ds, self.folds, lambda f: f == c.fold).tolist()) for ds in parts]
-            val = joined(subsets)
+            val = held_out(c, self.folds, c.fold, output_dtype=TRAINING_OUTPUT_DTYPE)
         else:
             val = dataset_from_config(c, c.val_split, output_dtype=TRAINING_OUTPUT_DTYPE)
         self.val_set = val if c.val_records is None else Subset(val, range(min(c.val_records, len(val))))
@@ -259,6 +255,16 @@ def joined(parts: list[Dataset]) -> Dataset:
         for d in datasets:
             d.soft_from_mask = not d.has_soft
     return out
+
+
+def held_out(cfg: DataConfig, folds: list[FoldRecord], fold: int, **options) -> Dataset:
+    """The records of `fold` over every split the folds name: a fold run's validation and, with a
+    checkpoint's `stats`, its out-of-fold predictions. `options` go to `dataset_from_config`."""
+    parts = []
+    for split in sorted({r.split for r in folds}):
+        ds = dataset_from_config(cfg, split, **options)
+        parts.append(Subset(ds, fold_rows(ds, folds, lambda f: f == fold).tolist()))
+    return joined(parts)
 
 
 def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:

@@ -83,9 +83,28 @@ def build_task(cfg: ExperimentConfig):
     cls = task_class(cfg)
     cfg = resolve_model(cfg)
     model = create(cfg.model.name, **cfg.model.kwargs)
+    check_input_sides(cfg, model)
     if cfg.trainer.init_from:
         _init_from(model, cfg, Path(cfg.trainer.init_from))
     return cls(cfg, model)
+
+
+def check_input_sides(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
+    """Refuse, under its config key, a side the model cannot take; the model's own check would fire only at
+    the first batch and name the model, not the setting to change."""
+    multiple = getattr(model, "size_multiple", 1)
+    d = cfg.data
+    if d.resolved_format == "coco":
+        sides = {"data.crop_size": d.crop_size}
+    else:
+        sides = {"data.image_size": d.image_size, "data.augment.crop_size": d.augment.crop_size}
+    for key, side in sides.items():
+        if side is not None and side % multiple:
+            low = side - side % multiple
+            near = f"{low} or {low + multiple}" if low else str(multiple)
+            raise ConfigError(
+                f"{key} is {side} but {cfg.model.name} needs sides divisible by {multiple}: set {key} to {near}."
+            )
 
 
 def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> None:

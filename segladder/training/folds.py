@@ -10,12 +10,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 from segladder.config import ExperimentConfig, dump_config
-from segladder.data.datasets import dataset_from_config
 from segladder.data.folds import FoldRecord, check_trainable, make_folds, read_folds
-from segladder.data.module import fold_rows, joined
+from segladder.data.module import held_out
 from segladder.errors import ConfigError, SegladderError
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.folds import FoldEnsemble
@@ -148,14 +147,6 @@ def _fold_best(fold_dir: Path, monitor: str = "val/dice_best") -> tuple[float, i
     return float(best[monitor]), int(best["epoch"])
 
 
-def _held_out(ck, rows: list[FoldRecord], fold: int) -> torch.utils.data.Dataset:
-    parts = []
-    for split in sorted({r.split for r in rows}):
-        ds = dataset_from_config(ck.config.data, split, stats=ck.stats)
-        parts.append(Subset(ds, fold_rows(ds, rows, lambda f: f == fold).tolist()))
-    return joined(parts)
-
-
 def out_of_fold(
     run_dir: Path, rows: list[FoldRecord], k: int, *, batch_size: int = 16, progress: bool = True
 ) -> FoldEnsemble:
@@ -171,7 +162,9 @@ def out_of_fold(
         for fold in range(k):
             ck = load_checkpoint(run_dir / f"fold_{fold}" / "checkpoints" / "best.ckpt")
             model = ck.model.to(device)
-            for batch in DataLoader(_held_out(ck, rows, fold), batch_size=batch_size):
+            for batch in DataLoader(
+                held_out(ck.config.data, rows, fold, stats=ck.stats), batch_size=batch_size
+            ):
                 with torch.no_grad():
                     probs = torch.sigmoid(model(batch["image"].to(device)).float()).cpu()
                 sweep.update(probs, batch["mask"])

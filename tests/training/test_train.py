@@ -97,6 +97,18 @@ def test_config_and_data_mismatches_fail_before_training(train_cache, tmp_path):
     assert not list((tmp_path / "r2").glob("checkpoints/*"))
 
 
+def test_a_side_the_model_cannot_take_is_refused_under_its_config_key(train_cache, tmp_path):
+    # The quick model halves its input 16-fold; 40 is a legal crop for the data (64²) but not for the model.
+    with pytest.raises(
+        ConfigError, match=r"data\.augment\.crop_size is 40 .* divisible by 16: .* to 32 or 48"
+    ):
+        train(quick_config(train_cache, **{"data.augment.crop_size": 40}), out=tmp_path / "r1")
+    with pytest.raises(ConfigError, match=r"data\.image_size is 72 .* to 64 or 80"):
+        train(quick_config(train_cache, **{"data.image_size": 72}), out=tmp_path / "r2")
+    cfg = quick_config(train_cache, **{"data.augment.crop_size": 48, "trainer.max_epochs": 1})
+    assert train(cfg, out=tmp_path / "r3").run_dir.is_dir()  # a multiple of 16 trains
+
+
 def _final_state(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
