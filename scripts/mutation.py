@@ -38,6 +38,7 @@ class Mutation:
     why: str = ""
 
 
+T_SIDES = ("tests/training/test_train.py::test_a_side_the_model_cannot_take_is_refused_under_its_config_key",)
 T_SELFTEST = ("tests/test_ladder.py::test_selftest_cli_runs_every_fault_and_exits_1_on_a_miss",)
 T_KD_STEP = (
     "tests/distill/test_distill_run.py::test_the_scheduled_temperature_and_the_teachers_logits_reach_the_loss",
@@ -216,8 +217,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "out-of-fold threshold",
         "segladder/training/folds.py",
-        "DataLoader(_held_out(ck, rows, fold),",
-        "DataLoader(_held_out(ck, rows, (fold + 1) % k),",
+        "held_out(ck.config.data, rows, fold, stats=ck.stats)",
+        "held_out(ck.config.data, rows, (fold + 1) % k, stats=ck.stats)",
         T_OOF,
         "a fold's model predicts another fold",
     ),
@@ -539,6 +540,22 @@ MUTATIONS: list[Mutation] = [
         "        if False\n",
         T_CHECK,
         "metadata listing missing records passes",
+    ),
+    M(
+        "config check",
+        "segladder/training/build.py",
+        "    check_input_sides(cfg, model)\n",
+        "",
+        T_SIDES,
+        "a side the model cannot take reaches the first batch",
+    ),
+    M(
+        "config check",
+        "segladder/training/build.py",
+        '"data.image_size": d.image_size, ',
+        "",
+        T_SIDES,
+        "data.image_size is not checked",
     ),
 ]
 
