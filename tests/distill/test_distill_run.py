@@ -155,10 +155,10 @@ def test_teacher_errors_are_one_line_naming_the_key(distill_root, teacher_ckpt, 
         r"\(teacher vs student\); set data\.channels=\[ash\] as the teacher",
     ):
         build_task(bands)
-    larger = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": 48})})
+    larger = cfg.model_copy(update={"data": cfg.data.model_copy(update={"image_size": 64})})
     with pytest.raises(
         ConfigError,
-        match=r"different input: data\.image_size 32 vs 48 \(teacher vs student\); set data\.image_size=32 as",
+        match=r"different input: data\.image_size 32 vs 64 \(teacher vs student\); set data\.image_size=32 as",
     ):
         build_task(larger)
     with pytest.raises(ConfigError, match="needs optim.schedule cosine or constant"):
