@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import tempfile
 import time
@@ -46,11 +47,10 @@ class DeviceOps(TorchDispatchMode):
 
 
 class _StepTimer(Callback):
-    """Times `steps` optimiser steps after `warmup`, synchronising the device at both ends; with `counter`,
-    counts their device ops in it too (the timing is then not the step's)."""
+    """Times `steps` optimiser steps after `warmup`, synchronising the device at both ends."""
 
-    def __init__(self, warmup: int, steps: int, counter: DeviceOps | None = None):
-        self.warmup, self.steps, self.counter = warmup, steps, counter
+    def __init__(self, warmup: int, steps: int):
+        self.warmup, self.steps = warmup, steps
         self.t0: float | None = None
         self.seconds: float | None = None
 
@@ -60,20 +60,40 @@ class _StepTimer(Callback):
             if pl_module.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
             self.t0 = time.perf_counter()
-            if self.counter is not None:
-                self.counter.__enter__()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.warmup + self.steps - 1:
-            if self.counter is not None:
-                self.counter.__exit__(None, None, None)
             _sync(pl_module.device)
             self.seconds = time.perf_counter() - self.t0
             trainer.should_stop = True
 
+
+class DeviceOpsWindow(Callback):
+    """`DeviceOps` from the start of batch `start` to the end of batch `stop - 1`, every hook between
+    included: the Trainer's side of an op count (after `_StepTimer` in a callback list, its timing is the
+    steps' own, since the counter then starts after the clock and stops after it)."""
+
+    def __init__(self, start: int, stop: int):
+        self.start, self.stop = start, stop
+        self.ops = DeviceOps()
+        self._active = False
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.start:
+            self.ops.__enter__()
+            self._active = True
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.stop - 1:
+            self._close()
+
     def on_exception(self, trainer, pl_module, exception) -> None:
-        if self.counter is not None and self.t0 is not None and self.seconds is None:
-            self.counter.__exit__(None, None, None)
+        self._close()
+
+    def _close(self) -> None:
+        if self._active:
+            self.ops.__exit__(None, None, None)
+            self._active = False
 
 
 class _Repeat:
@@ -221,12 +241,9 @@ def bench_reference(
         torch.cuda.reset_peak_memory_stats()
     counter = DeviceOps() if count_ops else None
     t0 = time.perf_counter()
-    if counter is not None:
-        counter.__enter__()
-    for _ in range(steps):
-        step()
-    if counter is not None:
-        counter.__exit__(None, None, None)
+    with counter or contextlib.nullcontext():
+        for _ in range(steps):
+            step()
     _sync(device)
     res = _result(case, f"reference_{_mode(cfg)}", x.shape[0], time.perf_counter() - t0, steps, flops, device)
     return with_ops(res, counter, steps)
@@ -300,9 +317,11 @@ def bench_trainer(
         label = "trainer_memory"
     else:
         label = "trainer_cache_aug"
-    timer = _StepTimer(warmup, steps, DeviceOps() if count_ops else None)
+    timer = _StepTimer(warmup, steps)
+    window = DeviceOpsWindow(warmup, warmup + steps) if count_ops else None
     with tempfile.TemporaryDirectory(prefix="segladder-bench-run-") as run_dir:
-        trainer, _ = build_trainer(cfg, Path(run_dir), task.monitor, extra_callbacks=[timer])
+        extra = [timer] if window is None else [timer, window]
+        trainer, _ = build_trainer(cfg, Path(run_dir), task.monitor, extra_callbacks=extra)
         with warnings.catch_warnings():
             # No validation here, so the best-checkpoint callback finds no monitored value (as intended).
             warnings.filterwarnings("ignore", ".*could not find the monitored key.*")
@@ -312,7 +331,7 @@ def bench_trainer(
             f"the data gave fewer than {warmup + steps} batches; use more records or fewer steps"
         )
     res = _result(case, f"{label}_{_mode(cfg)}", cfg.data.batch_size, timer.seconds, steps, flops, device)
-    return with_ops(res, timer.counter, steps)
+    return with_ops(res, None if window is None else window.ops, steps)
 
 
 def print_result(res: dict) -> None:

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from segladder.training.bench import DeviceOps
+from segladder.training.bench import DeviceOps, DeviceOpsWindow
 from segladder.training.build import build_trainer
 from tests.training.conftest import quick_config
 from tests.training.test_nan_safety import Batches, Tiny
@@ -241,22 +241,6 @@ def test_clip_by_value(tmp_path):
     assert len(seen.largest) == 2 and max(seen.largest) == pytest.approx(1e-4)
 
 
-class _CountSteps(L.Callback):
-    """`DeviceOps` from the start of batch `start` to the end of batch `stop - 1` (hooks between included)."""
-
-    def __init__(self, start: int, stop: int):
-        self.start, self.stop = start, stop
-        self.mode = DeviceOps()
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if batch_idx == self.start:
-            self.mode.__enter__()
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if batch_idx == self.stop - 1:
-            self.mode.__exit__(None, None, None)
-
-
 class _Recurrent(Tiny):
     """Tiny with a 1×1 conv applied twice, as a recurrent cell's weights are once per frame."""
 
@@ -292,7 +276,7 @@ def test_a_steady_step_launches_only_the_guards_ops_beyond_the_bare_loop(tmp_pat
             "trainer.log_every_n_steps": 50,
         },
     )
-    window = _CountSteps(2, 2 + steps)
+    window = DeviceOpsWindow(2, 2 + steps)
     trainer, _ = build_trainer(cfg, tmp_path / "run", task.monitor, extra_callbacks=[window])
     trainer.fit(
         task, DataLoader([batch] * (steps + 4), batch_size=None), DataLoader(Batches(4), batch_size=4)
@@ -323,8 +307,8 @@ def test_a_steady_step_launches_only_the_guards_ops_beyond_the_bare_loop(tmp_pat
         "clone": 1,  # Lightning's closure result
         "div": 2,  # Lightning's loss / accumulate_grad_batches, and its backward
     }
-    assert window.mode.ops - bare.ops == collections.Counter({k: v * steps for k, v in per_step.items()})
-    assert not bare.ops - window.mode.ops  # the model's own work is all there
+    assert window.ops.ops - bare.ops == collections.Counter({k: v * steps for k, v in per_step.items()})
+    assert not bare.ops - window.ops.ops  # the model's own work is all there
 
 
 @pytest.mark.slow
