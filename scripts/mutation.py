@@ -552,7 +552,7 @@ MUTATIONS: list[Mutation] = [
     M(
         "config check",
         "segladder/training/build.py",
-        '"data.image_size": d.image_size, ',
+        '"data.image_size": cfg.data.image_size, ',
         "",
         T_SIDES,
         "data.image_size is not checked",

@@ -92,12 +92,8 @@ def build_task(cfg: ExperimentConfig):
 def check_input_sides(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
     """Refuse, under its config key, a side the model cannot take; the model's own check would fire only at
     the first batch and name the model, not the setting to change."""
-    multiple = getattr(model, "size_multiple", 1)
-    d = cfg.data
-    if d.resolved_format == "coco":
-        sides = {"data.crop_size": d.crop_size}
-    else:
-        sides = {"data.image_size": d.image_size, "data.augment.crop_size": d.augment.crop_size}
+    multiple = getattr(model, "size_multiple", 1)  # box models take any crop side and have none
+    sides = {"data.image_size": cfg.data.image_size, "data.augment.crop_size": cfg.data.augment.crop_size}
     for key, side in sides.items():
         if side is not None and side % multiple:
             low = side - side % multiple
