@@ -1,4 +1,4 @@
-"""`segladder boxes ...`: box adjustment (seed 003) — synthetic set, jitter, score, adjust, evaluate."""
+"""`segladder boxes ...`: box adjustment (Snapper) — synthetic and photo sets, jitter, score, adjust, evaluate."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import typer
 from segladder.cli.app import app
 
 boxes_app = typer.Typer(
-    help="Box adjustment (Snapper, seed 003): snap rough boxes onto object edges.", no_args_is_help=True
+    help="Box adjustment (Snapper, Williams et al., IUI 2024): snap rough boxes onto object edges.",
+    no_args_is_help=True,
 )
 app.add_typer(boxes_app, name="boxes")
 
@@ -31,6 +32,16 @@ def _fmt(box) -> str:
     return ",".join(f"{v:.2f}" for v in box)
 
 
+def _min_confidence_option():
+    return typer.Option(
+        None,
+        "--min-confidence",
+        help="Keep the rough edge wherever the model's confidence for it is below this (0: move every edge, "
+        "1: keep every rough edge). Default: the gate stored in the checkpoint, chosen on its validation "
+        "boxes (0 for checkpoints trained before the gate).",
+    )
+
+
 @boxes_app.command("synth")
 def synth(
     out: Path = typer.Argument(
@@ -48,6 +59,41 @@ def synth(
     typer.echo(f"{r.boxes['train']} training and {r.boxes['val']} validation boxes")
     typer.echo(
         f"train with: segladder train snapper --set data.images={r.images} data.train={r.train} data.val={r.val}"
+    )
+
+
+@boxes_app.command("photos")
+def photos(
+    out: Path = typer.Argument(
+        ..., help="Folder to write: images/, train.json, val.json and test.json (COCO)."
+    ),
+    scales: str = typer.Option(
+        "1,0.75,0.5", "--scales", help="Scales each photo is written at, comma-separated."
+    ),
+    crops: bool = typer.Option(
+        True, "--crops/--no-crops", help="Also write four corner crops at each scale."
+    ),
+) -> None:
+    """Write a small real-photograph COCO box set: scikit-image's bundled photos with hand-written boxes,
+    split by photo (train: coins, rocket; val: astronaut, coffee; test: camera, chelsea)."""
+    from segladder.data.box_photos import write_box_photos
+    from segladder.errors import DataError
+
+    try:
+        values = tuple(float(v) for v in scales.split(","))
+    except ValueError:
+        raise DataError(
+            f"--scales '{scales}': expected numbers separated by commas, e.g. 1,0.75,0.5."
+        ) from None
+    r = write_box_photos(out, values, crops)
+    typer.echo(
+        ", ".join(f"{split}: {r.boxes[split]} boxes on {r.images_written[split]} images" for split in r.boxes)
+    )
+    typer.echo(
+        f"train with: segladder train snapper --set data.images={r.images} data.train={r.train} data.val={r.val}"
+    )
+    typer.echo(
+        f"held-out photos: segladder boxes evaluate RUN/checkpoints/best.ckpt --images {r.images} --annotations {r.test} --out OUT"
     )
 
 
@@ -81,12 +127,23 @@ def score(
     if json_out is not None:
         refuse_overwriting_inputs({"--json": json_out}, {"GT": gt, "BOXES": boxes})
     result = score_files(gt, boxes)
+    before = result.get("before")
+    if before is not None:  # a file written by `boxes adjust`: its rough boxes travel with it
+        typer.echo(f"{'':<20} {'rough':>7} {'adjusted':>9} {'change':>7}")
     for k in BOX_KEYS:
-        typer.echo(f"{k:<20} {100 * result[k]:6.2f}%")
+        if before is None:
+            typer.echo(f"{k:<20} {100 * result[k]:6.2f}%")
+        else:
+            typer.echo(
+                f"{k:<20} {100 * before[k]:6.2f}% {100 * result[k]:8.2f}% {100 * (result[k] - before[k]):+6.2f}"
+            )
     typer.echo(
         f"{'boxes':<20} {result['boxes']}"
         + (f" ({result['missing']} ground-truth boxes had none)" if result["missing"] else "")
     )
+    if "edges" in result:
+        e = result["edges"]
+        typer.echo(f"{'edges':<20} {e['moved']} moved, {e['kept']} kept at the rough position")
     if json_out is not None:
         atomic_write_json(json_out, result)
 
@@ -108,10 +165,17 @@ def adjust(
         None, "--refine", help="Run the snapped box through again this often (default: config)."
     ),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when present)."),
+    min_confidence: float = _min_confidence_option(),
 ) -> None:
-    """Snap rough boxes onto object edges: a whole COCO file (batched) or one box on one image."""
+    """Snap rough boxes onto object edges: a whole COCO file (batched) or one box on one image.
+
+    An edge whose confidence is below the gate (--min-confidence, default: the checkpoint's) keeps its
+    rough position; the output says how many edges moved.
+    """
+    from segladder.inference.box_gate import check_min_confidence
     from segladder.io import refuse_overwriting_inputs
 
+    check_min_confidence(min_confidence)
     reads = {"CHECKPOINT": checkpoint, "IMAGE": image, "--boxes": boxes}
     if image is not None:
         if box is None:
@@ -120,11 +184,25 @@ def adjust(
 
         png = out or image.with_suffix(".snapped.png")
         refuse_overwriting_inputs({"--out" if out else "the default --out": png}, reads)
-        snapped, conf = adjust_single(
-            checkpoint, image, _parse_box(box), png, device=device, refine_steps=refine
+        snapped, conf, gate = adjust_single(
+            checkpoint,
+            image,
+            _parse_box(box),
+            png,
+            device=device,
+            refine_steps=refine,
+            min_confidence=min_confidence,
         )
         typer.echo(_fmt(snapped))
+        moved = ", ".join(
+            f"{name} {'moved' if m else 'kept'}"
+            for name, m in zip(("left", "top", "right", "bottom"), gate["moved"], strict=True)
+        )
         typer.echo(f"edge confidence (left, top, right, bottom): {_fmt(conf)}; picture: {png}", err=True)
+        typer.echo(
+            f"edge-confidence gate: min confidence {gate['min_confidence']:.4g}, {gate['source']}; {moved}",
+            err=True,
+        )
         return
     if images is None or boxes is None or out is None:
         raise typer.BadParameter(
@@ -133,8 +211,20 @@ def adjust(
     from segladder.inference.boxes import adjust_file
 
     refuse_overwriting_inputs({"--out": out}, reads)
-    n = adjust_file(checkpoint, images, boxes, out, batch_size=batch_size, device=device, refine_steps=refine)
-    typer.echo(f"{n} boxes adjusted: {out}")
+    r = adjust_file(
+        checkpoint,
+        images,
+        boxes,
+        out,
+        batch_size=batch_size,
+        device=device,
+        refine_steps=refine,
+        min_confidence=min_confidence,
+    )
+    typer.echo(f"edge-confidence gate: min confidence {r.min_confidence:.4g}, {r.gate_source}")
+    typer.echo(
+        f"{r.boxes} boxes adjusted: {r.edges_moved} edges moved, {r.edges_kept} kept at the rough position: {out}"
+    )
 
 
 @boxes_app.command("evaluate")
@@ -152,10 +242,15 @@ def evaluate(
     refine: int = typer.Option(None, "--refine", help="Refinement passes (default: config)."),
     decode: str = typer.Option(None, "--decode", help="expectation or argmax (default: config)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    min_confidence: float = _min_confidence_option(),
 ) -> None:
-    """Jitter → adjust → score: the paper's before/after table, JSON and a PNG of the best and worst boxes."""
+    """Jitter → adjust → score: rough, adjusted and adjusted with the gate; JSON, the calibration of edge
+    confidence (calibration.json, reliability.png) and a PNG of the best and worst boxes."""
+    from segladder.inference.box_gate import check_min_confidence
     from segladder.inference.boxes import EVALUATION_FILES, before_after_table, evaluate_boxes
     from segladder.io import refuse_overwriting_inputs
+
+    check_min_confidence(min_confidence)
 
     refuse_overwriting_inputs(
         {f"OUT/{name}": out / name for name in EVALUATION_FILES},
@@ -171,12 +266,20 @@ def evaluate(
         device=device,
         refine_steps=refine,
         decode=decode,
+        min_confidence=min_confidence,
     )
+    g, c = r.gate, r.calibration
     typer.echo(f"{r.boxes} boxes, jitter seed {seed}")
-    typer.echo(before_after_table(r.before, r.after, r.reachable).rstrip())
+    typer.echo(f"edge-confidence gate: min confidence {g['min_confidence']:.4g}, {g['source']}")
+    typer.echo(before_after_table(r.before, r.after, r.reachable, r.gated).rstrip())
+    typer.echo(f"with the gate: {g['edges_moved']} edges moved, {g['edges_kept']} kept at the rough position")
+    auc = "n/a" if c["auc"] is None else f"{c['auc']:.3f}"
     typer.echo(
-        f"written: {json.dumps([str(r.out / f) for f in ('metrics.json', 'table.md', 'examples.png')])}"
+        f"calibration (edge within {c['tolerance_px']:g} px): {100 * c['within']:.1f}% of edges within at "
+        f"mean confidence {c['mean_confidence']:.3f}; ECE {c['ece']:.3f}, AUC {auc}"
     )
+    shown = ("metrics.json", "table.md", "examples.png", "calibration.json", "reliability.png")
+    typer.echo(f"written: {json.dumps([str(r.out / f) for f in shown])}")
 
 
 @boxes_app.command("export")

@@ -27,6 +27,14 @@ from segladder.data.boxes import (
     xyxy_to_xywh,
 )
 from segladder.errors import DataError
+from segladder.inference.box_gate import (
+    calibration,
+    check_min_confidence,
+    edge_errors,
+    gate_edges,
+    moved_edges,
+    reliability_png,
+)
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.errors import CheckpointError, InferenceError
 from segladder.io import atomic_write_json
@@ -53,6 +61,8 @@ class BoxAdjuster:
         decode: "expectation" or "argmax"; window: positions either side of the peak for the expectation.
         refine_steps: how often the snapped box is cropped and snapped again.
         device: where the model runs.
+        min_confidence: the edge-confidence gate: an edge whose confidence is below it keeps its rough
+            position (0 moves every edge, 1 none); `gate_source` says where the value came from.
     """
 
     model: torch.nn.Module
@@ -62,6 +72,8 @@ class BoxAdjuster:
     window: int = 2
     refine_steps: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    min_confidence: float = 0.0
+    gate_source: str = "none"
 
     @classmethod
     def from_checkpoint(
@@ -70,9 +82,13 @@ class BoxAdjuster:
         device: str | None = None,
         refine_steps: int | None = None,
         decode: str | None = None,
+        min_confidence: float | None = None,
     ) -> BoxAdjuster:
+        """The checkpoint's model, crop geometry and decoding, and its stored gate unless `min_confidence`
+        overrides it (a checkpoint trained before the gate has none: C = 0, every edge moves)."""
         if decode not in (None, "expectation", "argmax"):
             raise InferenceError(f"--decode {decode}: use expectation or argmax.")
+        check_min_confidence(min_confidence)
         ck = load_checkpoint(path)
         if ck.task != "boxes":
             raise CheckpointError(
@@ -81,6 +97,12 @@ class BoxAdjuster:
             )
         dev = pick_device(device)
         b, d = ck.config.boxes, ck.config.data
+        if min_confidence is not None:
+            gate, source = float(min_confidence), "--min-confidence"
+        elif ck.min_confidence is not None:
+            gate, source = ck.min_confidence, "stored in the checkpoint (chosen on its validation boxes)"
+        else:
+            gate, source = 0.0, NO_STORED_GATE
         return cls(
             ck.model.to(dev).eval(),
             d.crop_size,
@@ -89,7 +111,13 @@ class BoxAdjuster:
             b.window,
             b.refine_steps if refine_steps is None else refine_steps,
             dev,
+            gate,
+            source,
         )
+
+    def gate_line(self) -> str:
+        """One line saying which gate is used and where it came from."""
+        return f"edge-confidence gate: min confidence {self.min_confidence:.4g}, {self.gate_source}"
 
     @torch.no_grad()
     def snap_crops(self, crops: torch.Tensor, regions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -105,8 +133,14 @@ class BoxAdjuster:
         batch_size: int = 64,
         num_workers: int = 0,
         progress: bool = True,
+        min_confidence: float | None = None,
     ) -> tuple[dict[int, tuple], dict[int, list[float]]]:
-        """Snap each record's box (taken as the rough box): (xywh by annotation id, per-edge confidence by id)."""
+        """Snap each record's box (taken as the rough box): (xywh by annotation id, per-edge confidence by id).
+
+        Each pass keeps the edges of its input box whose confidence is below `min_confidence` (default: the
+        adjuster's gate); the confidence returned is the last pass's, of the model's edges before the gate.
+        """
+        gate = self.min_confidence if min_confidence is None else min_confidence
         rough = {r.ann_id: r.box for r in records}
         conf: dict[int, list[float]] = {}
         steps = 1 + self.refine_steps
@@ -117,21 +151,29 @@ class BoxAdjuster:
                 snapped: dict[int, tuple] = {}
                 for batch in DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
                     boxes, c = self.snap_crops(batch["image"], batch["region"])
+                    boxes, _ = gate_edges(batch["rough"].numpy(), boxes, c, gate)
                     for aid, box, cc in zip(batch["ann_id"].tolist(), boxes, c, strict=True):
                         snapped[aid] = xyxy_to_xywh(box)
-                        conf[aid] = [round(float(v), 4) for v in cc]
+                        conf[aid] = [float(v) for v in cc]
                     bar.advance(task, len(boxes))
                 rough = snapped
         return rough, conf
 
     def adjust_one(self, image, box: Sequence[float]) -> tuple[tuple[float, ...], np.ndarray]:
-        """Snap one (x, y, w, h) box on a PIL image: (snapped xywh, (4,) confidence)."""
+        """Snap one (x, y, w, h) box on a PIL image, gated: (snapped xywh, (4,) confidence)."""
         for _ in range(1 + self.refine_steps):
             region = crop_region(box, self.buffer_ratio)
             crop = torch.from_numpy(normalise(crop_image(image, region, self.crop_size)))[None]
             boxes, conf = self.snap_crops(crop, torch.from_numpy(region)[None])
+            boxes, _ = gate_edges(xywh_to_xyxy(box)[None], boxes, conf, self.min_confidence)
             box = xyxy_to_xywh(boxes[0])
         return box, conf[0]
+
+
+NO_STORED_GATE = (
+    "none stored in this checkpoint (trained before the gate existed): every edge moves; "
+    "pass --min-confidence C to keep edges below C"
+)
 
 
 # ------------------------------------------------------------------------------------------------ scoring
@@ -179,6 +221,8 @@ def score_files(gt: str | Path, boxes: str | Path) -> dict:
 
     A box of negative width or height is refused (its IoU would be computed on a flipped box): it is most
     often an [x0, y0, x1, y1] box where [x, y, w, h] belongs.
+    A file written by `boxes adjust` also holds each box's rough box and which edges moved: the result
+    then has `before` (the rough boxes' scores) and `edges` (`moved` and `kept` counts) beside the scores.
     """
     true = {r.ann_id: r.box for r in read_coco(gt)}
     candidates = read_boxes(boxes)
@@ -188,7 +232,42 @@ def score_files(gt: str | Path, boxes: str | Path) -> dict:
                 f"{boxes}: annotation id {aid}: bbox [{x:g}, {y:g}, {w:g}, {h:g}] has a negative "
                 f"{'width' if w < 0 else 'height'}; boxes are [x, y, width, height] (COCO), not corners."
             )
-    return score(true, candidates, str(boxes))
+    out = score(true, candidates, str(boxes))
+    rough, moved = read_adjustment(boxes)
+    ids = [i for i in true if i in candidates and i in rough]
+    if ids:
+        out["before"] = score(true, {i: rough[i] for i in ids}, str(boxes))
+        if len(ids) < out["boxes"]:
+            out["before"]["note"] = f"{out['boxes'] - len(ids)} boxes without their rough box"
+    if moved:
+        n = sum(sum(moved[i]) for i in ids if i in moved)
+        edges = 4 * sum(1 for i in ids if i in moved)
+        out["edges"] = {"moved": n, "kept": edges - n}
+    return out
+
+
+def read_adjustment(path: str | Path) -> tuple[dict[int, tuple], dict[int, list[bool]]]:
+    """The rough boxes (`rough_bbox`) and moved edges (`edge_moved`) that `boxes adjust` writes beside each
+    adjusted box, by annotation id (empty for other boxes files)."""
+    from segladder.data.boxes import load_json
+
+    data = load_json(path, "boxes file")
+    anns = data.get("annotations") if isinstance(data, dict) else data
+    rough, moved = {}, {}
+    for ann in anns if isinstance(anns, list) else []:
+        if not isinstance(ann, dict) or "id" not in ann:
+            continue
+        try:
+            if "rough_bbox" in ann:
+                rough[int(ann["id"])] = tuple(float(v) for v in ann["rough_bbox"])
+            if "edge_moved" in ann:
+                moved[int(ann["id"])] = [bool(v) for v in ann["edge_moved"]]
+        except (TypeError, ValueError):
+            raise DataError(
+                f"{path}: annotation id {ann['id']}: 'rough_bbox' must be [x, y, w, h] and 'edge_moved' "
+                "four booleans (as `boxes adjust` writes them)."
+            ) from None
+    return rough, moved
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -210,14 +289,41 @@ def adjust_file(
     batch_size: int = 64,
     device: str | None = None,
     refine_steps: int | None = None,
+    min_confidence: float | None = None,
     progress: bool = True,
-) -> int:
-    """Snap every box of the COCO file `rough` and write it as `out` (same ids, bbox replaced, `edge_confidence` added)."""
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps)
+) -> AdjustSummary:
+    """Snap every box of the COCO file `rough` and write it as `out`: same ids, bbox replaced, and beside it
+    `edge_confidence`, `rough_bbox` (the input box) and `edge_moved` (left, top, right, bottom; false where
+    the gate kept the rough edge). The gate is the checkpoint's unless `min_confidence` is given."""
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, min_confidence=min_confidence)
     records = read_coco(rough, images, check_inside=False)
     snapped, conf = adjuster.adjust_records(records, images, batch_size, progress=progress)
-    write_boxes(out, rough, snapped, {aid: {"edge_confidence": c} for aid, c in conf.items()})
-    return len(snapped)
+    extra, moved_total = {}, 0
+    for r in records:
+        moved = moved_edges(xywh_to_xyxy(r.box), xywh_to_xyxy(snapped[r.ann_id]))
+        moved_total += int(moved.sum())
+        extra[r.ann_id] = {
+            "edge_confidence": [round(v, 4) for v in conf[r.ann_id]],
+            "rough_bbox": [round(float(v), 4) for v in r.box],
+            "edge_moved": [bool(v) for v in moved],
+        }
+    write_boxes(out, rough, snapped, extra)
+    return AdjustSummary(
+        len(snapped),
+        moved_total,
+        4 * len(snapped) - moved_total,
+        adjuster.min_confidence,
+        adjuster.gate_source,
+    )
+
+
+@dataclass
+class AdjustSummary:
+    boxes: int
+    edges_moved: int
+    edges_kept: int  # kept at the rough position by the gate
+    min_confidence: float
+    gate_source: str
 
 
 def adjust_single(
@@ -228,8 +334,11 @@ def adjust_single(
     *,
     device: str | None = None,
     refine_steps: int | None = None,
-) -> tuple[tuple[float, ...], np.ndarray]:
-    """Snap one box on one image; writes a PNG with the rough (yellow) and snapped (magenta) boxes when `png` is given."""
+    min_confidence: float | None = None,
+) -> tuple[tuple[float, ...], np.ndarray, dict]:
+    """Snap one box on one image (gated): (snapped xywh, (4,) confidence, the gate: `min_confidence`,
+    `source` and `moved` per edge); writes a PNG with the rough (yellow) and snapped (magenta) boxes when
+    `png` is given."""
     from segladder.viz import draw_boxes, save_image
 
     if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
@@ -242,7 +351,7 @@ def adjust_single(
             f"--box {','.join(f'{v:g}' for v in box)}: wholly outside {image} ({width}×{height} px); "
             "give x,y,w,h in that image's pixels, overlapping the object."
         )
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps)
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, min_confidence=min_confidence)
     snapped, conf = adjuster.adjust_one(im, box)
     if png is not None:
         save_image(
@@ -253,20 +362,37 @@ def adjust_single(
             ),
             png,
         )
-    return snapped, conf
+    gate = {
+        "min_confidence": adjuster.min_confidence,
+        "source": adjuster.gate_source,
+        "moved": [bool(v) for v in moved_edges(xywh_to_xyxy(box), xywh_to_xyxy(snapped))],
+    }
+    return snapped, conf, gate
 
 
 # What `evaluate_boxes` writes into its folder.
-EVALUATION_FILES = ("rough.json", "adjusted.json", "metrics.json", "table.md", "examples.png")
+EVALUATION_FILES = (
+    "rough.json",
+    "adjusted.json",
+    "gated.json",
+    "metrics.json",
+    "table.md",
+    "examples.png",
+    "calibration.json",
+    "reliability.png",
+)
 
 
 @dataclass
 class BoxEvaluation:
     before: dict
-    after: dict
+    after: dict  # adjusted without the gate (every edge moved)
     out: Path
     boxes: int
     reachable: dict  # the score of the true boxes clipped to their crops: a single pass's ceiling
+    gated: dict | None = None  # adjusted with the gate
+    gate: dict | None = None  # min_confidence, source, edges moved and kept
+    calibration: dict | None = None
 
 
 def evaluate_boxes(
@@ -280,26 +406,72 @@ def evaluate_boxes(
     device: str | None = None,
     refine_steps: int | None = None,
     decode: str | None = None,
+    min_confidence: float | None = None,
     examples: int = 8,
     progress: bool = True,
 ) -> BoxEvaluation:
-    """Jitter the ground truth (seeded), snap the rough boxes, score both: `metrics.json`, `table.md`, `examples.png`."""
+    """Jitter the ground truth (seeded), snap the rough boxes without and with the gate, score all three.
+
+    Writes `metrics.json` (`before`, `after` (no gate), `gated`, `reachable`, `gate`, `calibration`),
+    `table.md`, `rough.json`, `adjusted.json` (no gate), `gated.json`, `examples.png`, and the calibration
+    of edge confidence as `calibration.json` and `reliability.png`.
+    """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, decode)
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, decode, min_confidence)
     records = read_coco(annotations, images)
     true = {r.ann_id: r.box for r in records}
     rough = jitter_records(records, seed)
     rough_records = [
         BoxRecord(r.ann_id, r.image_id, r.file_name, r.width, r.height, rough[r.ann_id]) for r in records
     ]
-    snapped, conf = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
-    before, after = score(true, rough), score(true, snapped)
+    snapped, conf = adjuster.adjust_records(
+        rough_records, images, batch_size, progress=progress, min_confidence=0.0
+    )
+    ids = [r.ann_id for r in records]
+    rough_xyxy = np.stack([xywh_to_xyxy(rough[i]) for i in ids])
+    snapped_xyxy = np.stack([xywh_to_xyxy(snapped[i]) for i in ids])
+    conf_arr = np.array([conf[i] for i in ids], np.float64)
+    if adjuster.min_confidence <= 0:
+        gated = snapped
+    elif adjuster.refine_steps == 0:  # one pass: the gate applied to the ungated boxes is the gated pass
+        g, _ = gate_edges(rough_xyxy, snapped_xyxy, conf_arr, adjuster.min_confidence)
+        gated = {i: xyxy_to_xywh(b) for i, b in zip(ids, g, strict=True)}
+    else:
+        gated, _ = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
+    moved = moved_edges(rough_xyxy, np.stack([xywh_to_xyxy(gated[i]) for i in ids]))
+    gate = {
+        "min_confidence": adjuster.min_confidence,
+        "source": adjuster.gate_source,
+        "edges_moved": int(moved.sum()),
+        "edges_kept": int(moved.size - moved.sum()),
+    }
+    true_xyxy = np.stack([xywh_to_xyxy(true[i]) for i in ids])
+    cal = calibration(conf_arr, edge_errors(snapped_xyxy, true_xyxy))
+    before, after, gated_score = score(true, rough), score(true, snapped), score(true, gated)
     reachable = score(true, reachable_boxes(true, rough, adjuster.buffer_ratio))
     write_boxes(out / "rough.json", annotations, rough)
     write_boxes(
-        out / "adjusted.json", annotations, snapped, {aid: {"edge_confidence": c} for aid, c in conf.items()}
+        out / "adjusted.json",
+        annotations,
+        snapped,
+        {aid: {"edge_confidence": [round(v, 4) for v in c]} for aid, c in conf.items()},
     )
+    write_boxes(
+        out / "gated.json",
+        annotations,
+        gated,
+        {
+            i: {
+                "edge_confidence": [round(v, 4) for v in conf[i]],
+                "rough_bbox": [round(float(v), 4) for v in rough[i]],
+                "edge_moved": [bool(v) for v in m],
+            }
+            for i, m in zip(ids, moved, strict=True)
+        },
+    )
+    atomic_write_json(out / "calibration.json", {"checkpoint": str(checkpoint), "seed": seed, **cal})
+    reliability_png(cal, out / "reliability.png", f"{Path(annotations).name}, jitter seed {seed}")
     summary = {
         "checkpoint": str(checkpoint),
         "annotations": str(annotations),
@@ -308,29 +480,42 @@ def evaluate_boxes(
         "refine_steps": adjuster.refine_steps,
         "before": before,
         "after": after,
+        "gated": gated_score,
         "reachable": reachable,
+        "gate": gate,
+        "calibration": {k: v for k, v in cal.items() if k != "bins"},
     }
     atomic_write_json(out / "metrics.json", summary)
     from segladder.io import atomic_write_text
 
-    atomic_write_text(out / "table.md", before_after_table(before, after, reachable))
-    _write_examples(records, images, rough, snapped, out / "examples.png", examples)
-    return BoxEvaluation(before, after, out, len(records), reachable)
+    atomic_write_text(out / "table.md", before_after_table(before, after, reachable, gated_score))
+    _write_examples(records, images, rough, gated, out / "examples.png", examples)
+    return BoxEvaluation(before, after, out, len(records), reachable, gated_score, gate, cal)
 
 
-def before_after_table(before: dict, after: dict, reachable: dict | None = None) -> str:
+def before_after_table(
+    before: dict, after: dict, reachable: dict | None = None, gated: dict | None = None
+) -> str:
     """The paper's Table 1 as Markdown: each metric in % before and after adjustment, and the change.
 
-    With `reachable`, a last column gives the single-pass ceiling (true boxes clipped to their crops).
+    With `gated`, a column for the adjusted boxes with the edge-confidence gate follows `adjusted`, and the
+    change is the gated boxes' against the jittered ones. With `reachable`, a last column gives the
+    single-pass ceiling (true boxes clipped to their crops).
     """
     extra = reachable is not None
     rows = [
-        "| metric | jittered | adjusted | change |" + (" reachable |" if extra else ""),
-        "|---|---:|---:|---:|" + ("---:|" if extra else ""),
+        "| metric | jittered | adjusted |"
+        + (" adjusted + gate |" if gated is not None else "")
+        + " change |"
+        + (" reachable |" if extra else ""),
+        "|---|---:|---:|" + ("---:|" if gated is not None else "") + "---:|" + ("---:|" if extra else ""),
     ]
     for k in BOX_KEYS:
+        final = after if gated is None else gated
         rows.append(
-            f"| {k} | {100 * before[k]:.1f} | {100 * after[k]:.1f} | {100 * (after[k] - before[k]):+.1f} |"
+            f"| {k} | {100 * before[k]:.1f} | {100 * after[k]:.1f} |"
+            + (f" {100 * gated[k]:.1f} |" if gated is not None else "")
+            + f" {100 * (final[k] - before[k]):+.1f} |"
             + (f" {100 * reachable[k]:.1f} |" if extra else "")
         )
     return "\n".join(rows) + "\n"

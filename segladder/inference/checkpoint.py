@@ -29,6 +29,8 @@ class LoadedCheckpoint:
     stats: dict | None = (
         None  # training-split channel statistics, so raw-data inference normalises as training did
     )
+    # Box checkpoints: the edge-confidence gate chosen on validation (None: trained before the gate existed).
+    min_confidence: float | None = None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -76,6 +78,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         meta.get("task", "segmentation"),
         path,
         meta.get("stats"),
+        None if meta.get("min_confidence") is None else float(meta["min_confidence"]),
     )
 
 

@@ -1,7 +1,10 @@
-"""The box-adjustment task (seed 003, Snapper): per-edge position distributions trained on jittered COCO boxes."""
+"""The box-adjustment task (Snapper): per-edge position distributions trained on jittered COCO boxes."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import lightning as L
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -9,6 +12,7 @@ from torch import Tensor, nn
 from segladder.config import ExperimentConfig
 from segladder.data.boxes import to_crop, to_image
 from segladder.errors import ConfigError
+from segladder.inference.box_gate import EdgeRecords, calibration, choose_min_confidence, edge_errors
 from segladder.metrics import BOX_KEYS, BoxMetrics
 from segladder.models.snapper import decode, edge_loss
 from segladder.tasks.base import TASKS, Task
@@ -22,6 +26,11 @@ class BoxesTask(Task):
     (`boxes.sigma`). Validation: decodes the boxes (`boxes.decode`), maps them back to image pixels and
     reports the paper's Table 1 (`val/miou`, `val/iou_over_0.9`, `val/edges_within_1px`, ...) beside the
     same numbers for the rough boxes (`val/rough_miou`, ...); the best checkpoint is chosen by `val/miou`.
+    Each validation also chooses the edge-confidence gate on its boxes (`choose_min_confidence`: the
+    minimum confidence that maximises mIoU without lowering it below the rough boxes'), logs
+    `val/min_confidence`, `val/gated_miou` and `val/edges_moved`, and stores the gate (`min_confidence`)
+    with its calibration (`box_gate`) in every checkpoint; training ends by writing them for `best.ckpt`
+    as `box_calibration.json` and `reliability.png` in the run directory.
 
     Args:
         cfg: the experiment (its `data` crop fields and `boxes` section are used here).
@@ -50,16 +59,18 @@ class BoxesTask(Task):
         super().__init__(cfg, model)
         self.val_metric = BoxMetrics()
         self.rough_metric = BoxMetrics()
+        self.edge_records = EdgeRecords()
+        self.box_gate: dict | None = None  # the last validation's gate choice and calibration
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
         loss = edge_loss(self(batch["image"]), batch["target"], self.cfg.boxes.sigma)
         return loss, {}
 
-    def snap(self, logits: Tensor, region: Tensor) -> Tensor:
-        """(B, 4, S) logits and (B, 4) crop regions → (B, 4) snapped xyxy boxes in image pixels (float64)."""
+    def snap(self, logits: Tensor, region: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, 4, S) logits and (B, 4) crop regions → ((B, 4) snapped xyxy boxes in image pixels (float64), (B, 4) confidence)."""
         b = self.cfg.boxes
-        edges, _ = decode(logits, b.decode, b.window)
-        return to_image(edges.double(), region.double(), logits.shape[-1])
+        edges, conf = decode(logits, b.decode, b.window)
+        return to_image(edges.double(), region.double(), logits.shape[-1]), conf
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         logits = self(batch["image"])
@@ -71,17 +82,30 @@ class BoxesTask(Task):
             sync_dist=True,
             batch_size=n,
         )
-        self.val_metric.update(self.snap(logits, batch["region"]), batch["true"])
+        boxes, conf = self.snap(logits, batch["region"])
+        self.val_metric.update(boxes, batch["true"])
         self.rough_metric.update(batch["rough"], batch["true"])
+        self.edge_records.update(batch["rough"], boxes, batch["true"], conf)
 
     def on_validation_epoch_end(self) -> None:
         snapped, rough = self.val_metric.compute(), self.rough_metric.compute()
+        records = self.edge_records.compute()
         self.val_metric.reset()
         self.rough_metric.reset()
+        self.edge_records.reset()
         for key in BOX_KEYS:
             # compute() has already reduced across processes; sync_dist only averages equal values.
             self.log(f"val/{key}", snapped[key].float(), prog_bar=key == "miou", sync_dist=True)
             self.log(f"val/rough_{key}", rough[key].float(), sync_dist=True)
+        if len(records["true"]):
+            choice = choose_min_confidence(
+                records["rough"], records["snapped"], records["conf"], records["true"]
+            )
+            cal = calibration(records["conf"], edge_errors(records["snapped"], records["true"]))
+            self.box_gate = {**choice.as_dict(), "calibration": cal}
+            self.log("val/min_confidence", float(choice.min_confidence), sync_dist=True)
+            self.log("val/gated_miou", float(choice.miou_gated), sync_dist=True)
+            self.log("val/edges_moved", float(choice.edges_moved), sync_dist=True)
 
     def pictures(self, batch: dict, n: int) -> np.ndarray | None:
         from segladder.viz import box_grid, denormalise, draw_boxes
@@ -106,4 +130,55 @@ class BoxesTask(Task):
         return box_grid(panels)
 
     def checkpoint_section(self) -> dict:
-        return {"threshold": 0.5}
+        # The gate chosen on this epoch's validation boxes travels with this epoch's weights, as segmentation's
+        # threshold does; a checkpoint saved before any validation has none (inference then moves every edge).
+        gate = (
+            {}
+            if self.box_gate is None
+            else {
+                "min_confidence": self.box_gate["min_confidence"],
+                "box_gate": self.box_gate,
+            }
+        )
+        return {"threshold": 0.5, **gate}
+
+    def callbacks(self) -> list[L.Callback]:
+        return [BoxGateReport()]
+
+
+class BoxGateReport(L.Callback):
+    """When training ends: the gate and calibration stored in `best.ckpt` as `box_calibration.json` and
+    `reliability.png` in the run directory, and one line saying what the gate does on validation."""
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        run_dir = Path(trainer.default_root_dir)
+        write_gate_report(run_dir / "checkpoints" / "best.ckpt", run_dir)
+
+
+def write_gate_report(checkpoint: Path, run_dir: Path) -> dict | None:
+    """box_calibration.json and reliability.png of `checkpoint`'s stored gate, in `run_dir`; None when it has none."""
+    from segladder.inference.box_gate import reliability_png
+    from segladder.inference.checkpoint import CHECKPOINT_KEY, read_checkpoint_file
+    from segladder.io import atomic_write_json
+    from segladder.progress import console
+
+    if not checkpoint.is_file():
+        return None
+    gate = read_checkpoint_file(checkpoint).get(CHECKPOINT_KEY, {}).get("box_gate")
+    if not gate:
+        return None
+    atomic_write_json(run_dir / "box_calibration.json", {"checkpoint": str(checkpoint), **gate})
+    reliability_png(gate["calibration"], run_dir / "reliability.png", f"validation, {checkpoint.name}")
+    cal = gate["calibration"]
+    auc = "n/a" if cal["auc"] is None else f"{cal['auc']:.3f}"
+    console.print(
+        f"edge-confidence gate of {checkpoint.name}: min confidence {gate['min_confidence']:.4g} "
+        f"(validation mIoU rough {gate['miou_rough']:.4f}, adjusted {gate['miou_adjusted']:.4f}, "
+        f"gated {gate['miou_gated']:.4f}; {100 * gate['edges_moved']:.1f}% of edges moved); calibration "
+        f"ECE {cal['ece']:.3f}, AUC {auc}: "
+        f"{run_dir / 'reliability.png'}",
+        soft_wrap=True,
+    )
+    return gate

@@ -218,6 +218,27 @@ CASES = [
         r"^error: --out \S*000000\.png is the input IMAGE",
     ),
     (
+        "boxes-adjust-min-confidence-above-1",
+        "boxes adjust {box_ckpt} --images {boxes}/images --boxes {boxes}/val.json --out {tmp}/gate.json "
+        "--min-confidence 1.5",
+        2,
+        r"^error: --min-confidence 1\.5: an edge confidence is a probability; give a value in \[0, 1\]",
+    ),
+    (
+        "boxes-adjust-one-min-confidence-negative",
+        "boxes adjust {box_ckpt} {boxes}/images/000000.png --box 2,3,20,10 --out {tmp}/gate.png "
+        "--min-confidence -0.1",
+        2,
+        r"^error: --min-confidence -0\.1: .*give a value in \[0, 1\]",
+    ),
+    (
+        "boxes-evaluate-min-confidence-above-1",
+        "boxes evaluate {box_ckpt} --images {boxes}/images --annotations {boxes}/val.json --out {tmp}/ev-gate "
+        "--min-confidence 2",
+        2,
+        r"^error: --min-confidence 2: .*give a value in \[0, 1\]",
+    ),
+    (
         "boxes-score-json-over-gt",
         "boxes score {boxes}/val.json {tmp}/rough.json --json {boxes}/val.json",
         2,

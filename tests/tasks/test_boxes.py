@@ -183,6 +183,87 @@ def test_adjust_and_evaluate_from_the_checkpoint(trained, box_set, tmp_path):
     # One pass places edges inside the crop only: no adjusted score beats the true boxes clipped to the crops.
     assert all(m["reachable"][k] >= m["after"][k] - 1e-9 for k in BOX_KEYS), m
     assert "reachable" in (ev / "table.md").read_text()
+    # The stored gate was chosen on exactly these boxes: with it they are never worse than the rough ones.
+    assert m["gated"]["miou"] >= m["before"]["miou"] - 1e-9
+    assert m["gate"]["min_confidence"] == pytest.approx(trained.metrics["final"]["val/min_confidence"])
+    assert m["gated"]["miou"] == pytest.approx(trained.metrics["final"]["val/gated_miou"], abs=1e-4)
+    assert m["gate"]["edges_moved"] + m["gate"]["edges_kept"] == 4 * m["before"]["boxes"]
+    assert (ev / "reliability.png").stat().st_size > 0 and json.loads((ev / "calibration.json").read_text())[
+        "bins"
+    ]
+    assert "adjusted + gate" in (ev / "table.md").read_text()
+
+
+def _cli(args):
+    from segladder.cli import _register
+    from segladder.cli.app import app
+
+    _register()
+    return CliRunner().invoke(app, [str(a) for a in args])
+
+
+def test_box_gate_is_stored_in_the_checkpoint_and_written_beside_the_run(trained):
+    from segladder.inference.boxes import BoxAdjuster
+    from segladder.inference.checkpoint import load_checkpoint
+
+    final = trained.metrics["final"]
+    stored = load_checkpoint(trained.best_checkpoint).min_confidence
+    assert stored is not None and stored == pytest.approx(final["val/min_confidence"])
+    assert final["val/gated_miou"] >= final["val/rough_miou"] - 1e-9
+    adjuster = BoxAdjuster.from_checkpoint(trained.best_checkpoint, "cpu")
+    assert adjuster.min_confidence == stored and "stored in the checkpoint" in adjuster.gate_source
+    over = BoxAdjuster.from_checkpoint(trained.best_checkpoint, "cpu", min_confidence=0.25)
+    assert over.min_confidence == 0.25 and over.gate_source == "--min-confidence"
+    report = json.loads((trained.run_dir / "box_calibration.json").read_text())
+    assert report["min_confidence"] == pytest.approx(stored) and len(report["calibration"]["bins"]) == 10
+    assert (trained.run_dir / "reliability.png").stat().st_size > 0
+
+
+def test_box_min_confidence_overrides_the_stored_gate(trained, box_set, tmp_path):
+    rough = tmp_path / "rough.json"
+    assert _cli(["boxes", "jitter", box_set.val, "--out", rough, "--seed", "2"]).exit_code == 0
+    outs = {}
+    for c in ("1", "0"):
+        outs[c] = tmp_path / f"adj{c}.json"
+        r = _cli(
+            ["boxes", "adjust", trained.best_checkpoint, "--images", box_set.images, "--boxes", rough]
+            + ["--out", outs[c], "--min-confidence", c]
+        )
+        assert r.exit_code == 0, r.output
+        assert f"min confidence {c}, --min-confidence" in r.output
+    rough_boxes = {a["id"]: a["bbox"] for a in json.loads(rough.read_text())["annotations"]}
+    kept = json.loads(outs["1"].read_text())["annotations"]
+    # C = 1 keeps every rough edge; C = 0 moves them.
+    assert all(a["bbox"] == pytest.approx(rough_boxes[a["id"]], abs=1e-3) for a in kept)
+    assert not any(any(a["edge_moved"]) for a in kept) and kept[0]["rough_bbox"] == rough_boxes[kept[0]["id"]]
+    moved = json.loads(outs["0"].read_text())["annotations"]
+    assert sum(sum(a["edge_moved"]) for a in moved) > 0
+    r = _cli(["boxes", "score", box_set.val, outs["1"]])
+    assert r.exit_code == 0 and f"0 moved, {4 * len(kept)} kept at the rough position" in r.output
+    assert "rough" in r.output.splitlines()[0]
+    # One box: the override reaches the single-box mode too.
+    r = _cli(
+        ["boxes", "adjust", trained.best_checkpoint, box_set.images / "000006.png", "--box", "5,6,20,18"]
+        + ["--out", tmp_path / "one.png", "--min-confidence", "1"]
+    )
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip().splitlines()[0] == "5.00,6.00,20.00,18.00"
+    assert "left kept, top kept, right kept, bottom kept" in r.output
+
+
+def test_box_checkpoint_without_a_stored_gate_moves_every_edge_and_says_so(trained, tmp_path):
+    import torch
+
+    from segladder.inference.boxes import NO_STORED_GATE, BoxAdjuster
+
+    ck = torch.load(trained.best_checkpoint, weights_only=True)
+    for key in ("min_confidence", "box_gate"):
+        ck["segladder"].pop(key)
+    old = tmp_path / "old.ckpt"
+    torch.save(ck, old)
+    adjuster = BoxAdjuster.from_checkpoint(old, "cpu")
+    assert adjuster.min_confidence == 0.0 and adjuster.gate_source == NO_STORED_GATE
+    assert "none stored in this checkpoint" in adjuster.gate_line()
 
 
 def test_reachable_boxes_are_the_true_boxes_clipped_to_the_crop():
