@@ -130,8 +130,9 @@ def choose_min_confidence(
         )
         mious[start : start + len(chunk)] = box_ious(boxes, true).mean(-1)
     base = float(box_ious(rough, true).mean())
-    ok = mious >= base - 1e-12  # C = 1 is the rough boxes: always ok
-    best = int(np.flatnonzero(ok)[np.argmax(mious[ok])])
+    # C = 1 (the rough boxes) is a candidate, so the best candidate is never below them: "the best among
+    # those that do not lower mIoU" is the best overall. np.argmax takes the first (lowest) of equal ones.
+    best = int(np.argmax(mious))
     c = float(cands[best])
     if 0.0 < c < 1.0:
         # Any C above the next lower confidence moves the same edges here: the midpoint keeps the choice
