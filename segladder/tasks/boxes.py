@@ -142,6 +142,13 @@ class BoxesTask(Task):
         )
         return {"threshold": 0.5, **gate}
 
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # A resumed run keeps its last gate until its next validation chooses one, so a checkpoint saved
+        # in between (an interruption) still carries it.
+        from segladder.inference.checkpoint import CHECKPOINT_KEY
+
+        self.box_gate = (checkpoint.get(CHECKPOINT_KEY) or {}).get("box_gate")
+
     def callbacks(self) -> list[L.Callback]:
         return [BoxGateReport()]
 

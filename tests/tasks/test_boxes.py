@@ -219,6 +219,19 @@ def test_box_gate_is_stored_in_the_checkpoint_and_written_beside_the_run(trained
     assert (trained.run_dir / "reliability.png").stat().st_size > 0
 
 
+def test_box_gate_survives_a_resume(trained, box_set):
+    import torch
+
+    from segladder.training.build import build_task
+
+    task = build_task(tiny_config(box_set))
+    assert "min_confidence" not in task.checkpoint_section()  # no validation yet: no gate to store
+    task.on_load_checkpoint(torch.load(trained.best_checkpoint, weights_only=True))
+    section = task.checkpoint_section()
+    assert section["min_confidence"] == pytest.approx(trained.metrics["final"]["val/min_confidence"])
+    assert section["box_gate"]["calibration"]["bins"]
+
+
 def test_box_min_confidence_overrides_the_stored_gate(trained, box_set, tmp_path):
     rough = tmp_path / "rough.json"
     assert _cli(["boxes", "jitter", box_set.val, "--out", rough, "--seed", "2"]).exit_code == 0
