@@ -312,16 +312,78 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
         return Path(a).resolve() == Path(b).resolve()
 
 
-def refuse_overwriting_inputs(writes: dict[str, str | os.PathLike], reads: dict[str, Any]) -> None:
-    """A `SegladderError` before anything is written when an output would replace an input.
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether `path` lies strictly inside `folder` (both resolved: links and `..` followed)."""
+    here, there = path.resolve(), folder.resolve()
+    return here != there and here.is_relative_to(there)
+
+
+def run_folder_of(checkpoint: str | os.PathLike | None) -> Path | None:
+    """The run folder a checkpoint belongs to (`RUN/checkpoints/best.ckpt` → RUN; a checkpoint beside a
+    run's `config.yaml` → its folder), or None for a checkpoint on its own."""
+    if checkpoint is None:
+        return None
+    path = Path(checkpoint)
+    if path.is_dir():
+        return None
+    if path.parent.name == "checkpoints":
+        return path.parent.parent
+    if (path.parent / "config.yaml").is_file():
+        return path.parent
+    return None
+
+
+def refuse_overwriting_inputs(
+    writes: dict[str, str | os.PathLike],
+    reads: dict[str, Any],
+    *,
+    shallow: tuple[str, ...] = (),
+    sealed: tuple[str, ...] = (),
+) -> None:
+    """A `SegladderError` before anything is written when an output would replace or mix with an input.
 
     `writes` maps how the user named each output (`--out`) to its path; `reads` maps how each input was
-    named (`GT`, `--boxes`) to its path (None: not given).
+    named (`GT`, `--data`, `the run folder of CHECKPOINT`) to its path (None: not given). Refused:
+
+    - an output that is an input (a file or a folder; links and relative paths included);
+    - an output that lies inside an input folder and already exists (a file or folder of that input would
+      be overwritten); a new path inside it is fine, unless the input is in `sealed` (a dataset's split:
+      whatever appears there is read as a record);
+    - for the inputs named in `shallow` (a training run, whose subfolders such as `eval-validation/` are
+      other commands' outputs made again on a re-run; a dataset root beside its splits) only their own
+      files count: an existing file directly inside (`metrics.json`, `config.yaml`, ...) or anything
+      existing in `checkpoints/`.
+
+    Every command that writes calls this first, so a refused command has written nothing.
     """
     for out_name, out in writes.items():
+        if out is None:
+            continue
+        out = Path(out)
         for in_name, src in reads.items():
-            if src is not None and Path(src).is_file() and same_file(out, src):
+            if src is None or not Path(src).exists():
+                continue
+            src = Path(src)
+            if same_file(out, src):
+                kind = "file" if src.is_file() else "folder"
                 raise SegladderError(
                     f"{out_name} {out} is the input {in_name} ({src}): it would be overwritten; "
-                    "write to another file (nothing was written)."
+                    f"write to another {kind} (nothing was written)."
+                )
+            if not src.is_dir() or not _inside(out, src):
+                continue
+            if in_name in shallow:
+                here = out.resolve()
+                own = here.parent == src.resolve() and here.is_file()
+                if not own and not (here.is_relative_to((src / "checkpoints").resolve()) and here.exists()):
+                    continue
+            if in_name in sealed:
+                raise SegladderError(
+                    f"{out_name} {out} lies inside the input {in_name} ({src}), where anything new would be "
+                    "read as input; give a path outside it (nothing was written)."
+                )
+            if out.exists() or out.is_symlink():
+                raise SegladderError(
+                    f"{out_name} {out} already exists inside the input {in_name} ({src}): it would be "
+                    "overwritten; give a new path (nothing was written)."
                 )

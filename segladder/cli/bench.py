@@ -256,8 +256,11 @@ def boxes(
     import json
 
     from segladder.inference.boxes import bench_box_adjustment
-    from segladder.io import atomic_write_json
+    from segladder.io import atomic_write_json, refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(
+        {"--json": json_out}, {"CHECKPOINT": checkpoint, "--images": images, "--annotations": annotations}
+    )
     r = bench_box_adjustment(
         checkpoint, images, annotations, batch_size=batch_size, boxes=boxes, single=single, device=device
     )

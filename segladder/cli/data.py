@@ -82,9 +82,11 @@ def prepare(
     overwrite: bool = typer.Option(False, "--overwrite", help="Rebuild a cache made with other options."),
 ) -> None:
     """Convert raw records into a memory-mapped cache; resumable, never half-valid."""
-    from segladder.data.cache import CacheOptions, prepare_cache
+    from segladder.data.cache import CacheOptions, prepare_cache, refuse_cache_inside_dataset
     from segladder.data.contrails import native_size
 
+    if root.is_dir():  # a missing ROOT is named by the reader
+        refuse_cache_inside_dataset(root, out_dir, parse_str_list(splits))
     opts = CacheOptions(
         frames=tuple(parse_int_list(frames) or range(8)),
         channels=tuple(parse_str_list(channels) or ["ash"]),
@@ -140,7 +142,9 @@ def folds(
 ) -> None:
     """Cut the labelled records into K folds, stratified by "has a contrail", for `train --folds`."""
     from segladder.data.folds import make_folds
+    from segladder.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs({"--out": out}, {"ROOT": root})
     rows = make_folds(
         root,
         out,

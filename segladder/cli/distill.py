@@ -42,10 +42,12 @@ def compare(
     from segladder.inference.compare import format_table
     from segladder.io import atomic_write_json, refuse_overwriting_inputs
 
-    writes = {f"OUT/{name}": out / name for name in ("compare.json", "compare.png")}
+    writes = {"--out": out, **{f"OUT/{name}": out / name for name in ("compare.json", "compare.png")}}
     if json_out is not None:
         writes["--json"] = json_out
-    refuse_overwriting_inputs(writes, {"TEACHER": teacher, "STUDENT": student, "--baseline": baseline})
+    refuse_overwriting_inputs(
+        writes, {"TEACHER": teacher, "STUDENT": student, "--baseline": baseline, "--data": data}
+    )
     result = run_compare(
         teacher,
         student,

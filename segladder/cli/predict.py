@@ -36,6 +36,23 @@ def _weights(text: str) -> list[float] | None:
         raise SegladderError(f"--weights '{text}': expected comma-separated numbers, e.g. 1,2.") from None
 
 
+def _refuse_overwriting(writes: dict, checkpoints=(), folds: bool = False, **reads) -> None:
+    """Refuse, before any work, an output that is (or would overwrite what lies in) an input: a checkpoint,
+    its run folder, the data, the pipeline file; see `segladder.io.refuse_overwriting_inputs`."""
+    from segladder.io import refuse_overwriting_inputs, run_folder_of
+
+    inputs = {k: v for k, v in reads.items() if v is not None}
+    itself = []
+    checkpoints = list(checkpoints or [])
+    for i, ckpt in enumerate(checkpoints):
+        name = "CHECKPOINT" if len(checkpoints) == 1 else f"CHECKPOINT {i + 1}"
+        inputs[name] = ckpt
+        inputs[f"the run folder of {name}"] = run_folder_of(ckpt)
+        # with --folds CHECKPOINT is the run folder itself
+        itself += [name, f"the run folder of {name}"] if folds else [f"the run folder of {name}"]
+    refuse_overwriting_inputs(writes, inputs, shallow=tuple(itself))
+
+
 def _report(pred) -> None:
     typer.echo(
         f"{pred.records} records → {pred.out}: {pred.positive_records} with contrails "
@@ -110,6 +127,7 @@ def predict_cmd(
     """Predict a split: float16 probability maps, binary masks, submission.csv and optional overlays."""
     from segladder.inference.predict import predict
 
+    _refuse_overwriting({"--out": out}, checkpoints, folds, **{"--data": data, "--onnx": onnx})
     if folds:
         from segladder.inference.folds import read_fold_ensemble
 
@@ -186,6 +204,7 @@ def pipeline_run(
     """Filter records with stage 1, segment the kept ones with stage 2; the filtered-out get empty masks."""
     from segladder.inference.pipeline import run_pipeline
 
+    _refuse_overwriting({"--out": out}, PIPELINE=pipeline, **{"--data": data})
     pred = run_pipeline(
         pipeline,
         data,
@@ -214,6 +233,7 @@ def pipeline_evaluate(
     """Per stage: filter accuracy/AUC, Dice lost to wrong filtering, Dice on positives, final global Dice."""
     from segladder.inference.pipeline import evaluate_pipeline
 
+    _refuse_overwriting({"--out": out}, PIPELINE=pipeline, **{"--data": data})
     r = evaluate_pipeline(
         pipeline, data, split=split, out=out, batch_size=batch_size, device=device, workers=workers
     )
@@ -268,6 +288,7 @@ def pseudo_label_cmd(
     """Write soft labels (float16 probability maps) for every record of a split."""
     from segladder.inference.pseudo import pseudo_label
 
+    _refuse_overwriting({"--out": out}, checkpoints, **{"--data": data})
     res = pseudo_label(
         checkpoints,
         data,
@@ -307,9 +328,8 @@ def export_onnx_cmd(
 ) -> None:
     """Export to ONNX (dynamic batch; input contract and threshold in the metadata) and check parity with PyTorch."""
     from segladder.inference.export import export_onnx
-    from segladder.io import refuse_overwriting_inputs
 
-    refuse_overwriting_inputs({"--out": out}, {"CHECKPOINT": checkpoint})
+    _refuse_overwriting({"--out": out}, [checkpoint], folds, **{"--data": data})
     res = export_onnx(
         checkpoint, out, data=data, split=split, check_records=records, opset=opset, atol=atol, folds=folds
     )

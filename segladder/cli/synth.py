@@ -124,7 +124,16 @@ def compare(
     Each row's tolerance is the distance between two halves of REAL (docs/data.md, "Synthetic vs real").
     """
     from segladder.data.realism import compare_datasets
+    from segladder.io import refuse_overwriting_inputs
 
+    refuse_overwriting_inputs(
+        {
+            "--out": out,
+            **{f"--out/{name}": out / name for name in ("stats.png", "grid.png")},
+            "--json": json_file,
+        },
+        {"REAL": real, "SYNTH": synth},
+    )
     result = compare_datasets(
         real,
         synth,

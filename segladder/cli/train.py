@@ -53,6 +53,14 @@ def train(
         if resume is not None
         else load_config(resolve_config_path(config) if config else None, overrides)
     )
+    if cfg is not None and out is not None:
+        from segladder.io import refuse_overwriting_inputs
+
+        data_inputs = {
+            f"data.{k}": getattr(cfg.data, k, None) for k in ("root", "folds", "images", "train", "val")
+        }
+        teacher = getattr(getattr(cfg, "distill", None), "teacher", None)
+        refuse_overwriting_inputs({"--out": out}, {**data_inputs, "distill.teacher": teacher})
     if folds is not None or fold:
         from segladder.training.folds import train_folds
 
@@ -100,7 +108,14 @@ def evaluate(
 ) -> None:
     """Global Dice at the stored and the best threshold, per-record Dice CSV and the threshold curve PNG."""
     from segladder.inference.evaluate import evaluate as run_eval
+    from segladder.io import refuse_overwriting_inputs, run_folder_of
 
+    refuse_overwriting_inputs(
+        {"--out": out},
+        {"CHECKPOINT": checkpoint, "the run folder of CHECKPOINT": run_folder_of(checkpoint), "--data": data},
+        # a run's own eval-<split>/ folders (the default --out) lie inside it
+        shallow=("CHECKPOINT", "the run folder of CHECKPOINT"),
+    )
     r = run_eval(checkpoint, data, split, out, batch_size, device, folds=folds)
     typer.echo(f"{r.records} records of {split}")
     typer.echo(f"global Dice at the stored threshold {r.stored_threshold:.2f}: {r.dice_stored:.4f}")

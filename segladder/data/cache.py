@@ -44,6 +44,7 @@ from segladder.io import (
     free_bytes,
     guard_writes,
     preallocate,
+    refuse_overwriting_inputs,
 )
 from segladder.progress import console, parallel_map
 
@@ -231,6 +232,16 @@ def _prepare_chunk(
     return split, done, bad
 
 
+def refuse_cache_inside_dataset(root: Path, out: Path, splits: Sequence[str] | None = None) -> None:
+    """The cache's <split>/ folders and arrays must not land on ROOT's files or among the records it reads
+    (a folder inside ROOT, beside its splits, is fine, also when resumed)."""
+    root, out = Path(root), Path(out)
+    split_dirs = {f"ROOT/{s}": root / s for s in (splits or present_splits(root))}
+    refuse_overwriting_inputs(
+        {"--out": out}, {"ROOT": root, **split_dirs}, shallow=("ROOT",), sealed=tuple(split_dirs)
+    )
+
+
 def prepare_cache(
     root: str | Path,
     out: str | Path,
@@ -252,12 +263,7 @@ def prepare_cache(
         discover_records(root, "train")  # the clear "missing root / split" error
     if out.exists() and not out.is_dir():
         raise CacheError(f"cache path {out} is a file; give a folder.")
-    here = out.resolve()
-    if here == root.resolve() or any(here.is_relative_to((root / s).resolve()) for s in splits):
-        # The cache's <split>/ folders and arrays would land among the records it reads.
-        raise CacheError(
-            f"--out {out} is the dataset ROOT {root} or one of its splits; give a folder outside them."
-        )
+    refuse_cache_inside_dataset(root, out, splits)
     with exclusive_lock(out / LOCK_FILE, f"cache folder {out}"):
         return _prepare_locked(
             root, out, options, refs, splits, workers, progress, skip_bad, overwrite, chunk

@@ -186,7 +186,7 @@ CASES = [
         "prepare-into-the-dataset",
         "data prepare {raw} --out {raw}/train --frames 4",
         2,
-        r"^error: --out \S*train is the dataset ROOT \S* or one of its splits; give a folder outside them",
+        r"^error: --out \S*train is the input ROOT/train \(\S*\): it would be overwritten; write to another folder",
     ),
     # boxes synth
     ("boxes-synth-too-small", "boxes synth {tmp}/bs4 --size 4", 2, r"^error: --size 4: .*--size 16 or more"),
