@@ -105,6 +105,15 @@ class AugmentConfig(BaseModel):
             )
         if self.resized_crop_ratio[0] <= 0:
             raise ValueError(f"resized_crop_ratio: expected positive ratios, got {self.resized_crop_ratio}")
+        default_share = type(self).model_fields["crop_positive_share"].default
+        if self.crop_size is None and self.crop_positive_share != default_share:
+            # It would be silently unused: only crops are placed over contrails. (Stored configs hold every
+            # key, so a share left at its default is not taken as set.)
+            raise ValueError(
+                "data.augment.crop_positive_share is set but data.augment.crop_size is not, so no crops are "
+                "taken and the share would be unused; set data.augment.crop_size=N too, or drop "
+                "data.augment.crop_positive_share"
+            )
         return self
 
     @property
@@ -175,6 +184,27 @@ class DataConfig(_Section):
     buffer_ratio: float = Field(
         1.1, ge=1.0, le=4.0, description="the crop is the rough box enlarged by this (seed 003: 1.1)"
     )
+
+    @field_validator("train_split")
+    @classmethod
+    def _train_splits(cls, v: str) -> str:
+        parts = v.split("+")
+        if not all(parts):
+            raise ValueError(
+                f"'{v}' has an empty split name; join splits with one '+', e.g. train+validation"
+            )
+        twice = sorted({p for p in parts if parts.count(p) > 1})
+        if twice:
+            raise ValueError(
+                f"split '{twice[0]}' is named twice (its records would count double); name each split "
+                f"once, e.g. data.train_split={'+'.join(dict.fromkeys(parts))}"
+            )
+        if "test" in parts:
+            raise ValueError(
+                "the test split has no masks to train on; train on train and/or validation, e.g. "
+                "data.train_split=train+validation"
+            )
+        return v
 
     @property
     def resolved_format(self) -> str:

@@ -197,13 +197,58 @@ def read_folds(path: str | Path) -> list[FoldRecord]:
     return rows
 
 
+def split_record_ids(root: str | Path, split: str) -> list[str]:
+    """The record ids of `split` in a raw dataset or a cache (without reading any record)."""
+    if is_cache(root):
+        return [str(i) for i in ContrailsCache(root).split(split).ids]
+    return [ref.record_id for ref in discover_records(root, split)]
+
+
+def pooled_splits(data) -> list[str]:
+    """The splits a run with folds must find in its folds file (`DataConfig` `data`): those it names in
+    data.train_split, when set (by default the folds file's own splits are the pool)."""
+    return data.train_split.split("+") if "train_split" in data.model_fields_set else []
+
+
+def check_covers(
+    rows: Sequence[FoldRecord], path: str | Path, root: str | Path, splits: Sequence[str], k: int
+) -> None:
+    """Refuse a folds file that does not match the dataset it is used with: a record it names that `root`
+    lacks (folds cut from another dataset), or records of `splits` (the splits the run pools, and those
+    the file names) that have no fold, which would never be trained or validated on."""
+    root = Path(root)
+    named: dict[str, set[str]] = {}
+    for r in rows:
+        named.setdefault(r.split, set()).add(r.record_id)
+    pooled = list(dict.fromkeys([*splits, *named]))
+    fix = (
+        f"cut folds for this dataset with `segladder data folds {root} --k {k} --pool {','.join(pooled)} "
+        "--out NEW.csv` and set data.folds=NEW.csv"
+    )
+    for split in pooled:
+        present = split_record_ids(root, split)
+        unknown = sorted(named.get(split, set()) - set(present))
+        if unknown:
+            raise DataError(
+                f"{path}: {len(unknown)} record(s) of split '{split}' are not in {root} (first: "
+                f"{split}/{unknown[0]}), so the folds were cut from another dataset; {fix}."
+            )
+        missing = [rid for rid in present if rid not in named.get(split, set())]
+        if missing:
+            raise DataError(
+                f"{path}: {len(missing)} of the {len(present)} records of split '{split}' in {root} have no "
+                f"fold (first: {split}/{missing[0]}), so they would never be trained or validated on; {fix}."
+            )
+
+
 def fold_count(rows: Sequence[FoldRecord]) -> int:
     return max(r.fold for r in rows) + 1
 
 
-def check_trainable(rows: Sequence[FoldRecord], path: str | Path) -> int:
+def check_trainable(rows: Sequence[FoldRecord], path: str | Path, wanted: int | None = None) -> int:
     """The number of folds in `rows` (read from `path`), after checking that each fold holds records out and
-    leaves records to train on; a DataError naming the file and the fold otherwise."""
+    leaves records to train on; a DataError naming the file, the fold and the command that cuts `wanted`
+    folds (what the run asked for; default: the file's count) otherwise."""
     if not rows:
         raise DataError(f"{path}: no records; cut folds with `segladder data folds ROOT --out {path}`.")
     k = fold_count(rows)
@@ -212,7 +257,10 @@ def check_trainable(rows: Sequence[FoldRecord], path: str | Path) -> int:
         if r.fold < 0:
             raise DataError(f"{path}: record {r.split}/{r.record_id} has fold {r.fold}; folds count from 0.")
         sizes[r.fold] += 1
-    fix = f"cut folds again with `segladder data folds ROOT --k 5 --overwrite --out {path}`"
+    cut = wanted or (k if k >= 2 else 5)
+    fix = (
+        f"cut folds again with `segladder data folds ROOT --k {cut} --out NEW.csv` and set data.folds=NEW.csv"
+    )
     if k < 2:
         raise DataError(f"{path}: every record is in fold 0, so fold 0 has no records to train on; {fix}.")
     empty = [f for f, n in enumerate(sizes) if n == 0]

@@ -11,7 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from segladder.config import DataConfig
 from segladder.data.datasets import ContrailsDataset, dataset_from_config, decode_batch
-from segladder.data.folds import FoldRecord, check_trainable, read_folds
+from segladder.data.folds import FoldRecord, check_covers, check_trainable, pooled_splits, read_folds
 from segladder.data.handover import SlotCollate, SlotHandoverLoader
 from segladder.data.pseudo import PseudoLabels
 from segladder.errors import ConfigError
@@ -133,6 +133,8 @@ class ContrailsDataModule(L.LightningDataModule):
             c = self.cfg
             self._folds = read_folds(c.folds)
             k = check_trainable(self._folds, c.folds)
+            if c.root is not None and c.resolved_format == "contrails":
+                check_covers(self._folds, c.folds, c.root, pooled_splits(c), k)
             if c.fold is None or not 0 <= c.fold < k:
                 raise ConfigError(
                     f"data.folds {c.folds} has folds 0..{k - 1}: set data.fold to one of them "

@@ -13,7 +13,14 @@ import torch
 from torch.utils.data import DataLoader
 
 from segladder.config import ExperimentConfig, dump_config
-from segladder.data.folds import FoldRecord, check_trainable, make_folds, read_folds
+from segladder.data.folds import (
+    FoldRecord,
+    check_covers,
+    check_trainable,
+    make_folds,
+    pooled_splits,
+    read_folds,
+)
 from segladder.data.module import held_out
 from segladder.errors import ConfigError, SegladderError
 from segladder.inference.checkpoint import load_checkpoint
@@ -112,13 +119,16 @@ def _folds_of(cfg: ExperimentConfig, run_dir: Path, k: int) -> tuple[Path, list[
                 folds_csv,
                 k=k,
                 by="record",
-                splits=[cfg.data.train_split],
+                splits=cfg.data.train_split.split("+"),
                 seed=cfg.seed,
                 k_option="--folds",
             )
             console.print(f"folds: {k} by record over '{cfg.data.train_split}', written to {folds_csv}")
     rows = read_folds(folds_csv)
-    return folds_csv, rows, check_trainable(rows, folds_csv)
+    k = check_trainable(rows, folds_csv, k)
+    if cfg.data.folds and cfg.data.root is not None and cfg.data.resolved_format == "contrails":
+        check_covers(rows, folds_csv, cfg.data.root, pooled_splits(cfg.data), k)
+    return folds_csv, rows, k
 
 
 def _train_fold(

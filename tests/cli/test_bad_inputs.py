@@ -142,6 +142,56 @@ CASES = [
         r"^error: \S*notes\.txt: malformed JSON",
     ),
     ("train-snapper-no-data", "train snapper --out {tmp}/r-snapper", 2, r"^error: .*data\.(images|train)"),
+    # settings that were silently wrong (issue 36)
+    (
+        "train-split-named-twice",
+        "train tiny_synthetic --out {tmp}/r-twice --set data.root={raw} data.train_split=train+train",
+        2,
+        r"data\.train_split: .*split 'train' is named twice .*data\.train_split=train\b",
+    ),
+    (
+        "train-on-the-test-split",
+        "train tiny_synthetic --out {tmp}/r-test --set data.root={raw} data.train_split=train+test",
+        2,
+        r"data\.train_split: .*the test split has no masks to train on",
+    ),
+    (
+        "crop-share-without-crop-size",
+        "train tiny_synthetic --out {tmp}/r-share --set data.root={raw} data.augment.crop_positive_share=0.9",
+        2,
+        r"data\.augment\.crop_positive_share is set but data\.augment\.crop_size is not.*"
+        r"set data\.augment\.crop_size=N too",
+    ),
+    (
+        "train-folds-csv-missing-records",
+        "train tiny_synthetic --folds 3 --out {tmp}/f-part --set data.root={raw} data.folds={tmp}/part.csv",
+        2,
+        r"^error: \S*part\.csv: 3 of the 12 records of split 'train' in \S* have no fold \(first: train/\d+\), "
+        r"so they would never be trained or validated on; cut folds for this dataset with `segladder data "
+        r"folds \S* --k 3 --pool train --out NEW\.csv` and set data\.folds=NEW\.csv\.$",
+    ),
+    (
+        "train-folds-csv-missing-a-pooled-split",
+        "train tiny_synthetic --folds 3 --out {tmp}/f-pool --set data.root={raw} data.folds={tmp}/three.csv "
+        "data.train_split=train+validation",
+        2,
+        r"^error: \S*three\.csv: 4 of the 4 records of split 'validation' .* have no fold .*"
+        r"--k 3 --pool train,validation --out NEW\.csv`",
+    ),
+    (
+        "train-folds-csv-unknown-record",
+        "train tiny_synthetic --folds 3 --out {tmp}/f-unknown --set data.root={raw} data.folds={tmp}/unknown.csv",
+        2,
+        r"^error: \S*unknown\.csv: 1 record\(s\) of split 'train' are not in \S* \(first: train/123\), so the "
+        r"folds were cut from another dataset",
+    ),
+    (
+        "train-folds-csv-fold-7",
+        "train tiny_synthetic --folds 3 --out {tmp}/f-seven --set data.root={raw} data.folds={tmp}/seven.csv",
+        2,
+        r"^error: \S*seven\.csv: fold 3 holds no records \(folds 0\.\.7 are numbered\).*"
+        r"`segladder data folds ROOT --k 3 --out NEW\.csv` and set data\.folds=NEW\.csv\.$",
+    ),
     # export onnx reads the input shape from the checkpoint's task
     (
         "export-onnx-box-model",
@@ -306,9 +356,13 @@ def ctx(cli_data, tmp_path_factory):
     (tmp / "rgb-bad" / "train" / "masks" / "img001.png").unlink()
     Image.fromarray(np.full((24, 24), 7, np.uint8)).save(tmp / "rgb-bad" / "val" / "masks" / "img000.png")
     train_ids = sorted(p.name for p in (cli_data["raw"] / "train").iterdir())
-    (tmp / "zero.csv").write_text(
-        "record_id,split,fold,has_contrail,group\n" + "".join(f"{r},train,0,1,{r}\n" for r in train_ids)
-    )
+    header = "record_id,split,fold,has_contrail,group\n"
+    (tmp / "zero.csv").write_text(header + "".join(f"{r},train,0,1,{r}\n" for r in train_ids))
+    three = [f"{r},train,{i % 3},1,{r}\n" for i, r in enumerate(train_ids)]
+    (tmp / "three.csv").write_text(header + "".join(three))
+    (tmp / "part.csv").write_text(header + "".join(three[:9]))
+    (tmp / "unknown.csv").write_text(header + "".join(three) + "123,train,0,1,123\n")
+    (tmp / "seven.csv").write_text(header + "".join(three[:-1]) + three[-1].replace(",train,2,", ",train,7,"))
     boxes = write_box_synth(tmp / "boxes", n_train=2, n_val=2, size=48, seed=3, max_objects=2, progress=False)
     box_ckpt = box_checkpoint(tmp / "box.ckpt")
     (tmp / "ev").mkdir()
@@ -412,7 +466,8 @@ def test_no_input_was_overwritten(ctx):
 
 def test_a_refused_run_leaves_no_folder_and_no_file_behind(ctx):
     tmp = ctx["tmp"]
-    refused = ["f-none", "f-zero", "f-50", "f-1", "run-teacher-csv", "run-other-size"]
+    refused = ["f-none", "f-zero", "f-50", "f-1", "run-teacher-csv", "run-other-size", "r-twice", "r-test"]
+    refused += ["r-share", "f-part", "f-pool", "f-unknown", "f-seven"]
     for name in [*refused, "r-root", "r-coco", "r-snapper"]:
         assert not (tmp / name).exists(), name
     assert not (tmp / "none.csv").exists()  # a mistyped data.folds is refused, not created
