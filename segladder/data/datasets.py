@@ -160,7 +160,9 @@ class ContrailsDataset(Dataset):
             raise BadDatasetError(
                 problems,
                 f"{self.source}/{self.split}",
-                "Run `segladder data check` for a full report, or pass skip_bad to leave them out.",
+                f"Run `segladder data check {self.source}` for a full report; fix or remove them, or leave "
+                "them out: `--set data.skip_bad=true` for training, `segladder data prepare --skip-bad` "
+                "for a cache.",
             )
         bad = {rid for rid, _ in problems}
         for rid, reason in problems:

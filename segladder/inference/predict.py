@@ -38,6 +38,8 @@ def prepare_output(out: str | Path, subfolders: Sequence[str] = (PROBS_DIR, MASK
     """Create the output folder and prove it writable, and refuse a file where one of its `subfolders` goes,
     so a bad --out fails before any inference."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InferenceError(f"--out {out} is a file; give a folder (new or existing) for the outputs.")
     try:
         out.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=out):
@@ -47,8 +49,8 @@ def prepare_output(out: str | Path, subfolders: Sequence[str] = (PROBS_DIR, MASK
     for folder in (out / s for s in subfolders):
         if folder.exists() and not folder.is_dir():
             raise InferenceError(
-                f"output folder {folder} is not writable (File exists); choose another --out "
-                "or remove what is in the way."
+                f"{folder} is a file where the output folder {folder.name}/ goes; remove it or choose "
+                "another --out."
             )
     return out
 

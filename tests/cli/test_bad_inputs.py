@@ -144,6 +144,20 @@ CASES = [
     ("train-snapper-no-data", "train snapper --out {tmp}/r-snapper", 2, r"^error: .*data\.(images|train)"),
     # settings that were silently wrong (issue 36)
     (
+        "train-corrupt-record",
+        "train tiny_synthetic --out {tmp}/r-bad --set data.root={tmp}/bad-raw",
+        2,
+        r"^error: 1 bad record\(s\) in \S*bad-raw/train:\n  \d+: missing band_11\.npy\nRun `segladder data check "
+        r"\S*bad-raw` for a full report; fix or remove them, or leave them out: `--set data\.skip_bad=true` for "
+        r"training, `segladder data prepare --skip-bad` for a cache\.$",
+    ),
+    (
+        "predict-out-is-a-file",
+        "predict {seg}/checkpoints/best.ckpt --data {raw} --out {tmp}/notes.txt",
+        2,
+        r"^error: --out \S*notes\.txt is a file; give a folder \(new or existing\) for the outputs\.$",
+    ),
+    (
         "train-split-named-twice",
         "train tiny_synthetic --out {tmp}/r-twice --set data.root={raw} data.train_split=train+train",
         2,
@@ -356,6 +370,8 @@ def ctx(cli_data, tmp_path_factory):
     (tmp / "rgb-bad" / "train" / "masks" / "img001.png").unlink()
     Image.fromarray(np.full((24, 24), 7, np.uint8)).save(tmp / "rgb-bad" / "val" / "masks" / "img000.png")
     train_ids = sorted(p.name for p in (cli_data["raw"] / "train").iterdir())
+    shutil.copytree(cli_data["raw"], tmp / "bad-raw")
+    (tmp / "bad-raw" / "train" / train_ids[0] / "band_11.npy").unlink()
     header = "record_id,split,fold,has_contrail,group\n"
     (tmp / "zero.csv").write_text(header + "".join(f"{r},train,0,1,{r}\n" for r in train_ids))
     three = [f"{r},train,{i % 3},1,{r}\n" for i, r in enumerate(train_ids)]
@@ -457,6 +473,14 @@ def test_bad_input_exit_code_and_message(ctx, name, code, pattern):
         assert re.search(pattern, r.out), str(r)
 
 
+def test_every_fix_the_messages_suggest_exists(ctx):
+    """The commands, options and config keys that the catalogue's messages tell the user to use are real."""
+    from tests.cli.test_suggested_fixes import problems_in
+
+    wrong = [f"{name}: {p}" for name, r in ctx["results"].items() for p in problems_in(r.err + r.out)]
+    assert not wrong, "\n".join(wrong)
+
+
 def test_no_input_was_overwritten(ctx):
     changed = [str(p) for p, data in ctx["before"].items() if p.read_bytes() != data]
     assert not changed
@@ -467,7 +491,7 @@ def test_no_input_was_overwritten(ctx):
 def test_a_refused_run_leaves_no_folder_and_no_file_behind(ctx):
     tmp = ctx["tmp"]
     refused = ["f-none", "f-zero", "f-50", "f-1", "run-teacher-csv", "run-other-size", "r-twice", "r-test"]
-    refused += ["r-share", "f-part", "f-pool", "f-unknown", "f-seven"]
+    refused += ["r-share", "f-part", "f-pool", "f-unknown", "f-seven", "r-bad"]
     for name in [*refused, "r-root", "r-coco", "r-snapper"]:
         assert not (tmp / name).exists(), name
     assert not (tmp / "none.csv").exists()  # a mistyped data.folds is refused, not created

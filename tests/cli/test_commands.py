@@ -279,13 +279,14 @@ CASES = [
         "pseudo-label-out-is-a-file",
         "pseudo-label {seg}/checkpoints/best.ckpt --data {raw} --out {tmp}/a-file",
         2,
-        r"^error: output folder .*a-file is not writable",
+        r"^error: --out \S*a-file is a file; give a folder \(new or existing\) for the outputs\.$",
     ),
     (
         "pseudo-label-labels-is-a-file",
         "pseudo-label {seg}/checkpoints/best.ckpt --data {raw} --out {tmp}/broken",
         2,
-        r"^error: output folder .*broken/labels is not writable \(File exists\)",
+        r"^error: \S*broken/labels is a file where the output folder labels/ goes; remove it or choose "
+        r"another --out\.$",
     ),
     # parse errors of the other list options
     (
