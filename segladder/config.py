@@ -417,17 +417,31 @@ def nearest_keys(key: str, valid: list[str]) -> str:
     return suggest(key, valid) or f" Valid keys: {', '.join(valid)}."
 
 
-def explain(exc: ValidationError, source: str, root: type[BaseModel]) -> ConfigError:
-    """One readable ConfigError for a pydantic failure: unknown keys get the nearest valid keys."""
-    lines = []
+def explain(
+    exc: ValidationError, source: str, root: type[BaseModel], overrides: list[str] | None = None
+) -> ConfigError:
+    """One readable ConfigError for a pydantic failure: unknown keys get the nearest valid keys.
+
+    A problem with a value given as `--set KEY=VALUE` (in `overrides`; for a check of a whole section, a
+    key inside it) is blamed on that `--set`; when every problem is one, the error is one line.
+    """
+    given = {p.split("=", 1)[0].strip(): p for p in overrides or [] if "=" in p}
+    lines, from_set = [], []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             section = _section_model(root, err["loc"][:-1])
             hint = nearest_keys(str(err["loc"][-1]), list(section.model_fields)) if section else ""
-            lines.append(f"unknown key '{loc}'.{hint}")
+            line = f"unknown key '{loc}'.{hint}"
         else:
-            lines.append(f"{loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})")
+            line = f"{loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})"
+        pair = given.get(loc) or next((p for k, p in given.items() if loc and k.startswith(loc + ".")), None)
+        if pair is not None:
+            reason = line if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
+            from_set.append(f"--set {pair}: {reason}")
+        lines.append(line)
+    if from_set and len(from_set) == len(lines):
+        return ConfigError("; ".join(from_set))
     return ConfigError(f"invalid {source}:\n  " + "\n  ".join(lines))
 
 
@@ -537,7 +551,7 @@ def build_config(
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:
-        raise explain(exc, f"config {source}", ExperimentConfig) from None
+        raise explain(exc, f"config {source}", ExperimentConfig, overrides) from None
 
 
 def load_config(

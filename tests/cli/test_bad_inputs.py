@@ -161,20 +161,35 @@ CASES = [
         "train-split-named-twice",
         "train tiny_synthetic --out {tmp}/r-twice --set data.root={raw} data.train_split=train+train",
         2,
-        r"data\.train_split: .*split 'train' is named twice .*data\.train_split=train\b",
+        r"^error: --set data\.train_split=train\+train: split 'train' is named twice \(its records would count "
+        r"double\); name each split once, e.g\. data\.train_split=train$",
     ),
     (
         "train-on-the-test-split",
         "train tiny_synthetic --out {tmp}/r-test --set data.root={raw} data.train_split=train+test",
         2,
-        r"data\.train_split: .*the test split has no masks to train on",
+        r"^error: --set data\.train_split=train\+test: the test split has no masks to train on",
     ),
     (
         "crop-share-without-crop-size",
         "train tiny_synthetic --out {tmp}/r-share --set data.root={raw} data.augment.crop_positive_share=0.9",
         2,
-        r"data\.augment\.crop_positive_share is set but data\.augment\.crop_size is not.*"
+        r"^error: --set data\.augment\.crop_positive_share=0\.9: data\.augment\.crop_positive_share is set "
+        r"but data\.augment\.crop_size is not.*"
         r"set data\.augment\.crop_size=N too",
+    ),
+    # a bad --set value is blamed on that --set, in one line
+    (
+        "set-crop-size-too-small",
+        "train tiny_synthetic --out {tmp}/r-crop --set data.root={raw} data.augment.crop_size=4",
+        2,
+        r"^error: --set data\.augment\.crop_size=4: Input should be greater than or equal to 8$",
+    ),
+    (
+        "set-two-bad-values",
+        "train tiny_synthetic --out {tmp}/r-two --set data.root={raw} optim.lr=abc trainer.max_epochs=-1",
+        2,
+        r"^error: --set optim\.lr=abc: [^\n]*; --set trainer\.max_epochs=-1: [^\n]*$",
     ),
     (
         "train-folds-csv-missing-records",
@@ -491,7 +506,7 @@ def test_no_input_was_overwritten(ctx):
 def test_a_refused_run_leaves_no_folder_and_no_file_behind(ctx):
     tmp = ctx["tmp"]
     refused = ["f-none", "f-zero", "f-50", "f-1", "run-teacher-csv", "run-other-size", "r-twice", "r-test"]
-    refused += ["r-share", "f-part", "f-pool", "f-unknown", "f-seven", "r-bad"]
+    refused += ["r-share", "f-part", "f-pool", "f-unknown", "f-seven", "r-bad", "r-crop", "r-two"]
     for name in [*refused, "r-root", "r-coco", "r-snapper"]:
         assert not (tmp / name).exists(), name
     assert not (tmp / "none.csv").exists()  # a mistyped data.folds is refused, not created

@@ -61,10 +61,18 @@ def test_unknown_key_names_the_nearest_valid_keys():
 
 
 def test_bad_values_and_bad_files(tmp_path):
-    with pytest.raises(ConfigError, match=r"\n  optim\.lr: Input should be greater than 0 \(got -1\)"):
+    # a value from the file: its key and the value, under the file's name
+    with pytest.raises(ConfigError, match=r"^invalid config x\.yaml:\n  optim\.lr: .* than 0 \(got -1\)$"):
+        build_config({"optim": {"lr": -1}}, source="x.yaml")
+    # a value given with --set: blamed on that --set, in one line (a section's check: on the key inside it)
+    with pytest.raises(ConfigError, match=r"^--set optim\.lr=-1: Input should be greater than 0$"):
         build_config({}, ["optim.lr=-1"])
-    with pytest.raises(ConfigError, match=r"\n  trainer\.precision: .*'bf16-mixed' \(got 'fp8'\)"):
+    with pytest.raises(ConfigError, match=r"^--set trainer\.precision=fp8: .*'bf16-mixed'$"):
         build_config({}, ["trainer.precision=fp8"])
+    with pytest.raises(
+        ConfigError, match=r"^--set data\.augment\.crop_positive_share=0\.9: data\.augment\.crop_pos"
+    ):
+        build_config({}, ["data.augment.crop_positive_share=0.9"])
     with pytest.raises(ConfigError, match="KEY=VALUE"):
         build_config({}, ["optim.lr"])
     with pytest.raises(ConfigError, match="does not exist"):
