@@ -9,8 +9,18 @@
 # SEGLADDER (segladder). Re-running resumes the synthesis and the cache and retrains.
 set -euo pipefail
 
-if [ $# -lt 1 ] || [ "$1" = "-h" ] || [ "$1" = "--help" ]; then
-  sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'
+usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+# Bad arguments are found here, before any work: one line on stderr naming the argument and the fix, exit 2.
+fail() {
+  echo "sim2real.sh: $*" >&2
+  exit 2
+}
+if [ $# -ge 1 ] && { [ "$1" = "-h" ] || [ "$1" = "--help" ]; }; then
+  usage
+  exit 0
+fi
+if [ $# -lt 1 ] || [ $# -gt 3 ]; then
+  usage >&2
   exit 2
 fi
 OUT=$1
@@ -21,6 +31,25 @@ VAL_RECORDS=${VAL_RECORDS:-48}
 SEED=${SEED:-0}
 CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real.yaml}
 SEGLADDER=${SEGLADDER:-segladder}
+
+[ -n "$OUT" ] || fail "OUT is empty; give the folder to write into."
+[ ! -e "$OUT" ] || [ -d "$OUT" ] || fail "OUT $OUT is a file; give a folder (new, or an earlier OUT to resume)."
+if [ -n "$REAL" ]; then
+  [ -d "$REAL" ] || fail "REAL $REAL is not a folder; give the real dataset root (competition layout), or leave REAL out to train only."
+  case "$SPLIT" in
+    train | validation) ;;
+    *) fail "SPLIT $SPLIT: give train or validation (a labelled split of REAL; test has no masks)." ;;
+  esac
+  [ -d "$REAL/$SPLIT" ] || fail "REAL $REAL has no $SPLIT/ folder; give the dataset root, or another SPLIT (train or validation)."
+fi
+for name in RECORDS VAL_RECORDS SEED; do
+  [[ ${!name} =~ ^[0-9]+$ ]] || fail "$name=${!name}: give a whole number."
+done
+[ "$RECORDS" -ge 1 ] || fail "RECORDS=0: give at least 1 training record."
+[ -z "${EPOCHS:-}" ] || [[ $EPOCHS =~ ^[1-9][0-9]*$ ]] || fail "EPOCHS=$EPOCHS: give a whole number of epochs, 1 or more."
+[ -f "$CONFIG" ] || fail "CONFIG $CONFIG does not exist; give an experiment YAML (default configs/sim2real.yaml)."
+read -r -a SEGLADDER_CMD <<<"$SEGLADDER"
+command -v "${SEGLADDER_CMD[0]}" >/dev/null || fail "SEGLADDER=$SEGLADDER: no such command; install segladder or set SEGLADDER."
 EPOCHS_SET=()
 if [ -n "${EPOCHS:-}" ]; then EPOCHS_SET=(--set "trainer.max_epochs=$EPOCHS"); fi
 
