@@ -40,6 +40,7 @@ class Mutation:
 
 T_SIDES = ("tests/training/test_train.py::test_a_side_the_model_cannot_take_is_refused_under_its_config_key",)
 T_SELFTEST = ("tests/test_ladder.py::test_selftest_cli_runs_every_fault_and_exits_1_on_a_miss",)
+T_VERDICT = ("tests/test_ladder.py",)
 T_KD_STEP = (
     "tests/distill/test_distill_run.py::test_the_scheduled_temperature_and_the_teachers_logits_reach_the_loss",
 )
@@ -80,7 +81,7 @@ MUTATIONS: list[Mutation] = [
         "*(faults or tuple(FAULTS))",
         "*(faults or tuple(FAULTS)[:3])",
         T_SELFTEST,
-        "runs only 3 of its 6 faults",
+        "runs only 3 of its 7 faults",
     ),
     M(
         "ladder self-test",
@@ -105,6 +106,55 @@ MUTATIONS: list[Mutation] = [
         "            caught = True\n",
         T_SELFTEST,
         "a false alarm on clean data passes",
+    ),
+    # --- ladder verdicts on hard data: failed only on a fault check, agreement unknown with one annotator
+    M(
+        "ladder verdicts",
+        "segladder/ladder/gates.py",
+        "    if any(not c.passed and c.kind == FAULT for c in checks):",
+        "    if any(not c.passed for c in checks):",
+        T_VERDICT,
+        "a missed F1 gate alone fails the rung (the false diagnosis on hard data)",
+    ),
+    M(
+        "ladder verdicts",
+        "segladder/ladder/gates.py",
+        "        return self.ceiling_f1 if self.ceiling_f1 is not None else ASSUMED_AGREEMENT",
+        "        return self.ceiling_f1 if self.ceiling_f1 is not None else 1.0",
+        T_VERDICT,
+        "unknown annotator agreement taken as perfect",
+    ),
+    M(
+        "ladder verdicts",
+        "segladder/ladder/run.py",
+        "        if bool(((soft > 0) & (soft < 1)).any()):",
+        "        if True:",
+        T_VERDICT,
+        "one annotator a record measured as agreement 1.0",
+    ),
+    M(
+        "ladder verdicts",
+        "segladder/ladder/fit_probe.py",
+        "        return self.ratio <= self.ratio_max",
+        "        return True",
+        T_VERDICT,
+        "every one-batch fit counts as fitted",
+    ),
+    M(
+        "ladder verdicts",
+        "segladder/ladder/gates.py",
+        "        factor = max(1.5, math.exp(needed))",
+        "        factor = max(1.5, needed)",
+        T_VERDICT,
+        "the budget estimate read in log steps as if in steps",
+    ),
+    M(
+        "ladder verdicts",
+        "segladder/ladder/run.py",
+        "            r.checks.append(_one_batch_check(rung_config(base, rung), fault, base.seed))",
+        "            pass",
+        ("tests/test_ladder_hard_data.py::test_weights_that_never_move_fail_on_the_one_batch_fit",),
+        "an inconclusive rung is never asked to fit one batch (LR 0 goes unseen)",
     ),
     # --- KD loss and its temperature schedule
     M(

@@ -14,6 +14,8 @@ from segladder.ladder import PROFILES, LadderResult, RungResult
 from segladder.ladder.summary import report_dict, rung_f1, write_report_json  # noqa: F401  (re-exported)
 from segladder.viz import overlay_panels, plot_histories, save_figure
 
+EXIT_MEANING = "0 every rung passed, 1 a rung failed, 3 no rung failed but one or more were inconclusive"
+
 SHORT_GATES = {
     "no NaN": "nan",
     "better than the rung below": "> below",
@@ -25,6 +27,7 @@ SHORT_GATES = {
     "steps smaller than the weights": "step",
     "training inputs match validation": "inputs",
     "training labels sit on their signature": "labels",
+    "fits one batch": "fit",
 }
 
 
@@ -40,7 +43,7 @@ def ladder_table(result: LadderResult) -> Table:
         table.add_column(col, justify="left" if col in ("rung", "status", "gates") else "right")
     for r in result.rungs:
         last = r.history[-1] if r.history else {}
-        colour = {"passed": "green", "failed": "red"}.get(r.status, "yellow")
+        colour = {"passed": "green", "failed": "red", "inconclusive": "yellow"}.get(r.status, "dim")
         gates = " ".join(
             ("✓" if c.passed else "✗") + short_gate(c.name) for c in r.checks
         ) or textwrap.shorten(r.reason, 40, placeholder=" …")
@@ -99,7 +102,8 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
         b = result.baselines
         md += [
             f"Baselines on the validation set: constant prediction F1 {b.constant_f1:.4f}, empty {b.empty_f1:.4f}, "
-            f"annotator agreement {_fmt(b.ceiling_f1)}, loss of the best constant {b.trivial_loss:.4f} "
+            f"annotator agreement {b.ceiling_text}"
+            f"{'' if b.ceiling_f1 is not None else ' (unknown: one annotator a record)'}, loss of the best constant {b.trivial_loss:.4f} "
             f"and of predicting 0.5 {b.uninformed_loss:.4f}.",
             "",
         ]
@@ -113,6 +117,12 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
             f"| {r.rung} | {r.status} | {len(r.history)} | {_fmt(r.loss)} | "
             f"{_fmt(rung_f1(result, r))} | {gates} |"
         )
+    md += ["", f"Outcome: **{result.outcome}** (exit code {result.exit_code}: {EXIT_MEANING}).", ""]
+    undecided = [r for r in result.rungs if r.note]
+    if undecided:
+        md += ["", "## Inconclusive rungs", ""]
+        for r in undecided:
+            md += ["```", r.note, "```", ""]
     failed = [r for r in result.rungs if r.diagnosis]
     if failed:
         md += [
@@ -235,6 +245,12 @@ def run_and_report(
         console.print(
             f"[red]stopped at {result.stopped_at}[/] (use --keep-going to train the remaining rungs)"
         )
+    elif result.outcome == "inconclusive":
+        console.print(
+            "[yellow]inconclusive:[/] no rung failed, but the budget was too short to judge "
+            f"{', '.join(r.rung for r in result.rungs if r.status == 'inconclusive')} on this data "
+            "(see the budget each needs above and in the report)"
+        )
     console.print(f"report: {report}")
     return result
 
@@ -242,11 +258,12 @@ def run_and_report(
 def selftest_table(rows) -> Table:
     """fault → first failing rung → implicated part → caught or missed."""
     table = Table(title="ladder self-test")
-    for col in ("fault", "expected", "first failing rung", "implicated", "NaN report", "result"):
+    for col in ("fault", "expected", "first failing rung", "implicated", "NaN report", "outcome", "result"):
         table.add_column(col)
     for r in rows:
+        clean_ok = "[green]all passed[/]" if r.outcome == "passed" else "[green]none failed[/]"
         verdict = (
-            ("[green]all passed[/]" if r.caught else "[red]false alarm[/]")
+            (clean_ok if r.caught else "[red]false alarm[/]")
             if r.fault == "clean"
             else ("[green]caught[/]" if r.caught else "[red]missed[/]")
         )
@@ -256,6 +273,7 @@ def selftest_table(rows) -> Table:
             r.first_failure or "none",
             r.implicated or "-",
             "yes" if r.nan_report else "-",
+            r.outcome,
             verdict,
         )
     return table

@@ -18,7 +18,14 @@ from segladder.ladder import (
     curve_shape,
     diagnose,
 )
-from segladder.ladder.gates import f1_rise
+from segladder.ladder.gates import (
+    ASSUMED_AGREEMENT,
+    GateCheck,
+    estimate_budget,
+    explain_inconclusive,
+    f1_rise,
+    rung_verdict,
+)
 from tests.conftest import generate_demo_world
 
 
@@ -125,8 +132,8 @@ def test_two_rung_ladder_end_to_end_writes_the_report(ladder_cache, tmp_path):
         ],
     )
     summary = json.loads((out / "report.json").read_text())
-    # 1 epoch on 16 records fails the calibrated gates; the exit code says so (0 only when every rung passes).
-    assert res.exit_code == (1 if summary["first_failure"] else 0), res.output
+    # 1 epoch on 16 records misses the calibrated F1 gates; the exit code says what came of it.
+    assert res.exit_code == summary["exit_code"], res.output
     assert_report_schema(summary)
     assert [r["rung"] for r in summary["rungs"]] == ["ResNet18_SimplerFCN", "ResNet18_U", "NoSuchModel"]
     assert summary["rungs"][2]["status"] == "not run" and summary["profile"] == "calibrated"
@@ -191,16 +198,26 @@ def test_demo_code_path_in_reduced_size(tmp_path):
 
 
 def assert_report_schema(summary: dict) -> None:
-    assert {"rungs", "first_failure", "profile", "seconds"} <= set(summary)
+    assert {"rungs", "first_failure", "profile", "seconds", "outcome", "exit_code"} <= set(summary)
     assert summary["seconds"] > 0 and summary["profile"] in ("seed", "calibrated")
     for r in summary["rungs"]:
-        assert {"rung", "status", "f1", "loss", "checks", "implicated"} <= set(r)
-        assert r["status"] in ("passed", "failed", "not run")
-        assert all(set(c) == {"name", "passed", "detail"} for c in r["checks"])
+        assert {"rung", "status", "f1", "loss", "checks", "implicated", "note", "budget"} <= set(r)
+        assert r["status"] in ("passed", "failed", "inconclusive", "not run")
+        assert all(set(c) == {"name", "passed", "detail", "kind"} for c in r["checks"])
+        assert all(c["kind"] in ("fault", "progress") for c in r["checks"])
         assert (r["implicated"] is not None) == (r["status"] == "failed")
         assert r["status"] != "passed" or all(c["passed"] for c in r["checks"])
+        # Failed only on a fault check; inconclusive only with every fault check passed and one missed.
+        faults_ok = all(c["passed"] for c in r["checks"] if c["kind"] == "fault")
+        assert r["status"] != "failed" or not faults_ok
+        assert r["status"] != "inconclusive" or (faults_ok and not all(c["passed"] for c in r["checks"]))
+        assert (r["note"] is not None) == (r["status"] == "inconclusive")
     failed = [r["rung"] for r in summary["rungs"] if r["status"] == "failed"]
     assert summary["first_failure"] == (failed[0] if failed else None)
+    statuses = {r["status"] for r in summary["rungs"]}
+    outcome = "failed" if failed else ("inconclusive" if "inconclusive" in statuses else "passed")
+    assert summary["outcome"] == outcome
+    assert summary["exit_code"] == {"passed": 0, "failed": 1, "inconclusive": 3}[outcome]
 
 
 BASE = Baselines(
@@ -289,16 +306,19 @@ def test_calibrated_rung_below_tolerates_noise_but_not_a_drop():
     assert next(c for c in close if c.name == "not worse than the rung below").passed
     drop = check_gates(gate, history([0.2, 0.1], [0.5, 0.55]), previous=0.6, baselines=BASE, f1_from="last")
     assert not next(c for c in drop if c.name == "not worse than the rung below").passed
-    # A rung still rising by more than its shortfall has not converged: no verdict, said so; flat, it fails.
+    # A rung still rising by more than its shortfall has not converged: it misses the check, says so, and
+    # the miss is a progress one (no verdict on its part); flat, it misses it too.
     rising = check_gates(
         gate, history([0.2] * 5, [0.2, 0.3, 0.4, 0.45, 0.5]), previous=0.6, baselines=BASE, f1_from="last"
     )
     check = next(c for c in rising if c.name == "not worse than the rung below")
     assert (
-        check.passed
+        not check.passed
+        and check.kind == "progress"
         and "not converged" in check.detail
         and f1_rise(history([0.2] * 5, [0.2, 0.3, 0.4, 0.45, 0.5]))[1] == 2
     )
+    assert rung_verdict(rising) == "inconclusive"
     flat = check_gates(
         gate, history([0.2] * 5, [0.2, 0.5, 0.5, 0.51, 0.5]), previous=0.6, baselines=BASE, f1_from="last"
     )
@@ -313,8 +333,14 @@ def test_exit_code_follows_the_first_failure(monkeypatch, tmp_path):
 
     _register()
     monkeypatch.setattr("segladder.ladder.ladder_config", lambda data, **kw: None)
-    for status, code in (("passed", 0), ("failed", 1)):
-        result = LadderResult([RungResult("ResNet18_SimplerFCN", status)], tmp_path)
+    for statuses, code in (
+        (("passed", "passed"), 0),
+        (("failed", "inconclusive"), 1),
+        (("inconclusive", "failed"), 1),
+        (("passed", "inconclusive"), 3),
+        (("inconclusive", "not run"), 3),
+    ):
+        result = LadderResult([RungResult(f"R{i}", status) for i, status in enumerate(statuses)], tmp_path)
         monkeypatch.setattr(segladder.report, "run_and_report", lambda *a, result=result, **kw: result)
         res = CliRunner().invoke(app, ["ladder", "--data", str(tmp_path), "--rungs", "ResNet18_SimplerFCN"])
         assert res.exit_code == code, res.output
@@ -514,13 +540,22 @@ def test_a_budget_too_small_to_learn_from_scratch_is_named(tmp_path):
     assert ladder_config(tmp_path, profile="seed").trainer.accumulate_grad_batches == 4
 
 
-SIX_FAULTS = ["shuffled_labels", "transposed_masks", "wrong_frame", "raw_kelvin", "lr_spike", "fp16_overflow"]
+EVERY_FAULT = [
+    "shuffled_labels",
+    "transposed_masks",
+    "wrong_frame",
+    "raw_kelvin",
+    "lr_spike",
+    "frozen_weights",
+    "fp16_overflow",
+]
 
 
 def _scripted_selftest(monkeypatch, tmp_path, outcome):
     """`ladder --selftest` with the data and the training replaced: `outcome(name)` says what each ladder run
     ends with — "caught" (the first rung fails, with a NaN report for NaN faults), "passes", "late" (a later
-    rung fails first) or "no_nan_report". Returns the names the ladder was run for, in order."""
+    rung fails first), "no_nan_report" or "inconclusive" (no rung fails, the first has no verdict).
+    Returns the names the ladder was run for, in order."""
     import segladder.ladder.demo as demo
     from segladder.ladder import LadderResult, RungResult
 
@@ -537,7 +572,10 @@ def _scripted_selftest(monkeypatch, tmp_path, outcome):
             fails = (how in ("caught", "no_nan_report") and i == 0) or (how == "late" and i == 1)
             if fails and how == "caught" and fault is not None and fault.needs_nan_report:
                 (rung_dir / "nan_report.json").write_text("{}")
-            rows.append(RungResult(rung, "failed" if fails else "passed", rung_dir))
+            undecided = how == "inconclusive" and i == 0
+            rows.append(
+                RungResult(rung, "failed" if fails else ("inconclusive" if undecided else "passed"), rung_dir)
+            )
         return LadderResult(rows, out, profile=profile, baselines=baselines, fault=fault and fault.name)
 
     monkeypatch.setattr(demo, "demo_data", lambda *a, **k: tmp_path / "data")
@@ -556,11 +594,12 @@ def _scripted_selftest(monkeypatch, tmp_path, outcome):
         ("lr_spike", "late"),  # caught, but by the wrong rung
         ("fp16_overflow", "no_nan_report"),  # the NaN fault failed the rung without the NaN report
         ("clean", "caught"),  # a false alarm on clean data
+        ("clean", "inconclusive"),  # a budget too short for the data is not a false alarm
     ],
 )
 def test_selftest_cli_runs_every_fault_and_exits_1_on_a_miss(monkeypatch, tmp_path, capsys, missed, how):
     """Through `segladder.cli.run` (what the console script calls), with a scripted ladder: 0 only when the
-    clean run passes and each of the six faults fails the rung seed 000 names."""
+    clean run fails no rung and each fault fails the rung it implicates."""
     from segladder.cli import run
 
     def outcome(name):
@@ -571,11 +610,13 @@ def test_selftest_cli_runs_every_fault_and_exits_1_on_a_miss(monkeypatch, tmp_pa
     ran = _scripted_selftest(monkeypatch, tmp_path, outcome)
     code = run(["ladder", "--selftest", "--out", str(tmp_path / "st")])
     out = capsys.readouterr().out
-    assert code == (0 if missed is None else 1), out
-    assert ran == ["clean", *SIX_FAULTS]  # every fault ran, by name, each once
+    clean_without_failure = missed is None or (missed, how) == ("clean", "inconclusive")
+    assert code == (0 if clean_without_failure else 1), out
+    assert ran == ["clean", *EVERY_FAULT]  # every fault ran, by name, each once
     rows = json.loads((tmp_path / "st" / "selftest.json").read_text())["rows"]
-    assert [r["fault"] for r in rows] == ["clean", *SIX_FAULTS]
-    assert [r["fault"] for r in rows if not r["caught"]] == ([missed] if missed else [])
+    assert [r["fault"] for r in rows] == ["clean", *EVERY_FAULT]
+    assert [r["fault"] for r in rows if not r["caught"]] == ([] if clean_without_failure else [missed])
+    assert rows[0]["outcome"] == ("inconclusive" if how == "inconclusive" else rows[0]["outcome"])
 
 
 def test_a_dataset_too_small_to_judge_gets_one_line_and_no_verdicts(tmp_path, capsys):
@@ -629,3 +670,126 @@ def test_the_label_signature_is_local_to_each_record():
     )
     std = float(np.std(np.concatenate([line.numpy().ravel(), empty.numpy().ravel()])))
     assert stats.contrast[0] == pytest.approx(-1.0 / std, rel=1e-6)
+
+
+def test_verdict_fails_only_on_fault_checks_and_is_inconclusive_on_progress_alone():
+    fault_miss = [
+        GateCheck("loss stable", False, "x"),
+        GateCheck("F1 above the baselines", True, "y", "progress"),
+    ]
+    progress_miss = [
+        GateCheck("loss stable", True, "x"),
+        GateCheck("F1 above the baselines", False, "y", "progress"),
+    ]
+    both = [GateCheck("loss stable", False, "x"), GateCheck("F1 above the baselines", False, "y", "progress")]
+    ok = [GateCheck("loss stable", True, "x"), GateCheck("F1 above the baselines", True, "y", "progress")]
+    assert rung_verdict(fault_miss) == "failed" and rung_verdict(both) == "failed"
+    assert rung_verdict(progress_miss) == "inconclusive" and rung_verdict(ok) == "passed"
+    # The one-batch fit is a fault check: missing it turns an inconclusive rung into a failed one.
+    assert rung_verdict([*progress_miss, GateCheck("fits one batch", False, "z")]) == "failed"
+    assert rung_verdict([*progress_miss, GateCheck("fits one batch", True, "z")]) == "inconclusive"
+    # Which checks are progress ones: what depends on how hard the data is, and nothing else.
+    checks = check_gates(
+        CALIBRATED_GATES["ResNet18_U"], history([0.3, 0.2], [0.1, 0.2]), 0.15, baselines=BASE, f1_from="last"
+    )
+    assert {c.name for c in checks if c.kind == "progress"} == {
+        "F1 above the baselines",
+        "not worse than the rung below",
+    }
+
+
+def stepped(f1s, steps_per_epoch=12):
+    return [{**h, "step": (i + 1) * steps_per_epoch} for i, h in enumerate(history([0.2] * len(f1s), f1s))]
+
+
+def test_budget_estimate_follows_the_f1_curve_in_log_steps():
+    missed = [GateCheck("F1 above the baselines", False, "", "progress", 0.4)]
+    # F1 = 0.1 + 0.05·log2(step/12): +0.05 a doubling, 0.2 at step 48; 0.4 needs 12·2^6 = 768 steps = 16×.
+    f1s = [0.1 + 0.05 * math.log2(k) for k in (1, 2, 3, 4)]
+    est = estimate_budget(stepped(f1s), missed)
+    assert est.gain_per_doubling == pytest.approx(0.05) and est.steps == 48
+    assert est.factor == pytest.approx(16.0, rel=1e-6) and est.epochs_needed == 64
+    assert "--budget epochs=64" in est.text() and "16.0×" in est.text()
+    # The highest target of the missed checks is the one aimed at; a passed check's target is not.
+    two = [*missed, GateCheck("not worse than the rung below", False, "", "progress", 0.3)]
+    assert estimate_budget(stepped(f1s), two).factor == pytest.approx(16.0)
+    assert estimate_budget(stepped(f1s), [replace(missed[0], passed=True)]) is None
+    # A flat or falling curve gives no estimate and says to double; a very slow one says it is out of reach.
+    flat = estimate_budget(stepped([0.2, 0.19, 0.2, 0.19]), missed)
+    assert flat.factor is None and "--budget epochs=8" in flat.text() and "no estimate" in flat.text()
+    slow = estimate_budget(stepped([0.1 + 0.005 * math.log2(k) for k in (1, 2, 3, 4)]), missed)
+    assert slow.factor is None and "more than 20×" in slow.text()
+    # A fitted line already past the target asks for 1.5× (the last epoch fell short by noise).
+    near = estimate_budget(stepped([0.1, 0.3, 0.45, 0.39]), [replace(missed[0], target=0.4)])
+    assert near.factor == pytest.approx(1.5) and near.epochs_needed == 6
+
+
+def test_inconclusive_explanation_names_the_miss_the_evidence_and_the_budget():
+    r = RungResult("ResNet18_U", "inconclusive", None, {"epochs": stepped([0.1, 0.15, 0.18, 0.2])})
+    r.checks = [
+        GateCheck("no NaN", True, "all finite"),
+        GateCheck("F1 above the baselines", False, "F1 0.2 vs 0.4", "progress", 0.4),
+        GateCheck("fits one batch", True, "a fresh copy took the loss from 0.2 to 0.05"),
+    ]
+    r.budget = estimate_budget(r.history, r.checks)
+    text = explain_inconclusive(r)
+    assert text.startswith("ResNet18_U inconclusive: F1 above the baselines (F1 0.2 vs 0.4)")
+    assert "no NaN passed" in text and "from 0.2 to 0.05" in text and "Budget: " in text
+    assert "seed" not in text.lower()
+
+
+def test_one_annotator_a_record_leaves_agreement_unknown_not_perfect():
+    # Measured agreement is used as it is; unknown agreement is the assumed contrail agreement, not 1.0.
+    measured = replace(BASE, ceiling_f1=0.5)
+    unknown = replace(BASE, ceiling_f1=None)
+    assert measured.ceiling == 0.5 and unknown.ceiling == ASSUMED_AGREEMENT < 0.9
+    assert "assumed" in unknown.ceiling_text and "assumed" not in measured.ceiling_text
+    check = next(
+        c
+        for c in check_gates(CALIBRATED_GATES["ResNet18_U"], history([0.2], [0.1]), None, baselines=unknown)
+        if c.name == "F1 above the baselines"
+    )
+    assert check.target == pytest.approx(0.04 + 0.25 * (ASSUMED_AGREEMENT - 0.04))
+    assert (
+        unknown.as_dict()["ceiling_source"] == "assumed"
+        and measured.as_dict()["ceiling_source"] == "measured"
+    )
+
+
+def test_agreement_is_measured_with_several_annotators_and_unknown_with_one(tmp_path):
+    """On real OpenContrails records (four annotators a record) the ceiling is measured; with one annotator a
+    record the same records give no agreement, and the gates then assume ASSUMED_AGREEMENT, not 1.0."""
+    import shutil
+    from pathlib import Path
+
+    import numpy as np
+
+    from segladder.ladder import ladder_config, measure_baselines, validation_set
+
+    fixture = Path(__file__).resolve().parent / "fixtures" / "opencontrails_crops"
+    several, one = tmp_path / "several", tmp_path / "one"
+    shutil.copytree(fixture, several)
+    shutil.copytree(fixture, one)
+    for path in (one / "train").glob("*/human_individual_masks.npy"):
+        single = np.load(path)[..., :1]  # annotator 0 alone; the pixel mask becomes theirs
+        np.save(path, single)
+        np.save(path.with_name("human_pixel_masks.npy"), single[..., 0])
+    values = {"data": {"image_size": 32, "num_workers": 0}}
+    measured = [
+        measure_baselines(cfg, validation_set(cfg)) for cfg in (ladder_config(several, values=values),)
+    ][0]
+    assert measured.ceiling_f1 is not None and 0.3 < measured.ceiling_f1 < 0.95, measured.ceiling_f1
+    cfg = ladder_config(one, values=values)
+    unknown = measure_baselines(cfg, validation_set(cfg))
+    assert unknown.ceiling_f1 is None and unknown.ceiling == ASSUMED_AGREEMENT
+
+
+def test_one_batch_fit_is_judged_on_the_ratio_of_last_to_first_loss():
+    from segladder.ladder.fit_probe import FIT_RATIO_MAX, FitStats
+
+    fitted = FitStats(4, 30, first_loss=0.2, last_loss=0.2 * FIT_RATIO_MAX * 0.99)
+    stuck = FitStats(4, 30, first_loss=0.2, last_loss=0.2 * FIT_RATIO_MAX * 1.01)
+    assert fitted.fitted and not stuck.fitted
+    assert not FitStats(4, 30, first_loss=0.2, last_loss=math.nan).fitted
+    assert not FitStats(4, 0, first_loss=math.nan, last_loss=math.nan).fitted
+    assert "from 0.2000 to 0.1485" in fitted.detail() and fitted.as_dict()["fitted"] is True

@@ -64,15 +64,24 @@ def demo(
     console.print(f"demo finished in {time.perf_counter() - t0:.0f}s")
 
 
-def run_selftest(out: Path | None, rungs: tuple[str, ...], profile: str, home: Path | None = None) -> None:
-    """`segladder ladder --selftest`: the demo's data and budget, clean and with every fault; exit 1 on a miss."""
+def run_selftest(
+    out: Path | None, rungs: tuple[str, ...], profile: str, home: Path | None = None, world: str = "demo"
+) -> None:
+    """`segladder ladder --selftest`: the demo's budget on a synthetic world, clean and with every fault;
+    exit 1 when clean data fails or a fault is missed."""
+    from segladder.errors import ConfigError
     from segladder.ladder import QUICK_RUNGS
-    from segladder.ladder.demo import default_home, demo_data, demo_values, selftest
+    from segladder.ladder.demo import WORLDS, default_home, demo_data, demo_values, selftest
     from segladder.report import selftest_table
 
+    if world not in WORLDS:
+        raise ConfigError(f"--world {world}: unknown world; choose one of {', '.join(WORLDS)}.")
     out = out or Path("runs") / "selftest" / time.strftime("%Y%m%d-%H%M%S")
-    data = demo_data(home or default_home(), DEMO_RECORDS, DEMO_VAL_RECORDS, DEMO_SIZE, 0)
-    rows = selftest(out, data, demo_values(DEMO_EPOCHS, 0), rungs or QUICK_RUNGS, profile=profile)
+    width, opacity = WORLDS[world]
+    data = demo_data(home or default_home(), DEMO_RECORDS, DEMO_VAL_RECORDS, DEMO_SIZE, 0, width, opacity)
+    rows = selftest(
+        out, data, demo_values(DEMO_EPOCHS, 0), rungs or QUICK_RUNGS, profile=profile, world=world
+    )
     console.print(selftest_table(rows))
     console.print(f"selftest: {out / 'selftest.json'}")
     if not all(r.caught for r in rows):

@@ -30,6 +30,9 @@ def default_home() -> Path:
 # is the real-like world's (docs/benchmarks.md, "The demo's world").
 DEMO_WIDTH_SCALE = 3.0
 DEMO_OPACITY_SCALE = 3.0
+# The self-test's worlds as (width scale, opacity scale): the demo's, and contrails as wide and as faint
+# as the real ones the generator was measured against (docs/data.md), where a short budget cannot judge.
+WORLDS = {"demo": (DEMO_WIDTH_SCALE, DEMO_OPACITY_SCALE), "realistic": (1.0, 1.0)}
 
 
 def demo_data(
@@ -102,6 +105,7 @@ class SelftestRow:
     implicated: str | None
     nan_report: bool
     caught: bool
+    outcome: str = "passed"  # the ladder's: passed, failed or inconclusive
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -115,12 +119,13 @@ def selftest(
     faults: tuple[str, ...] | None = None,
     profile: str = "calibrated",
     gates: dict | None = None,
+    world: str | None = None,
 ) -> list[SelftestRow]:
     """Run the ladder on clean `data`, then once per fault; write selftest.json and return its rows.
 
-    Clean data is "caught" (correct) when every rung passes; a fault when the first failing rung is the
-    one seed 000 says implicates it (and, for NaN faults, the NaN report was written). `gates` replace
-    the profile's gates of the rungs they name.
+    Clean data is "caught" (correct) when no rung fails (a rung may be inconclusive: a budget too short
+    for the data is not a fault); a fault when the first failing rung is the one it implicates (and, for
+    NaN faults, the NaN report was written). `gates` replace the profile's gates of the rungs they name.
     """
     from segladder.ladder.summary import write_report_json
 
@@ -138,7 +143,7 @@ def selftest(
         first = res.first_failure
         if fault is None:
             caught = first is None
-            row = SelftestRow("clean", "nothing broken", None, None, None, False, caught)
+            row = SelftestRow("clean", "nothing broken", None, None, None, False, caught, res.outcome)
         else:
             nan = first is not None and first.nan_report is not None
             caught = (
@@ -154,6 +159,7 @@ def selftest(
                 first.implicated if first else None,
                 nan,
                 caught,
+                res.outcome,
             )
         rows.append(row)
         runs.append((name, res))
@@ -161,6 +167,7 @@ def selftest(
         out / "selftest.json",
         {
             "profile": profile,
+            "world": world,
             "rungs": list(rungs),
             "baselines": baselines.as_dict(),
             "rows": [r.as_dict() for r in rows],

@@ -186,6 +186,27 @@ class LRSpike(Callback):
             self._saved = None
 
 
+class FrozenWeights(Callback):
+    """Every optimiser step taken at LR 0: the loop runs, the loss is computed, the weights never move (a
+    frozen model or a scheduler that zeroes the LR). No NaN, no large step, no data mismatch shows it; only
+    learning does, which on hard data a short budget cannot tell from slow learning, so it is caught by the
+    one-batch fit (`segladder.ladder.fit_probe`)."""
+
+    def __init__(self):
+        self._saved: list[float] | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self._saved = [g["lr"] for g in optimizer.param_groups]
+        for g in optimizer.param_groups:
+            g["lr"] = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self._saved is not None:
+            for g, lr in zip(trainer.optimizers[0].param_groups, self._saved, strict=True):
+                g["lr"] = lr
+            self._saved = None
+
+
 class Fp16Overflow(Callback):
     """Seed 002's NaN: from the one-cycle peak, the logits leave float16's range (±65504) and the BCE turns NaN.
 
@@ -251,6 +272,13 @@ FAULTS: dict[str, Fault] = {
         ),
         Fault("raw_kelvin", "inputs left in Kelvin instead of ash RGB", "data", FIRST_RUNG, _RawKelvin),
         Fault("lr_spike", "LR ×100 for 3 steps at the one-cycle peak", "training loop", FIRST_RUNG, LRSpike),
+        Fault(
+            "frozen_weights",
+            "every optimiser step at LR 0 (the weights never move)",
+            "training loop",
+            FIRST_RUNG,
+            FrozenWeights,
+        ),
         Fault(
             "fp16_overflow",
             "logits overflow float16 from the one-cycle peak (seed 002's NaN)",

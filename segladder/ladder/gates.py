@@ -37,6 +37,11 @@ ADVICE = {
         "stronger augmentation (data.augment)",
         "dropout (model.ps=0.1)",
     ],
+    "fit": [
+        "check that the optimiser steps (optim.lr above 0, no parameter frozen by mistake)",
+        "check that the loss reaches the weights (no detach or no_grad in forward)",
+        "check that the model's output depends on its input (model.name, a custom forward)",
+    ],
 }
 
 
@@ -132,6 +137,16 @@ PROFILES: dict[str, GateProfile] = {
 DEFAULT_PROFILE = "calibrated"
 
 
+# Annotator agreement where the data cannot measure it (one annotator a record, as in every image/mask
+# folder and in the competition's validation split). 1.0 would claim annotators agree on every pixel of
+# a 1–3 px line, and raise the F1 bounds out of reach. Measured instead the way `measure_baselines` does
+# on the records where it can be: a single annotator's pooled global Dice against the majority mask, over
+# the 7 multi-annotator training records of the public OpenContrails sample (4 annotators each; 0.764).
+# It stands in for agreement on contrail masks; data of another kind with one annotator should measure
+# its own and pass it as `ceiling_f1`.
+ASSUMED_AGREEMENT = 0.76
+
+
 @dataclass(frozen=True)
 class Baselines:
     """What a model-free prediction scores on the ladder's validation set; calibrated gates are relative to it.
@@ -141,7 +156,8 @@ class Baselines:
         empty_f1: global Dice of predicting nothing (0 when there is any contrail).
         constant_f1: global Dice of predicting a contrail everywhere (2P / (P + N)).
         ceiling_f1: a single annotator's global Dice against the majority mask (from `human_individual_masks`,
-            via the annotators' mean); None when the data holds no individual masks (1.0 is used).
+            via the annotators' mean); None when the data holds no individual masks or one annotator a
+            record: agreement is then unknown and the gates assume `ASSUMED_AGREEMENT`.
         trivial_loss: the configured loss of the best constant prediction on the validation masks.
         uninformed_loss: the configured loss of predicting 0.5 everywhere (an untrained model's start).
         inputs: the validation set's input statistics (what the first rung's data checks compare with).
@@ -169,7 +185,14 @@ class Baselines:
 
     @property
     def ceiling(self) -> float:
-        return self.ceiling_f1 if self.ceiling_f1 is not None else 1.0
+        return self.ceiling_f1 if self.ceiling_f1 is not None else ASSUMED_AGREEMENT
+
+    @property
+    def ceiling_text(self) -> str:
+        """The ceiling as the gates' details print it, saying when it is assumed rather than measured."""
+        if self.ceiling_f1 is not None:
+            return f"{self.ceiling_f1:.4f}"
+        return f"{ASSUMED_AGREEMENT:.4f} assumed"
 
     @property
     def headroom(self) -> float:
@@ -181,6 +204,8 @@ class Baselines:
             "empty_f1": self.empty_f1,
             "constant_f1": self.constant_f1,
             "ceiling_f1": self.ceiling_f1,
+            "ceiling": self.ceiling,
+            "ceiling_source": "measured" if self.ceiling_f1 is not None else "assumed",
             "trivial_loss": self.trivial_loss,
             "uninformed_loss": self.uninformed_loss,
             "inputs": self.inputs.as_dict() if self.inputs else None,
@@ -191,11 +216,21 @@ class Baselines:
         }
 
 
+# What a check's failure shows. A "fault" check fails on a broken part whatever the data (a NaN, an
+# oversized step, training batches that do not look like validation): its failure fails the rung. A
+# "progress" check compares the rung's F1 or loss with what the data allows at this budget; on hard data
+# an untrained rung misses it as a broken one does, so its failure alone makes the rung inconclusive, and
+# failed only with evidence that does not depend on the data (the one-batch fit, `fit_probe`).
+FAULT, PROGRESS = "fault", "progress"
+
+
 @dataclass
 class GateCheck:
     name: str
     passed: bool
     detail: str
+    kind: str = FAULT
+    target: float | None = None  # the F1 a progress check asked for (what a budget estimate aims at)
 
 
 def _loss_at(history: list[dict], epoch: int | None) -> float | None:
@@ -265,11 +300,18 @@ def check_gates(
                 f"loss < {gate.loss_max}",
                 ok,
                 f"loss {loss:.4f} at the {when}" if loss is not None else "no loss",
+                PROGRESS,
             )
         )
     if gate.f1_min is not None:
         checks.append(
-            GateCheck(f"F1 > {gate.f1_min}", math.isfinite(f1) and f1 > gate.f1_min, f"F1 {f1:.4f}")
+            GateCheck(
+                f"F1 > {gate.f1_min}",
+                math.isfinite(f1) and f1 > gate.f1_min,
+                f"F1 {f1:.4f}",
+                PROGRESS,
+                gate.f1_min,
+            )
         )
     if gate.loss_rise is not None and history:
         checks.append(_stable_loss(losses, gate.loss_rise))
@@ -299,7 +341,7 @@ def check_gates(
     if baselines is not None and gate.f1_headroom is not None:
         if baselines.positive_fraction == 0:
             checks.append(
-                GateCheck("F1 above the baselines", True, "validation masks are empty: not checked")
+                GateCheck("F1 above the baselines", True, "validation masks are empty: not checked", PROGRESS)
             )
         else:
             bound = baselines.floor + gate.f1_headroom * baselines.headroom
@@ -308,7 +350,9 @@ def check_gates(
                     "F1 above the baselines",
                     math.isfinite(f1) and f1 > bound,
                     f"F1 {f1:.4f} vs {bound:.4f} = constant {baselines.floor:.4f} + "
-                    f"{gate.f1_headroom:g} × ({baselines.ceiling:.4f} − {baselines.floor:.4f})",
+                    f"{gate.f1_headroom:g} × ({baselines.ceiling_text} − {baselines.floor:.4f})",
+                    PROGRESS,
+                    bound,
                 )
             )
     if gate.data_match and baselines is not None and baselines.inputs is not None and probe is not None:
@@ -321,18 +365,120 @@ def check_gates(
             detail = f"F1 {f1:.4f} vs {previous:.4f} (tolerance {slack:.4f})"
             ok = math.isfinite(f1) and excess <= 0
             if math.isfinite(f1) and not ok and rise >= excess:
-                ok = True
                 detail += (
                     f"; still rising (+{rise:.4f} over its last {epochs} epochs, more than the "
-                    f"{excess:.4f} beyond the tolerance): not converged at this budget, so no verdict on its "
-                    "part; train longer to compare"
+                    f"{excess:.4f} beyond the tolerance): not converged at this budget"
                 )
-            checks.append(GateCheck("not worse than the rung below", ok, detail))
+            checks.append(GateCheck("not worse than the rung below", ok, detail, PROGRESS, previous - slack))
         else:
             ok = f1 > previous if gate.better_than_previous else f1 >= previous - 1e-4
             word = "better than" if gate.better_than_previous else "at least"
-            checks.append(GateCheck(f"{word} the rung below", ok, f"F1 {f1:.4f} vs {previous:.4f}"))
+            checks.append(
+                GateCheck(f"{word} the rung below", ok, f"F1 {f1:.4f} vs {previous:.4f}", PROGRESS, previous)
+            )
     return checks
+
+
+def rung_verdict(checks: list[GateCheck]) -> str:
+    """passed (every check), failed (a fault check: evidence of a broken part whatever the data), or
+    inconclusive (only progress checks missed: this budget cannot judge this data)."""
+    if any(not c.passed and c.kind == FAULT for c in checks):
+        return "failed"
+    return "passed" if all(c.passed for c in checks) else "inconclusive"
+
+
+# An estimate past this many times the budget that was trained is not one: the curve is too flat.
+BUDGET_FACTOR_MAX = 20.0
+
+
+@dataclass(frozen=True)
+class BudgetEstimate:
+    """The budget an inconclusive rung would need, from its own F1 curve.
+
+    F1 is fitted linearly in log(optimiser steps) over every epoch the rung trained (least squares), and the
+    fit is followed to the F1 its missed checks asked for. One-cycle schedules flatten a run's last epochs,
+    so the fit is a guide, not a promise; `factor` is None when the curve does not rise (no estimate can
+    be read from it) or rises too slowly to reach the target within `BUDGET_FACTOR_MAX` × the budget.
+
+    Args:
+        target: the F1 the rung's missed progress checks asked for.
+        steps: optimiser steps the rung trained.
+        epochs: epochs the rung trained.
+        gain_per_doubling: the fitted F1 gain per doubling of the steps.
+        factor: the estimated budget as a multiple of the steps trained.
+    """
+
+    target: float
+    steps: int
+    epochs: int
+    gain_per_doubling: float
+    factor: float | None
+
+    @property
+    def epochs_needed(self) -> int | None:
+        return None if self.factor is None else math.ceil(self.epochs * self.factor - 1e-9)
+
+    def text(self) -> str:
+        how = (
+            f"F1 fitted linearly in log(steps) over its {self.epochs} epochs gains "
+            f"{self.gain_per_doubling:+.4f} a doubling of the steps"
+        )
+        if self.factor is None:
+            if self.gain_per_doubling <= 0:
+                return (
+                    f"{how}, so its curve gives no estimate: double the budget "
+                    f"(--budget epochs={2 * self.epochs}) and run the ladder again"
+                )
+            return (
+                f"{how}: reaching F1 {self.target:.4f} would take more than {BUDGET_FACTOR_MAX:g}× the "
+                f"{self.steps} steps trained; train with pretrained weights (model.pretrained) or on more "
+                "records before judging this rung"
+            )
+        return (
+            f"estimated {self.factor:.1f}× the {self.steps} steps trained to reach F1 {self.target:.4f} "
+            f"(--budget epochs={self.epochs_needed}): {how}"
+        )
+
+    def as_dict(self) -> dict:
+        return {
+            "target": self.target,
+            "steps": self.steps,
+            "epochs": self.epochs,
+            "gain_per_doubling": self.gain_per_doubling,
+            "factor": self.factor,
+            "epochs_needed": self.epochs_needed,
+        }
+
+
+def estimate_budget(history: list[dict], checks: list[GateCheck]) -> BudgetEstimate | None:
+    """What budget the rung's missed progress checks would need (see `BudgetEstimate`); None without a
+    target or with fewer than two epochs that report a step and an F1."""
+    targets = [c.target for c in checks if c.kind == PROGRESS and not c.passed and c.target is not None]
+    points = [
+        (math.log(h["step"]), h["val/dice_best"])
+        for h in history
+        if h.get("step") and h.get("val/dice_best") is not None
+    ]
+    if not targets or len(points) < 2:
+        return None
+    target = max(targets)
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx if sxx > 0 else 0.0
+    last_x, last_f1 = points[-1]
+    factor = None
+    if slope > 0:
+        # From the fitted line's value at the last step (the last epoch alone is noisy).
+        needed = (target - (my + slope * (last_x - mx))) / slope
+        # At least 1.5×: a fitted line already past the target at this budget means the last epoch fell
+        # short by noise, which a second run at the same budget would meet again.
+        factor = max(1.5, math.exp(needed))
+        if factor > BUDGET_FACTOR_MAX:
+            factor = None
+    epochs = len(history)
+    return BudgetEstimate(target, int(history[-1].get("step") or 0), epochs, slope * math.log(2), factor)
 
 
 def _data_checks(train: InputStats, val: InputStats) -> list[GateCheck]:
@@ -394,13 +540,15 @@ def curve_shape(history: list[dict]) -> str:
 @dataclass
 class RungResult:
     rung: str
-    status: str  # "passed", "failed", "not run"
+    status: str  # "passed", "failed", "inconclusive", "not run"
     run_dir: Path | None = None
     metrics: dict = field(default_factory=dict)
     checks: list[GateCheck] = field(default_factory=list)
     reason: str = ""
     seconds: float = 0.0
     diagnosis: str = ""
+    budget: BudgetEstimate | None = None
+    note: str = ""  # why an inconclusive rung has no verdict (`explain_inconclusive`)
 
     @property
     def history(self) -> list[dict]:
@@ -448,6 +596,27 @@ def diagnose(result: RungResult, below: RungResult | None) -> str:
         lines.append(f"          F1 {result.best_f1:.4f} vs {below.best_f1:.4f} for {below.rung}")
     if result.nan_report is not None:
         lines.append(f"          NaN report: {result.nan_report}")
-    symptom = "nan" if any(c.name == "no NaN" for c in failed) else "accuracy"
-    lines.append("Try (seed 000): " + "; ".join(ADVICE[symptom]))
+    names = {c.name for c in failed}
+    symptom = "nan" if "no NaN" in names else ("fit" if FITS_ONE_BATCH in names else "accuracy")
+    lines.append("Try: " + "; ".join(ADVICE[symptom]))
+    return "\n".join(lines)
+
+
+FITS_ONE_BATCH = "fits one batch"
+
+
+def explain_inconclusive(result: RungResult) -> str:
+    """Why a rung has no verdict: what it missed, the evidence that nothing is broken, the budget it needs."""
+    missed = [c for c in result.checks if not c.passed]
+    fit = next((c for c in result.checks if c.name == FITS_ONE_BATCH), None)
+    lines = [
+        f"{result.rung} inconclusive: {'; '.join(f'{c.name} ({c.detail})' for c in missed)}.",
+        "No fault found: "
+        + ", ".join(c.name for c in result.checks if c.passed and c.kind == FAULT and c is not fit)
+        + " passed"
+        + (f", and {fit.detail}, so its model and loop can learn" if fit is not None else "")
+        + ". This budget is too short to judge this data, not evidence of a broken part.",
+    ]
+    if result.budget is not None:
+        lines.append(f"Budget: {result.budget.text()}.")
     return "\n".join(lines)

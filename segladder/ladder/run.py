@@ -16,13 +16,18 @@ from segladder.errors import ConfigError, Interrupted, SegladderError
 from segladder.ladder.faults import Fault
 from segladder.ladder.gates import (
     DEFAULT_PROFILE,
+    FITS_ONE_BATCH,
     PROFILES,
     Baselines,
     Gate,
+    GateCheck,
     GateProfile,
     RungResult,
     check_gates,
     diagnose,
+    estimate_budget,
+    explain_inconclusive,
+    rung_verdict,
 )
 from segladder.ladder.probe import TrainingBatchProbe, UpdateSizeProbe
 from segladder.models.registry import WeightsUnavailable
@@ -144,9 +149,12 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
     prior = float(major.mean())
     if train.has_soft:
         soft = torch.stack([it["soft"] for it in train_items])
-        # A random annotator against the majority, pooled over annotators: 2·Σ s·m / (Σ s + Σ m).
-        denominator = float(soft.sum() + major.sum())
-        ceiling = 2 * float((soft * major).sum()) / denominator if denominator > 0 else None
+        # A soft label that is never strictly between 0 and 1 is one annotator a record (or annotators who
+        # never disagree, which contrail labels never show): agreement with itself says nothing.
+        if bool(((soft > 0) & (soft < 1)).any()):
+            # A random annotator against the majority, pooled over annotators: 2·Σ s·m / (Σ s + Σ m).
+            denominator = float(soft.sum() + major.sum())
+            ceiling = 2 * float((soft * major).sum()) / denominator if denominator > 0 else None
     return Baselines(
         fraction,
         0.0 if positives > 0 else 1.0,
@@ -180,6 +188,21 @@ class LadderResult:
     @property
     def passed(self) -> bool:
         return self.first_failure is None and all(r.status == "passed" for r in self.rungs)
+
+    @property
+    def outcome(self) -> str:
+        """failed (a rung failed), inconclusive (none failed, one or more had no verdict), else passed."""
+        statuses = {r.status for r in self.rungs}
+        return next((s for s in ("failed", "inconclusive") if s in statuses), "passed")
+
+    @property
+    def exit_code(self) -> int:
+        """What `segladder ladder` exits with: 0 passed, 1 failed, 3 inconclusive (2 is a usage error)."""
+        return EXIT_CODES[self.outcome]
+
+
+# 2 stays what every segladder command means by it: the input or the config was refused before any work.
+EXIT_CODES = {"passed": 0, "failed": 1, "inconclusive": 3}
 
 
 def rung_config(base: ExperimentConfig, rung: str) -> ExperimentConfig:
@@ -252,6 +275,23 @@ def _with_prior(base: ExperimentConfig, baselines: Baselines | None) -> Experime
         return base
     model = ModelConfig(name=base.model.name, **base.model.kwargs, output_prior=baselines.train_prior)
     return base.model_copy(update={"model": model})
+
+
+def _one_batch_check(cfg: ExperimentConfig, fault: Fault | None, seed: int) -> GateCheck:
+    """The one-batch fit (`fit_probe`) as a fault check, trained with the same fault as the rung."""
+    from segladder.ladder.fit_probe import fit_one_batch
+
+    console.print(f"[dim]{cfg.model.name}: F1 short of its gates; can a fresh copy fit one batch?[/]")
+    try:
+        fit = fit_one_batch(cfg, fault.callbacks(seed) if fault is not None else [])
+    except Interrupted:
+        raise
+    except (SegladderError, RuntimeError, MemoryError) as exc:
+        # No verdict either way (no positive training record, out of memory): the rung stays inconclusive.
+        return GateCheck(
+            FITS_ONE_BATCH, True, f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        )
+    return GateCheck(FITS_ONE_BATCH, fit.fitted, fit.detail())
 
 
 def get_profile(name: str) -> GateProfile:
@@ -346,8 +386,16 @@ def run_ladder(
             probe.stats,
             updates.stats,
         )
-        r.status = "passed" if all(c.passed for c in r.checks) else "failed"
+        if rung_verdict(r.checks) == "inconclusive":
+            # Only the data-dependent checks missed: ask whether the rung can learn at all.
+            r.checks.append(_one_batch_check(rung_config(base, rung), fault, base.seed))
+            r.seconds = time.perf_counter() - t0
+        r.status = rung_verdict(r.checks)
         result.rungs.append(r)
+        if r.status == "inconclusive":
+            r.budget = estimate_budget(r.history, r.checks)
+            r.note = explain_inconclusive(r)
+            console.print(f"[yellow]{r.note}[/]")
         if r.status == "failed":
             r.diagnosis = diagnose(r, previous)
             console.print(f"[red]{r.diagnosis}[/]")

@@ -15,7 +15,8 @@ def rung_f1(result: LadderResult, r: RungResult) -> float | None:
 
 
 def report_dict(result: LadderResult) -> dict:
-    """What report.json holds: per rung its status, F1, loss, checks and implicated part; the first failure.
+    """What report.json holds: per rung its status, F1, loss, checks and implicated part (or, inconclusive,
+    why and the budget it needs); the first failure, the outcome and the exit code.
 
     `loss` is the final training loss the gates read (`RungResult.loss`); report.md shows the same figure.
     """
@@ -27,8 +28,12 @@ def report_dict(result: LadderResult) -> dict:
                 "status": r.status,
                 "f1": rung_f1(result, r),
                 "loss": r.loss,
-                "checks": [{"name": c.name, "passed": c.passed, "detail": c.detail} for c in r.checks],
+                "checks": [
+                    {"name": c.name, "passed": c.passed, "detail": c.detail, "kind": c.kind} for c in r.checks
+                ],
                 "implicated": r.implicated,
+                "note": r.note or None,
+                "budget": r.budget.as_dict() if r.budget else None,
                 "reason": r.reason or None,
                 "seconds": round(r.seconds, 2),
                 "nan_report": str(r.nan_report) if r.nan_report else None,
@@ -36,6 +41,8 @@ def report_dict(result: LadderResult) -> dict:
             for r in result.rungs
         ],
         "first_failure": first.rung if first else None,
+        "outcome": result.outcome,
+        "exit_code": result.exit_code,
         "profile": result.profile,
         "seconds": round(result.seconds, 2),
         "fault": result.fault,
