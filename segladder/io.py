@@ -139,6 +139,9 @@ def atomic_path(path: str | os.PathLike, needed: int | None = None) -> Iterator[
     (`needed`, when known, is what the file needs and goes into its message).
     """
     path = Path(path)
+    if path.is_dir():
+        # Otherwise the rename below fails naming the temporary file, which the user never chose.
+        raise WriteError(f"cannot write {path}: it is a folder; give a file path (nothing was written).")
     free_before = free_bytes(path.parent)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,6 +334,15 @@ def run_folder_of(checkpoint: str | os.PathLike | None) -> Path | None:
     if (path.parent / "config.yaml").is_file():
         return path.parent
     return None
+
+
+def refuse_folders_as_files(files: dict[str, str | os.PathLike | None]) -> None:
+    """A `SegladderError` before any work when an output that is one file (`--json`) names a folder."""
+    for name, path in files.items():
+        if path is not None and Path(path).is_dir():
+            raise SegladderError(
+                f"{name} {path} is a folder; give a file path, e.g. {Path(path) / 'out.json'} (nothing was written)."
+            )
 
 
 def refuse_overwriting_inputs(

@@ -256,8 +256,9 @@ def boxes(
     import json
 
     from segladder.inference.boxes import bench_box_adjustment
-    from segladder.io import atomic_write_json, refuse_overwriting_inputs
+    from segladder.io import atomic_write_json, refuse_folders_as_files, refuse_overwriting_inputs
 
+    refuse_folders_as_files({"--json": json_out})
     refuse_overwriting_inputs(
         {"--json": json_out}, {"CHECKPOINT": checkpoint, "--images": images, "--annotations": annotations}
     )

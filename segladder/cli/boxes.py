@@ -121,10 +121,11 @@ def score(
 ) -> None:
     """The paper's Table 1: mIoU, IoU > 0.9, edges and corners within 1 and 3 px."""
     from segladder.inference.boxes import score_files
-    from segladder.io import atomic_write_json, refuse_overwriting_inputs
+    from segladder.io import atomic_write_json, refuse_folders_as_files, refuse_overwriting_inputs
     from segladder.metrics import BOX_KEYS
 
     if json_out is not None:
+        refuse_folders_as_files({"--json": json_out})
         refuse_overwriting_inputs({"--json": json_out}, {"GT": gt, "BOXES": boxes})
     result = score_files(gt, boxes)
     before = result.get("before")

@@ -40,8 +40,9 @@ def compare(
     """Params, Dice, mIoU, ms/image, peak memory and weights size per model; speed-up and accuracy share."""
     from segladder.inference.compare import compare as run_compare
     from segladder.inference.compare import format_table
-    from segladder.io import atomic_write_json, refuse_overwriting_inputs
+    from segladder.io import atomic_write_json, refuse_folders_as_files, refuse_overwriting_inputs
 
+    refuse_folders_as_files({"--json": json_out})
     writes = {"--out": out, **{f"OUT/{name}": out / name for name in ("compare.json", "compare.png")}}
     if json_out is not None:
         writes["--json"] = json_out

@@ -124,8 +124,9 @@ def compare(
     Each row's tolerance is the distance between two halves of REAL (docs/data.md, "Synthetic vs real").
     """
     from segladder.data.realism import compare_datasets
-    from segladder.io import refuse_overwriting_inputs
+    from segladder.io import refuse_folders_as_files, refuse_overwriting_inputs
 
+    refuse_folders_as_files({"--json": json_file})
     refuse_overwriting_inputs(
         {
             "--out": out,

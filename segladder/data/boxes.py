@@ -137,6 +137,12 @@ def check_box(
             f"{path}: annotation id {ann_id}: zero-size box {list(box)} (width and height must be > 0); "
             "remove the annotation."
         )
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        # Even a rough box must overlap its image: there is nothing in the crop to snap to.
+        raise DataError(
+            f"{path}: annotation id {ann_id}: box {list(box)} lies wholly outside its {width}×{height} image; "
+            "fix its coordinates (COCO's [x, y, width, height] in pixels) or remove it."
+        )
     if inside and (x < -tol or y < -tol or x + w > width + tol or y + h > height + tol):
         raise DataError(
             f"{path}: annotation id {ann_id}: box {list(box)} lies outside its {width}×{height} image; "

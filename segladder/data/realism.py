@@ -525,6 +525,13 @@ def compare_datasets(
         raise DataError(
             f"{real} holds 1 record: the tolerances need at least 2 (the distance between two halves of REAL)."
         )
+    if synthetic is not None and (sizes := (native_size(real), native_size(synthetic)))[0] != sizes[1]:
+        # Widths, lengths and textures are measured in pixels: across sizes the rows compare scales.
+        raise DataError(
+            f"REAL {real} holds {sizes[0]}² records and SYNTH {synthetic} {sizes[1]}² ones: the rows measure "
+            f"in pixels, so they would compare two scales; make SYNTH at REAL's size (`segladder synth "
+            f"contrails OUT --size {sizes[0]}`) or leave SYNTH out to generate it at that size."
+        )
     real_stats = collect(real, workers=workers, progress=progress, label="reading REAL")
     out = Path(out)
     with tempfile.TemporaryDirectory(prefix="segladder-synth-") as tmp:

@@ -113,6 +113,13 @@ def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> Non
         loaded = load_checkpoint(path)
     except CheckpointError as exc:
         raise ConfigError(f"{key}: {exc}") from None
+    if loaded.config.task != cfg.task:
+        # model.name would not help: another task's model cannot train on this run's data and loss.
+        raise ConfigError(
+            f"{key}: {path} is a {loaded.config.task} checkpoint ({loaded.config.model.name}) and this run "
+            f"trains the {cfg.task} task; start from a {cfg.task} checkpoint, or train a "
+            f"{loaded.config.task} run from it."
+        )
     if loaded.config.model.name != cfg.model.name:
         raise ConfigError(
             f"{key}: {path} holds {loaded.config.model.name}, this run trains {cfg.model.name}; "

@@ -116,6 +116,14 @@ CASES = [
         r"^error: \S*zero\.csv: every record is in fold 0, so fold 0 has no records to train on",
     ),
     (
+        # Before: "set model.name=Snapper", which cannot train on contrail masks either.
+        "train-init-from-a-box-checkpoint",
+        "train tiny_synthetic --out {tmp}/r-box-init --set data.root={raw} trainer.init_from={box_ckpt}",
+        2,
+        r"^error: trainer\.init_from: \S+ is a boxes checkpoint \(Snapper\) and this run trains the "
+        r"segmentation task; start from a segmentation checkpoint",
+    ),
+    (
         "train-folds-too-many",
         "train tiny_synthetic --folds 50 --out {tmp}/f-50 --set data.root={raw}",
         2,
@@ -324,6 +332,13 @@ CASES = [
         r"^error: --json \S*val\.json is the input GT",
     ),
     (
+        # Before: the rename onto the folder failed, naming a temporary file the user never chose.
+        "boxes-score-json-is-a-folder",
+        "boxes score {boxes}/val.json {tmp}/rough.json --json {boxes}/images",
+        2,
+        r"^error: --json \S*images is a folder; give a file path, e\.g\. \S*images/out\.json",
+    ),
+    (
         "boxes-evaluate-over-annotations",
         "boxes evaluate {box_ckpt} --images {boxes}/images --annotations {tmp}/ev/rough.json --out {tmp}/ev",
         2,
@@ -348,6 +363,14 @@ CASES = [
         r"^error: --json \S*seg-copy\.ckpt is the input STUDENT",
     ),
     # boxes: boxes that cannot be right
+    (
+        # Before: "adjusted" to [199.3, 299.5, 0.0006, 1.57] in silence.
+        "boxes-adjust-box-wholly-outside",
+        "boxes adjust {box_ckpt} --images {boxes}/images --boxes {tmp}/outside.json --out {tmp}/outside-adj.json",
+        2,
+        r"^error: \S*outside\.json: annotation id \d+: box \[199\.3, 299\.5, 4\.0, 3\.0\] lies wholly outside "
+        r"its 48×48 image",
+    ),
     (
         "boxes-score-negative-width",
         "boxes score {boxes}/val.json {tmp}/negative.json",
@@ -405,6 +428,9 @@ def ctx(cli_data, tmp_path_factory):
         {"id": neg_id, "bbox": [x + w, y, -w, h]}
     ]
     (tmp / "negative.json").write_text(json.dumps(negative))
+    outside = json.loads(boxes.val.read_text())
+    outside["annotations"][-1]["bbox"] = [199.3, 299.5, 4.0, 3.0]  # the 48² image holds no part of it
+    (tmp / "outside.json").write_text(json.dumps(outside))
     inputs = [
         boxes.val,
         boxes.images / "000000.png",

@@ -186,6 +186,18 @@ def test_bad_input_is_one_error_line(capsys, tmp_path):
         assert "Traceback" not in out + err
 
 
+def test_synth_at_another_size_is_refused_before_any_reading(capsys, tmp_path):
+    """The fixture's records are 32²: a 16² synthetic set would be compared at another scale."""
+    from segladder.data.synth import generate_contrails
+
+    generate_contrails(tmp_path / "s16", records=2, val_records=0, test_records=0, size=16, progress=False)
+    code, out, err = compare(capsys, FIXTURE, tmp_path / "s16", "--out", tmp_path / "fig")
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert "32² records and SYNTH" in lines[0] and "16² ones" in lines[0] and "--size 32" in lines[0]
+    assert not (tmp_path / "fig").exists()
+
+
 def _stats(rid: str, split: str, t14: float, angles: list[float]) -> RecordStats:
     pixels = {name: np.full(16, 0.5) for name in ("bt_11", "bt_13", "bt_15", "diff_15_14", "diff_14_11")}
     pixels |= {"bt_14": np.full(16, t14), "ash_r": np.zeros(16), "ash_g": np.zeros(16), "ash_b": np.zeros(16)}
