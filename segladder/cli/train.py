@@ -69,7 +69,7 @@ def train(
                 "a cross-validated run continues by running the same command again with --out."
             )
         run_dir = out or Path("runs") / cfg.name / "folds"
-        res = train_folds(cfg, run_dir, k=5 if folds is None else folds, only=list(fold) or None)
+        res = train_folds(cfg, run_dir, k=folds, only=list(fold) or None)
         typer.echo(str(res.run_dir))
         return
     run_dir = resume if resume is not None else shared_run_dir(cfg, out)

@@ -43,8 +43,16 @@ class FoldsResult:
     ensemble: FoldEnsemble | None  # None until every fold has finished
 
 
+DEFAULT_FOLDS = 5  # folds cut by `train --folds` when the command names no number
+
+
 def train_folds(
-    cfg: ExperimentConfig, run_dir: Path, *, k: int = 5, only: list[int] | None = None, progress: bool = True
+    cfg: ExperimentConfig,
+    run_dir: Path,
+    *,
+    k: int | None = None,
+    only: list[int] | None = None,
+    progress: bool = True,
 ) -> FoldsResult:
     """Train every fold of `cfg` (or those in `only`) into `run_dir/fold_k/`; a second call continues.
 
@@ -93,9 +101,10 @@ def train_folds(
     return FoldsResult(run_dir, ensemble.fold_dice, ensemble)
 
 
-def _folds_of(cfg: ExperimentConfig, run_dir: Path, k: int) -> tuple[Path, list[FoldRecord], int]:
-    """The folds file, its rows and its fold count: `data.folds` (which must exist), the run's own
-    folds.csv from an earlier call, or `k` folds cut here by record into it."""
+def _folds_of(cfg: ExperimentConfig, run_dir: Path, k: int | None) -> tuple[Path, list[FoldRecord], int]:
+    """The folds file, its rows and its fold count: `data.folds` (which must exist; its count must be `k`
+    when one is asked for), the run's own folds.csv from an earlier call, or `k` (default 5) folds cut
+    here by record into it."""
     if cfg.data.folds:
         folds_csv = Path(cfg.data.folds)
         if not folds_csv.is_file():
@@ -107,6 +116,7 @@ def _folds_of(cfg: ExperimentConfig, run_dir: Path, k: int) -> tuple[Path, list[
     else:
         folds_csv = run_dir / FOLDS_FILE
         if not folds_csv.exists():
+            k = DEFAULT_FOLDS if k is None else k
             if k < 2:
                 raise ConfigError(f"--folds {k}: cross-validation needs at least 2 folds.")
             if cfg.data.root is None:
@@ -125,7 +135,15 @@ def _folds_of(cfg: ExperimentConfig, run_dir: Path, k: int) -> tuple[Path, list[
             )
             console.print(f"folds: {k} by record over '{cfg.data.train_split}', written to {folds_csv}")
     rows = read_folds(folds_csv)
+    asked = k
     k = check_trainable(rows, folds_csv, k)
+    if cfg.data.folds and asked is not None and asked != k:
+        # Training the CSV's folds when the command asked for another number would be silent.
+        raise ConfigError(
+            f"--folds {asked}: data.folds {folds_csv} holds {k} folds; leave out --folds to train its {k}, "
+            f"or cut {asked} with `segladder data folds ROOT --k {asked} --out NEW.csv` and set "
+            "data.folds=NEW.csv."
+        )
     if cfg.data.folds and cfg.data.root is not None and cfg.data.resolved_format == "contrails":
         check_covers(rows, folds_csv, cfg.data.root, pooled_splits(cfg.data), k)
     return folds_csv, rows, k

@@ -223,6 +223,14 @@ CASES = [
         r"folds were cut from another dataset",
     ),
     (
+        # Before: the CSV's 3 folds were trained in silence under --folds 5.
+        "train-folds-count-differs-from-the-csv",
+        "train tiny_synthetic --folds 5 --out {tmp}/f-five --set data.root={raw} data.folds={tmp}/three.csv",
+        2,
+        r"^error: --folds 5: data\.folds \S*three\.csv holds 3 folds; leave out --folds to train its 3, or cut 5 "
+        r"with `segladder data folds ROOT --k 5 --out NEW\.csv`",
+    ),
+    (
         "train-folds-csv-fold-7",
         "train tiny_synthetic --folds 3 --out {tmp}/f-seven --set data.root={raw} data.folds={tmp}/seven.csv",
         2,
