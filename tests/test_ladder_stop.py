@@ -1,4 +1,5 @@
-"""The ladder stops at the first failing rung unless told to keep going, and its gates read the epoch-end loss."""
+"""The ladder stops at the first failing rung unless told to keep going (an inconclusive one does not stop it),
+and its gates read the epoch-end loss."""
 
 from __future__ import annotations
 
@@ -36,8 +37,26 @@ def trained(monkeypatch):
     return calls
 
 
-def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path):
+def fit_stub(monkeypatch, fitted: bool) -> list[str]:
+    """Replace the one-batch fit (asked only when a rung missed progress checks alone) by its verdict."""
+    import segladder.ladder.run as ladder_run
+    from segladder.ladder.gates import FITS_ONE_BATCH, GateCheck
+
+    asked: list[str] = []
+
+    def check(cfg, fault, seed):
+        asked.append(cfg.model.name)
+        return GateCheck(FITS_ONE_BATCH, fitted, "stub")
+
+    monkeypatch.setattr(ladder_run, "_one_batch_check", check)
+    return asked
+
+
+def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path, monkeypatch):
+    # Simple misses a progress check (its loss) and then cannot fit one batch: failed.
+    asked = fit_stub(monkeypatch, fitted=False)
     result = run_ladder(build_config({}), tmp_path, RUNGS, profile="seed")  # the seed's absolute gates
+    assert asked == ["ResNet18_Simple"]
     assert trained == ["ResNet18_SimplerFCN", "ResNet18_Simple"]
     assert result.stopped_at == "ResNet18_Simple"
     assert [r.status for r in result.rungs] == ["passed", "failed"]
@@ -45,7 +64,18 @@ def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path):
     assert failed["loss < 0.5"] is False and failed["F1 > 0.2"] is True
 
 
-def test_keep_going_trains_every_rung(trained, tmp_path):
+def test_keep_going_trains_every_rung(trained, tmp_path, monkeypatch):
+    fit_stub(monkeypatch, fitted=False)
     result = run_ladder(build_config({}), tmp_path, RUNGS, keep_going=True, profile="seed")
     assert trained == list(RUNGS) and result.stopped_at is None
     assert [r.status for r in result.rungs] == ["passed", "failed", "passed"]
+
+
+def test_an_inconclusive_rung_does_not_stop_the_ladder(trained, tmp_path, monkeypatch):
+    # The same progress miss with a batch that fits: no verdict on Simple, and the next rung still trains.
+    fit_stub(monkeypatch, fitted=True)
+    result = run_ladder(build_config({}), tmp_path, RUNGS, profile="seed")
+    assert trained == list(RUNGS) and result.stopped_at is None
+    assert [r.status for r in result.rungs] == ["passed", "inconclusive", "passed"]
+    assert result.outcome == "inconclusive" and result.exit_code == 3
+    assert "Budget" not in result.rungs[1].note or result.rungs[1].budget is not None
