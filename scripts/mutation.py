@@ -299,7 +299,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "NaN guard",
-        "segladder/training/callbacks.py",
+        "segladder/training/nan_guard.py",
         "optimizer.found_inf = bad  #",
         "optimizer.found_inf = None  #",
         T_NAN,
@@ -307,7 +307,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "NaN guard",
-        "segladder/training/callbacks.py",
+        "segladder/training/nan_guard.py",
         "checked = losses if scaled else [*losses, *grads]",
         "checked = losses",
         T_NAN,
@@ -315,7 +315,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "NaN guard",
-        "segladder/training/callbacks.py",
+        "segladder/training/nan_guard.py",
         'kind = "gradient" if all(',
         'kind = "loss" if all(',
         T_NAN,
@@ -323,7 +323,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "NaN guard",
-        "segladder/training/callbacks.py",
+        "segladder/training/nan_guard.py",
         "if self.consecutive >= self.patience:",
         "if self.consecutive > self.patience:",
         T_NAN,
@@ -331,7 +331,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "NaN guard",
-        "segladder/training/callbacks.py",
+        "segladder/training/nan_guard.py",
         "                p.grad = None",
         "                pass",
         T_NAN,
@@ -339,7 +339,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "NaN guard",
-        "segladder/training/callbacks.py",
+        "segladder/training/nan_guard.py",
         "            self.consecutive = 0\n            return",
         "            return",
         T_NAN,
@@ -347,7 +347,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "NaN guard",
-        "segladder/training/callbacks.py",
+        "segladder/training/checkpoints.py",
         '        if bad:\n            console.print(\n                f"[red]not writing',
         '        if False:\n            console.print(\n                f"[red]not writing',
         T_NAN,
@@ -372,7 +372,7 @@ MUTATIONS: list[Mutation] = [
     ),
     M(
         "training step",
-        "segladder/training/callbacks.py",
+        "segladder/training/recorder.py",
         "        if self.samples_per_s and logs_this_step(trainer):",
         "        if self.samples_per_s:",
         T_STEP,

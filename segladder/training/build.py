@@ -14,16 +14,12 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from segladder.config import ExperimentConfig, ModelConfig
 from segladder.errors import ConfigError
-from segladder.training.callbacks import (
-    AtomicCheckpointIO,
-    CachedAutocastPrecision,
-    FiniteModelCheckpoint,
-    GracefulStop,
-    IntervalProgressBar,
-    NonFiniteGuard,
-    RNGState,
-    RunRecorder,
-)
+from segladder.training.checkpoints import AtomicCheckpointIO, FiniteModelCheckpoint, RNGState
+from segladder.training.graceful_stop import GracefulStop
+from segladder.training.nan_guard import NonFiniteGuard
+from segladder.training.precision import CachedAutocastPrecision
+from segladder.training.progress_bar import IntervalProgressBar
+from segladder.training.recorder import RunRecorder
 
 
 def task_class(cfg: ExperimentConfig):

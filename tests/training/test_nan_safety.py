@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segladder.errors import DiskFullError
 from segladder.training.build import build_trainer
-from segladder.training.callbacks import AtomicCheckpointIO, FiniteModelCheckpoint
+from segladder.training.checkpoints import AtomicCheckpointIO, FiniteModelCheckpoint
 from tests.training.conftest import quick_config
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from segladder.inference.folds import FoldEnsemble
-from segladder.training.callbacks import EpochProgressBar
 from segladder.training.folds import _summary
+from segladder.training.progress_bar import EpochProgressBar
 
 
 def test_progress_bar_counts_epochs_from_one():

@@ -35,7 +35,7 @@ class _HostReadsForbidden(L.Callback):
         self.checked = 0
 
     def setup(self, trainer, pl_module, stage):
-        from segladder.training.callbacks import NonFiniteGuard
+        from segladder.training.nan_guard import NonFiniteGuard
 
         guard = next(c for c in trainer.callbacks if isinstance(c, NonFiniteGuard))
         decide = guard.on_before_optimizer_step

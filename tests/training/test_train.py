@@ -279,7 +279,7 @@ def test_auxiliary_head_and_positives_only_segmentation_loss(train_cache, tmp_pa
 def test_curves_are_redrawn_at_most_every_refresh_and_always_at_the_end(tmp_path):
     from types import SimpleNamespace
 
-    from segladder.training.callbacks import RunRecorder
+    from segladder.training.recorder import RunRecorder
 
     rec = RunRecorder(tmp_path)
     rec.REFRESH_S = 3600.0
