@@ -222,7 +222,7 @@ class LovaszHingeLoss(_BinaryLoss):
 
 
 def binary_kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
-    """Binary knowledge distillation on one logit channel, mean over pixels (domain-facts §8).
+    """Binary knowledge distillation on one logit channel, mean over pixels (Hinton et al. 2015).
 
     `T²·KL(Bernoulli(σ(z_t/T)) ‖ Bernoulli(σ(z_s/T)))`: written as BCE-with-logits of z_s/T against the
     soft target p_t minus the teacher's entropy (which makes it exactly 0 when the logits agree). Its gradient

@@ -199,7 +199,7 @@ def test_demo_code_path_in_reduced_size(tmp_path):
 
 def assert_report_schema(summary: dict) -> None:
     assert {"rungs", "first_failure", "profile", "seconds", "outcome", "exit_code"} <= set(summary)
-    assert summary["seconds"] > 0 and summary["profile"] in ("seed", "calibrated")
+    assert summary["seconds"] > 0 and summary["profile"] in ("absolute", "calibrated")
     for r in summary["rungs"]:
         assert {"rung", "status", "f1", "loss", "checks", "implicated", "note", "budget"} <= set(r)
         assert r["status"] in ("passed", "failed", "inconclusive", "not run")
@@ -537,7 +537,7 @@ def test_a_budget_too_small_to_learn_from_scratch_is_named(tmp_path):
     assert (calibrated.trainer.max_epochs, calibrated.trainer.accumulate_grad_batches) == (5, 1)
     assert calibrated.optim.lr == 3e-3 and budget_warning(calibrated, base) is None
     assert ladder_config(tmp_path, budget={"epochs": 2}, profile="calibrated").trainer.max_epochs == 2
-    assert ladder_config(tmp_path, profile="seed").trainer.accumulate_grad_batches == 4
+    assert ladder_config(tmp_path, profile="absolute").trainer.accumulate_grad_batches == 4
 
 
 EVERY_FAULT = [

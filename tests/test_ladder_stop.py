@@ -55,7 +55,7 @@ def fit_stub(monkeypatch, fitted: bool) -> list[str]:
 def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path, monkeypatch):
     # Simple misses a progress check (its loss) and then cannot fit one batch: failed.
     asked = fit_stub(monkeypatch, fitted=False)
-    result = run_ladder(build_config({}), tmp_path, RUNGS, profile="seed")  # the seed's absolute gates
+    result = run_ladder(build_config({}), tmp_path, RUNGS, profile="absolute")  # the fixed (absolute) gates
     assert asked == ["ResNet18_Simple"]
     assert trained == ["ResNet18_SimplerFCN", "ResNet18_Simple"]
     assert result.stopped_at == "ResNet18_Simple"
@@ -66,7 +66,7 @@ def test_ladder_stops_at_the_first_failing_rung(trained, tmp_path, monkeypatch):
 
 def test_keep_going_trains_every_rung(trained, tmp_path, monkeypatch):
     fit_stub(monkeypatch, fitted=False)
-    result = run_ladder(build_config({}), tmp_path, RUNGS, keep_going=True, profile="seed")
+    result = run_ladder(build_config({}), tmp_path, RUNGS, keep_going=True, profile="absolute")
     assert trained == list(RUNGS) and result.stopped_at is None
     assert [r.status for r in result.rungs] == ["passed", "failed", "passed"]
 
@@ -74,7 +74,7 @@ def test_keep_going_trains_every_rung(trained, tmp_path, monkeypatch):
 def test_an_inconclusive_rung_does_not_stop_the_ladder(trained, tmp_path, monkeypatch):
     # The same progress miss with a batch that fits: no verdict on Simple, and the next rung still trains.
     fit_stub(monkeypatch, fitted=True)
-    result = run_ladder(build_config({}), tmp_path, RUNGS, profile="seed")
+    result = run_ladder(build_config({}), tmp_path, RUNGS, profile="absolute")
     assert trained == list(RUNGS) and result.stopped_at is None
     assert [r.status for r in result.rungs] == ["passed", "inconclusive", "passed"]
     assert result.outcome == "inconclusive" and result.exit_code == 3

@@ -24,7 +24,8 @@ def demo(
     full: bool = typer.Option(
         False,
         "--full",
-        help="The full ladder with the seed's phase-1 budget; CoaT_ULSTM runs when its ImageNet weights are here.",
+        help="The full ladder with its phase-1 budget (configs/ladder.yaml); CoaT_ULSTM runs when its "
+        "ImageNet weights are here.",
     ),
     home: Path = typer.Option(
         None,

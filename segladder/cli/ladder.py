@@ -1,4 +1,4 @@
-"""`segladder ladder` and `segladder viz`: seed 000's staged debugging, and pictures of any run."""
+"""`segladder ladder` and `segladder viz`: the staged debugging ladder, and pictures of any run."""
 
 from __future__ import annotations
 
@@ -21,13 +21,13 @@ def ladder(
     rungs: str = typer.Option(
         "",
         "--rungs",
-        help="Comma-separated registered models (default: the seed-000 ladder up to CoaT_ULSTM).",
+        help="Comma-separated registered models (default: the ResNet-18 rungs up to CoaT_ULSTM).",
     ),
     budget: str = typer.Option(
         "", "--budget", help="Same budget for every rung, e.g. 'epochs=2,records=100,val_records=50'."
     ),
     config: Path = typer.Option(
-        None, "--config", help="Base config (default: configs/ladder.yaml, the seed's phase-1 settings)."
+        None, "--config", help="Base config (default: configs/ladder.yaml, the ladder's phase-1 settings)."
     ),
     set_: list[str] = typer.Option(
         [], "--set", help="Override a base-config key, e.g. --set optim.lr=3e-4 (repeatable)."
@@ -38,7 +38,7 @@ def ladder(
         "calibrated",
         "--gates",
         help="Gate profile: 'calibrated' (any data; trains 5 epochs at LR 3e-3 without accumulation "
-        "unless --config, --budget or --set say otherwise) or 'seed' (seed 000's numbers and budget, "
+        "unless --config, --budget or --set say otherwise) or 'absolute' (fixed numbers and budget, "
         "for real data with pretrained encoders).",
     ),
     inject: str = typer.Option(

@@ -13,7 +13,7 @@ submission_app = typer.Typer(
     help="Check a submission file against the competition format.", no_args_is_help=True
 )
 pipeline_app = typer.Typer(
-    help="Seed 001's classify-then-segment pipeline (a YAML file, see docs/inference.md).",
+    help="The classify-then-segment pipeline (a YAML file, see docs/inference.md).",
     no_args_is_help=True,
 )
 export_app = typer.Typer(help="Export a checkpoint for deployment.", no_args_is_help=True)
@@ -110,8 +110,9 @@ def predict_cmd(
         None,
         "--min-component",
         min=0,
-        help="Remove connected components smaller than this many pixels (seed 001 tried 10; default 0, "
-        "or the size stored with --folds / an ONNX model; 0 keeps every component).",
+        help="Remove connected components smaller than this many pixels (the classify-then-segment "
+        "experiments tried 10; default 0, or the size stored with --folds / an ONNX model; 0 keeps every "
+        "component).",
     ),
     overlays: int = typer.Option(0, "--overlays", help="Draw PNG overlays of the first N records."),
     batch_size: int = typer.Option(8, "--batch-size", help=_BATCH_HELP),

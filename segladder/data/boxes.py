@@ -19,7 +19,8 @@ from PIL import Image
 
 from segladder.errors import DataError
 
-# The paper's jitter (domain-facts §7): centre moved by up to 10% of each side, each side scaled in [0.9, 1.1].
+# The Snapper paper's jitter (Williams et al., IUI 2024; Kobamiyannnn/reproduct_snapper `src/config.py`):
+# centre moved by up to 10% of each side, each side scaled in [0.9, 1.1].
 JITTER_SHIFT = 0.1
 JITTER_SCALE = (0.9, 1.1)
 EDGES = ("left", "top", "right", "bottom")  # the order of edges in every (…, 4) array and model output

@@ -22,14 +22,15 @@ from segladder.data.layout import (
 from segladder.errors import DataError
 from segladder.registry import suggest
 
-# Ash RGB ranges (domain-facts §2; pycontrails `to_ash`, SEVIRI convention): (low, high) per channel.
+# Ash RGB ranges, the recipe of every top competition solution and of pycontrails
+# (`pycontrails.datalib.goes.to_ash`, convention "SEVIRI"): (low, high) per channel.
 ASH_R_RANGE = (-4.0, 2.0)  # B15 − B14, 12.3 µm − 11.2 µm
 ASH_G_RANGE = (-4.0, 5.0)  # B14 − B11, 11.2 µm − 8.4 µm
 ASH_B_RANGE = (243.0, 303.0)  # B14, K
 
 ASH_CHANNELS: tuple[str, ...] = ("ash_r", "ash_g", "ash_b")
 BAND_CHANNELS: tuple[str, ...] = tuple(f"band_{b:02d}" for b in BANDS)
-# Band differences seed 001 stacks beside the raw bands ("9ch + 2diff").
+# Band differences the classify-then-segment experiments stacked beside the raw bands ("9ch + 2diff").
 DIFF_CHANNELS: dict[str, tuple[int, int]] = {
     "diff_15_14": (15, 14),
     "diff_14_11": (14, 11),
@@ -197,7 +198,10 @@ def read_bands(
 
 
 def ash_from_bands(b11: np.ndarray, b14: np.ndarray, b15: np.ndarray) -> np.ndarray:
-    """Ash false-colour RGB from brightness temperatures (domain-facts §2): (...,) -> (..., 3) in [0, 1]."""
+    """Ash false-colour RGB from brightness temperatures: (...,) -> (..., 3) in [0, 1].
+
+    The ranges above, as pycontrails' `to_ash` (convention "SEVIRI").
+    """
 
     def scale(x: np.ndarray, rng: tuple[float, float]) -> np.ndarray:
         lo, hi = rng

@@ -80,7 +80,8 @@ def _groups(
             raise DataError(f"--group-key {','.join(bad)}: not a metadata field; fields: {known}.")
         return ["|".join(str(meta[(s, r)][k]) for k in keys) for s, r, _ in records]
     # Time: records whose timestamps lie within `window_s` of a neighbour form one cluster, so frames that
-    # neighbour in time never straddle folds (seed 001 found its validation set too close to training).
+    # neighbour in time never straddle folds (the classify-then-segment experiments found a validation set
+    # drawn at random too close to training).
     times = np.array([float(meta[(s, r)]["timestamp"]) for s, r, _ in records])
     order = np.argsort(times, kind="stable")
     cluster = np.empty(len(records), dtype=np.int64)

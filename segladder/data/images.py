@@ -111,7 +111,7 @@ def check_pair(pair: ImagePair) -> str | None:
 
 
 def heavy_transforms() -> list[A.BasicTransform]:
-    """Seed 004's "heavy" photometric set for RGB images (uint8 HWC)."""
+    """The "heavy" photometric set for RGB images (uint8 HWC), from the B3→B0 distillation recipe."""
     return [
         A.HorizontalFlip(p=0.5),
         A.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.0, hue=0.0),

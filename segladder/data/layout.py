@@ -1,4 +1,10 @@
-"""Names and shapes of the competition / OpenContrails layout (domain-facts §1), shared by reader and writer."""
+"""Names and shapes of the competition / OpenContrails layout (docs/data.md), shared by reader and writer.
+
+The Kaggle competition "Google Research - Identify Contrails to Reduce Global Warming" and OpenContrails
+(Ng et al. 2023, arXiv:2304.02122): per record `band_08.npy` … `band_16.npy` (H, W, 8) float32 brightness
+temperatures in K, 8 frames 10 minutes apart with the label on frame index 4, `human_pixel_masks.npy`
+(H, W, 1) and, in train, `human_individual_masks.npy` (H, W, 1, R), one slice per annotator.
+"""
 
 BANDS: tuple[int, ...] = (8, 9, 10, 11, 12, 13, 14, 15, 16)
 BAND_FILES: tuple[str, ...] = tuple(f"band_{b:02d}.npy" for b in BANDS)

@@ -14,9 +14,10 @@ from segladder.errors import DataError
 def build_augment(cfg: AugmentConfig | None, rgb: bool = False, size: int | None = None) -> A.Compose | None:
     """The albumentations pipeline for `cfg`, or None when every probability is zero.
 
-    `preset: heavy` (seed 004: colour jitter, rain/fog/sun flare) needs RGB images, so it is refused unless
-    `rgb` says the pipeline will see (H, W, 3) uint8 images (the image/mask folders). `size` is the side of
-    the samples the pipeline sees; `resized_crop_p` resizes its crops back to it.
+    `preset: heavy` (the B3→B0 distillation recipe's set: colour jitter, rain/fog/sun flare) needs RGB
+    images, so it is refused unless `rgb` says the pipeline will see (H, W, 3) uint8 images (the image/mask
+    folders). `size` is the side of the samples the pipeline sees; `resized_crop_p` resizes its crops back
+    to it.
     """
     if cfg is None or not cfg.enabled:
         return None
@@ -41,7 +42,7 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False, size: int | None
     if cfg.preset == "heavy":
         if not rgb:
             raise DataError(
-                "augment.preset heavy is seed 004's set for RGB image folders (data.format images); "
+                "augment.preset heavy is a photometric set for RGB image folders (data.format images); "
                 "for contrail bands use the augment.*_p options."
             )
         t.extend(heavy_transforms())

@@ -179,7 +179,8 @@ def compare(
     repeats: int = 10,
     out: Path | None = None,
 ) -> Comparison:
-    """Seed 004's table measured: params, Dice, mIoU, ms/image, peak memory, weights MB per model, and ratios.
+    """The distillation comparison, measured: params, Dice, mIoU, ms/image, peak memory, weights MB per model,
+    and ratios.
 
     Every model runs on the same device with the same batch (warm-up passes excluded from the timing).
     `baseline` is the student's architecture trained without the teacher under the same schedule, so the

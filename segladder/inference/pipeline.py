@@ -1,4 +1,4 @@
-"""Seed 001's classify-then-segment pipeline: a stage-1 filter, a stage-2 segmenter ensemble, and evaluation per stage."""
+"""The classify-then-segment pipeline: stage-1 filter, stage-2 segmenter ensemble, evaluation per stage."""
 
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ class Stage2Member(_Strict):
 
 class PipelineConfig(_Strict):
     """Stage 1: a classifier and/or a segmenter decide which records hold contrails. Stage 2: an
-    ensemble of segmenters (seed 001: one trained on all data, one on positives only) draws the masks."""
+    ensemble of segmenters (as in the classify-then-segment experiments, docs/background.md: one trained on
+    all data, one on positives only) draws the masks."""
 
     classifier: Path | None = Field(None, description="stage-1 classification checkpoint")
     segmenter: Path | None = Field(

@@ -34,9 +34,11 @@ class Segmenter:
     """Images (B, C, T, H, W) → contrail probabilities (B, 1, H, W), float32 on the CPU; optional flip TTA.
 
     Flip TTA averages the plain prediction with those of the horizontally and vertically flipped input,
-    flipped back. Competition masks sit half a pixel off the image grid (domain-facts §5), so a
-    flipped-back prediction lands one pixel off; `tta_shift` moves it back: out[q] = flipped_back[q + shift]
-    along the flipped axis (+1 when labels lie half a pixel right/below their pixels; docs/inference.md).
+    flipped back. Competition masks sit half a pixel off the image grid (why the 2nd-place recipe,
+    DrHB/2nd-place-contrails, trains without flips, and the 1st place trained on soft labels shifted by
+    0.5 px), so a flipped-back prediction lands one pixel off; `tta_shift` moves it back:
+    out[q] = flipped_back[q + shift] along the flipped axis (+1 when labels lie half a pixel right/below
+    their pixels; docs/inference.md).
     """
 
     def __init__(self, name: str, spec: InputSpec, threshold: float, tta: bool = False, tta_shift: int = 0):

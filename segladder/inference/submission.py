@@ -25,7 +25,8 @@ def rle_encode(mask: np.ndarray) -> str:
     m = np.asarray(mask)
     if m.ndim != 2:
         raise SubmissionError(f"rle_encode needs an (H, W) mask, got shape {m.shape}")
-    # Column-major: pixels are numbered top to bottom, then left to right (domain-facts §3).
+    # Column-major: pixels are numbered top to bottom, then left to right (the Kaggle competition's submission
+    # format, "Google Research - Identify Contrails to Reduce Global Warming", Evaluation page).
     flat = m.T.reshape(-1).astype(bool)
     if not flat.any():
         return EMPTY

@@ -1,14 +1,14 @@
-"""Seed 000's staged debugging: rungs that add one idea each, gates (seed or calibrated), faults to prove them."""
+"""Staged debugging: rungs that add one idea each, gates (absolute or calibrated), faults to prove them."""
 
 from segladder.ladder.faults import FAULTS, Fault, get_fault
 from segladder.ladder.gates import (
+    ABSOLUTE_GATES,
     ADVICE,
     CALIBRATED_GATES,
     DEFAULT_GATES,
     DEFAULT_PROFILE,
     IMPLICATES,
     PROFILES,
-    SEED_GATES,
     Baselines,
     Gate,
     GateCheck,
@@ -32,6 +32,7 @@ from segladder.ladder.run import (
 )
 
 __all__ = [
+    "ABSOLUTE_GATES",
     "ADVICE",
     "BUDGET_FIELDS",
     "CALIBRATED_GATES",
@@ -42,7 +43,6 @@ __all__ = [
     "IMPLICATES",
     "PROFILES",
     "QUICK_RUNGS",
-    "SEED_GATES",
     "Baselines",
     "Fault",
     "Gate",

@@ -2,7 +2,8 @@
 
 Each fault is a Lightning callback handed to `train(..., callbacks=...)`. Data faults wrap the training
 set in their `setup` hook (the validation set stays the clean reference every gate measures against);
-optimisation faults act on the optimiser or the model around the one-cycle peak, where seed 002 met its NaN.
+optimisation faults act on the optimiser or the model around the one-cycle peak, where reproductions of the
+2nd-place CoaT_ULSTM recipe (DrHB/2nd-place-contrails: fp16, one-cycle LR) met NaN losses.
 """
 
 from __future__ import annotations
@@ -208,7 +209,8 @@ class FrozenWeights(Callback):
 
 
 class Fp16Overflow(Callback):
-    """Seed 002's NaN: from the one-cycle peak, the logits leave float16's range (±65504) and the BCE turns NaN.
+    """NaN in fp16 at the LR peak: from the one-cycle peak, the logits leave float16's range (±65504) and
+    the BCE turns NaN, as reproductions of the 2nd-place recipe met it.
 
     Emulated on any device: the model's last convolution multiplies its output by `gain` and rounds it
     through float16, as an exploding fp16 forward pass would; inf logits make BCE-with-logits NaN.
@@ -231,7 +233,7 @@ class Fp16Overflow(Callback):
 
 @dataclass(frozen=True)
 class Fault:
-    """One injectable fault: what it breaks, which rung seed 000 says must catch it, and its callback."""
+    """One injectable fault: what it breaks, which rung of the ladder must catch it, and its callback."""
 
     name: str
     description: str
@@ -281,7 +283,7 @@ FAULTS: dict[str, Fault] = {
         ),
         Fault(
             "fp16_overflow",
-            "logits overflow float16 from the one-cycle peak (seed 002's NaN)",
+            "logits overflow float16 from the one-cycle peak (the NaN of fp16 runs at the LR peak)",
             "numerics",
             FIRST_RUNG,
             Fp16Overflow,

@@ -1,4 +1,4 @@
-"""The ladder's gates: the seed's fixed numbers, calibrated ones relative to baselines, and the diagnosis."""
+"""The ladder's gates: fixed (absolute) numbers, calibrated ones relative to baselines, and the diagnosis."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from segladder.ladder.probe import InputStats, UpdateStats
 
-# What each rung adds over the one below: the part a failing gate implicates (seed 000, 用途).
+# What each rung adds over the one below: the part a failing gate implicates. The ResNet-18 rungs are the
+# 2nd-place team's baselines (Lunran/2nd-place-contrails `src_inference1/`), each one idea more than the last.
 IMPLICATES = {
     "ResNet18_SimplerFCN": "data preprocessing or the training loop",
     "ResNet18_Simple": "the learnable (transposed-conv) decoder",
@@ -19,7 +20,7 @@ IMPLICATES = {
     "CoaT_ULSTM": "the CoaT encoder (its weights, input scaling or upsampling)",
 }
 
-# Seed 000's troubleshooting, by symptom.
+# The ladder's troubleshooting, by symptom.
 ADVICE = {
     "nan": [
         "train in fp32 (--set trainer.precision=32)",
@@ -48,8 +49,8 @@ ADVICE = {
 class Gate(BaseModel):
     """Expected results of one rung. `f1` is global Dice at the best threshold.
 
-    The first block holds seed 000's absolute numbers (推奨テスト順序); the second the calibrated checks,
-    which are fractions of baselines measured on the same validation set (see `Baselines`).
+    The first block holds the absolute numbers of the ladder's original plan; the second the calibrated
+    checks, which are fractions of baselines measured on the same validation set (see `Baselines`).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -85,7 +86,7 @@ class Gate(BaseModel):
 @dataclass(frozen=True)
 class GateProfile:
     """A named set of gates, which F1 of a rung they read (its best epoch's, or its last epoch's), and the
-    budget they are meant for: typed config values laid over configs/ladder.yaml (seed 000's phase 1)."""
+    budget they are meant for: typed config values laid over configs/ladder.yaml (its phase-1 settings)."""
 
     name: str
     gates: dict[str, Gate]
@@ -94,14 +95,14 @@ class GateProfile:
     budget: dict = field(default_factory=dict)
 
 
-SEED_GATES: dict[str, Gate] = {
+ABSOLUTE_GATES: dict[str, Gate] = {
     "ResNet18_SimplerFCN": Gate(loss_max=0.5, loss_epoch=1, f1_min=0.2),
     "ResNet18_Simple": Gate(loss_max=0.5, loss_epoch=1, f1_min=0.2),
     "ResNet18_U": Gate(loss_max=0.4, f1_min=0.4, better_than_previous=True),
     "ResNet18_ULSTM": Gate(loss_max=0.35, f1_min=0.5, better_than_previous=True),
     "CoaT_ULSTM": Gate(at_least_previous=True),
 }
-DEFAULT_GATES = SEED_GATES  # the seed's numbers, kept under their historical name
+DEFAULT_GATES = ABSOLUTE_GATES  # the fixed numbers, kept under their historical name
 
 _LEARNS = {"loss_rise": 2.0, "loss_gap": 0.5, "update_max": 0.25}
 # How far the training batches may drift from validation's before the data is blamed (in validation stds),
@@ -116,12 +117,12 @@ CALIBRATED_GATES: dict[str, Gate] = {
 }
 
 PROFILES: dict[str, GateProfile] = {
-    "seed": GateProfile(
-        "seed",
-        SEED_GATES,
+    "absolute": GateProfile(
+        "absolute",
+        ABSOLUTE_GATES,
         "best",
-        "seed 000's absolute numbers, for real 256² data at the seed's budget "
-        "(100 records, 1–2 epochs, batch 8 × accumulation 4)",
+        "fixed loss and F1 numbers, for real 256² data at the ladder's phase-1 budget "
+        "(100 records, 1–2 epochs, batch 8 × accumulation 4) with pretrained encoders",
     ),
     "calibrated": GateProfile(
         "calibrated",
@@ -130,7 +131,7 @@ PROFILES: dict[str, GateProfile] = {
         "relative to baselines on the same validation set, the rung below and "
         "the best constant prediction's loss; fits any data and budget",
         # 5 epochs without accumulation at a brisker LR: 60 steps of 100 records, the fewest measured to give
-        # every rung a verdict from scratch (seed 000's 6 steps assume pretrained encoders).
+        # every rung a verdict from scratch (the absolute profile's 6 steps assume pretrained encoders).
         budget={"trainer": {"max_epochs": 5, "accumulate_grad_batches": 1}, "optim": {"lr": 3e-3}},
     ),
 }
@@ -585,7 +586,7 @@ class RungResult:
 
 
 def diagnose(result: RungResult, below: RungResult | None) -> str:
-    """The seed's reading of a failed rung: which part is implicated, the evidence and what to try."""
+    """The ladder's reading of a failed rung: which part is implicated, the evidence and what to try."""
     failed = [c for c in result.checks if not c.passed]
     lines = [
         f"{result.rung} failed: {'; '.join(f'{c.name} ({c.detail})' for c in failed)}.",

@@ -1,4 +1,4 @@
-"""Seed 000's staged debugging as code: the shared config, the validation set and its baselines, the rungs."""
+"""The staged debugging ladder as code: the shared config, the validation set and its baselines, the rungs."""
 
 from __future__ import annotations
 
@@ -35,8 +35,9 @@ from segladder.progress import console
 
 DEFAULT_RUNGS = ("ResNet18_SimplerFCN", "ResNet18_Simple", "ResNet18_U", "ResNet18_ULSTM", "CoaT_ULSTM")
 QUICK_RUNGS = DEFAULT_RUNGS[:4]
-# Rungs that start from ImageNet weights unless the config says otherwise (`model.pretrained`): seed 000's
-# phase 4 loads coat_lite_medium's, and its table marks CoaT from scratch (BaseCoatULSTM) as hard to train.
+# Rungs that start from ImageNet weights unless the config says otherwise (`model.pretrained`): the 2nd-place
+# recipe (DrHB/2nd-place-contrails) starts CoaT_ULSTM from coat_lite_medium's ImageNet weights, and CoaT from
+# scratch is hard to train.
 # From scratch at the calibrated budget it stays at the constant prediction (F1 0.064 after 2 epochs on a
 # fresh synthetic cache), which says nothing about the encoder. Without offline weights the rung is
 # reported "not run" with how to supply them.
@@ -241,7 +242,7 @@ def budget_warning(base: ExperimentConfig, baselines: Baselines | None) -> str |
         f"budget: {steps} optimiser steps a rung, from scratch: too few for the F1 gates to tell a broken part "
         f"from an untrained one ({MIN_SCRATCH_STEPS} steps are the fewest measured to pass on clean data). Raise "
         "--budget epochs=N, or lower trainer.accumulate_grad_batches, or give pretrained weights "
-        "(--set model.pretrained=PATH), as seed 000's budget assumes."
+        "(--set model.pretrained=PATH), as the absolute gates' budget assumes."
     )
 
 
@@ -364,8 +365,9 @@ def run_ladder(
                     ""
                     if "pretrained" in base.model.kwargs
                     else (
-                        f"\nThe ladder starts {rung} from ImageNet weights (seed 000's phase 4; from scratch it "
-                        "is hard to train). To train it from scratch anyway: --set model.pretrained=false."
+                        f"\nThe ladder starts {rung} from ImageNet weights, as the 2nd-place recipe "
+                        "does (from scratch it is hard to train). To train it from scratch anyway: "
+                        "--set model.pretrained=false."
                     )
                 )
                 console.print(f"[yellow]{rung}: not run.\n{exc}{scratch}[/]")

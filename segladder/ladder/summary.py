@@ -10,7 +10,7 @@ from segladder.ladder.run import LadderResult
 
 
 def rung_f1(result: LadderResult, r: RungResult) -> float | None:
-    """The F1 the profile's gates read: the best epoch's (seed) or the last epoch's (calibrated)."""
+    """The F1 the profile's gates read: the best epoch's (absolute) or the last epoch's (calibrated)."""
     return r.best_f1 if PROFILES[result.profile].f1 == "best" else r.f1_last
 
 

@@ -195,7 +195,8 @@ class DepthwiseConv3x3x3(nn.Module):
 
 
 class ResidualConv3d(nn.Module):
-    """Bottleneck 3D residual block that keeps T, H and W (seed 001): 1×1×1, 1×1×1 + depthwise 3×3×3, 1×1×1.
+    """Bottleneck 3D residual block that keeps T, H and W (the classify-then-segment classifier's): 1×1×1,
+    1×1×1 + depthwise 3×3×3, 1×1×1.
 
     Works on frames laid out as (B·T, C, H, W): a 1×1×1 conv is a 1×1 Conv2d there and BatchNorm3d is
     BatchNorm2d (the same per-channel statistics over B, T, H and W).
@@ -314,7 +315,7 @@ class ConvBlock(nn.Sequential):
 class UNetDecoder(nn.Module):
     """A plain UNet decoder: from the coarsest map up, nearest ×2 upsampling, concat the skip, ConvBlock.
 
-    Seed 001 found nearest upsampling slightly better and faster than bilinear here.
+    The classify-then-segment experiments found nearest upsampling slightly better and faster than bilinear.
     Returns the finest decoder map (at the finest encoder stride) with `out_channels` channels.
     """
 

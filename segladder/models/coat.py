@@ -1,9 +1,10 @@
 """CoaT_ULSTM, the 2nd-place single model (private LB 0.7179): CoaT-Lite encoder, LSTM over time, UNet + FPN.
 
-Per domain-facts §5: frames 0..labelled (0–4 of the raw 8), each upsampled ×2 bicubic and clipped to
-[0, 1]; `coat_lite_medium` features (128, 256, 320, 512 channels at strides 4–32) on every frame; a
-per-pixel LSTM at the two coarsest levels, the labelled frame's features at the two fine ones;
-pixel-shuffle UNet blocks with LayerNorm2d and GELU, an FPN, a final up-block to the input size.
+As DrHB/2nd-place-contrails (`src_inference1/`) runs it: frames 0..labelled (0–4 of the raw 8), each
+upsampled ×2 bicubic and clipped to [0, 1]; `coat_lite_medium` features (128, 256, 320, 512 channels at
+strides 4–32) on every frame; a per-pixel LSTM at the two coarsest levels, the labelled frame's features
+at the two fine ones; pixel-shuffle UNet blocks with LayerNorm2d and GELU, an FPN, a final up-block to
+the input size.
 """
 
 from __future__ import annotations

@@ -2,13 +2,14 @@
 
 2D: a segmentation-models-pytorch architecture on the labelled frame, or on all frames stacked as
 channels (frame-major: R0 G0 B0 R1 G1 B1 ..., so that timm's channel adaptation of pretrained weights
-gives every frame the RGB filters). 2.5D (seed 001, 3rd place): a shared 2D encoder on every frame,
+gives every frame the RGB filters). 2.5D (the 3rd place's design, knshnb/kaggle-contrails-3rd-place): a
+shared 2D encoder on every frame,
 Conv3d blocks mixing time at every skip level, the labelled frame's fused map into a UNet decoder.
 
 Segmenters with an auxiliary classification head return the mask logits from `model(x)` like every
 other segmenter; `model(x, aux=True)` (or `model.forward_with_aux(x)`) returns
 `{"mask": (B, 1, H, W), "cls": (B, 1)}` logits, so that a loss can apply the mask term to positive
-images only (seed 001).
+images only (the classify-then-segment pipeline's segmenter, docs/background.md).
 """
 
 from __future__ import annotations
@@ -139,14 +140,15 @@ register(
 
 register(
     "SegCls2D",
-    description="smp architecture + auxiliary contrail/no-contrail head (seed 001)",
+    description="smp architecture + auxiliary contrail/no-contrail head (classify-then-segment)",
     uses_time=False,
     input_desc="labelled frame or frames as channels",
 )(partial(SMPSegmenter, aux_classifier=True))
 
 
 class Unet25D(_AuxMixin, SequenceModel):
-    """2.5D UNet, the 3rd place's design (domain-facts §6): a shared 2D encoder on frames t−2..t0, Conv3d
+    """2.5D UNet, the 3rd place's design (knshnb/kaggle-contrails-3rd-place `src/nn.py`, `SegmentorMid25d`):
+    a shared 2D encoder on frames t−2..t0, Conv3d
     fusion at every skip level, an smp UNet decoder, a hard-mask head beside the soft-label head.
 
     At every encoder level two (Conv3d (2, k, k), no temporal padding, replicate spatial padding,
@@ -255,7 +257,7 @@ register(
 
 @register(
     "Classifier",
-    description="timm backbone, contrail present or not (seed 001 stage 1)",
+    description="timm backbone, contrail present or not (classify-then-segment stage 1)",
     uses_time=False,
     input_desc="labelled frame or frames as channels",
     output="label",
@@ -308,7 +310,8 @@ class Classifier(SequenceModel):
     output="label",
 )
 class Classifier25D(SequenceModel):
-    """Contrail/no-contrail logits (B, 1): Conv3d blocks mix the deepest maps over time (seed 001: 6)."""
+    """Contrail/no-contrail logits (B, 1): Conv3d blocks mix the deepest maps over time (6 did best in the
+    classify-then-segment experiments)."""
 
     def __init__(
         self,

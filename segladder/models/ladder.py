@@ -1,9 +1,11 @@
-"""The seed-000 ladder: four ResNet-18 models, each adding one idea to the one before.
+"""The debugging ladder: four ResNet-18 models, each adding one idea to the one before.
+
+The rungs are the 2nd-place team's ResNet-18 baselines (Lunran/2nd-place-contrails `src_inference1/`).
 
 SimplerFCN (encoder + 1×1 convs + bilinear) -> Simple (+ learnable transposed-conv decoder) -> U (+ UNet
 skips and FPN, labelled frame only) -> ULSTM (+ per-pixel LSTM over time at the two coarsest levels).
 CoaT_ULSTM (coat.py) is ULSTM with the 2nd-place CoaT encoder. Every rung upsamples the input ×2
-(bicubic, clipped to [0, 1]) first, as the seed and the 2nd-place solution do, and returns logits at
+(bicubic, clipped to [0, 1]) first, as the original rungs and the 2nd-place solution do, and returns logits at
 the input resolution.
 """
 
@@ -21,7 +23,7 @@ from segladder.models.encoders import Encoder
 from segladder.models.registry import ModelError, register
 
 Pretrained = bool | str | os.PathLike
-# The seed's rungs use torchvision's ImageNet ResNet-18; timm's tag for those weights, so that
+# The original rungs use torchvision's ImageNet ResNet-18; timm's tag for those weights, so that
 # pretrained=True also finds a torchvision download (resnet18-f37072fd.pth) in the torch hub cache.
 RESNET18 = "resnet18.tv_in1k"
 
@@ -30,7 +32,7 @@ RESNET18 = "resnet18.tv_in1k"
 # encoder differs"): ResNet18_U 17.02 M, ResNet18_ULSTM 19.65 M parameters.
 DECODER_CHANNELS = (384, 192, 96)
 # A third of those, for CPU-sized runs (ResNet18_U 13.16 M, ResNet18_ULSTM 15.78 M, which is where the
-# seed's rough "~13M / ~15M" estimates land); `decoder_channels=SLIM_DECODER_CHANNELS`.
+# original code's rough docstring estimates, "~13M / ~15M", land); `decoder_channels=SLIM_DECODER_CHANNELS`.
 SLIM_DECODER_CHANNELS = (128, 64, 32)
 
 
@@ -98,7 +100,7 @@ class ResNet18_SimplerFCN(SequenceModel):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         frame = self.labelled_frame(x)
         feat = self.encoder(self.prep(frame))[-1]
-        # The seed upsamples before the last 1×1 conv; both are linear and the bilinear weights sum to
+        # The original upsamples before the last 1×1 conv; both are linear and the bilinear weights sum to
         # one, so convolving first gives the same logits for 1/32² of the work.
         return self.resize_to(self.final(self.reduce(feat)), frame.shape[-2:])
 

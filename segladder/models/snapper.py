@@ -1,10 +1,11 @@
-"""Snapper (seed 003, domain-facts §7): per-edge position logits for a crop around a rough box, and their decoding.
+"""Snapper (Williams et al., IUI 2024): per-edge position logits for a crop around a rough box, decoded.
 
-A timm encoder gives the last `levels` feature maps (seed 003: ResNet-50 layer3 + layer4). Each map is pooled
-along rows (a sequence over x, for the left and right edges) and along columns (over y, for top and
-bottom); four 1-D decoders (Conv1d stacks) turn the sequences into one logit per position at crop
-resolution. With `fusion="average"` every level has its own decoders and their logits are averaged (the
-seed's simple multi-scale); with `fusion="fpn"` the levels are merged top-down first (FPN) and decoded once.
+A timm encoder gives the last `levels` feature maps (the paper: ResNet-50, multi-scale; its reproduction
+Kobamiyannnn/reproduct_snapper `src/models.py`: layer3 + layer4). Each map is pooled along rows (a
+sequence over x, for the left and right edges) and along columns (over y, for top and bottom); four 1-D
+decoders (Conv1d stacks) turn the sequences into one logit per position at crop resolution. With
+`fusion="average"` every level has its own decoders and their logits are averaged (the reproduction's
+simple multi-scale); with `fusion="fpn"` the levels are merged top-down first (FPN) and decoded once.
 A learned per-edge position prior (bias over positions, resized to the crop) is added to the logits: the
 crop is built around the rough box, so where an edge usually lies is known before any pixel is seen.
 Output: (B, 4, S) logits for (left, top, right, bottom) over the S positions of an S×S crop.
@@ -68,7 +69,7 @@ class Snapper(nn.Module):
     """Box adjustment: (B, C, S, S) crops (or (B, C, T, S, S), the frame `frame_index` is used) → (B, 4, S) edge logits.
 
     Args:
-        encoder: timm model name (features_only); seed 003 uses resnet50.
+        encoder: timm model name (features_only); the paper uses resnet50.
         pretrained: False, True (timm's weights from the local cache) or a weights file/folder (see encoders.py).
         in_chans: input channels (3 for RGB crops).
         levels: how many of the deepest feature levels are used (2: layer3 + layer4 of a ResNet).
@@ -133,8 +134,8 @@ class Snapper(nn.Module):
 
 @register(
     "Snapper",
-    description="Snapper box adjustment (seed 003): timm encoder, directional pooling, 1-D edge "
-    "decoders per scale",
+    description="Snapper box adjustment (Williams et al., IUI 2024): timm encoder, directional pooling, "
+    "1-D edge decoders per scale",
     uses_time=False,
     input_desc="(B, 3, S, S) crop around a rough box",
     output="box",

@@ -1,4 +1,4 @@
-"""The classification task: "does this record hold a contrail?", the first stage of seed 001's pipeline."""
+"""The classification task, "does this record hold a contrail?": stage 1 of classify-then-segment."""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""Knowledge distillation (seed 004): a frozen teacher checkpoint teaches a student segmenter through its logits."""
+"""Knowledge distillation: a frozen teacher checkpoint teaches a student segmenter through its logits.
+
+Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015, arXiv:1503.02531; the
+EfficientNet-B3 → B0 recipe and its schedules are in docs/distillation.md.
+"""
 
 from __future__ import annotations
 
@@ -32,7 +36,7 @@ def _cli_value(value: object) -> str:
 
 @TASKS.register("distillation")
 class DistillationTask(SegmentationTask):
-    """Trains a student mask model on `α·KD(T) + β·MSE(σ(z_s), σ(z_t)) + γ·BCE + δ·Dice` (domain-facts §8).
+    """Trains a student mask model on `α·KD(T) + β·MSE(σ(z_s), σ(z_t)) + γ·BCE + δ·Dice`.
 
     The teacher (`distill.teacher`, a segladder checkpoint loaded weights-only) is frozen, in eval mode and
     held outside the module tree, so it is neither trained, nor switched to train mode, nor saved in the

@@ -1,4 +1,4 @@
-"""Progressive unfreezing of a segmenter's encoder on Lightning's `BaseFinetuning` (seed 004), beside the task that adds it."""
+"""Progressive unfreezing of a segmenter's encoder on Lightning's `BaseFinetuning`, beside its task."""
 
 from __future__ import annotations
 
@@ -34,9 +34,10 @@ def find_encoder(model: nn.Module) -> nn.Module:
 def encoder_blocks(model: nn.Module) -> list[list[nn.Module]]:
     """The encoder's blocks, shallowest first, each a list of modules; the stem joins the first block.
 
-    A timm backbone's stages are its `blocks`/`stages`/`layers` container (EfficientNet: 7 stages, as seed
-    004 counts them) or its `layer1..layerN` children (ResNet); any other parameterised child (the stem
-    convolution and its norm) belongs to the first block, so every encoder parameter is in exactly one block.
+    A timm backbone's stages are its `blocks`/`stages`/`layers` container (EfficientNet: 7 stages, as the
+    B3→B0 distillation recipe counts them) or its `layer1..layerN` children (ResNet); any other parameterised
+    child (the stem convolution and its norm) belongs to the first block, so every encoder parameter is in
+    exactly one block.
     """
     encoder = find_encoder(model)
     children = dict(encoder.named_children())

@@ -16,10 +16,11 @@ from segladder.tasks.base import TASKS, LossTask
 
 @TASKS.register("segmentation")
 class SegmentationTask(LossTask):
-    """Trains a mask model; validation sweeps thresholds over all pixels (global Dice, domain-facts §3).
+    """Trains a mask model; validation sweeps thresholds over all pixels (global Dice, the
+    Kaggle competition's metric: P and G pooled over all pixels of all records).
 
-    With `aux.cls_weight` > 0 or `aux.seg_on_positives_only`, seed 001's segmenter with a classification
-    head (`SegCls2D`, `Unet25DCls`) trains both outputs.
+    With `aux.cls_weight` > 0 or `aux.seg_on_positives_only`, the classify-then-segment pipeline's segmenter
+    with a classification head (`SegCls2D`, `Unet25DCls`) trains both outputs.
 
     Args:
         cfg: the experiment (its `loss` and `aux` sections are used here).
@@ -43,7 +44,8 @@ class SegmentationTask(LossTask):
         heads = aux.cls_weight > 0 or aux.hard_mask_weight > 0
         if not heads and not aux.seg_on_positives_only:
             return self.loss(self(batch["image"]), batch)
-        # Seed 001: a classification head beside the mask; the mask loss only where there is a contrail.
+        # Classify-then-segment: a classification head beside the mask; the mask loss only where there is a
+        # contrail.
         # 3rd place: a hard-mask head beside the soft-label one.
         out = self.model(self.layout(batch["image"]), aux=True) if heads else {"mask": self(batch["image"])}
         for key, weight, option in (
