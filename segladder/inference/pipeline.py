@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from torchmetrics import Metric
 
 from segladder.config import explain, read_yaml
 from segladder.errors import DataError
@@ -315,6 +316,170 @@ def _scores(metric: ClassificationMetrics) -> dict[str, float | None]:
     }
 
 
+class FilterCounts(Metric):
+    """Stage 1's counts: records, positives, records kept, positives filtered out, negatives let through."""
+
+    full_state_update = False
+    NAMES = ("records", "positives", "kept", "positives_filtered_out", "negatives_kept")
+
+    def __init__(self):
+        super().__init__()
+        for name in self.NAMES:
+            self.add_state(name, default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, positive: torch.Tensor, keep: torch.Tensor) -> None:
+        self.records += len(keep)
+        self.positives += positive.sum()
+        self.kept += keep.sum()
+        self.positives_filtered_out += (positive & ~keep).sum()
+        self.negatives_kept += (~positive & keep).sum()
+
+    def compute(self) -> dict[str, int]:
+        return {name: int(getattr(self, name)) for name in self.NAMES}
+
+
+class PipelineEvaluation:
+    """What `evaluate_pipeline` accumulates over a labelled split: `update` once a batch, `report` at the end.
+
+    Dice sweeps of the ensemble without filtering, filtered, with an oracle filter and on positive records;
+    of each member on all and on positive records; of the final masks; the three stage-1 scores as
+    classifiers of "has contrails"; stage 1's counts; one row per record for per_record.csv.
+    """
+
+    CSV_HEADER = ("record_id", "positive", "classifier_prob", "segmenter_topk", "kept", "final_dice")
+
+    def __init__(self, cfg: PipelineConfig, pipe: Pipeline):
+        self.cfg, self.pipe = cfg, pipe
+        self.threshold = th = pipe.threshold
+        grid = sorted({k / 100 for k in range(1, 100)} | {th})
+
+        def sweep(extra: float | None = None) -> ThresholdSweepDice:
+            return ThresholdSweepDice(
+                thresholds=sorted(set(grid) | ({extra} if extra is not None else set()))
+            )
+
+        self.dice = {k: sweep() for k in ("no_filter", "filtered", "oracle", "positives")}
+        self.members = [(sweep(m.threshold), sweep(m.threshold)) for m in pipe.stage2.members]
+        self.final = ThresholdSweepDice(thresholds=[0.5])  # fed binary masks
+        tc, ts = cfg.filter.thresholds
+        self.classifier = ClassificationMetrics(threshold=tc) if pipe.classifier is not None else None
+        self.segmenter = ClassificationMetrics(threshold=ts) if pipe.segmenter is not None else None
+        self.filter = ClassificationMetrics(threshold=0.0)
+        self.counts = FilterCounts()
+        self.rows: list[tuple] = []
+
+    def update(self, batch: Batch, s1: Stage1, mprobs: list[torch.Tensor]) -> None:
+        """One batch: its stage-1 result `s1` and the stage-2 members' probabilities `mprobs`."""
+        p = self.pipe.stage2.combine(mprobs).half().float()
+        mask = batch.mask
+        positive = mask.flatten(1).amax(1) > 0.5
+        keep = s1.keep
+        self._update_dice(p, mprobs, mask, positive, keep)
+        for metric, score in ((self.classifier, s1.classifier), (self.segmenter, s1.segmenter)):
+            if metric is not None:
+                metric.update(score, positive)
+        self.filter.update(s1.margin, positive)
+        self._update_final(batch, s1, p * keep[:, None, None, None], positive)
+        self.counts.update(positive, keep)
+
+    def _update_dice(self, p, mprobs, mask, positive, keep) -> None:
+        self.dice["no_filter"].update(p, mask)
+        self.dice["filtered"].update(p * keep[:, None, None, None], mask)
+        self.dice["oracle"].update(p * positive[:, None, None, None], mask)
+        if positive.any():
+            self.dice["positives"].update(p[positive], mask[positive])
+        for (on_all, on_pos), mp in zip(self.members, mprobs, strict=True):
+            on_all.update(mp, mask)
+            if positive.any():
+                on_pos.update(mp[positive], mask[positive])
+
+    def _update_final(self, batch: Batch, s1: Stage1, filtered: torch.Tensor, positive: torch.Tensor) -> None:
+        """The pipeline's masks as `pipeline run` writes them, scored together and one record at a time."""
+        mask, keep = batch.mask, s1.keep
+        filtered_np = filtered.numpy()
+        truth = mask[:, 0].numpy() > 0.5
+        scores = zip(_values(s1.classifier, len(keep)), _values(s1.segmenter, len(keep)), strict=True)
+        for i, (rid, (c, sg)) in enumerate(zip(batch.record_ids, scores, strict=True)):
+            pred = remove_small_components(
+                binarize(filtered_np[i, 0], self.threshold), self.cfg.min_component
+            )
+            self.final.update(torch.from_numpy(pred)[None].float(), mask[i])
+            tp, total = int((pred.astype(bool) & truth[i]).sum()), int(pred.sum() + truth[i].sum())
+            self.rows.append(
+                (rid, int(positive[i]), c, sg, int(keep[i]), 1.0 if total == 0 else 2 * tp / total)
+            )
+
+    def report(self, data: str | Path, split: str) -> dict:
+        """The figures `evaluate_pipeline` returns (see there), in the order pipeline_metrics.json keeps."""
+        counts = self.counts.compute()
+        at = {k: _dice_at(s, self.threshold) for k, s in self.dice.items()}
+        if counts["positives"] == 0:
+            at["positives"] = None
+        return {
+            "data": str(data),
+            "split": split,
+            "records": counts["records"],
+            "positives": counts["positives"],
+            "threshold": self.threshold,
+            "threshold_source": self.pipe.threshold_source,
+            "stage1": self._stage1(counts),
+            "filtering": {
+                "dice_no_filter": at["no_filter"]["dice"],
+                "dice_filtered": at["filtered"]["dice"],
+                "dice_oracle": at["oracle"]["dice"],
+                "loss_from_wrong_filtering": at["oracle"]["dice"] - at["filtered"]["dice"],
+                "gain_from_filtering": at["filtered"]["dice"] - at["no_filter"]["dice"],
+                "no_filter": at["no_filter"],
+                "filtered": at["filtered"],
+                "oracle": at["oracle"],
+            },
+            "stage2": {
+                "ensemble": {"all": at["no_filter"], "positives": at["positives"]},
+                "members": self._members(bool(counts["positives"])),
+            },
+            "final": {
+                "dice": float(self.final.compute()["dice_at_0.5"]),
+                "min_component": self.cfg.min_component,
+            },
+        }
+
+    def _stage1(self, counts: dict[str, int]) -> dict:
+        tc, ts = self.cfg.filter.thresholds
+        return {
+            "rule": self.cfg.filter.rule,
+            "top_k": self.cfg.filter.top_k,
+            "classifier_threshold": tc,
+            "segmenter_threshold": ts,
+            "kept": counts["kept"],
+            "positives_filtered_out": counts["positives_filtered_out"],
+            "negatives_kept": counts["negatives_kept"],
+            "classifier": _scores(self.classifier) if self.classifier else None,
+            "segmenter_topk": _scores(self.segmenter) if self.segmenter else None,
+            "filter": _scores(self.filter),
+        }
+
+    def _members(self, any_positive: bool) -> dict:
+        stage2 = self.pipe.stage2
+        return {
+            label: {
+                "threshold": seg.threshold,
+                "weight": w,
+                "all": _dice_at(a, seg.threshold),
+                "positives": _dice_at(p_, seg.threshold) if any_positive else None,
+            }
+            for label, seg, w, (a, p_) in zip(
+                _labels(self.cfg.stage2), stage2.members, stage2.weights, self.members, strict=True
+            )
+        }
+
+    def write(self, out: Path, report: dict) -> None:
+        atomic_write_json(out / METRICS_FILE, report)
+        with atomic_path(out / "per_record.csv") as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(self.CSV_HEADER)
+            w.writerows(self.rows)
+
+
 def evaluate_pipeline(
     pipeline: str | Path | PipelineConfig,
     data: str | Path,
@@ -344,110 +509,14 @@ def evaluate_pipeline(
     inputs = Inputs(pipe.specs, data, split, batch_size=batch_size, workers=workers)
     if not inputs.has_mask:
         raise DataError(f"split '{split}' of {data} has no masks to evaluate the pipeline against.")
-    th = pipe.threshold
-    grid = sorted({k / 100 for k in range(1, 100)} | {th})
-
-    def sweep(extra: float | None = None) -> ThresholdSweepDice:
-        return ThresholdSweepDice(thresholds=sorted(set(grid) | ({extra} if extra is not None else set())))
-
-    dice = {k: sweep() for k in ("no_filter", "filtered", "oracle", "positives")}
-    members = [(sweep(m.threshold), sweep(m.threshold)) for m in pipe.stage2.members]
-    final = ThresholdSweepDice(thresholds=[0.5])  # fed binary masks
-    tc, ts = cfg.filter.thresholds
-    cls_m = ClassificationMetrics(threshold=tc) if pipe.classifier is not None else None
-    seg_m = ClassificationMetrics(threshold=ts) if pipe.segmenter is not None else None
-    filt_m = ClassificationMetrics(threshold=0.0)
-    n = positives = kept = false_neg = false_pos = 0
-    rows: list[tuple] = []
+    evaluation = PipelineEvaluation(cfg, pipe)
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"evaluating pipeline on {split}", total=len(inputs))
         for batch in inputs.batches():
             s1 = pipe.stage1(batch.images)
-            mprobs = pipe.stage2.member_probs(batch.images, pipe.known(s1))
-            p = pipe.stage2.combine(mprobs).half().float()
-            mask = batch.mask
-            positive = mask.flatten(1).amax(1) > 0.5
-            keep = s1.keep
-            dice["no_filter"].update(p, mask)
-            dice["filtered"].update(p * keep[:, None, None, None], mask)
-            dice["oracle"].update(p * positive[:, None, None, None], mask)
-            if positive.any():
-                dice["positives"].update(p[positive], mask[positive])
-            for (on_all, on_pos), mp in zip(members, mprobs, strict=True):
-                on_all.update(mp, mask)
-                if positive.any():
-                    on_pos.update(mp[positive], mask[positive])
-            for metric, score in ((cls_m, s1.classifier), (seg_m, s1.segmenter), (filt_m, s1.margin)):
-                if metric is not None:
-                    metric.update(score, positive)
-            filtered = (p * keep[:, None, None, None]).numpy()
-            truth = mask[:, 0].numpy() > 0.5
-            scores = zip(_values(s1.classifier, len(keep)), _values(s1.segmenter, len(keep)), strict=True)
-            for i, (rid, (c, sg)) in enumerate(zip(batch.record_ids, scores, strict=True)):
-                pred = remove_small_components(binarize(filtered[i, 0], th), cfg.min_component)
-                final.update(torch.from_numpy(pred)[None].float(), mask[i])
-                tp, total = int((pred.astype(bool) & truth[i]).sum()), int(pred.sum() + truth[i].sum())
-                rows.append(
-                    (rid, int(positive[i]), c, sg, int(keep[i]), 1.0 if total == 0 else 2 * tp / total)
-                )
-            n += len(keep)
-            positives += int(positive.sum())
-            kept += int(keep.sum())
-            false_neg += int((positive & ~keep).sum())
-            false_pos += int((~positive & keep).sum())
-            bar.advance(task, len(keep))
-    at = {k: _dice_at(s, th) for k, s in dice.items()}
-    if positives == 0:
-        at["positives"] = None
-    report = {
-        "data": str(data),
-        "split": split,
-        "records": n,
-        "positives": positives,
-        "threshold": th,
-        "threshold_source": pipe.threshold_source,
-        "stage1": {
-            "rule": cfg.filter.rule,
-            "top_k": cfg.filter.top_k,
-            "classifier_threshold": tc,
-            "segmenter_threshold": ts,
-            "kept": kept,
-            "positives_filtered_out": false_neg,
-            "negatives_kept": false_pos,
-            "classifier": _scores(cls_m) if cls_m else None,
-            "segmenter_topk": _scores(seg_m) if seg_m else None,
-            "filter": _scores(filt_m),
-        },
-        "filtering": {
-            "dice_no_filter": at["no_filter"]["dice"],
-            "dice_filtered": at["filtered"]["dice"],
-            "dice_oracle": at["oracle"]["dice"],
-            "loss_from_wrong_filtering": at["oracle"]["dice"] - at["filtered"]["dice"],
-            "gain_from_filtering": at["filtered"]["dice"] - at["no_filter"]["dice"],
-            "no_filter": at["no_filter"],
-            "filtered": at["filtered"],
-            "oracle": at["oracle"],
-        },
-        "stage2": {
-            "ensemble": {"all": at["no_filter"], "positives": at["positives"]},
-            "members": {
-                label: {
-                    "threshold": seg.threshold,
-                    "weight": w,
-                    "all": _dice_at(a, seg.threshold),
-                    "positives": _dice_at(p_, seg.threshold) if positives else None,
-                }
-                for label, seg, w, (a, p_) in zip(
-                    _labels(cfg.stage2), pipe.stage2.members, pipe.stage2.weights, members, strict=True
-                )
-            },
-        },
-        "final": {"dice": float(final.compute()["dice_at_0.5"]), "min_component": cfg.min_component},
-    }
+            evaluation.update(batch, s1, pipe.stage2.member_probs(batch.images, pipe.known(s1)))
+            bar.advance(task, len(batch.record_ids))
+    report = evaluation.report(data, split)
     if out is not None:
-        atomic_write_json(out / METRICS_FILE, report)
-        with atomic_path(out / "per_record.csv") as tmp, open(tmp, "w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["record_id", "positive", "classifier_prob", "segmenter_topk", "kept", "final_dice"])
-            w.writerows(rows)
+        evaluation.write(out, report)
     return report
