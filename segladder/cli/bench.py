@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -135,10 +137,35 @@ def train(
 
     import torch
 
-    from segladder.cli._common import parse_str_list
-    from segladder.training.bench import bench_reference, bench_trainer, print_result
+    from segladder.data.bench import synthetic_cache
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    chosen = _chosen_modes(modes, device, records, ops)
+    print(
+        json.dumps(
+            {
+                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+                "torch": torch.__version__,
+                "threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
+    case = BenchCase(model, size, frames, batch, steps, warmup, device, encoder)
+    memory = {mode: _bench_mode(case, mode, ops, skip_reference) for mode in chosen}
+    if skip_data or ops:
+        return
+    with tempfile.TemporaryDirectory(prefix="segladder-bench-") as tmp:
+        cache = data or synthetic_cache(Path(tmp), records, size, frames)
+        _bench_data_path(
+            case, chosen[0], cache, workers, memory[chosen[0]], records if data is None else None
+        )
+
+
+def _chosen_modes(modes: str, device, records: int, ops: bool) -> list[str]:
+    """`--modes` as a list (its default on `device`), refused when a mode is unknown or --ops cannot count it."""
+    from segladder.cli._common import parse_str_list
+
     chosen = parse_str_list(modes) or (["bf16_cl", "bf16_cl_compile"] if device.type == "cuda" else ["fp32"])
     unknown = [m for m in chosen if m not in MODES]
     if unknown:
@@ -153,123 +180,71 @@ def train(
             "modes from --modes",
             param_hint="--modes",
         )
-    print(
-        json.dumps(
-            {
-                "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-                "torch": torch.__version__,
-                "threads": torch.get_num_threads(),
-            }
-        ),
-        flush=True,
-    )
-    case = f"{model}_{size}_T{frames}"
-    memory: dict[str, float] = {}
-    for mode in chosen:
-        cfg = _mode_config(mode, model, size, frames, batch, encoder=encoder)
-        ref = None if skip_reference else bench_reference(cfg, case, steps, warmup, device, count_ops=ops)
-        if ref is not None:
-            print_result(ref)
-        res = bench_trainer(cfg, case, steps, warmup, device, count_ops=ops)
-        memory[mode] = res["img_per_s"]
-        if ops and ref is not None:
-            extra = {k: round(v - ref["ops"].get(k, 0), 2) for k, v in res["ops"].items()}
-            res["extra_ops_per_step"] = round(res["ops_per_step"] - ref["ops_per_step"], 2)
-            res["extra_ops"] = {k: v for k, v in extra.items() if v}
-        elif ref is not None:
-            res["vs_reference"] = round(res["img_per_s"] / ref["img_per_s"], 3)
-        print_result(res)
-    if skip_data or ops:
-        return
-    mode = chosen[0]
-    with tempfile.TemporaryDirectory(prefix="segladder-bench-") as tmp:
-        cache = data or _synthetic_cache(Path(tmp), records, size, frames)
-        cfg = _mode_config(
-            mode,
-            model,
-            size,
-            frames,
-            batch,
-            encoder=encoder,
-            root=str(cache),
-            augment={"rot90_p": 0.5, "cutout_p": 0.5},
-            workers=workers,
-        )
-        from torch.utils.data import RandomSampler
+    return chosen
 
-        from segladder.data.module import ContrailsDataModule, contrails_datasets, make_loader
 
-        dm = ContrailsDataModule(cfg.data, cfg.seed)
-        dm.build_train()
-        # With replacement, as `bench data` draws: the timed window is one long epoch over a small cache.
-        sampler = RandomSampler(
-            dm.train_set,
-            replacement=True,
-            num_samples=batch * (warmup + steps),
-            generator=torch.Generator().manual_seed(0),
-        )
-        loader = make_loader(
-            dm.train_set, batch_size=batch, num_workers=workers, sampler=sampler, drop_last=True
-        )
-        res = bench_trainer(cfg, case, steps, warmup, device, data=loader)
-        # rot90 and cutout over ash run on the stored uint8 values, so this is the uint8-to-the-device path.
-        uint8 = all(ds.emits_uint8 for ds in contrails_datasets(dm.train_set.base))
-        print_result(
-            {
-                **res,
-                "data_path": "uint8" if uint8 else "float32",
-                "records": records if data is None else None,
-                "workers": workers,
-                "vs_memory": round(res["img_per_s"] / memory[mode], 3),
-            }
+@dataclass(frozen=True)
+class BenchCase:
+    """What every timing of one `bench train` shares: the model and its batch, the steps, the device."""
+
+    model: str
+    size: int
+    frames: int
+    batch: int
+    steps: int
+    warmup: int
+    device: Any
+    encoder: str | None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}_{self.size}_T{self.frames}"
+
+    def config(self, mode: str, **data):
+        return _mode_config(
+            mode, self.model, self.size, self.frames, self.batch, encoder=self.encoder, **data
         )
 
 
-def _synthetic_cache(tmp: Path, records: int, size: int, frames: int) -> Path:
-    from segladder.data.cache import CacheOptions, prepare_cache
-    from segladder.data.synth import generate_contrails
+def _bench_mode(case: BenchCase, mode: str, ops: bool, skip_reference: bool) -> float:
+    """Times (or with `ops`, counts the device ops of) the bare loop, then the Trainer, in `mode` on synthetic
+    batches held in memory; prints both and returns the Trainer's samples/s."""
+    from segladder.training.bench import bench_reference, bench_trainer, print_result
 
-    generate_contrails(tmp / "raw", records=records, val_records=0, test_records=0, size=size, seed=0)
-    prepare_cache(
-        tmp / "raw",
-        tmp / "cache",
-        CacheOptions(frames=tuple(range(5 - frames, 5)), image_size=size),
-        ["train"],
-    )
-    return tmp / "cache"
+    cfg = case.config(mode)
+    args = (cfg, case.name, case.steps, case.warmup, case.device)
+    ref = None if skip_reference else bench_reference(*args, count_ops=ops)
+    if ref is not None:
+        print_result(ref)
+    res = bench_trainer(*args, count_ops=ops)
+    if ops and ref is not None:
+        extra = {k: round(v - ref["ops"].get(k, 0), 2) for k, v in res["ops"].items()}
+        res["extra_ops_per_step"] = round(res["ops_per_step"] - ref["ops_per_step"], 2)
+        res["extra_ops"] = {k: v for k, v in extra.items() if v}
+    elif ref is not None:
+        res["vs_reference"] = round(res["img_per_s"] / ref["img_per_s"], 3)
+    print_result(res)
+    return res["img_per_s"]
 
 
-@bench_app.command("boxes")
-def boxes(
-    checkpoint: Path = typer.Argument(..., help="A best.ckpt or last.ckpt of a `boxes` run."),
-    images: Path = typer.Option(..., "--images", help="Image folder."),
-    annotations: Path = typer.Option(
-        ..., "--annotations", help="COCO file whose boxes are jittered and snapped."
-    ),
-    batch_size: int = typer.Option(64, "--batch-size", help="Crops per batch for the batched path."),
-    boxes: int = typer.Option(256, "--boxes", help="Boxes snapped in the timed batched pass."),
-    single: int = typer.Option(32, "--single", help="Boxes snapped one at a time."),
-    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
-    json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON."),
+def _bench_data_path(
+    case: BenchCase, mode: str, cache: Path, workers: int, memory: float, records: int | None
 ) -> None:
-    """Adjusted boxes per second: a COCO file batched (reading and cropping included) and single boxes."""
-    import json
+    """Times the Trainer in `mode` fed by the real data path from `cache` and prints it beside `memory`, the
+    samples/s of the same steps on batches held in memory."""
+    from segladder.data.bench import drawing_train_loader
+    from segladder.training.bench import bench_trainer, print_result
 
-    from segladder.inference.boxes import bench_box_adjustment
-    from segladder.io import atomic_write_json, refuse_folders_as_files, refuse_overwriting_inputs
-
-    refuse_folders_as_files({"--json": json_out})
-    refuse_overwriting_inputs(
-        {"--json": json_out}, {"CHECKPOINT": checkpoint, "--images": images, "--annotations": annotations}
+    cfg = case.config(mode, root=str(cache), augment={"rot90_p": 0.5, "cutout_p": 0.5}, workers=workers)
+    samples = case.batch * (case.warmup + case.steps)
+    loader, uint8 = drawing_train_loader(cfg.data, cfg.seed, case.batch, samples, workers)
+    res = bench_trainer(cfg, case.name, case.steps, case.warmup, case.device, data=loader)
+    print_result(
+        {
+            **res,
+            "data_path": "uint8" if uint8 else "float32",
+            "records": records,
+            "workers": workers,
+            "vs_memory": round(res["img_per_s"] / memory, 3),
+        }
     )
-    r = bench_box_adjustment(
-        checkpoint, images, annotations, batch_size=batch_size, boxes=boxes, single=single, device=device
-    )
-    typer.echo(
-        f"{r['device']} ({r['threads']} threads), crop {r['crop_size']}: "
-        f"batched {r['batch_boxes_per_s']:.1f} boxes/s ({r['boxes']} boxes, batch {r['batch_size']}); "
-        f"single {r['single_boxes_per_s']:.1f} boxes/s ({r['single_ms_per_box']:.1f} ms/box)"
-    )
-    if json_out is not None:
-        atomic_write_json(json_out, r)
-        typer.echo(f"written: {json.dumps(str(json_out))}")

@@ -102,6 +102,40 @@ def _loader_rate(
     return n / elapsed, n, loader.pin_memory, handover
 
 
+def synthetic_cache(tmp: Path, records: int, size: int, frames: int) -> Path:
+    """`records` synthetic training records prepared in `tmp` as a cache of their last `frames` frames at `size`:
+    what `bench train` times the real data path on when it is given no cache."""
+    from segladder.data.cache import CacheOptions, prepare_cache
+    from segladder.data.synth import generate_contrails
+
+    generate_contrails(tmp / "raw", records=records, val_records=0, test_records=0, size=size, seed=0)
+    prepare_cache(
+        tmp / "raw",
+        tmp / "cache",
+        CacheOptions(frames=tuple(range(5 - frames, 5)), image_size=size),
+        ["train"],
+    )
+    return tmp / "cache"
+
+
+def drawing_train_loader(data_cfg, seed: int, batch_size: int, samples: int, workers: int):
+    """The training loader `data_cfg` builds, drawing `samples` samples with replacement (as `bench data`
+    draws: the timed window is one long epoch over a small cache), and whether its datasets hand uint8
+    values to the device (rot90 and cutout over ash run on the stored uint8 values)."""
+    from segladder.data.module import ContrailsDataModule, contrails_datasets, make_loader
+
+    dm = ContrailsDataModule(data_cfg, seed)
+    dm.build_train()
+    sampler = RandomSampler(
+        dm.train_set, replacement=True, num_samples=samples, generator=torch.Generator().manual_seed(0)
+    )
+    loader = make_loader(
+        dm.train_set, batch_size=batch_size, num_workers=workers, sampler=sampler, drop_last=True
+    )
+    uint8 = all(ds.emits_uint8 for ds in contrails_datasets(dm.train_set.base))
+    return loader, uint8
+
+
 def bench_data_loading(
     root: str | Path,
     cache: str | Path,
