@@ -11,7 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_readme_lists_every_shipped_config():
     readme = (REPO / "README.md").read_text()
-    start = readme.index("Configs for each seed system are in `configs/`")
+    start = readme.index("Configs for each system are in `configs/`")
     listed = re.findall(r"`([\w*]+)`", readme[start : readme.index(";", start)])
     shipped = sorted(p.stem for p in (REPO / "configs").glob("*.yaml"))
     missing = [c for c in shipped if not any(fnmatch.fnmatch(c, pattern) for pattern in listed)]
