@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Seed 002's cloud run as one script, for a fresh rented GPU machine: install, get the competition data and
+# The 2nd-place CoaT_ULSTM recipe (github.com/DrHB/2nd-place-contrails) in the cloud, as one script for a
+# fresh rented GPU machine: install, get the competition data and
 # the pretrained weights, build the cache, train on every GPU, upload the best checkpoint and the code to
 # Kaggle. Re-running it after the machine was pre-empted continues where it stopped. See docs/scale-out.md.
 set -euo pipefail

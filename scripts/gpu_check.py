@@ -24,7 +24,7 @@ from pathlib import Path
 TRAINER_TARGET = 0.97  # the trainer against the bare loop, same model, mode and batch (issue 25)
 DATA_TARGET = 0.90  # cache → workers → device decode → step, against the in-memory trainer
 
-# (model, frames, batch at 256², whether the real data path is timed too); seed 002's CoaT batch is 8.
+# (model, frames, batch at 256², whether the real data path is timed too); the 2nd-place recipe's CoaT batch is 8.
 FULL_CASES = [("Unet2D", 1, 32, True), ("ResNet18_ULSTM", 5, 16, True), ("CoaT_ULSTM", 5, 8, False)]
 SMOKE_CASES = [("Unet2D", 1, 2, True), ("ResNet18_ULSTM", 2, 2, True), ("CoaT_ULSTM", 2, 2, False)]
 SMOKE_ENCODERS = {"CoaT_ULSTM": "coat_lite_mini"}  # the medium one takes minutes a step on 2 cores
@@ -192,7 +192,11 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="the same steps on the CPU at tiny sizes")
     ap.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "gpu_check_out")))
     ap.add_argument("--skip-tests", action="store_true", help="skip `pytest -m gpu`")
-    ap.add_argument("--reference", type=Path, help="also run this ref_train_bench.py (shared/bench)")
+    ap.add_argument(
+        "--reference",
+        type=Path,
+        help="also run this bare-loop benchmark script of your own (--cases unet_r18_256 --modes bf16_cl)",
+    )
     ap.add_argument("--compile-options", action="store_true", help="also time compile's options on Unet2D")
     ap.add_argument(
         "--deadline", type=float, default=None, help="seconds for the whole check; steps past it are skipped"
@@ -227,7 +231,7 @@ def main() -> int:
     argv += ["--seconds", "0.3" if smoke else "3", "--frames", "0-4", "--batch", "2" if smoke else "32"]
     check.run("bench data", argv, 120 if smoke else 150)
     if args.reference is not None:
-        # ref_train_bench.py (the shared performance anchors' bare loop), for the table beside ours.
+        # A bare-loop reference script of the user's (docs/benchmarks.md, "On the GPU"), for a table beside ours.
         argv = [py, str(args.reference), "--cases", "unet_r18_256", "--modes", "bf16_cl"]
         check.run("ref_train_bench.py", argv, 120)
     for model, frames, _, _ in SMOKE_CASES if smoke else FULL_CASES:

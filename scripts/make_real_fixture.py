@@ -1,8 +1,10 @@
 """Regenerate tests/fixtures/opencontrails_crops/: four real OpenContrails records cropped to 32×32.
 
-    python scripts/make_real_fixture.py [TGZ] [OUT]
+    python scripts/make_real_fixture.py TGZ [OUT]
 
-TGZ defaults to ../shared/data/opencontrails_sample.tgz (9 real records, CC BY 4.0), OUT to
+TGZ is a .tar.gz of full 256×256 records in the competition layout (a folder holding `train/` and
+`validation/`) that includes the four record ids below: they are in the Kaggle competition's data, and in
+the 9-record public sample of docs/background.md ("Getting real records"; CC BY 4.0). OUT defaults to
 tests/fixtures/opencontrails_crops. Every file keeps the competition layout, dtype and frame axis; only the
 rows and columns are cut. A window is placed where the union of the annotators' masks is densest and then
 centred on those pixels, so the contrails stay inside. 32×32 rather than 64×64 keeps the fixture near 1 MB:
@@ -52,7 +54,7 @@ validation_metadata.json holds the competition's entry for the validation record
 col_min moved to the window's first row and column (row_min + r0 * row_size, col_min + c0 * col_size);
 the other fields are unchanged. The training records have no metadata in the source sample.
 
-Regenerate with: python scripts/make_real_fixture.py
+Regenerate with: python scripts/make_real_fixture.py TGZ
 """
 
 
@@ -114,7 +116,11 @@ def main(tgz: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
+    if not 1 <= len(args) <= 2:
+        sys.exit(
+            "usage: python scripts/make_real_fixture.py TGZ [OUT]  (TGZ: full records, see the docstring)"
+        )
     main(
-        Path(args[0]) if args else REPO.parent / "shared" / "data" / "opencontrails_sample.tgz",
+        Path(args[0]),
         Path(args[1]) if len(args) > 1 else REPO / "tests" / "fixtures" / "opencontrails_crops",
     )

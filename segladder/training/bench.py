@@ -1,4 +1,4 @@
-"""Training-throughput benchmark: our Trainer beside a bare PyTorch loop, in ref_train_bench.py's fields."""
+"""Training-throughput benchmark: our Trainer beside a bare PyTorch loop (img/s, step ms, TFLOP/s, peak GiB)."""
 
 from __future__ import annotations
 
@@ -211,7 +211,8 @@ def _result(case: str, mode: str, batch: int, seconds: float, steps: int, flops:
 def bench_reference(
     cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device, count_ops: bool = False
 ) -> dict:
-    """The bare loop of ref_train_bench.py around the same model: data already on the device, fused AdamW.
+    """A bare PyTorch training loop around the same model (what a user would write instead of segladder):
+    data already on the device, fused AdamW.
     `count_ops` adds the device ops of a step (`with_ops`); its timing then is not the step's."""
     torch.manual_seed(0)
     model = create(cfg.model.name, **cfg.model.kwargs).to(device)

@@ -48,7 +48,7 @@ def test_the_fixture_looks_real():
             means[ref.record_id] = ash_rgb(ref.path, [4])[0].reshape(-1, 3).mean(0)
     assert sorted(means) == sorted(TRAIN_IDS + VAL_IDS)
     pooled = np.mean(list(means.values()), axis=0)
-    assert 0.04 <= pooled[0] <= 0.26, pooled  # domain-facts §9: real records' red mean
+    assert 0.04 <= pooled[0] <= 0.26, pooled  # real OpenContrails records' ash red mean: 0.04–0.26
     assert means["1002294268041839364"] == pytest.approx([0.0836, 0.7570, 0.7961], abs=1e-3)
     assert means["1002777035567823518"] == pytest.approx([0.0023, 0.6068, 0.8108], abs=1e-3)
     assert means["1000216489776414077"][2] == pytest.approx(0.2911, abs=1e-3)  # thick cold cloud

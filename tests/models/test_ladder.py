@@ -1,4 +1,4 @@
-"""The seed-000 ladder: parameter counts against the seed, and each rung's idea."""
+"""The debugging ladder: parameter counts against the original code, and each rung's idea."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from segladder.models.profile import count_parameters
 
 # Parameter counts of the original code (millions): Lunran/2nd-place-contrails `src_inference1/` for the
 # ResNet-18 rungs (decoder 384/192/96, like CoaT_ULSTM) and DrHB/2nd-place-contrails for CoaT_ULSTM.
-# The seed's table (11.5 / 14 / 13 / 15 / 35) repeats the code's rough docstring estimates.
+# The rough figures often quoted (11.5 / 14 / 13 / 15 / 35) repeat the code's docstring estimates.
 ORIGINAL_COUNTS = {
     "ResNet18_SimplerFCN": 11.25,
     "ResNet18_Simple": 13.96,

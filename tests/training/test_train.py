@@ -238,7 +238,7 @@ def test_pseudo_labels_join_the_training_data(train_cache, tmp_path):
 
 
 def test_auxiliary_head_and_positives_only_segmentation_loss(train_cache, tmp_path):
-    """Seed 001: SegCls2D trains its classification head, and the mask loss sees positive records only."""
+    """Classify-then-segment: SegCls2D trains its classification head, the mask loss sees positives only."""
     from segladder.training.build import build_task
 
     cfg = quick_config(
