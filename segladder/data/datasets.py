@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -44,8 +45,29 @@ OUTPUT_DTYPES = ("float32", "uint8")
 UINT8_EXACT_AUGMENTS = ("hflip_p", "vflip_p", "rot90_p")
 
 
+@dataclass(frozen=True)
+class LabelOptions:
+    """Where a `ContrailsDataset`'s labels come from and how it hands them out, fixed at construction.
+
+    Attributes:
+        pseudo: pseudo labels (from `segladder pseudo-label`) replacing the split's own: soft = the teachers'
+            probability, mask = soft > `pseudo_threshold`.
+        pseudo_threshold: the mask's threshold on the pseudo soft label.
+        keep_soft: with `pseudo`, hand out the soft label too (as the splits it is joined with do).
+        float_soft: soft labels as float32 even where the images stay uint8, so they collate with the float
+            pseudo labels of another part of the training set.
+    """
+
+    pseudo: PseudoLabels | None = None
+    pseudo_threshold: float = 0.5
+    keep_soft: bool = True
+    float_soft: bool = False
+
+
 class ContrailsDataset(Dataset):
-    """One split of a contrails dataset, read from a cache (fast) or from the raw layout (small experiments).
+    """One split of a contrails dataset: `ContrailsDataset(source, ...)` opens a `CachedContrailsDataset`
+    when `source` is a prepared cache (fast) and a `RawContrailsDataset` over the raw layout otherwise
+    (small experiments); both take the same arguments and hand out the same items.
 
     Each item is a dict: ``image`` (C, T, H, W) float32, ``mask`` (1, H, W) float32 where the split is
     labelled, ``soft`` (1, H, W) float32 where annotators' masks exist, and ``record_id`` (str).
@@ -62,8 +84,27 @@ class ContrailsDataset(Dataset):
     Args:
         source: a prepared cache (detected by its manifest) or a raw dataset root.
         split: the split to read.
+        labels: pseudo labels and how soft labels are handed out (`LabelOptions`).
         output_dtype: "float32" (default: inference, evaluation) or "uint8" (training from a uint8 cache).
+        interpolation, skip_bad, stats, stats_records: how raw records are read (a cache was read so when it
+            was prepared): resizing, leaving bad records out, and channel statistics (None: computed from
+            `stats_records` training records where standardisation needs them).
     """
+
+    cache: ContrailsCache | None = None
+    emits_uint8: bool = False
+    # Set by a subclass's `_open`.
+    record_ids: list[str]
+    has_mask: bool
+    has_soft: bool
+    stats: dict | None
+
+    def __new__(cls, *args, **kwargs):
+        # Unpickling and copying call __new__ with no arguments, on the subclass itself.
+        if cls is ContrailsDataset:
+            source = args[0] if args else kwargs["source"]
+            cls = CachedContrailsDataset if is_cache(Path(source)) else RawContrailsDataset
+        return super().__new__(cls)
 
     def __init__(
         self,
@@ -75,14 +116,12 @@ class ContrailsDataset(Dataset):
         image_size: int = DEFAULT_SIZE,
         augment: AugmentConfig | None = None,
         normalize_ash: bool = False,
+        labels: LabelOptions | None = None,
+        output_dtype: str = "float32",
         interpolation: str = "bilinear",
         skip_bad: bool = False,
         stats: dict | None = None,
         stats_records: int = 64,
-        pseudo: PseudoLabels | None = None,
-        pseudo_threshold: float = 0.5,
-        keep_soft: bool = True,
-        output_dtype: str = "float32",
     ):
         if output_dtype not in OUTPUT_DTYPES:
             raise DataError(f"output_dtype '{output_dtype}' is not one of {OUTPUT_DTYPES}.")
@@ -96,57 +135,107 @@ class ContrailsDataset(Dataset):
                 "augment.gamma_p / gamma_or_brightness_p > 0 needs inputs in [0, 1] (RandomGamma), but "
                 "standardised bands/diffs are selected; set both to 0."
             )
-
-        if is_cache(self.source):
-            self.cache = ContrailsCache(self.source)
-            self._split = self.cache.split(split)
-            self._frame_idx, self._chan_idx = self.cache.check_request(self.frames, self.channels, image_size)
-            self.stats = self.cache.stats
-            self.record_ids = self._split.ids
-            self.has_mask, self.has_soft = self._split.has_masks, self._split.has_soft
-        else:
-            self.cache = None
-            refs = discover_records(self.source, split)
-            refs = self._validated(refs, skip_bad)
-            self._refs = refs
-            self.record_ids = [r.record_id for r in refs]
-            need_stats = normalize_ash or any(c not in ASH_CHANNELS for c in self.channels)
-            if stats is None and need_stats:
-                opts = CacheOptions(
-                    self.frames,
-                    self.channels,
-                    image_size,
-                    interpolation=interpolation,
-                    stats_records=stats_records,
-                )
-                stats = compute_stats(self.source, opts, workers=1, progress=False)
-            self.stats = stats
-            self.has_mask = split != "test"
-            self.has_soft = (refs[0].path / "human_individual_masks.npy").exists()
+        self._open(skip_bad=skip_bad, stats=stats, stats_records=stats_records)
         # Pseudo labels replace the split's own labels: soft = the teachers' probability, mask = soft > threshold.
-        self.pseudo, self.pseudo_threshold = pseudo, pseudo_threshold
-        if pseudo is not None:
-            pseudo.check_covers(self.record_ids, f"{self.source}/{split}")
-            self.has_mask, self.has_soft = True, keep_soft
+        self.labels = labels = labels or LabelOptions()
+        self.pseudo, self.pseudo_threshold = labels.pseudo, labels.pseudo_threshold
+        if labels.pseudo is not None:
+            labels.pseudo.check_covers(self.record_ids, f"{self.source}/{split}")
+            self.has_mask, self.has_soft = True, labels.keep_soft
         if normalize_ash and self.stats is None:
             raise DataError(f"normalize_ash needs training statistics, but {self.source} has no train split.")
         self._ash_scale, self._ash_offset = self._ash_affine()
-        self.emits_uint8 = False
-        if self.cache is not None:
-            self._prepare_decode()
-            self.emits_uint8 = output_dtype == "uint8" and self._uint8_exact(augment)
-            if self.emits_uint8:
-                # The whole affine (ash standardisation included) is applied after the uint8 augmentation.
-                self._item_scale = torch.from_numpy(self._scale_all * self._ash_scale)
-                self._item_offset = torch.from_numpy(self._offset_all * self._ash_scale + self._ash_offset)
-        # Soft labels travel as their stored uint8 too (decoded with the image), except where pseudo labels
-        # (float) must collate with them; the DataModule turns this off for every part of such a set.
-        self.soft_uint8 = self.emits_uint8 and pseudo is None
-        # Set by the DataModule where this split (no individual masks: the competition's validation) is
-        # joined with one that has them: its pixel mask then serves as its soft label, so batches collate.
-        self.soft_from_mask = False
+        self.emits_uint8 = self._prepare_output(output_dtype, augment)
+        # Soft labels travel as their stored uint8 too (decoded with the image), except where they must collate
+        # with float pseudo labels (this split's own, or another part's: `labels.float_soft`).
+        self.soft_uint8 = self.emits_uint8 and labels.pseudo is None and not labels.float_soft
 
     # ------------------------------------------------------------------------------------- building
+
+    def _open(self, *, skip_bad: bool, stats: dict | None, stats_records: int) -> None:
+        """Find the split's records: set `record_ids`, `has_mask`, `has_soft` and `stats`."""
+        raise NotImplementedError
+
+    def _prepare_output(self, output_dtype: str, augment: AugmentConfig | None) -> bool:
+        """Get ready to hand out items; whether they are the stored uint8 values (`emits_uint8`)."""
+        return False
+
+    def _ash_affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (scale, offset) that standardises ash channels when asked; identity otherwise."""
+        scale = np.ones(len(self.channels), np.float32)
+        offset = np.zeros(len(self.channels), np.float32)
+        if self.normalize_ash:
+            for i, ch in enumerate(self.channels):
+                if ch in ASH_CHANNELS:
+                    k = self.stats["channels"].index(ch)
+                    scale[i] = 1.0 / self.stats["std"][k]
+                    offset[i] = -self.stats["mean"][k] / self.stats["std"][k]
+        return scale, offset
+
+    # -------------------------------------------------------------------------------------- reading
+
+    def __len__(self) -> int:
+        return len(self.record_ids)
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Image (C, T, H, W) float32 before augmentation (ash standardised already when there is none),
+        mask (H, W) uint8, soft (H, W) float32."""
+        raise NotImplementedError
+
+    def _standardise_ash(self, image: np.ndarray) -> np.ndarray:
+        if not self.normalize_ash:
+            return image
+        return image * self._ash_scale[:, None, None, None] + self._ash_offset[:, None, None, None]
+
+    def _pseudo(self, index: int, side: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The pseudo labels of record `index` at `side`²: mask (uint8) and soft (None unless kept)."""
+        soft = self.pseudo.load(self.record_ids[index], side)
+        mask = (soft > self.pseudo_threshold).astype(np.uint8)
+        return mask, soft if self.has_soft else None
+
+    def _uint8_item(self, index: int) -> dict:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        if self.emits_uint8:
+            return self._uint8_item(index)
+        image, mask, soft = self.read(index)
+        if self.pseudo is not None:
+            mask, soft = self._pseudo(index, image.shape[-1])
+        if self.aug is not None:
+            image, mask, soft = augment(self.aug, image, mask, soft)
+            image = self._standardise_ash(image)
+        item: dict = {"image": torch.from_numpy(image), "record_id": self.record_ids[index]}
+        if mask is not None:
+            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+        if soft is not None:
+            item["soft"] = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[None]
+        return item
+
+
+class RawContrailsDataset(ContrailsDataset):
+    """A split read from the raw competition layout: each record checked once (`data check`'s checks,
+    limited to the bands read), decoded from its band files on every read."""
+
+    def _open(self, *, skip_bad: bool, stats: dict | None, stats_records: int) -> None:
+        refs = self._validated(discover_records(self.source, self.split), skip_bad)
+        self._refs = refs
+        self.record_ids = [r.record_id for r in refs]
+        need_stats = self.normalize_ash or any(c not in ASH_CHANNELS for c in self.channels)
+        if stats is None and need_stats:
+            opts = CacheOptions(
+                self.frames,
+                self.channels,
+                self.image_size,
+                interpolation=self.interpolation,
+                stats_records=stats_records,
+            )
+            stats = compute_stats(self.source, opts, workers=1, progress=False)
+        self.stats = stats
+        self.has_mask = self.split != "test"
+        self.has_soft = (refs[0].path / "human_individual_masks.npy").exists()
 
     def _validated(self, refs, skip_bad: bool):
         """`data check` of every raw record, limited to the band files this dataset reads, with its messages."""
@@ -171,6 +260,38 @@ class ContrailsDataset(Dataset):
         if not kept:
             raise DataError(f"{self.source}/{self.split}: every record is bad; nothing to load.")
         return kept
+
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        s = read_sample(self._refs[index], self.channels, self.frames, self.image_size, self.interpolation)
+        image = standardise(s.image, self.channels, self.stats).transpose(3, 0, 1, 2)
+        if self.aug is None:
+            image = self._standardise_ash(image)
+        return np.ascontiguousarray(image, dtype=np.float32), s.mask, s.soft
+
+
+class CachedContrailsDataset(ContrailsDataset):
+    """A split read from a prepared cache (`segladder data prepare`): memory-mapped stored values, decoded
+    per read, or handed out as they are (uint8 items, `output_dtype="uint8"`) where that is exact."""
+
+    def _open(self, *, skip_bad: bool, stats: dict | None, stats_records: int) -> None:
+        # The cache's records were checked and its statistics computed when it was prepared.
+        self.cache = ContrailsCache(self.source)
+        self._split = self.cache.split(self.split)
+        self._frame_idx, self._chan_idx = self.cache.check_request(
+            self.frames, self.channels, self.image_size
+        )
+        self.stats = self.cache.stats
+        self.record_ids = self._split.ids
+        self.has_mask, self.has_soft = self._split.has_masks, self._split.has_soft
+
+    def _prepare_output(self, output_dtype: str, augment: AugmentConfig | None) -> bool:
+        self._prepare_decode()
+        emits = output_dtype == "uint8" and self._uint8_exact(augment)
+        if emits:
+            # The whole affine (ash standardisation included) is applied after the uint8 augmentation.
+            self._item_scale = torch.from_numpy(self._scale_all * self._ash_scale)
+            self._item_offset = torch.from_numpy(self._offset_all * self._ash_scale + self._ash_offset)
+        return emits
 
     def _uint8_exact(self, cfg: AugmentConfig | None) -> bool:
         """Whether uint8 items decode to exactly what the float path gives for this cache and augmentation."""
@@ -198,29 +319,13 @@ class ContrailsDataset(Dataset):
         self._whole = self._chan_idx == list(range(n_c)) and self._frame_idx == list(range(n_f))
         self._uniform = bool(np.all(scale == scale[0]) and np.all(offset == 0))
 
-    def _ash_affine(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel (scale, offset) that standardises ash channels when asked; identity otherwise."""
-        scale = np.ones(len(self.channels), np.float32)
-        offset = np.zeros(len(self.channels), np.float32)
-        if self.normalize_ash:
-            for i, ch in enumerate(self.channels):
-                if ch in ASH_CHANNELS:
-                    k = self.stats["channels"].index(ch)
-                    scale[i] = 1.0 / self.stats["std"][k]
-                    offset[i] = -self.stats["mean"][k] / self.stats["std"][k]
-        return scale, offset
-
-    # -------------------------------------------------------------------------------------- reading
-
-    def __len__(self) -> int:
-        return len(self.record_ids)
+    def _stored_image(self, row: int) -> np.ndarray:
+        q = self._split.arrays["images"][row]
+        return q if self._whole else q[np.ix_(self._chan_idx, self._frame_idx)]
 
     def _cached_image(self, row: int) -> np.ndarray:
-        q = self._split.arrays["images"][row]
-        if not self._whole:
-            q = q[np.ix_(self._chan_idx, self._frame_idx)]
         # torch's dtype conversion is vectorised and about 3× faster than numpy's casting multiply.
-        out = _to_float(q)
+        out = _to_float(self._stored_image(row))
         if self._uniform:
             out.mul_(float(self._scale[0]))
         else:
@@ -230,46 +335,26 @@ class ContrailsDataset(Dataset):
         return out.numpy()
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Image (C, T, H, W) float32 before augmentation, mask (H, W) uint8, soft (H, W) float32."""
-        if self.cache is not None:
-            row = int(self._split.rows[index])
-            image = self._cached_image(row)
-            mask = np.asarray(self._split.arrays["masks"][row]) if self._split.has_masks else None
-            soft = (
-                _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy()
-                if self._split.has_soft
-                else None
-            )
-            return image, mask, soft
-        s = read_sample(self._refs[index], self.channels, self.frames, self.image_size, self.interpolation)
-        image = standardise(s.image, self.channels, self.stats).transpose(3, 0, 1, 2)
-        if self.aug is None:
-            image = self._standardise_ash(image)
-        return np.ascontiguousarray(image, dtype=np.float32), s.mask, s.soft
-
-    def _standardise_ash(self, image: np.ndarray) -> np.ndarray:
-        if not self.normalize_ash:
-            return image
-        return image * self._ash_scale[:, None, None, None] + self._ash_offset[:, None, None, None]
+        row = int(self._split.rows[index])
+        image = self._cached_image(row)
+        mask = np.asarray(self._split.arrays["masks"][row]) if self._split.has_masks else None
+        soft = (
+            _to_float(self._split.arrays["soft"][row]).mul_(1 / 255).numpy() if self._split.has_soft else None
+        )
+        return image, mask, soft
 
     def _uint8_item(self, index: int) -> dict:
         """Stored values as they are: views of the memory map until collation copies them once."""
         row = int(self._split.rows[index])
-        q = self._split.arrays["images"][row]
-        if not self._whole:
-            q = q[np.ix_(self._chan_idx, self._frame_idx)]
+        q = self._stored_image(row)
         mask = self._split.arrays["masks"][row] if self._split.has_masks else None
         soft = self._split.arrays["soft"][row] if self._split.has_soft else None
         if soft is not None and not self.soft_uint8:
             soft = _to_float(soft).mul_(1 / 255).numpy()
         if self.pseudo is not None:
-            soft = self.pseudo.load(self.record_ids[index], q.shape[-1])
-            mask = (soft > self.pseudo_threshold).astype(np.uint8)
-            soft = soft if self.has_soft else None
+            mask, soft = self._pseudo(index, q.shape[-1])
         if self.aug is not None:
             q, mask, soft = augment(self.aug, q, mask, soft, dtype=None)
-        if soft is None and self.soft_from_mask and mask is not None:
-            soft = mask * np.uint8(255) if self.soft_uint8 else mask.astype(np.float32)
         item: dict = {
             "image": torch.from_numpy(q),
             "image_scale": self._item_scale,
@@ -280,28 +365,6 @@ class ContrailsDataset(Dataset):
             item["mask"] = torch.from_numpy(mask)[None]
         if soft is not None:
             item["soft"] = torch.from_numpy(np.ascontiguousarray(soft))[None]
-        return item
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        if self.emits_uint8:
-            return self._uint8_item(index)
-        image, mask, soft = self.read(index)
-        if self.pseudo is not None:
-            soft = self.pseudo.load(self.record_ids[index], image.shape[-1])
-            mask = (soft > self.pseudo_threshold).astype(np.uint8)
-            soft = soft if self.has_soft else None
-        if self.aug is not None:
-            image, mask, soft = augment(self.aug, image, mask, soft)
-            image = self._standardise_ash(image)
-        if soft is None and self.soft_from_mask and mask is not None:
-            soft = mask
-        item: dict = {"image": torch.from_numpy(image), "record_id": self.record_ids[index]}
-        if mask is not None:
-            item["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
-        if soft is not None:
-            item["soft"] = torch.from_numpy(np.ascontiguousarray(soft, dtype=np.float32))[None]
         return item
 
 
@@ -456,7 +519,7 @@ def dataset_from_config(
         root: read this dataset instead of `cfg.root` (evaluate or predict on other data).
         augment: apply `cfg.augment` (training only).
         stats: channel statistics to normalise raw data with (a checkpoint's); None: the cache's or computed.
-        extra: further `ContrailsDataset` options (pseudo labels, ...).
+        extra: further `ContrailsDataset` options (`labels`, `output_dtype`).
     """
     source = root if root is not None else cfg.root
     if source is None:

@@ -124,7 +124,7 @@ def heavy_transforms() -> list[A.BasicTransform]:
 
 def check_image_options(extra: dict) -> None:
     """Options of the contrails reader that image folders cannot honour, refused by name."""
-    if extra.get("pseudo") is not None:
+    if getattr(extra.get("labels"), "pseudo", None) is not None:
         raise ConfigError(
             "data.pseudo_labels works with the contrails layout only, not with image/mask folders."
         )

@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from segladder.config import DataConfig
-from segladder.data.datasets import ContrailsDataset, dataset_from_config, decode_batch
+from segladder.data.datasets import ContrailsDataset, LabelOptions, dataset_from_config, decode_batch
 from segladder.data.folds import FoldRecord, check_covers, check_trainable, pooled_splits, read_folds
 from segladder.data.handover import SlotCollate, SlotHandoverLoader
 from segladder.data.pseudo import PseudoLabels
@@ -79,8 +79,12 @@ class ContrailsDataModule(L.LightningDataModule):
         if self.train_set is not None:
             return
         parts: list[Dataset] = []
+        # Float pseudo labels joining this set: the splits' own soft labels must be float to collate with them.
+        labels = LabelOptions(float_soft=bool(c.pseudo_labels))
         for split in self.train_splits:
-            train = dataset_from_config(c, split, augment=True, output_dtype=TRAINING_OUTPUT_DTYPE)
+            train = dataset_from_config(
+                c, split, augment=True, labels=labels, output_dtype=TRAINING_OUTPUT_DTYPE
+            )
             rows = np.arange(len(train))
             if c.folds:
                 rows = fold_rows(train, self.folds, lambda f: f != c.fold)
@@ -96,17 +100,14 @@ class ContrailsDataModule(L.LightningDataModule):
             base = Subset(base, range(c.train_records))
         if c.pseudo_labels:
             pseudo = PseudoLabels(c.pseudo_labels)
+            keep_soft = contrails_datasets(base)[0].has_soft
             extra = dataset_from_config(
                 c,
                 pseudo.split,
                 augment=True,
-                pseudo=pseudo,
-                pseudo_threshold=c.pseudo_threshold,
-                keep_soft=contrails_datasets(base)[0].has_soft,
+                labels=LabelOptions(pseudo, c.pseudo_threshold, keep_soft=keep_soft),
                 output_dtype=TRAINING_OUTPUT_DTYPE,
             )
-            for part in contrails_datasets(base):
-                part.soft_uint8 = False  # float pseudo labels must collate with the split's own soft labels
             base = joined([base, extra])
         self.train_set = _Seeded(base, self.seed)
 
@@ -248,15 +249,43 @@ def emits_uint8_batches(ds: Dataset) -> bool:
 def joined(parts: list[Dataset]) -> Dataset:
     """`parts` as one dataset. Where splits with and without soft labels meet (train+validation: the
     competition's validation has no individual masks), the ones without give their pixel mask as the soft
-    label, so every item carries the same keys."""
+    label (`MaskAsSoft`), so every item carries the same keys."""
     if len(parts) == 1:
         return parts[0]
-    out = ConcatDataset(parts)
-    datasets = contrails_datasets(out)
-    if any(d.has_soft for d in datasets):
-        for d in datasets:
-            d.soft_from_mask = not d.has_soft
-    return out
+    if any(d.has_soft for part in parts for d in contrails_datasets(part)):
+        parts = [part if gives_soft(part) else MaskAsSoft(part) for part in parts]
+    return ConcatDataset(parts)
+
+
+class MaskAsSoft(Dataset):
+    """`base`'s items with their pixel mask as the soft label where they have none: a split without
+    annotators' masks joined with one that has them (`joined`). The soft label has the dtype the split's
+    own would have had: the stored uint8 scale (0/255) where its items travel as uint8, else float32."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+        self.uint8 = all(getattr(d, "soft_uint8", False) for d in contrails_datasets(base))
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.base[index]
+        if "soft" not in item and "mask" in item:
+            mask = item["mask"]
+            item["soft"] = mask * 255 if self.uint8 else mask.to(torch.float32, copy=True)
+        return item
+
+
+def gives_soft(ds: Dataset) -> bool:
+    """Whether every item of `ds` carries a soft label (its splits have annotators' masks, or `MaskAsSoft`)."""
+    if isinstance(ds, MaskAsSoft):
+        return True
+    if isinstance(ds, Subset):
+        return gives_soft(ds.dataset)
+    if isinstance(ds, ConcatDataset):
+        return all(gives_soft(part) for part in ds.datasets)
+    return ds.has_soft
 
 
 def held_out(cfg: DataConfig, folds: list[FoldRecord], fold: int, **options) -> Dataset:
@@ -270,9 +299,11 @@ def held_out(cfg: DataConfig, folds: list[FoldRecord], fold: int, **options) -> 
 
 
 def contrails_datasets(ds: Dataset) -> list[ContrailsDataset]:
-    """The ContrailsDatasets under Subset/ConcatDataset wrappers, in order."""
+    """The ContrailsDatasets under Subset/ConcatDataset/MaskAsSoft wrappers, in order."""
     if isinstance(ds, Subset):
         return contrails_datasets(ds.dataset)
+    if isinstance(ds, MaskAsSoft):
+        return contrails_datasets(ds.base)
     if isinstance(ds, ConcatDataset):
         return [d for part in ds.datasets for d in contrails_datasets(part)]
     return [ds]

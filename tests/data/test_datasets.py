@@ -57,3 +57,25 @@ def test_normalize_ash_uses_training_statistics_on_both_paths(synth_root, tmp_pa
     # Raw and cached agree within the uint8 quantisation, scaled by 1/std.
     tol = 0.5 / 255 / min(s["std"]) + 1e-4
     assert (raw[0]["image"] - cached[0]["image"]).abs().max() <= tol
+
+
+def test_a_cache_and_a_raw_root_open_their_own_reader(synth_root, tmp_path):
+    """`ContrailsDataset(source)` is the cache reader or the raw reader behind one base; either survives a
+    pickle round trip (DataLoader workers that spawn) with the same items."""
+    import pickle
+
+    from segladder.data.datasets import CachedContrailsDataset, RawContrailsDataset
+
+    cache = tmp_path / "cache"
+    prepare_cache(
+        synth_root, cache, CacheOptions(frames=(4,), image_size=32), ["train"], workers=1, progress=False
+    )
+    raw = ContrailsDataset(synth_root, "train", frames=[4], image_size=32)
+    cached = ContrailsDataset(cache, "train", frames=[4], image_size=32)
+    assert type(raw) is RawContrailsDataset and type(cached) is CachedContrailsDataset
+    assert isinstance(raw, ContrailsDataset) and isinstance(cached, ContrailsDataset)
+    assert raw.cache is None and cached.cache is not None and raw.record_ids == cached.record_ids
+    for ds in (raw, cached):
+        again = pickle.loads(pickle.dumps(ds))
+        assert type(again) is type(ds)
+        torch.testing.assert_close(again[1]["image"], ds[1]["image"])

@@ -163,3 +163,39 @@ def test_bench_data_reports_every_path_beside_memcpy(synth_root, caches, tmp_pat
     assert r["handover"].startswith("reused shared-memory slots (4 a worker") and "through slots" in text
     with pytest.raises(DataError, match="not a uint8 cache"):
         bench_data_loading(synth_root, caches["float16"], [3, 4], seconds=0.01, batch_size=4, workers=0)
+
+
+def test_float_soft_is_chosen_at_construction(caches):
+    """`LabelOptions(float_soft=True)`: images stay the stored uint8 and soft labels come as float32, ready
+    to collate with float pseudo labels; nothing is switched on the dataset afterwards."""
+    from segladder.data.datasets import LabelOptions
+
+    kw = {"frames": [4], "image_size": 32, "output_dtype": "uint8"}
+    stored = ContrailsDataset(caches["uint8"], "train", **kw)
+    floats = ContrailsDataset(caches["uint8"], "train", labels=LabelOptions(float_soft=True), **kw)
+    assert stored.emits_uint8 and floats.emits_uint8
+    assert stored.soft_uint8 and not floats.soft_uint8
+    a, b = stored[3], floats[3]
+    assert b["image"].dtype == torch.uint8 and b["soft"].dtype == torch.float32
+    torch.testing.assert_close(b["soft"], a["soft"].float() / 255)
+
+
+def test_splits_without_soft_labels_give_their_mask_in_the_dtype_of_the_others(caches):
+    """`joined` wraps the split without annotators' masks (`MaskAsSoft`) and changes no dataset: its soft
+    label is its pixel mask, uint8 (0/255) on the uint8 path and float32 on the float path."""
+    from segladder.data.module import MaskAsSoft, joined
+
+    for dtype, soft_dtype, one in (("uint8", torch.uint8, 255), ("float32", torch.float32, 1)):
+        kw = {"frames": [4], "image_size": 32, "output_dtype": dtype}
+        train, val = (ContrailsDataset(caches["uint8"], s, **kw) for s in ("train", "validation"))
+        before = [dict(vars(d)) for d in (train, val)]
+        both = joined([train, val])
+        assert [dict(vars(d)) for d in (train, val)] == before
+        assert isinstance(both.datasets[1], MaskAsSoft) and both.datasets[0] is train
+        item = both[len(train) + 1]
+        assert "soft" not in val[1] and item["soft"].dtype == soft_dtype == train[0]["soft"].dtype
+        torch.testing.assert_close(item["soft"], item["mask"].to(soft_dtype) * one)
+        torch.utils.data.default_collate([both[0], item])  # every item carries the same keys
+        # Joined again (pseudo labels after train+validation): what already gives soft labels stays as is.
+        again = joined([both, train])
+        assert again.datasets[0] is both and again.datasets[1] is train
