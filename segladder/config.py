@@ -4,145 +4,96 @@ from __future__ import annotations
 
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
+from segladder.data.augment_config import AugmentConfig
+from segladder.data.formats import AUTO, DATA_FORMATS, DataFormat, FormatSection, resolve_format
 from segladder.errors import ConfigError
 from segladder.registry import suggest
+
+__all__ = ["AugmentConfig", "DataConfig", "ExperimentConfig"]
 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-Prob = Field(default=0.0, ge=0.0, le=1.0)
+class MovedKeyWarning(FutureWarning):
+    """A config key that moved (e.g. `data.crop_size` → `data.coco.crop_size`): the old one still loads."""
 
 
-class AugmentConfig(BaseModel):
-    """Probabilities and strengths of each augmentation; everything is off by default.
+def moved_data_key(key: str) -> str:
+    """The dotted key `key` names now: `data.crop_size` → `data.coco.crop_size`; any other key as given."""
+    parts = key.split(".")
+    if len(parts) == 2 and parts[0] == "data":
+        for name, fmt in DATA_FORMATS.items():
+            if parts[1] in fmt.moved_keys:
+                return f"data.{name}.{parts[1]}"
+    return key
 
-    Flips are separate switches because seed 002 found they hurt the competition masks, which are
-    shifted by half a pixel relative to the images (domain-facts §5).
+
+def migrate_data_keys(data: dict, fmt: str | None = None) -> tuple[dict, list[tuple[str, str]]]:
+    """`data` (a `data` section as a dict) with the keys that moved into a format's section moved there,
+    and the (old, new) dotted keys it moved.
+
+    A moved key still at its old default in a config of another format (`fmt`, or the dict's own
+    `format`) was never used: written configs and checkpoints carried every key. It is dropped unnamed.
     """
-
-    model_config = ConfigDict(extra="forbid")
-
-    hflip_p: float = Prob
-    vflip_p: float = Prob
-    rot90_p: float = Prob
-    shift_scale_rotate_p: float = Prob
-    shift_limit: float = Field(0.0625, ge=0.0, le=0.5)
-    scale_limit: float = Field(0.1, ge=0.0, le=0.9)
-    rotate_limit: float = Field(15.0, ge=0.0, le=180.0)
-    keep_ratio: bool = Field(
-        False, description="one scale for both axes, as ShiftScaleRotate in albumentations 1.x"
-    )
-    resized_crop_p: float = Field(
-        0.0, ge=0.0, le=1.0, description="RandomResizedCrop back to the sample's size, after the affine"
-    )
-    resized_crop_scale: tuple[float, float] = Field((0.75, 1.0), description="area fraction kept")
-    resized_crop_ratio: tuple[float, float] = Field((0.9, 1 / 0.9), description="aspect ratio of the crop")
-    brightness_p: float = Prob
-    brightness_limit: float = Field(0.1, ge=0.0, le=1.0)
-    contrast_limit: float = Field(0.1, ge=0.0, le=1.0)
-    gamma_p: float = Prob
-    gamma_limit: tuple[float, float] = (80.0, 120.0)
-    blur_p: float = Prob
-    blur_limit: tuple[int, int] = (3, 5)
-    # The 2nd-place pipeline (domain-facts §5) draws one of two photometric and one of two blur transforms.
-    gamma_or_brightness_p: float = Field(
-        0.0, ge=0.0, le=1.0, description="OneOf(RandomGamma, RandomBrightnessContrast)"
-    )
-    motion_or_gaussian_blur_p: float = Field(
-        0.0,
-        ge=0.0,
-        le=1.0,
-        description="OneOf(MotionBlur, GaussianBlur with sigma tied to the kernel as albumentations 1.x)",
-    )
-    noise_p: float = Prob
-    noise_std: tuple[float, float] = (0.01, 0.03)
-    cutout_p: float = Prob
-    cutout_holes: tuple[int, int] = (1, 8)
-    cutout_size: tuple[float, float] = (0.03, 0.1)
-    preset: Literal["none", "heavy"] = Field(
-        "none",
-        description="heavy: seed 004's photometric set for RGB images (flip, colour jitter, weather, blur, noise)",
-    )
-    crop_size: int | None = Field(
-        None,
-        ge=8,
-        description="train on square crops of this side at native resolution (thin contrails keep their "
-        "pixels while a step costs (crop / image)² of a whole one); validation and prediction see whole images",
-    )
-    crop_positive_share: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description="with crop_size: the share of crops placed over contrail pixels where a record has any "
-        "(CropNonEmptyMaskIfExists); the rest anywhere (RandomCrop)",
-    )
-
-    @model_validator(mode="after")
-    def _ranges(self) -> AugmentConfig:
-        for name in (
-            "gamma_limit",
-            "blur_limit",
-            "noise_std",
-            "cutout_holes",
-            "cutout_size",
-            "resized_crop_scale",
-            "resized_crop_ratio",
-        ):
-            lo, hi = getattr(self, name)
-            if lo > hi:
-                raise ValueError(f"{name}: the low end {lo} is above the high end {hi}")
-        if not 0 < self.resized_crop_scale[0] <= self.resized_crop_scale[1] <= 1:
-            raise ValueError(
-                f"resized_crop_scale: expected 0 < low <= high <= 1, got {self.resized_crop_scale}"
+    fmt = data.get("format", fmt)
+    out, moved = dict(data), []
+    for name, f in DATA_FORMATS.items():
+        old = {k: out.pop(k) for k in f.moved_keys if k in out}
+        if not old or (fmt != name and all(v == f.moved_keys[k] for k, v in old.items())):
+            continue
+        given = out.get(name)
+        section = dict(given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else given or {})
+        both = sorted(set(old) & set(section))
+        if both:
+            raise ConfigError(
+                f"data.{both[0]} and data.{name}.{both[0]} are both set; data.{both[0]} is the old name of "
+                f"data.{name}.{both[0]}: keep data.{name}.{both[0]} only."
             )
-        if self.resized_crop_ratio[0] <= 0:
-            raise ValueError(f"resized_crop_ratio: expected positive ratios, got {self.resized_crop_ratio}")
-        default_share = type(self).model_fields["crop_positive_share"].default
-        if self.crop_size is None and self.crop_positive_share != default_share:
-            # It would be silently unused: only crops are placed over contrails. (Stored configs hold every
-            # key, so a share left at its default is not taken as set.)
-            raise ValueError(
-                "data.augment.crop_positive_share is set but data.augment.crop_size is not, so no crops are "
-                "taken and the share would be unused; set data.augment.crop_size=N too, or drop "
-                "data.augment.crop_positive_share"
-            )
-        return self
+        out[name] = {**old, **section}
+        moved += [(f"data.{k}", f"data.{name}.{k}") for k in old]
+    return out, moved
 
-    @property
-    def enabled(self) -> bool:
-        return (
-            self.preset != "none"
-            or self.crop_size is not None
-            or any(v > 0 for k, v in self.model_dump().items() if k.endswith("_p"))
+
+def warn_moved(moved: list[tuple[str, str]]) -> None:
+    """One warning naming every moved key that a config still used, old and new."""
+    if moved:
+        pairs = ", ".join(f"{old} is now {new}" for old, new in dict.fromkeys(moved))
+        warnings.warn(
+            f"config keys moved: {pairs}. The old keys still load; write the new ones (docs/data.md, "
+            '"Data formats").',
+            MovedKeyWarning,
+            stacklevel=3,
         )
 
-    @property
-    def uses_gamma(self) -> bool:
-        """Whether RandomGamma may run: it needs inputs in [0, 1]."""
-        return self.gamma_p > 0 or self.gamma_or_brightness_p > 0
 
+class _DataKeys(_Section):
+    """Where samples come from and how they are batched: the keys every data format reads. A format's own
+    keys are its section, `data.<format>` (segladder/data/formats/); `DataConfig` adds one field for each."""
 
-DataFormat = Literal[
-    "auto", "contrails", "coco", "images"
-]  # one value per data module branch in training/build.py
-
-
-class DataConfig(_Section):
-    """Where samples come from and how they are batched."""
-
-    format: DataFormat = Field(
-        "auto",
-        description="contrails layout/cache, coco boxes, or images: RGB image/mask folders "
-        "ROOT/{train,val}/{images,masks}/; auto: coco when data.train is set, images when "
-        "ROOT/train/images exists, else contrails",
+    format: str = Field(
+        AUTO,
+        description="how samples are stored: "
+        + "; ".join(f.summary for _, f in DATA_FORMATS.items())
+        + "; auto: coco when data.coco.train or data.coco.val is set, images when ROOT/train/images exists, "
+        "else contrails",
     )
     root: str | None = Field(
         None, description="raw dataset root or prepared cache; None: the synthetic demo data"
@@ -176,14 +127,33 @@ class DataConfig(_Section):
     pseudo_threshold: float = Field(0.5, gt=0, lt=1, description="pseudo mask = pseudo soft label > this")
     interpolation: Literal["bilinear", "bicubic"] = "bilinear"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    # Boxes (data.format coco, task boxes): COCO detection files and their image folder.
-    images: str | None = Field(None, description="image folder of the COCO files")
-    train: str | None = Field(None, description="COCO detection JSON of the training boxes")
-    val: str | None = Field(None, description="COCO detection JSON of the validation boxes")
-    crop_size: int = Field(224, ge=16, description="side of the crop around a rough box (box adjustment)")
-    buffer_ratio: float = Field(
-        1.1, ge=1.0, le=4.0, description="the crop is the rough box enlarged by this (seed 003: 1.1)"
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _format_sections(cls, data: Any) -> Any:
+        """Keys from before the format sections move into them (one `MovedKeyWarning`); a format named by
+        `format` gets its section with its defaults when none is given."""
+        if not isinstance(data, dict):
+            return data
+        try:
+            data, moved = migrate_data_keys(data)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        warn_moved(moved)
+        fmt = data.get("format")
+        if fmt in DATA_FORMATS and DATA_FORMATS.get(fmt).section is not None and data.get(fmt) is None:
+            data[fmt] = {}
+        return data
+
+    @field_validator("format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v != AUTO and v not in DATA_FORMATS:
+            names = [AUTO, *DATA_FORMATS.names()]
+            raise ValueError(
+                f"unknown data format '{v}'.{suggest(v, names) or ''} Formats: {', '.join(names)}."
+            )
+        return v
 
     @field_validator("train_split")
     @classmethod
@@ -206,19 +176,61 @@ class DataConfig(_Section):
             )
         return v
 
+    @model_serializer(mode="wrap")
+    def _without_unused_sections(self, handler: Any) -> dict:
+        # A format's section is written only where it is given (or its format named): a contrails config
+        # carries no box keys.
+        out = handler(self)
+        for name, _ in DATA_FORMATS.items():
+            if out.get(name, 0) is None:
+                del out[name]
+        return out
+
+    def resolve_format(self, source: str | Path | None = None) -> type[DataFormat]:
+        """The registered format that reads this data: `format`, or for auto the one that recognises it
+        (coco when data.coco.train or .val is set, images when the root, or `source`, holds image/mask
+        folders, else contrails)."""
+        return resolve_format(self, source)
+
     @property
     def resolved_format(self) -> str:
-        """`format`, with auto read as coco when COCO files are given, images when `root` holds image/mask
-        folders (`train/images` or `val/images`), and contrails otherwise."""
-        if self.format != "auto":
-            return self.format
-        if self.train is not None or self.val is not None:
-            return "coco"
-        if self.root is not None and any(
-            (Path(self.root) / s / "images").is_dir() for s in ("train", "val", "validation")
-        ):
-            return "images"
-        return "contrails"
+        """The name of `resolve_format()`."""
+        return self.resolve_format().name
+
+    def input_paths(self) -> dict[str, str | None]:
+        """Every file and folder the data keys name, by config key (a run must not write over them)."""
+        out: dict[str, str | None] = {"data.root": self.root, "data.folds": self.folds}
+        for _, f in DATA_FORMATS.items():
+            out.update(f.inputs(self))
+        return out
+
+    def section(self, name: str) -> FormatSection | None:
+        """Format `name`'s section: as given, or its defaults (None for a format without one)."""
+        return DATA_FORMATS.get(name).options(self)
+
+    # Read-only views for code that still reads the crop geometry at the top of `data` (the box inference
+    # of segladder/inference/boxes.py); they are not config keys: write data.coco.crop_size / buffer_ratio.
+    @property
+    def crop_size(self) -> int:
+        return self.section("coco").crop_size
+
+    @property
+    def buffer_ratio(self) -> float:
+        return self.section("coco").buffer_ratio
+
+
+# Each registered format with a section adds it as an optional field `data.<name>` (None until given).
+DataConfig = create_model(
+    "DataConfig",
+    __base__=_DataKeys,
+    __module__=__name__,
+    __doc__="The `data` section: the shared keys (`_DataKeys`) and each data format's own section.",
+    **{
+        name: (f.section | None, Field(None, description=f"data.format {name}'s own keys"))
+        for name, f in DATA_FORMATS.items()
+        if f.section is not None
+    },
+)
 
 
 class ModelConfig(BaseModel):
@@ -413,8 +425,19 @@ class ExperimentConfig(_Section):
 # ------------------------------------------------------------------------------------------ loading
 
 
-def nearest_keys(key: str, valid: list[str]) -> str:
-    return suggest(key, valid) or f" Valid keys: {', '.join(valid)}."
+def nearest_keys(key: str, valid: list[str], nested: list[str] | None = None) -> str:
+    """' Did you mean: ...?' among `valid` and `nested` (dotted keys of sub-sections), else the valid keys."""
+    return suggest(key, [*valid, *(nested or [])]) or f" Valid keys: {', '.join(valid)}."
+
+
+def _format_keys(section: type[BaseModel]) -> list[str]:
+    """The format sections' keys as `coco.crop_size` where `section` is `data`: a key written at the top of
+    `data` that belongs to a format is suggested where it lives."""
+    if not issubclass(section, _DataKeys):
+        return []
+    return [
+        f"{n}.{k}" for n, f in DATA_FORMATS.items() if f.section is not None for k in f.section.model_fields
+    ]
 
 
 def explain(
@@ -425,13 +448,17 @@ def explain(
     A problem with a value given as `--set KEY=VALUE` (in `overrides`; for a check of a whole section, a
     key inside it) is blamed on that `--set`; when every problem is one, the error is one line.
     """
-    given = {p.split("=", 1)[0].strip(): p for p in overrides or [] if "=" in p}
+    given = {moved_data_key(p.split("=", 1)[0].strip()): p for p in overrides or [] if "=" in p}
     lines, from_set = [], []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
             section = _section_model(root, err["loc"][:-1])
-            hint = nearest_keys(str(err["loc"][-1]), list(section.model_fields)) if section else ""
+            hint = (
+                nearest_keys(str(err["loc"][-1]), list(section.model_fields), _format_keys(section))
+                if section
+                else ""
+            )
             line = f"unknown key '{loc}'.{hint}"
         else:
             line = f"{loc or '(top level)'}: {err['msg']} (got {err.get('input')!r})"
@@ -493,10 +520,11 @@ def parse_overrides(pairs: list[str], schema: type[BaseModel] | None = None) -> 
         if "=" not in pair:
             raise ConfigError(f"--set '{pair}': expected KEY=VALUE, e.g. optim.lr=3e-4.")
         key, raw = pair.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
         if raw in ("", "null", "~"):
             value = None
-        elif _is_text_field(schema, parts):
+        elif _is_text_field(schema, (moved_data_key(key) if schema is ExperimentConfig else key).split(".")):
             value = raw
         else:
             try:
@@ -547,7 +575,18 @@ def build_config(
     `values` is how commands pass their options (e.g. `{"data": {"root": path}}`): typed, never re-parsed.
     Errors come as one readable ConfigError.
     """
-    merged = _merge(_merge(data or {}, parse_overrides(overrides or [])), _plain(values or {}))
+    layers = [dict(data or {}), parse_overrides(overrides or []), _plain(values or {})]
+    merged = _merge(_merge(layers[0], layers[1]), layers[2])
+    # Moved keys move within each layer before the layers merge, so an old-style `--set data.crop_size=64`
+    # overrides a file's data.coco.crop_size; one warning names every moved key.
+    fmt = merged.get("data", {}).get("format") if isinstance(merged.get("data"), dict) else None
+    moved: list[tuple[str, str]] = []
+    for layer in layers:
+        if isinstance(layer.get("data"), dict):
+            layer["data"], more = migrate_data_keys(layer["data"], fmt)
+            moved += more
+    warn_moved(moved)
+    merged = _merge(_merge(layers[0], layers[1]), layers[2])
     try:
         return ExperimentConfig.model_validate(merged)
     except ValidationError as exc:

@@ -58,7 +58,8 @@ def synth(
     r = write_box_synth(out, train, val, size, seed)
     typer.echo(f"{r.boxes['train']} training and {r.boxes['val']} validation boxes")
     typer.echo(
-        f"train with: segladder train snapper --set data.images={r.images} data.train={r.train} data.val={r.val}"
+        f"train with: segladder train snapper --set data.coco.images={r.images} data.coco.train={r.train} "
+        f"data.coco.val={r.val}"
     )
 
 
@@ -90,7 +91,8 @@ def photos(
         ", ".join(f"{split}: {r.boxes[split]} boxes on {r.images_written[split]} images" for split in r.boxes)
     )
     typer.echo(
-        f"train with: segladder train snapper --set data.images={r.images} data.train={r.train} data.val={r.val}"
+        f"train with: segladder train snapper --set data.coco.images={r.images} data.coco.train={r.train} "
+        f"data.coco.val={r.val}"
     )
     typer.echo(
         f"held-out photos: segladder boxes evaluate RUN/checkpoints/best.ckpt --images {r.images} --annotations {r.test} --out OUT"

@@ -56,9 +56,7 @@ def train(
     if cfg is not None and out is not None:
         from segladder.io import refuse_overwriting_inputs
 
-        data_inputs = {
-            f"data.{k}": getattr(cfg.data, k, None) for k in ("root", "folds", "images", "train", "val")
-        }
+        data_inputs = cfg.data.input_paths()
         teacher = getattr(getattr(cfg, "distill", None), "teacher", None)
         refuse_overwriting_inputs({"--out": out}, {**data_inputs, "distill.teacher": teacher})
     if folds is not None or fold:

@@ -100,38 +100,40 @@ class BoxCrops(Dataset):
 
 
 class BoxesDataModule(L.LightningDataModule):
-    """COCO train/val boxes from `data.images`, `data.train`, `data.val`: random jitter for training, seeded for validation.
+    """COCO train/val boxes from `data.coco` (images, train, val): random jitter for training, seeded for validation.
 
     Args:
-        cfg: the `DataConfig` (`images`, `train`, `val`, `crop_size`, `buffer_ratio`, batch sizes, workers).
+        cfg: the `DataConfig` (batch sizes, workers, record budgets).
+        coco: its `data.coco` section (`images`, `train`, `val`, `crop_size`, `buffer_ratio`).
         seed: the experiment seed (training jitter is a function of (seed, epoch, index), validation's of (seed, id)).
     """
 
-    def __init__(self, cfg, seed: int = 0):
+    def __init__(self, cfg, coco, seed: int = 0):
         super().__init__()
-        self.cfg, self.seed = cfg, seed
+        self.cfg, self.coco, self.seed = cfg, coco, seed
         self.train_set: BoxCrops | None = None
         self.val_set: BoxCrops | None = None
         self.stats = None  # box crops are ImageNet-normalised; nothing to carry in the checkpoint
 
     def _records(self, key: str) -> list[BoxRecord]:
-        c = self.cfg
+        c = self.coco
         missing = [k for k in ("images", key) if getattr(c, k) is None]
         if missing:
             raise ConfigError(
-                f"data.format coco needs {' and '.join('data.' + k for k in missing)}: e.g. "
-                "--set data.images=DIR data.train=TRAIN.json data.val=VAL.json"
+                f"data.format coco needs {' and '.join('data.coco.' + k for k in missing)}: e.g. "
+                "--set data.coco.images=DIR data.coco.train=TRAIN.json data.coco.val=VAL.json"
             )
         return read_coco(getattr(c, key), c.images)
 
     def setup(self, stage: str | None = None) -> None:
-        c = self.cfg
+        c, coco = self.cfg, self.coco
+        crops = (coco.images, coco.crop_size, coco.buffer_ratio)
         if stage in (None, "fit") and self.train_set is None:
             records = self._records("train")[: c.train_records]
-            self.train_set = BoxCrops(records, c.images, c.crop_size, c.buffer_ratio, "random", self.seed)
+            self.train_set = BoxCrops(records, *crops, "random", self.seed)
         if stage in (None, "fit", "validate") and self.val_set is None:
             records = self._records("val")[: c.val_records]
-            self.val_set = BoxCrops(records, c.images, c.crop_size, c.buffer_ratio, "fixed", self.seed)
+            self.val_set = BoxCrops(records, *crops, "fixed", self.seed)
 
     def set_epoch(self, epoch: int) -> None:
         if self.train_set is not None:

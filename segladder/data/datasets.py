@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from segladder.config import DataConfig
 from segladder.data.cache import CacheOptions, ContrailsCache, compute_stats, is_cache, standardise
 from segladder.data.check import check_record
 from segladder.data.contrails import (
@@ -27,10 +26,8 @@ from segladder.data.images import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     ImagePair,
-    check_image_options,
     check_pair,
     discover_pairs,
-    is_image_folder,
     read_image,
     read_mask,
 )
@@ -503,18 +500,19 @@ def _to_float(a: np.ndarray) -> torch.Tensor:
 
 
 def dataset_from_config(
-    cfg: DataConfig,
+    cfg,
     split: str,
     *,
     root: str | Path | None = None,
     augment: bool = False,
     stats: dict | None = None,
     **extra,
-) -> ContrailsDataset | ImageMaskDataset:
-    """The one way a `DataConfig` becomes a dataset (training, evaluate, predict, viz and the ladder agree).
+) -> Dataset:
+    """The one way a `DataConfig` becomes a dataset (training, evaluate, predict, viz and the ladder agree):
+    its data format's (`cfg.resolve_format`, segladder/data/formats/) reader of records.
 
     Args:
-        cfg: the data section of an experiment (frames, channels, size, interpolation, ...).
+        cfg: the data section of an experiment (`DataConfig`: frames, channels, size, interpolation, ...).
         split: which split to read.
         root: read this dataset instead of `cfg.root` (evaluate or predict on other data).
         augment: apply `cfg.augment` (training only).
@@ -526,34 +524,9 @@ def dataset_from_config(
         raise ConfigError(
             "data.root is not set: give a raw dataset root or a prepared cache (--set data.root=PATH)."
         )
-    if data_format(cfg, source) == "images":
-        check_image_options(extra)
-        return ImageMaskDataset(
-            source,
-            split,
-            image_size=cfg.image_size,
-            augment=cfg.augment if augment else None,
-            interpolation=cfg.interpolation,
-            skip_bad=cfg.skip_bad,
-        )
-    return ContrailsDataset(
-        source,
-        split,
-        frames=cfg.frames,
-        channels=cfg.channels,
-        image_size=cfg.image_size,
-        augment=cfg.augment if augment else None,
-        normalize_ash=cfg.normalize_ash,
-        interpolation=cfg.interpolation,
-        skip_bad=cfg.skip_bad,
-        stats=stats,
-        **extra,
-    )
+    return cfg.resolve_format(source).dataset(cfg, split, source, augment=augment, stats=stats, **extra)
 
 
-def data_format(cfg: DataConfig, source: str | Path | None = None) -> str:
-    """`cfg.format`, or for "auto" "images" when the root holds `train/images` (image/mask folders), else "contrails"."""
-    if cfg.format != "auto":
-        return cfg.format
-    source = source if source is not None else cfg.root
-    return "images" if source is not None and is_image_folder(source) else "contrails"
+def data_format(cfg, source: str | Path | None = None) -> str:
+    """The name of the format that reads `cfg` (`DataConfig`), looking at `source` instead of its root."""
+    return cfg.resolve_format(source).name

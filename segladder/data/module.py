@@ -9,7 +9,6 @@ import numpy as np
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
-from segladder.config import DataConfig
 from segladder.data.datasets import ContrailsDataset, LabelOptions, dataset_from_config, decode_batch
 from segladder.data.folds import FoldRecord, check_covers, check_trainable, pooled_splits, read_folds
 from segladder.data.handover import SlotCollate, SlotHandoverLoader
@@ -288,7 +287,7 @@ def gives_soft(ds: Dataset) -> bool:
     return ds.has_soft
 
 
-def held_out(cfg: DataConfig, folds: list[FoldRecord], fold: int, **options) -> Dataset:
+def held_out(cfg, folds: list[FoldRecord], fold: int, **options) -> Dataset:
     """The records of `fold` over every split the folds name: a fold run's validation and, with a
     checkpoint's `stats`, its out-of-fold predictions. `options` go to `dataset_from_config`."""
     parts = []

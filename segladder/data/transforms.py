@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from segladder.config import AugmentConfig
 from segladder.data.albu import A
+from segladder.data.augment_config import AugmentConfig
 from segladder.data.images import heavy_transforms
 from segladder.errors import DataError
 

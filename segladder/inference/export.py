@@ -59,7 +59,7 @@ def export_onnx(
     else:
         ck = load_checkpoint(checkpoint)
         if ck.task == "boxes":
-            return _export_boxes(checkpoint, ck.config.data.crop_size, out, data, opset, atol)
+            return _export_boxes(checkpoint, ck.config.data.section("coco").crop_size, out, data, opset, atol)
         spec = InputSpec.from_checkpoint(ck)
         model = ck.model
         meta = {"task": ck.task, "threshold": ck.threshold, "model_name": ck.config.model.name}

@@ -33,7 +33,7 @@ class BoxesTask(Task):
     as `box_calibration.json` and `reliability.png` in the run directory.
 
     Args:
-        cfg: the experiment (its `data` crop fields and `boxes` section are used here).
+        cfg: the experiment (its `data.coco` crop geometry and `boxes` section are used here).
         model: a model whose output kind is "box", giving (B, 4, S) logits for an (B, 3, S, S) crop.
     """
 
@@ -46,12 +46,12 @@ class BoxesTask(Task):
     def check(cls, cfg: ExperimentConfig) -> None:
         if cfg.data.resolved_format != "coco":
             raise ConfigError(
-                "task boxes reads COCO boxes: set data.images, data.train and data.val "
+                "task boxes reads COCO boxes: set data.coco.images, data.coco.train and data.coco.val "
                 "(and data.format=coco or auto)."
             )
         if cfg.data.folds is not None:
             raise ConfigError(
-                "data.folds cuts the contrails layout into folds; task boxes validates on data.val "
+                "data.folds cuts the contrails layout into folds; task boxes validates on data.coco.val "
                 "(split the COCO file instead)."
             )
 

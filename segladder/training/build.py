@@ -53,14 +53,13 @@ def resolve_model(cfg: ExperimentConfig) -> ExperimentConfig:
 
     The resolved config is what checkpoints store, so inference rebuilds exactly the trained model.
     """
-    from segladder.data.contrails import resolve_channels
     from segladder.models import check_options
 
     if "in_chans" in cfg.model.kwargs:
         model = cfg.model
     else:
-        # COCO images are read as RGB; the contrails channels come from data.channels.
-        chans = 3 if cfg.data.resolved_format == "coco" else len(resolve_channels(cfg.data.channels))
+        # The data format says what its samples hold (COCO crops: RGB; contrails: data.channels).
+        chans = cfg.data.resolve_format().in_chans(cfg.data)
         model = ModelConfig(name=cfg.model.name, **cfg.model.kwargs, in_chans=chans)
     check_options(model.name, model.kwargs)
     return cfg.model_copy(update={"model": model})
@@ -139,14 +138,8 @@ def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> Non
 
 
 def build_datamodule(cfg: ExperimentConfig) -> L.LightningDataModule:
-    """The data module of `cfg` by `data.format`: the contrails layout or its cache, or COCO boxes."""
-    if cfg.data.resolved_format == "coco":
-        from segladder.data.box_datasets import BoxesDataModule
-
-        return BoxesDataModule(cfg.data, cfg.seed)
-    from segladder.data.module import ContrailsDataModule
-
-    return ContrailsDataModule(cfg.data, cfg.seed)
+    """The data module of `cfg`'s data format (`data.format`, segladder/data/formats/)."""
+    return cfg.data.resolve_format().datamodule(cfg.data, cfg.seed)
 
 
 def loggers(cfg: ExperimentConfig, run_dir: Path) -> list:

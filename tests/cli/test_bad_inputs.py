@@ -144,12 +144,18 @@ CASES = [
     ),
     (
         "train-bad-coco",
-        "train snapper --out {tmp}/r-coco --set data.images={boxes}/images data.train={tmp}/notes.txt "
-        "data.val={boxes}/val.json model.encoder=test_resnet data.crop_size=32",
+        "train snapper --out {tmp}/r-coco --set data.coco.images={boxes}/images "
+        "data.coco.train={tmp}/notes.txt data.coco.val={boxes}/val.json model.encoder=test_resnet "
+        "data.coco.crop_size=32",
         2,
         r"^error: \S*notes\.txt: malformed JSON",
     ),
-    ("train-snapper-no-data", "train snapper --out {tmp}/r-snapper", 2, r"^error: .*data\.(images|train)"),
+    (
+        "train-snapper-no-data",
+        "train snapper --out {tmp}/r-snapper",
+        2,
+        r"^error: .*data\.coco\.(images|train)",
+    ),
     # settings that were silently wrong (issue 36)
     (
         "train-corrupt-record",
@@ -493,7 +499,7 @@ def box_checkpoint(path: Path) -> Path:
 
     cfg = ExperimentConfig(
         task="boxes",
-        data={"crop_size": 32},
+        data={"coco": {"crop_size": 32}},
         model={"name": "Snapper", "encoder": "test_resnet", "hidden": 16, "decoder_layers": 2},
     )
     torch.manual_seed(0)

@@ -192,8 +192,11 @@ def test_datamodule_needs_its_files(tmp_path):
     from segladder.config import DataConfig
     from segladder.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="data.images and data.train"):
-        BoxesDataModule(DataConfig(format="coco", val="v.json")).setup("fit")
+    data = DataConfig(format="coco", coco={"val": "v.json"})
+    with pytest.raises(
+        ConfigError, match=r"data\.coco\.images and data\.coco\.train: .*--set data\.coco\.images="
+    ):
+        BoxesDataModule(data, data.coco).setup("fit")
 
 
 # ----------------------------------------------------------------------------------------- synthetic

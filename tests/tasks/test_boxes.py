@@ -29,10 +29,7 @@ def tiny_config(s, **over):
         "task": "boxes",
         "seed": 5,
         "data": {
-            "images": str(s.images),
-            "train": str(s.train),
-            "val": str(s.val),
-            "crop_size": 32,
+            "coco": {"images": str(s.images), "train": str(s.train), "val": str(s.val), "crop_size": 32},
             "batch_size": 8,
             "num_workers": 0,
         },
@@ -52,9 +49,13 @@ def trained(box_set, tmp_path_factory):
 def test_shipped_config_is_the_seed_and_picks_the_coco_module(box_set):
     cfg = load_config(
         resolve_config_path("snapper"),
-        [f"data.images={box_set.images}", f"data.train={box_set.train}", f"data.val={box_set.val}"],
+        [
+            f"data.coco.images={box_set.images}",
+            f"data.coco.train={box_set.train}",
+            f"data.coco.val={box_set.val}",
+        ],
     )
-    assert (cfg.optim.lr, cfg.data.batch_size, cfg.data.buffer_ratio, cfg.model.kwargs["encoder"]) == (
+    assert (cfg.optim.lr, cfg.data.batch_size, cfg.data.coco.buffer_ratio, cfg.model.kwargs["encoder"]) == (
         1e-4,
         64,
         1.1,
@@ -70,7 +71,11 @@ def test_shipped_budget_is_the_converged_one(box_set, tmp_path):
 
     cfg = load_config(
         resolve_config_path("snapper"),
-        [f"data.images={box_set.images}", f"data.train={box_set.train}", f"data.val={box_set.val}"],
+        [
+            f"data.coco.images={box_set.images}",
+            f"data.coco.train={box_set.train}",
+            f"data.coco.val={box_set.val}",
+        ],
     )
     trainer, _ = build_trainer(cfg, tmp_path, "val/miou")
     assert cfg.trainer.max_epochs == 60 and trainer.max_epochs == 60

@@ -27,7 +27,7 @@ EXTRA = {
     "unet25d": ["model.input_size=64", "trainer.precision=bf16-mixed"],
     "unet25d_wide": ["model.input_size=64", "trainer.precision=bf16-mixed"],
     "ladder": ["model.name=ResNet18_SimplerFCN"],
-    "snapper": ["data.crop_size=64", "model.encoder=resnet18"],
+    "snapper": ["data.coco.crop_size=64", "model.encoder=resnet18"],
     "sim2real": ["data.augment.crop_size=32"],
 }
 
@@ -40,9 +40,9 @@ def test_every_shipped_config_trains_a_step(synth_root, tmp_path):
     for name in order:
         data = (
             [
-                f"data.images={boxes / 'images'}",
-                f"data.train={boxes / 'train.json'}",
-                f"data.val={boxes / 'val.json'}",
+                f"data.coco.images={boxes / 'images'}",
+                f"data.coco.train={boxes / 'train.json'}",
+                f"data.coco.val={boxes / 'val.json'}",
             ]
             if name == "snapper"
             else [f"data.root={synth_root}"]
