@@ -62,6 +62,7 @@ T_STEP = ("tests/training/test_steady_steps.py", "tests/training/test_optim.py")
 T_RLE = ("tests/inference/test_submission.py",)
 T_METRICS = ("tests/test_metrics.py",)
 T_BOXES = ("tests/test_box_metrics.py",)
+T_GATE = ("tests/inference/test_box_gate.py",)
 T_CHECK = ("tests/data/test_check.py",)
 
 M = Mutation
@@ -106,6 +107,39 @@ MUTATIONS: list[Mutation] = [
         "            caught = True\n",
         T_SELFTEST,
         "a false alarm on clean data passes",
+    ),
+    # --- box adjustment's do-no-harm gate: kept only when it helps out of sample
+    M(
+        "box gate",
+        "segladder/inference/box_gate.py",
+        "        accepted = cv_gain > 0 and cv_gain > z * cv_se",
+        "        accepted = cv_gain > 0",
+        T_GATE,
+        "a gate whose gain is luck is kept",
+    ),
+    M(
+        "box gate",
+        "segladder/inference/box_gate.py",
+        "    side = np.maximum(np.abs(rough[..., 2:] - rough[..., :2]), 1.0)",
+        "    side = np.maximum(np.abs(rough[..., 2:] - rough[..., :2]), 1.0)[..., ::-1]",
+        T_GATE,
+        "moves measured against the other side of the box",
+    ),
+    M(
+        "box gate",
+        "segladder/inference/box_gate.py",
+        "    ids, inverse = np.unique(groups, return_inverse=True)",
+        "    ids, inverse = np.arange(len(groups)), np.arange(len(groups))",
+        T_GATE,
+        "jittered copies of one box split across folds",
+    ),
+    M(
+        "box gate",
+        "segladder/inference/box_gate.py",
+        "        moved = (conf >= min_confidence) & (relative_moves(rough, snapped) <= max_move)",
+        "        moved = conf >= min_confidence",
+        T_GATE,
+        "the largest move ignored",
     ),
     # --- ladder verdicts on hard data: failed only on a fault check, agreement unknown with one annotator
     M(

@@ -42,6 +42,16 @@ def _min_confidence_option():
     )
 
 
+def _max_move_option():
+    return typer.Option(
+        None,
+        "--max-move",
+        help="Keep the rough edge wherever the model would move it by more than this fraction of the box's "
+        "width (left, right) or height (top, bottom); 0.1 = 10 %. With --min-confidence, the two replace the "
+        "stored gate together (the one not given sets no limit).",
+    )
+
+
 @boxes_app.command("synth")
 def synth(
     out: Path = typer.Argument(
@@ -169,16 +179,18 @@ def adjust(
     ),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when present)."),
     min_confidence: float = _min_confidence_option(),
+    max_move: float = _max_move_option(),
 ) -> None:
     """Snap rough boxes onto object edges: a whole COCO file (batched) or one box on one image.
 
-    An edge whose confidence is below the gate (--min-confidence, default: the checkpoint's) keeps its
-    rough position; the output says how many edges moved.
+    An edge the do-no-harm gate does not let move (default: the gate stored in the checkpoint; or
+    --min-confidence / --max-move) keeps its rough position; the output says how many edges moved.
     """
-    from segladder.inference.box_gate import check_min_confidence
+    from segladder.inference.box_gate import check_max_move, check_min_confidence
     from segladder.io import refuse_overwriting_inputs
 
     check_min_confidence(min_confidence)
+    check_max_move(max_move)
     reads = {"CHECKPOINT": checkpoint, "IMAGE": image, "--boxes": boxes}
     if image is not None:
         if box is None:
@@ -195,6 +207,7 @@ def adjust(
             device=device,
             refine_steps=refine,
             min_confidence=min_confidence,
+            max_move=max_move,
         )
         typer.echo(_fmt(snapped))
         moved = ", ".join(
@@ -203,7 +216,7 @@ def adjust(
         )
         typer.echo(f"edge confidence (left, top, right, bottom): {_fmt(conf)}; picture: {png}", err=True)
         typer.echo(
-            f"edge-confidence gate: min confidence {gate['min_confidence']:.4g}, {gate['source']}; {moved}",
+            f"do-no-harm gate: {gate['describe']}, {gate['source']}; {moved}",
             err=True,
         )
         return
@@ -223,8 +236,9 @@ def adjust(
         device=device,
         refine_steps=refine,
         min_confidence=min_confidence,
+        max_move=max_move,
     )
-    typer.echo(f"edge-confidence gate: min confidence {r.min_confidence:.4g}, {r.gate_source}")
+    typer.echo(f"do-no-harm gate: {r.gate.describe()}, {r.gate_source}")
     typer.echo(
         f"{r.boxes} boxes adjusted: {r.edges_moved} edges moved, {r.edges_kept} kept at the rough position: {out}"
     )
@@ -246,15 +260,16 @@ def evaluate(
     decode: str = typer.Option(None, "--decode", help="expectation or argmax (default: config)."),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
     min_confidence: float = _min_confidence_option(),
+    max_move: float = _max_move_option(),
 ) -> None:
     """Jitter → adjust → score: rough, adjusted and adjusted with the gate; JSON, the calibration of edge
     confidence (calibration.json, reliability.png) and a PNG of the best and worst boxes."""
-    from segladder.inference.box_gate import check_min_confidence
+    from segladder.inference.box_gate import check_max_move, check_min_confidence
     from segladder.inference.boxes import EVALUATION_FILES, before_after_table, evaluate_boxes
     from segladder.io import refuse_overwriting_inputs
 
     check_min_confidence(min_confidence)
-
+    check_max_move(max_move)
     refuse_overwriting_inputs(
         {f"OUT/{name}": out / name for name in EVALUATION_FILES},
         {"--annotations": annotations, "CHECKPOINT": checkpoint},
@@ -270,10 +285,11 @@ def evaluate(
         refine_steps=refine,
         decode=decode,
         min_confidence=min_confidence,
+        max_move=max_move,
     )
     g, c = r.gate, r.calibration
     typer.echo(f"{r.boxes} boxes, jitter seed {seed}")
-    typer.echo(f"edge-confidence gate: min confidence {g['min_confidence']:.4g}, {g['source']}")
+    typer.echo(f"do-no-harm gate: {g['describe']}, {g['source']}")
     typer.echo(before_after_table(r.before, r.after, r.reachable, r.gated).rstrip())
     typer.echo(f"with the gate: {g['edges_moved']} edges moved, {g['edges_kept']} kept at the rough position")
     auc = "n/a" if c["auc"] is None else f"{c['auc']:.3f}"
@@ -283,6 +299,49 @@ def evaluate(
     )
     shown = ("metrics.json", "table.md", "examples.png", "calibration.json", "reliability.png")
     typer.echo(f"written: {json.dumps([str(r.out / f) for f in shown])}")
+
+
+@boxes_app.command("calibrate")
+def calibrate(
+    checkpoint: Path = typer.Argument(..., help="A best.ckpt or last.ckpt of a `boxes` run (never changed)."),
+    images: Path = typer.Option(..., "--images", help="Image folder."),
+    annotations: Path = typer.Option(
+        ..., "--annotations", help="Your validation boxes (COCO): the true boxes, jittered here."
+    ),
+    out: Path = typer.Option(
+        ..., "--out", help="Folder for calibrated.ckpt (the checkpoint with the new gate), JSON and PNG."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first jitter draw."),
+    draws: int = typer.Option(4, "--draws", min=1, help="Jittered copies of each box."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Crops per batch."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+) -> None:
+    """Choose the do-no-harm gate on your validation boxes (no training) and write a checkpoint carrying it.
+
+    The gate is kept only when its cross-validated gain on these boxes clears the noise; otherwise the
+    new checkpoint keeps every rough edge, and this says so.
+    """
+    from segladder.inference.box_gate import EdgeGate
+    from segladder.inference.boxes import CALIBRATION_FILES, calibrate_gate
+    from segladder.io import refuse_overwriting_inputs
+
+    refuse_overwriting_inputs(
+        {f"OUT/{name}": out / name for name in CALIBRATION_FILES},
+        {"CHECKPOINT": checkpoint, "--annotations": annotations},
+    )
+    r = calibrate_gate(
+        checkpoint, images, annotations, out, seed=seed, draws=draws, batch_size=batch_size, device=device
+    )
+    ch, c = r.choice, r.calibration
+    gate = EdgeGate(ch["min_confidence"], float("inf") if ch["max_move"] is None else ch["max_move"])
+    typer.echo(f"{ch['boxes']} boxes ({draws} jitter draw{'s' if draws != 1 else ''}): {ch['reason']}")
+    typer.echo(
+        f"do-no-harm gate: {gate.describe()}; validation mIoU rough {ch['miou_rough']:.4f}, adjusted "
+        f"{ch['miou_adjusted']:.4f}, gated {ch['miou_gated']:.4f} ({100 * ch['edges_moved']:.1f}% of edges moved)"
+    )
+    auc = "n/a" if c["auc"] is None else f"{c['auc']:.3f}"
+    typer.echo(f"calibration (edge within {c['tolerance_px']:g} px): ECE {c['ece']:.3f}, AUC {auc}")
+    typer.echo(f"written: {json.dumps([str(out / f) for f in CALIBRATION_FILES])}")
 
 
 @boxes_app.command("export")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,11 @@ from segladder.data.boxes import (
 )
 from segladder.errors import DataError
 from segladder.inference.box_gate import (
+    EdgeGate,
     calibration,
+    check_max_move,
     check_min_confidence,
     edge_errors,
-    gate_edges,
     moved_edges,
     reliability_png,
 )
@@ -61,8 +63,8 @@ class BoxAdjuster:
         decode: "expectation" or "argmax"; window: positions either side of the peak for the expectation.
         refine_steps: how often the snapped box is cropped and snapped again.
         device: where the model runs.
-        min_confidence: the edge-confidence gate: an edge whose confidence is below it keeps its rough
-            position (0 moves every edge, 1 none); `gate_source` says where the value came from.
+        gate: which snapped edges may move (`EdgeGate`: a minimum confidence and a largest move); the
+            others keep their rough position. `gate_source` says where the gate came from.
     """
 
     model: torch.nn.Module
@@ -72,7 +74,7 @@ class BoxAdjuster:
     window: int = 2
     refine_steps: int = 0
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    min_confidence: float = 0.0
+    gate: EdgeGate = field(default_factory=EdgeGate)
     gate_source: str = "none"
 
     @classmethod
@@ -83,12 +85,15 @@ class BoxAdjuster:
         refine_steps: int | None = None,
         decode: str | None = None,
         min_confidence: float | None = None,
+        max_move: float | None = None,
     ) -> BoxAdjuster:
-        """The checkpoint's model, crop geometry and decoding, and its stored gate unless `min_confidence`
-        overrides it (a checkpoint trained before the gate has none: C = 0, every edge moves)."""
+        """The checkpoint's model, crop geometry and decoding, and its stored gate unless `min_confidence` or
+        `max_move` is given: then the gate is those two alone (the one not given sets no limit). A checkpoint
+        trained before the gate has none: every edge moves."""
         if decode not in (None, "expectation", "argmax"):
             raise InferenceError(f"--decode {decode}: use expectation or argmax.")
         check_min_confidence(min_confidence)
+        check_max_move(max_move)
         ck = load_checkpoint(path)
         if ck.task != "boxes":
             raise CheckpointError(
@@ -97,12 +102,21 @@ class BoxAdjuster:
             )
         dev = pick_device(device)
         b, d = ck.config.boxes, ck.config.data
-        if min_confidence is not None:
-            gate, source = float(min_confidence), "--min-confidence"
-        elif ck.min_confidence is not None:
-            gate, source = ck.min_confidence, "stored in the checkpoint (chosen on its validation boxes)"
+        if min_confidence is not None or max_move is not None:
+            given = [
+                o
+                for o, v in (("--min-confidence", min_confidence), ("--max-move", max_move))
+                if v is not None
+            ]
+            gate = EdgeGate(
+                0.0 if min_confidence is None else float(min_confidence),
+                math.inf if max_move is None else float(max_move),
+            )
+            source = " and ".join(given)
+        elif ck.box_gate is not None:
+            gate, source = ck.box_gate, "stored in the checkpoint (chosen on its validation boxes)"
         else:
-            gate, source = 0.0, NO_STORED_GATE
+            gate, source = EdgeGate(), NO_STORED_GATE
         return cls(
             ck.model.to(dev).eval(),
             d.crop_size,
@@ -117,7 +131,7 @@ class BoxAdjuster:
 
     def gate_line(self) -> str:
         """One line saying which gate is used and where it came from."""
-        return f"edge-confidence gate: min confidence {self.min_confidence:.4g}, {self.gate_source}"
+        return f"do-no-harm gate: {self.gate.describe()}, {self.gate_source}"
 
     @torch.no_grad()
     def snap_crops(self, crops: torch.Tensor, regions: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
@@ -133,14 +147,14 @@ class BoxAdjuster:
         batch_size: int = 64,
         num_workers: int = 0,
         progress: bool = True,
-        min_confidence: float | None = None,
+        gate: EdgeGate | None = None,
     ) -> tuple[dict[int, tuple], dict[int, list[float]]]:
         """Snap each record's box (taken as the rough box): (xywh by annotation id, per-edge confidence by id).
 
-        Each pass keeps the edges of its input box whose confidence is below `min_confidence` (default: the
-        adjuster's gate); the confidence returned is the last pass's, of the model's edges before the gate.
+        Each pass keeps the edges of its input box that `gate` (default: the adjuster's) does not let move;
+        the confidence returned is the last pass's, of the model's edges before the gate.
         """
-        gate = self.min_confidence if min_confidence is None else min_confidence
+        gate = self.gate if gate is None else gate
         rough = {r.ann_id: r.box for r in records}
         conf: dict[int, list[float]] = {}
         steps = 1 + self.refine_steps
@@ -151,7 +165,7 @@ class BoxAdjuster:
                 snapped: dict[int, tuple] = {}
                 for batch in DataLoader(ds, batch_size=batch_size, num_workers=num_workers):
                     boxes, c = self.snap_crops(batch["image"], batch["region"])
-                    boxes, _ = gate_edges(batch["rough"].numpy(), boxes, c, gate)
+                    boxes, _ = gate.apply(batch["rough"].numpy(), boxes, c)
                     for aid, box, cc in zip(batch["ann_id"].tolist(), boxes, c, strict=True):
                         snapped[aid] = xyxy_to_xywh(box)
                         conf[aid] = [float(v) for v in cc]
@@ -165,14 +179,26 @@ class BoxAdjuster:
             region = crop_region(box, self.buffer_ratio)
             crop = torch.from_numpy(normalise(crop_image(image, region, self.crop_size)))[None]
             boxes, conf = self.snap_crops(crop, torch.from_numpy(region)[None])
-            boxes, _ = gate_edges(xywh_to_xyxy(box)[None], boxes, conf, self.min_confidence)
+            boxes, _ = self.gate.apply(xywh_to_xyxy(box)[None], boxes, conf)
             box = xyxy_to_xywh(boxes[0])
         return box, conf[0]
 
 
+def gate_fields(adjuster: BoxAdjuster) -> dict:
+    """The adjuster's gate as JSON: `min_confidence`, `max_move` (None: no limit), `source`, `describe`."""
+    g = adjuster.gate
+    return {
+        "min_confidence": g.min_confidence,
+        "max_move": None if math.isinf(g.max_move) else g.max_move,
+        "source": adjuster.gate_source,
+        "describe": g.describe(),
+    }
+
+
 NO_STORED_GATE = (
     "none stored in this checkpoint (trained before the gate existed): every edge moves; "
-    "pass --min-confidence C to keep edges below C"
+    "pass --min-confidence C and/or --max-move M to gate them, or `segladder boxes calibrate` to choose a "
+    "gate on your validation boxes"
 )
 
 
@@ -205,8 +231,9 @@ def reachable_boxes(
     """The best boxes one pass can give: each true box (xywh) clipped to the crop around its rough box.
 
     The model only sees, and only places edges inside, the rough box enlarged by `buffer_ratio`; with the
-    paper's jitter and the seed's 1.1 about a quarter of the true edges lie outside it, so the score of these
-    boxes is the ceiling of a single pass (`--refine` can move past it).
+    paper's jitter and a buffer of 1.1 (BUFFER_RATIO in github.com/Kobamiyannnn/reproduct_snapper
+    src/config.py) about a quarter of the true edges lie outside it, so the score of these boxes is the
+    ceiling of a single pass (`--refine` can move past it).
     """
     out = {}
     for aid, r in rough.items():
@@ -290,12 +317,16 @@ def adjust_file(
     device: str | None = None,
     refine_steps: int | None = None,
     min_confidence: float | None = None,
+    max_move: float | None = None,
     progress: bool = True,
 ) -> AdjustSummary:
     """Snap every box of the COCO file `rough` and write it as `out`: same ids, bbox replaced, and beside it
     `edge_confidence`, `rough_bbox` (the input box) and `edge_moved` (left, top, right, bottom; false where
-    the gate kept the rough edge). The gate is the checkpoint's unless `min_confidence` is given."""
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, min_confidence=min_confidence)
+    the gate kept the rough edge). The gate is the checkpoint's unless `min_confidence` or `max_move` is
+    given."""
+    adjuster = BoxAdjuster.from_checkpoint(
+        checkpoint, device, refine_steps, min_confidence=min_confidence, max_move=max_move
+    )
     records = read_coco(rough, images, check_inside=False)
     snapped, conf = adjuster.adjust_records(records, images, batch_size, progress=progress)
     extra, moved_total = {}, 0
@@ -312,7 +343,7 @@ def adjust_file(
         len(snapped),
         moved_total,
         4 * len(snapped) - moved_total,
-        adjuster.min_confidence,
+        adjuster.gate,
         adjuster.gate_source,
     )
 
@@ -322,7 +353,7 @@ class AdjustSummary:
     boxes: int
     edges_moved: int
     edges_kept: int  # kept at the rough position by the gate
-    min_confidence: float
+    gate: EdgeGate
     gate_source: str
 
 
@@ -335,9 +366,10 @@ def adjust_single(
     device: str | None = None,
     refine_steps: int | None = None,
     min_confidence: float | None = None,
+    max_move: float | None = None,
 ) -> tuple[tuple[float, ...], np.ndarray, dict]:
-    """Snap one box on one image (gated): (snapped xywh, (4,) confidence, the gate: `min_confidence`,
-    `source` and `moved` per edge); writes a PNG with the rough (yellow) and snapped (magenta) boxes when
+    """Snap one box on one image (gated): (snapped xywh, (4,) confidence, the gate: `gate_fields` and
+    `moved` per edge); writes a PNG with the rough (yellow) and snapped (magenta) boxes when
     `png` is given."""
     from segladder.viz import draw_boxes, save_image
 
@@ -351,7 +383,9 @@ def adjust_single(
             f"--box {','.join(f'{v:g}' for v in box)}: wholly outside {image} ({width}×{height} px); "
             "give x,y,w,h in that image's pixels, overlapping the object."
         )
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, min_confidence=min_confidence)
+    adjuster = BoxAdjuster.from_checkpoint(
+        checkpoint, device, refine_steps, min_confidence=min_confidence, max_move=max_move
+    )
     snapped, conf = adjuster.adjust_one(im, box)
     if png is not None:
         save_image(
@@ -363,8 +397,7 @@ def adjust_single(
             png,
         )
     gate = {
-        "min_confidence": adjuster.min_confidence,
-        "source": adjuster.gate_source,
+        **gate_fields(adjuster),
         "moved": [bool(v) for v in moved_edges(xywh_to_xyxy(box), xywh_to_xyxy(snapped))],
     }
     return snapped, conf, gate
@@ -391,7 +424,7 @@ class BoxEvaluation:
     boxes: int
     reachable: dict  # the score of the true boxes clipped to their crops: a single pass's ceiling
     gated: dict | None = None  # adjusted with the gate
-    gate: dict | None = None  # min_confidence, source, edges moved and kept
+    gate: dict | None = None  # `gate_fields`, edges moved and kept
     calibration: dict | None = None
 
 
@@ -407,6 +440,7 @@ def evaluate_boxes(
     refine_steps: int | None = None,
     decode: str | None = None,
     min_confidence: float | None = None,
+    max_move: float | None = None,
     examples: int = 8,
     progress: bool = True,
 ) -> BoxEvaluation:
@@ -418,7 +452,7 @@ def evaluate_boxes(
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, decode, min_confidence)
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps, decode, min_confidence, max_move)
     records = read_coco(annotations, images)
     true = {r.ann_id: r.box for r in records}
     rough = jitter_records(records, seed)
@@ -426,23 +460,22 @@ def evaluate_boxes(
         BoxRecord(r.ann_id, r.image_id, r.file_name, r.width, r.height, rough[r.ann_id]) for r in records
     ]
     snapped, conf = adjuster.adjust_records(
-        rough_records, images, batch_size, progress=progress, min_confidence=0.0
+        rough_records, images, batch_size, progress=progress, gate=EdgeGate()
     )
     ids = [r.ann_id for r in records]
     rough_xyxy = np.stack([xywh_to_xyxy(rough[i]) for i in ids])
     snapped_xyxy = np.stack([xywh_to_xyxy(snapped[i]) for i in ids])
     conf_arr = np.array([conf[i] for i in ids], np.float64)
-    if adjuster.min_confidence <= 0:
+    if adjuster.gate.moves_all:
         gated = snapped
     elif adjuster.refine_steps == 0:  # one pass: the gate applied to the ungated boxes is the gated pass
-        g, _ = gate_edges(rough_xyxy, snapped_xyxy, conf_arr, adjuster.min_confidence)
+        g, _ = adjuster.gate.apply(rough_xyxy, snapped_xyxy, conf_arr)
         gated = {i: xyxy_to_xywh(b) for i, b in zip(ids, g, strict=True)}
     else:
         gated, _ = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
     moved = moved_edges(rough_xyxy, np.stack([xywh_to_xyxy(gated[i]) for i in ids]))
     gate = {
-        "min_confidence": adjuster.min_confidence,
-        "source": adjuster.gate_source,
+        **gate_fields(adjuster),
         "edges_moved": int(moved.sum()),
         "edges_kept": int(moved.size - moved.sum()),
     }
@@ -621,8 +654,8 @@ def export_box_onnx(
 ) -> BoxExport:
     """A `boxes` checkpoint as ONNX: (batch, 3, S, S) normalised crops → (batch, 4, S) edge logits, parity-checked.
 
-    The crop geometry and decoding travel in the metadata (`segladder.crop_size`, `buffer_ratio`, `decode`,
-    `window`); on a parity failure nothing is written.
+    The crop geometry, decoding and gate travel in the metadata (`segladder.crop_size`, `buffer_ratio`,
+    `decode`, `window`, `min_confidence`, `max_move` ("inf": no limit)); on a parity failure nothing is written.
     """
     from segladder.inference.errors import ExportError
     from segladder.inference.segmenters import (
@@ -644,6 +677,10 @@ def export_box_onnx(
         "buffer_ratio": repr(adjuster.buffer_ratio),
         "decode": adjuster.decode,
         "window": str(adjuster.window),
+        # The do-no-harm gate, applied by whoever decodes the logits (an edge moves only when its
+        # confidence ≥ min_confidence and its move ≤ max_move × the box side).
+        "min_confidence": repr(adjuster.gate.min_confidence),
+        "max_move": repr(adjuster.gate.max_move),
     }
     x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     try:
@@ -671,3 +708,79 @@ def export_box_onnx(
     except OSError as exc:
         raise ExportError(f"cannot write {out} ({exc.strerror or exc}).") from None
     return BoxExport(out, prob_diff, edge_diff)
+
+
+# -------------------------------------------------------------------------------------------- calibrate
+
+CALIBRATION_FILES = ("calibrated.ckpt", "box_calibration.json", "reliability.png")
+
+
+@dataclass
+class GateCalibration:
+    checkpoint: Path  # the copy of the input checkpoint that carries the new gate
+    choice: dict  # `GateChoice.as_dict()`
+    calibration: dict  # `calibration(...)` of the ungated edges
+
+
+def calibrate_gate(
+    checkpoint: str | Path,
+    images: str | Path,
+    annotations: str | Path,
+    out: str | Path,
+    *,
+    seed: int = 0,
+    draws: int = 4,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool = True,
+) -> GateCalibration:
+    """Choose the do-no-harm gate of a `boxes` checkpoint on your own validation boxes, without training.
+
+    Jitters each true box of `annotations` `draws` times (seeds `seed`, `seed` + 1, …), snaps the rough
+    boxes in one pass, and runs `choose_gate` with the copies of one box as one object. Writes into the
+    folder `out` a copy of the checkpoint carrying that gate (`calibrated.ckpt`; the input is never
+    changed), `box_calibration.json` and `reliability.png`. Typical use: a model trained on the synthetic
+    box world, gated on a few real validation boxes (docs/boxes.md).
+    """
+    from segladder.inference.box_gate import choose_gate, gate_summary
+    from segladder.inference.checkpoint import CHECKPOINT_KEY, read_checkpoint_file
+    from segladder.io import atomic_path
+
+    if draws < 1:
+        raise InferenceError(f"--draws {draws}: jitter each box at least once.")
+    out = Path(out)
+    adjuster = BoxAdjuster.from_checkpoint(checkpoint, device, refine_steps=0, min_confidence=0.0)
+    records = read_coco(annotations, images)
+    parts: dict[str, list] = {"rough": [], "snapped": [], "conf": [], "true": [], "groups": []}
+    for d in range(draws):
+        rough = jitter_records(records, seed + d)
+        rough_records = [
+            BoxRecord(r.ann_id, r.image_id, r.file_name, r.width, r.height, rough[r.ann_id]) for r in records
+        ]
+        snapped, conf = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
+        for r in records:
+            parts["rough"].append(xywh_to_xyxy(rough[r.ann_id]))
+            parts["snapped"].append(xywh_to_xyxy(snapped[r.ann_id]))
+            parts["conf"].append(conf[r.ann_id])
+            parts["true"].append(xywh_to_xyxy(r.box))
+            parts["groups"].append(r.ann_id)
+    a = {k: np.asarray(v, np.float64) if k != "groups" else np.asarray(v) for k, v in parts.items()}
+    choice = choose_gate(a["rough"], a["snapped"], a["conf"], a["true"], a["groups"])
+    cal = calibration(a["conf"], edge_errors(a["snapped"], a["true"]))
+    summary = {
+        **gate_summary(choice, cal),
+        "calibrated_on": {"annotations": str(annotations), "seed": seed, "draws": draws},
+    }
+    ckpt = read_checkpoint_file(Path(checkpoint))
+    section = dict(ckpt.get(CHECKPOINT_KEY) or {})
+    section.update(min_confidence=choice.min_confidence, max_move=summary["max_move"], box_gate=summary)
+    ckpt[CHECKPOINT_KEY] = section
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / CALIBRATION_FILES[0]
+    with atomic_path(target) as tmp:
+        torch.save(ckpt, tmp)
+    atomic_write_json(
+        out / "box_calibration.json", {"checkpoint": str(target), "source": str(checkpoint), **summary}
+    )
+    reliability_png(cal, out / "reliability.png", f"{Path(annotations).name}, {draws} jitter draws")
+    return GateCalibration(target, choice.as_dict(), cal)

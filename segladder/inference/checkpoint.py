@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from torch import nn
 
 from segladder.config import ExperimentConfig
+from segladder.inference.box_gate import EdgeGate, gate_from_checkpoint_section
 from segladder.inference.errors import CheckpointError
 
 CHECKPOINT_KEY = "segladder"  # the section of a Lightning checkpoint that segladder writes
@@ -29,8 +30,8 @@ class LoadedCheckpoint:
     stats: dict | None = (
         None  # training-split channel statistics, so raw-data inference normalises as training did
     )
-    # Box checkpoints: the edge-confidence gate chosen on validation (None: trained before the gate existed).
-    min_confidence: float | None = None
+    # Box checkpoints: the do-no-harm gate chosen on validation (None: trained before the gate existed).
+    box_gate: EdgeGate | None = None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedCheckpoint:
@@ -78,7 +79,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         meta.get("task", "segmentation"),
         path,
         meta.get("stats"),
-        None if meta.get("min_confidence") is None else float(meta["min_confidence"]),
+        gate_from_checkpoint_section(meta),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import lightning as L
@@ -12,7 +13,7 @@ from torch import Tensor, nn
 from segladder.config import ExperimentConfig
 from segladder.data.boxes import to_crop, to_image
 from segladder.errors import ConfigError
-from segladder.inference.box_gate import EdgeRecords, calibration, choose_min_confidence, edge_errors
+from segladder.inference.box_gate import EdgeRecords, calibration, choose_gate, edge_errors
 from segladder.metrics import BOX_KEYS, BoxMetrics
 from segladder.models.snapper import decode, edge_loss
 from segladder.tasks.base import TASKS, Task
@@ -25,12 +26,14 @@ class BoxesTask(Task):
     Training: cross-entropy of each edge's position distribution against a Gaussian soft target
     (`boxes.sigma`). Validation: decodes the boxes (`boxes.decode`), maps them back to image pixels and
     reports the paper's Table 1 (`val/miou`, `val/iou_over_0.9`, `val/edges_within_1px`, ...) beside the
-    same numbers for the rough boxes (`val/rough_miou`, ...); the best checkpoint is chosen by `val/miou`.
-    Each validation also chooses the edge-confidence gate on its boxes (`choose_min_confidence`: the
-    minimum confidence that maximises mIoU without lowering it below the rough boxes'), logs
-    `val/min_confidence`, `val/gated_miou` and `val/edges_moved`, and stores the gate (`min_confidence`)
-    with its calibration (`box_gate`) in every checkpoint; training ends by writing them for `best.ckpt`
-    as `box_calibration.json` and `reliability.png` in the run directory.
+    same numbers for the rough boxes (`val/rough_miou`, ...).
+    Each validation also chooses the do-no-harm gate on its boxes (`choose_gate`: a minimum confidence and a
+    largest move, kept only when its cross-validated gain clears the noise, else "keep every rough edge"),
+    logs `val/min_confidence`, `val/gate_accepted`, `val/gated_miou` and `val/edges_moved`, and stores the
+    gate (`min_confidence`, `max_move`) with its calibration (`box_gate`) in every checkpoint; training ends
+    by writing them for `best.ckpt` as `box_calibration.json` and `reliability.png` in the run directory.
+    The best checkpoint is chosen by `val/gated_miou`, what `boxes adjust` gives by default: an epoch whose
+    ungated boxes score best may be one whose gate must keep every rough edge.
 
     Args:
         cfg: the experiment (its `data.coco` crop geometry and `boxes` section are used here).
@@ -38,8 +41,14 @@ class BoxesTask(Task):
     """
 
     accepts = ("box",)
-    monitor = "val/miou"
-    curve_keys = ("val/miou", "val/rough_miou", "val/edges_within_1px", "val/rough_edges_within_1px")
+    monitor = "val/gated_miou"
+    curve_keys = (
+        "val/miou",
+        "val/gated_miou",
+        "val/rough_miou",
+        "val/edges_within_1px",
+        "val/rough_edges_within_1px",
+    )
     curve_title = "validation: snapped against rough boxes"
 
     @classmethod
@@ -98,12 +107,11 @@ class BoxesTask(Task):
             self.log(f"val/{key}", snapped[key].float(), prog_bar=key == "miou", sync_dist=True)
             self.log(f"val/rough_{key}", rough[key].float(), sync_dist=True)
         if len(records["true"]):
-            choice = choose_min_confidence(
-                records["rough"], records["snapped"], records["conf"], records["true"]
-            )
+            choice = choose_gate(records["rough"], records["snapped"], records["conf"], records["true"])
             cal = calibration(records["conf"], edge_errors(records["snapped"], records["true"]))
             self.box_gate = {**choice.as_dict(), "calibration": cal}
             self.log("val/min_confidence", float(choice.min_confidence), sync_dist=True)
+            self.log("val/gate_accepted", float(choice.accepted), sync_dist=True)
             self.log("val/gated_miou", float(choice.miou_gated), sync_dist=True)
             self.log("val/edges_moved", float(choice.edges_moved), sync_dist=True)
 
@@ -137,6 +145,7 @@ class BoxesTask(Task):
             if self.box_gate is None
             else {
                 "min_confidence": self.box_gate["min_confidence"],
+                "max_move": self.box_gate.get("max_move"),
                 "box_gate": self.box_gate,
             }
         )
@@ -166,7 +175,7 @@ class BoxGateReport(L.Callback):
 
 def write_gate_report(checkpoint: Path, run_dir: Path) -> dict | None:
     """box_calibration.json and reliability.png of `checkpoint`'s stored gate, in `run_dir`; None when it has none."""
-    from segladder.inference.box_gate import reliability_png
+    from segladder.inference.box_gate import EdgeGate, reliability_png
     from segladder.inference.checkpoint import CHECKPOINT_KEY, read_checkpoint_file
     from segladder.io import atomic_write_json
     from segladder.progress import console
@@ -180,8 +189,12 @@ def write_gate_report(checkpoint: Path, run_dir: Path) -> dict | None:
     reliability_png(gate["calibration"], run_dir / "reliability.png", f"validation, {checkpoint.name}")
     cal = gate["calibration"]
     auc = "n/a" if cal["auc"] is None else f"{cal['auc']:.3f}"
+    described = EdgeGate(
+        gate["min_confidence"], math.inf if gate.get("max_move") is None else gate["max_move"]
+    )
+    why = f"; {gate['reason']}" if gate.get("reason") else ""
     console.print(
-        f"edge-confidence gate of {checkpoint.name}: min confidence {gate['min_confidence']:.4g} "
+        f"do-no-harm gate of {checkpoint.name}: {described.describe()}{why} "
         f"(validation mIoU rough {gate['miou_rough']:.4f}, adjusted {gate['miou_adjusted']:.4f}, "
         f"gated {gate['miou_gated']:.4f}; {100 * gate['edges_moved']:.1f}% of edges moved); calibration "
         f"ECE {cal['ece']:.3f}, AUC {auc}: "

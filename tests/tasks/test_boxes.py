@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from segladder.config import build_config, load_config, resolve_config_path
+from segladder.data.boxes import xywh_to_xyxy
 from segladder.data.boxes_synth import write_box_synth
 from segladder.errors import ConfigError
+from segladder.inference.box_gate import EdgeGate
 from segladder.metrics import BOX_KEYS
 from segladder.training.build import build_datamodule, check_experiment
 from segladder.training.run import train
@@ -212,15 +215,22 @@ def test_box_gate_is_stored_in_the_checkpoint_and_written_beside_the_run(trained
     from segladder.inference.checkpoint import load_checkpoint
 
     final = trained.metrics["final"]
-    stored = load_checkpoint(trained.best_checkpoint).min_confidence
-    assert stored is not None and stored == pytest.approx(final["val/min_confidence"])
+    stored = load_checkpoint(trained.best_checkpoint).box_gate
+    assert stored is not None and stored.min_confidence == pytest.approx(final["val/min_confidence"])
     assert final["val/gated_miou"] >= final["val/rough_miou"] - 1e-9
+    assert final["val/gate_accepted"] in (0.0, 1.0)
     adjuster = BoxAdjuster.from_checkpoint(trained.best_checkpoint, "cpu")
-    assert adjuster.min_confidence == stored and "stored in the checkpoint" in adjuster.gate_source
+    assert adjuster.gate == stored and "stored in the checkpoint" in adjuster.gate_source
     over = BoxAdjuster.from_checkpoint(trained.best_checkpoint, "cpu", min_confidence=0.25)
-    assert over.min_confidence == 0.25 and over.gate_source == "--min-confidence"
+    assert over.gate == EdgeGate(0.25, math.inf) and over.gate_source == "--min-confidence"
+    both = BoxAdjuster.from_checkpoint(trained.best_checkpoint, "cpu", min_confidence=0.25, max_move=0.1)
+    assert both.gate == EdgeGate(0.25, 0.1) and both.gate_source == "--min-confidence and --max-move"
     report = json.loads((trained.run_dir / "box_calibration.json").read_text())
-    assert report["min_confidence"] == pytest.approx(stored) and len(report["calibration"]["bins"]) == 10
+    assert (
+        report["min_confidence"] == pytest.approx(stored.min_confidence)
+        and len(report["calibration"]["bins"]) == 10
+    )
+    assert report["reason"] and "standard errors" in report["reason"] or "too few" in report["reason"]
     assert (trained.run_dir / "reliability.png").stat().st_size > 0
 
 
@@ -248,7 +258,8 @@ def test_box_min_confidence_overrides_the_stored_gate(trained, box_set, tmp_path
             + ["--out", outs[c], "--min-confidence", c]
         )
         assert r.exit_code == 0, r.output
-        assert f"min confidence {c}, --min-confidence" in r.output
+        said = {"1": "keeps every rough edge", "0": "moves every edge"}[c]
+        assert f"do-no-harm gate: {said}, --min-confidence" in r.output
     rough_boxes = {a["id"]: a["bbox"] for a in json.loads(rough.read_text())["annotations"]}
     kept = json.loads(outs["1"].read_text())["annotations"]
     # C = 1 keeps every rough edge; C = 0 moves them.
@@ -275,13 +286,68 @@ def test_box_checkpoint_without_a_stored_gate_moves_every_edge_and_says_so(train
     from segladder.inference.boxes import NO_STORED_GATE, BoxAdjuster
 
     ck = torch.load(trained.best_checkpoint, weights_only=True)
-    for key in ("min_confidence", "box_gate"):
-        ck["segladder"].pop(key)
+    for key in ("min_confidence", "max_move", "box_gate"):
+        ck["segladder"].pop(key, None)
     old = tmp_path / "old.ckpt"
     torch.save(ck, old)
     adjuster = BoxAdjuster.from_checkpoint(old, "cpu")
-    assert adjuster.min_confidence == 0.0 and adjuster.gate_source == NO_STORED_GATE
+    assert adjuster.gate == EdgeGate() and adjuster.gate_source == NO_STORED_GATE
     assert "none stored in this checkpoint" in adjuster.gate_line()
+    # A checkpoint from before the largest-move limit: its confidence gate, no limit on the move.
+    ck["segladder"]["min_confidence"] = 0.3
+    torch.save(ck, old)
+    assert BoxAdjuster.from_checkpoint(old, "cpu").gate == EdgeGate(0.3, math.inf)
+
+
+def test_box_max_move_keeps_far_moves_at_the_rough_position(trained, box_set, tmp_path):
+    rough = tmp_path / "rough.json"
+    assert _cli(["boxes", "jitter", box_set.val, "--out", rough, "--seed", "2"]).exit_code == 0
+    out = tmp_path / "adj.json"
+    r = _cli(
+        ["boxes", "adjust", trained.best_checkpoint, "--images", box_set.images, "--boxes", rough]
+        + ["--out", out, "--max-move", "0.05"]
+    )
+    assert r.exit_code == 0, r.output
+    assert "min confidence 0, moves up to 5% of the box side, --max-move" in r.output
+    for a in json.loads(out.read_text())["annotations"]:
+        x, y, w, h = a["rough_bbox"]
+        moves = np.abs(np.array(xywh_to_xyxy(a["bbox"])) - np.array(xywh_to_xyxy((x, y, w, h))))
+        assert (moves <= 0.05 * np.array([w, h, w, h]) + 1e-3).all(), a
+    bad = _cli(
+        ["boxes", "adjust", trained.best_checkpoint, "--images", box_set.images, "--boxes", rough]
+        + ["--out", tmp_path / "b.json", "--max-move", "-1"]
+    )
+    assert bad.exit_code != 0 and "--max-move -1" in str(bad.exception)
+
+
+def test_box_calibrate_writes_a_gated_copy_and_leaves_the_input_alone(trained, box_set, tmp_path):
+    import hashlib
+
+    from segladder.inference.checkpoint import load_checkpoint
+
+    before = hashlib.sha256(trained.best_checkpoint.read_bytes()).hexdigest()
+    out = tmp_path / "cal"
+    r = _cli(
+        ["boxes", "calibrate", trained.best_checkpoint, "--images", box_set.images]
+        + ["--annotations", box_set.val, "--out", out, "--draws", "3", "--device", "cpu"]
+    )
+    assert r.exit_code == 0, r.output
+    assert hashlib.sha256(trained.best_checkpoint.read_bytes()).hexdigest() == before
+    report = json.loads((out / "box_calibration.json").read_text())
+    n_val = len(json.loads(box_set.val.read_text())["annotations"])
+    assert report["boxes"] == 3 * n_val and report["calibrated_on"]["draws"] == 3
+    gate = load_checkpoint(out / "calibrated.ckpt").box_gate
+    assert gate.min_confidence == pytest.approx(report["min_confidence"])
+    assert (report["max_move"] is None) == math.isinf(gate.max_move)
+    assert report["reason"] in r.output and (out / "reliability.png").stat().st_size > 0
+    # Calibrating the calibrated copy into its own folder would overwrite the input: refused.
+    written = (out / "calibrated.ckpt").read_bytes()
+    again = _cli(
+        ["boxes", "calibrate", out / "calibrated.ckpt", "--images", box_set.images]
+        + ["--annotations", box_set.val, "--out", out]
+    )
+    assert again.exit_code != 0 and "would be overwritten" in str(again.exception)
+    assert (out / "calibrated.ckpt").read_bytes() == written
 
 
 def test_reachable_boxes_are_the_true_boxes_clipped_to_the_crop():
@@ -363,3 +429,9 @@ def test_onnx_export_matches_pytorch(trained, tmp_path):
     assert r.max_prob_diff <= 1e-4 and r.max_edge_diff < 1e-2
     meta = {p.key: p.value for p in onnx.load(str(r.path)).metadata_props}
     assert meta["segladder.task"] == "boxes" and meta["segladder.crop_size"] == "32"
+    # The stored gate travels with the model, so ONNX users can apply it.
+    from segladder.inference.checkpoint import load_checkpoint
+
+    gate = load_checkpoint(trained.best_checkpoint).box_gate
+    assert float(meta["segladder.min_confidence"]) == gate.min_confidence
+    assert float(meta["segladder.max_move"]) == gate.max_move
