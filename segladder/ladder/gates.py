@@ -259,6 +259,156 @@ def f1_rise(history: list[dict]) -> tuple[float, int]:
     return f1s[-1] - f1s[-1 - k], k
 
 
+@dataclass
+class RungEvidence:
+    """What a rung's gates are checked against: its gate, its per-epoch history and what else was measured."""
+
+    gate: Gate
+    history: list[dict]
+    previous: float | None  # the F1 of the rung below
+    nan_steps: int = 0
+    baselines: Baselines | None = None
+    f1_from: str = "best"
+    probe: InputStats | None = None  # what the training loop was fed (`TrainingBatchProbe`)
+    updates: UpdateStats | None = None  # how far its steps moved the weights (`UpdateSizeProbe`)
+
+    @property
+    def losses(self) -> list[float | None]:
+        return [h.get("train/loss_epoch", h.get("train/loss")) for h in self.history]
+
+    @property
+    def f1(self) -> float:
+        """The rung's F1 (`f1_from`: its best or its last epoch's), NaN when no epoch has one."""
+        f1 = rung_f1(self.history, self.f1_from)
+        return float("nan") if f1 is None else f1
+
+
+def _gate_no_nan(e: RungEvidence) -> list[GateCheck]:
+    if not e.gate.no_nan:
+        return []
+    has_nan = e.nan_steps > 0 or any(v is None or not math.isfinite(v) for v in e.losses) or not e.history
+    detail = (
+        f"{e.nan_steps} non-finite step(s)"
+        if e.nan_steps
+        else ("no epochs finished" if not e.history else "all losses finite")
+    )
+    return [GateCheck("no NaN", not has_nan, detail)]
+
+
+def _gate_loss_max(e: RungEvidence) -> list[GateCheck]:
+    gate = e.gate
+    if gate.loss_max is None:
+        return []
+    loss = _loss_at(e.history, gate.loss_epoch)
+    when = f"end of epoch {gate.loss_epoch}" if gate.loss_epoch else "end"
+    ok = loss is not None and math.isfinite(loss) and loss < gate.loss_max
+    detail = f"loss {loss:.4f} at the {when}" if loss is not None else "no loss"
+    return [GateCheck(f"loss < {gate.loss_max}", ok, detail, PROGRESS)]
+
+
+def _gate_f1_min(e: RungEvidence) -> list[GateCheck]:
+    if e.gate.f1_min is None:
+        return []
+    f1 = e.f1
+    ok = math.isfinite(f1) and f1 > e.gate.f1_min
+    return [GateCheck(f"F1 > {e.gate.f1_min}", ok, f"F1 {f1:.4f}", PROGRESS, e.gate.f1_min)]
+
+
+def _gate_loss_rise(e: RungEvidence) -> list[GateCheck]:
+    if e.gate.loss_rise is None or not e.history:
+        return []
+    return [_stable_loss(e.losses, e.gate.loss_rise)]
+
+
+def _gate_update_max(e: RungEvidence) -> list[GateCheck]:
+    u = e.updates
+    if e.gate.update_max is None or u is None:
+        return []
+    return [
+        GateCheck(
+            "steps smaller than the weights",
+            u.max_ratio <= e.gate.update_max,
+            f"largest step moved the weights by {u.max_ratio:.3g} of their norm (step "
+            f"{u.max_step}; median {u.median_ratio:.3g}); bound {e.gate.update_max:g}",
+        )
+    ]
+
+
+def _gate_loss_gap(e: RungEvidence) -> list[GateCheck]:
+    b, gap = e.baselines, e.gate.loss_gap
+    if b is None or gap is None or not e.history:
+        return []
+    loss = _loss_at(e.history, None)
+    bound = b.trivial_loss + gap * (b.uninformed_loss - b.trivial_loss)
+    if not math.isfinite(bound):
+        return []
+    ok = loss is not None and math.isfinite(loss) and loss < bound
+    detail = (
+        f"loss {_num(loss)} at the end vs {bound:.4f} = best constant "
+        f"{b.trivial_loss:.4f} + {gap:g} × (uninformed {b.uninformed_loss:.4f} − it)"
+    )
+    return [GateCheck("loss falls", ok, detail)]
+
+
+def _gate_f1_headroom(e: RungEvidence) -> list[GateCheck]:
+    b, headroom = e.baselines, e.gate.f1_headroom
+    if b is None or headroom is None:
+        return []
+    if b.positive_fraction == 0:
+        return [
+            GateCheck("F1 above the baselines", True, "validation masks are empty: not checked", PROGRESS)
+        ]
+    f1 = e.f1
+    bound = b.floor + headroom * b.headroom
+    detail = (
+        f"F1 {f1:.4f} vs {bound:.4f} = constant {b.floor:.4f} + "
+        f"{headroom:g} × ({b.ceiling_text} − {b.floor:.4f})"
+    )
+    return [GateCheck("F1 above the baselines", math.isfinite(f1) and f1 > bound, detail, PROGRESS, bound)]
+
+
+def _gate_data_match(e: RungEvidence) -> list[GateCheck]:
+    if not e.gate.data_match or e.baselines is None or e.baselines.inputs is None or e.probe is None:
+        return []
+    return _data_checks(e.probe, e.baselines.inputs)
+
+
+def _gate_previous(e: RungEvidence) -> list[GateCheck]:
+    gate, previous, f1 = e.gate, e.previous, e.f1
+    if not (gate.better_than_previous or gate.at_least_previous) or previous is None:
+        return []
+    slack = gate.previous_tolerance * (e.baselines.headroom if e.baselines is not None else 1.0)
+    if not slack > 0:  # no tolerance (a NaN headroom leaves none either)
+        ok = f1 > previous if gate.better_than_previous else f1 >= previous - 1e-4
+        word = "better than" if gate.better_than_previous else "at least"
+        return [GateCheck(f"{word} the rung below", ok, f"F1 {f1:.4f} vs {previous:.4f}", PROGRESS, previous)]
+    excess = previous - slack - f1
+    rise, epochs = f1_rise(e.history)
+    detail = f"F1 {f1:.4f} vs {previous:.4f} (tolerance {slack:.4f})"
+    ok = math.isfinite(f1) and excess <= 0
+    if math.isfinite(f1) and not ok and rise >= excess:
+        detail += (
+            f"; still rising (+{rise:.4f} over its last {epochs} epochs, more than the "
+            f"{excess:.4f} beyond the tolerance): not converged at this budget"
+        )
+    return [GateCheck("not worse than the rung below", ok, detail, PROGRESS, previous - slack)]
+
+
+# One function a gate, in the order a rung's checks are listed; each returns [] when its gate is off or
+# lacks what it needs (the history, the baselines, the probes, the rung below).
+GATE_CHECKS = (
+    _gate_no_nan,
+    _gate_loss_max,
+    _gate_f1_min,
+    _gate_loss_rise,
+    _gate_update_max,
+    _gate_loss_gap,
+    _gate_f1_headroom,
+    _gate_data_match,
+    _gate_previous,
+)
+
+
 def check_gates(
     gate: Gate,
     history: list[dict],
@@ -277,107 +427,8 @@ def check_gates(
     the tolerance is not failed while its own F1 still rose over its last epochs by at least the excess
     (`f1_rise`): it has not converged at this budget, and the check says so instead of blaming its part.
     """
-    checks: list[GateCheck] = []
-    losses = [h.get("train/loss_epoch", h.get("train/loss")) for h in history]
-    has_nan = nan_steps > 0 or any(v is None or not math.isfinite(v) for v in losses) or not history
-    f1 = rung_f1(history, f1_from)
-    f1 = float("nan") if f1 is None else f1
-    if gate.no_nan:
-        checks.append(
-            GateCheck(
-                "no NaN",
-                not has_nan,
-                f"{nan_steps} non-finite step(s)"
-                if nan_steps
-                else ("no epochs finished" if not history else "all losses finite"),
-            )
-        )
-    if gate.loss_max is not None:
-        loss = _loss_at(history, gate.loss_epoch)
-        when = f"end of epoch {gate.loss_epoch}" if gate.loss_epoch else "end"
-        ok = loss is not None and math.isfinite(loss) and loss < gate.loss_max
-        checks.append(
-            GateCheck(
-                f"loss < {gate.loss_max}",
-                ok,
-                f"loss {loss:.4f} at the {when}" if loss is not None else "no loss",
-                PROGRESS,
-            )
-        )
-    if gate.f1_min is not None:
-        checks.append(
-            GateCheck(
-                f"F1 > {gate.f1_min}",
-                math.isfinite(f1) and f1 > gate.f1_min,
-                f"F1 {f1:.4f}",
-                PROGRESS,
-                gate.f1_min,
-            )
-        )
-    if gate.loss_rise is not None and history:
-        checks.append(_stable_loss(losses, gate.loss_rise))
-    if gate.update_max is not None and updates is not None:
-        checks.append(
-            GateCheck(
-                "steps smaller than the weights",
-                updates.max_ratio <= gate.update_max,
-                f"largest step moved the weights by {updates.max_ratio:.3g} of their norm (step "
-                f"{updates.max_step}; median {updates.median_ratio:.3g}); bound {gate.update_max:g}",
-            )
-        )
-    if baselines is not None and gate.loss_gap is not None and history:
-        loss = _loss_at(history, None)
-        b = baselines
-        bound = b.trivial_loss + gate.loss_gap * (b.uninformed_loss - b.trivial_loss)
-        if math.isfinite(bound):
-            ok = loss is not None and math.isfinite(loss) and loss < bound
-            checks.append(
-                GateCheck(
-                    "loss falls",
-                    ok,
-                    f"loss {_num(loss)} at the end vs {bound:.4f} = best constant "
-                    f"{b.trivial_loss:.4f} + {gate.loss_gap:g} × (uninformed {b.uninformed_loss:.4f} − it)",
-                )
-            )
-    if baselines is not None and gate.f1_headroom is not None:
-        if baselines.positive_fraction == 0:
-            checks.append(
-                GateCheck("F1 above the baselines", True, "validation masks are empty: not checked", PROGRESS)
-            )
-        else:
-            bound = baselines.floor + gate.f1_headroom * baselines.headroom
-            checks.append(
-                GateCheck(
-                    "F1 above the baselines",
-                    math.isfinite(f1) and f1 > bound,
-                    f"F1 {f1:.4f} vs {bound:.4f} = constant {baselines.floor:.4f} + "
-                    f"{gate.f1_headroom:g} × ({baselines.ceiling_text} − {baselines.floor:.4f})",
-                    PROGRESS,
-                    bound,
-                )
-            )
-    if gate.data_match and baselines is not None and baselines.inputs is not None and probe is not None:
-        checks += _data_checks(probe, baselines.inputs)
-    if (gate.better_than_previous or gate.at_least_previous) and previous is not None:
-        slack = gate.previous_tolerance * (baselines.headroom if baselines is not None else 1.0)
-        if slack > 0:
-            excess = previous - slack - f1
-            rise, epochs = f1_rise(history)
-            detail = f"F1 {f1:.4f} vs {previous:.4f} (tolerance {slack:.4f})"
-            ok = math.isfinite(f1) and excess <= 0
-            if math.isfinite(f1) and not ok and rise >= excess:
-                detail += (
-                    f"; still rising (+{rise:.4f} over its last {epochs} epochs, more than the "
-                    f"{excess:.4f} beyond the tolerance): not converged at this budget"
-                )
-            checks.append(GateCheck("not worse than the rung below", ok, detail, PROGRESS, previous - slack))
-        else:
-            ok = f1 > previous if gate.better_than_previous else f1 >= previous - 1e-4
-            word = "better than" if gate.better_than_previous else "at least"
-            checks.append(
-                GateCheck(f"{word} the rung below", ok, f"F1 {f1:.4f} vs {previous:.4f}", PROGRESS, previous)
-            )
-    return checks
+    evidence = RungEvidence(gate, history, previous, nan_steps, baselines, f1_from, probe, updates)
+    return [check for gate_checks in GATE_CHECKS for check in gate_checks(evidence)]
 
 
 def rung_verdict(checks: list[GateCheck]) -> str:
