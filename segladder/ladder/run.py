@@ -316,8 +316,6 @@ def run_ladder(
     `baselines` (see `measure_baselines`) are needed by the calibrated profile's relative gates; `fault`
     plants one deliberate fault in every rung's training.
     """
-    from segladder.training.run import TrainingStopped, read_metrics, train
-
     prof = get_profile(profile)
     gates = {**prof.gates, **(gates or {})}
     out = Path(out)
@@ -338,51 +336,18 @@ def run_ladder(
         t0 = time.perf_counter()
         r = RungResult(rung, "not run", out / rung)
         probe, updates = TrainingBatchProbe(), UpdateSizeProbe()
-        try:
-            res = train(
-                rung_config(base, rung),
-                out=out / rung,
-                callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), probe, updates],
-            )
-            r.metrics = res.metrics
-        except TrainingStopped as exc:
-            r.metrics = read_metrics(exc.run_dir)
-            r.reason = str(exc)
-        except Interrupted as exc:
-            # Ctrl-C or SIGTERM stops the whole ladder (and a self-test), not just this rung; the hint
-            # becomes the command that was running (finished rungs keep their run directories).
-            raise Interrupted(
-                f"the ladder stopped in {rung}: {str(exc).split('; continue with')[0]}"
-            ) from None
-        except (SegladderError, RuntimeError, MemoryError) as exc:
-            # Missing offline weights, out of memory, a model that cannot take this input: report, go on.
-            r.seconds = time.perf_counter() - t0
-            result.rungs.append(r)
-            if isinstance(exc, WeightsUnavailable):
-                # The whole message: it says where weights were looked for and how to supply them.
-                r.reason = f"no pretrained weights on this machine. {str(exc).splitlines()[0]}"
-                scratch = (
-                    ""
-                    if "pretrained" in base.model.kwargs
-                    else (
-                        f"\nThe ladder starts {rung} from ImageNet weights, as the 2nd-place recipe "
-                        "does (from scratch it is hard to train). To train it from scratch anyway: "
-                        "--set model.pretrained=false."
-                    )
-                )
-                console.print(f"[yellow]{rung}: not run.\n{exc}{scratch}[/]")
-            else:
-                r.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                console.print(f"[yellow]{rung}: not run ({r.reason})[/]")
-            continue
+        error = _train_rung(r, base, fault, [probe, updates])
         r.seconds = time.perf_counter() - t0
-        nan_steps = 1 if r.reason else 0
+        if error is not None:
+            result.rungs.append(r)
+            _report_not_run(r, error, base)
+            continue
         below = None if previous is None else (previous.best_f1 if prof.f1 == "best" else previous.f1_last)
         r.checks = check_gates(
             gates.get(rung, Gate()),
             r.history,
             below,
-            nan_steps,
+            1 if r.reason else 0,  # the NaN guard stopped it
             baselines,
             prof.f1,
             probe.stats,
@@ -394,16 +359,68 @@ def run_ladder(
             r.seconds = time.perf_counter() - t0
         r.status = rung_verdict(r.checks)
         result.rungs.append(r)
-        if r.status == "inconclusive":
-            r.budget = estimate_budget(r.history, r.checks)
-            r.note = explain_inconclusive(r)
-            console.print(f"[yellow]{r.note}[/]")
-        if r.status == "failed":
-            r.diagnosis = diagnose(r, previous)
-            console.print(f"[red]{r.diagnosis}[/]")
-            if not keep_going:
-                result.stopped_at = rung
-                break
+        _explain_verdict(r, previous)
+        if r.status == "failed" and not keep_going:
+            result.stopped_at = rung
+            break
         previous = r
     result.seconds = time.perf_counter() - t_start
     return result
+
+
+def _train_rung(r: RungResult, base: ExperimentConfig, fault: Fault | None, probes: list) -> Exception | None:
+    """Train rung `r` into `r.run_dir` with the fault's callbacks and `probes`, keeping its metrics (and, when
+    the NaN guard stopped it, why); returns the error that kept it from training, else None.
+
+    Ctrl-C or SIGTERM stops the whole ladder (and a self-test), not just this rung.
+    """
+    from segladder.training.run import TrainingStopped, read_metrics, train
+
+    try:
+        res = train(
+            rung_config(base, r.rung),
+            out=r.run_dir,
+            callbacks=[*(fault.callbacks(base.seed) if fault is not None else ()), *probes],
+        )
+        r.metrics = res.metrics
+    except TrainingStopped as exc:
+        r.metrics = read_metrics(exc.run_dir)
+        r.reason = str(exc)
+    except Interrupted as exc:
+        # The hint becomes the command that was running (finished rungs keep their run directories).
+        raise Interrupted(f"the ladder stopped in {r.rung}: {str(exc).split('; continue with')[0]}") from None
+    except (SegladderError, RuntimeError, MemoryError) as exc:
+        # Missing offline weights, out of memory, a model that cannot take this input: report, go on.
+        return exc
+    return None
+
+
+def _report_not_run(r: RungResult, exc: Exception, base: ExperimentConfig) -> None:
+    """Say why rung `r` did not train (`r.reason`), and how to get weights when it had none."""
+    if isinstance(exc, WeightsUnavailable):
+        # The whole message: it says where weights were looked for and how to supply them.
+        r.reason = f"no pretrained weights on this machine. {str(exc).splitlines()[0]}"
+        scratch = (
+            ""
+            if "pretrained" in base.model.kwargs
+            else (
+                f"\nThe ladder starts {r.rung} from ImageNet weights, as the 2nd-place recipe "
+                "does (from scratch it is hard to train). To train it from scratch anyway: "
+                "--set model.pretrained=false."
+            )
+        )
+        console.print(f"[yellow]{r.rung}: not run.\n{exc}{scratch}[/]")
+    else:
+        r.reason = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+        console.print(f"[yellow]{r.rung}: not run ({r.reason})[/]")
+
+
+def _explain_verdict(r: RungResult, previous: RungResult | None) -> None:
+    """An inconclusive rung gets a budget estimate and a note; a failed one a diagnosis against the one below."""
+    if r.status == "inconclusive":
+        r.budget = estimate_budget(r.history, r.checks)
+        r.note = explain_inconclusive(r)
+        console.print(f"[yellow]{r.note}[/]")
+    if r.status == "failed":
+        r.diagnosis = diagnose(r, previous)
+        console.print(f"[red]{r.diagnosis}[/]")
