@@ -487,6 +487,114 @@ def _annotators(
     return masks.transpose(1, 2, 0)
 
 
+@dataclass
+class _Sky:
+    """One record's scene as the ash RGB sees it, (H, W, T) brightness temperatures in K: band 14, the split
+    window `btd` (band 15 − band 14), `g` (band 14 − band 11) and `c13` (band 13 − band 14)."""
+
+    b14: np.ndarray
+    btd: np.ndarray
+    g: np.ndarray
+    c13: np.ndarray
+
+    def layer(self, field: np.ndarray, value14, value_btd, value_g, value_c13) -> None:
+        """Cover the scene with a cloud of these values where `field` (its opacity, 0–1) says."""
+        self.b14 = self.b14 + field * (value14 - self.b14)
+        self.btd = self.btd + field * (value_btd - self.btd)
+        self.g = self.g + field * (value_g - self.g)
+        self.c13 = self.c13 + field * (value_c13 - self.c13)
+
+
+def _clear_sky(
+    rng: np.random.Generator, size: int, cells: int, wind_low: np.ndarray
+) -> tuple[_Sky, np.ndarray]:
+    """A sea or land surface seen through water vapour, and the vapour field itself (H, W, T)."""
+    n = size + 2 * _MARGIN
+    sea = rng.random() < 0.5
+    if sea:
+        surface = rng.uniform(286.0, 301.0) + 0.6 * _smooth(rng, size, cells)
+        emissivity = np.zeros((size, size), np.float32)
+    else:
+        surface = rng.uniform(272.0, 306.0) + 3.0 * _smooth(rng, size, max(2, size // 64))
+        surface += _smooth(rng, size, cells * 4)
+        emissivity = 0.3 + 0.4 * np.abs(_smooth(rng, size, cells * 2))  # dry land is darker at 8.4 µm
+    surface = surface[:, :, None] + rng.uniform(-0.3, 0.3) * _T  # diurnal warming or cooling
+    moisture = float(rng.beta(3.0, 1.5))
+    vapour = _drift_frames(_smooth(rng, n, cells), wind_low, size)
+    wet = np.clip(moisture + 0.1 * vapour, 0.0, 1.0)
+    b14 = surface - (0.8 + 4.0 * wet)
+    btd = -(0.8 + 3.6 * wet) + 0.2 * _smooth(rng, size, cells * 3)[:, :, None]  # band 15 − band 14
+    g = 0.4 + 2.8 * wet + emissivity[:, :, None]  # band 14 − band 11
+    c13 = 0.4 + 1.0 * wet  # band 13 − band 14: 10.3 µm is the cleaner window
+    return _Sky(b14, btd, g, c13), vapour
+
+
+def _low_cloud(rng: np.random.Generator, sky: _Sky, size: int, cells: int, wind_low: np.ndarray) -> None:
+    """Low water cloud: a little colder, band 14 − band 11 positive; the vapour above a low top still makes
+    the split window negative (real records show no pink low-cloud patches)."""
+    n = size + 2 * _MARGIN
+    cover = _smooth(rng, n, cells) + 0.5 * _smooth(rng, n, cells * 3) + 0.3 * _smooth(rng, n, cells * 10)
+    low = np.clip((cover - rng.uniform(0.0, 1.5)) * rng.uniform(0.5, 1.5), 0.0, 1.0).astype(np.float32)
+    low = _drift_frames(low, wind_low, size)
+    texture = _drift_frames(_smooth(rng, n, max(4, size // 6)), wind_low, size)
+    sky.layer(
+        low,
+        sky.b14 - rng.uniform(4.0, 25.0) + 1.5 * texture,
+        rng.uniform(-2.5, -0.8),
+        rng.uniform(0.5, 2.0),
+        0.3,
+    )
+
+
+def _upper_ice(rng: np.random.Generator, sky: _Sky, size: int, cells: int, wind_up: np.ndarray) -> None:
+    """Upper ice cloud: thick cold tops where it is opaque, cirrus where it is thin. Thin ice shows the
+    split-window signature most at intermediate opacity, hence the e(1 − e) terms."""
+    n = size + 2 * _MARGIN
+    cover = _smooth(rng, n, cells) + 0.6 * _smooth(rng, n, cells * 4) + 0.3 * _smooth(rng, n, cells * 10)
+    ice = np.clip((cover - rng.uniform(0.0, 1.8)) * rng.uniform(0.3, 1.2), 0.0, 1.0).astype(np.float32)
+    ice = _drift_frames(ice, wind_up, size)
+    top = rng.uniform(205.0, 245.0) + 2.0 * _drift_frames(_smooth(rng, n, cells * 2), wind_up, size)
+    thin = 4.0 * ice * (1.0 - ice)
+    sky.layer(ice, top, rng.uniform(-1.2, -0.3), rng.uniform(-3.0, 0.5), 0.2)
+    sky.btd = sky.btd - thin * rng.uniform(0.5, 2.0)
+    sky.g = sky.g - thin * rng.uniform(0.5, 2.0)
+
+
+def _add_contrails(sky: _Sky, contrails: list[_Contrail], size: int) -> None:
+    """Thin ice whose emissivity pulls band 14 towards its cold top, the split window further negative and
+    band 14 − band 11 down."""
+    opacity, top_w, btd_w, g_w = _ice_frames(contrails, size)
+    covered = opacity > 0
+    opacity = np.minimum(opacity, 0.95)
+    top = np.where(covered, top_w / np.maximum(opacity, 1e-6), 0.0)
+    sky.b14 = sky.b14 + opacity * (np.where(covered, top, sky.b14) - sky.b14)
+    sky.btd = sky.btd - btd_w
+    sky.g = sky.g - g_w
+    sky.c13 = sky.c13 + 0.3 * opacity
+
+
+def _band_files(rng: np.random.Generator, sky: _Sky, vapour: np.ndarray, size: int) -> dict[str, np.ndarray]:
+    """Every band's file, {file name: float32 (H, W, T)}, with sensor noise; the water-vapour bands (8–10)
+    and bands 12 and 16 follow band 14 and the vapour."""
+    b14 = sky.b14
+    b11 = b14 - sky.g
+    b13 = b14 + sky.c13
+    b12 = 0.55 * b14 + 104.0 + 1.5 * vapour
+    b16 = 0.72 * b14 + 48.0 - 2.0 * vapour
+    water_vapour = {
+        8: 233.0 + 0.08 * (b14 - 285.0) - 7.0 * vapour,
+        9: 242.0 + 0.18 * (b14 - 285.0) - 6.0 * vapour,
+        10: 251.0 + 0.30 * (b14 - 285.0) - 5.0 * vapour,
+    }
+    bands = {**water_vapour, 11: b11, 12: b12, 13: b13, 14: b14, 15: b14 + sky.btd, 16: b16}
+    noise = rng.standard_normal((len(BANDS), size, size, N_FRAMES), dtype=np.float32)
+    out: dict[str, np.ndarray] = {}
+    for k, band in enumerate(BANDS):
+        sigma = 0.15 if band <= 10 else 0.1
+        out[band_file(band)] = np.ascontiguousarray(bands[band] + sigma * noise[k], dtype=np.float32)
+    return out
+
+
 def make_record(
     rng: np.random.Generator,
     size: int = DEFAULT_SIZE,
@@ -506,88 +614,16 @@ def make_record(
     """
     if split not in _SPLIT_INDEX:
         raise DataError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}.")
-    n = size + 2 * _MARGIN
     cells = max(2, size // 40)
     wind_up, wind_low = _wind(rng, 0.8, _MAX_WIND), _wind(rng, 0.3, 2.0)
-
-    # Surface and clear-sky atmosphere.
-    sea = rng.random() < 0.5
-    if sea:
-        surface = rng.uniform(286.0, 301.0) + 0.6 * _smooth(rng, size, cells)
-        emissivity = np.zeros((size, size), np.float32)
-    else:
-        surface = rng.uniform(272.0, 306.0) + 3.0 * _smooth(rng, size, max(2, size // 64))
-        surface += _smooth(rng, size, cells * 4)
-        emissivity = 0.3 + 0.4 * np.abs(_smooth(rng, size, cells * 2))  # dry land is darker at 8.4 µm
-    surface = surface[:, :, None] + rng.uniform(-0.3, 0.3) * _T  # diurnal warming or cooling
-    moisture = float(rng.beta(3.0, 1.5))
-    vapour = _drift_frames(_smooth(rng, n, cells), wind_low, size)
-    wet = np.clip(moisture + 0.1 * vapour, 0.0, 1.0)
-    b14 = surface - (0.8 + 4.0 * wet)
-    btd = -(0.8 + 3.6 * wet) + 0.2 * _smooth(rng, size, cells * 3)[:, :, None]  # band 15 − band 14
-    g = 0.4 + 2.8 * wet + emissivity[:, :, None]  # band 14 − band 11
-    c13 = 0.4 + 1.0 * wet  # band 13 − band 14: 10.3 µm is the cleaner window
-
-    def layer(field: np.ndarray, value14, value_btd, value_g, value_c13) -> None:
-        nonlocal b14, btd, g, c13
-        b14 = b14 + field * (value14 - b14)
-        btd = btd + field * (value_btd - btd)
-        g = g + field * (value_g - g)
-        c13 = c13 + field * (value_c13 - c13)
-
-    # Low water cloud: a little colder, band 14 − band 11 positive; the vapour above a low top still makes the
-    # split window negative (real records show no pink low-cloud patches).
+    sky, vapour = _clear_sky(rng, size, cells, wind_low)
     if rng.random() < 0.5:
-        cover = _smooth(rng, n, cells) + 0.5 * _smooth(rng, n, cells * 3) + 0.3 * _smooth(rng, n, cells * 10)
-        low = np.clip((cover - rng.uniform(0.0, 1.5)) * rng.uniform(0.5, 1.5), 0.0, 1.0).astype(np.float32)
-        low = _drift_frames(low, wind_low, size)
-        texture = _drift_frames(_smooth(rng, n, max(4, size // 6)), wind_low, size)
-        layer(
-            low,
-            b14 - rng.uniform(4.0, 25.0) + 1.5 * texture,
-            rng.uniform(-2.5, -0.8),
-            rng.uniform(0.5, 2.0),
-            0.3,
-        )
-
-    # Upper ice cloud: thick cold tops where it is opaque, cirrus where it is thin. Thin ice shows the
-    # split-window signature most at intermediate opacity, hence the e(1 − e) terms.
+        _low_cloud(rng, sky, size, cells, wind_low)
     if rng.random() < 0.7:
-        cover = _smooth(rng, n, cells) + 0.6 * _smooth(rng, n, cells * 4) + 0.3 * _smooth(rng, n, cells * 10)
-        ice = np.clip((cover - rng.uniform(0.0, 1.8)) * rng.uniform(0.3, 1.2), 0.0, 1.0).astype(np.float32)
-        ice = _drift_frames(ice, wind_up, size)
-        top = rng.uniform(205.0, 245.0) + 2.0 * _drift_frames(_smooth(rng, n, cells * 2), wind_up, size)
-        thin = 4.0 * ice * (1.0 - ice)
-        layer(ice, top, rng.uniform(-1.2, -0.3), rng.uniform(-3.0, 0.5), 0.2)
-        btd = btd - thin * rng.uniform(0.5, 2.0)
-        g = g - thin * rng.uniform(0.5, 2.0)
-
+        _upper_ice(rng, sky, size, cells, wind_up)
     labelled, others = _contrails(rng, size, wind_up, width_scale, opacity_scale)
-    opacity, top_w, btd_w, g_w = _ice_frames(labelled + others, size)
-    covered = opacity > 0
-    opacity = np.minimum(opacity, 0.95)
-    top = np.where(covered, top_w / np.maximum(opacity, 1e-6), 0.0)
-    b14 = b14 + opacity * (np.where(covered, top, b14) - b14)
-    btd = btd - btd_w
-    g = g - g_w
-    c13 = c13 + 0.3 * opacity
-
-    b11 = b14 - g
-    b13 = b14 + c13
-    b12 = 0.55 * b14 + 104.0 + 1.5 * vapour
-    b16 = 0.72 * b14 + 48.0 - 2.0 * vapour
-    water_vapour = {
-        8: 233.0 + 0.08 * (b14 - 285.0) - 7.0 * vapour,
-        9: 242.0 + 0.18 * (b14 - 285.0) - 6.0 * vapour,
-        10: 251.0 + 0.30 * (b14 - 285.0) - 5.0 * vapour,
-    }
-    bands = {**water_vapour, 11: b11, 12: b12, 13: b13, 14: b14, 15: b14 + btd, 16: b16}
-    noise = rng.standard_normal((len(BANDS), size, size, N_FRAMES), dtype=np.float32)
-    out: dict[str, np.ndarray] = {}
-    for k, band in enumerate(BANDS):
-        sigma = 0.15 if band <= 10 else 0.1
-        out[band_file(band)] = np.ascontiguousarray(bands[band] + sigma * noise[k], dtype=np.float32)
-
+    _add_contrails(sky, labelled + others, size)
+    out = _band_files(rng, sky, vapour, size)
     if split != "test":
         individual = _annotators(rng, labelled, others, size)
         votes = individual.sum(axis=-1, dtype=np.int32)
@@ -770,16 +806,7 @@ def generate_contrails(
     (1: as measured on real records); the demo uses 3 and 3 at 64² (docs/data.md).
     """
     _check_counts(records, val_records, test_records, size, seed)
-    if not MIN_WIDTH_SCALE <= width_scale <= MAX_WIDTH_SCALE:
-        raise DataError(
-            f"--width-scale is {width_scale:g}: give a factor between {MIN_WIDTH_SCALE:g} and {MAX_WIDTH_SCALE:g} "
-            "(1 draws contrails at their real 1–3 px)."
-        )
-    if not MIN_OPACITY_SCALE <= opacity_scale <= MAX_OPACITY_SCALE:
-        raise DataError(
-            f"--opacity-scale is {opacity_scale:g}: give a factor between {MIN_OPACITY_SCALE:g} and "
-            f"{MAX_OPACITY_SCALE:g} (1 draws contrails as faint as real ones)."
-        )
+    _check_scales(width_scale, opacity_scale)
     out = Path(out)
     params = {"generator": GENERATOR, "version": GENERATOR_VERSION, "seed": int(seed), "size": int(size)}
     if width_scale != 1.0:
@@ -816,15 +843,7 @@ def generate_contrails(
                 stats[split].append(st)
                 bar.advance(task)
 
-    for split, name in METADATA_FILES.items():
-        atomic_write_json(
-            out / name, [record_metadata(seed, split, i, rid) for i, rid in enumerate(ids[split])]
-        )
-    atomic_write_text(
-        out / SAMPLE_SUBMISSION_FILE,
-        "record_id,encoded_pixels\n" + "".join(f"{rid},-\n" for rid in ids["test"]),
-    )
-
+    _write_split_files(out, seed, ids)
     labelled = [s for s in SPLITS if s in METADATA_FILES]
     return SynthSummary(
         path=out,
@@ -838,4 +857,29 @@ def generate_contrails(
             s: float(np.mean([st.positive_pixels / st.pixels for st in stats[s]])) if stats[s] else 0.0
             for s in labelled
         },
+    )
+
+
+def _check_scales(width_scale: float, opacity_scale: float) -> None:
+    if not MIN_WIDTH_SCALE <= width_scale <= MAX_WIDTH_SCALE:
+        raise DataError(
+            f"--width-scale is {width_scale:g}: give a factor between {MIN_WIDTH_SCALE:g} and {MAX_WIDTH_SCALE:g} "
+            "(1 draws contrails at their real 1–3 px)."
+        )
+    if not MIN_OPACITY_SCALE <= opacity_scale <= MAX_OPACITY_SCALE:
+        raise DataError(
+            f"--opacity-scale is {opacity_scale:g}: give a factor between {MIN_OPACITY_SCALE:g} and "
+            f"{MAX_OPACITY_SCALE:g} (1 draws contrails as faint as real ones)."
+        )
+
+
+def _write_split_files(out: Path, seed: int, ids: dict[str, list[str]]) -> None:
+    """Each labelled split's metadata file and the test split's sample submission (every record empty)."""
+    for split, name in METADATA_FILES.items():
+        atomic_write_json(
+            out / name, [record_metadata(seed, split, i, rid) for i, rid in enumerate(ids[split])]
+        )
+    atomic_write_text(
+        out / SAMPLE_SUBMISSION_FILE,
+        "record_id,encoded_pixels\n" + "".join(f"{rid},-\n" for rid in ids["test"]),
     )
