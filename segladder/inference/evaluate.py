@@ -88,22 +88,19 @@ def score_records(
     return RecordScores(ids[:n], torch.cat(probs)[:n], np.concatenate(dice)[:n], ensemble.threshold, inputs)
 
 
-def evaluate(
-    checkpoint: str | Path,
-    data: str | Path,
-    split: str = "validation",
-    out: Path | None = None,
-    batch_size: int = 16,
-    device: str | None = None,
-    progress: bool = True,
-    folds: bool = False,
-) -> Evaluation:
-    """Score one checkpoint, or with `folds` the fold ensemble of a `train --folds` run directory.
+@dataclass
+class _Members:
+    """What `evaluate` scores: the checkpoints, their ensemble and its stored choices, and where it writes."""
 
-    A fold ensemble averages its folds' probabilities; its stored threshold and minimum component size
-    are the out-of-fold choices, so the figures are those `predict RUN --folds` would reach.
-    """
-    dev = resolve_device(device)
+    paths: list
+    ensemble: Ensemble
+    threshold: float
+    min_component: int
+    default_out: Path
+
+
+def _members(checkpoint: str | Path, split: str, folds: bool, device: torch.device) -> _Members:
+    """One checkpoint, or the fold ensemble of a `train --folds` run directory with its out-of-fold choices."""
     min_component = 0
     if folds:
         from segladder.inference.folds import read_fold_ensemble
@@ -120,75 +117,116 @@ def evaluate(
         ck = load_checkpoint(path)
         if ck.task != "segmentation":
             raise CheckpointError(f"{path}: a {ck.task} checkpoint; evaluate scores segmentation masks.")
-        members.append(TorchSegmenter(ck, dev))
+        members.append(TorchSegmenter(ck, device))
     ensemble = Ensemble(members)
-    stored_threshold = fold_ensemble.threshold if folds else ensemble.threshold
-    inputs = Inputs(ensemble.specs, data, split, batch_size=batch_size)
+    threshold = fold_ensemble.threshold if folds else ensemble.threshold
+    return _Members(paths, ensemble, threshold, min_component, default_out)
+
+
+class _Scores:
+    """What `evaluate` accumulates batch by batch: the Dice sweep over thresholds, one per_record.csv row a
+    record, and with `postprocess` the global Dice after removing components under `min_component`."""
+
+    CSV_HEADER = ("record_id", "dice", "max_prob", "pred_pixels", "true_pixels")
+
+    def __init__(self, threshold: float, min_component: int, postprocess: bool):
+        self.threshold, self.min_component, self.postprocess = threshold, min_component, postprocess
+        # The default 0.01 grid plus the stored threshold, so both figures come from one pass.
+        grid = sorted({round(k / 100, 2) for k in range(1, 100)} | {threshold})
+        self.sweep = ThresholdSweepDice(thresholds=grid)
+        self.rows: list[tuple[str, float, float, int, int]] = []
+        self.overlap = self.predicted = self.true = 0
+
+    def update(self, batch: Batch, probs: torch.Tensor, per: np.ndarray) -> None:
+        self.sweep.update(probs, batch.mask)
+        for rid, dice, p, m in zip(batch.record_ids, per, probs, batch.mask, strict=True):
+            self.rows.append(
+                (rid, float(dice), float(p.max()), int((p > self.threshold).sum()), int(m.sum()))
+            )
+            if self.postprocess:
+                kept = remove_small_components(binarize(p[0].numpy(), self.threshold), self.min_component) > 0
+                truth = m[0].numpy() > 0.5
+                self.overlap += int((kept & truth).sum())
+                self.predicted, self.true = self.predicted + int(kept.sum()), self.true + int(truth.sum())
+
+    def dice_postprocessed(self) -> float | None:
+        if not self.postprocess:
+            return None
+        total = self.predicted + self.true
+        return 2 * self.overlap / total if total else 1.0
+
+    def write_csv(self, path: Path) -> None:
+        """per_record.csv, the worst record first."""
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(self.CSV_HEADER)
+            w.writerows(sorted(self.rows, key=lambda r: r[1]))
+
+
+def evaluate(
+    checkpoint: str | Path,
+    data: str | Path,
+    split: str = "validation",
+    out: Path | None = None,
+    batch_size: int = 16,
+    device: str | None = None,
+    progress: bool = True,
+    folds: bool = False,
+) -> Evaluation:
+    """Score one checkpoint, or with `folds` the fold ensemble of a `train --folds` run directory.
+
+    A fold ensemble averages its folds' probabilities; its stored threshold and minimum component size
+    are the out-of-fold choices, so the figures are those `predict RUN --folds` would reach.
+    """
+    m = _members(checkpoint, split, folds, resolve_device(device))
+    inputs = Inputs(m.ensemble.specs, data, split, batch_size=batch_size)
     if not inputs.has_mask:
         raise DataError(f"split '{split}' of {data} has no masks to evaluate against.")
-    out = Path(out) if out else default_out
+    out = Path(out) if out else m.default_out
     out.mkdir(parents=True, exist_ok=True)
-    # The default 0.01 grid plus the stored threshold, so both figures come from one pass.
-    grid = sorted({round(k / 100, 2) for k in range(1, 100)} | {stored_threshold})
-    sweep = ThresholdSweepDice(thresholds=grid)
-    rows: list[tuple[str, float, float, int, int]] = []
-    overlap = predicted = true = 0  # global Dice after component removal
+    scores = _Scores(m.threshold, m.min_component, postprocess=folds)
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(f"evaluating {split}", total=len(inputs))
-        for batch, probs, per in scored_batches(ensemble, inputs, stored_threshold):
-            sweep.update(probs, batch.mask)
-            for rid, dice, p, m in zip(batch.record_ids, per, probs, batch.mask, strict=True):
-                rows.append(
-                    (rid, float(dice), float(p.max()), int((p > stored_threshold).sum()), int(m.sum()))
-                )
-                if folds:
-                    kept = (
-                        remove_small_components(binarize(p[0].numpy(), stored_threshold), min_component) > 0
-                    )
-                    truth = m[0].numpy() > 0.5
-                    overlap += int((kept & truth).sum())
-                    predicted, true = predicted + int(kept.sum()), true + int(truth.sum())
+        for batch, probs, per in scored_batches(m.ensemble, inputs, m.threshold):
+            scores.update(batch, probs, per)
             bar.advance(task, len(batch.record_ids))
-    res = sweep.compute()
+    res = scores.sweep.compute()
     th, curve = res["thresholds"].numpy(), res["curve"].numpy()
-    stored = float(curve[np.argmin(np.abs(th - stored_threshold))])
-    post = (2 * overlap / (predicted + true) if predicted + true else 1.0) if folds else None
+    stored = float(curve[np.argmin(np.abs(th - m.threshold))])
+    post = scores.dice_postprocessed()
     result = Evaluation(
         stored,
-        stored_threshold,
+        m.threshold,
         float(res["dice_best"]),
         float(res["threshold"]),
         len(inputs),
         out,
-        min_component,
+        m.min_component,
         post,
     )
-    with atomic_path(out / "per_record.csv") as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["record_id", "dice", "max_prob", "pred_pixels", "true_pixels"])
-        w.writerows(sorted(rows, key=lambda r: r[1]))
+    scores.write_csv(out / "per_record.csv")
     atomic_write_json(
         out / "metrics.json",
         {
             "checkpoint": str(checkpoint),
-            "checkpoints": [str(p) for p in paths],
+            "checkpoints": [str(p) for p in m.paths],
             "fold_ensemble": folds,
             "data": str(data),
             "split": split,
             "records": len(inputs),
             "dice_at_stored_threshold": stored,
-            "stored_threshold": stored_threshold,
+            "stored_threshold": m.threshold,
             "dice_best": result.dice_best,
             "best_threshold": result.best_threshold,
-            "min_component": min_component,
+            "min_component": m.min_component,
             "dice_after_min_component": post,
             "curve": {"thresholds": th.tolist(), "dice": curve.tolist()},
         },
     )
     import matplotlib.pyplot as plt
 
-    title = f"{split}, fold ensemble of {len(paths)}" if folds else f"{split}, {Path(checkpoint).name}"
-    fig = threshold_curve_figure(th, curve, title, stored=stored_threshold)
+    title = f"{split}, fold ensemble of {len(m.paths)}" if folds else f"{split}, {Path(checkpoint).name}"
+    fig = threshold_curve_figure(th, curve, title, stored=m.threshold)
     save_figure(fig, out / "threshold_curve.png")
     plt.close(fig)
     return result

@@ -109,52 +109,32 @@ def at_size(probs: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
     return cv2.resize(probs.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float16)
 
 
-def write_predictions(
-    prob_fn: ProbFn,
-    inputs: Inputs,
-    out: Path,
-    *,
-    stored_threshold: float,
-    stored_source: str = "stored with the checkpoint(s)",
-    threshold: float | None = None,
-    percentile: float | None = None,
-    min_component: int = 0,
-    overlays: int = 0,
-    progress: bool = True,
-    summary: dict | None = None,
-) -> Prediction:
-    """Probabilities (pass 1), then the threshold, then masks + submission.csv from the saved float16 maps (pass 2).
+class _PixelHistograms:
+    """Pass 1's view of the probabilities: a histogram of all pixels (for a percentile threshold, or a Dice)
+    and, on a labelled split, one of the positive pixels; together they give the exact global Dice at any
+    threshold (before component removal) without keeping any map in memory."""
 
-    Pass 2 binarises exactly the probabilities on disk, so `probs/` thresholded and cleaned reproduces
-    `masks/`, and decoding submission.csv reproduces `masks/`. On a labelled split, histograms of the
-    probabilities of all and of positive pixels give the exact global Dice at the chosen threshold
-    (before component removal) without keeping any map in memory.
-    """
-    hist = Float16Histogram() if percentile is not None or inputs.has_mask else None
-    pos_hist = Float16Histogram() if inputs.has_mask else None
+    def __init__(self, all_pixels: bool, positives: bool):
+        self.all = Float16Histogram() if all_pixels else None
+        self.positive = Float16Histogram() if positives else None
 
-    def observe(p16: np.ndarray, batch: Batch) -> None:
-        hist.update(p16)
-        if pos_hist is not None:
-            pos_hist.update(p16[batch.mask[:, 0].numpy() > 0.5])
+    def observe(self, p16: np.ndarray, batch: Batch) -> None:
+        self.all.update(p16)
+        if self.positive is not None:
+            self.positive.update(p16[batch.mask[:, 0].numpy() > 0.5])
 
-    # Masks and submission rows at each record's own size, so submission.csv fits the split even where
-    # records were resized for the models.
-    sizes = split_shapes(inputs.data, inputs.split)
-    write_probabilities(
-        prob_fn,
-        inputs,
-        out / PROBS_DIR,
-        description=f"predicting {inputs.split}",
-        progress=progress,
-        observe=observe if hist is not None else None,
-        sizes=sizes,
-    )
-    th, source = resolve_threshold(stored_threshold, threshold, percentile, hist, stored_source)
-    dice = None
-    if pos_hist is not None:
-        denom = hist.count_above(th) + pos_hist.total
-        dice = 1.0 if denom == 0 else 2 * pos_hist.count_above(th) / denom
+    def dice(self, threshold: float) -> float | None:
+        if self.positive is None:
+            return None
+        denom = self.all.count_above(threshold) + self.positive.total
+        return 1.0 if denom == 0 else 2 * self.positive.count_above(threshold) / denom
+
+
+def _write_masks(
+    inputs: Inputs, out: Path, th: float, min_component: int, sizes: Mapping, progress: bool
+) -> tuple[int, int, list[str]]:
+    """Pass 2: each record's mask from its saved float16 map, and submission.csv; returns the records and
+    pixels predicted positive, and the records whose mask does not fit their size in the split."""
     pos_records = pos_pixels = 0
     problems = []
     with (
@@ -180,6 +160,46 @@ def write_predictions(
             pos_pixels += n
             pos_records += n > 0
             bar.advance(task)
+    return pos_records, pos_pixels, problems
+
+
+def write_predictions(
+    prob_fn: ProbFn,
+    inputs: Inputs,
+    out: Path,
+    *,
+    stored_threshold: float,
+    stored_source: str = "stored with the checkpoint(s)",
+    threshold: float | None = None,
+    percentile: float | None = None,
+    min_component: int = 0,
+    overlays: int = 0,
+    progress: bool = True,
+    summary: dict | None = None,
+) -> Prediction:
+    """Probabilities (pass 1), then the threshold, then masks + submission.csv from the saved float16 maps (pass 2).
+
+    Pass 2 binarises exactly the probabilities on disk, so `probs/` thresholded and cleaned reproduces
+    `masks/`, and decoding submission.csv reproduces `masks/`. On a labelled split, histograms of the
+    probabilities of all and of positive pixels give the exact global Dice at the chosen threshold
+    (before component removal) without keeping any map in memory.
+    """
+    hists = _PixelHistograms(percentile is not None or inputs.has_mask, inputs.has_mask)
+    # Masks and submission rows at each record's own size, so submission.csv fits the split even where
+    # records were resized for the models.
+    sizes = split_shapes(inputs.data, inputs.split)
+    write_probabilities(
+        prob_fn,
+        inputs,
+        out / PROBS_DIR,
+        description=f"predicting {inputs.split}",
+        progress=progress,
+        observe=hists.observe if hists.all is not None else None,
+        sizes=sizes,
+    )
+    th, source = resolve_threshold(stored_threshold, threshold, percentile, hists.all, stored_source)
+    dice = hists.dice(th)
+    pos_records, pos_pixels, problems = _write_masks(inputs, out, th, min_component, sizes, progress)
     if overlays > 0:
         _write_overlays(inputs, out, th, overlays)
     result = Prediction(out, len(inputs), th, source, pos_records, pos_pixels, dice, problems)
