@@ -75,23 +75,31 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
     overlays_png = out / "overlays.png"
     if preds:
         _overlays(preds, range(min(n_overlay, len(next(iter(preds.values())).record_ids))), overlays_png)
-    worst_lines: list[str] = []
     best = max(
         (r for r in ran if r.best_f1 is not None and r.rung in preds), key=lambda r: r.best_f1, default=None
     )
-    if best is not None:
-        scores = preds[best.rung]
-        order = np.argsort(scores.dice, kind="stable")[:worst_k]
-        _overlays({best.rung: scores}, order.tolist(), out / "worst.png")
-        worst_lines = [
-            f"| {scores.record_ids[i]} | {scores.dice[i]:.4f} | {int(scores.inputs.item(int(i))['mask'].sum())} |"
-            for i in order
-        ]
+    worst_lines = _worst_records(preds[best.rung], best.rung, worst_k, out) if best is not None else []
+    md = [*_md_head(result), *_md_rungs(result), *_md_notes(result), *_md_pictures(preds, best, worst_lines)]
+    path = out / "report.md"
+    atomic_write_text(path, "\n".join(md) + "\n")
+    return path
 
+
+def _worst_records(scores: RecordScores, rung: str, k: int, out: Path) -> list[str]:
+    """worst.png of the `k` records `rung` scores worst, and their Markdown table rows."""
+    order = np.argsort(scores.dice, kind="stable")[:k]
+    _overlays({rung: scores}, order.tolist(), out / "worst.png")
+    return [
+        f"| {scores.record_ids[i]} | {scores.dice[i]:.4f} | {int(scores.inputs.item(int(i))['mask'].sum())} |"
+        for i in order
+    ]
+
+
+def _md_head(result: LadderResult) -> list[str]:
     md = [
         "# Ladder report",
         "",
-        f"Rungs in order; training output of each is in its own folder under `{out}`.",
+        f"Rungs in order; training output of each is in its own folder under `{result.out}`.",
         "",
         f"Gate profile: **{result.profile}** ({PROFILES[result.profile].description}).",
         "",
@@ -107,7 +115,12 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
             f"and of predicting 0.5 {b.uninformed_loss:.4f}.",
             "",
         ]
-    md += ["| rung | status | epochs | final train loss | val F1 | gates |", "|---|---|---|---|---|---|"]
+    return md
+
+
+def _md_rungs(result: LadderResult) -> list[str]:
+    """The rungs' table and the outcome."""
+    md = ["| rung | status | epochs | final train loss | val F1 | gates |", "|---|---|---|---|---|---|"]
     # The loss is the one report.json and the gates read (the end-of-training loss), not the epoch mean.
     for r in result.rungs:
         gates = (
@@ -117,7 +130,12 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
             f"| {r.rung} | {r.status} | {len(r.history)} | {_fmt(r.loss)} | "
             f"{_fmt(rung_f1(result, r))} | {gates} |"
         )
-    md += ["", f"Outcome: **{result.outcome}** (exit code {result.exit_code}: {EXIT_MEANING}).", ""]
+    return [*md, "", f"Outcome: **{result.outcome}** (exit code {result.exit_code}: {EXIT_MEANING}).", ""]
+
+
+def _md_notes(result: LadderResult) -> list[str]:
+    """Why inconclusive rungs have no verdict, and the failed rungs' diagnoses."""
+    md: list[str] = []
     undecided = [r for r in result.rungs if r.note]
     if undecided:
         md += ["", "## Inconclusive rungs", ""]
@@ -134,7 +152,11 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
         ]
         for r in failed:
             md += ["```", r.diagnosis, "```", ""]
-    md += ["", "## Curves", "", "![curves](curves.png)", ""]
+    return md
+
+
+def _md_pictures(preds: dict, best: RungResult | None, worst_lines: list[str]) -> list[str]:
+    md = ["", "## Curves", "", "![curves](curves.png)", ""]
     if preds:
         md += [
             "## Predictions on the same validation records",
@@ -155,9 +177,7 @@ def write_report(result: LadderResult, val_data, worst_k: int = 4, n_overlay: in
             "![worst](worst.png)",
             "",
         ]
-    path = out / "report.md"
-    atomic_write_text(path, "\n".join(md) + "\n")
-    return path
+    return md
 
 
 def record_predictions(checkpoints: dict[str, Path], val_data) -> dict[str, RecordScores]:

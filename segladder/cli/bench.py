@@ -163,7 +163,7 @@ def train(
 
 
 def _chosen_modes(modes: str, device, records: int, ops: bool) -> list[str]:
-    """`--modes` as a list (its default on `device`), refused when a mode is unknown or --ops cannot count it."""
+    """`--modes` as a list (its default on `device`); refused when a mode is unknown or --ops can't count it."""
     from segladder.cli._common import parse_str_list
 
     chosen = parse_str_list(modes) or (["bf16_cl", "bf16_cl_compile"] if device.type == "cuda" else ["fp32"])

@@ -72,6 +72,26 @@ def _report(pred) -> None:
         )
 
 
+def _fold_ensemble(
+    checkpoints: list[Path] | None, min_component: int | None
+) -> tuple[list[Path], tuple[float, str], int]:
+    """--folds: the checkpoints of the one `train --folds` run given, its out-of-fold threshold (and where
+    it comes from), and its component size unless --min-component gave one."""
+    from segladder.inference.folds import read_fold_ensemble
+
+    if len(checkpoints or []) != 1:
+        raise SegladderError("--folds takes one run directory (of `segladder train CONFIG --folds K`).")
+    run = checkpoints[0]
+    ens = read_fold_ensemble(run)
+    if min_component is None:  # an explicit --min-component, 0 included, wins over the stored size
+        min_component = ens.min_component
+    return (
+        [Path(c) for c in ens.checkpoints],
+        (ens.threshold, f"out-of-fold, from {run}/ensemble.json"),
+        min_component,
+    )
+
+
 @app.command("predict")
 def predict_cmd(
     checkpoints: list[Path] = typer.Argument(
@@ -129,19 +149,9 @@ def predict_cmd(
     from segladder.inference.predict import predict
 
     _refuse_overwriting({"--out": out}, checkpoints, folds, **{"--data": data, "--onnx": onnx})
+    default_threshold = None
     if folds:
-        from segladder.inference.folds import read_fold_ensemble
-
-        if len(checkpoints or []) != 1:
-            raise SegladderError("--folds takes one run directory (of `segladder train CONFIG --folds K`).")
-        run = checkpoints[0]
-        ens = read_fold_ensemble(run)
-        checkpoints = [Path(c) for c in ens.checkpoints]
-        default_threshold = (ens.threshold, f"out-of-fold, from {run}/ensemble.json")
-        if min_component is None:  # an explicit --min-component, 0 included, wins over the stored size
-            min_component = ens.min_component
-    else:
-        default_threshold = None
+        checkpoints, default_threshold, min_component = _fold_ensemble(checkpoints, min_component)
     pred = predict(
         checkpoints or [],
         data,

@@ -146,6 +146,25 @@ def compare(
         workers=workers or None,
         progress=progress,
     )
+    console = Console(width=max(Console().width, 120))
+    console.print(_comparison_table(result))
+    compared = [r for r in result.rows if r.ok is not None]
+    within = sum(bool(r.ok) for r in compared)
+    skipped = len(result.rows) - len(compared)
+    typer.echo(f"real: {result.real}; synthetic: {result.synthetic}")
+    typer.echo(
+        f"figures: {', '.join(str(f) for f in result.figures)}"
+        + (f"; rows: {json_file}" if json_file else "")
+    )
+    typer.echo(
+        f"{within} of {len(compared)} rows within tolerance" + (f", {skipped} skipped" if skipped else "")
+    )
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _comparison_table(result) -> Table:
+    """One line a row of `compare_datasets`' result: real and synthetic values, distance, tolerance, verdict."""
     table = Table(title=f"synthetic vs real: {result.n_real} real, {result.n_synthetic} synthetic records")
     for col, justify in (
         ("row", "left"),
@@ -169,18 +188,4 @@ def compare(
             f"{r.tolerance:.3g}",
             "ok" if r.ok else "[red]OUT[/red]",
         )
-    console = Console(width=max(Console().width, 120))
-    console.print(table)
-    compared = [r for r in result.rows if r.ok is not None]
-    within = sum(bool(r.ok) for r in compared)
-    skipped = len(result.rows) - len(compared)
-    typer.echo(f"real: {result.real}; synthetic: {result.synthetic}")
-    typer.echo(
-        f"figures: {', '.join(str(f) for f in result.figures)}"
-        + (f"; rows: {json_file}" if json_file else "")
-    )
-    typer.echo(
-        f"{within} of {len(compared)} rows within tolerance" + (f", {skipped} skipped" if skipped else "")
-    )
-    if not result.ok:
-        raise typer.Exit(1)
+    return table

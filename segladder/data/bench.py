@@ -103,8 +103,8 @@ def _loader_rate(
 
 
 def synthetic_cache(tmp: Path, records: int, size: int, frames: int) -> Path:
-    """`records` synthetic training records prepared in `tmp` as a cache of their last `frames` frames at `size`:
-    what `bench train` times the real data path on when it is given no cache."""
+    """`records` synthetic training records prepared in `tmp` as a cache of their last `frames` frames at
+    `size`: what `bench train` times the real data path on when it is given no cache."""
     from segladder.data.cache import CacheOptions, prepare_cache
     from segladder.data.synth import generate_contrails
 

@@ -361,6 +361,15 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
         }
     out.mkdir(parents=True, exist_ok=True)
     manifest_path.unlink(missing_ok=True)
+    _allocate_new_splits(out, options, refs, ids, state)
+    atomic_write_json(state_path, state)
+    return state
+
+
+def _allocate_new_splits(out: Path, options, refs: dict, ids: dict[str, list[str]], state: dict) -> None:
+    """Create the arrays of each split of `refs` that `state` does not hold yet, full size and empty, with
+    their ids.json and done.npy, and record them in `state["splits"]`. Their space is checked first; an
+    error removes every array this call created."""
     new_splits = {}
     for split, split_refs in refs.items():
         if split not in state["splits"]:
@@ -399,8 +408,6 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
         for path in created:  # no half-made array is left behind; earlier splits and files stay
             path.unlink(missing_ok=True)
         raise
-    atomic_write_json(state_path, state)
-    return state
 
 
 # ---------------------------------------------------------------------------------------------- read
