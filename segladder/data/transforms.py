@@ -21,59 +21,89 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False, size: int | None
     """
     if cfg is None or not cfg.enabled:
         return None
-    t: list[A.BasicTransform] = []
-    if cfg.crop_size is not None:
-        side = cfg.crop_size
-        if size is not None and side > size:
-            raise DataError(
-                f"data.augment.crop_size is {side} but the samples are {size}×{size}: give a crop no larger "
-                "than data.image_size."
-            )
-        share = cfg.crop_positive_share
-        t.append(  # first, so every later transform works on the crop only
-            A.OneOf(
-                [
-                    A.CropNonEmptyMaskIfExists(height=side, width=side, p=share),
-                    A.RandomCrop(height=side, width=side, p=1.0 - share),
-                ],
-                p=1.0,
-            )
+    t = [transform for step in _AUGMENT_STEPS for transform in step(cfg, rgb, size)]
+    return A.Compose(t, additional_targets={"soft": "mask"})
+
+
+# One function per group of augment options, in the order their transforms run; each returns its
+# transforms (none when its probabilities are zero) and refuses options the samples cannot take.
+
+
+def _crop(cfg: AugmentConfig, rgb: bool, size: int | None) -> list:
+    if cfg.crop_size is None:
+        return []
+    side = cfg.crop_size
+    if size is not None and side > size:
+        raise DataError(
+            f"data.augment.crop_size is {side} but the samples are {size}×{size}: give a crop no larger "
+            "than data.image_size."
         )
-    if cfg.preset == "heavy":
-        if not rgb:
-            raise DataError(
-                "augment.preset heavy is a photometric set for RGB image folders (data.format images); "
-                "for contrail bands use the augment.*_p options."
-            )
-        t.extend(heavy_transforms())
+    share = cfg.crop_positive_share
+    return [  # first, so every later transform works on the crop only
+        A.OneOf(
+            [
+                A.CropNonEmptyMaskIfExists(height=side, width=side, p=share),
+                A.RandomCrop(height=side, width=side, p=1.0 - share),
+            ],
+            p=1.0,
+        )
+    ]
+
+
+def _heavy(cfg: AugmentConfig, rgb: bool, size: int | None) -> list:
+    if cfg.preset != "heavy":
+        return []
+    if not rgb:
+        raise DataError(
+            "augment.preset heavy is a photometric set for RGB image folders (data.format images); "
+            "for contrail bands use the augment.*_p options."
+        )
+    return list(heavy_transforms())
+
+
+def _flips(cfg: AugmentConfig, rgb: bool, size: int | None) -> list:
+    t = []
     if cfg.hflip_p:
         t.append(A.HorizontalFlip(p=cfg.hflip_p))
     if cfg.vflip_p:
         t.append(A.VerticalFlip(p=cfg.vflip_p))
     if cfg.rot90_p:
         t.append(A.RandomRotate90(p=cfg.rot90_p))
-    if cfg.shift_scale_rotate_p:
-        t.append(
-            A.Affine(
-                translate_percent=(-cfg.shift_limit, cfg.shift_limit),
-                scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
-                rotate=(-cfg.rotate_limit, cfg.rotate_limit),
-                keep_ratio=cfg.keep_ratio,
-                border_mode=cv2.BORDER_REFLECT_101,
-                p=cfg.shift_scale_rotate_p,
-            )
+    return t
+
+
+def _affine(cfg: AugmentConfig, rgb: bool, size: int | None) -> list:
+    if not cfg.shift_scale_rotate_p:
+        return []
+    return [
+        A.Affine(
+            translate_percent=(-cfg.shift_limit, cfg.shift_limit),
+            scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+            rotate=(-cfg.rotate_limit, cfg.rotate_limit),
+            keep_ratio=cfg.keep_ratio,
+            border_mode=cv2.BORDER_REFLECT_101,
+            p=cfg.shift_scale_rotate_p,
         )
-    if cfg.resized_crop_p:
-        if size is None:
-            raise DataError("augment.resized_crop_p needs the sample size (build_augment(..., size=N))")
-        t.append(
-            A.RandomResizedCrop(
-                size=(size, size),
-                scale=cfg.resized_crop_scale,
-                ratio=cfg.resized_crop_ratio,
-                p=cfg.resized_crop_p,
-            )
+    ]
+
+
+def _resized_crop(cfg: AugmentConfig, rgb: bool, size: int | None) -> list:
+    if not cfg.resized_crop_p:
+        return []
+    if size is None:
+        raise DataError("augment.resized_crop_p needs the sample size (build_augment(..., size=N))")
+    return [
+        A.RandomResizedCrop(
+            size=(size, size),
+            scale=cfg.resized_crop_scale,
+            ratio=cfg.resized_crop_ratio,
+            p=cfg.resized_crop_p,
         )
+    ]
+
+
+def _photometric(cfg: AugmentConfig, rgb: bool, size: int | None) -> list:
+    t = []
     if cfg.brightness_p:
         t.append(A.RandomBrightnessContrast(cfg.brightness_limit, cfg.contrast_limit, p=cfg.brightness_p))
     if cfg.gamma_p:
@@ -97,6 +127,11 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False, size: int | None
                 p=cfg.motion_or_gaussian_blur_p,
             )
         )
+    return t
+
+
+def _noise_and_cutout(cfg: AugmentConfig, rgb: bool, size: int | None) -> list:
+    t = []
     if cfg.noise_p:
         t.append(A.GaussNoise(std_range=cfg.noise_std, p=cfg.noise_p))
     if cfg.cutout_p:
@@ -109,7 +144,10 @@ def build_augment(cfg: AugmentConfig | None, rgb: bool = False, size: int | None
                 p=cfg.cutout_p,
             )
         )
-    return A.Compose(t, additional_targets={"soft": "mask"})
+    return t
+
+
+_AUGMENT_STEPS = (_crop, _heavy, _flips, _affine, _resized_crop, _photometric, _noise_and_cutout)
 
 
 def tied_gaussian_blur(blur_limit: tuple[int, int]) -> A.OneOf:
