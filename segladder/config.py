@@ -117,7 +117,7 @@ class _DataKeys(_Section):
     )
     fold: int | None = Field(None, ge=0, description="the held-out fold (validation) when data.folds is set")
     positives_only: bool = Field(
-        False, description="train on records with a contrail only (seed 001 stage 2)"
+        False, description="train on records with a contrail only (classify-then-segment stage 2)"
     )
     normalize_ash: bool = False
     skip_bad: bool = False
@@ -256,7 +256,7 @@ class LossTerm(BaseModel):
 
 
 class AuxConfig(_Section):
-    """Seed 001's segmenter with a classification head (`SegCls2D`, `Unet25DCls`): how its two outputs train."""
+    """The classify-then-segment segmenter with a classification head (`SegCls2D`, `Unet25DCls`): how its two outputs train."""
 
     cls_weight: float = Field(
         0.0, ge=0, description="weight of BCE on 'record has a contrail'; 0: head unused"
@@ -270,7 +270,7 @@ class AuxConfig(_Section):
 
 
 class BoxesConfig(_Section):
-    """Box adjustment (task boxes, seed 003): the edge loss and how edge distributions become a box."""
+    """Box adjustment (task boxes; Snapper, Williams et al., IUI 2024): the edge loss and how edge distributions become a box."""
 
     sigma: float = Field(
         1.0, gt=0, description="std of the Gaussian soft target around each true edge, in positions"
@@ -370,7 +370,7 @@ class TrainerConfig(_Section):
 
 
 class DistillConfig(_Section):
-    """Knowledge distillation (task: distillation, seed 004): the teacher, the loss weights and the schedules."""
+    """Knowledge distillation (task: distillation; Hinton et al. 2015, arXiv:1503.02531): the teacher, the loss weights and the schedules."""
 
     teacher: str | None = Field(None, description="a segladder checkpoint (best.ckpt) of the frozen teacher")
     temperature_start: float = Field(4.0, gt=0, description="KD temperature at the start of training")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import signal
 import sys
+import warnings
 
 import typer
 
@@ -46,7 +47,8 @@ def run(args: list[str] | None = None) -> int:
         if handler is not signal.SIG_IGN:  # a caller that ignores Ctrl-C (nohup) keeps ignoring it
             signal.signal(sig, _stop)
     try:
-        with continue_with(rerun):  # what a full disk or an interruption names as the way to continue
+        with continue_with(rerun), warnings.catch_warnings():  # continue_with: how to go on after a stop
+            warnings.showwarning = _show_warning
             code = app(args=args, standalone_mode=False)
         code = code if isinstance(code, int) else EXIT_OK  # a command's return value is not an exit code
     except Interrupted as exc:
@@ -85,6 +87,20 @@ def run(args: list[str] | None = None) -> int:
         )
         code = EXIT_INTERRUPTED
     return code
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """segladder's own warnings as one `warning: ...` line (no file and source line of the library that
+    raised them); every other warning as Python shows it."""
+    from segladder.config import MovedKeyWarning
+
+    if issubclass(category, MovedKeyWarning):
+        typer.secho(f"warning: {message}", fg=typer.colors.YELLOW, err=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+_python_showwarning = warnings.showwarning
 
 
 def main() -> None:

@@ -415,7 +415,7 @@ class ImageMaskDataset(Dataset):
         root: the folder holding `train/` and `val/` (or `validation/`).
         split: which split to read.
         image_size: side of the square the images are resized to.
-        augment: albumentations options; `preset: heavy` adds seed 004's photometric set.
+        augment: albumentations options; `preset: heavy` adds the B3→B0 distillation recipe's photometric set.
         interpolation: image resizing, "bilinear" or "bicubic".
         skip_bad: leave bad pairs out (printed) instead of refusing the split.
     """

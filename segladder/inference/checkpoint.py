@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from segladder.config import ExperimentConfig
+from segladder.config import ExperimentConfig, MovedKeyWarning
 from segladder.inference.box_gate import EdgeGate, gate_from_checkpoint_section
 from segladder.inference.errors import CheckpointError
 
@@ -48,7 +49,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"{path}: checkpoint version {meta.get('version')}, this segladder reads {SUPPORTED_VERSIONS}."
         )
     try:
-        cfg = ExperimentConfig.model_validate(meta.get("config"))
+        with warnings.catch_warnings():
+            # A checkpoint written before a key moved: nothing for its user to rewrite.
+            warnings.simplefilter("ignore", MovedKeyWarning)
+            cfg = ExperimentConfig.model_validate(meta.get("config"))
     except ValidationError as exc:
         raise CheckpointError(
             f"{path}: its stored config does not validate ({exc.error_count()} problem(s), first: "
