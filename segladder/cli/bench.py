@@ -248,3 +248,39 @@ def _bench_data_path(
             "vs_memory": round(res["img_per_s"] / memory, 3),
         }
     )
+
+
+@bench_app.command("boxes")
+def boxes(
+    checkpoint: Path = typer.Argument(..., help="A best.ckpt or last.ckpt of a `boxes` run."),
+    images: Path = typer.Option(..., "--images", help="Image folder."),
+    annotations: Path = typer.Option(
+        ..., "--annotations", help="COCO file whose boxes are jittered and snapped."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size", help="Crops per batch for the batched path."),
+    boxes: int = typer.Option(256, "--boxes", help="Boxes snapped in the timed batched pass."),
+    single: int = typer.Option(32, "--single", help="Boxes snapped one at a time."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N."),
+    json_out: Path = typer.Option(None, "--json", help="Also write the figures as JSON."),
+) -> None:
+    """Adjusted boxes per second: a COCO file batched (reading and cropping included) and single boxes."""
+    import json
+
+    from segladder.inference.boxes import bench_box_adjustment
+    from segladder.io import atomic_write_json, refuse_folders_as_files, refuse_overwriting_inputs
+
+    refuse_folders_as_files({"--json": json_out})
+    refuse_overwriting_inputs(
+        {"--json": json_out}, {"CHECKPOINT": checkpoint, "--images": images, "--annotations": annotations}
+    )
+    r = bench_box_adjustment(
+        checkpoint, images, annotations, batch_size=batch_size, boxes=boxes, single=single, device=device
+    )
+    typer.echo(
+        f"{r['device']} ({r['threads']} threads), crop {r['crop_size']}: "
+        f"batched {r['batch_boxes_per_s']:.1f} boxes/s ({r['boxes']} boxes, batch {r['batch_size']}); "
+        f"single {r['single_boxes_per_s']:.1f} boxes/s ({r['single_ms_per_box']:.1f} ms/box)"
+    )
+    if json_out is not None:
+        atomic_write_json(json_out, r)
+        typer.echo(f"written: {json.dumps(str(json_out))}")
