@@ -39,7 +39,7 @@ from segladder.inference.box_gate import (
 )
 from segladder.inference.checkpoint import load_checkpoint
 from segladder.inference.errors import CheckpointError, InferenceError
-from segladder.io import atomic_write_json
+from segladder.io import atomic_write_json, atomic_write_text
 from segladder.metrics import BOX_KEYS, BoxMetrics, box_iou
 from segladder.models.snapper import decode
 from segladder.progress import progress_bar
@@ -466,13 +466,7 @@ def evaluate_boxes(
     rough_xyxy = np.stack([xywh_to_xyxy(rough[i]) for i in ids])
     snapped_xyxy = np.stack([xywh_to_xyxy(snapped[i]) for i in ids])
     conf_arr = np.array([conf[i] for i in ids], np.float64)
-    if adjuster.gate.moves_all:
-        gated = snapped
-    elif adjuster.refine_steps == 0:  # one pass: the gate applied to the ungated boxes is the gated pass
-        g, _ = adjuster.gate.apply(rough_xyxy, snapped_xyxy, conf_arr)
-        gated = {i: xyxy_to_xywh(b) for i, b in zip(ids, g, strict=True)}
-    else:
-        gated, _ = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
+    gated = _gated_pass(adjuster, rough_records, images, batch_size, progress, snapped, conf_arr)
     moved = moved_edges(rough_xyxy, np.stack([xywh_to_xyxy(gated[i]) for i in ids]))
     gate = {
         **gate_fields(adjuster),
@@ -483,6 +477,57 @@ def evaluate_boxes(
     cal = calibration(conf_arr, edge_errors(snapped_xyxy, true_xyxy))
     before, after, gated_score = score(true, rough), score(true, snapped), score(true, gated)
     reachable = score(true, reachable_boxes(true, rough, adjuster.buffer_ratio))
+    _write_box_files(out, annotations, rough, snapped, gated, conf, dict(zip(ids, moved, strict=True)))
+    atomic_write_json(out / "calibration.json", {"checkpoint": str(checkpoint), "seed": seed, **cal})
+    reliability_png(cal, out / "reliability.png", f"{Path(annotations).name}, jitter seed {seed}")
+    summary = {
+        "checkpoint": str(checkpoint),
+        "annotations": str(annotations),
+        "seed": seed,
+        "decode": adjuster.decode,
+        "refine_steps": adjuster.refine_steps,
+        "before": before,
+        "after": after,
+        "gated": gated_score,
+        "reachable": reachable,
+        "gate": gate,
+        "calibration": {k: v for k, v in cal.items() if k != "bins"},
+    }
+    atomic_write_json(out / "metrics.json", summary)
+    atomic_write_text(out / "table.md", before_after_table(before, after, reachable, gated_score))
+    _write_examples(records, images, rough, gated, out / "examples.png", examples)
+    return BoxEvaluation(before, after, out, len(records), reachable, gated_score, gate, cal)
+
+
+def _gated_pass(
+    adjuster: BoxAdjuster,
+    rough_records: list[BoxRecord],
+    images: str | Path,
+    batch_size: int,
+    progress: bool,
+    snapped: dict,
+    conf: np.ndarray,
+) -> dict:
+    """The rough boxes adjusted with the adjuster's gate (xywh by id), reusing the ungated pass where it can."""
+    if adjuster.gate.moves_all:
+        return snapped
+    if adjuster.refine_steps == 0:  # one pass: the gate applied to the ungated boxes is the gated pass
+        ids = [r.ann_id for r in rough_records]
+        g, _ = adjuster.gate.apply(
+            np.stack([xywh_to_xyxy(r.box) for r in rough_records]),
+            np.stack([xywh_to_xyxy(snapped[i]) for i in ids]),
+            conf,
+        )
+        return {i: xyxy_to_xywh(b) for i, b in zip(ids, g, strict=True)}
+    gated, _ = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
+    return gated
+
+
+def _write_box_files(
+    out: Path, annotations, rough: dict, snapped: dict, gated: dict, conf: dict, moved: dict
+):
+    """rough.json, adjusted.json (no gate, with edge confidence) and gated.json (with the rough box and which
+    edges moved) beside each other in `out`."""
     write_boxes(out / "rough.json", annotations, rough)
     write_boxes(
         out / "adjusted.json",
@@ -500,30 +545,9 @@ def evaluate_boxes(
                 "rough_bbox": [round(float(v), 4) for v in rough[i]],
                 "edge_moved": [bool(v) for v in m],
             }
-            for i, m in zip(ids, moved, strict=True)
+            for i, m in moved.items()
         },
     )
-    atomic_write_json(out / "calibration.json", {"checkpoint": str(checkpoint), "seed": seed, **cal})
-    reliability_png(cal, out / "reliability.png", f"{Path(annotations).name}, jitter seed {seed}")
-    summary = {
-        "checkpoint": str(checkpoint),
-        "annotations": str(annotations),
-        "seed": seed,
-        "decode": adjuster.decode,
-        "refine_steps": adjuster.refine_steps,
-        "before": before,
-        "after": after,
-        "gated": gated_score,
-        "reachable": reachable,
-        "gate": gate,
-        "calibration": {k: v for k, v in cal.items() if k != "bins"},
-    }
-    atomic_write_json(out / "metrics.json", summary)
-    from segladder.io import atomic_write_text
-
-    atomic_write_text(out / "table.md", before_after_table(before, after, reachable, gated_score))
-    _write_examples(records, images, rough, gated, out / "examples.png", examples)
-    return BoxEvaluation(before, after, out, len(records), reachable, gated_score, gate, cal)
 
 
 def before_after_table(
