@@ -32,8 +32,8 @@ class BoxesTask(Task):
     logs `val/min_confidence`, `val/gate_accepted`, `val/gated_miou` and `val/edges_moved`, and stores the
     gate (`min_confidence`, `max_move`) with its calibration (`box_gate`) in every checkpoint; training ends
     by writing them for `best.ckpt` as `box_calibration.json` and `reliability.png` in the run directory.
-    The best checkpoint is chosen by `val/gated_miou`, what `boxes adjust` gives by default: an epoch whose
-    ungated boxes score best may be one whose gate must keep every rough edge.
+    The best checkpoint is chosen by the ungated `val/miou`: chosen by `val/gated_miou` it was an overfit
+    epoch whose gate fitted the validation photos and lost on held-out ones (docs/boxes.md).
 
     Args:
         cfg: the experiment (its `data.coco` crop geometry and `boxes` section are used here).
@@ -41,7 +41,7 @@ class BoxesTask(Task):
     """
 
     accepts = ("box",)
-    monitor = "val/gated_miou"
+    monitor = "val/miou"
     curve_keys = (
         "val/miou",
         "val/gated_miou",
