@@ -47,11 +47,11 @@ def moved_data_key(key: str) -> str:
 
 
 def migrate_data_keys(data: dict, fmt: str | None = None) -> tuple[dict, list[tuple[str, str]]]:
-    """`data` (a `data` section as a dict) with the keys that moved into a format's section moved there,
-    and the (old, new) dotted keys it moved.
+    """Move the keys that moved into a format's section there, in a `data` section given as a dict.
 
-    A moved key still at its old default in a config of another format (`fmt`, or the dict's own
-    `format`) was never used: written configs and checkpoints carried every key. It is dropped unnamed.
+    Returns the migrated dict and the (old, new) dotted keys it moved. A moved key still at its old default in
+    a config of another format (`fmt`, or the dict's own `format`) was never used: written configs and
+    checkpoints carried every key. It is dropped unnamed.
     """
     fmt = data.get("format", fmt)
     out, moved = dict(data), []
@@ -85,8 +85,11 @@ def warn_moved(moved: list[tuple[str, str]]) -> None:
 
 
 class _DataKeys(_Section):
-    """Where samples come from and how they are batched: the keys every data format reads. A format's own
-    keys are its section, `data.<format>` (segladder/data/formats/); `DataConfig` adds one field for each."""
+    """Where samples come from and how they are batched: the keys every data format reads.
+
+    A format's own keys are its section, `data.<format>` (segladder/data/formats/); `DataConfig` adds one
+    field for each.
+    """
 
     format: str = Field(
         AUTO,
@@ -131,8 +134,10 @@ class _DataKeys(_Section):
     @model_validator(mode="before")
     @classmethod
     def _format_sections(cls, data: Any) -> Any:
-        """Keys from before the format sections move into them (one `MovedKeyWarning`); a format named by
-        `format` gets its section with its defaults when none is given."""
+        """Move keys from before the format sections into them (one `MovedKeyWarning`).
+
+        A format named by `format` gets its section with its defaults when none is given.
+        """
         if not isinstance(data, dict):
             return data
         try:
@@ -187,9 +192,11 @@ class _DataKeys(_Section):
         return out
 
     def resolve_format(self, source: str | Path | None = None) -> type[DataFormat]:
-        """The registered format that reads this data: `format`, or for auto the one that recognises it
-        (coco when data.coco.train or .val is set, images when the root, or `source`, holds image/mask
-        folders, else contrails)."""
+        """The registered format that reads this data: `format`, or for auto the one that recognises it.
+
+        Auto picks coco when data.coco.train or .val is set, images when the root, or `source`, holds image/mask
+        folders, else contrails.
+        """
         return resolve_format(self, source)
 
     @property
@@ -399,6 +406,8 @@ class DistillConfig(_Section):
 
 
 class ExperimentConfig(_Section):
+    """A whole run's configuration, as `config.yaml` holds it: the task, data, model, losses and training."""
+
     name: str = "experiment"
     task: str = Field(
         "segmentation",
@@ -431,8 +440,10 @@ def nearest_keys(key: str, valid: list[str], nested: list[str] | None = None) ->
 
 
 def _format_keys(section: type[BaseModel]) -> list[str]:
-    """The format sections' keys as `coco.crop_size` where `section` is `data`: a key written at the top of
-    `data` that belongs to a format is suggested where it lives."""
+    """The format sections' keys as `coco.crop_size` where `section` is `data`, else none.
+
+    A key written at the top of `data` that belongs to a format is then suggested where it lives.
+    """
     if not issubclass(section, _DataKeys):
         return []
     return [
@@ -541,8 +552,10 @@ def parse_overrides(pairs: list[str], schema: type[BaseModel] | None = None) -> 
 
 
 def _is_text_field(schema: type[BaseModel], parts: list[str]) -> bool:
-    """Whether the dotted key names a field whose type is str or a choice of strings (`Literal["32", ...]`),
-    optionally `| None`, in `schema`: `trainer.precision=32` is the choice "32", not the number 32."""
+    """Whether the dotted key names a str field or a choice of strings (`Literal["32", ...]`), maybe `| None`.
+
+    `trainer.precision=32` is then the choice "32", not the number 32.
+    """
     section = _section_model(schema, tuple(parts[:-1]))
     field = section.model_fields.get(parts[-1]) if section is not None else None
     if field is None:

@@ -35,7 +35,13 @@ class DataError(SegladderError):
 
 
 class BadDatasetError(DataError):
-    """One or more records failed validation; `problems` holds `(record_id, reason)` pairs."""
+    """One or more records failed validation; `problems` holds `(record_id, reason)` pairs.
+
+    Args:
+        problems: the `(record_id, reason)` pairs; the message lists the first 20.
+        where: the dataset or file the records came from.
+        hint: a last line saying how to fix them.
+    """
 
     def __init__(self, problems: list[tuple[str, str]], where: str, hint: str = ""):
         self.problems = list(problems)
@@ -58,7 +64,12 @@ class ConfigError(SegladderError):
 
 
 class WriteError(SegladderError):
-    """A file could not be written (an I/O error); `path` names it. Files written before stay intact."""
+    """A file could not be written (an I/O error); `path` names it. Files written before stay intact.
+
+    Args:
+        message: what failed.
+        path: the file that was being written.
+    """
 
     def __init__(self, message: str, path=None):
         super().__init__(message)
@@ -66,7 +77,14 @@ class WriteError(SegladderError):
 
 
 class DiskFullError(WriteError):
-    """The filesystem (or the user's quota) ran out of space while writing `path`."""
+    """The filesystem (or the user's quota) ran out of space while writing `path`.
+
+    Args:
+        message: what failed, with the fix.
+        path: the file that was being written.
+        needed: the bytes the write needed, when known.
+        free: the bytes that were free, when known.
+    """
 
     def __init__(self, message: str, path=None, needed: int | None = None, free: int | None = None):
         super().__init__(message, path)
@@ -74,7 +92,12 @@ class DiskFullError(WriteError):
 
 
 class Interrupted(SegladderError):
-    """A command stopped early on SIGINT or SIGTERM, keeping what it had finished; `hint` says how to continue."""
+    """A command stopped early on SIGINT or SIGTERM, keeping what it had finished; `hint` says how to continue.
+
+    Args:
+        message: what stopped and what was kept.
+        hint: the command that continues; default: the one set with `continue_with`, if any.
+    """
 
     def __init__(self, message: str, hint: str | None = None):
         self.hint = hint or continue_hint()

@@ -1,5 +1,7 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a half-written one; a full
-disk or a failing write becomes one `DiskFullError`/`WriteError` naming the path, the bytes and the fix."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a half-written one.
+
+A full disk or a failing write becomes one `DiskFullError`/`WriteError` naming the path, the bytes and the fix.
+"""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ NEARLY_FULL = 1 << 20
 
 
 def human_bytes(n: int | float) -> str:
+    """`n` bytes as a short string in decimal units: "512 B", "1.5 MB"."""
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if abs(n) < 1000 or unit == "TB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -196,9 +199,11 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def preallocate(path: str | os.PathLike) -> None:
-    """Reserve the blocks of an existing (sparse) file, so writing it through a memory map cannot hit a full
-    disk (which would kill the process with SIGBUS); on a full disk the file is removed and a DiskFullError
-    raised."""
+    """Reserve the blocks of an existing (sparse) file, so writing it through a memory map cannot hit a full disk.
+
+    A full disk would kill the process with SIGBUS mid-write; here the file is removed and a DiskFullError
+    raised instead.
+    """
     path = Path(path)
     size = path.stat().st_size
     try:
@@ -219,8 +224,11 @@ def preallocate(path: str | os.PathLike) -> None:
 
 
 def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> str:
-    """Make `dst` hold the bytes of `src` using no more disk where the filesystem allows: a hard link, else a
-    copy-on-write clone, else a copy; `dst` is replaced atomically. Returns which of the three it made."""
+    """Make `dst` hold the bytes of `src` with as little new disk as the filesystem allows; returns how.
+
+    A hard link, else a copy-on-write clone, else a copy; `dst` is replaced atomically. Returns which of the
+    three it made.
+    """
     src, dst = Path(src), Path(dst)
     tmp = dst.with_name(f".{dst.name}.link.tmp")
     tmp.unlink(missing_ok=True)
@@ -246,15 +254,18 @@ _FICLONE = 0x40049409  # Linux ioctl: share the source's blocks copy-on-write (b
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically."""
     with atomic_path(path, needed=len(text.encode())) as tmp:
         tmp.write_text(text)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` to `path` atomically as indented JSON with sorted keys."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Save `array` to `path` atomically as a .npy file."""
     with atomic_path(path, needed=array.nbytes + 128) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, array)
@@ -266,8 +277,11 @@ class LockedError(WriteError):
 
 @contextlib.contextmanager
 def exclusive_lock(path: str | os.PathLike, what: str) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (holding this process's pid) for the block; refuse when another live
-    process holds it. The kernel drops a lock whose owner died, so a stale lock file is taken over."""
+    """Hold an exclusive lock on `path` (holding this process's pid) for the block.
+
+    Refuses when another live process holds it. The kernel drops a lock whose owner died, so a stale lock file
+    is taken over.
+    """
     import fcntl
 
     path = Path(path)
@@ -322,8 +336,10 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def run_folder_of(checkpoint: str | os.PathLike | None) -> Path | None:
-    """The run folder a checkpoint belongs to (`RUN/checkpoints/best.ckpt` → RUN; a checkpoint beside a
-    run's `config.yaml` → its folder), or None for a checkpoint on its own."""
+    """The run folder a checkpoint belongs to, or None for a checkpoint on its own.
+
+    `RUN/checkpoints/best.ckpt` → RUN; a checkpoint beside a run's `config.yaml` → its folder.
+    """
     if checkpoint is None:
         return None
     path = Path(checkpoint)

@@ -65,7 +65,11 @@ class _BinaryLoss(nn.Module):
 
 @LOSSES.register("bce")
 class BCELoss(_BinaryLoss):
-    """Mean binary cross-entropy with logits; `pos_weight` multiplies the loss of positive pixels."""
+    """Mean binary cross-entropy with logits; `pos_weight` multiplies the loss of positive pixels.
+
+    Args:
+        pos_weight: the weight of positive pixels' loss; None weighs both classes 1.
+    """
 
     def __init__(self, pos_weight: float | None = None):
         super().__init__()
@@ -81,6 +85,7 @@ class BCELoss(_BinaryLoss):
         return F.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"pos_weight={self.pos_weight}"
 
 
@@ -101,6 +106,10 @@ class DiceLoss(_BinaryLoss):
     empty target with an empty prediction at loss 0 while any predicted pixel there costs
     `Σp / (Σp + s)`: unlike smp's DiceLoss, which zeroes the loss of empty targets, false positives on
     empty tiles are still penalised.
+
+    Args:
+        per_image: the mean of each image's loss instead of one loss over the batch.
+        smooth: the `s` added to numerator and denominator; positive.
     """
 
     def __init__(self, per_image: bool = False, smooth: float = 1.0):
@@ -118,12 +127,18 @@ class DiceLoss(_BinaryLoss):
         return (1.0 - (2.0 * intersection + self.smooth) / (cardinality + self.smooth)).mean()
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"per_image={self.per_image}, smooth={self.smooth}"
 
 
 @LOSSES.register("focal")
 class FocalLoss(_BinaryLoss):
-    """Mean binary focal loss `α_t · (1 - p_t)^γ · BCE` (Lin et al. 2017); `alpha=None` weighs classes equally."""
+    """Mean binary focal loss `α_t · (1 - p_t)^γ · BCE` (Lin et al. 2017); `alpha=None` weighs classes equally.
+
+    Args:
+        alpha: the weight of positives (negatives get `1 - alpha`), in [0, 1]; None weighs both 1.
+        gamma: the focusing exponent; 0 gives plain BCE.
+    """
 
     def __init__(self, alpha: float | None = None, gamma: float = 2.0):
         super().__init__()
@@ -145,6 +160,7 @@ class FocalLoss(_BinaryLoss):
         return loss.mean()
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"alpha={self.alpha}, gamma={self.gamma}"
 
 
@@ -182,6 +198,12 @@ class LovaszHingeLoss(_BinaryLoss):
     2nd-place solution did. `hinge="elu"` uses `elu(e) + 1` instead of `relu(e)` and `score="dice"`
     the extension of the F1/Dice loss instead of the Jaccard loss; both are what the 2nd-place
     code (`src_inference1/lovasz.py` of DrHB/2nd-place-contrails) actually ran.
+
+    Args:
+        symmetric: add the loss of the inverted problem (background as foreground).
+        per_image: the mean of each image's loss instead of one extension over the batch.
+        hinge: "relu" or "elu" (`elu(e) + 1`).
+        score: "jaccard" or "dice", the score whose Lovász extension is minimised.
     """
 
     targets = ("mask",)
@@ -218,6 +240,7 @@ class LovaszHingeLoss(_BinaryLoss):
         return (hinged * grad.to(hinged.dtype)).sum(-1).mean()
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"symmetric={self.symmetric}, per_image={self.per_image}, hinge={self.hinge!r}, score={self.score!r}"
 
 
@@ -250,6 +273,9 @@ class BinaryKDLoss(_BinaryLoss):
     """`binary_kd_loss` as a loss term fed the teacher's logits (`batch["teacher"]`).
 
     `temperature` is an attribute so a schedule (the distillation task's cosine 4 → 1) can set it per step.
+
+    Args:
+        temperature: the softening temperature; positive.
     """
 
     targets = ("teacher",)
@@ -264,6 +290,7 @@ class BinaryKDLoss(_BinaryLoss):
         return binary_kd_loss(logits, target, self.temperature)
 
     def extra_repr(self) -> str:
+        """The settings shown in the module's repr."""
         return f"temperature={self.temperature:g}"
 
 
@@ -292,6 +319,9 @@ class CompositeLoss(nn.Module):
 
     `targets` is either one tensor (used for every term) or a mapping such as the batch dict, from
     which each term takes its `target` key ("mask" or "soft").
+
+    Args:
+        terms: `LossTerm`s, or (name, weight, module, target) tuples; names must be unique.
     """
 
     def __init__(self, terms: Sequence[LossTerm | tuple[str, float, nn.Module, str]]):
@@ -315,6 +345,7 @@ class CompositeLoss(nn.Module):
     def forward(
         self, logits: Tensor, targets: Tensor | Mapping[str, Tensor]
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """The weighted total and each term's unweighted, detached part by name."""
         # Started from the first term, and a weight of 1 not multiplied: each op is a kernel launch per step.
         total: Tensor | None = None
         parts: dict[str, Tensor] = {}
@@ -334,6 +365,7 @@ class CompositeLoss(nn.Module):
         return total.float(), parts
 
     def extra_repr(self) -> str:
+        """The terms as `name×weight<-target` in the module's repr."""
         return ", ".join(
             f"{n}×{w:g}<-{k}" for n, w, k in zip(self.names, self.weights, self.targets, strict=True)
         )

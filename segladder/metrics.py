@@ -73,6 +73,9 @@ class FiniteMean(Metric):
 
     The epoch's training loss: a skipped non-finite step neither counts nor turns the mean into NaN
     (torchmetrics' `MeanMetric` checks for NaN on the host at every update). NaN when nothing was finite.
+
+    Args:
+        **kwargs: passed on to torchmetrics' `Metric`.
     """
 
     full_state_update = False
@@ -83,12 +86,14 @@ class FiniteMean(Metric):
         self.add_state("weight", torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, value: Tensor, weight: float = 1.0) -> None:
+        """Add the finite elements of `value`, each weighted by `weight`."""
         value = value.detach().float()
         finite = torch.isfinite(value)
         self.total += torch.where(finite, value, 0.0).sum() * weight
         self.weight += finite.sum() * weight
 
     def compute(self) -> Tensor:
+        """The weighted mean of the finite values so far (NaN when there were none)."""
         return self.total / self.weight
 
 
@@ -108,11 +113,13 @@ class StepMeans(nn.Module):
         self._pending: list[tuple[float, dict[str, Tensor]]] = []
 
     def update(self, values: dict[str, Tensor], weight: float = 1.0) -> None:
+        """Keep this step's `values` (name → scalar tensor) with `weight`; fold every `FOLD` steps."""
         self._pending.append((float(weight), values))
         if len(self._pending) >= self.FOLD:
             self.fold()
 
     def fold(self) -> None:
+        """Fold the kept steps into the means: one stack and one update per name and weight."""
         groups: dict[tuple[str, float], list[Tensor]] = {}
         for weight, values in self._pending:
             for name, value in values.items():
@@ -129,6 +136,7 @@ class StepMeans(nn.Module):
         return {name: m.compute() for name, m in self.means.items() if m.update_called}
 
     def reset(self) -> None:
+        """Forget the kept steps and reset every mean."""
         self._pending.clear()
         for m in self.means.values():
             m.reset()
@@ -161,6 +169,11 @@ class ThresholdSweepDice(Metric):
     `threshold` (ties go to the threshold nearest 0.5), `dice_at_0.5`, `iou_at_best`,
     `iou_at_0.5`, and the vectors `curve` (Dice per threshold) and `thresholds` — log the scalars,
     plot the vectors.
+
+    Args:
+        thresholds: `n` for the grid k/n, or a list of thresholds; 0.5 is always added.
+        from_logits: apply a sigmoid to `preds` first.
+        **kwargs: passed on to torchmetrics' `Metric`.
     """
 
     is_differentiable = False
@@ -181,6 +194,7 @@ class ThresholdSweepDice(Metric):
         self.add_state("target_sum", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
+        """Count true positives, predicted and true pixels of a batch at every threshold."""
         p, t = _checked_pair(preds, target)
         p = p.float()
         if self.from_logits:
@@ -200,6 +214,7 @@ class ThresholdSweepDice(Metric):
         self.target_sum += pos.sum()
 
     def compute(self) -> dict[str, Tensor]:
+        """Dice and IoU at the best threshold and at 0.5, with the Dice curve; see the class docstring."""
         thresholds = torch.tensor(self.thresholds, dtype=torch.float64, device=self.tp.device)
         dice = _dice(self.tp, self.pred_sum, self.target_sum)
         union = (self.pred_sum + self.target_sum - self.tp).double()
@@ -226,6 +241,11 @@ class ClassificationMetrics(Metric):
     leaves [0, 1] — can differ between batches). `compute()` returns `{"acc", "auc"}`; `auc` is
     NaN while the targets hold one class only. Scores are kept per record (gathered with "cat"
     across processes), which is cheap at one float per record.
+
+    Args:
+        threshold: the score above which a record counts as "has contrail" for accuracy.
+        from_logits: apply a sigmoid to `preds` first.
+        **kwargs: passed on to torchmetrics' `Metric`.
     """
 
     is_differentiable = False
@@ -247,6 +267,7 @@ class ClassificationMetrics(Metric):
         self.add_state("labels", default=[], dist_reduce_fx="cat")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
+        """Count correct records and keep the scores and labels of a batch (one score per record)."""
         p, t = _checked_pair(preds, target)
         p = p.float().reshape(-1)
         if self.from_logits:
@@ -258,6 +279,7 @@ class ClassificationMetrics(Metric):
         self.labels.append(t.long())
 
     def compute(self) -> dict[str, Tensor]:
+        """`{"acc", "auc"}` over the records so far; `auc` is NaN while the targets hold one class only."""
         acc = self.correct.double() / self.total.clamp_min(1)
         auc = torch.tensor(float("nan"), device=acc.device)
         if int(self.total) > 0:
@@ -298,6 +320,9 @@ class BoxMetrics(Metric):
     `edges_within_3px` (fraction of the 4·N edges with |Δ| ≤ 1 / ≤ 3 px), `corners_within_1px` /
     `corners_within_3px` (fraction of the 4·N corners with Euclidean distance ≤ 1 / ≤ 3 px), all in [0, 1],
     and `boxes` (N).
+
+    Args:
+        **kwargs: passed on to torchmetrics' `Metric`.
     """
 
     full_state_update = False
@@ -311,6 +336,7 @@ class BoxMetrics(Metric):
         self.add_state("boxes", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
 
     def update(self, pred: Any, true: Any) -> None:
+        """Add the IoU and edge and corner errors of predicted boxes `pred` against `true`, both (N, 4) xyxy."""
         p, t = _as_tensor(pred).double().reshape(-1, 4), _as_tensor(true).double().reshape(-1, 4)
         p, t = p.to(self.device), t.to(self.device)
         iou = box_iou(p, t)
@@ -326,6 +352,7 @@ class BoxMetrics(Metric):
         self.boxes += p.shape[0]
 
     def compute(self) -> dict[str, Tensor]:
+        """The means over the boxes so far; see the class docstring."""
         n = self.boxes.clamp_min(1).double()
         return {
             "miou": self.iou_sum / n,

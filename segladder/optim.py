@@ -39,12 +39,14 @@ OPTIMIZERS: Registry[Callable[[list[dict], Any], torch.optim.Optimizer]] = Regis
 
 
 def _fused(groups: list[dict]) -> dict:
-    """`fused=True` where every parameter is on the CPU or every one on a CUDA device: one kernel per step
-    instead of torch's default (a Python-level update per tensor on the CPU, about 5× slower on a ResNet-18
-    U; on CUDA a foreach update whose CPU step counters cost ~190 `item()` calls a step). The fused kernel
-    also takes the NaN guard's on-device skip flag (`found_inf`), so a non-finite step is dropped without
-    reading anything back; gradient clipping is done by the task, since Lightning refuses to clip for a fused
-    optimiser under mixed precision."""
+    """`fused=True` where every parameter is on the CPU or every one on a CUDA device, else no option.
+
+    One kernel per step instead of torch's default (a Python-level update per tensor on the CPU, about 5×
+    slower on a ResNet-18 U; on CUDA a foreach update whose CPU step counters cost ~190 `item()` calls a step).
+    The fused kernel also takes the NaN guard's on-device skip flag (`found_inf`), so a non-finite step is
+    dropped without reading anything back; gradient clipping is done by the task, since Lightning refuses to
+    clip for a fused optimiser under mixed precision.
+    """
     kinds = {p.device.type for g in groups for p in g["params"]}
     return {"fused": True} if len(kinds) == 1 and kinds <= {"cpu", "cuda"} else {}
 
@@ -98,6 +100,7 @@ class RAdamTrustRatio(RAdamLegacy):
 
     @torch.no_grad()
     def step(self, closure=None):
+        """Decoupled weight decay, then RAdam's step scaled by each tensor's trust ratio; returns the closure's loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():
@@ -172,6 +175,11 @@ class SharedFactorLR(torch.optim.lr_scheduler.LRScheduler):
     `LambdaLR` fixes its list of groups when built; progressive unfreezing adds a group per unfrozen block,
     which must follow the same schedule from the step it joins. The factor function is not saved in the
     state dict (it is rebuilt from config), so checkpoints stay weights-only loadable.
+
+    Args:
+        optimizer: the optimiser whose groups it schedules.
+        factor: the learning-rate factor at a step.
+        last_epoch: the step last taken (-1: none yet), as torch's schedulers.
     """
 
     def __init__(
@@ -181,10 +189,12 @@ class SharedFactorLR(torch.optim.lr_scheduler.LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self) -> list[float]:
+        """Each param group's `initial_lr` times the factor at the current step."""
         f = self.factor(self.last_epoch)
         return [g.setdefault("initial_lr", g["lr"]) * f for g in self.optimizer.param_groups]
 
     def state_dict(self) -> dict:
+        """The scheduler's state without the optimiser and the factor function (rebuilt from config)."""
         return {k: v for k, v in self.__dict__.items() if k not in ("optimizer", "factor")}
 
 

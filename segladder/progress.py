@@ -41,6 +41,7 @@ def progress_bar(*, disable: bool = False, transient: bool = False) -> Progress:
 
 
 def default_workers() -> int:
+    """Worker processes to use by default: the CPUs this process may run on, 1 to 8."""
     return max(
         1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     )

@@ -44,6 +44,7 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, obj: T) -> T:
+        """Add `obj` under `name`; a name registered twice is an error. Returns `obj`."""
         if name in self._entries:
             raise ValueError(f"{self.kind} {name!r} is registered twice")
         self._entries[name] = obj
@@ -58,9 +59,11 @@ class Registry(Generic[T]):
             raise self.error(f"unknown {self.kind} {name!r}.{hint}{self.where}") from None
 
     def names(self) -> list[str]:
+        """The registered names, in the order they were added."""
         return list(self._entries)
 
     def items(self) -> list[tuple[str, T]]:
+        """The (name, entry) pairs, in the order they were added."""
         return list(self._entries.items())
 
     def __contains__(self, name: object) -> bool:

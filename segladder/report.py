@@ -37,6 +37,7 @@ def short_gate(name: str) -> str:
 
 
 def ladder_table(result: LadderResult) -> Table:
+    """The ladder's rungs as a rich table: status, loss, F1, threshold, gates and time of each."""
     which = "best epoch" if PROFILES[result.profile].f1 == "best" else "last epoch"
     table = Table(title=f"ladder, {result.profile} gates (F1 = global Dice at the best threshold, {which})")
     for col in ("rung", "status", "loss", "F1", "thr", "gates", "time"):
@@ -276,7 +277,7 @@ def run_and_report(
 
 
 def selftest_table(rows) -> Table:
-    """fault → first failing rung → implicated part → caught or missed."""
+    """The self-test as a rich table: fault → first failing rung → implicated part → caught or missed."""
     table = Table(title="ladder self-test")
     for col in ("fault", "expected", "first failing rung", "implicated", "NaN report", "outcome", "result"):
         table.add_column(col)
