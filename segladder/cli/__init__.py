@@ -90,8 +90,10 @@ def run(args: list[str] | None = None) -> int:
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    """segladder's own warnings as one `warning: ...` line (no file and source line of the library that
-    raised them); every other warning as Python shows it."""
+    """Show segladder's own warnings as one `warning: ...` line, every other warning as Python shows it.
+
+    Ours leave out the file and source line of the library that raised them.
+    """
     from segladder.config import MovedKeyWarning
 
     if issubclass(category, MovedKeyWarning):

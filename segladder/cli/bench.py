@@ -131,8 +131,11 @@ def train(
         "of timing; the same on any machine. Not with compile modes or the data path.",
     ),
 ) -> None:
-    """Samples/s and peak memory of full training steps: the Trainer `segladder train` builds, the bare
-    reference loop beside it, and the real data path (cache → workers → device decode → step)."""
+    """Samples/s and peak memory of full training steps, the Trainer's beside a bare loop's.
+
+    The Trainer is the one `segladder train` builds, the bare reference loop runs beside it, and the real data
+    path (cache → workers → device decode → step) after them.
+    """
     import json
 
     import torch
@@ -198,17 +201,21 @@ class BenchCase:
 
     @property
     def name(self) -> str:
+        """The case's name in the printed results: model, size and frames."""
         return f"{self.model}_{self.size}_T{self.frames}"
 
     def config(self, mode: str, **data):
+        """The `train` config of this case in `mode`; `data` are `bench_config`'s data arguments (root, workers...)."""
         return _mode_config(
             mode, self.model, self.size, self.frames, self.batch, encoder=self.encoder, **data
         )
 
 
 def _bench_mode(case: BenchCase, mode: str, ops: bool, skip_reference: bool) -> float:
-    """Times (or with `ops`, counts the device ops of) the bare loop, then the Trainer, in `mode` on synthetic
-    batches held in memory; prints both and returns the Trainer's samples/s."""
+    """Time (or with `ops`, count the device ops of) the bare loop, then the Trainer, in `mode`.
+
+    Both run on synthetic batches held in memory; prints both and returns the Trainer's samples/s.
+    """
     from segladder.training.bench import bench_reference, bench_trainer, print_result
 
     cfg = case.config(mode)
@@ -230,8 +237,10 @@ def _bench_mode(case: BenchCase, mode: str, ops: bool, skip_reference: bool) -> 
 def _bench_data_path(
     case: BenchCase, mode: str, cache: Path, workers: int, memory: float, records: int | None
 ) -> None:
-    """Times the Trainer in `mode` fed by the real data path from `cache` and prints it beside `memory`, the
-    samples/s of the same steps on batches held in memory."""
+    """Time the Trainer in `mode` fed by the real data path from `cache`, and print it beside `memory`.
+
+    `memory` is the samples/s of the same steps on batches held in memory.
+    """
     from segladder.data.bench import drawing_train_loader
     from segladder.training.bench import bench_trainer, print_result
 

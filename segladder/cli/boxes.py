@@ -85,8 +85,10 @@ def photos(
         True, "--crops/--no-crops", help="Also write four corner crops at each scale."
     ),
 ) -> None:
-    """Write a small real-photograph COCO box set: scikit-image's bundled photos with hand-written boxes,
-    split by photo (train: coins, rocket; val: astronaut, coffee; test: camera, chelsea)."""
+    """Write a small real-photograph COCO box set: scikit-image's bundled photos with hand-written boxes.
+
+    It is split by photo (train: coins, rocket; val: astronaut, coffee; test: camera, chelsea).
+    """
     from segladder.data.box_photos import write_box_photos
     from segladder.errors import DataError
 
@@ -262,8 +264,11 @@ def evaluate(
     min_confidence: float = _min_confidence_option(),
     max_move: float = _max_move_option(),
 ) -> None:
-    """Jitter → adjust → score: rough, adjusted and adjusted with the gate; JSON, the calibration of edge
-    confidence (calibration.json, reliability.png) and a PNG of the best and worst boxes."""
+    """Jitter → adjust → score: rough boxes, adjusted ones, and adjusted ones with the gate.
+
+    Writes JSON, the calibration of edge confidence (calibration.json, reliability.png) and a PNG of the best
+    and worst boxes.
+    """
     from segladder.inference.box_gate import check_max_move, check_min_confidence
     from segladder.inference.boxes import EVALUATION_FILES, before_after_table, evaluate_boxes
     from segladder.io import refuse_overwriting_inputs

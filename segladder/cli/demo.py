@@ -68,8 +68,10 @@ def demo(
 def run_selftest(
     out: Path | None, rungs: tuple[str, ...], profile: str, home: Path | None = None, world: str = "demo"
 ) -> None:
-    """`segladder ladder --selftest`: the demo's budget on a synthetic world, clean and with every fault;
-    exit 1 when clean data fails or a fault is missed."""
+    """`segladder ladder --selftest`: the demo's budget on a synthetic world, clean and with every fault.
+
+    Exits 1 when clean data fails or a fault is missed.
+    """
     from segladder.errors import ConfigError
     from segladder.ladder import QUICK_RUNGS
     from segladder.ladder.demo import WORLDS, default_home, demo_data, demo_values, selftest

@@ -37,8 +37,11 @@ def _weights(text: str) -> list[float] | None:
 
 
 def _refuse_overwriting(writes: dict, checkpoints=(), folds: bool = False, **reads) -> None:
-    """Refuse, before any work, an output that is (or would overwrite what lies in) an input: a checkpoint,
-    its run folder, the data, the pipeline file; see `segladder.io.refuse_overwriting_inputs`."""
+    """Refuse, before any work, an output that is (or would overwrite what lies in) an input.
+
+    The inputs are the checkpoints, their run folders, the data and the pipeline file; see
+    `segladder.io.refuse_overwriting_inputs`.
+    """
     from segladder.io import refuse_overwriting_inputs, run_folder_of
 
     inputs = {k: v for k, v in reads.items() if v is not None}
@@ -75,8 +78,10 @@ def _report(pred) -> None:
 def _fold_ensemble(
     checkpoints: list[Path] | None, min_component: int | None
 ) -> tuple[list[Path], tuple[float, str], int]:
-    """--folds: the checkpoints of the one `train --folds` run given, its out-of-fold threshold (and where
-    it comes from), and its component size unless --min-component gave one."""
+    """For --folds: the checkpoints, out-of-fold threshold and component size of the `train --folds` run given.
+
+    The threshold comes with where it comes from; --min-component, when given, wins over the stored size.
+    """
     from segladder.inference.folds import read_fold_ensemble
 
     if len(checkpoints or []) != 1:
