@@ -113,6 +113,7 @@ class AugmentConfig(BaseModel):
 
     @property
     def enabled(self) -> bool:
+        """Whether any augmentation runs: a preset, a crop, or some transform with a probability above 0."""
         return (
             self.preset != "none"
             or self.crop_size is not None

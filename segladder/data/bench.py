@@ -103,8 +103,10 @@ def _loader_rate(
 
 
 def synthetic_cache(tmp: Path, records: int, size: int, frames: int) -> Path:
-    """`records` synthetic training records prepared in `tmp` as a cache of their last `frames` frames at
-    `size`: what `bench train` times the real data path on when it is given no cache."""
+    """Prepare `records` synthetic training records in `tmp` as a cache of their last `frames` at `size`.
+
+    It is what `bench train` times the real data path on when it is given no cache.
+    """
     from segladder.data.cache import CacheOptions, prepare_cache
     from segladder.data.synth import generate_contrails
 
@@ -119,9 +121,12 @@ def synthetic_cache(tmp: Path, records: int, size: int, frames: int) -> Path:
 
 
 def drawing_train_loader(data_cfg, seed: int, batch_size: int, samples: int, workers: int):
-    """The training loader `data_cfg` builds, drawing `samples` samples with replacement (as `bench data`
-    draws: the timed window is one long epoch over a small cache), and whether its datasets hand uint8
-    values to the device (rot90 and cutout over ash run on the stored uint8 values)."""
+    """The training loader `data_cfg` builds, drawing `samples` samples with replacement; and its dtype.
+
+    It draws as `bench data` does: the timed window is one long epoch over a small cache. The flag says
+    whether its datasets hand uint8 values to the device (rot90 and cutout over ash run on the stored uint8
+    values).
+    """
     from segladder.data.module import ContrailsDataModule, contrails_datasets, make_loader
 
     dm = ContrailsDataModule(data_cfg, seed)

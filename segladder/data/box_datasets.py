@@ -64,12 +64,14 @@ class BoxCrops(Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch that the training jitter draws from."""
         self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.records)
 
     def rough_box(self, index: int) -> tuple[float, ...]:
+        """The rough (x, y, w, h) box of record `index`: jittered as `jitter` says, or the given one."""
         r = self.records[index]
         if self.jitter == "random":
             return jitter_box(
@@ -126,6 +128,7 @@ class BoxesDataModule(L.LightningDataModule):
         return read_coco(getattr(c, key), c.images)
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the training crops (jittered anew each epoch) and validation crops (jittered once) needed."""
         c, coco = self.cfg, self.coco
         crops = (coco.images, coco.crop_size, coco.buffer_ratio)
         if stage in (None, "fit") and self.train_set is None:
@@ -136,6 +139,7 @@ class BoxesDataModule(L.LightningDataModule):
             self.val_set = BoxCrops(records, *crops, "fixed", self.seed)
 
     def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to the training crops' jitter."""
         if self.train_set is not None:
             self.train_set.set_epoch(epoch)
 
@@ -155,7 +159,9 @@ class BoxesDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """The shuffled loader over the training crops."""
         return self._loader(self.train_set, self.cfg.batch_size, True)
 
     def val_dataloader(self) -> DataLoader:
+        """The loader over the validation crops, at the validation batch size."""
         return self._loader(self.val_set, self.cfg.val_batch_size or self.cfg.batch_size, False)

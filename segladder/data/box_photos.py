@@ -118,6 +118,8 @@ MIN_BOX = 8  # px: smaller boxes (after scaling) are dropped
 
 @dataclass
 class BoxPhotosResult:
+    """What `write_box_photos` wrote: the folders, the COCO files, and boxes and images per split."""
+
     root: Path
     images: Path
     train: Path
@@ -145,8 +147,10 @@ def load_photo(name: str) -> np.ndarray:
 def photo_variants(
     image: np.ndarray, boxes: list[tuple[str, tuple]], scales: tuple[float, ...], crops: bool
 ) -> list[tuple[str, np.ndarray, list[tuple[str, tuple[float, ...]]]]]:
-    """(suffix, image, boxes) for each scale and (with `crops`) each corner crop: the boxes wholly inside,
-    at least `MIN_BOX` px a side, in the variant's pixels."""
+    """(suffix, image, boxes) for each scale and (with `crops`) each corner crop of a photo.
+
+    A variant keeps the boxes wholly inside it and at least `MIN_BOX` px a side, in its own pixels.
+    """
     h0, w0 = image.shape[:2]
     out = []
     for s in scales:
@@ -180,8 +184,11 @@ def photo_variants(
 def write_box_photos(
     out: str | Path, scales: tuple[float, ...] = (1.0, 0.75, 0.5), crops: bool = True
 ) -> BoxPhotosResult:
-    """Write `out/images/*.png` and `out/{train,val,test}.json` (COCO detection, one category 'object', each
-    annotation with its object's `name`) from `PHOTOS` at `scales`, with corner crops when `crops`."""
+    """Write a COCO box set from `PHOTOS` at `scales`, with corner crops when `crops`.
+
+    Writes `out/images/*.png` and `out/{train,val,test}.json` (COCO detection, one category 'object', each
+    annotation with its object's `name`).
+    """
     scales = tuple(float(s) for s in scales)
     if not scales or any(not 0.05 <= s <= 4 for s in scales):
         raise DataError(

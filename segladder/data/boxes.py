@@ -225,11 +225,13 @@ def jitter_records(records: Iterable[BoxRecord], seed: int) -> dict[int, tuple[f
 
 
 def xywh_to_xyxy(box: Sequence[float]) -> np.ndarray:
+    """An (x, y, w, h) box as an [x0, y0, x1, y1] float64 array."""
     x, y, w, h = box
     return np.array([x, y, x + w, y + h], np.float64)
 
 
 def xyxy_to_xywh(box: Sequence[float]) -> tuple[float, float, float, float]:
+    """An (x0, y0, x1, y1) box as (x, y, w, h) floats."""
     x0, y0, x1, y1 = (float(v) for v in box)
     return (x0, y0, x1 - x0, y1 - y0)
 

@@ -18,6 +18,8 @@ MIN_SIZE = 16
 
 @dataclass
 class BoxSynthResult:
+    """What `write_box_synth` wrote: the folders, the COCO files, and boxes per split."""
+
     root: Path
     images: Path
     train: Path

@@ -78,12 +78,14 @@ class CacheOptions:
             raise DataError(f"image_size {self.image_size} is too small (need ≥ 8).")
 
     def to_dict(self) -> dict:
+        """The options as JSON-ready values (tuples as lists), as the manifest stores them."""
         d = asdict(self)
         d["frames"], d["channels"] = list(self.frames), list(self.channels)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> CacheOptions:
+        """The options a manifest stored (`to_dict`'s output)."""
         return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
@@ -184,6 +186,8 @@ def _encode(image: np.ndarray, options: CacheOptions, stats: dict | None, enc: d
 
 @dataclass
 class PrepareResult:
+    """What `prepare_cache` did: records per split, written and reused ones, and the ids skipped as bad."""
+
     path: Path
     records: dict[str, int] = field(default_factory=dict)
     written: int = 0
@@ -233,8 +237,10 @@ def _prepare_chunk(
 
 
 def refuse_cache_inside_dataset(root: Path, out: Path, splits: Sequence[str] | None = None) -> None:
-    """The cache's <split>/ folders and arrays must not land on ROOT's files or among the records it reads
-    (a folder inside ROOT, beside its splits, is fine, also when resumed)."""
+    """Refuse a cache whose <split>/ folders and arrays would land on ROOT's files or among its records.
+
+    A folder inside ROOT, beside its splits, is fine, also when resumed.
+    """
     root, out = Path(root), Path(out)
     split_dirs = {f"ROOT/{s}": root / s for s in (splits or present_splits(root))}
     refuse_overwriting_inputs(
@@ -367,9 +373,11 @@ def _start_or_resume(root, out, options, refs, overwrite, workers, progress) -> 
 
 
 def _allocate_new_splits(out: Path, options, refs: dict, ids: dict[str, list[str]], state: dict) -> None:
-    """Create the arrays of each split of `refs` that `state` does not hold yet, full size and empty, with
-    their ids.json and done.npy, and record them in `state["splits"]`. Their space is checked first; an
-    error removes every array this call created."""
+    """Create the arrays of each split of `refs` that `state` does not hold yet, and record them there.
+
+    The arrays are full size and empty, with their ids.json and done.npy, and go into `state["splits"]`. Their
+    space is checked first; an error removes every array this call created.
+    """
     new_splits = {}
     for split, split_refs in refs.items():
         if split not in state["splits"]:
@@ -414,7 +422,12 @@ def _allocate_new_splits(out: Path, options, refs: dict, ids: dict[str, list[str
 
 
 class CacheSplit:
-    """Memory-mapped arrays of one split of a prepared cache."""
+    """Memory-mapped arrays of one split of a prepared cache.
+
+    Args:
+        cache: the cache the split belongs to.
+        split: the split's name.
+    """
 
     def __init__(self, cache: ContrailsCache, split: str):
         self.cache, self.split = cache, split
@@ -459,15 +472,21 @@ class CacheSplit:
 
     @property
     def has_masks(self) -> bool:
+        """Whether the split holds pixel masks (the test split does not)."""
         return "masks" in self.arrays
 
     @property
     def has_soft(self) -> bool:
+        """Whether the split holds soft labels (the annotators' mean mask)."""
         return "soft" in self.arrays
 
 
 class ContrailsCache:
-    """A prepared cache: its manifest (options, statistics, encoding) and its splits."""
+    """A prepared cache: its manifest (options, statistics, encoding) and its splits.
+
+    Args:
+        path: the cache's folder (holding manifest.json).
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -513,9 +532,11 @@ class ContrailsCache:
 
     @property
     def splits(self) -> list[str]:
+        """The names of the splits the cache holds."""
         return list(self.manifest["splits"])
 
     def split(self, name: str) -> CacheSplit:
+        """The split `name`, opened once; a CacheError naming the fix when the cache lacks it."""
         if name not in self.manifest["splits"]:
             raise CacheError(
                 f"cache {self.path} has no split '{name}' (has {self.splits}); prepare it with --splits {name}."
@@ -547,5 +568,6 @@ class ContrailsCache:
 
 
 def is_cache(path: str | Path) -> bool:
+    """Whether `path` is a prepared cache, finished (manifest.json) or interrupted (state.json)."""
     p = Path(path)
     return (p / "manifest.json").exists() or (p / "state.json").exists()

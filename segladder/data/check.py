@@ -35,13 +35,16 @@ class CheckReport:
 
     @property
     def ok(self) -> bool:
+        """Whether every record passed."""
         return not self.problems
 
     @property
     def bad_ids(self) -> set[str]:
+        """The ids of the records that failed."""
         return {rid for rid, _ in self.problems}
 
     def raise_if_bad(self, hint: str = "") -> None:
+        """Raise a BadDatasetError listing the failed records, if any; `hint` is its last line."""
         if self.problems:
             raise BadDatasetError(self.problems, str(self.root), hint)
 

@@ -88,6 +88,7 @@ def resolve_frames(frames: Sequence[int] | None) -> tuple[int, ...]:
 
 
 def split_dir(root: str | Path, split: str) -> Path:
+    """The folder of `split` under `root`; a DataError saying what to do for an unknown split or root."""
     root = Path(root)
     if split not in SPLITS:
         raise DataError(f"unknown split '{split}': expected one of {', '.join(SPLITS)}.")
@@ -119,8 +120,10 @@ def discover_records(root: str | Path, split: str, *, required: bool = True) -> 
 
 
 def native_size(root: str | Path) -> int:
-    """The image size of a dataset's records: that of the first record of its first split (read from the
-    band file's header, no pixels); records of other sizes are resized to it by the cache."""
+    """The image size of a dataset's records: that of the first record of its first split.
+
+    It is read from the band file's header, no pixels; records of other sizes are resized to it by the cache.
+    """
     splits = present_splits(root)
     ref = discover_records(root, splits[0] if splits else "train")[0]
     path = ref.path / band_file(BANDS[0])
@@ -237,6 +240,7 @@ def channels_from_bands(bands: dict[int, np.ndarray], channels: Sequence[str]) -
 
 
 def bands_needed(channels: Sequence[str]) -> tuple[int, ...]:
+    """The band numbers that `channels` are computed from, sorted."""
     need: set[int] = set()
     for name in channels:
         if name in ASH_CHANNELS:

@@ -62,9 +62,11 @@ class LabelOptions:
 
 
 class ContrailsDataset(Dataset):
-    """One split of a contrails dataset: `ContrailsDataset(source, ...)` opens a `CachedContrailsDataset`
-    when `source` is a prepared cache (fast) and a `RawContrailsDataset` over the raw layout otherwise
-    (small experiments); both take the same arguments and hand out the same items.
+    """One split of a contrails dataset, read from a prepared cache or from the raw layout.
+
+    `ContrailsDataset(source, ...)` opens a `CachedContrailsDataset` when `source` is a prepared cache
+    (fast) and a `RawContrailsDataset` over the raw layout otherwise (small experiments); both take the same
+    arguments and hand out the same items.
 
     Each item is a dict: ``image`` (C, T, H, W) float32, ``mask`` (1, H, W) float32 where the split is
     labelled, ``soft`` (1, H, W) float32 where annotators' masks exist, and ``record_id`` (str).
@@ -97,6 +99,7 @@ class ContrailsDataset(Dataset):
     stats: dict | None
 
     def __new__(cls, *args, **kwargs):
+        """Pick the subclass that reads `source`: the cached one for a prepared cache, else the raw one."""
         # Unpickling and copying call __new__ with no arguments, on the subclass itself.
         if cls is ContrailsDataset:
             source = args[0] if args else kwargs["source"]
@@ -175,8 +178,11 @@ class ContrailsDataset(Dataset):
         return len(self.record_ids)
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Image (C, T, H, W) float32 before augmentation (ash standardised already when there is none),
-        mask (H, W) uint8, soft (H, W) float32."""
+        """Record `index` before augmentation: image, mask and soft label (None where the split has none).
+
+        The image is (C, T, H, W) float32 (ash standardised already when there is no augmentation), the mask
+        (H, W) uint8 and the soft label (H, W) float32.
+        """
         raise NotImplementedError
 
     def _standardise_ash(self, image: np.ndarray) -> np.ndarray:
@@ -213,8 +219,10 @@ class ContrailsDataset(Dataset):
 
 
 class RawContrailsDataset(ContrailsDataset):
-    """A split read from the raw competition layout: each record checked once (`data check`'s checks,
-    limited to the bands read), decoded from its band files on every read."""
+    """A split read from the raw competition layout, decoded from its band files on every read.
+
+    Each record is checked once (`data check`'s checks, limited to the bands read).
+    """
 
     def _open(self, *, skip_bad: bool, stats: dict | None, stats_records: int) -> None:
         refs = self._validated(discover_records(self.source, self.split), skip_bad)
@@ -259,6 +267,7 @@ class RawContrailsDataset(ContrailsDataset):
         return kept
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Decode record `index` from its band files and standardise it; see `ContrailsDataset.read`."""
         s = read_sample(self._refs[index], self.channels, self.frames, self.image_size, self.interpolation)
         image = standardise(s.image, self.channels, self.stats).transpose(3, 0, 1, 2)
         if self.aug is None:
@@ -267,8 +276,11 @@ class RawContrailsDataset(ContrailsDataset):
 
 
 class CachedContrailsDataset(ContrailsDataset):
-    """A split read from a prepared cache (`segladder data prepare`): memory-mapped stored values, decoded
-    per read, or handed out as they are (uint8 items, `output_dtype="uint8"`) where that is exact."""
+    """A split read from a prepared cache (`segladder data prepare`): memory-mapped stored values.
+
+    They are decoded per read, or handed out as they are (uint8 items, `output_dtype="uint8"`) where that is
+    exact.
+    """
 
     def _open(self, *, skip_bad: bool, stats: dict | None, stats_records: int) -> None:
         # The cache's records were checked and its statistics computed when it was prepared.
@@ -332,6 +344,7 @@ class CachedContrailsDataset(ContrailsDataset):
         return out.numpy()
 
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Decode record `index` from the cache's arrays; see `ContrailsDataset.read`."""
         row = int(self._split.rows[index])
         image = self._cached_image(row)
         mask = np.asarray(self._split.arrays["masks"][row]) if self._split.has_masks else None
@@ -508,8 +521,10 @@ def dataset_from_config(
     stats: dict | None = None,
     **extra,
 ) -> Dataset:
-    """The one way a `DataConfig` becomes a dataset (training, evaluate, predict, viz and the ladder agree):
-    its data format's (`cfg.resolve_format`, segladder/data/formats/) reader of records.
+    """The one way a `DataConfig` becomes a dataset: its data format's reader of records.
+
+    Training, evaluate, predict, viz and the ladder all read records through it; the format is
+    `cfg.resolve_format` (segladder/data/formats/).
 
     Args:
         cfg: the data section of an experiment (`DataConfig`: frames, channels, size, interpolation, ...).

@@ -20,6 +20,12 @@ FOLD_COLUMNS = ("record_id", "split", "fold", "has_contrail", "group")
 
 @dataclass(frozen=True)
 class FoldRecord:
+    """One row of a folds file: a record, the split it comes from, its fold, its label and its group.
+
+    `has_contrail` is what folds are stratified by; records of one `group` (a time cluster or metadata key)
+    share a fold.
+    """
+
     record_id: str
     split: str
     fold: int
@@ -206,17 +212,22 @@ def split_record_ids(root: str | Path, split: str) -> list[str]:
 
 
 def pooled_splits(data) -> list[str]:
-    """The splits a run with folds must find in its folds file (`DataConfig` `data`): those it names in
-    data.train_split, when set (by default the folds file's own splits are the pool)."""
+    """The splits a run with folds must find in its folds file (`data` is a `DataConfig`).
+
+    Those it names in data.train_split when set; by default (none) the folds file's own splits are the pool.
+    """
     return data.train_split.split("+") if "train_split" in data.model_fields_set else []
 
 
 def check_covers(
     rows: Sequence[FoldRecord], path: str | Path, root: str | Path, splits: Sequence[str], k: int
 ) -> None:
-    """Refuse a folds file that does not match the dataset it is used with: a record it names that `root`
-    lacks (folds cut from another dataset), or records of `splits` (the splits the run pools, and those
-    the file names) that have no fold, which would never be trained or validated on."""
+    """Refuse a folds file that does not match the dataset it is used with.
+
+    That is a record it names that `root` lacks (folds cut from another dataset), or records of `splits` (the
+    splits the run pools, and those the file names) that have no fold, which would never be trained or
+    validated on.
+    """
     root = Path(root)
     named: dict[str, set[str]] = {}
     for r in rows:
@@ -243,13 +254,16 @@ def check_covers(
 
 
 def fold_count(rows: Sequence[FoldRecord]) -> int:
+    """The number of folds in `rows`: the highest fold plus one."""
     return max(r.fold for r in rows) + 1
 
 
 def check_trainable(rows: Sequence[FoldRecord], path: str | Path, wanted: int | None = None) -> int:
-    """The number of folds in `rows` (read from `path`), after checking that each fold holds records out and
-    leaves records to train on; a DataError naming the file, the fold and the command that cuts `wanted`
-    folds (what the run asked for; default: the file's count) otherwise."""
+    """The number of folds in `rows` (read from `path`), each checked to hold out and leave records.
+
+    Otherwise a DataError names the file, the fold and the command that cuts `wanted` folds (what the run
+    asked for; default: the file's count).
+    """
     if not rows:
         raise DataError(f"{path}: no records; cut folds with `segladder data folds ROOT --out {path}`.")
     k = fold_count(rows)

@@ -147,12 +147,14 @@ class SlotBatch:
     rest: dict = field(default_factory=dict)
 
     def resolve(self, pin: bool = False) -> dict:
+        """The batch copied out of its slot (into pinned memory with `pin`), which frees the slot."""
         ring = _RINGS.get(self.ring)
         if ring is None:
             raise DataError("DataLoader hand-over: a batch outlived its loader's shared-memory slots.")
         return ring.read(self, pin)
 
     def pin_memory(self, device: Any = None) -> dict:
+        """The batch copied out of its slot straight into pinned memory."""
         return self.resolve(pin=True)
 
 
@@ -228,10 +230,12 @@ class SlotCollate:
 
     @property
     def slots(self) -> int | None:
+        """Slots per worker, once the rings are allocated; else None."""
         return None if self._ring is None else self._ring.slots
 
     @property
     def nbytes(self) -> int:
+        """Bytes of shared memory the rings hold (0 before they are allocated)."""
         return 0 if self._ring is None else self._ring.nbytes
 
     @property
@@ -242,6 +246,7 @@ class SlotCollate:
         return int(self._ring.header[:, _SLOTS : _SLOTS + self._ring.slots].sum()) // 2
 
     def __call__(self, samples: Sequence[dict]):
+        """Stack `samples` into a free slot of this worker's ring; else collate them as PyTorch does."""
         info = get_worker_info()
         ring = self._ring
         if info is None or ring is None or info.id >= ring.workers or not self._fits(samples, ring):

@@ -41,6 +41,8 @@ def split_dir(root: str | Path, split: str) -> Path:
 
 @dataclass(frozen=True)
 class ImagePair:
+    """An image and its mask (None where the split has none), sharing the file stem `stem`."""
+
     stem: str
     image: Path
     mask: Path | None

@@ -31,4 +31,5 @@ DEFAULT_SIZE = 256
 
 
 def band_file(band: int) -> str:
+    """The file name of band `band` in a record folder: `band_08.npy`."""
     return f"band_{band:02d}.npy"

@@ -23,12 +23,17 @@ class EpochSeededSampler(Sampler[int]):
     """A shuffle that is a pure function of (seed, epoch): a resumed run draws the same order.
 
     Lightning calls `set_epoch` on any sampler that has it, as it does for DistributedSampler.
+
+    Args:
+        n: the dataset's length.
+        seed: the seed the shuffles derive from.
     """
 
     def __init__(self, n: int, seed: int):
         self.n, self.seed, self.epoch = n, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Set the epoch whose shuffle the next iteration draws."""
         self.epoch = epoch
 
     def __iter__(self):
@@ -57,7 +62,12 @@ class _Seeded(Dataset):
 
 
 class ContrailsDataModule(L.LightningDataModule):
-    """Builds train/validation datasets from a `DataConfig` (a cache or a raw root)."""
+    """Builds train/validation datasets from a `DataConfig` (a cache or a raw root).
+
+    Args:
+        cfg: the data section of the experiment (`DataConfig`).
+        seed: the seed of the training shuffle (and folds' records).
+    """
 
     def __init__(self, cfg, seed: int = 0):
         super().__init__()
@@ -68,12 +78,14 @@ class ContrailsDataModule(L.LightningDataModule):
         self._folds: list[FoldRecord] | None = None
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the training and validation sets that `stage` needs."""
         if stage in (None, "fit"):
             self.build_train()
         if stage in (None, "fit", "validate"):
             self.build_val()
 
     def build_train(self) -> None:
+        """Build the training set once: the training splits or folds, augmented, with any pseudo labels."""
         c = self.cfg
         if self.train_set is not None:
             return
@@ -111,6 +123,7 @@ class ContrailsDataModule(L.LightningDataModule):
         self.train_set = _Seeded(base, self.seed)
 
     def build_val(self) -> None:
+        """Build the validation set once: the held-out fold, or the validation split, cut to `val_records`."""
         c = self.cfg
         if self.val_set is not None:
             return
@@ -129,6 +142,7 @@ class ContrailsDataModule(L.LightningDataModule):
 
     @property
     def folds(self) -> list[FoldRecord]:
+        """The rows of `data.folds`, read and checked once against the dataset and `data.fold`."""
         if self._folds is None:
             c = self.cfg
             self._folds = read_folds(c.folds)
@@ -150,10 +164,12 @@ class ContrailsDataModule(L.LightningDataModule):
         return contrails_datasets(self.train_set.base)[0].stats
 
     def set_epoch(self, epoch: int) -> None:
+        """Pass the epoch on to the training set (its augmentation draws from it)."""
         if self.train_set is not None:
             self.train_set.epoch = epoch
 
     def train_dataloader(self) -> DataLoader:
+        """The training loader, shuffled by an `EpochSeededSampler`."""
         self._sampler = EpochSeededSampler(len(self.train_set), self.seed)
         return make_loader(
             self.train_set,
@@ -164,6 +180,7 @@ class ContrailsDataModule(L.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
+        """The validation loader; under DDP each record goes to exactly one process."""
         sampler = None
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -179,6 +196,7 @@ class ContrailsDataModule(L.LightningDataModule):
         )
 
     def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Move the batch's tensors to `device` (see `transfer_flat_batch`)."""
         return transfer_flat_batch(batch, device)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
@@ -246,9 +264,11 @@ def emits_uint8_batches(ds: Dataset) -> bool:
 
 
 def joined(parts: list[Dataset]) -> Dataset:
-    """`parts` as one dataset. Where splits with and without soft labels meet (train+validation: the
-    competition's validation has no individual masks), the ones without give their pixel mask as the soft
-    label (`MaskAsSoft`), so every item carries the same keys."""
+    """`parts` as one dataset, every item carrying the same keys.
+
+    Where splits with and without soft labels meet (train+validation: the competition's validation has no
+    individual masks), the ones without give their pixel mask as the soft label (`MaskAsSoft`).
+    """
     if len(parts) == 1:
         return parts[0]
     if any(d.has_soft for part in parts for d in contrails_datasets(part)):
@@ -257,9 +277,15 @@ def joined(parts: list[Dataset]) -> Dataset:
 
 
 class MaskAsSoft(Dataset):
-    """`base`'s items with their pixel mask as the soft label where they have none: a split without
-    annotators' masks joined with one that has them (`joined`). The soft label has the dtype the split's
-    own would have had: the stored uint8 scale (0/255) where its items travel as uint8, else float32."""
+    """`base`'s items, with their pixel mask as the soft label where they have none.
+
+    That is a split without annotators' masks joined with one that has them (`joined`). The soft label has the
+    dtype the split's own would have had: the stored uint8 scale (0/255) where its items travel as uint8, else
+    float32.
+
+    Args:
+        base: the dataset whose items lack a soft label.
+    """
 
     def __init__(self, base: Dataset):
         self.base = base
@@ -288,8 +314,11 @@ def gives_soft(ds: Dataset) -> bool:
 
 
 def held_out(cfg, folds: list[FoldRecord], fold: int, **options) -> Dataset:
-    """The records of `fold` over every split the folds name: a fold run's validation and, with a
-    checkpoint's `stats`, its out-of-fold predictions. `options` go to `dataset_from_config`."""
+    """The records of `fold` over every split the folds name, as one dataset.
+
+    A fold run's validation and, with a checkpoint's `stats`, its out-of-fold predictions. `options` go to
+    `dataset_from_config`.
+    """
     parts = []
     for split in sorted({r.split for r in folds}):
         ds = dataset_from_config(cfg, split, **options)

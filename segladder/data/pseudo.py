@@ -14,7 +14,11 @@ INDEX_FORMAT = "segladder-pseudo-labels"  # the format `segladder.inference.pseu
 
 
 class PseudoLabels:
-    """A folder of float16 probability maps with its index.json; `load(record_id, size)` gives (H, W) float32."""
+    """A folder of float16 probability maps with its index.json; `load(record_id, size)` gives (H, W) float32.
+
+    Args:
+        folder: the folder `segladder pseudo-label` wrote.
+    """
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
@@ -35,6 +39,7 @@ class PseudoLabels:
         self._pattern: str = meta["path"]
 
     def load(self, record_id: str, size: int) -> np.ndarray:
+        """The pseudo label of `record_id` as (size, size) float32 probabilities."""
         path = self.folder / self._pattern.format(record_id=record_id)
         try:
             soft = np.load(path, allow_pickle=False).astype(np.float32)
@@ -45,6 +50,7 @@ class PseudoLabels:
         return resize_mask(soft, size, soft=True)
 
     def check_covers(self, record_ids: list[str], where: str) -> None:
+        """Refuse pseudo labels that lack some of `record_ids` (the records of `where`)."""
         missing = sorted(set(record_ids) - set(self.records))
         if missing:
             raise DataError(

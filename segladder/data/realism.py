@@ -154,6 +154,7 @@ def dataset_refs(root: str | Path) -> list[RecordRef]:
 def collect(
     root: str | Path, *, workers: int | None = 1, progress: bool = True, label: str = "reading"
 ) -> list[RecordStats]:
+    """Measure every record under `root` (see `record_stats`), sorted by split and id."""
     refs = dataset_refs(root)
     stats = list(parallel_map(record_stats, refs, workers=workers, description=label, progress=progress))
     return sorted(stats, key=lambda s: (s.split, s.record_id))
@@ -217,6 +218,7 @@ class RowSpec:
     min_count: int = 1
 
     def summarise(self, v: np.ndarray) -> float:
+        """The value the real/synthetic columns show for `v`: its mean, or circular mean for orientations."""
         if self.distance is circular_wasserstein:  # a circular mean of orientations, in [0, 180)
             return float(np.degrees(np.angle(np.exp(2j * np.radians(v)).mean())) / 2 % 180)
         return float(np.mean(v))
@@ -308,6 +310,7 @@ class Row:
     synthetic_values: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False)
 
     def as_dict(self) -> dict:
+        """The row as `--json` writes it, without the values."""
         keys = ("name", "title", "unit", "real", "synthetic", "distance", "tolerance", "ok")
         extra = ("half_distance", "n_real", "n_synthetic", "skipped")
         return {k: getattr(self, k) for k in keys + extra}
@@ -487,6 +490,8 @@ def draw_grid(
 
 @dataclass
 class Comparison:
+    """A real dataset beside a synthetic one, statistic by statistic, with the figures drawn."""
+
     rows: list[Row]
     real: Path
     synthetic: Path | str  # a folder, or a description of the temporary set that was generated
@@ -496,6 +501,7 @@ class Comparison:
 
     @property
     def ok(self) -> bool:
+        """Whether every statistic compared is within its tolerance (skipped ones do not count)."""
         return all(r.ok is not False for r in self.rows)
 
 

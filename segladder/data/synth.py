@@ -350,9 +350,12 @@ def _look_alikes(rng: np.random.Generator, size: int, wind: np.ndarray) -> list[
 
 
 def _mask_of(c: _Contrail, size: int, t: float, width: float, jitter: np.ndarray | None = None) -> np.ndarray:
-    """The pixels a line of `width` px covers at least half of: drawn at _MASK_SUPERSAMPLE × the resolution
-    around the line only, then area-averaged, so a 1.5 or 2.5 px line is as wide as that on average rather
-    than rounded to whole pixels (real annotations are polygons of any width)."""
+    """The pixels a line of `width` px covers at least half of.
+
+    Drawn at _MASK_SUPERSAMPLE × the resolution around the line only, then area-averaged, so a 1.5 or 2.5 px
+    line is as wide as that on average rather than rounded to whole pixels (real annotations are polygons of
+    any width).
+    """
     canvas = np.zeros((size, size), np.uint8)
     pts = c.visible_points(t)
     if pts is None:
@@ -436,8 +439,11 @@ def _draw(canvas: np.ndarray, points: np.ndarray, value: int, width: int, line_t
 def _ice_frames(
     contrails: list[_Contrail], size: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(opacity, opacity·top, opacity·btd_gain, opacity·g_gain), each (size, size, 8): the drifting, widening
-    lines' ice, anti-aliased; the weighted ones give each pixel its contrail's properties."""
+    """(opacity, opacity·top, opacity·btd_gain, opacity·g_gain), each (size, size, 8): the contrails' ice.
+
+    That is the drifting, widening lines' ice, anti-aliased; the weighted ones give each pixel its contrail's
+    properties.
+    """
     shape = (N_FRAMES, size, size)
     opacity = np.zeros(shape, np.float32)
     top, btd, g = np.zeros(shape, np.float32), np.zeros(shape, np.float32), np.zeros(shape, np.float32)
@@ -489,8 +495,11 @@ def _annotators(
 
 @dataclass
 class _Sky:
-    """One record's scene as the ash RGB sees it, (H, W, T) brightness temperatures in K: band 14, the split
-    window `btd` (band 15 − band 14), `g` (band 14 − band 11) and `c13` (band 13 − band 14)."""
+    """One record's scene as the ash RGB sees it, (H, W, T) brightness temperatures in K.
+
+    Band 14, the split window `btd` (band 15 − band 14), `g` (band 14 − band 11) and `c13` (band 13 −
+    band 14).
+    """
 
     b14: np.ndarray
     btd: np.ndarray
@@ -530,8 +539,11 @@ def _clear_sky(
 
 
 def _low_cloud(rng: np.random.Generator, sky: _Sky, size: int, cells: int, wind_low: np.ndarray) -> None:
-    """Low water cloud: a little colder, band 14 − band 11 positive; the vapour above a low top still makes
-    the split window negative (real records show no pink low-cloud patches)."""
+    """Low water cloud: a little colder, band 14 − band 11 positive.
+
+    The vapour above a low top still makes the split window negative (real records show no pink low-cloud
+    patches).
+    """
     n = size + 2 * _MARGIN
     cover = _smooth(rng, n, cells) + 0.5 * _smooth(rng, n, cells * 3) + 0.3 * _smooth(rng, n, cells * 10)
     low = np.clip((cover - rng.uniform(0.0, 1.5)) * rng.uniform(0.5, 1.5), 0.0, 1.0).astype(np.float32)
@@ -547,8 +559,10 @@ def _low_cloud(rng: np.random.Generator, sky: _Sky, size: int, cells: int, wind_
 
 
 def _upper_ice(rng: np.random.Generator, sky: _Sky, size: int, cells: int, wind_up: np.ndarray) -> None:
-    """Upper ice cloud: thick cold tops where it is opaque, cirrus where it is thin. Thin ice shows the
-    split-window signature most at intermediate opacity, hence the e(1 − e) terms."""
+    """Upper ice cloud: thick cold tops where it is opaque, cirrus where it is thin.
+
+    Thin ice shows the split-window signature most at intermediate opacity, hence the e(1 − e) terms.
+    """
     n = size + 2 * _MARGIN
     cover = _smooth(rng, n, cells) + 0.6 * _smooth(rng, n, cells * 4) + 0.3 * _smooth(rng, n, cells * 10)
     ice = np.clip((cover - rng.uniform(0.0, 1.8)) * rng.uniform(0.3, 1.2), 0.0, 1.0).astype(np.float32)
@@ -561,8 +575,11 @@ def _upper_ice(rng: np.random.Generator, sky: _Sky, size: int, cells: int, wind_
 
 
 def _add_contrails(sky: _Sky, contrails: list[_Contrail], size: int) -> None:
-    """Thin ice whose emissivity pulls band 14 towards its cold top, the split window further negative and
-    band 14 − band 11 down."""
+    """Add the contrails' thin ice to the scene.
+
+    Its emissivity pulls band 14 towards its cold top, the split window further negative and
+    band 14 − band 11 down.
+    """
     opacity, top_w, btd_w, g_w = _ice_frames(contrails, size)
     covered = opacity > 0
     opacity = np.minimum(opacity, 0.95)
@@ -574,8 +591,10 @@ def _add_contrails(sky: _Sky, contrails: list[_Contrail], size: int) -> None:
 
 
 def _band_files(rng: np.random.Generator, sky: _Sky, vapour: np.ndarray, size: int) -> dict[str, np.ndarray]:
-    """Every band's file, {file name: float32 (H, W, T)}, with sensor noise; the water-vapour bands (8–10)
-    and bands 12 and 16 follow band 14 and the vapour."""
+    """Every band's file, {file name: float32 (H, W, T)}, with sensor noise.
+
+    The water-vapour bands (8–10) and bands 12 and 16 follow band 14 and the vapour.
+    """
     b14 = sky.b14
     b11 = b14 - sky.g
     b13 = b14 + sky.c13
@@ -638,6 +657,7 @@ def make_record(
 
 
 def expected_files(split: str) -> tuple[str, ...]:
+    """The files every record of `split` holds in the competition layout."""
     extra = {"train": (PIXEL_MASK_FILE, INDIVIDUAL_MASKS_FILE), "validation": (PIXEL_MASK_FILE,), "test": ()}
     return BAND_FILES + extra[split]
 

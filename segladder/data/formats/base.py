@@ -1,5 +1,8 @@
-"""The data-format contract and its registry: pydantic only at import, so `segladder.config` can build its
-schema from the registered formats (a format's builders import torch-side modules inside their bodies)."""
+"""The data-format contract and its registry.
+
+Pydantic only at import, so `segladder.config` can build its schema from the registered formats (a
+format's builders import torch-side modules inside their bodies).
+"""
 
 from __future__ import annotations
 
@@ -68,6 +71,7 @@ class DataFormat:
 
     @classmethod
     def datamodule(cls, data, seed: int) -> L.LightningDataModule:
+        """The Lightning data module that trains on `data`, its shuffles seeded with `seed`."""
         raise NotImplementedError
 
     @classmethod
@@ -81,8 +85,10 @@ class DataFormat:
         stats: dict | None = None,
         **options,
     ) -> Dataset:
-        """One split of `source` as a dataset of records, as `datasets.dataset_from_config` describes its
-        arguments (training, evaluate, predict, viz and the ladder all read records through it)."""
+        """One split of `source` as a dataset of records; see `datasets.dataset_from_config` for arguments.
+
+        Training, evaluate, predict, viz and the ladder all read records through it.
+        """
         raise ConfigError(
             f"data.format {cls.name} has no dataset of records; it trains through its data module only."
         )
@@ -97,8 +103,11 @@ DATA_FORMATS: Registry[type[DataFormat]] = Registry("data format", ConfigError)
 
 
 def resolve_format(data, source: str | Path | None = None) -> type[DataFormat]:
-    """The format that reads `data`: `data.format`, or for auto the first format (by `detect_order`) that
-    recognises it (looking at `source` instead of `data.root` when given), else the fallback."""
+    """The format that reads `data`: `data.format`, or for auto the first format that recognises it.
+
+    Formats are tried by `detect_order`, looking at `source` instead of `data.root` when given; the fallback
+    reads what none recognises.
+    """
     if data.format != AUTO:
         return DATA_FORMATS.get(data.format)
     source = source if source is not None else data.root

@@ -39,20 +39,24 @@ class CocoFormat(DataFormat):
 
     @classmethod
     def detect(cls, data, source: str | Path | None) -> bool:
+        """Whether `data` names a COCO training or validation file."""
         coco = getattr(data, cls.name, None)
         return coco is not None and (coco.train is not None or coco.val is not None)
 
     @classmethod
     def in_chans(cls, data) -> int:
+        """Three: crops are read as RGB."""
         return 3  # crops are read as RGB
 
     @classmethod
     def datamodule(cls, data, seed: int):
+        """The box crops' data module over the COCO files of `data.coco`."""
         from segladder.data.box_datasets import BoxesDataModule
 
         return BoxesDataModule(data, cls.options(data), seed)
 
     @classmethod
     def inputs(cls, data) -> dict[str, str | None]:
+        """The paths this format reads, by config key, for the checks that no output overwrites them."""
         coco = cls.options(data)
         return {f"data.coco.{k}": getattr(coco, k) for k in ("images", "train", "val")}

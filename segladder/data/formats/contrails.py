@@ -1,5 +1,8 @@
-"""The competition layout (OpenContrails records) or its prepared cache: `ContrailsDataModule` over
-`ContrailsDataset`. Every key it reads is a shared one of `data` (frames, channels, splits, folds, ...)."""
+"""The competition layout (OpenContrails records) or its prepared cache.
+
+`ContrailsDataModule` over `ContrailsDataset`. Every key it reads is a shared one of `data` (frames,
+channels, splits, folds, ...).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ class ContrailsFormat(DataFormat):
 
     @classmethod
     def datamodule(cls, data, seed: int):
+        """The contrails data module over `data`."""
         from segladder.data.module import ContrailsDataModule
 
         return ContrailsDataModule(data, seed)
@@ -32,6 +36,7 @@ class ContrailsFormat(DataFormat):
         stats: dict | None = None,
         **options,
     ):
+        """One split of `source` as a `ContrailsDataset` set up from `data`."""
         from segladder.data.datasets import ContrailsDataset
 
         return ContrailsDataset(
