@@ -194,8 +194,8 @@ class _DataKeys(_Section):
     def resolve_format(self, source: str | Path | None = None) -> type[DataFormat]:
         """The registered format that reads this data: `format`, or for auto the one that recognises it.
 
-        Auto picks coco when data.coco.train or .val is set, images when the root, or `source`, holds image/mask
-        folders, else contrails.
+        Auto picks coco when data.coco.train or .val is set, images when the root, or `source`, holds
+        image/mask folders, else contrails.
         """
         return resolve_format(self, source)
 

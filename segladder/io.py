@@ -1,6 +1,7 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a half-written one.
 
-A full disk or a failing write becomes one `DiskFullError`/`WriteError` naming the path, the bytes and the fix.
+A full disk or a failing write becomes one `DiskFullError`/`WriteError` naming the path, the bytes and
+the fix.
 """
 
 from __future__ import annotations
@@ -199,7 +200,7 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def preallocate(path: str | os.PathLike) -> None:
-    """Reserve the blocks of an existing (sparse) file, so writing it through a memory map cannot hit a full disk.
+    """Reserve the blocks of an existing (sparse) file: writing it through a memory map then has the space.
 
     A full disk would kill the process with SIGBUS mid-write; here the file is removed and a DiskFullError
     raised instead.

@@ -41,8 +41,9 @@ OPTIMIZERS: Registry[Callable[[list[dict], Any], torch.optim.Optimizer]] = Regis
 def _fused(groups: list[dict]) -> dict:
     """`fused=True` where every parameter is on the CPU or every one on a CUDA device, else no option.
 
-    One kernel per step instead of torch's default (a Python-level update per tensor on the CPU, about 5×
-    slower on a ResNet-18 U; on CUDA a foreach update whose CPU step counters cost ~190 `item()` calls a step).
+    One kernel per step instead of torch's default (a Python-level update per tensor on the CPU, about
+    5× slower on a ResNet-18 U; on CUDA a foreach update whose CPU step counters cost ~190 `item()` calls a
+    step).
     The fused kernel also takes the NaN guard's on-device skip flag (`found_inf`), so a non-finite step is
     dropped without reading anything back; gradient clipping is done by the task, since Lightning refuses to
     clip for a fused optimiser under mixed precision.
@@ -100,7 +101,7 @@ class RAdamTrustRatio(RAdamLegacy):
 
     @torch.no_grad()
     def step(self, closure=None):
-        """Decoupled weight decay, then RAdam's step scaled by each tensor's trust ratio; returns the closure's loss."""
+        """Decoupled weight decay, then RAdam's step scaled by each tensor's trust ratio; returns the loss."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

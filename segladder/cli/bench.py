@@ -205,7 +205,7 @@ class BenchCase:
         return f"{self.model}_{self.size}_T{self.frames}"
 
     def config(self, mode: str, **data):
-        """The `train` config of this case in `mode`; `data` are `bench_config`'s data arguments (root, workers...)."""
+        """The `train` config of this case in `mode`; `data` go to `bench_config` (root, augment, workers)."""
         return _mode_config(
             mode, self.model, self.size, self.frames, self.batch, encoder=self.encoder, **data
         )

@@ -78,7 +78,7 @@ def _report(pred) -> None:
 def _fold_ensemble(
     checkpoints: list[Path] | None, min_component: int | None
 ) -> tuple[list[Path], tuple[float, str], int]:
-    """For --folds: the checkpoints, out-of-fold threshold and component size of the `train --folds` run given.
+    """For --folds: the checkpoints, out-of-fold threshold and component size of a `train --folds` run.
 
     The threshold comes with where it comes from; --min-component, when given, wins over the stored size.
     """
