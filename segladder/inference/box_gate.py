@@ -74,8 +74,10 @@ def check_max_move(value: float | None, where: str = "--max-move") -> None:
 
 
 def relative_moves(rough: np.ndarray, snapped: np.ndarray) -> np.ndarray:
-    """(…, 4) |snapped − rough| of each edge over the rough box's side on that axis (width for x, height for y;
-    at least 1 px)."""
+    """(…, 4) |snapped − rough| of each edge over the rough box's side on that axis.
+
+    The side is the width for x edges and the height for y edges, at least 1 px.
+    """
     rough, snapped = np.asarray(rough, np.float64), np.asarray(snapped, np.float64)
     side = np.maximum(np.abs(rough[..., 2:] - rough[..., :2]), 1.0)
     return np.abs(snapped - rough) / np.concatenate([side, side], -1)
@@ -88,8 +90,9 @@ def gate_edges(
     min_confidence: float,
     max_move: float = math.inf,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Keep each rough edge that is below `min_confidence` or would move more than `max_move` of its box side:
-    ((N, 4) xyxy boxes, (N, 4) bool moved).
+    """Keep each rough edge below `min_confidence` or moving over `max_move` of its side; move the rest.
+
+    Returns ((N, 4) xyxy boxes, (N, 4) bool moved).
 
     `rough` and `snapped` are (N, 4) xyxy boxes (left, top, right, bottom), `conf` the (N, 4) confidence of
     the snapped edges in the same order. `min_confidence` 1 keeps every edge, even one of confidence 1.
@@ -130,9 +133,11 @@ class EdgeGate:
 
     @property
     def moves_all(self) -> bool:
+        """Whether the gate lets every edge move (no confidence floor, no limit on the move)."""
         return self.min_confidence <= 0.0 and math.isinf(self.max_move)
 
     def describe(self) -> str:
+        """The gate in words, for messages and reports."""
         if self.min_confidence >= 1.0:
             return "keeps every rough edge"
         if self.moves_all:
@@ -190,9 +195,11 @@ class GateChoice:
 
     @property
     def gate(self) -> EdgeGate:
+        """The chosen gate."""
         return EdgeGate(self.min_confidence, self.max_move)
 
     def as_dict(self) -> dict:
+        """The choice as JSON, with no limit on the move (`max_move` infinite) stored as None."""
         # JSON has no infinity: "no limit on the move" is stored as None.
         d = asdict(self)
         d["max_move"] = None if math.isinf(self.max_move) else self.max_move
@@ -312,8 +319,10 @@ def choose_gate(
 
 
 def _between(value: float, data: np.ndarray, below: bool) -> float:
-    """A threshold between `value` and the nearest data value on the far side, which selects the same edges:
-    the midpoint keeps the choice when the boxes are scored again with values that differ in the last bits."""
+    """A threshold between `value` and the nearest data value on the far side, which selects the same edges.
+
+    The midpoint keeps the choice when the boxes are scored again with values that differ in the last bits.
+    """
     if not (0.0 < value < math.inf) or (below and value >= 1.0):
         return value
     other = data[data < value] if below else data[data > value]
@@ -388,8 +397,11 @@ def calibration(
 
 
 def reliability_png(cal: dict, path: str | Path, title: str = "edge confidence") -> None:
-    """A reliability diagram of `calibration(...)`: fraction within tolerance against mean confidence per bin
-    (the diagonal is perfect calibration), and below it how many edges each bin holds."""
+    """Draw a reliability diagram of `calibration(...)` to `path`.
+
+    Fraction within tolerance against mean confidence per bin (the diagonal is perfect calibration), and below
+    it how many edges each bin holds.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -442,8 +454,14 @@ def edge_errors(snapped: np.ndarray, true: np.ndarray) -> np.ndarray:
 
 
 class EdgeRecords(Metric):
-    """The validation boxes kept whole (rough, snapped, true xyxy and the per-edge confidence) to choose the
-    gate and measure calibration at the end of a validation epoch; concatenated across processes."""
+    """The validation boxes kept whole, to choose the gate and measure calibration at the end of an epoch.
+
+    Each box keeps its rough, snapped and true xyxy and the per-edge confidence; concatenated across
+    processes.
+
+    Args:
+        **kwargs: passed on to torchmetrics' `Metric`.
+    """
 
     full_state_update = False
 
@@ -453,12 +471,15 @@ class EdgeRecords(Metric):
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(self, rough: Tensor, snapped: Tensor, true: Tensor, conf: Tensor) -> None:
+        """Keep a batch's rough, snapped and true boxes and their edge confidence, each (N, 4)."""
         self.rough.append(rough.double().reshape(-1, 4))
         self.snapped.append(snapped.double().reshape(-1, 4))
         self.true.append(true.double().reshape(-1, 4))
         self.conf.append(conf.double().reshape(-1, 4))
 
     def compute(self) -> dict[str, np.ndarray]:
+        """All the kept boxes, as (N, 4) float64 arrays by name: rough, snapped, true and conf."""
+
         def cat(x) -> np.ndarray:
             if isinstance(x, Tensor):
                 return x.reshape(-1, 4).cpu().numpy()

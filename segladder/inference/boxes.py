@@ -46,6 +46,7 @@ from segladder.progress import progress_bar
 
 
 def pick_device(device: str | None) -> torch.device:
+    """The torch device for `--device` (None: CUDA when there is one, else the CPU)."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -87,9 +88,11 @@ class BoxAdjuster:
         min_confidence: float | None = None,
         max_move: float | None = None,
     ) -> BoxAdjuster:
-        """The checkpoint's model, crop geometry and decoding, and its stored gate unless `min_confidence` or
-        `max_move` is given: then the gate is those two alone (the one not given sets no limit). A checkpoint
-        trained before the gate has none: every edge moves."""
+        """The checkpoint's model, crop geometry and decoding, with its stored gate or the one given.
+
+        Giving `min_confidence` or `max_move` makes the gate those two alone (the one not given sets no
+        limit). A checkpoint trained before the gate has none: every edge moves.
+        """
         if decode not in (None, "expectation", "argmax"):
             raise InferenceError(f"--decode {decode}: use expectation or argmax.")
         check_min_confidence(min_confidence)
@@ -274,8 +277,10 @@ def score_files(gt: str | Path, boxes: str | Path) -> dict:
 
 
 def read_adjustment(path: str | Path) -> tuple[dict[int, tuple], dict[int, list[bool]]]:
-    """The rough boxes (`rough_bbox`) and moved edges (`edge_moved`) that `boxes adjust` writes beside each
-    adjusted box, by annotation id (empty for other boxes files)."""
+    """The rough boxes (`rough_bbox`) and moved edges (`edge_moved`) `boxes adjust` wrote, by annotation id.
+
+    Empty for other boxes files.
+    """
     from segladder.data.boxes import load_json
 
     data = load_json(path, "boxes file")
@@ -320,10 +325,12 @@ def adjust_file(
     max_move: float | None = None,
     progress: bool = True,
 ) -> AdjustSummary:
-    """Snap every box of the COCO file `rough` and write it as `out`: same ids, bbox replaced, and beside it
-    `edge_confidence`, `rough_bbox` (the input box) and `edge_moved` (left, top, right, bottom; false where
-    the gate kept the rough edge). The gate is the checkpoint's unless `min_confidence` or `max_move` is
-    given."""
+    """Snap every box of the COCO file `rough` and write it as `out`: same ids, bbox replaced.
+
+    Beside each box go `edge_confidence`, `rough_bbox` (the input box) and `edge_moved` (left, top, right,
+    bottom; false where the gate kept the rough edge). The gate is the checkpoint's unless `min_confidence` or
+    `max_move` is given.
+    """
     adjuster = BoxAdjuster.from_checkpoint(
         checkpoint, device, refine_steps, min_confidence=min_confidence, max_move=max_move
     )
@@ -350,6 +357,8 @@ def adjust_file(
 
 @dataclass
 class AdjustSummary:
+    """What `adjust_file` did: boxes snapped, edges moved and kept by the gate, and the gate and its source."""
+
     boxes: int
     edges_moved: int
     edges_kept: int  # kept at the rough position by the gate
@@ -368,9 +377,11 @@ def adjust_single(
     min_confidence: float | None = None,
     max_move: float | None = None,
 ) -> tuple[tuple[float, ...], np.ndarray, dict]:
-    """Snap one box on one image (gated): (snapped xywh, (4,) confidence, the gate: `gate_fields` and
-    `moved` per edge); writes a PNG with the rough (yellow) and snapped (magenta) boxes when
-    `png` is given."""
+    """Snap one box on one image (gated): (snapped xywh, (4,) confidence, the gate).
+
+    The gate is `gate_fields` and `moved` per edge. Writes a PNG with the rough (yellow) and snapped (magenta)
+    boxes when `png` is given.
+    """
     from segladder.viz import draw_boxes, save_image
 
     if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
@@ -418,6 +429,8 @@ EVALUATION_FILES = (
 
 @dataclass
 class BoxEvaluation:
+    """What `evaluate_boxes` measured: Table 1 of the rough, adjusted and gated boxes, and where it wrote."""
+
     before: dict
     after: dict  # adjusted without the gate (every edge moved)
     out: Path
@@ -526,8 +539,10 @@ def _gated_pass(
 def _write_box_files(
     out: Path, annotations, rough: dict, snapped: dict, gated: dict, conf: dict, moved: dict
 ):
-    """rough.json, adjusted.json (no gate, with edge confidence) and gated.json (with the rough box and which
-    edges moved) beside each other in `out`."""
+    """Write rough.json, adjusted.json (no gate, with edge confidence) and gated.json into `out`.
+
+    gated.json has beside each box the rough box and which edges moved.
+    """
     write_boxes(out / "rough.json", annotations, rough)
     write_boxes(
         out / "adjusted.json",
@@ -668,6 +683,8 @@ def bench_box_adjustment(
 
 @dataclass
 class BoxExport:
+    """What `export_box_onnx` wrote, and how far ONNX runtime's outputs lie from PyTorch's."""
+
     path: Path
     max_prob_diff: float  # largest |Δ| of the per-edge position probabilities, ONNX vs PyTorch
     max_edge_diff: float  # largest |Δ| of the decoded edges, in crop pixels
@@ -741,6 +758,8 @@ CALIBRATION_FILES = ("calibrated.ckpt", "box_calibration.json", "reliability.png
 
 @dataclass
 class GateCalibration:
+    """What `calibrate_gate` wrote and chose."""
+
     checkpoint: Path  # the copy of the input checkpoint that carries the new gate
     choice: dict  # `GateChoice.as_dict()`
     calibration: dict  # `calibration(...)` of the ungated edges

@@ -23,6 +23,8 @@ SUPPORTED_VERSIONS = (1,)
 
 @dataclass
 class LoadedCheckpoint:
+    """A checkpoint ready to predict: its model (eval mode), config, threshold and task."""
+
     model: nn.Module
     config: ExperimentConfig
     threshold: float
@@ -88,9 +90,11 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def input_mismatches(a: ExperimentConfig, b: ExperimentConfig) -> list[tuple[str, object, object]]:
-    """The input keys on which two models' configs differ, as (key, a's value, b's value): the image size,
-    the frames, the channels and the model's input channels. Two models can be distilled or compared only
-    when this is empty."""
+    """The input keys on which two models' configs differ, as (key, a's value, b's value).
+
+    The keys are the image size, the frames, the channels and the model's input channels. Two models can be
+    distilled or compared only when this is empty.
+    """
     keys = {
         "data.image_size": (a.data.image_size, b.data.image_size),
         "data.frames": (list(a.data.frames), list(b.data.frames)),

@@ -42,6 +42,8 @@ class ModelMeasure:
 
 @dataclass
 class Comparison:
+    """What `compare` measured: each model's figures, the setting, and the student's shares of the teacher's."""
+
     models: dict[str, ModelMeasure]
     device: str
     batch_size: int
@@ -49,6 +51,7 @@ class Comparison:
     summary: dict
 
     def as_json(self) -> dict:
+        """The comparison as compare.json holds it."""
         return {
             **{k: asdict(v) for k, v in self.models.items()},
             "device": self.device,
@@ -179,8 +182,7 @@ def compare(
     repeats: int = 10,
     out: Path | None = None,
 ) -> Comparison:
-    """The distillation comparison, measured: params, Dice, mIoU, ms/image, peak memory, weights MB per model,
-    and ratios.
+    """The distillation comparison: each model's params, Dice, mIoU, ms/image, peak memory and MB, and ratios.
 
     Every model runs on the same device with the same batch (warm-up passes excluded from the timing).
     `baseline` is the student's architecture trained without the teacher under the same schedule, so the
@@ -289,6 +291,7 @@ def compare_figure(result: Comparison, path: Path) -> None:
 
 
 def format_table(result: Comparison) -> str:
+    """The comparison as a plain-text table, with a summary line of the student's shares."""
     rows = table_rows(result)
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [

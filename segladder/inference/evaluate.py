@@ -24,6 +24,8 @@ from segladder.viz import save_figure, threshold_curve_figure
 
 @dataclass
 class Evaluation:
+    """What `evaluate` measured: global Dice at the stored and at the best threshold, and where it wrote."""
+
     dice_stored: float
     stored_threshold: float
     dice_best: float
@@ -68,8 +70,10 @@ def score_records(
     batch_size: int = 16,
     device: str | None = None,
 ) -> RecordScores:
-    """Probabilities and per-record Dice of `checkpoint` on `split` of `data` (its first `limit` records),
-    at its stored threshold: the figures `evaluate` writes to per_record.csv."""
+    """Probabilities and per-record Dice of `checkpoint` on `split` of `data`, at its stored threshold.
+
+    Scores the first `limit` records; these are the figures `evaluate` writes to per_record.csv.
+    """
     ck = load_checkpoint(checkpoint)
     if ck.task != "segmentation":
         raise CheckpointError(f"{checkpoint}: a {ck.task} checkpoint; only segmentation masks are scored.")
@@ -124,8 +128,11 @@ def _members(checkpoint: str | Path, split: str, folds: bool, device: torch.devi
 
 
 class _Scores:
-    """What `evaluate` accumulates batch by batch: the Dice sweep over thresholds, one per_record.csv row a
-    record, and with `postprocess` the global Dice after removing components under `min_component`."""
+    """What `evaluate` accumulates batch by batch.
+
+    The Dice sweep over thresholds, one per_record.csv row a record, and with `postprocess` the global Dice
+    after removing components under `min_component`.
+    """
 
     CSV_HEADER = ("record_id", "dice", "max_prob", "pred_pixels", "true_pixels")
 

@@ -29,6 +29,8 @@ PARITY_ATOL = 1e-4  # on probabilities, fp32
 
 @dataclass
 class ExportResult:
+    """What `export_model` wrote, and how far ONNX runtime's outputs lie from PyTorch's."""
+
     path: Path
     max_abs_diff_random: float
     max_abs_diff_real: float | None  # None when no data was given to check on

@@ -44,6 +44,7 @@ class FoldEnsemble:
         return epochs[len(epochs) // 2] if epochs else 0
 
     def write(self, run_dir: Path) -> Path:
+        """Write the ensemble into `run_dir` as its ensemble file; returns the path."""
         path = Path(run_dir) / ENSEMBLE_FILE
         atomic_write_json(path, {**asdict(self), "full_data_epochs": self.full_data_epochs})
         return path
@@ -86,6 +87,7 @@ class ProbabilityMean(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The logit of the members' mean probability."""
         p = torch.stack([torch.sigmoid(m(x).float()) for m in self.members]).mean(0)
         p = p.clamp(self.eps, 1 - self.eps)
         return torch.log(p) - torch.log(1 - p)

@@ -30,6 +30,7 @@ class InputSpec:
 
     @classmethod
     def from_data_config(cls, d: DataConfig, stats: dict | None = None) -> InputSpec:
+        """The spec of a data section, with the training statistics `stats` where given."""
         return cls(
             resolve_frames(d.frames),
             resolve_channels(d.channels),
@@ -41,10 +42,12 @@ class InputSpec:
 
     @classmethod
     def from_checkpoint(cls, ck) -> InputSpec:
+        """The spec a checkpoint was trained with."""
         return cls.from_data_config(ck.config.data, ck.stats)
 
     @classmethod
     def from_dict(cls, d: Mapping) -> InputSpec:
+        """The spec `as_dict` wrote (an ONNX model's metadata)."""
         stats = d.get("stats")
         return cls(
             resolve_frames(d["frames"]),
@@ -56,6 +59,7 @@ class InputSpec:
         )
 
     def as_dict(self) -> dict:
+        """The spec as JSON-ready values."""
         return {
             "frames": list(self.frames),
             "channels": list(self.channels),
@@ -66,6 +70,7 @@ class InputSpec:
         }
 
     def data_config(self) -> DataConfig:
+        """A data section that reads records as this spec says."""
         return DataConfig(
             frames=list(self.frames),
             channels=list(self.channels),
@@ -75,6 +80,7 @@ class InputSpec:
         )
 
     def dataset(self, data: str | Path, split: str) -> ContrailsDataset:
+        """Split `split` of `data`, read as this spec says."""
         return dataset_from_config(
             self.data_config(), split, root=data, stats=json.loads(self.stats) if self.stats else None
         )
@@ -82,6 +88,8 @@ class InputSpec:
 
 @dataclass
 class Batch:
+    """One batch of `Inputs`: the images for each input spec, the record ids and the primary spec's mask."""
+
     images: dict[InputSpec, torch.Tensor]  # (B, C, T, H, W) per input spec
     record_ids: list[str]
     mask: torch.Tensor | None  # (B, 1, H, W) of the primary spec, where the split is labelled
@@ -91,6 +99,13 @@ class Inputs:
     """One split read once per distinct input spec, in lockstep, so every model sees the same records in order.
 
     The first spec is the primary one: its masks come with each batch and its images go into overlays.
+
+    Args:
+        specs: the input specs to read; the first is the primary one.
+        data: the dataset root or prepared cache.
+        split: which split to read.
+        batch_size: records per batch.
+        workers: DataLoader workers per spec.
     """
 
     def __init__(
@@ -123,6 +138,7 @@ class Inputs:
         return len(self.record_ids)
 
     def batches(self) -> Iterator[Batch]:
+        """The split's batches in record order, each spec's images side by side."""
         loaders = [
             DataLoader(ds, batch_size=self.batch_size, num_workers=self.workers)
             for ds in self.datasets.values()
@@ -132,4 +148,5 @@ class Inputs:
             yield Batch(images, list(parts[0]["record_id"]), parts[0].get("mask"))
 
     def item(self, index: int) -> dict:
+        """Record `index` of the primary spec's dataset."""
         return self.datasets[self.specs[0]][index]

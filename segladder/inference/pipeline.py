@@ -68,19 +68,25 @@ class FilterConfig(_Strict):
 
 
 class Stage2Member(_Strict):
+    """A stage-2 segmenter: its checkpoint and its weight in the ensemble."""
+
     checkpoint: Path
     weight: float = Field(1.0, gt=0)
     name: str | None = Field(None, description="label in reports (default: the checkpoint's file name)")
 
     @property
     def label(self) -> str:
+        """The member's name in reports: `name`, or the checkpoint's file name."""
         return self.name or self.checkpoint.name
 
 
 class PipelineConfig(_Strict):
-    """Stage 1: a classifier and/or a segmenter decide which records hold contrails. Stage 2: an
-    ensemble of segmenters (as in the classify-then-segment experiments, docs/background.md: one trained on
-    all data, one on positives only) draws the masks."""
+    """A two-stage prediction pipeline, as a pipeline YAML file gives it.
+
+    Stage 1: a classifier and/or a segmenter decide which records hold contrails. Stage 2: an ensemble of
+    segmenters (as in the classify-then-segment experiments, docs/background.md: one trained on all data, one
+    on positives only) draws the masks.
+    """
 
     classifier: Path | None = Field(None, description="stage-1 classification checkpoint")
     segmenter: Path | None = Field(
@@ -159,6 +165,8 @@ def filter_margin(
 
 @dataclass
 class Stage1:
+    """Stage 1's scores of a batch: the classifier's and the segmenter's, and their margin over the filter."""
+
     classifier: torch.Tensor | None  # (B,) probabilities
     segmenter: torch.Tensor | None  # (B,) mean of the top-k pixel probabilities
     segmenter_probs: torch.Tensor | None  # (B, 1, H, W), reused when the segmenter is also in stage 2
@@ -166,11 +174,17 @@ class Stage1:
 
     @property
     def keep(self) -> torch.Tensor:
+        """(B,) whether each record passes the filter and goes to stage 2."""
         return self.margin > 0
 
 
 class Pipeline:
-    """The loaded models of a pipeline config; each checkpoint is loaded and run once even when listed twice."""
+    """The loaded models of a pipeline config; each checkpoint is loaded and run once even when listed twice.
+
+    Args:
+        cfg: the pipeline config.
+        device: where the models run.
+    """
 
     def __init__(self, cfg: PipelineConfig, device: torch.device):
         self.cfg = cfg
@@ -199,6 +213,7 @@ class Pipeline:
         self.specs: list[InputSpec] = list(dict.fromkeys(self.stage2.specs + stage1))
 
     def stage1(self, images: dict[InputSpec, torch.Tensor]) -> Stage1:
+        """Score `images` with stage 1's classifier and segmenter and apply the filter."""
         f = self.cfg.filter
         cls = self.classifier.probs(images[self.classifier.spec]) if self.classifier is not None else None
         seg = seg_probs = None
@@ -209,6 +224,7 @@ class Pipeline:
         return Stage1(cls, seg, seg_probs, filter_margin(cls, seg, f))
 
     def known(self, s1: Stage1, rows: torch.Tensor | None = None) -> dict[Segmenter, torch.Tensor]:
+        """The stage-1 segmenter's probabilities (of `rows` only, when given), so stage 2 need not run it again."""
         if self.segmenter is None:
             return {}
         return {self.segmenter: s1.segmenter_probs if rows is None else s1.segmenter_probs[rows]}
@@ -328,6 +344,7 @@ class FilterCounts(Metric):
             self.add_state(name, default=torch.zeros((), dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, positive: torch.Tensor, keep: torch.Tensor) -> None:
+        """Count a batch's records by their label `positive` and the filter's `keep`, both (B,) bool."""
         self.records += len(keep)
         self.positives += positive.sum()
         self.kept += keep.sum()
@@ -335,6 +352,7 @@ class FilterCounts(Metric):
         self.negatives_kept += (~positive & keep).sum()
 
     def compute(self) -> dict[str, int]:
+        """The counts by name."""
         return {name: int(getattr(self, name)) for name in self.NAMES}
 
 
@@ -344,6 +362,10 @@ class PipelineEvaluation:
     Dice sweeps of the ensemble without filtering, filtered, with an oracle filter and on positive records;
     of each member on all and on positive records; of the final masks; the three stage-1 scores as
     classifiers of "has contrails"; stage 1's counts; one row per record for per_record.csv.
+
+    Args:
+        cfg: the pipeline config.
+        pipe: its loaded models.
     """
 
     CSV_HEADER = ("record_id", "positive", "classifier_prob", "segmenter_topk", "kept", "final_dice")
@@ -473,6 +495,7 @@ class PipelineEvaluation:
         }
 
     def write(self, out: Path, report: dict) -> None:
+        """Write `report` as the metrics file and the per-record rows as per_record.csv into `out`."""
         atomic_write_json(out / METRICS_FILE, report)
         with atomic_path(out / "per_record.csv") as tmp, open(tmp, "w", newline="") as fh:
             w = csv.writer(fh)

@@ -18,8 +18,7 @@ class ThresholdError(SegladderError):
 
 
 class Float16Histogram:
-    """Exact counts of float16 probabilities, bin = bit pattern, so a percentile over millions of
-    pixels needs 512 KiB instead of the maps themselves.
+    """Exact counts of float16 probabilities, bin = bit pattern: a percentile of any pixel count in 512 KiB.
 
     For non-negative float16 values the bit patterns sort like the values, which makes the
     cumulative count over bins the cumulative distribution of the probabilities.
@@ -29,6 +28,7 @@ class Float16Histogram:
         self.counts = np.zeros(_BINS, np.int64)
 
     def update(self, probs: np.ndarray) -> None:
+        """Count the values of a float16 array."""
         p = np.asarray(probs)
         if p.dtype != np.float16:
             raise TypeError(f"Float16Histogram counts float16 arrays, got {p.dtype}")
@@ -36,6 +36,7 @@ class Float16Histogram:
 
     @property
     def total(self) -> int:
+        """The number of values counted."""
         return int(self.counts.sum())
 
     def count_above(self, threshold: float) -> int:

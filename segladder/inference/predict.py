@@ -35,8 +35,10 @@ OVERLAY_ROWS = 8  # records per overlay PNG
 
 
 def prepare_output(out: str | Path, subfolders: Sequence[str] = (PROBS_DIR, MASKS_DIR)) -> Path:
-    """Create the output folder and prove it writable, and refuse a file where one of its `subfolders` goes,
-    so a bad --out fails before any inference."""
+    """Create the output folder, prove it writable, and refuse a file where one of its `subfolders` goes.
+
+    A bad --out then fails before any inference.
+    """
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise InferenceError(f"--out {out} is a file; give a folder (new or existing) for the outputs.")
@@ -60,6 +62,8 @@ def prepare_output(out: str | Path, subfolders: Sequence[str] = (PROBS_DIR, MASK
 
 @dataclass
 class Prediction:
+    """What `predict` wrote: records and positives, the threshold and where it came from, and any Dice."""
+
     out: Path
     records: int
     threshold: float
@@ -71,6 +75,7 @@ class Prediction:
 
     @property
     def submission(self) -> Path:
+        """The path of the submission CSV."""
         return self.out / SUBMISSION_FILE
 
 
@@ -87,9 +92,12 @@ def write_probabilities(
     observe: Callable[[np.ndarray, Batch], None] | None = None,
     sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> None:
-    """Pass 1: run `prob_fn` over the split, writing `folder/<record_id>.npy` (float16, H × W) per record;
+    """Pass 1: run `prob_fn` over the split, writing `folder/<record_id>.npy` (float16, H × W) per record.
+
     `observe(probs, batch)` sees each batch's float16 probabilities (B, H, W) at the models' size. With
-    `sizes` (record_id → (H, W)), each map is resized (bilinear) to its record's own size before it is saved."""
+    `sizes` (record_id → (H, W)), each map is resized (bilinear) to its record's own size before it is
+    saved.
+    """
     with progress_bar(disable=not progress) as bar:
         task = bar.add_task(description, total=len(inputs))
         for batch in inputs.batches():
@@ -110,9 +118,11 @@ def at_size(probs: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
 
 
 class _PixelHistograms:
-    """Pass 1's view of the probabilities: a histogram of all pixels (for a percentile threshold, or a Dice)
-    and, on a labelled split, one of the positive pixels; together they give the exact global Dice at any
-    threshold (before component removal) without keeping any map in memory."""
+    """Pass 1's view of the probabilities: histograms that give the exact global Dice at any threshold.
+
+    One of all pixels (for a percentile threshold, or a Dice) and, on a labelled split, one of the positive
+    pixels; together they give the global Dice before component removal without keeping any map in memory.
+    """
 
     def __init__(self, all_pixels: bool, positives: bool):
         self.all = Float16Histogram() if all_pixels else None
@@ -133,8 +143,11 @@ class _PixelHistograms:
 def _write_masks(
     inputs: Inputs, out: Path, th: float, min_component: int, sizes: Mapping, progress: bool
 ) -> tuple[int, int, list[str]]:
-    """Pass 2: each record's mask from its saved float16 map, and submission.csv; returns the records and
-    pixels predicted positive, and the records whose mask does not fit their size in the split."""
+    """Pass 2: each record's mask from its saved float16 map, and submission.csv.
+
+    Returns the records and pixels predicted positive, and the records whose mask does not fit their size in
+    the split.
+    """
     pos_records = pos_pixels = 0
     problems = []
     with (

@@ -20,12 +20,15 @@ INDEX_VERSION = 1
 
 @dataclass
 class PseudoLabels:
+    """What `pseudo_label` wrote: the folder, the split and the number of records."""
+
     out: Path
     split: str
     records: int
 
     @property
     def index(self) -> Path:
+        """The path of the index, written last."""
         return self.out / INDEX_FILE
 
 
@@ -43,8 +46,11 @@ def pseudo_label(
     workers: int = 0,
     progress: bool = True,
 ) -> PseudoLabels:
-    """Write `OUT/labels/<record_id>.npy` per record of `split` and `OUT/index.json` (written last, so a
-    present index means a complete set). Maps are at the teachers' image size."""
+    """Write a teacher ensemble's probability map of every record of `split`, and the index that lists them.
+
+    Writes `OUT/labels/<record_id>.npy` per record and `OUT/index.json` (written last, so a present index
+    means a complete set). Maps are at the teachers' image size.
+    """
     if not checkpoints:
         raise InferenceError("pseudo-labelling needs at least one teacher checkpoint.")
     dev = resolve_device(device)

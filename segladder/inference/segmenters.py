@@ -39,6 +39,13 @@ class Segmenter:
     0.5 px), so a flipped-back prediction lands one pixel off; `tta_shift` moves it back:
     out[q] = flipped_back[q + shift] along the flipped axis (+1 when labels lie half a pixel right/below
     their pixels; docs/inference.md).
+
+    Args:
+        name: the model's name in messages (its checkpoint's path).
+        spec: the input it reads.
+        threshold: its mask threshold.
+        tta: average with the flipped inputs' predictions.
+        tta_shift: pixels a flipped-back prediction is moved along the flipped axis.
     """
 
     def __init__(self, name: str, spec: InputSpec, threshold: float, tta: bool = False, tta_shift: int = 0):
@@ -46,10 +53,12 @@ class Segmenter:
         self.tta, self.tta_shift = tta, int(tta_shift)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits (B, 1, H, W) for images `x`."""
         raise NotImplementedError
 
     @torch.inference_mode()
     def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities (B, 1, H, W) for images `x`, float32 on the CPU; averaged over flips with `tta`."""
         p = torch.sigmoid(self.logits(x).float())
         if self.tta:
             views = [p]
@@ -61,6 +70,15 @@ class Segmenter:
 
 
 class TorchSegmenter(Segmenter):
+    """A segmentation checkpoint's model run by PyTorch.
+
+    Args:
+        ck: the loaded segmentation checkpoint.
+        device: where the model runs.
+        tta: average with the flipped inputs' predictions.
+        tta_shift: pixels a flipped-back prediction is moved along the flipped axis.
+    """
+
     def __init__(self, ck: LoadedCheckpoint, device: torch.device, tta: bool = False, tta_shift: int = 0):
         if ck.task != "segmentation":
             raise CheckpointError(f"{ck.path}: a {ck.task} checkpoint where a segmentation model is needed.")
@@ -69,11 +87,17 @@ class TorchSegmenter(Segmenter):
         self.model = ck.model.to(device).eval()
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's logits for `x`, moved to the model's device."""
         return self.model(x.to(self.device, non_blocking=True))
 
 
 class TorchClassifier:
-    """Images → per-record contrail probabilities (B,) from a classification checkpoint."""
+    """Images → per-record contrail probabilities (B,) from a classification checkpoint.
+
+    Args:
+        ck: the loaded classification checkpoint.
+        device: where the model runs.
+    """
 
     def __init__(self, ck: LoadedCheckpoint, device: torch.device):
         if ck.task != "classification":
@@ -84,12 +108,20 @@ class TorchClassifier:
 
     @torch.inference_mode()
     def probs(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,) probabilities that each record holds contrails, float32 on the CPU; NaN as 0."""
         return torch.sigmoid(self.model(x.to(self.device)).float()).reshape(x.shape[0]).nan_to_num(0.0).cpu()
 
 
 class Ensemble:
-    """Weighted mean of segmenters' probabilities. Members may read different frames or channels (each
-    gets its own input), but must predict at one image size."""
+    """Weighted mean of segmenters' probabilities.
+
+    Members may read different frames or channels (each gets its own input), but must predict at one image
+    size.
+
+    Args:
+        members: the segmenters.
+        weights: each member's weight, positive (default: equal); normalised to sum to 1.
+    """
 
     def __init__(self, members: Sequence[Segmenter], weights: Sequence[float] | None = None):
         if not members:
@@ -115,6 +147,7 @@ class Ensemble:
 
     @property
     def specs(self) -> list[InputSpec]:
+        """The distinct input specs the members read, in member order."""
         return list(dict.fromkeys(m.spec for m in self.members))
 
     def member_probs(
@@ -125,15 +158,18 @@ class Ensemble:
         return [known[m] if m in known else m.probs(images[m.spec]) for m in self.members]
 
     def combine(self, probs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The weighted mean of the members' probabilities `probs`."""
         return sum(w * p for w, p in zip(self.weights, probs, strict=True))
 
     def probs(
         self, images: Mapping[InputSpec, torch.Tensor], known: Mapping[Segmenter, torch.Tensor] | None = None
     ) -> torch.Tensor:
+        """The ensemble's probabilities for `images` (by spec); members in `known` are not run again."""
         return self.combine(self.member_probs(images, known))
 
 
 def resolve_device(device: str | None) -> torch.device:
+    """The torch device for `device` (None: CUDA when there is one); an error when it is not there."""
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -150,6 +186,7 @@ def resolve_device(device: str | None) -> torch.device:
 def load_segmenters(
     checkpoints: Sequence[str | Path], device: torch.device, tta: bool = False, tta_shift: int = 0
 ) -> list[TorchSegmenter]:
+    """A `TorchSegmenter` for each checkpoint, on `device`."""
     return [TorchSegmenter(load_checkpoint(c), device, tta, tta_shift) for c in checkpoints]
 
 
@@ -157,6 +194,7 @@ def load_segmenters(
 
 
 def onnx_session(path: str | Path, device: torch.device):
+    """An onnxruntime session of the model at `path`, on CUDA where `device` is and onnxruntime can."""
     import onnxruntime as ort
 
     providers = ["CPUExecutionProvider"]
@@ -169,13 +207,20 @@ def onnx_session(path: str | Path, device: torch.device):
 
 
 def onnx_metadata(session) -> dict[str, str]:
-    """segladder's metadata of an onnxruntime session, without the key prefix."""
+    """The segladder metadata of an onnxruntime session, without the key prefix."""
     props = session.get_modelmeta().custom_metadata_map
     return {k[len(META_PREFIX) :]: v for k, v in props.items() if k.startswith(META_PREFIX)}
 
 
 class OnnxSegmenter(Segmenter):
-    """An exported segmenter run by onnxruntime; its metadata says which input it needs."""
+    """An exported segmenter run by onnxruntime; its metadata says which input it needs.
+
+    Args:
+        path: the exported model.
+        device: where it runs (CUDA where onnxruntime has the provider).
+        tta: average with the flipped inputs' predictions.
+        tta_shift: pixels a flipped-back prediction is moved along the flipped axis.
+    """
 
     def __init__(
         self,
@@ -207,6 +252,7 @@ class OnnxSegmenter(Segmenter):
         )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The exported model's logits for `x`, run on the CPU input."""
         x = x.detach().cpu().float().contiguous()
         return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
 

@@ -15,6 +15,10 @@ from segladder.viz import overlay_grid, plot_histories, save_image
 def visualise_run(
     run_dir: str | Path, data: str | Path | None = None, split: str = "validation", records: int = 8
 ) -> list[Path]:
+    """Draw a run's best checkpoint on the first `records` records of `split`, and its curves; return the PNGs.
+
+    `data` is the dataset to read (default: the run's own); the curves are drawn when metrics.json exists.
+    """
     run_dir = Path(run_dir)
     ckpt = run_dir / "checkpoints" / "best.ckpt"
     if not ckpt.exists():
