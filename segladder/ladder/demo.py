@@ -20,6 +20,7 @@ from segladder.progress import console
 
 
 def default_home() -> Path:
+    """Where the demo keeps its data: $SEGLADDER_HOME, default ~/.cache/segladder."""
     return Path(os.environ.get("SEGLADDER_HOME", Path.home() / ".cache" / "segladder"))
 
 
@@ -98,6 +99,8 @@ def demo_values(epochs: int, seed: int) -> dict:
 
 @dataclass
 class SelftestRow:
+    """One fault of the self-test: which rung should catch it, which failed first, and whether it was caught."""
+
     fault: str
     description: str
     expected_rung: str | None
@@ -108,6 +111,7 @@ class SelftestRow:
     outcome: str = "passed"  # the ladder's: passed, failed or inconclusive
 
     def as_dict(self) -> dict:
+        """The row as report JSON holds it."""
         return dict(self.__dict__)
 
 

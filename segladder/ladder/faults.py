@@ -41,7 +41,12 @@ class _TrainingView(Subset):
 
 
 class ShuffledLabels(_TrainingView):
-    """Each record gets another record's mask (a fixed derangement): ids and labels misaligned."""
+    """Each record gets another record's mask (a fixed derangement): ids and labels misaligned.
+
+    Args:
+        base: the training set.
+        seed: the seed of the derangement.
+    """
 
     def __init__(self, base, seed: int = 0):
         super().__init__(base, seed)
@@ -50,6 +55,7 @@ class ShuffledLabels(_TrainingView):
         self.partner[order] = np.roll(order, -1)  # one cycle through all records: nobody keeps their own
 
     def broken(self, item: dict, index: int) -> dict:
+        """`item` with the mask and soft label of its partner record."""
         other = self.dataset[int(self.partner[index])]
         for key in ("mask", "soft"):
             if key in other:
@@ -61,6 +67,7 @@ class TransposedMasks(_TrainingView):
     """Masks with rows and columns swapped: an (H, W, 1) array read as (W, H, 1)."""
 
     def broken(self, item: dict, index: int) -> dict:
+        """`item` with its mask and soft label transposed (H and W swapped)."""
         for key in ("mask", "soft"):
             if key in item:
                 item[key] = item[key].transpose(-1, -2).contiguous()
@@ -71,6 +78,7 @@ class RawKelvin(_TrainingView):
     """Inputs left as brightness temperatures (K of bands 15, 14, 11) instead of ash RGB in [0, 1]."""
 
     def broken(self, item: dict, index: int) -> dict:
+        """`item` with its ash RGB turned back into the bands 15, 14 and 11 in kelvin it was computed from."""
         r, g, b = item["image"][:3]
         b14 = ASH_B_RANGE[0] + b * (ASH_B_RANGE[1] - ASH_B_RANGE[0])
         b15 = b14 + ASH_R_RANGE[0] + r * (ASH_R_RANGE[1] - ASH_R_RANGE[0])
@@ -80,7 +88,12 @@ class RawKelvin(_TrainingView):
 
 
 class WrongFrame(_TrainingView):
-    """The label paired with frame 7 instead of the labelled frame 4: every frame read 3 steps late."""
+    """The label paired with frame 7 instead of the labelled frame 4: every frame read 3 steps late.
+
+    Args:
+        base: the training set.
+        late: the training splits read 3 frames later, in the order of `base`'s splits.
+    """
 
     def __init__(self, base, late: list):
         super().__init__(base)
@@ -88,6 +101,7 @@ class WrongFrame(_TrainingView):
         self.row = {rid: (k, i) for k, ds in enumerate(late) for i, rid in enumerate(ds.record_ids)}
 
     def broken(self, item: dict, index: int) -> dict:
+        """`item` with the image of the same record read 3 frames late."""
         k, i = self.row[item["record_id"]]
         item["image"] = self.late[k][i]["image"]
         return item
@@ -167,13 +181,19 @@ def _peak_step(trainer, pl_module) -> int:
 
 
 class LRSpike(Callback):
-    """×`factor` LR for `steps` optimiser steps from the one-cycle peak (a schedule or unit bug)."""
+    """×`factor` LR for `steps` optimiser steps from the one-cycle peak (a schedule or unit bug).
+
+    Args:
+        factor: the LR multiplier.
+        steps: how many optimiser steps it lasts.
+    """
 
     def __init__(self, factor: float = 100.0, steps: int = 3):
         self.factor, self.steps = factor, steps
         self._saved: list[float] | None = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """Multiply the LR by `factor` during the spike, keeping the scheduled one."""
         peak = _peak_step(trainer, pl_module)
         if peak <= trainer.global_step < peak + self.steps:
             self._saved = [g["lr"] for g in optimizer.param_groups]
@@ -181,6 +201,7 @@ class LRSpike(Callback):
                 g["lr"] *= self.factor
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Restore the scheduled LR after a spiked step."""
         if self._saved is not None:
             for g, lr in zip(trainer.optimizers[0].param_groups, self._saved, strict=True):
                 g["lr"] = lr
@@ -188,20 +209,24 @@ class LRSpike(Callback):
 
 
 class FrozenWeights(Callback):
-    """Every optimiser step taken at LR 0: the loop runs, the loss is computed, the weights never move (a
-    frozen model or a scheduler that zeroes the LR). No NaN, no large step, no data mismatch shows it; only
-    learning does, which on hard data a short budget cannot tell from slow learning, so it is caught by the
-    one-batch fit (`segladder.ladder.fit_probe`)."""
+    """Every optimiser step taken at LR 0: the loop runs, the loss is computed, the weights never move.
+
+    That is a frozen model or a scheduler that zeroes the LR. No NaN, no large step, no data mismatch shows
+    it; only learning does, which on hard data a short budget cannot tell from slow learning, so it is caught
+    by the one-batch fit (`segladder.ladder.fit_probe`).
+    """
 
     def __init__(self):
         self._saved: list[float] | None = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """Set every group's LR to 0 for this step, keeping the scheduled one."""
         self._saved = [g["lr"] for g in optimizer.param_groups]
         for g in optimizer.param_groups:
             g["lr"] = 0.0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Restore the scheduled LR after the step."""
         if self._saved is not None:
             for g, lr in zip(trainer.optimizers[0].param_groups, self._saved, strict=True):
                 g["lr"] = lr
@@ -209,11 +234,14 @@ class FrozenWeights(Callback):
 
 
 class Fp16Overflow(Callback):
-    """NaN in fp16 at the LR peak: from the one-cycle peak, the logits leave float16's range (±65504) and
-    the BCE turns NaN, as reproductions of the 2nd-place recipe met it.
+    """NaN in fp16 at the LR peak: from the one-cycle peak, the logits leave float16's range (±65504).
 
-    Emulated on any device: the model's last convolution multiplies its output by `gain` and rounds it
-    through float16, as an exploding fp16 forward pass would; inf logits make BCE-with-logits NaN.
+    The BCE then turns NaN, as reproductions of the 2nd-place recipe met it. Emulated on any device: the
+    model's last convolution multiplies its output by `gain` and rounds it through float16, as an exploding
+    fp16 forward pass would; inf logits make BCE-with-logits NaN.
+
+    Args:
+        gain: the factor the last convolution's output is multiplied by.
     """
 
     def __init__(self, gain: float = 1e6):
@@ -221,11 +249,13 @@ class Fp16Overflow(Callback):
         self._handle = None
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Hook the model's last convolution once the one-cycle peak is reached."""
         if self._handle is None and trainer.global_step >= _peak_step(trainer, pl_module):
             last = [m for m in pl_module.model.modules() if isinstance(m, torch.nn.Conv2d)][-1]
             self._handle = last.register_forward_hook(lambda m, i, out: (out * self.gain).half().float())
 
     def teardown(self, trainer, pl_module, stage: str) -> None:
+        """Remove the hook."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
@@ -249,6 +279,7 @@ class Fault:
             check(cfg)
 
     def callbacks(self, seed: int = 0) -> list[Callback]:
+        """The callbacks that plant the fault in a rung's training (data faults drawn with `seed`)."""
         return [self.callback(seed)] if issubclass(self.callback, _DataFault) else [self.callback()]
 
 
@@ -294,6 +325,7 @@ FAULTS: dict[str, Fault] = {
 
 
 def get_fault(name: str) -> Fault:
+    """The fault `name`; a ConfigError naming the close ones and all faults when there is none."""
     if name not in FAULTS:
         from segladder.registry import suggest
 

@@ -53,15 +53,18 @@ class FitStats:
 
     @property
     def ratio(self) -> float:
+        """last_loss / first_loss; infinite when a loss is not finite or the first not positive."""
         if not (math.isfinite(self.first_loss) and math.isfinite(self.last_loss)) or self.first_loss <= 0:
             return math.inf
         return self.last_loss / self.first_loss
 
     @property
     def fitted(self) -> bool:
+        """Whether the loss fell below `ratio_max` × its start."""
         return self.ratio <= self.ratio_max
 
     def detail(self) -> str:
+        """The probe's result in words, for the check's detail."""
         return (
             f"a fresh copy took the loss of one fixed batch ({self.records} records) from {self.first_loss:.4f} "
             f"to {self.last_loss:.4f} in {self.steps} steps ({self.ratio:.2f}× its start; fitted below "
@@ -69,6 +72,7 @@ class FitStats:
         )
 
     def as_dict(self) -> dict:
+        """The probe's figures as report JSON holds them."""
         return {
             "records": self.records,
             "steps": self.steps,

@@ -85,8 +85,11 @@ class Gate(BaseModel):
 
 @dataclass(frozen=True)
 class GateProfile:
-    """A named set of gates, which F1 of a rung they read (its best epoch's, or its last epoch's), and the
-    budget they are meant for: typed config values laid over configs/ladder.yaml (its phase-1 settings)."""
+    """A named set of gates, which F1 of a rung they read, and the budget they are meant for.
+
+    The F1 is a rung's best epoch's or its last epoch's. The budget is typed config values laid over
+    configs/ladder.yaml (its phase-1 settings).
+    """
 
     name: str
     gates: dict[str, Gate]
@@ -182,10 +185,12 @@ class Baselines:
 
     @property
     def floor(self) -> float:
+        """The F1 any rung must beat: the better of predicting nothing and predicting everything."""
         return max(self.empty_f1, self.constant_f1)
 
     @property
     def ceiling(self) -> float:
+        """The F1 no rung can be asked to pass: the annotators' agreement, measured or assumed."""
         return self.ceiling_f1 if self.ceiling_f1 is not None else ASSUMED_AGREEMENT
 
     @property
@@ -197,9 +202,11 @@ class Baselines:
 
     @property
     def headroom(self) -> float:
+        """The distance from the floor to the ceiling (0 when the floor is not below it)."""
         return max(self.ceiling - self.floor, 0.0)
 
     def as_dict(self) -> dict:
+        """The baselines as report JSON holds them, saying whether the ceiling was measured or assumed."""
         return {
             "positive_fraction": self.positive_fraction,
             "empty_f1": self.empty_f1,
@@ -227,6 +234,8 @@ FAULT, PROGRESS = "fault", "progress"
 
 @dataclass
 class GateCheck:
+    """One gate's verdict on a rung: passed or not, why, and whether a miss is a fault or a lack of progress."""
+
     name: str
     passed: bool
     detail: str
@@ -250,8 +259,10 @@ def rung_f1(history: list[dict], which: str = "best") -> float | None:
 
 
 def f1_rise(history: list[dict]) -> tuple[float, int]:
-    """How much a rung's F1 rose over its last third of epochs (at least two), and over how many epochs;
-    (0, 0) for fewer than three epochs, where a rise is mostly the warm-up."""
+    """How much a rung's F1 rose over its last third of epochs (at least two), and over how many epochs.
+
+    (0, 0) for fewer than three epochs, where a rise is mostly the warm-up.
+    """
     f1s = [h["val/dice_best"] for h in history if h.get("val/dice_best") is not None]
     k = min(max(2, len(f1s) // 3), len(f1s) - 1)
     if k < 2:
@@ -274,6 +285,7 @@ class RungEvidence:
 
     @property
     def losses(self) -> list[float | None]:
+        """The training loss of each epoch (None where none was logged)."""
         return [h.get("train/loss_epoch", h.get("train/loss")) for h in self.history]
 
     @property
@@ -419,9 +431,10 @@ def check_gates(
     probe: InputStats | None = None,
     updates: UpdateStats | None = None,
 ) -> list[GateCheck]:
-    """Apply one rung's gates to its per-epoch metrics; `previous` is the F1 of the rung below; `probe` what
-    the training loop was fed (see `TrainingBatchProbe`); `updates` how far its steps moved the weights
-    (see `UpdateSizeProbe`).
+    """Apply one rung's gates to its per-epoch metrics.
+
+    `previous` is the F1 of the rung below; `probe` what the training loop was fed (see `TrainingBatchProbe`);
+    `updates` how far its steps moved the weights (see `UpdateSizeProbe`).
 
     With a tolerance for the rung below (calibrated profile), a rung short of the one below by more than
     the tolerance is not failed while its own F1 still rose over its last epochs by at least the excess
@@ -432,8 +445,11 @@ def check_gates(
 
 
 def rung_verdict(checks: list[GateCheck]) -> str:
-    """passed (every check), failed (a fault check: evidence of a broken part whatever the data), or
-    inconclusive (only progress checks missed: this budget cannot judge this data)."""
+    """A rung's status from its checks: "passed", "failed" or "inconclusive".
+
+    Failed on a fault check (evidence of a broken part whatever the data); inconclusive when only progress
+    checks missed (this budget cannot judge this data); passed when every check passed.
+    """
     if any(not c.passed and c.kind == FAULT for c in checks):
         return "failed"
     return "passed" if all(c.passed for c in checks) else "inconclusive"
@@ -468,9 +484,11 @@ class BudgetEstimate:
 
     @property
     def epochs_needed(self) -> int | None:
+        """The epochs the estimate asks for, rounded up; None without an estimate."""
         return None if self.factor is None else math.ceil(self.epochs * self.factor - 1e-9)
 
     def text(self) -> str:
+        """The estimate in words, with the `--budget` to run next."""
         how = (
             f"F1 fitted linearly in log(steps) over its {self.epochs} epochs gains "
             f"{self.gain_per_doubling:+.4f} a doubling of the steps"
@@ -492,6 +510,7 @@ class BudgetEstimate:
         )
 
     def as_dict(self) -> dict:
+        """The estimate as report JSON holds it."""
         return {
             "target": self.target,
             "steps": self.steps,
@@ -503,8 +522,10 @@ class BudgetEstimate:
 
 
 def estimate_budget(history: list[dict], checks: list[GateCheck]) -> BudgetEstimate | None:
-    """What budget the rung's missed progress checks would need (see `BudgetEstimate`); None without a
-    target or with fewer than two epochs that report a step and an F1."""
+    """What budget the rung's missed progress checks would need (see `BudgetEstimate`).
+
+    None without a target or with fewer than two epochs that report a step and an F1.
+    """
     targets = [c.target for c in checks if c.kind == PROGRESS and not c.passed and c.target is not None]
     points = [
         (math.log(h["step"]), h["val/dice_best"])
@@ -591,6 +612,8 @@ def curve_shape(history: list[dict]) -> str:
 
 @dataclass
 class RungResult:
+    """One rung of a ladder run: its status, metrics, checks and what they implicate."""
+
     rung: str
     status: str  # "passed", "failed", "inconclusive", "not run"
     run_dir: Path | None = None
@@ -604,31 +627,38 @@ class RungResult:
 
     @property
     def history(self) -> list[dict]:
+        """The rung's per-epoch metrics."""
         return self.metrics.get("epochs", [])
 
     @property
     def f1(self) -> float | None:
+        """The F1 of the rung's final metrics (None before it trained)."""
         return self.metrics.get("final", {}).get("val/dice_best") if self.metrics else None
 
     @property
     def best_f1(self) -> float | None:
+        """The F1 of the rung's best epoch."""
         return rung_f1(self.history, "best")
 
     @property
     def f1_last(self) -> float | None:
+        """The F1 of the rung's last epoch."""
         return rung_f1(self.history, "last")
 
     @property
     def loss(self) -> float | None:
+        """The final training loss the gates read."""
         return _loss_at(self.history, None)
 
     @property
     def nan_report(self) -> Path | None:
+        """The rung's nan_report.json, when the NaN guard wrote one."""
         path = self.run_dir / "nan_report.json" if self.run_dir else None
         return path if path is not None and path.exists() else None
 
     @property
     def implicated(self) -> str | None:
+        """The part a failed rung implicates (what its model adds over the rung below); None unless it failed."""
         return (
             IMPLICATES.get(self.rung, "what this model adds over the rung below")
             if self.status == "failed"

@@ -26,6 +26,7 @@ class InputStats:
     contrast: list[float]
 
     def as_dict(self) -> dict:
+        """The statistics as report JSON holds them."""
         return {"mean": self.mean, "std": self.std, "contrast": self.contrast}
 
 
@@ -72,7 +73,11 @@ def dataset_stats(items) -> InputStats | None:
 
 
 class TrainingBatchProbe(Callback):
-    """Measures the first `batches` training batches exactly as the loop receives them (after any wrapper)."""
+    """Measures the first `batches` training batches exactly as the loop receives them (after any wrapper).
+
+    Args:
+        batches: how many training batches to measure.
+    """
 
     def __init__(self, batches: int = 16):
         self.batches = batches
@@ -80,12 +85,14 @@ class TrainingBatchProbe(Callback):
         self._seen = 0
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Measure the batch, while fewer than `batches` have been."""
         if self._seen < self.batches and "mask" in batch:
             self._acc.add(batch["image"].detach().cpu(), batch["mask"].detach().cpu())
             self._seen += 1
 
     @property
     def stats(self) -> InputStats | None:
+        """The statistics of the batches measured (None before any)."""
         return self._acc.stats()
 
 
@@ -103,6 +110,7 @@ class UpdateStats:
     median_ratio: float
 
     def as_dict(self) -> dict:
+        """The statistics as report JSON holds them."""
         return dict(self.__dict__)
 
 
@@ -119,6 +127,7 @@ class UpdateSizeProbe(Callback):
         self._ratios: list[tuple[int, float]] = []
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """Copy the weights that this step will update."""
         self._params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         if not self._params:
             return  # a step with no gradients (the NaN guard dropped them) moves nothing
@@ -126,6 +135,7 @@ class UpdateSizeProbe(Callback):
         self._step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Record ‖Δθ‖ / ‖θ‖ of the step just taken."""
         if self._before is None:
             return  # accumulating: no step was taken on this batch
         with torch.no_grad():
@@ -137,6 +147,7 @@ class UpdateSizeProbe(Callback):
 
     @property
     def stats(self) -> UpdateStats | None:
+        """The steps recorded, the largest ratio and its step, and the median ratio (None before any step)."""
         if not self._ratios:
             return None
         step, top = max(self._ratios, key=lambda r: r[1])

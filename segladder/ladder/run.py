@@ -88,8 +88,11 @@ def ladder_config(
     overrides: list[str] | None = None,
     profile: str | None = None,
 ) -> ExperimentConfig:
-    """The shared config of every rung: configs/ladder.yaml (or `config`), then the data, the gate profile's
-    budget (with the default config only), typed `values`, the budget, and last the user's `--set` overrides."""
+    """The shared config of every rung, from configs/ladder.yaml (or `config`) and what is given.
+
+    Laid over it in order: the data, the gate profile's budget (with the default config only), typed `values`,
+    the budget, and last the user's `--set` overrides.
+    """
     from segladder.config import _merge, read_yaml
 
     path = Path(config or CONFIG_DIR / "ladder.yaml")
@@ -173,6 +176,8 @@ def measure_baselines(cfg: ExperimentConfig, val, ceiling_records: int = 64) -> 
 
 @dataclass
 class LadderResult:
+    """A ladder run: every rung's result, where it stopped, the gates and baselines, and any fault planted."""
+
     rungs: list[RungResult]
     out: Path
     stopped_at: str | None = None
@@ -184,15 +189,17 @@ class LadderResult:
 
     @property
     def first_failure(self) -> RungResult | None:
+        """The first rung that failed, if any."""
         return next((r for r in self.rungs if r.status == "failed"), None)
 
     @property
     def passed(self) -> bool:
+        """Whether every rung passed."""
         return self.first_failure is None and all(r.status == "passed" for r in self.rungs)
 
     @property
     def outcome(self) -> str:
-        """failed (a rung failed), inconclusive (none failed, one or more had no verdict), else passed."""
+        """The ladder's outcome: failed (a rung failed), inconclusive (none failed, some had no verdict), else passed."""
         statuses = {r.status for r in self.rungs}
         return next((s for s in ("failed", "inconclusive") if s in statuses), "passed")
 
@@ -207,8 +214,11 @@ EXIT_CODES = {"passed": 0, "failed": 1, "inconclusive": 3}
 
 
 def rung_config(base: ExperimentConfig, rung: str) -> ExperimentConfig:
-    """The base config with model.name set to the rung; base model options go to the rungs that take them,
-    and a rung of `PRETRAINED_RUNGS` asks for its ImageNet weights (`pretrained: auto`) unless they say."""
+    """The base config with model.name set to the rung.
+
+    Base model options go to the rungs that take them, and a rung of `PRETRAINED_RUNGS` asks for its ImageNet
+    weights (`pretrained: auto`) unless they say.
+    """
     from segladder.models import info
     from segladder.models.registry import GENERIC_OPTIONS
 
@@ -296,6 +306,7 @@ def _one_batch_check(cfg: ExperimentConfig, fault: Fault | None, seed: int) -> G
 
 
 def get_profile(name: str) -> GateProfile:
+    """The gate profile `name`; a ConfigError listing the profiles when there is none."""
     if name not in PROFILES:
         raise ConfigError(f"--gates {name}: unknown gate profile; choose one of {', '.join(PROFILES)}.")
     return PROFILES[name]
@@ -369,8 +380,9 @@ def run_ladder(
 
 
 def _train_rung(r: RungResult, base: ExperimentConfig, fault: Fault | None, probes: list) -> Exception | None:
-    """Train rung `r` into `r.run_dir` with the fault's callbacks and `probes`, keeping its metrics (and, when
-    the NaN guard stopped it, why); returns the error that kept it from training, else None.
+    """Train rung `r` into `r.run_dir` with the fault's callbacks and `probes`, keeping its metrics.
+
+    When the NaN guard stopped it, why is kept too. Returns the error that kept it from training, else None.
 
     Ctrl-C or SIGTERM stops the whole ladder (and a self-test), not just this rung.
     """

@@ -15,8 +15,10 @@ def rung_f1(result: LadderResult, r: RungResult) -> float | None:
 
 
 def report_dict(result: LadderResult) -> dict:
-    """What report.json holds: per rung its status, F1, loss, checks and implicated part (or, inconclusive,
-    why and the budget it needs); the first failure, the outcome and the exit code.
+    """What report.json holds, per rung and for the whole ladder.
+
+    Per rung its status, F1, loss, checks and implicated part (or, inconclusive, why and the budget it needs);
+    then the first failure, the outcome and the exit code.
 
     `loss` is the final training loss the gates read (`RungResult.loss`); report.md shows the same figure.
     """
@@ -52,6 +54,7 @@ def report_dict(result: LadderResult) -> dict:
 
 
 def write_report_json(result: LadderResult) -> Path:
+    """Write report.json into the ladder's folder; returns its path."""
     result.out.mkdir(parents=True, exist_ok=True)
     path = result.out / "report.json"
     atomic_write_json(path, report_dict(result))
