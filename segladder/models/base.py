@@ -15,6 +15,12 @@ class SequenceModel(nn.Module):
     `frame_index` is the frame the label belongs to (default the last one: the data layer selects
     frames so that the labelled frame ends the sequence). `num_frames`, when set, is the only T the
     model accepts. `size_multiple` is what H and W must be divisible by.
+
+    Args:
+        in_chans: channels per frame.
+        frame_index: the labelled frame's index in T.
+        num_frames: the only T accepted (None: any).
+        size_multiple: what H and W must be divisible by.
     """
 
     def __init__(

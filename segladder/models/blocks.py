@@ -33,13 +33,20 @@ class Blur(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Blur `x` (B, C, H, W), keeping its size."""
         x = torch.cat([x[:, :, :1], x], dim=2)
         x = torch.cat([x[:, :, :, :1], x], dim=3)
         return F.avg_pool2d(x, 2, stride=1)
 
 
 class PixelShuffleUp(nn.Sequential):
-    """×2 upsampling: 1×1 conv, LayerNorm2d, GELU, pixel shuffle, optional blur (fastai's PixelShuffle_ICNR)."""
+    """×2 upsampling: 1×1 conv, LayerNorm2d, GELU, pixel shuffle, optional blur (fastai's PixelShuffle_ICNR).
+
+    Args:
+        in_channels: channels in.
+        out_channels: channels out, at twice the resolution.
+        blur: add the `Blur` after the shuffle.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, blur: bool = False):
         layers: list[nn.Module] = [
@@ -55,7 +62,13 @@ class PixelShuffleUp(nn.Sequential):
 
 
 class UnetBlock(nn.Module):
-    """Upsample the coarse map ×2 by pixel shuffle, join the normalised skip, two 3×3 convs with GELU."""
+    """Upsample the coarse map ×2 by pixel shuffle, join the normalised skip, two 3×3 convs with GELU.
+
+    Args:
+        up_channels: channels of the coarse map (halved by the upsampling).
+        skip_channels: channels of the skip.
+        out_channels: channels out.
+    """
 
     def __init__(self, up_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
@@ -68,12 +81,18 @@ class UnetBlock(nn.Module):
         self.conv2 = nn.Sequential(nn.Conv2d(out_channels, out_channels, 3, padding=1), nn.GELU())
 
     def forward(self, up: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The block's output at the skip's resolution, from the coarse map `up` and the skip `skip`."""
         x = self.act(torch.cat([self.up(up), self.skip_norm(skip)], dim=1))
         return self.conv2(self.conv1(x))
 
 
 class FPN(nn.Module):
-    """Bring coarse decoder levels to the finest one's size and concatenate them with it."""
+    """Bring coarse decoder levels to the finest one's size and concatenate them with it.
+
+    Args:
+        in_channels: channels of each coarse level.
+        out_channels: channels each coarse level is reduced to before the concatenation.
+    """
 
     def __init__(self, in_channels: Sequence[int], out_channels: int):
         super().__init__()
@@ -88,6 +107,7 @@ class FPN(nn.Module):
         )
 
     def forward(self, coarse: Sequence[torch.Tensor], finest: torch.Tensor) -> torch.Tensor:
+        """The `coarse` maps, resized to `finest`'s size, concatenated with it along the channels."""
         size = finest.shape[-2:]
         maps = [
             F.interpolate(conv(x), size=size, mode="bilinear")
@@ -97,7 +117,13 @@ class FPN(nn.Module):
 
 
 class UpBlock(nn.Module):
-    """Final ×2 up-block: pixel shuffle to a quarter of the channels, 3×3 conv, 1×1 conv to the logits."""
+    """Final ×2 up-block: pixel shuffle to a quarter of the channels, 3×3 conv, 1×1 conv to the logits.
+
+    Args:
+        in_channels: channels in.
+        out_channels: logits out.
+        blur: add the `Blur` after the shuffle.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, blur: bool = True):
         super().__init__()
@@ -111,6 +137,7 @@ class UpBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits at twice `x`'s resolution."""
         return self.conv(self.up(x))
 
 
@@ -118,6 +145,13 @@ class UNetFPNDecoder(nn.Module):
     """The 2nd-place decoder: three pixel-shuffle UNet blocks, an FPN over them, an up-block to logits.
 
     Takes four maps at strides s, 2s, 4s, 8s (finest first) and returns logits at stride s/2.
+
+    Args:
+        encoder_channels: channels of the four encoder maps, finest first.
+        decoder_channels: widths of the three UNet blocks, coarsest first.
+        fpn_channels: channels each coarse level is reduced to in the FPN.
+        num_classes: logit channels out.
+        ps: dropout (Dropout2d) before the up-block.
     """
 
     def __init__(
@@ -139,6 +173,7 @@ class UNetFPNDecoder(nn.Module):
         self.head = UpBlock(d1 + 3 * fpn_channels, num_classes, blur=True)
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Logits at half the finest stride, from the four encoder maps `feats` (finest first)."""
         f1, f2, f3, f4 = feats
         d3 = self.dec3(f4, f3)
         d2 = self.dec2(d3, f2)
@@ -152,6 +187,9 @@ class TemporalLSTM(nn.Module):
     Written out step by step instead of calling nn.LSTM because torch.compile cannot trace nn.LSTM
     (it falls back to eager with a graph break); T is a handful of frames, so the loop is short.
     Same maths and init as a one-layer nn.LSTM, with its two redundant biases merged into one.
+
+    Args:
+        channels: C, both the input's channels and the hidden state's.
     """
 
     def __init__(self, channels: int):
@@ -160,6 +198,7 @@ class TemporalLSTM(nn.Module):
         self.hidden_gates = nn.Linear(channels, 4 * channels, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The last step's hidden state (B, C, H, W) of the LSTM run over `x` (B, T, C, H, W)."""
         b, t, c, h, w = x.shape
         # One matmul for the input part of all steps; only the recurrent part has to be sequential.
         gates_x = self.input_gates(x.permute(0, 3, 4, 1, 2).reshape(b * h * w, t, c))
@@ -179,6 +218,9 @@ class DepthwiseConv3x3x3(nn.Module):
     frame's response to all three, and summing the responses shifted in time completes the 3D conv.
     Keeping every weight 4-D lets `model.to(memory_format=torch.channels_last)` work (PyTorch refuses
     channels_last for the 5-D weights of nn.Conv3d).
+
+    Args:
+        channels: C, in and out.
     """
 
     def __init__(self, channels: int):
@@ -186,6 +228,7 @@ class DepthwiseConv3x3x3(nn.Module):
         self.taps = nn.Conv2d(channels, 3 * channels, 3, padding=1, groups=channels, bias=False)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """The 3D depthwise conv of `x` (B·T, C, H, W), its frames `frames` per sequence."""
         bt, c, h, w = x.shape
         y = self.taps(x).view(bt // frames, frames, c, 3, h, w)
         zero = y.new_zeros(bt // frames, 1, c, h, w)
@@ -195,11 +238,15 @@ class DepthwiseConv3x3x3(nn.Module):
 
 
 class ResidualConv3d(nn.Module):
-    """Bottleneck 3D residual block that keeps T, H and W (the classify-then-segment classifier's): 1×1×1,
-    1×1×1 + depthwise 3×3×3, 1×1×1.
+    """Bottleneck 3D residual block that keeps T, H and W (the classify-then-segment classifier's).
+
+    The layers are 1×1×1, then 1×1×1 + depthwise 3×3×3, then 1×1×1.
 
     Works on frames laid out as (B·T, C, H, W): a 1×1×1 conv is a 1×1 Conv2d there and BatchNorm3d is
     BatchNorm2d (the same per-channel statistics over B, T, H and W).
+
+    Args:
+        channels: C, in and out; the bottleneck has C / 4, at least 8.
     """
 
     def __init__(self, channels: int):
@@ -218,12 +265,19 @@ class ResidualConv3d(nn.Module):
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """The block's output for `x` (B·T, C, H, W), its frames `frames` per sequence."""
         y = self.mix_act(self.depthwise(self.pointwise(self.reduce(x)), frames))
         return self.act(x + self.expand(y))
 
 
 class Conv3dFuser(nn.Module):
-    """Mix one skip level over time with `num_layers` 3D residual blocks, then keep the labelled frame."""
+    """Mix one skip level over time with `num_layers` 3D residual blocks, then keep the labelled frame.
+
+    Args:
+        channels: C of the level.
+        num_layers: residual 3D blocks.
+        frame_index: the labelled frame, kept at the end.
+    """
 
     def __init__(self, channels: int, num_layers: int, frame_index: int = -1):
         super().__init__()
@@ -255,6 +309,11 @@ class PairConv3d(nn.Module):
     stacked as channels, which is the same sum as the 3D kernel's two time taps (a Conv3d weight
     (O, I, 2, k, k) is this Conv2d's (O, 2·I, k, k) with the time tap outermost: `from_conv3d`). Keeping
     the weight 4-D lets `model.to(memory_format=torch.channels_last)` work.
+
+    Args:
+        in_channels: channels in.
+        out_channels: channels out.
+        kernel_size: k, the spatial kernel size.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
@@ -263,6 +322,7 @@ class PairConv3d(nn.Module):
         self.conv = nn.Conv2d(2 * in_channels, out_channels, kernel_size)
 
     def forward(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        """The conv of `x` (B·T, C, H, W), `frames` frames per sequence: (B·(T − 1), O, H, W)."""
         bt, c, h, w = x.shape
         seq = x.view(bt // frames, frames, c, h, w)
         pairs = torch.cat([seq[:, :-1], seq[:, 1:]], dim=2).flatten(0, 1)
@@ -280,6 +340,10 @@ class Conv3dCollapse(nn.Module):
     """The 3rd place's skip fusion: two (Conv3d (2, k, k), BatchNorm3d, LeakyReLU) blocks take 3 frames to 1.
 
     BatchNorm3d over (B, C, T, H, W) is BatchNorm2d over the (B·T, C, H, W) frames (the same statistics).
+
+    Args:
+        channels: C, in and out.
+        kernel_size: k, the spatial kernel size.
     """
 
     frames = 3
@@ -299,7 +363,12 @@ class Conv3dCollapse(nn.Module):
 
 
 class ConvBlock(nn.Sequential):
-    """Two 3×3 conv, BatchNorm, ReLU layers."""
+    """Two 3×3 conv, BatchNorm, ReLU layers.
+
+    Args:
+        in_channels: channels in.
+        out_channels: channels out.
+    """
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
@@ -317,6 +386,10 @@ class UNetDecoder(nn.Module):
 
     The classify-then-segment experiments found nearest upsampling slightly better and faster than bilinear.
     Returns the finest decoder map (at the finest encoder stride) with `out_channels` channels.
+
+    Args:
+        encoder_channels: channels of the encoder maps, finest first.
+        decoder_channels: widths of the decoder blocks, coarsest first; one per skip.
     """
 
     def __init__(self, encoder_channels: Sequence[int], decoder_channels: Sequence[int]):
@@ -333,6 +406,7 @@ class UNetDecoder(nn.Module):
         self.out_channels = decoder_channels[len(skips) - 1]
 
     def forward(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The finest decoder map, from the encoder maps `feats` (finest first)."""
         x = feats[-1]
         for block, skip in zip(self.blocks, reversed(feats[:-1]), strict=True):
             x = F.interpolate(x, size=skip.shape[-2:], mode="nearest")
@@ -345,6 +419,12 @@ class Preprocess(nn.Module):
 
     The 2nd-place models upsample the 256² ash frames to 512² so that thin contrails span more than a
     pixel at the encoder's stride; bicubic overshoots, hence the clip back to the [0, 1] ash range.
+
+    Args:
+        scale: the upsampling factor (1: none).
+        clip: clip the upsampled frames to [0, 1].
+        mean: per-channel mean to subtract (None: no normalisation).
+        std: per-channel std to divide by, given with `mean`.
     """
 
     def __init__(
@@ -363,6 +443,7 @@ class Preprocess(nn.Module):
             self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` (B, C, H, W) upsampled, clipped and normalised as set."""
         if self.scale != 1:
             x = F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
             if self.clip:
@@ -373,7 +454,13 @@ class Preprocess(nn.Module):
 
 
 class ClassificationHead(nn.Sequential):
-    """Global average pool, dropout, linear: (B, C, H, W) -> (B, num_classes) logits."""
+    """Global average pool, dropout, linear: (B, C, H, W) -> (B, num_classes) logits.
+
+    Args:
+        in_channels: C of the feature map.
+        num_classes: logits out.
+        dropout: dropout before the linear layer.
+    """
 
     def __init__(self, in_channels: int, num_classes: int = 1, dropout: float = 0.0):
         super().__init__(

@@ -25,6 +25,16 @@ class CoaT_ULSTM(ULSTM):
     The 2nd-place authors fed the [0, 1] ash frames without ImageNet normalisation, hence
     `normalize=False` by default. Their weights file was the original CoaT release
     (`coat_lite_medium_a750cd63.pth`); `pretrained=` takes it or timm's `coat_lite_medium.in1k`.
+
+    Args:
+        encoder: a timm coat_lite_* name.
+        in_chans: channels per frame.
+        num_classes: logit channels out.
+        pretrained: False, True or "auto" (the encoder's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        upsample: the frames' upsampling factor before the encoder.
+        normalize: normalise with the encoder's ImageNet mean and std.
+        ps: dropout before the decoder's up-block.
     """
 
     def __init__(

@@ -34,7 +34,15 @@ def check_timm_name(name: str) -> None:
 
 
 class Encoder(nn.Module):
-    """A timm backbone that returns a list of NCHW feature maps, one per `reductions` entry."""
+    """A timm backbone that returns a list of NCHW feature maps, one per `reductions` entry.
+
+    Args:
+        name: a timm model name.
+        in_chans: input channels.
+        out_indices: the feature levels returned (default: timm's, all of them).
+        pretrained: False, True or "auto" (the ImageNet weights) or a file or folder; see `load_pretrained`.
+        **timm_kwargs: passed on to `timm.create_model`.
+    """
 
     def __init__(
         self,
@@ -63,6 +71,7 @@ class Encoder(nn.Module):
         self.weights_report = load_pretrained(self.model, name, pretrained, in_chans=in_chans)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature maps of `x`, NCHW, finest first."""
         feats = self.model(x)
         if self._nhwc:
             feats = [f.permute(0, 3, 1, 2) for f in feats]
@@ -74,6 +83,12 @@ class CoaTFeatures(nn.Module):
 
     timm's `features_only` CoaT fixes the grid size at construction (its patch embeddings assert a
     224-pixel input), so this runs the stages itself and takes each grid size from the actual input.
+
+    Args:
+        name: a timm coat_lite_* name.
+        in_chans: input channels.
+        out_indices: the stages returned.
+        **timm_kwargs: passed on to `timm.create_model`.
     """
 
     def __init__(
@@ -102,6 +117,7 @@ class CoaTFeatures(nn.Module):
         self.feature_info = timm.models.FeatureInfo(stages, self.out_indices)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The chosen stages' maps of `x`, NCHW, finest first."""
         out = []
         for i in range(max(self.out_indices) + 1):
             embed = getattr(self.model, f"patch_embed{i + 1}")
@@ -429,8 +445,10 @@ def _hub_endpoint() -> str:
 
 
 def hub_offline() -> bool:
-    """True when the user told the Hugging Face libraries to stay offline (HF_HUB_OFFLINE=1), now or
-    when huggingface_hub was imported. segladder never sets it."""
+    """Whether the user told the Hugging Face libraries to stay offline (HF_HUB_OFFLINE=1).
+
+    That is now or when huggingface_hub was imported; segladder never sets it.
+    """
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
@@ -561,7 +579,7 @@ def _unavailable(cfg, looked: list[str], reason: str, *, offline: bool = False) 
 
 
 def _timm_weights(name: str, in_chans: int) -> dict[str, torch.Tensor]:
-    """timm's pretrained state_dict for `name` (first conv adapted to `in_chans`): cached, else downloaded."""
+    """The timm pretrained state_dict for `name` (first conv adapted to `in_chans`): cached, else downloaded."""
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
         raise ModelError(

@@ -48,6 +48,19 @@ class SMPSegmenter(_AuxMixin, SequenceModel):
 
     smp is always asked for `encoder_weights=None`; pretrained weights go through our offline loader.
     `decoder` holds extra options of the smp architecture (e.g. {"decoder_channels": [128, 64, 32, 16, 8]}).
+
+    Args:
+        arch: the smp architecture (Unet, UnetPlusPlus, FPN, ...).
+        encoder: a timm model name.
+        in_chans: channels per frame.
+        num_classes: logit channels out.
+        pretrained: False, True or "auto" (the encoder's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        frames_as_channels: stack all `num_frames` frames as channels instead of reading the labelled one.
+        num_frames: T, required with `frames_as_channels`.
+        aux_classifier: add smp's classification head (`model(x, aux=True)`).
+        cls_dropout: dropout of that head.
+        decoder: extra options of the smp architecture.
     """
 
     def __init__(
@@ -100,6 +113,7 @@ class SMPSegmenter(_AuxMixin, SequenceModel):
         self.encoder_report = load_pretrained(self.net.encoder.model, encoder, pretrained, in_chans=net_chans)
 
     def forward(self, x: torch.Tensor, aux: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """Logits (B, num_classes, H, W); with `aux`, `{"mask": ..., "cls": ...}`."""
         if self.frames_as_channels:
             seq = self.sequence(x)
             image = seq.transpose(1, 2).flatten(1, 2)
@@ -147,9 +161,10 @@ register(
 
 
 class Unet25D(_AuxMixin, SequenceModel):
-    """2.5D UNet, the 3rd place's design (knshnb/kaggle-contrails-3rd-place `src/nn.py`, `SegmentorMid25d`):
-    a shared 2D encoder on frames t−2..t0, Conv3d
-    fusion at every skip level, an smp UNet decoder, a hard-mask head beside the soft-label head.
+    """2.5D UNet, the 3rd place's design (knshnb/kaggle-contrails-3rd-place `src/nn.py`, `SegmentorMid25d`).
+
+    A shared 2D encoder on frames t−2..t0, Conv3d fusion at every skip level, an smp UNet decoder, a hard-mask
+    head beside the soft-label head.
 
     At every encoder level two (Conv3d (2, k, k), no temporal padding, replicate spatial padding,
     BatchNorm3d, LeakyReLU) blocks take the three frames ending at `frame_index` to one map; where the
@@ -162,6 +177,21 @@ class Unet25D(_AuxMixin, SequenceModel):
 
     `decoder_ch_coef` multiplies every decoder width, as the 3rd place's `decoder_ch_coef`: their 2.5D
     configs all set 8 (with resnet18: 115.0 M parameters, configs/unet25d_wide.yaml); 1 is their default.
+
+    Args:
+        encoder: a timm model name.
+        in_chans: channels per frame.
+        num_classes: logit channels per head.
+        pretrained: False, True or "auto" (the encoder's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame, the last of the three fused.
+        num_frames: the only T accepted (None: any).
+        kernel_size: k of the (2, k, k) fusion convs.
+        input_size: the side the frames are resized to (None: kept).
+        decoder_channels: decoder widths, coarsest first.
+        decoder_ch_coef: multiplies every decoder width.
+        hard_head: add the hard-mask head.
+        aux_classifier: add a classification head on the deepest map.
+        cls_dropout: dropout of that head.
     """
 
     def __init__(
@@ -216,6 +246,7 @@ class Unet25D(_AuxMixin, SequenceModel):
         return seq.index_select(2, index)
 
     def forward(self, x: torch.Tensor, aux: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
+        """The soft-label head's logits; with `aux`, a dict with the hard mask's (and the classifier's)."""
         seq = self.window(self.sequence(x))
         b, c, t, h, w = seq.shape
         frames = seq.transpose(1, 2).flatten(0, 1)
@@ -263,7 +294,17 @@ register(
     output="label",
 )
 class Classifier(SequenceModel):
-    """Image-level contrail/no-contrail logits (B, 1) from any timm backbone."""
+    """Image-level contrail/no-contrail logits (B, 1) from any timm backbone.
+
+    Args:
+        encoder: a timm model name.
+        in_chans: channels per frame.
+        pretrained: False, True or "auto" (the encoder's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        frames_as_channels: stack all `num_frames` frames as channels instead of reading the labelled one.
+        num_frames: T, required with `frames_as_channels`.
+        dropout: dropout before the linear layer.
+    """
 
     def __init__(
         self,
@@ -294,6 +335,7 @@ class Classifier(SequenceModel):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1) of "has contrail"."""
         image = (
             self.sequence(x).transpose(1, 2).flatten(1, 2)
             if self.frames_as_channels
@@ -310,8 +352,19 @@ class Classifier(SequenceModel):
     output="label",
 )
 class Classifier25D(SequenceModel):
-    """Contrail/no-contrail logits (B, 1): Conv3d blocks mix the deepest maps over time (6 did best in the
-    classify-then-segment experiments)."""
+    """Contrail/no-contrail logits (B, 1): Conv3d blocks mix the deepest maps over time.
+
+    Six blocks did best in the classify-then-segment experiments.
+
+    Args:
+        encoder: a timm model name, run on every frame.
+        in_chans: channels per frame.
+        pretrained: False, True or "auto" (the encoder's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        num_frames: the only T accepted (None: any).
+        num_3d_layers: residual 3D blocks over the deepest map.
+        dropout: dropout before the linear layer.
+    """
 
     def __init__(
         self,
@@ -331,6 +384,7 @@ class Classifier25D(SequenceModel):
         self.head = ClassificationHead(channels, 1, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, 1) of "has contrail"."""
         seq = self.sequence(x)
         feat = self.encoder(seq.transpose(1, 2).flatten(0, 1))[-1]
         return self.head(self.fuser(feat, seq.shape[2]))

@@ -70,7 +70,16 @@ def input_multiple(reduction: int, upsample: int) -> int:
     input_desc="labelled frame",
 )
 class ResNet18_SimplerFCN(SequenceModel):
-    """The smallest model that can learn anything: checks the data and the training loop."""
+    """The smallest model that can learn anything: checks the data and the training loop.
+
+    Args:
+        in_chans: channels per frame.
+        num_classes: logit channels out.
+        pretrained: False, True or "auto" (torchvision's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        upsample: the frame's upsampling factor before the encoder.
+        normalize: normalise with ImageNet's mean and std.
+    """
 
     def __init__(
         self,
@@ -98,6 +107,7 @@ class ResNet18_SimplerFCN(SequenceModel):
         self.final = nn.Conv2d(32, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) of the labelled frame."""
         frame = self.labelled_frame(x)
         feat = self.encoder(self.prep(frame))[-1]
         # The original upsamples before the last 1×1 conv; both are linear and the bilinear weights sum to
@@ -112,7 +122,16 @@ class ResNet18_SimplerFCN(SequenceModel):
     input_desc="labelled frame",
 )
 class ResNet18_Simple(SequenceModel):
-    """Adds a learnable decoder: four ×2 transposed convs (512 -> 32 channels) and a 1×1 conv."""
+    """Adds a learnable decoder: four ×2 transposed convs (512 -> 32 channels) and a 1×1 conv.
+
+    Args:
+        in_chans: channels per frame.
+        num_classes: logit channels out.
+        pretrained: False, True or "auto" (torchvision's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        upsample: the frame's upsampling factor before the encoder.
+        normalize: normalise with ImageNet's mean and std.
+    """
 
     def __init__(
         self,
@@ -139,6 +158,7 @@ class ResNet18_Simple(SequenceModel):
         self.decoder = nn.Sequential(*layers, nn.Conv2d(32, num_classes, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) of the labelled frame."""
         frame = self.labelled_frame(x)
         feat = self.encoder(self.prep(frame))[-1]
         return self.resize_to(self.decoder(feat), frame.shape[-2:])
@@ -151,7 +171,18 @@ class ResNet18_Simple(SequenceModel):
     input_desc="labelled frame",
 )
 class ResNet18_U(SequenceModel):
-    """Adds UNet skips and an FPN (the 2nd-place decoder) on the labelled frame alone."""
+    """Adds UNet skips and an FPN (the 2nd-place decoder) on the labelled frame alone.
+
+    Args:
+        in_chans: channels per frame.
+        num_classes: logit channels out.
+        pretrained: False, True or "auto" (torchvision's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        upsample: the frame's upsampling factor before the encoder.
+        normalize: normalise with ImageNet's mean and std.
+        ps: dropout before the decoder's up-block.
+        decoder_channels: the three UNet block widths, coarsest first, each even.
+    """
 
     def __init__(
         self,
@@ -175,6 +206,7 @@ class ResNet18_U(SequenceModel):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) of the labelled frame."""
         frame = self.labelled_frame(x)
         feats = self.encoder(self.prep(frame))
         return self.resize_to(self.decoder(feats), frame.shape[-2:])
@@ -186,6 +218,18 @@ class ULSTM(SequenceModel):
     Only frames 0..frame_index are encoded: the LSTM runs forward in time and its output is taken at
     the labelled frame, so later frames could not change it. The two fine levels take the labelled
     frame's features, as in the 2nd-place model: an LSTM on those large maps would cost the most.
+
+    Args:
+        encoder: a timm model name.
+        out_indices: the four encoder levels used.
+        in_chans: channels per frame.
+        num_classes: logit channels out.
+        pretrained: False, True or "auto" (the encoder's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        upsample: the frames' upsampling factor before the encoder.
+        normalize: normalise with the encoder's ImageNet mean and std.
+        ps: dropout before the decoder's up-block.
+        decoder_channels: the three UNet block widths, coarsest first, each even.
     """
 
     def __init__(
@@ -211,6 +255,7 @@ class ULSTM(SequenceModel):
         self.decoder = UNetFPNDecoder(c, _widths(decoder_channels), num_classes=num_classes, ps=ps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits (B, num_classes, H, W) at the labelled frame, from frames 0..frame_index."""
         seq = self.frames_until_label(x)
         b, _, t, h, w = seq.shape
         frames = seq.transpose(1, 2).flatten(0, 1)
@@ -226,7 +271,18 @@ class ULSTM(SequenceModel):
     input_desc="frames 0..labelled",
 )
 class ResNet18_ULSTM(ULSTM):
-    """ResNet18_U plus time: the CoaT_ULSTM design on a ResNet-18."""
+    """ResNet18_U plus time: the CoaT_ULSTM design on a ResNet-18.
+
+    Args:
+        in_chans: channels per frame.
+        num_classes: logit channels out.
+        pretrained: False, True or "auto" (torchvision's ImageNet weights) or a file; see `load_pretrained`.
+        frame_index: the labelled frame.
+        upsample: the frames' upsampling factor before the encoder.
+        normalize: normalise with ImageNet's mean and std.
+        ps: dropout before the decoder's up-block.
+        decoder_channels: the three UNet block widths, coarsest first, each even.
+    """
 
     def __init__(
         self,

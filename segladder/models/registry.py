@@ -17,8 +17,10 @@ class ModelError(ConfigError):
 
 
 class WeightsUnavailable(ModelError):
-    """Pretrained weights were asked for (`pretrained: auto`) but are not on this machine; the message says
-    how to supply them."""
+    """Pretrained weights were asked for (`pretrained: auto`) but are not on this machine.
+
+    The message says how to supply them.
+    """
 
 
 class ModelInputError(ModelError, ValueError):

@@ -28,7 +28,13 @@ PRIOR_POSITIONS = 32  # resolution of the learned position prior (resized linear
 
 
 class EdgeDecoder(nn.Module):
-    """(B, C, L) pooled features → (B, 1, size) logits: a 1×1 reduction, linear upsampling, then k=3 convolutions."""
+    """(B, C, L) pooled features → (B, 1, size) logits: a 1×1 reduction, linear upsampling, then k=3 convolutions.
+
+    Args:
+        in_ch: C of the pooled features.
+        hidden: channels of the convolutions.
+        layers: convolutions, the 1×1 reduction included.
+    """
 
     def __init__(self, in_ch: int, hidden: int, layers: int):
         super().__init__()
@@ -46,12 +52,19 @@ class EdgeDecoder(nn.Module):
         self.head = nn.Conv1d(hidden, 1, 1)
 
     def forward(self, seq: Tensor, size: int) -> Tensor:
+        """Logits (B, 1, size) along one axis from the pooled features `seq` (B, C, L)."""
         x = F.interpolate(self.reduce(seq), size=size, mode="linear", align_corners=False)
         return self.head(self.body(x))
 
 
 class DirectionalHead(nn.Module):
-    """One set of four edge decoders over one feature map: row pooling for left/right, column pooling for top/bottom."""
+    """One set of four edge decoders over one feature map: row pooling for left/right, column pooling for top/bottom.
+
+    Args:
+        in_ch: C of the feature map.
+        hidden: channels of the edge decoders.
+        layers: convolutions per edge decoder.
+    """
 
     def __init__(self, in_ch: int, hidden: int, layers: int):
         super().__init__()
@@ -59,6 +72,7 @@ class DirectionalHead(nn.Module):
         self.decoders = nn.ModuleList(EdgeDecoder(2 * in_ch, hidden, layers) for _ in range(4))
 
     def forward(self, feat: Tensor, size: int) -> Tensor:
+        """Logits (B, 4, size) of the left, top, right and bottom edges' positions from one feature map."""
         along_x = torch.cat([feat.mean(2), feat.amax(2)], 1)  # (B, 2C, W): pooled over rows
         along_y = torch.cat([feat.mean(3), feat.amax(3)], 1)  # (B, 2C, H): pooled over columns
         seqs = (along_x, along_y, along_x, along_y)  # left, top, right, bottom
@@ -113,6 +127,7 @@ class Snapper(nn.Module):
         self.prior = nn.Parameter(torch.zeros(1, 4, PRIOR_POSITIONS))
 
     def forward(self, x: Tensor) -> Tensor:
+        """Edge-position logits (B, 4, S) of square crops `x`: (B, C, S, S), or (B, C, T, S, S) read at a frame."""
         if x.dim() == 5:
             x = x[:, :, self.frame_index]
         if x.dim() != 4 or x.shape[1] != self.in_chans or x.shape[-1] != x.shape[-2]:
@@ -141,6 +156,7 @@ class Snapper(nn.Module):
     output="box",
 )
 def snapper(**kwargs) -> Snapper:
+    """Build a `Snapper`; see it for the arguments."""
     return Snapper(**kwargs)
 
 
