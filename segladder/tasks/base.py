@@ -97,6 +97,7 @@ class Task(L.LightningModule):
     # -------------------------------------------------------------------------------- forward
 
     def configure_model(self) -> None:
+        """Compile the model with torch.compile when `trainer.compile` asks, once."""
         t = self.cfg.trainer
         if t.compile and self._compiled is None:
             # Compiled forward kept beside the module so state_dict keys stay those of the plain model.
@@ -104,11 +105,13 @@ class Task(L.LightningModule):
             object.__setattr__(self, "_compiled", compiled)
 
     def forward(self, x: Tensor) -> Tensor:
+        """The model's output for `x`, through its compiled form when there is one."""
         # `is None`, not `or`: truth-testing a module calls its __len__, which a compiled wrapper may lack.
         model = self.model if self._compiled is None else self._compiled
         return model(self.layout(x))
 
     def layout(self, x: Tensor) -> Tensor:
+        """`x` in channels-last memory format when `trainer.channels_last` asks and it is 4-D, else as it is."""
         if self.cfg.trainer.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -116,6 +119,7 @@ class Task(L.LightningModule):
     # ------------------------------------------------------------------------------- training
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        """The batch's loss; its detached value and parts are kept for the NaN guard and the epoch means."""
         loss, parts = self.compute_loss(batch)
         self.last_loss = loss.detach()
         self.step_losses.append(self.last_loss)
@@ -136,9 +140,11 @@ class Task(L.LightningModule):
     def configure_gradient_clipping(
         self, optimizer, gradient_clip_val: float | None = None, gradient_clip_algorithm: str | None = None
     ) -> None:
-        """Clips here rather than in Lightning's precision plugin, which refuses a fused optimiser under
-        mixed precision (the fused kernel unscales fp16 gradients itself): under 16-mixed the gradients are
-        unscaled first, as the plugin would, and the GradScaler then steps with them as they are."""
+        """Clip gradients here: Lightning's precision plugin refuses a fused optimiser under mixed precision.
+
+        The fused kernel unscales fp16 gradients itself: under 16-mixed the gradients are unscaled first, as
+        the plugin would, and the GradScaler then steps with them as they are.
+        """
         if not gradient_clip_val:
             return
         scaler = getattr(self.trainer.precision_plugin, "scaler", None)
@@ -155,10 +161,12 @@ class Task(L.LightningModule):
         return self.train_means.compute()
 
     def on_train_epoch_end(self) -> None:
+        """Log the epoch's training means once, at its end."""
         for key, value in self.train_epoch_metrics().items():
             self.log(key, value, on_step=False, on_epoch=True)
 
     def on_train_epoch_start(self) -> None:
+        """Reset the epoch's training means and pass the epoch on to the data module."""
         self.train_means.reset()
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and hasattr(dm, "set_epoch"):
@@ -167,6 +175,7 @@ class Task(L.LightningModule):
     # ------------------------------------------------------------------------------ optimiser
 
     def configure_optimizers(self):
+        """The optimiser of `optim`, with its LR schedule stepped every optimiser step."""
         opt = build_optimizer(self.model, self.cfg.optim)
         sched = build_scheduler(opt, self.cfg.optim, self._total_steps())
         if sched is None:
@@ -182,6 +191,7 @@ class Task(L.LightningModule):
     # ---------------------------------------------------------------------------- checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Store the task, the config and `checkpoint_section` beside the weights for inference."""
         checkpoint[CHECKPOINT_KEY] = {
             "version": CHECKPOINT_VERSION,
             "task": self.cfg.task,
@@ -191,10 +201,16 @@ class Task(L.LightningModule):
 
 
 class LossTask(Task):
-    """A task trained with the experiment's `loss` section: a weighted sum of registered loss terms."""
+    """A task trained with the experiment's `loss` section: a weighted sum of registered loss terms.
+
+    Args:
+        cfg: the experiment; its `loss` section builds the loss.
+        model: the `nn.Module` to train.
+    """
 
     @classmethod
     def check(cls, cfg: ExperimentConfig) -> None:
+        """Refuse a bad loss term before the model is built."""
         build_loss(cfg.loss)  # a bad loss term is reported before the model is built
 
     def __init__(self, cfg: ExperimentConfig, model: nn.Module):
@@ -203,8 +219,10 @@ class LossTask(Task):
 
 
 def logs_this_step(trainer) -> bool:
-    """Whether the loggers write at this step (Lightning's own rule, as its LearningRateMonitor reads it); a
-    value logged at other steps is never written, yet each self.log costs Lightning ~0.1 ms of Python."""
+    """Whether the loggers write at this step (Lightning's own rule, as its LearningRateMonitor reads it).
+
+    A value logged at other steps is never written, yet each self.log costs Lightning ~0.1 ms of Python.
+    """
     connector = getattr(trainer, "_logger_connector", None)
     return bool(getattr(connector, "should_update_logs", True))
 

@@ -53,6 +53,7 @@ class BoxesTask(Task):
 
     @classmethod
     def check(cls, cfg: ExperimentConfig) -> None:
+        """Refuse data that is not COCO boxes, and folds (the boxes task validates on data.coco.val)."""
         if cfg.data.resolved_format != "coco":
             raise ConfigError(
                 "task boxes reads COCO boxes: set data.coco.images, data.coco.train and data.coco.val "
@@ -72,6 +73,7 @@ class BoxesTask(Task):
         self.box_gate: dict | None = None  # the last validation's gate choice and calibration
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The edge loss of the batch's crops against their true edges; no parts."""
         loss = edge_loss(self(batch["image"]), batch["target"], self.cfg.boxes.sigma)
         return loss, {}
 
@@ -82,6 +84,7 @@ class BoxesTask(Task):
         return to_image(edges.double(), region.double(), logits.shape[-1]), conf
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Log the edge loss; score the snapped boxes and the rough ones, and keep them for the gate."""
         logits = self(batch["image"])
         n = batch["image"].shape[0]
         self.log(
@@ -97,6 +100,7 @@ class BoxesTask(Task):
         self.edge_records.update(batch["rough"], boxes, batch["true"], conf)
 
     def on_validation_epoch_end(self) -> None:
+        """Log the snapped and rough boxes' scores, and choose the gate on this epoch's boxes."""
         snapped, rough = self.val_metric.compute(), self.rough_metric.compute()
         records = self.edge_records.compute()
         self.val_metric.reset()
@@ -116,6 +120,7 @@ class BoxesTask(Task):
             self.log("val/edges_moved", float(choice.edges_moved), sync_dist=True)
 
     def pictures(self, batch: dict, n: int) -> np.ndarray | None:
+        """The rough, snapped and true boxes of `n` validation crops drawn on them."""
         from segladder.viz import box_grid, denormalise, draw_boxes
 
         x = batch["image"][:n].to(self.device)
@@ -138,6 +143,7 @@ class BoxesTask(Task):
         return box_grid(panels)
 
     def checkpoint_section(self) -> dict:
+        """The gate chosen on this epoch's validation boxes, when one was."""
         # The gate chosen on this epoch's validation boxes travels with this epoch's weights, as segmentation's
         # threshold does; a checkpoint saved before any validation has none (inference then moves every edge).
         gate = (
@@ -152,6 +158,7 @@ class BoxesTask(Task):
         return {"threshold": 0.5, **gate}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Take back the gate a resumed checkpoint carries."""
         # A resumed run keeps its last gate until its next validation chooses one, so a checkpoint saved
         # in between (an interruption) still carries it.
         from segladder.inference.checkpoint import CHECKPOINT_KEY
@@ -159,14 +166,19 @@ class BoxesTask(Task):
         self.box_gate = (checkpoint.get(CHECKPOINT_KEY) or {}).get("box_gate")
 
     def callbacks(self) -> list[L.Callback]:
+        """The report of the gate and its calibration when training ends."""
         return [BoxGateReport()]
 
 
 class BoxGateReport(L.Callback):
-    """When training ends: the gate and calibration stored in `best.ckpt` as `box_calibration.json` and
-    `reliability.png` in the run directory, and one line saying what the gate does on validation."""
+    """When training ends, write the gate and calibration stored in `best.ckpt` into the run directory.
+
+    They go to `box_calibration.json` and `reliability.png`, with one line saying what the gate does on
+    validation.
+    """
 
     def on_fit_end(self, trainer: L.Trainer, pl_module) -> None:
+        """Write the report from the best checkpoint (on the main process)."""
         if not trainer.is_global_zero:
             return
         run_dir = Path(trainer.default_root_dir)

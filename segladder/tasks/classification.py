@@ -28,12 +28,15 @@ class ClassificationTask(LossTask):
 
     @staticmethod
     def labels(batch: dict) -> Tensor:
+        """(B, 1) labels of a batch: whether each mask holds a contrail pixel."""
         return batch["mask"].flatten(1).amax(1, keepdim=True)
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of the logits against the per-record labels."""
         return self.loss(self(batch["image"]), {"mask": self.labels(batch)})
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Log the loss and add the batch to accuracy and ROC-AUC."""
         logits = self(batch["image"])
         labels = self.labels(batch)
         loss, _ = self.loss(logits, {"mask": labels})
@@ -41,6 +44,7 @@ class ClassificationTask(LossTask):
         self.val_metric.update(logits.float(), labels)
 
     def on_validation_epoch_end(self) -> None:
+        """Log accuracy and ROC-AUC (accuracy in its place while the labels hold one class)."""
         out = self.val_metric.compute()
         self.val_metric.reset()
         auc = out["auc"] if torch.isfinite(out["auc"]) else out["acc"]
@@ -48,5 +52,6 @@ class ClassificationTask(LossTask):
         self.log("val/auc", auc, prog_bar=True, sync_dist=True)
 
     def checkpoint_section(self) -> dict:
+        """Threshold 0.5 and the data's channel statistics."""
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return {"threshold": 0.5, "stats": getattr(dm, "stats", None)}

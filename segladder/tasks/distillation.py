@@ -56,6 +56,7 @@ class DistillationTask(SegmentationTask):
 
     @classmethod
     def check(cls, cfg: ExperimentConfig) -> None:
+        """Refuse no teacher, auxiliary heads, one-cycle, augmentation with cached logits, or no loss weight."""
         d = cfg.distill
         if d.teacher is None:
             raise ConfigError(
@@ -149,9 +150,11 @@ class DistillationTask(SegmentationTask):
 
     @property
     def teacher(self) -> nn.Module:
+        """The frozen teacher (kept outside the module's children, so it is neither trained nor saved)."""
         return self._teacher[0]
 
     def callbacks(self) -> list:
+        """The progressive unfreezing of the student's encoder, as `distill` sets it."""
         from segladder.tasks.finetuning import ProgressiveUnfreezing
 
         d = self.cfg.distill
@@ -200,6 +203,7 @@ class DistillationTask(SegmentationTask):
         return trainer.current_epoch / max(1, trainer.max_epochs - 1)
 
     def set_temperature(self) -> float:
+        """Set the KD terms' temperature from the cosine schedule at the current progress; returns it."""
         d = self.cfg.distill
         self.temperature = cosine_temperature(d.temperature_start, d.temperature_end, self.progress())
         for term in self.loss.terms:
@@ -210,12 +214,14 @@ class DistillationTask(SegmentationTask):
     # ------------------------------------------------------------------------------- training
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of the student against the batch's labels and the teacher's logits."""
         self.set_temperature()
         x = batch["image"]
         student = self(x)
         return self.loss(student, {**batch, "teacher": self.batch_teacher_logits(batch, "train")})
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor | None:
+        """The loss, with the schedules' values summed for their epoch means."""
         loss = super().training_step(batch, batch_idx)
         # Host numbers, averaged over the epoch here and logged once at its end: a logged Python number
         # becomes a device tensor, a blocking copy, on every step.
@@ -231,14 +237,17 @@ class DistillationTask(SegmentationTask):
         return loss
 
     def train_epoch_metrics(self) -> dict[str, Tensor]:
+        """The epoch's training means and the schedules' means (temperature, unfrozen blocks, LRs)."""
         means = {k: torch.tensor(total / n) for k, (total, n) in self._schedule_sums.items() if n}
         return {**super().train_epoch_metrics(), **means}
 
     def on_train_epoch_start(self) -> None:
+        """Also reset the schedules' sums."""
         super().on_train_epoch_start()
         self._schedule_sums = {}
 
     def unfrozen_blocks(self) -> int:
+        """How many encoder blocks the unfreezing callback has unfrozen."""
         from segladder.tasks.finetuning import ProgressiveUnfreezing
 
         trainer = self._trainer
@@ -259,6 +268,7 @@ class DistillationTask(SegmentationTask):
         return out
 
     def configure_optimizers(self):
+        """The optimiser and a schedule that follows the groups the unfreezing adds later."""
         # Unfrozen encoder blocks join as new groups, so the schedule must follow groups added later.
         opt = build_optimizer(
             self.model,
@@ -275,6 +285,7 @@ class DistillationTask(SegmentationTask):
     # ----------------------------------------------------------------------------- validation
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Also log the loss's parts and add the student's masks to mIoU, agreement and Dice at 0.5."""
         x = batch["image"]
         logits = self(x)
         teacher = self.batch_teacher_logits(batch, "val")
@@ -291,6 +302,7 @@ class DistillationTask(SegmentationTask):
         self.val_dice.update(student_mask.flatten(), batch["mask"].long().flatten())
 
     def on_validation_epoch_end(self) -> None:
+        """Also log mIoU, agreement with the teacher and Dice at 0.5."""
         super().on_validation_epoch_end()
         self.log("val/miou", self.val_miou.compute(), sync_dist=True)
         self.log("val/agreement", self.val_agreement.compute(), sync_dist=True)
@@ -300,6 +312,7 @@ class DistillationTask(SegmentationTask):
             metric.reset()
 
     def on_train_epoch_end(self) -> None:
+        """Also draw the schedules and loss parts as PNG in the run directory."""
         super().on_train_epoch_end()
         # Runs after RunRecorder has written this epoch's metrics.json: the schedules and parts as PNG.
         run_dir = Path(self.trainer.default_root_dir)
@@ -328,6 +341,7 @@ class DistillationTask(SegmentationTask):
     # ---------------------------------------------------------------------------- checkpoints
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the student as an ordinary segmentation checkpoint, naming its teacher."""
         super().on_save_checkpoint(checkpoint)
         # The student is an ordinary segmentation model: evaluate, predict and export read it unchanged.
         section = checkpoint[CHECKPOINT_KEY]

@@ -87,9 +87,11 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self._blocks: list[list[nn.Module]] = []
 
     def state_dict(self) -> dict[str, Any]:
+        """The saved groups and how many blocks are unfrozen."""
         return {**super().state_dict(), "unfrozen": self.unfrozen}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take back the saved groups and the count of unfrozen blocks."""
         super().load_state_dict(state_dict)
         self.unfrozen = int(state_dict.get("unfrozen", 0))
 
@@ -99,10 +101,12 @@ class ProgressiveUnfreezing(BaseFinetuning):
     # -------------------------------------------------------------------------- BaseFinetuning
 
     def freeze_before_training(self, pl_module: L.LightningModule) -> None:
+        """Freeze every encoder block, BatchNorm included."""
         self._blocks = encoder_blocks(self._model(pl_module))
         self.freeze([m for block in self._blocks for m in block], train_bn=False)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """On resume, make the blocks unfrozen before the checkpoint trainable again."""
         # A resumed run: BaseFinetuning puts the saved groups back (before Lightning loads the optimiser
         # state); the blocks unfrozen before the checkpoint become trainable again. The callback state is
         # loaded after `setup`, so this cannot happen in freeze_before_training.
@@ -112,6 +116,7 @@ class ProgressiveUnfreezing(BaseFinetuning):
         self.set_bn_modes(pl_module)
 
     def finetune_function(self, pl_module: L.LightningModule, epoch: int, optimizer: Optimizer) -> None:
+        """Unfreeze the blocks due by `epoch`, each as its own group at `lr_scale` × the decoder's LR."""
         target = blocks_unfrozen_at(epoch, self.start_epoch, self.every, len(self._blocks))
         decoder = next(
             (g for g in optimizer.param_groups if not str(g.get("name", "")).startswith("encoder")),
@@ -153,5 +158,6 @@ class ProgressiveUnfreezing(BaseFinetuning):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int
     ) -> None:
+        """Put frozen BatchNorm back in eval mode (Lightning sets train mode after validation)."""
         # Lightning puts the whole module back in train mode after validation; frozen BN must stay in eval.
         self.set_bn_modes(pl_module)

@@ -16,8 +16,9 @@ from segladder.tasks.base import TASKS, LossTask
 
 @TASKS.register("segmentation")
 class SegmentationTask(LossTask):
-    """Trains a mask model; validation sweeps thresholds over all pixels (global Dice, the
-    Kaggle competition's metric: P and G pooled over all pixels of all records).
+    """Trains a mask model; validation sweeps thresholds for the best global Dice.
+
+    Global Dice is the Kaggle competition's metric: P and G pooled over all pixels of all records.
 
     With `aux.cls_weight` > 0 or `aux.seg_on_positives_only`, the classify-then-segment pipeline's segmenter
     with a classification head (`SegCls2D`, `Unet25DCls`) trains both outputs.
@@ -40,6 +41,7 @@ class SegmentationTask(LossTask):
     # ------------------------------------------------------------------------------- training
 
     def compute_loss(self, batch: dict) -> tuple[Tensor, dict[str, Tensor]]:
+        """The mask loss, plus the classification and hard-mask heads' losses where `aux` asks for them."""
         aux = self.cfg.aux
         heads = aux.cls_weight > 0 or aux.hard_mask_weight > 0
         if not heads and not aux.seg_on_positives_only:
@@ -80,6 +82,7 @@ class SegmentationTask(LossTask):
     # ----------------------------------------------------------------------------- validation
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
+        """Log the loss and add the batch to the threshold sweep."""
         logits = self(batch["image"])
         if "soft" not in batch and "mask" in batch:
             # The competition's validation records have no individual masks, so no soft label: a loss
@@ -90,6 +93,7 @@ class SegmentationTask(LossTask):
         self.val_metric.update(logits.float(), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
+        """Log the best global Dice, its threshold, Dice at 0.5 and IoU; keep the threshold and its curve."""
         out = self.val_metric.compute()
         self.val_metric.reset()
         self._curve = (out["thresholds"].cpu().numpy(), out["curve"].cpu().numpy())
@@ -102,9 +106,11 @@ class SegmentationTask(LossTask):
 
     @property
     def threshold_curve(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(thresholds, Dice) of the last validation."""
         return self._curve
 
     def pictures(self, batch: dict, n: int) -> np.ndarray | None:
+        """Overlays of the model's masks on `n` validation records, at the current threshold."""
         from segladder.viz import overlay_grid
 
         x = batch["image"][:n].to(self.device)
@@ -113,5 +119,6 @@ class SegmentationTask(LossTask):
         return overlay_grid(batch["image"][:n], batch["mask"][:n], probs, self.threshold)
 
     def checkpoint_section(self) -> dict:
+        """The threshold chosen on validation and the data's channel statistics."""
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         return {"threshold": self.threshold, "stats": getattr(dm, "stats", None)}
