@@ -23,9 +23,12 @@ from segladder.models import create
 
 
 class DeviceOps(TorchDispatchMode):
-    """Counts, by name, the ops that reach a device kernel while active (views, aliases, bare allocations and
-    profiler marks do not): on a GPU each is a launch, host time that a launch-bound step waits for. The
-    count does not depend on the machine, so it compares the Trainer with the bare loop anywhere."""
+    """Counts, by name, the ops that reach a device kernel while active.
+
+    Views, aliases, bare allocations and profiler marks do not count: on a GPU each counted op is a launch,
+    host time that a launch-bound step waits for. The count does not depend on the machine, so it compares the
+    Trainer with the bare loop anywhere.
+    """
 
     HOST_ONLY = frozenset(
         (
@@ -69,9 +72,15 @@ class _StepTimer(Callback):
 
 
 class DeviceOpsWindow(Callback):
-    """`DeviceOps` from the start of batch `start` to the end of batch `stop - 1`, every hook between
-    included: the Trainer's side of an op count (after `_StepTimer` in a callback list, its timing is the
-    steps' own, since the counter then starts after the clock and stops after it)."""
+    """`DeviceOps` from the start of batch `start` to the end of batch `stop - 1`, hooks between included.
+
+    It is the Trainer's side of an op count. After `_StepTimer` in a callback list, its timing is the steps'
+    own, since the counter then starts after the clock and stops after it.
+
+    Args:
+        start: the first batch counted.
+        stop: the batch after the last one counted.
+    """
 
     def __init__(self, start: int, stop: int):
         self.start, self.stop = start, stop
@@ -79,15 +88,18 @@ class DeviceOpsWindow(Callback):
         self._active = False
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Start counting at batch `start`."""
         if batch_idx == self.start:
             self.ops.__enter__()
             self._active = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Stop counting after batch `stop - 1`."""
         if batch_idx == self.stop - 1:
             self._close()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        """Stop counting."""
         self._close()
 
     def _close(self) -> None:
@@ -187,6 +199,7 @@ def bench_config(
 
 
 def flops_per_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
+    """The FLOPs of one BCE training step (forward and backward) of `model` on `x` and `y`."""
     counter = FlopCounterMode(display=False)
     with counter:
         F.binary_cross_entropy_with_logits(model(x).float(), y).backward()
@@ -211,9 +224,11 @@ def _result(case: str, mode: str, batch: int, seconds: float, steps: int, flops:
 def bench_reference(
     cfg: ExperimentConfig, case: str, steps: int, warmup: int, device: torch.device, count_ops: bool = False
 ) -> dict:
-    """A bare PyTorch training loop around the same model (what a user would write instead of segladder):
-    data already on the device, fused AdamW.
-    `count_ops` adds the device ops of a step (`with_ops`); its timing then is not the step's."""
+    """A bare PyTorch training loop around the same model (what a user would write instead of segladder).
+
+    Data is already on the device, the optimiser is fused AdamW. `count_ops` adds the device ops of a step
+    (`with_ops`); its timing then is not the step's.
+    """
     torch.manual_seed(0)
     model = create(cfg.model.name, **cfg.model.kwargs).to(device)
     x, y = _batch(cfg, device)
@@ -286,9 +301,11 @@ def bench_trainer(
     data: Iterable | None = None,
     count_ops: bool = False,
 ) -> dict:
-    """The Trainer `segladder train` builds (its callbacks, logger and progress bar), timed over `steps`
-    optimiser steps after `warmup`; `data` None means the same in-memory batch every step. `count_ops` adds
-    the device ops of a step (`with_ops`); its timing then is not the step's."""
+    """The Trainer `segladder train` builds (callbacks, logger and progress bar), timed over `steps` steps.
+
+    The optimiser steps are timed after `warmup`; `data` None means the same in-memory batch every step.
+    `count_ops` adds the device ops of a step (`with_ops`); its timing then is not the step's.
+    """
     from segladder.training.build import build_task, build_trainer
 
     torch.manual_seed(0)
@@ -336,4 +353,5 @@ def bench_trainer(
 
 
 def print_result(res: dict) -> None:
+    """Print a result as one JSON line."""
     print(json.dumps(res), flush=True)

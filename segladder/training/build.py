@@ -85,8 +85,10 @@ def build_task(cfg: ExperimentConfig):
 
 
 def check_input_sides(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
-    """Refuse, under its config key, a side the model cannot take; the model's own check would fire only at
-    the first batch and name the model, not the setting to change."""
+    """Refuse, under its config key, an image side the model cannot take.
+
+    The model's own check would fire only at the first batch and name the model, not the setting to change.
+    """
     multiple = getattr(model, "size_multiple", 1)  # box models take any crop side and have none
     sides = {"data.image_size": cfg.data.image_size, "data.augment.crop_size": cfg.data.augment.crop_size}
     for key, side in sides.items():
@@ -99,8 +101,10 @@ def check_input_sides(cfg: ExperimentConfig, model: torch.nn.Module) -> None:
 
 
 def _init_from(model: torch.nn.Module, cfg: ExperimentConfig, path: Path) -> None:
-    """Start `model` from the weights of the checkpoint at `path` (trainer.init_from), after checking that
-    it holds the same model on the same inputs."""
+    """Start `model` from the weights of the checkpoint at `path` (trainer.init_from).
+
+    The checkpoint is checked first to hold the same model on the same inputs.
+    """
     from segladder.inference.checkpoint import CheckpointError, input_mismatches, load_checkpoint
 
     key = "trainer.init_from"
@@ -164,8 +168,11 @@ class _DropAdvert(logging.Filter):
 
 
 def quiet_library_notices() -> None:
-    """Keep two lines a user can do nothing about out of every run's output: Lightning's advert for its
-    cloud logger, and torch's deprecation notice for a pytree call inside Lightning itself."""
+    """Keep two lines a user can do nothing about out of every run's output.
+
+    They are Lightning's advert for its cloud logger, and torch's deprecation notice for a pytree call inside
+    Lightning itself.
+    """
     log = logging.getLogger("lightning.pytorch.utilities.rank_zero")  # where rank_zero_info writes
     if not any(isinstance(f, _DropAdvert) for f in log.filters):
         log.addFilter(_DropAdvert())

@@ -28,14 +28,18 @@ def tensor_bytes(obj: Any) -> int:
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Writes each checkpoint to a temporary file and renames it: a full disk never clobbers the old one, and
-    becomes one `DiskFullError` naming the file, the bytes it needs and the bytes free."""
+    """Writes each checkpoint to a temporary file and renames it: a full disk never clobbers the old one.
+
+    A full disk becomes one `DiskFullError` naming the file, the bytes it needs and the bytes free.
+    """
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        """Write `checkpoint` to `path` atomically, its space checked first."""
         with atomic_path(path, needed=tensor_bytes(checkpoint) + (1 << 16)) as tmp:
             torch.save(checkpoint, tmp)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Load the checkpoint at `path` weights-only, onto the CPU unless `map_location` says otherwise."""
         return torch.load(path, map_location=map_location or "cpu", weights_only=True)
 
 
@@ -57,11 +61,13 @@ class FiniteModelCheckpoint(ModelCheckpoint):
     # Lightning ≥ 2.4 writes last.ckpt only at steps where a top-k checkpoint was written, so after the best
     # epoch "last" would stay the best one and a resumed run would redo every later epoch.
     def on_validation_end(self, trainer: L.Trainer, pl_module) -> None:
+        """Also save `last` after every validation, not only when a top-k checkpoint was written."""
         super().on_validation_end(trainer, pl_module)
         if not self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module) -> None:
+        """Also save `last` after every epoch, when checkpoints are saved at epoch ends."""
         super().on_train_epoch_end(trainer, pl_module)
         if self._should_save_on_train_epoch_end(trainer):
             self._ensure_last(trainer)
@@ -105,6 +111,7 @@ class RNGState(Callback):
     """Saves and restores the global RNGs with each checkpoint so a resumed run draws what it would have."""
 
     def state_dict(self) -> dict:
+        """The torch, NumPy, Python (and CUDA) RNG states."""
         np_state = np.random.get_state()
         state = {
             "torch": torch.get_rng_state(),
@@ -116,6 +123,7 @@ class RNGState(Callback):
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the RNG states `state_dict` saved."""
         torch.set_rng_state(state["torch"])
         n = state["numpy"]
         np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))

@@ -38,6 +38,8 @@ MIN_COMPONENT_GRID = (0, 5, 10, 20, 50, 100)
 
 @dataclass
 class FoldsResult:
+    """What `train --folds` left: the run folder, each fold's Dice, and the ensemble once all folds finished."""
+
     run_dir: Path
     fold_dice: list[float]
     ensemble: FoldEnsemble | None  # None until every fold has finished
@@ -102,9 +104,11 @@ def train_folds(
 
 
 def _folds_of(cfg: ExperimentConfig, run_dir: Path, k: int | None) -> tuple[Path, list[FoldRecord], int]:
-    """The folds file, its rows and its fold count: `data.folds` (which must exist; its count must be `k`
-    when one is asked for), the run's own folds.csv from an earlier call, or `k` (default 5) folds cut
-    here by record into it."""
+    """The folds file, its rows and its fold count.
+
+    That is `data.folds` (which must exist; its count must be `k` when one is asked for), the run's own
+    folds.csv from an earlier call, or `k` (default 5) folds cut here by record into it.
+    """
     if cfg.data.folds:
         folds_csv = Path(cfg.data.folds)
         if not folds_csv.is_file():

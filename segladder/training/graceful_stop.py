@@ -17,6 +17,9 @@ class GracefulStop(Callback):
     The unfinished epoch is dropped; checkpoints/last.ckpt keeps the last finished one, from which
     `segladder train --resume RUN` continues exactly. A second signal stops at once.
     (Lightning would turn Ctrl-C into `sys.exit(1)` and SIGTERM into a mid-epoch exit; this replaces both.)
+
+    Args:
+        run_dir: the run's folder, named in the message saying how to resume.
     """
 
     SIGNALS = ("SIGINT", "SIGTERM")
@@ -32,6 +35,7 @@ class GracefulStop(Callback):
         self.received = signal.Signals(signum).name
 
     def on_train_start(self, trainer, pl_module) -> None:
+        """Install the SIGINT and SIGTERM handlers (main thread only), keeping the ones they replace."""
         # Here, not in on_fit_start: Lightning installs its own SIGTERM handler between the two.
         if threading.current_thread() is not threading.main_thread():
             return  # signals can only be handled by the main thread
@@ -45,9 +49,11 @@ class GracefulStop(Callback):
         self._previous = {}
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        """Restore the previous signal handlers."""
         self._restore()
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        """Restore the previous signal handlers."""
         self._restore()
 
     def _check(self, trainer) -> None:
@@ -66,9 +72,11 @@ class GracefulStop(Callback):
         )
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Stop with `Interrupted` when a signal arrived."""
         self._check(trainer)
 
     def on_validation_batch_end(
         self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
     ) -> None:
+        """Stop with `Interrupted` when a signal arrived."""
         self._check(trainer)

@@ -72,9 +72,12 @@ def _finite(t: Any) -> bool:
 
 
 def _nonfinite_flag(tensors: list[torch.Tensor], device: torch.device, ones: dict) -> torch.Tensor:
-    """A float device flag, 1 when an element of `tensors` is NaN or ±inf, else 0: what a fused optimiser reads
-    as `found_inf`. GradScaler's own check makes it in one fused kernel per device and dtype; it multiplies
-    the values by `ones[device]` (1.0) in place, which leaves them as they were. `ones` caches that tensor."""
+    """A float device flag, 1 when an element of `tensors` is NaN or ±inf, else 0.
+
+    It is what a fused optimiser reads as `found_inf`. GradScaler's own check makes it in one fused kernel per
+    device and dtype; it multiplies the values by `ones[device]` (1.0) in place, which leaves them as they
+    were. `ones` caches that tensor.
+    """
     found = torch.zeros((), device=device)
     groups: dict[tuple[torch.device, torch.dtype], list[torch.Tensor]] = {}
     for t in tensors:
@@ -140,6 +143,10 @@ class NonFiniteGuard(Callback):
 
     The module's docstring holds the whole contract: what is checked, how a bad step is skipped, and what the
     task, the optimisers and gradient clipping must keep true for it to hold.
+
+    Args:
+        run_dir: where nan_batch.pt and nan_report.json are written.
+        patience: bad steps in a row that stop training.
     """
 
     MAX_PENDING = 16
@@ -156,12 +163,15 @@ class NonFiniteGuard(Callback):
         self._ones: dict[torch.device, torch.Tensor] = {}
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        """Refuse a module that is not a segladder task."""
         require_task(pl_module, type(self).__name__)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        """Keep the batch, for the report and the diagnosis of a bad step."""
         self._batch, self._batch_idx = batch, batch_idx
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        """Flag a step with a non-finite loss or gradient and skip it, without reading anything back."""
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         losses, pl_module.step_losses = pl_module.step_losses, []
         scaled = trainer.precision == "16-mixed"
@@ -198,12 +208,15 @@ class NonFiniteGuard(Callback):
             self._pending[0].wait()  # the device is that many steps behind; the queue still holds work
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Report the steps whose flags have reached the host."""
         self._drain(trainer, pl_module, wait=False)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Report every step still pending."""
         self._drain(trainer, pl_module, wait=True)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        """Report every step still pending and hand `found_inf` back to the optimisers."""
         self._drain(trainer, pl_module, wait=True)
         for opt in trainer.optimizers:
             if hasattr(opt, "found_inf"):

@@ -11,12 +11,14 @@ class CachedAutocastPrecision(MixedPrecision):
 
     Lightning 2.6 turns the cache off (its issue #20644: a trainable weight first cast under a nested
     `torch.no_grad()` is cached without its graph, and later uses of it then train nothing). Off, a weight
-    used several times in one forward is cast each time: ResNet18_ULSTM's recurrent gates, once per frame,
-    16 more casts and their gradients a step. No segladder model runs its trainable weights under no_grad
-    inside forward (the distillation teacher is frozen, so its weights are never cached), so the cache is
-    kept; it is emptied when each autocast region ends, every step."""
+    used several times in one forward is cast each time: ResNet18_ULSTM's recurrent gates, once per frame, 16
+    more casts and their gradients a step. No segladder model runs its trainable weights under no_grad inside
+    forward (the distillation teacher is frozen, so its weights are never cached), so the cache is kept; it is
+    emptied when each autocast region ends, every step.
+    """
 
     def autocast_context_manager(self) -> torch.autocast:
+        """`torch.autocast` at the plugin's precision, with its cache left on."""
         dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.half
         return torch.autocast(self.device, dtype=dtype)
 

@@ -20,11 +20,17 @@ LOSS_END_STEPS = 10
 
 
 class RunRecorder(Callback):
-    """Per epoch: metrics.json and overlays as PNG and in TensorBoard; the loss/Dice curves and the threshold
-    curve as PNG at most every `REFRESH_S` seconds while training, and always when training ends.
+    """Per epoch: metrics.json, and overlays as PNG and in TensorBoard; curves as PNG now and then.
+
+    The loss/Dice curves and the threshold curve are drawn at most every `REFRESH_S` seconds while training,
+    and always when training ends.
 
     Drawing those two costs ~0.5 s an epoch on a CPU: a quarter of an epoch of the demo's rungs, nothing
     against a GPU epoch of minutes, which still gets them every epoch.
+
+    Args:
+        run_dir: the run's folder.
+        overlays: validation records drawn each epoch (0: none).
     """
 
     REFRESH_S = 20.0
@@ -41,19 +47,24 @@ class RunRecorder(Callback):
         self._recent: deque[torch.Tensor] = deque(maxlen=LOSS_END_STEPS)  # on the device until epoch end
 
     def state_dict(self) -> dict:
+        """The per-epoch history, so a resumed run's metrics.json keeps its earlier epochs."""
         return {"history": self.history}
 
     def load_state_dict(self, state: dict) -> None:
+        """Take back the per-epoch history."""
         self.history = list(state.get("history", []))
 
     def setup(self, trainer, pl_module, stage: str) -> None:
+        """Refuse a module that is not a segladder task."""
         require_task(pl_module, type(self).__name__)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        """Restart the epoch's sample count, clock and recent losses."""
         self._samples, self._epoch_t0 = 0, time.perf_counter()
         self._recent.clear()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Count the batch's samples and keep its loss; log samples/s at log steps."""
         self._samples += pl_module.model_input(batch).shape[0]
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
@@ -65,6 +76,7 @@ class RunRecorder(Callback):
             pl_module.log("samples_per_s", self.samples_per_s, on_step=True, on_epoch=False)
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        """Draw the threshold curve and the overlays (on the main process, not in the sanity check)."""
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         if pl_module.threshold_curve is not None:
@@ -74,6 +86,7 @@ class RunRecorder(Callback):
             self._overlays(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        """Add the epoch's row to metrics.json, draw the curves and print the epoch's line (main process)."""
         if not trainer.is_global_zero:
             return
         # The task's training means are logged after the callbacks' epoch end; they are read from it here.
@@ -108,9 +121,11 @@ class RunRecorder(Callback):
         )
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        """Draw the pictures left stale by the refresh interval."""
         self._draw_stale(trainer)
 
     def on_exception(self, trainer, pl_module, exception) -> None:
+        """Draw the pictures left stale, so a stopped run keeps pictures of where it stopped."""
         self._draw_stale(trainer)  # a stopped run (NaN, Ctrl-C) keeps pictures of where it stopped
 
     def _refresh(self, name: str, draw) -> None:

@@ -31,6 +31,7 @@ class CheckpointCheck:
 
     @property
     def ok(self) -> bool:
+        """Whether the checkpoint can resume training."""
         return self.problem is None
 
 

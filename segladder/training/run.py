@@ -25,7 +25,12 @@ from segladder.training.resume import choose_checkpoint
 
 
 class TrainingStopped(SegladderError):
-    """Training ended early for a reason the user must act on (e.g. repeated non-finite steps)."""
+    """Training ended early for a reason the user must act on (e.g. repeated non-finite steps).
+
+    Args:
+        message: why training stopped and what to do.
+        run_dir: the run's folder.
+    """
 
     def __init__(self, message: str, run_dir: Path):
         super().__init__(message)
@@ -34,6 +39,8 @@ class TrainingStopped(SegladderError):
 
 @dataclass
 class TrainResult:
+    """What `train` left: the run folder, its metrics and its best and last checkpoints."""
+
     run_dir: Path
     metrics: dict
     best_checkpoint: Path | None
@@ -86,6 +93,7 @@ def batch_summary(cfg: ExperimentConfig, world_size: int) -> str:
 
 
 def new_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
+    """A new run folder `root/<name>/<timestamp>`, with a suffix when that one exists."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     path = root / cfg.name / stamp
     n = 1
@@ -96,6 +104,8 @@ def new_run_dir(cfg: ExperimentConfig, root: Path = Path("runs")) -> Path:
 
 
 def environment() -> dict:
+    """What a run ran on: versions, git commit, devices and the start time, for the run's environment.json."""
+
     def git(*args: str) -> str | None:
         try:
             return (
