@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 
+import pytest
 import torch
 
 from segladder.inference.checkpoint import load_checkpoint
@@ -19,6 +20,7 @@ def test_same_epoch_best_and_last_are_one_file(tiny_run):
     assert os.path.samefile(best, last) and best.stat().st_nlink == 2
 
 
+@pytest.mark.slow
 def test_optimizer_state_only_in_last(fault_cache, tmp_path):
     run = train(
         tiny_config(
@@ -34,6 +36,7 @@ def test_optimizer_state_only_in_last(fault_cache, tmp_path):
     assert load_checkpoint(best).threshold == b["segladder"]["threshold"]  # inference needs nothing more
 
 
+@pytest.mark.slow
 def test_last_follows_every_epoch_even_when_best_does_not(fault_cache, tmp_path):
     res = train(tiny_config(fault_cache, **{"trainer.max_epochs": 3}), out=tmp_path / "run")
     ck = res.run_dir / "checkpoints"

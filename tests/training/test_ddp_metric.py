@@ -1,6 +1,7 @@
 """Global Dice under a real 2-process DDP run (gloo on CPU): the reduced metric equals numpy on all data."""
 
 import numpy as np
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -27,6 +28,7 @@ def _worker(rank, world, init_file, out_file):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_sweep_dice_reduces_across_two_processes(tmp_path):
     out = tmp_path / "res.pt"
     mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, start_method="spawn")
