@@ -570,7 +570,7 @@ def before_after_table(
 ) -> str:
     """The paper's Table 1 as Markdown: each metric in % before and after adjustment, and the change.
 
-    With `gated`, a column for the adjusted boxes with the edge-confidence gate follows `adjusted`, and the
+    With `gated`, a column for the adjusted boxes with the do-no-harm gate follows `adjusted`, and the
     change is the gated boxes' against the jittered ones. With `reachable`, a last column gives the
     single-pass ceiling (true boxes clipped to their crops).
     """
