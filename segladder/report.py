@@ -45,9 +45,9 @@ def ladder_table(result: LadderResult) -> Table:
     for r in result.rungs:
         last = r.history[-1] if r.history else {}
         colour = {"passed": "green", "failed": "red", "inconclusive": "yellow"}.get(r.status, "dim")
-        gates = " ".join(
-            ("✓" if c.passed else "✗") + short_gate(c.name) for c in r.checks
-        ) or textwrap.shorten(r.reason, 40, placeholder=" …")
+        gates = " ".join(c.mark + short_gate(c.name) for c in r.checks) or textwrap.shorten(
+            r.reason, 40, placeholder=" …"
+        )
         table.add_row(
             r.rung.replace("ResNet18_", "R18_"),
             f"[{colour}]{r.status}[/]",
@@ -124,9 +124,7 @@ def _md_rungs(result: LadderResult) -> list[str]:
     md = ["| rung | status | epochs | final train loss | val F1 | gates |", "|---|---|---|---|---|---|"]
     # The loss is the one report.json and the gates read (the end-of-training loss), not the epoch mean.
     for r in result.rungs:
-        gates = (
-            "<br>".join(("✓ " if c.passed else "✗ ") + f"{c.name}: {c.detail}" for c in r.checks) or r.reason
-        )
+        gates = "<br>".join(f"{c.mark} {c.name}: {c.detail}" for c in r.checks) or r.reason
         md.append(
             f"| {r.rung} | {r.status} | {len(r.history)} | {_fmt(r.loss)} | "
             f"{_fmt(rung_f1(result, r))} | {gates} |"

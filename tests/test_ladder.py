@@ -742,6 +742,29 @@ def test_inconclusive_explanation_names_the_miss_the_evidence_and_the_budget():
     assert "seed" not in text.lower()
 
 
+def test_a_one_batch_fit_that_could_not_run_is_not_counted_as_passed(tmp_path):
+    from segladder.report import _md_rungs
+
+    r = RungResult("ResNet18_U", "inconclusive", None, {"epochs": stepped([0.1, 0.15, 0.18, 0.2])})
+    unmeasured = GateCheck(
+        "fits one batch", True, "not measured (DataError: no positive record)", measured=False
+    )
+    r.checks = [
+        GateCheck("no NaN", True, "all finite"),
+        GateCheck("F1 above the baselines", False, "F1 0.2 vs 0.4", "progress", 0.4),
+        unmeasured,
+    ]
+    text = explain_inconclusive(r)
+    assert "could not run (not measured (DataError" in text and "so its model and loop can learn" not in text
+    assert "whether it can learn is unknown" in text
+    assert unmeasured.mark == "?" and r.checks[0].mark == "✓" and r.checks[1].mark == "✗"
+    # Not a pass: every other check passing leaves the rung inconclusive, and it never fails it.
+    assert rung_verdict([r.checks[0], unmeasured]) == "inconclusive"
+    assert rung_verdict([replace(unmeasured, passed=False)]) == "inconclusive"
+    result = LadderResult([r], tmp_path, profile="calibrated")
+    assert "? fits one batch: not measured" in "\n".join(_md_rungs(result))
+
+
 def test_one_annotator_a_record_leaves_agreement_unknown_not_perfect():
     # Measured agreement is used as it is; unknown agreement is the assumed contrail agreement, not 1.0.
     measured = replace(BASE, ceiling_f1=0.5)

@@ -241,6 +241,12 @@ class GateCheck:
     detail: str
     kind: str = FAULT
     target: float | None = None  # the F1 a progress check asked for (what a budget estimate aims at)
+    measured: bool = True  # False: the check could not run; it neither passes nor fails the rung
+
+    @property
+    def mark(self) -> str:
+        """✓ passed, ✗ missed, ? not measured."""
+        return "?" if not self.measured else ("✓" if self.passed else "✗")
 
 
 def _loss_at(history: list[dict], epoch: int | None) -> float | None:
@@ -450,9 +456,9 @@ def rung_verdict(checks: list[GateCheck]) -> str:
     Failed on a fault check (evidence of a broken part whatever the data); inconclusive when only progress
     checks missed (this budget cannot judge this data); passed when every check passed.
     """
-    if any(not c.passed and c.kind == FAULT for c in checks):
+    if any(not c.passed and c.measured and c.kind == FAULT for c in checks):
         return "failed"
-    return "passed" if all(c.passed for c in checks) else "inconclusive"
+    return "passed" if all(c.passed and c.measured for c in checks) else "inconclusive"
 
 
 # An estimate past this many times the budget that was trained is not one: the curve is too flat.
@@ -691,12 +697,20 @@ def explain_inconclusive(result: RungResult) -> str:
     """Why a rung has no verdict: what it missed, the evidence that nothing is broken, the budget it needs."""
     missed = [c for c in result.checks if not c.passed]
     fit = next((c for c in result.checks if c.name == FITS_ONE_BATCH), None)
+    if fit is None:
+        learns = ""
+    elif fit.measured:
+        learns = f", and {fit.detail}, so its model and loop can learn"
+    else:
+        learns = f"; the one-batch fit could not run ({fit.detail}), so whether it can learn is unknown"
     lines = [
         f"{result.rung} inconclusive: {'; '.join(f'{c.name} ({c.detail})' for c in missed)}.",
         "No fault found: "
-        + ", ".join(c.name for c in result.checks if c.passed and c.kind == FAULT and c is not fit)
+        + ", ".join(
+            c.name for c in result.checks if c.passed and c.measured and c.kind == FAULT and c is not fit
+        )
         + " passed"
-        + (f", and {fit.detail}, so its model and loop can learn" if fit is not None else "")
+        + learns
         + ". This budget is too short to judge this data, not evidence of a broken part.",
     ]
     if result.budget is not None:

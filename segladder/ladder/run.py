@@ -300,7 +300,10 @@ def _one_batch_check(cfg: ExperimentConfig, fault: Fault | None, seed: int) -> G
     except (SegladderError, RuntimeError, MemoryError) as exc:
         # No verdict either way (no positive training record, out of memory): the rung stays inconclusive.
         return GateCheck(
-            FITS_ONE_BATCH, True, f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            FITS_ONE_BATCH,
+            True,
+            f"not measured ({type(exc).__name__}: {str(exc).splitlines()[0]})",
+            measured=False,
         )
     return GateCheck(FITS_ONE_BATCH, fit.fitted, fit.detail())
 

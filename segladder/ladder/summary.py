@@ -31,7 +31,14 @@ def report_dict(result: LadderResult) -> dict:
                 "f1": rung_f1(result, r),
                 "loss": r.loss,
                 "checks": [
-                    {"name": c.name, "passed": c.passed, "detail": c.detail, "kind": c.kind} for c in r.checks
+                    {
+                        "name": c.name,
+                        "passed": c.passed,
+                        "measured": c.measured,
+                        "detail": c.detail,
+                        "kind": c.kind,
+                    }
+                    for c in r.checks
                 ],
                 "implicated": r.implicated,
                 "note": r.note or None,
