@@ -206,10 +206,10 @@ def assert_report_schema(summary: dict) -> None:
     for r in summary["rungs"]:
         assert {"rung", "status", "f1", "loss", "checks", "implicated", "note", "budget"} <= set(r)
         assert r["status"] in ("passed", "failed", "inconclusive", "not run")
-        assert all(set(c) == {"name", "passed", "detail", "kind"} for c in r["checks"])
+        assert all(set(c) == {"name", "passed", "measured", "detail", "kind"} for c in r["checks"])
         assert all(c["kind"] in ("fault", "progress") for c in r["checks"])
         assert (r["implicated"] is not None) == (r["status"] == "failed")
-        assert r["status"] != "passed" or all(c["passed"] for c in r["checks"])
+        assert r["status"] != "passed" or all(c["passed"] and c["measured"] for c in r["checks"])
         # Failed only on a fault check; inconclusive only with every fault check passed and one missed.
         faults_ok = all(c["passed"] for c in r["checks"] if c["kind"] == "fault")
         assert r["status"] != "failed" or not faults_ok
