@@ -103,7 +103,7 @@ def ladder_cache(tmp_path_factory):
     return tmp / "cache"
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_two_rung_ladder_end_to_end_writes_the_report(ladder_cache, tmp_path):
     from segladder.cli import _register, app
 
@@ -148,7 +148,7 @@ def test_two_rung_ladder_end_to_end_writes_the_report(ladder_cache, tmp_path):
     assert "report:" in res.output and "ladder" in res.output
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_viz_draws_a_single_run(ladder_cache, tmp_path):
     from segladder.config import build_config
     from segladder.inference.visualise import visualise_run
@@ -167,7 +167,7 @@ def test_viz_draws_a_single_run(ladder_cache, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_demo_code_path_in_reduced_size(tmp_path):
     from segladder.cli import _register, app
 
@@ -368,7 +368,7 @@ def test_budget_and_typed_values_accept_any_folder_name(tmp_path):
         assert cfg.seed == 3
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_selftest_catches_faults_and_passes_clean_data(ladder_cache, tmp_path, monkeypatch):
     from segladder.ladder.demo import selftest
 

@@ -513,7 +513,7 @@ def box_checkpoint(path: Path) -> Path:
 @pytest.mark.parametrize(
     "name, code, pattern", [(c[0], c[2], c[3]) for c in CASES], ids=[c[0] for c in CASES]
 )
-@pytest.mark.slow
+@pytest.mark.medium
 def test_bad_input_exit_code_and_message(ctx, name, code, pattern):
     r = ctx["results"][name]
     assert r.code == code, str(r)
@@ -529,7 +529,7 @@ def test_bad_input_exit_code_and_message(ctx, name, code, pattern):
         assert re.search(pattern, r.out), str(r)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_every_fix_the_messages_suggest_exists(ctx):
     """The commands, options and config keys that the catalogue's messages tell the user to use are real."""
     from tests.cli.test_suggested_fixes import problems_in

@@ -371,7 +371,7 @@ def ctx(cli_data, tmp_path_factory):
 @pytest.mark.parametrize(
     "name, code, pattern", [(c[0], c[2], c[3]) for c in CASES], ids=[c[0] for c in CASES]
 )
-@pytest.mark.slow
+@pytest.mark.medium
 def test_exit_code_and_message(ctx, name, code, pattern):
     r = ctx["results"][name]
     assert r.code == code, str(r)
@@ -385,7 +385,7 @@ def test_exit_code_and_message(ctx, name, code, pattern):
         assert re.search(pattern, r.out), str(r)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_files_the_happy_paths_promise(ctx):
     tmp = ctx["tmp"]
     ev = json.loads((tmp / "eval" / "metrics.json").read_text())

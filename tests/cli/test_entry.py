@@ -30,7 +30,7 @@ def bad_root(synth_root, tmp_path_factory):
     return root, rid
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_entry_points_agree_on_exit_codes(synth_root, bad_root):
     """The bug this guards: `raise typer.Exit(1)` used to leave the installed command with exit 0."""
     root, rid = bad_root
@@ -92,7 +92,7 @@ def test_ctrl_c_exits_130_and_says_to_run_it_again(tmp_path):
     ), str(r)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_ctrl_c_during_training_names_the_resume_command(cli_data, tmp_path):
     run = tmp_path / "run"
     cmd = [
@@ -119,7 +119,7 @@ def test_ctrl_c_during_training_names_the_resume_command(cli_data, tmp_path):
     assert "💡" not in r.out + r.err and "LeafSpec" not in r.err, str(r)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_make_test_fails_below_the_collected_test_floor():
     floor = int((Path(__file__).parents[1] / "MIN_TESTS").read_text())
     assert floor >= 400

@@ -109,7 +109,7 @@ def source_strings() -> list[tuple[str, str]]:
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_every_suggested_command_option_and_config_key_exists():
     strings = source_strings()
     assert len(strings) > 40  # the scan finds the messages (a broken scan would pass vacuously)

@@ -111,7 +111,7 @@ def _prepare_slowly(root, cache):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_prepare_interrupted_then_resumed(synth_root, tmp_path):
     cache = tmp_path / "cache"
     proc = mp.get_context("fork").Process(target=_prepare_slowly, args=(synth_root, cache))

@@ -101,7 +101,7 @@ def test_lightning_can_recreate_the_loader_with_a_distributed_sampler(uint8_set)
     assert loader.collate_fn.handed_over == 2
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_training_with_workers_matches_training_in_the_main_process(train_cache, tmp_path, monkeypatch):
     """Two short epochs (cut by limit_train_batches, so Lightning starts epoch 1's workers beside epoch 0's)."""
     from segladder.training.run import train
@@ -128,7 +128,7 @@ def test_training_with_workers_matches_training_in_the_main_process(train_cache,
                 assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_spawned_workers_get_the_slots_too(uint8_set):
     loader = make_loader(uint8_set, batch_size=6, num_workers=1)
     loader.multiprocessing_context = (

@@ -115,7 +115,7 @@ def trained(tmp_path_factory):
     return {"cache": cache, "run": run, "pred": pred}
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_one_training_step_on_real_records(trained):
     metrics = json.loads((trained["run"] / "metrics.json").read_text())
     (epoch,) = metrics["epochs"]
@@ -125,7 +125,7 @@ def test_one_training_step_on_real_records(trained):
     assert ckpt["segladder"]["stats"]["channels"] == ["ash_r", "ash_g", "ash_b"]
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_prediction_and_submission_at_the_records_own_size(trained):
     pred = trained["pred"]
     summary = json.loads((pred / "predict.json").read_text())

@@ -66,7 +66,7 @@ def test_orientations_are_compared_on_a_circle():
     assert circular_wasserstein(a, np.full(50, 45.0)) == pytest.approx(40.0)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_real_against_itself_is_within_every_tolerance(capsys, tmp_path):
     code, out, err = compare(
         capsys, FIXTURE, FIXTURE, "--out", tmp_path / "fig", "--json", tmp_path / "r.json"
@@ -90,7 +90,7 @@ def test_real_against_itself_is_within_every_tolerance(capsys, tmp_path):
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_a_warmer_band_14_fails_exactly_the_rows_that_read_it(capsys, tmp_path):
     shifted = tmp_path / "shifted"
     shutil.copytree(FIXTURE, shifted)
@@ -114,7 +114,7 @@ def test_a_warmer_band_14_fails_exactly_the_rows_that_read_it(capsys, tmp_path):
     assert f"{len(ROW_NAMES) - len(failed)} of {len(ROW_NAMES)} rows within tolerance" in out
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_tolerance_is_the_real_halves_distance_times_the_factor(capsys, tmp_path):
     docs = {}
     for factor in ("1", "2"):
@@ -145,7 +145,7 @@ def test_tolerance_is_the_real_halves_distance_times_the_factor(capsys, tmp_path
     assert docs["1"]["contrail_width"]["half_distance"] is None
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_rows_that_need_what_records_lack_are_skipped(capsys, tmp_path):
     # Two validation records (the fixture's, and a copy under another id): pixel masks only, one contrail.
     real = tmp_path / "val-only"
@@ -162,7 +162,7 @@ def test_rows_that_need_what_records_lack_are_skipped(capsys, tmp_path):
     assert "skipped: no individual masks in REAL" in " ".join(out.split()) and "4 skipped" in out
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_without_synth_a_fresh_set_of_the_generator_is_measured(capsys, tmp_path):
     code, out, _ = compare(
         capsys, FIXTURE, "--records", "3", "--out", tmp_path / "fig", "--json", tmp_path / "r.json"
@@ -229,7 +229,7 @@ def test_rows_from_hand_made_records_use_the_circle_and_the_floor():
     assert rows["annotator_agreement"].skipped == "no individual masks in REAL"
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_the_statistics_import_no_torch():
     import subprocess
     import sys

@@ -45,7 +45,7 @@ def three_models(teacher_ckpt, tmp_path_factory):
     return {"teacher": teacher_ckpt, "student": student, "baseline": baseline}
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_compare_measures_each_model_and_writes_json_and_png(distill_root, three_models, tmp_path):
     res = compare(
         three_models["teacher"],

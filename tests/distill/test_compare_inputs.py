@@ -24,7 +24,7 @@ def no_scoring(monkeypatch):
         ({"frames": (2, 3, 4)}, "data.frames", r"\[2, 3, 4\]", r"\[0, 1, 2, 3, 4\]"),
     ],
 )
-@pytest.mark.slow
+@pytest.mark.medium
 def test_a_student_reading_other_input_is_refused_before_scoring(
     tmp_path, no_scoring, student_kwargs, key, student_value, teacher_value
 ):
@@ -37,7 +37,7 @@ def test_a_student_reading_other_input_is_refused_before_scoring(
         compare_mod.compare(teacher, student, tmp_path, device="cpu")
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_baseline_is_checked_before_scoring_and_named(tmp_path, no_scoring):
     teacher = make_checkpoint(tmp_path / "teacher.ckpt", seed=1)
     student = make_checkpoint(tmp_path / "student.ckpt", seed=2)

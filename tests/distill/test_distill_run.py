@@ -47,7 +47,7 @@ class LastValidationBatch(Callback):
         self.batch = {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(
     distill_root, teacher_ckpt, tmp_path
 ):
@@ -105,7 +105,7 @@ def test_distillation_logs_its_schedules_and_saves_a_plain_segmentation_student(
     assert student.model(torch.zeros(1, 3, 1, 32, 32)).shape == (1, 1, 32, 32)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_resume_mid_schedule_restores_the_frozen_set_and_groups(
     distill_root, teacher_ckpt, tmp_path, monkeypatch
 ):
@@ -167,7 +167,7 @@ def test_teacher_errors_are_one_line_naming_the_key(distill_root, teacher_ckpt, 
         build_task(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"schedule": "onecycle"})}))
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_distillation_on_an_image_folder_and_the_student_evaluates_as_segmentation(tmp_path):
     from segladder.inference.evaluate import evaluate
     from tests.distill.images import write_image_folder

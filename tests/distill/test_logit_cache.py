@@ -70,7 +70,7 @@ class PassesPerEpoch(Callback):
         self.passes.append(pl_module.teacher_passes)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_training_with_the_cache_runs_the_teacher_in_the_first_epoch_only(
     distill_root, teacher_ckpt, tmp_path
 ):

@@ -27,7 +27,7 @@ def _truncate(path, keep: float = 0.5) -> None:
     path.write_bytes(data[: int(len(data) * keep)])
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_truncated_last_resumes_from_best(run_copy, capsys):
     ck = run_copy / "checkpoints"
     (ck / "last.ckpt").unlink()
@@ -41,7 +41,7 @@ def test_truncated_last_resumes_from_best(run_copy, capsys):
     assert not (ck / ".last.ckpt.abc123.tmp").exists() and "partial checkpoint" in err
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_newest_intact_checkpoint_wins(run_copy, capsys):
     ck = run_copy / "checkpoints"
     state = torch.load(ck / "last.ckpt", weights_only=True)
@@ -124,7 +124,7 @@ def test_cut_manifest(cache_copy, capsys, monkeypatch):
     assert np.load(cache_copy / "train" / "done.npy").all()  # reading never changes the cache
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_a_weights_only_checkpoint_cannot_resume(run_copy, capsys, monkeypatch):
     """best.ckpt under trainer.optimizer_state=last holds the weights only: never a place to resume from,
     even when it is the newest; with nothing else the run is refused in one line."""

@@ -69,7 +69,7 @@ def test_first_checkpoint_on_a_full_disk(fault_cache, tiny_run, small_fs, capsys
     assert (run / "config.yaml").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_disk_full_at_last_resumes_from_best_and_finishes(
     fault_cache, tiny_run, small_fs, capsys, monkeypatch
 ):

@@ -51,7 +51,7 @@ def interrupt(slow: str, delay: float, args: list, ready: Callable[[], bool], si
     return proc.returncode, err
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_training_stops_cleanly_and_resumes(fault_cache, tmp_path, sig, capsys, monkeypatch):
     run = tmp_path / "run"
@@ -85,7 +85,7 @@ def test_training_stops_cleanly_and_resumes(fault_cache, tmp_path, sig, capsys, 
     assert [h["epoch"] for h in json.loads(metrics.read_text())["epochs"]] == [0, 1, 2]
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_data_prepare_stops_cleanly_and_continues(fault_root, tmp_path, capsys, monkeypatch):
     out = tmp_path / "cache"
     args = ["data", "prepare", fault_root, "--out", out, "--frames", "3,4", "--size", "32", "--workers", "1"]
@@ -111,7 +111,7 @@ def test_data_prepare_stops_cleanly_and_continues(fault_root, tmp_path, capsys, 
     assert len(ContrailsCache(out).split("validation")) == 8
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_synth_stops_cleanly_and_continues(tmp_path, capsys, monkeypatch):
     out = tmp_path / "synth"
     args = [
@@ -143,7 +143,7 @@ def test_synth_stops_cleanly_and_continues(tmp_path, capsys, monkeypatch):
     assert len(list((out / "train").iterdir())) == 12
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_predict_stops_cleanly_and_rerun_finishes(fault_root, tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "preds"
     args = [

@@ -20,7 +20,7 @@ def test_same_epoch_best_and_last_are_one_file(tiny_run):
     assert os.path.samefile(best, last) and best.stat().st_nlink == 2
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_optimizer_state_only_in_last(fault_cache, tmp_path):
     run = train(
         tiny_config(
@@ -36,7 +36,7 @@ def test_optimizer_state_only_in_last(fault_cache, tmp_path):
     assert load_checkpoint(best).threshold == b["segladder"]["threshold"]  # inference needs nothing more
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_last_follows_every_epoch_even_when_best_does_not(fault_cache, tmp_path):
     res = train(tiny_config(fault_cache, **{"trainer.max_epochs": 3}), out=tmp_path / "run")
     ck = res.run_dir / "checkpoints"

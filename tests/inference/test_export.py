@@ -22,14 +22,14 @@ def exported(synth_root, seg_ckpt, tmp_path_factory):
     return export_onnx(seg_ckpt, path, data=synth_root)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_parity_on_random_and_real_input(exported):
     assert exported.max_abs_diff_random <= 1e-4
     assert exported.max_abs_diff_real is not None and exported.max_abs_diff_real <= 1e-4
     assert exported.real_records == 4
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_dynamic_batch_and_metadata(exported, seg_ckpt):
     session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
     x = torch.rand(5, 3, 5, 32, 32)
@@ -77,7 +77,7 @@ def test_foreign_onnx_is_refused(tmp_path):
         OnnxSegmenter(tmp_path / "junk.onnx")
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_cli_export_classifier(tmp_path):
     ck = make_checkpoint(tmp_path / "cls.ckpt", "Classifier", task="classification", frames=(4,))
     r = CliRunner().invoke(app, ["export", "onnx", str(ck), "--out", str(tmp_path / "cls.onnx")])

@@ -155,7 +155,7 @@ def test_cli_predict(synth_root, seg_ckpt, tmp_path):
 # ----------------------------------------------------------------------------------- bad input
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_refuses_bad_checkpoints_before_work(synth_root, seg_ckpt, tmp_path):
     cls = make_checkpoint(tmp_path / "cls.ckpt", "Classifier", task="classification")
     with pytest.raises(CheckpointError, match="classification checkpoint"):

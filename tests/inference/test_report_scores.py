@@ -28,7 +28,7 @@ def cache(synth_root, tmp_path_factory):
     return out
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_report_per_record_dice_is_evaluates(cache, tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.ckpt", seed=1)
     # A threshold at the median probability of the decoded records, so the masks are neither empty nor full.

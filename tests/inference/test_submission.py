@@ -38,7 +38,7 @@ def reference_rle(mask: np.ndarray) -> str:
 masks = st.tuples(st.integers(1, 12), st.integers(1, 12)).flatmap(lambda s: arrays(np.bool_, s))
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 @settings(max_examples=300, deadline=None)
 @given(masks)
 def test_rle_matches_the_reference_and_round_trips(mask):

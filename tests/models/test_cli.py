@@ -14,7 +14,7 @@ def run(*args):
     return result
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_list_shows_every_model_with_its_size():
     result = run("list")
     assert result.exit_code == 0, result.output
@@ -26,7 +26,7 @@ def test_list_shows_every_model_with_its_size():
     assert "GFLOPs" not in result.output
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_list_counts_flops_at_the_given_size():
     result = run("list", "--flops", "--size", "64", "--frames", "2")
     assert result.exit_code == 0, result.output
@@ -54,7 +54,7 @@ def test_every_option_has_help():
             assert getattr(param, "help", None), f"models {command.name}: {param.name} has no help"
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_list_keeps_every_name_whole_in_80_columns():
     result = CliRunner().invoke(app, ["models", "list"], env={"COLUMNS": "80"})
     assert result.exit_code == 0, result.output

@@ -80,7 +80,7 @@ def test_each_rung_adds_its_idea():
     assert millions("ResNet18_ULSTM") - millions("ResNet18_U") == pytest.approx(2.62, abs=0.01)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_coat_ulstm_follows_the_second_place_design():
     model = models.create("CoaT_ULSTM")
     assert model.encoder.channels == [128, 256, 320, 512] and model.encoder.reductions == [4, 8, 16, 32]

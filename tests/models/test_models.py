@@ -21,7 +21,7 @@ def expected_shape(name, batch, size):
     return {"label": (batch, 1), "box": (batch, 4, size)}.get(output, (batch, 1, size, size))
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 @pytest.mark.parametrize("name", ALL)
 def test_shapes_dtype_and_finite_gradients(name):
     model = make(name).train()
@@ -41,7 +41,7 @@ def test_shapes_dtype_and_finite_gradients(name):
     assert any(g.abs().sum() > 0 for g in grads)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 @pytest.mark.parametrize("name", ALL)
 def test_bf16_autocast_and_channels_last(name):
     kwargs = {"encoder": "coat_lite_mini"} if name == "CoaT_ULSTM" else {}

@@ -83,7 +83,7 @@ def test_short_sequences_repeat_their_first_frame():
         )
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_frames_are_resized_to_input_size_and_logits_back():
     model = make(input_size=64)
     seen = []
@@ -97,7 +97,7 @@ def test_frames_are_resized_to_input_size_and_logits_back():
         make()(torch.rand(1, 3, 3, 40, 40))  # input_size=None: the input itself must fit
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_hard_and_soft_heads():
     model = make()
     x = torch.rand(2, 3, 3, 32, 32)
@@ -113,7 +113,7 @@ def test_unknown_options_are_refused():
         models.create("Unet25D", fusion="residual")  # segladder's earlier fusion is gone (docs/models.md)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_task_trains_the_hard_head_with_dice_on_the_mask():
     cfg = build_config(
         {

@@ -49,7 +49,7 @@ def test_saved_model_state_loads_into_a_fresh_model(tmp_path):
     assert fresh.encoder_report.unexpected, "the decoder tensors of the file should be reported as unused"
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_safetensors_and_hub_folder(tmp_path):
     state = timm_state()
     snapshot = tmp_path / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc"
@@ -60,7 +60,7 @@ def test_safetensors_and_hub_folder(tmp_path):
         assert torch.equal(model.encoder.model.conv1.weight, state["conv1.weight"])
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_original_coat_checkpoint_loads(tmp_path):
     state = timm_state("coat_lite_mini")
     torch.save({"model": state}, tmp_path / "coat_lite_mini.pth")  # the mlpc-ucsd release layout
@@ -83,7 +83,7 @@ def test_classifier_keeps_its_new_head(tmp_path):
     assert model.weights_report.missing == ["fc.weight", "fc.bias"]
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_weights_of_another_architecture_are_refused(tmp_path):
     torch.save(timm_state("resnet50"), tmp_path / "r50.pth")
     with pytest.raises(
@@ -159,7 +159,7 @@ def test_pretrained_true_finds_a_torchvision_download(offline_env):
     assert torch.equal(model.encoder.model.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_auto_finds_weights_named_after_the_encoder_in_segladder_weights(offline_env, monkeypatch):
     folder = offline_env / "weights"
     folder.mkdir()

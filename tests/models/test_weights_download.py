@@ -132,7 +132,7 @@ def test_a_repo_with_only_the_pickled_file_is_read_after_the_safetensors_miss(hu
     assert hub.requests == [("HEAD", FILE_PATH), ("HEAD", bin_path), ("GET", bin_path)]
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_a_cached_file_is_used_without_asking_the_hub(hub):
     state = hub.serve_weights(seed=6)
     Encoder(NAME, pretrained=True)
@@ -181,7 +181,7 @@ def test_no_network_is_a_clear_error(hub, monkeypatch):
     assert f"{closed} could not be reached (ConnectError" in first and "is there a network?" in first
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_importing_segladder_changes_no_environment_variable():
     """HF_HUB_OFFLINE stays unset (the user's switch), and albumentations' PyPI check is skipped without
     NO_ALBUMENTATIONS_UPDATE being left behind."""

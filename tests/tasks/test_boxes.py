@@ -95,7 +95,7 @@ def test_boxes_refuses_mask_models_and_contrails_data(box_set):
         check_experiment(tiny_config(box_set, **{"data.folds": "folds.csv"}))
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_training_writes_the_papers_metrics_and_a_picture(trained):
     final = trained.metrics["final"]
     for key in (
@@ -113,7 +113,7 @@ def test_training_writes_the_papers_metrics_and_a_picture(trained):
     assert list((trained.run_dir / "overlays").glob("*.png"))
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_curves_png_draws_the_box_metrics(trained):
     from PIL import Image
 
@@ -125,7 +125,7 @@ def test_curves_png_draws_the_box_metrics(trained):
         assert (np.abs(right - colour).sum(-1) < 30).sum() > 20, colour
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_adjust_and_evaluate_from_the_checkpoint(trained, box_set, tmp_path):
     from segladder.cli import _register
     from segladder.cli.app import app
@@ -323,7 +323,7 @@ def test_box_max_move_keeps_far_moves_at_the_rough_position(trained, box_set, tm
     assert bad.exit_code != 0 and "--max-move -1" in str(bad.exception)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_box_calibrate_writes_a_gated_copy_and_leaves_the_input_alone(trained, box_set, tmp_path):
     import hashlib
 
@@ -424,7 +424,7 @@ def test_one_box_with_bad_size_is_a_clear_error(trained, box_set):
     ).all()
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_onnx_export_matches_pytorch(trained, tmp_path):
     import onnx
 

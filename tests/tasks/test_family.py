@@ -53,7 +53,7 @@ def test_the_resolved_config_travels_typed_into_the_task():
     assert task.cfg.data is cfg.data and "in_chans" not in cfg.model.kwargs
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_cli_refuses_a_classifier_under_the_segmentation_task_in_one_line(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     proc = subprocess.run(
@@ -91,7 +91,7 @@ def test_overrides_are_typed_by_the_field_they_set():
     assert cfg.name == "2023" and cfg.data.root == "off" and cfg.data.batch_size == 4
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_a_dataset_folder_named_2023_trains(train_root, tmp_path, monkeypatch):
     shutil.copytree(train_root, tmp_path / "2023")
     monkeypatch.chdir(tmp_path)
@@ -129,7 +129,7 @@ class PositiveFractionTask(Task):
         self.log("val/neg_mse", -mse, on_epoch=True, batch_size=batch["image"].shape[0])
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_a_new_task_is_one_registered_class(train_cache, tmp_path):
     """Registering a Task subclass is all it takes: the builder, the callbacks and the run directory take it as it is."""
     if "positive_fraction" not in TASKS:

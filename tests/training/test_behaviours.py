@@ -42,7 +42,7 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     )
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_classification_task_end_to_end_and_the_epoch_end_loss(train_cache, tmp_path, monkeypatch):
     from segladder.inference.checkpoint import load_checkpoint
     from segladder.inference.evaluate import evaluate
@@ -96,7 +96,7 @@ def test_classification_task_end_to_end_and_the_epoch_end_loss(train_cache, tmp_
         evaluate(res.best_checkpoint, train_cache, "validation", tmp_path / "eval", progress=False)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 @pytest.mark.parametrize("source", ["raw", "cache"])
 def test_crops_train_at_native_resolution_and_validation_sees_whole_images(
     train_root, train_cache, source, tmp_path

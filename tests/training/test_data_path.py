@@ -8,7 +8,7 @@ from segladder.training.run import train
 from tests.training.conftest import quick_config
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_two_epochs_on_uint8_batches_match_the_float_path(train_cache, tmp_path, monkeypatch):
     over = {
         "model.name": "ResNet18_SimplerFCN",

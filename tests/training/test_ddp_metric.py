@@ -28,7 +28,7 @@ def _worker(rank, world, init_file, out_file):
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_sweep_dice_reduces_across_two_processes(tmp_path):
     out = tmp_path / "res.pt"
     mp.start_processes(_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, start_method="spawn")

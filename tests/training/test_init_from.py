@@ -26,7 +26,7 @@ def _weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in module.state_dict().items() if v.is_floating_point() and "running" not in k}
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_the_run_starts_from_the_checkpoints_weights_and_trains_on(synth_root, source, tmp_path):
     src = _weights(load_checkpoint(source).model)
     # Another seed: a fresh model differs from the checkpoint everywhere, so equality below is the load's.
@@ -42,7 +42,7 @@ def test_the_run_starts_from_the_checkpoints_weights_and_trains_on(synth_root, s
     assert all(torch.allclose(tuned[k], src[k], atol=1e-6) for k in src)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_weights_that_mean_something_else_are_refused_naming_the_key(synth_root, source, tmp_path):
     with pytest.raises(ConfigError, match=r"trainer.init_from: .* does not exist"):
         build_task(tiny_config(synth_root, **{"trainer.init_from": tmp_path / "none.ckpt"}))

@@ -153,7 +153,7 @@ def test_coat_ulstm_config_is_the_second_place_recipe():
     assert cfg.model.kwargs["pretrained"] == "auto"
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_training_steps_with_the_second_place_optimiser_and_augmentation(train_cache, tmp_path):
     recipe = load_config(CONFIG_DIR / "coat_ulstm.yaml")
     cfg = quick_config(
@@ -177,7 +177,7 @@ def test_training_steps_with_the_second_place_optimiser_and_augmentation(train_c
     assert (res.run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_the_recipes_gradient_clip_is_what_the_optimiser_steps_with(train_cache, tmp_path):
     """The optimiser sees gradients of norm 1.5 (the recipe's clip) when the raw ones are larger."""
     import lightning as L

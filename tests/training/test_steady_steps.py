@@ -126,7 +126,7 @@ class _NoHostReads(L.Callback):
         self._allow()
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_steady_steps_read_nothing_back(tmp_path):
     """The user's Trainer (progress bar, recorder, checkpoints, logger) with clipping and bf16: between log
     steps no tensor value reaches Python."""
@@ -210,7 +210,7 @@ class _ClippedGrads(L.Callback):
         self.largest.append(max(float(g.abs().max()) for g in grads))
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 @pytest.mark.parametrize("precision", ["32", "bf16-mixed"])
 def test_clipping_acts_with_a_fused_optimiser(tmp_path, precision):
     """Lightning refuses to clip for a fused optimiser under mixed precision; the task clips instead."""

@@ -16,7 +16,7 @@ from segladder.training.run import train
 from tests.training.conftest import quick_config
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_tiny_model_learns_and_writes_the_run_directory(train_cache, tmp_path):
     cfg = quick_config(train_cache, **{"trainer.max_epochs": 5})  # 5 epochs × 5 steps
     res = train(cfg, out=tmp_path / "run")
@@ -61,7 +61,7 @@ def test_tiny_model_learns_and_writes_the_run_directory(train_cache, tmp_path):
     assert (tmp_path / "eval" / "threshold_curve.png").stat().st_size > 1000
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_cli_prints_the_run_directory_last(train_cache, tmp_path):
     from segladder.cli import _register, app
 
@@ -99,7 +99,7 @@ def test_config_and_data_mismatches_fail_before_training(train_cache, tmp_path):
     assert not list((tmp_path / "r2").glob("checkpoints/*"))
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_a_side_the_model_cannot_take_is_refused_under_its_config_key(train_cache, tmp_path):
     # The quick model halves its input 16-fold; 40 is a legal crop for the data (64²) but not for the model.
     with pytest.raises(
@@ -116,7 +116,7 @@ def _final_state(run: Path) -> dict:
     return torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_killed_then_resumed_matches_an_uninterrupted_run(train_cache, tmp_path):
     sets = [
         f"data.root={train_cache}",
@@ -174,7 +174,7 @@ def test_resume_needs_a_checkpoint(tmp_path, train_cache):
         train(None, resume=tmp_path / "r")
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_two_process_ddp_run_reports_the_global_dice(train_cache, tmp_path):
     """Lightning DDP on CPU (gloo): each process validates half the records, the logged Dice is global."""
     cfg = quick_config(
@@ -197,7 +197,7 @@ def test_two_process_ddp_run_reports_the_global_dice(train_cache, tmp_path):
     assert ev.dice_best == pytest.approx(best, abs=1e-5)
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_pseudo_labels_join_the_training_data(train_cache, tmp_path):
     import numpy as np
 
@@ -243,7 +243,7 @@ def test_pseudo_labels_join_the_training_data(train_cache, tmp_path):
     assert res.metrics["epochs"] and res.best_checkpoint is not None
 
 
-@pytest.mark.slow
+@pytest.mark.medium
 def test_auxiliary_head_and_positives_only_segmentation_loss(train_cache, tmp_path):
     """Classify-then-segment: SegCls2D trains its classification head, the mask loss sees positives only."""
     from segladder.training.build import build_task
