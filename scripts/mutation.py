@@ -145,8 +145,8 @@ MUTATIONS: list[Mutation] = [
     M(
         "ladder verdicts",
         "segladder/ladder/gates.py",
-        "    if any(not c.passed and c.kind == FAULT for c in checks):",
-        "    if any(not c.passed for c in checks):",
+        "    if any(not c.passed and c.measured and c.kind == FAULT for c in checks):",
+        "    if any(not c.passed and c.measured for c in checks):",
         T_VERDICT,
         "a missed F1 gate alone fails the rung (the false diagnosis on hard data)",
     ),
