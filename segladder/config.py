@@ -215,16 +215,6 @@ class _DataKeys(_Section):
         """Format `name`'s section: as given, or its defaults (None for a format without one)."""
         return DATA_FORMATS.get(name).options(self)
 
-    # Read-only views for code that still reads the crop geometry at the top of `data` (the box inference
-    # of segladder/inference/boxes.py); they are not config keys: write data.coco.crop_size / buffer_ratio.
-    @property
-    def crop_size(self) -> int:
-        return self.section("coco").crop_size
-
-    @property
-    def buffer_ratio(self) -> float:
-        return self.section("coco").buffer_ratio
-
 
 # Each registered format with a section adds it as an optional field `data.<name>` (None until given).
 DataConfig = create_model(

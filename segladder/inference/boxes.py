@@ -122,8 +122,8 @@ class BoxAdjuster:
             gate, source = EdgeGate(), NO_STORED_GATE
         return cls(
             ck.model.to(dev).eval(),
-            d.crop_size,
-            d.buffer_ratio,
+            d.section("coco").crop_size,
+            d.section("coco").buffer_ratio,
             decode or b.decode,
             b.window,
             b.refine_steps if refine_steps is None else refine_steps,
