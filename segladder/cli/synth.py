@@ -118,6 +118,12 @@ def compare(
         1, "--workers", help="Worker processes reading records (0: one per core, up to 8)."
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr."),
+    classifier: bool = typer.Option(
+        True,
+        "--classifier/--no-classifier",
+        help="Also train a small CNN to tell synthetic patches from real ones and report its AUC "
+        "(0.5: indistinguishable), beside REAL against itself.",
+    ),
 ) -> None:
     """Measure synthetic records against real ones, row by row; exit 1 when any row is out of tolerance.
 
@@ -145,6 +151,7 @@ def compare(
         seed=seed,
         workers=workers or None,
         progress=progress,
+        classifier=classifier,
     )
     console = Console(width=max(Console().width, 120))
     console.print(_comparison_table(result))
@@ -159,6 +166,8 @@ def compare(
     typer.echo(
         f"{within} of {len(compared)} rows within tolerance" + (f", {skipped} skipped" if skipped else "")
     )
+    if result.classifier is not None:
+        typer.echo(_classifier_line(result.classifier))
     if not result.ok:
         raise typer.Exit(1)
 
@@ -189,3 +198,17 @@ def _comparison_table(result) -> Table:
             "ok" if r.ok else "[red]OUT[/red]",
         )
     return table
+
+
+def _classifier_line(aucs: dict) -> str:
+    """The patch classifier's verdict in one line: synthetic against real, and the real floor."""
+    syn, floor = aucs["synthetic"], aucs["floor"]
+    if syn is None:
+        return "patch classifier: skipped (it needs 2 records of each set: one to train on, one to score)"
+    line = (
+        f"patch classifier AUC, synthetic vs real: {syn['auc']:.3f} (0.5: indistinguishable; trained on "
+        f"{syn['train_records'][0]} real and {syn['train_records'][1]} synthetic records, scored on others)"
+    )
+    if floor is not None:
+        line += f"; real vs real: {floor['auc']:.3f} (the floor, noisy with few records)"
+    return line

@@ -498,6 +498,8 @@ class Comparison:
     n_real: int
     n_synthetic: int
     figures: list[Path]
+    # The patch classifier's AUC, synthetic against real and real against itself (`realism_classifier`).
+    classifier: dict | None = None
 
     @property
     def ok(self) -> bool:
@@ -522,8 +524,12 @@ def compare_datasets(
     seed: int = 0,
     workers: int | None = 1,
     progress: bool = True,
+    classifier: bool = True,
 ) -> Comparison:
-    """Measure REAL and SYNTH (or a fresh synthetic set of the current generator), compare, draw, write JSON."""
+    """Measure REAL and SYNTH (or a fresh synthetic set of the current generator), compare, draw, write JSON.
+
+    With `classifier`, a small CNN also tries to tell SYNTH's patches from REAL's (`realism_classifier`).
+    """
     _check_factor(factor)
     real = Path(real)
     n_real = len(dataset_refs(real))
@@ -562,11 +568,12 @@ def compare_datasets(
             synth_root = described = Path(synthetic)
         synth_stats = collect(synth_root, workers=workers, progress=progress, label="reading SYNTH")
         rows = compare_rows(real_stats, synth_stats, factor)
+        aucs = classifier_aucs(real, synth_root, seed) if classifier else None
         out.mkdir(parents=True, exist_ok=True)
         figures = [out / "stats.png", out / "grid.png"]
         draw_stats(rows, figures[0])
         draw_grid(real_stats, synth_stats, figures[1])
-    result = Comparison(rows, real, described, len(real_stats), len(synth_stats), figures)
+    result = Comparison(rows, real, described, len(real_stats), len(synth_stats), figures, aucs)
     if json_path is not None:
         from segladder.io import atomic_write_text
 
@@ -577,6 +584,19 @@ def compare_datasets(
             "factor": factor,
             "ok": result.ok,
             "rows": [r.as_dict() for r in rows],
+            "classifier": aucs,
         }
         atomic_write_text(json_path, json.dumps(doc, indent=1) + "\n")
     return result
+
+
+def classifier_aucs(real: Path, synthetic: Path, seed: int = 0) -> dict:
+    """The patch classifier's AUC for SYNTH against REAL and for REAL against itself (the floor)."""
+    from segladder.data.realism_classifier import realism_auc, realism_floor
+
+    real_refs, synth_refs = dataset_refs(real), dataset_refs(synthetic)
+    enough = min(len(real_refs), len(synth_refs)) >= 2  # one record to train on and one to score, each side
+    return {
+        "synthetic": realism_auc(real_refs, synth_refs, seed=seed).as_dict() if enough else None,
+        "floor": realism_floor(real_refs, seed=seed).as_dict() if len(real_refs) >= 4 else None,
+    }
