@@ -326,7 +326,7 @@ def calibrate(
     The gate is kept only when its cross-validated gain on these boxes clears the noise; otherwise the
     new checkpoint keeps every rough edge, and this says so.
     """
-    from segladder.inference.box_gate import EdgeGate
+    from segladder.inference.box_gate import gate_from_checkpoint_section
     from segladder.inference.boxes import CALIBRATION_FILES, calibrate_gate
     from segladder.io import refuse_overwriting_inputs
 
@@ -338,7 +338,7 @@ def calibrate(
         checkpoint, images, annotations, out, seed=seed, draws=draws, batch_size=batch_size, device=device
     )
     ch, c = r.choice, r.calibration
-    gate = EdgeGate(ch["min_confidence"], float("inf") if ch["max_move"] is None else ch["max_move"])
+    gate = gate_from_checkpoint_section(ch)
     typer.echo(f"{ch['boxes']} boxes ({draws} jitter draw{'s' if draws != 1 else ''}): {ch['reason']}")
     typer.echo(
         f"do-no-harm gate: {gate.describe()}; validation mIoU rough {ch['miou_rough']:.4f}, adjusted "

@@ -300,8 +300,8 @@ def choose_gate(
     else:
         reason += ": the rough boxes are kept (the model could not be shown to help on validation)"
     gate = EdgeGate(c, m)
-    _, moved = gate.apply(rough, snapped, conf)
-    gated = float(box_ious(gate.apply(rough, snapped, conf)[0], true).mean()) if len(true) else 0.0
+    gated_boxes, moved = gate.apply(rough, snapped, conf)
+    gated = float(box_ious(gated_boxes, true).mean()) if len(true) else 0.0
     return GateChoice(
         min_confidence=c,
         max_move=m,

@@ -479,7 +479,9 @@ def evaluate_boxes(
     rough_xyxy = np.stack([xywh_to_xyxy(rough[i]) for i in ids])
     snapped_xyxy = np.stack([xywh_to_xyxy(snapped[i]) for i in ids])
     conf_arr = np.array([conf[i] for i in ids], np.float64)
-    gated = _gated_pass(adjuster, rough_records, images, batch_size, progress, snapped, conf_arr)
+    gated = _gated_pass(
+        adjuster, rough_records, images, batch_size, progress, snapped, (rough_xyxy, snapped_xyxy, conf_arr)
+    )
     moved = moved_edges(rough_xyxy, np.stack([xywh_to_xyxy(gated[i]) for i in ids]))
     gate = {
         **gate_fields(adjuster),
@@ -519,19 +521,17 @@ def _gated_pass(
     batch_size: int,
     progress: bool,
     snapped: dict,
-    conf: np.ndarray,
+    ungated: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> dict:
-    """The rough boxes adjusted with the adjuster's gate (xywh by id), reusing the ungated pass where it can."""
+    """The rough boxes adjusted with the adjuster's gate (xywh by id), reusing the ungated pass where it can.
+
+    `ungated` is that pass as arrays in `rough_records`' order: (rough xyxy, snapped xyxy, confidence).
+    """
     if adjuster.gate.moves_all:
         return snapped
     if adjuster.refine_steps == 0:  # one pass: the gate applied to the ungated boxes is the gated pass
-        ids = [r.ann_id for r in rough_records]
-        g, _ = adjuster.gate.apply(
-            np.stack([xywh_to_xyxy(r.box) for r in rough_records]),
-            np.stack([xywh_to_xyxy(snapped[i]) for i in ids]),
-            conf,
-        )
-        return {i: xyxy_to_xywh(b) for i, b in zip(ids, g, strict=True)}
+        g, _ = adjuster.gate.apply(*ungated)
+        return {r.ann_id: xyxy_to_xywh(b) for r, b in zip(rough_records, g, strict=True)}
     gated, _ = adjuster.adjust_records(rough_records, images, batch_size, progress=progress)
     return gated
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import lightning as L
@@ -187,7 +186,7 @@ class BoxGateReport(L.Callback):
 
 def write_gate_report(checkpoint: Path, run_dir: Path) -> dict | None:
     """box_calibration.json and reliability.png of `checkpoint`'s stored gate, in `run_dir`; None when it has none."""
-    from segladder.inference.box_gate import EdgeGate, reliability_png
+    from segladder.inference.box_gate import gate_from_checkpoint_section, reliability_png
     from segladder.inference.checkpoint import CHECKPOINT_KEY, read_checkpoint_file
     from segladder.io import atomic_write_json
     from segladder.progress import console
@@ -201,9 +200,7 @@ def write_gate_report(checkpoint: Path, run_dir: Path) -> dict | None:
     reliability_png(gate["calibration"], run_dir / "reliability.png", f"validation, {checkpoint.name}")
     cal = gate["calibration"]
     auc = "n/a" if cal["auc"] is None else f"{cal['auc']:.3f}"
-    described = EdgeGate(
-        gate["min_confidence"], math.inf if gate.get("max_move") is None else gate["max_move"]
-    )
+    described = gate_from_checkpoint_section(gate)
     why = f"; {gate['reason']}" if gate.get("reason") else ""
     console.print(
         f"do-no-harm gate of {checkpoint.name}: {described.describe()}{why} "
