@@ -4,12 +4,16 @@
 # synthetic validation. 6 minutes on 2 idle CPU cores with the defaults (measured; docs/benchmarks.md).
 #
 #   scripts/sim2real.sh OUT [REAL [SPLIT]]
+#   INJECT=SAMPLE_ROOT scripts/sim2real.sh OUT [REAL [SPLIT]]
 #
-# Environment: RECORDS (320), VAL_RECORDS (48), EPOCHS (the config's), SEED (0), CONFIG (configs/sim2real.yaml),
-# SEGLADDER (segladder). Re-running resumes the synthesis and the cache and retrains.
+# With INJECT, the records are SAMPLE_ROOT's real ones with contrails injected (`segladder synth inject`),
+# leaving out every record of REAL/SPLIT, so the score is on skies the model never saw.
+# Environment: RECORDS (320), VAL_RECORDS (48), EPOCHS (the config's), SEED (0), CONFIG (configs/sim2real.yaml,
+# with INJECT configs/sim2real_inject.yaml), SEGLADDER (segladder). Re-running resumes the synthesis and the
+# cache and retrains.
 set -euo pipefail
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 # Bad arguments are found here, before any work: one line on stderr naming the argument and the fix, exit 2.
 fail() {
   echo "sim2real.sh: $*" >&2
@@ -29,7 +33,12 @@ SPLIT=${3:-train}
 RECORDS=${RECORDS:-320}
 VAL_RECORDS=${VAL_RECORDS:-48}
 SEED=${SEED:-0}
-CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real.yaml}
+INJECT=${INJECT:-}
+if [ -n "$INJECT" ]; then
+  CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real_inject.yaml}
+else
+  CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real.yaml}
+fi
 SEGLADDER=${SEGLADDER:-segladder}
 
 [ -n "$OUT" ] || fail "OUT is empty; give the folder to write into."
@@ -42,6 +51,7 @@ if [ -n "$REAL" ]; then
   esac
   [ -d "$REAL/$SPLIT" ] || fail "REAL $REAL has no $SPLIT/ folder; give the dataset root, or another SPLIT (train or validation)."
 fi
+[ -z "$INJECT" ] || [ -d "$INJECT" ] || fail "INJECT $INJECT is not a folder; give the real dataset root whose records get the contrails (competition layout)."
 for name in RECORDS VAL_RECORDS SEED; do
   [[ ${!name} =~ ^[0-9]+$ ]] || fail "$name=${!name}: give a whole number."
 done
@@ -55,8 +65,15 @@ if [ -n "${EPOCHS:-}" ]; then EPOCHS_SET=(--set "trainer.max_epochs=$EPOCHS"); f
 
 mkdir -p "$OUT"
 start=$(date +%s)
-$SEGLADDER synth contrails "$OUT/synth" --records "$RECORDS" --val-records "$VAL_RECORDS" --test-records 0 \
-  --size 256 --seed "$SEED" --no-progress
+if [ -n "$INJECT" ]; then
+  EXCLUDE=()
+  if [ -n "$REAL" ]; then EXCLUDE=(--exclude-like "$REAL/$SPLIT"); fi
+  $SEGLADDER synth inject "$INJECT" --out "$OUT/synth" --records "$RECORDS" --val-records "$VAL_RECORDS" \
+    --seed "$SEED" --no-progress "${EXCLUDE[@]}"
+else
+  $SEGLADDER synth contrails "$OUT/synth" --records "$RECORDS" --val-records "$VAL_RECORDS" --test-records 0 \
+    --size 256 --seed "$SEED" --no-progress
+fi
 $SEGLADDER data prepare "$OUT/synth" --out "$OUT/cache" --frames 4 --workers 2
 $SEGLADDER train "$CONFIG" --out "$OUT/run" --set "data.root=$OUT/cache" --set "seed=$SEED" "${EPOCHS_SET[@]}"
 cp "$OUT/run/checkpoints/best.ckpt" "$OUT/best.ckpt"

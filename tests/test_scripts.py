@@ -41,6 +41,11 @@ def sim2real(tmp_path, *args, **env):
         (["{out}"], {"CONFIG": "{tmp}/none.yaml"}, r"^sim2real\.sh: CONFIG \S*none\.yaml does not exist"),
         (
             ["{out}"],
+            {"INJECT": "{tmp}/nowhere"},
+            r"^sim2real\.sh: INJECT \S*nowhere is not a folder; give the real",
+        ),
+        (
+            ["{out}"],
             {"SEGLADDER": "no-such-segladder"},
             r"^sim2real\.sh: SEGLADDER=no-such-segladder: no such",
         ),
@@ -55,6 +60,7 @@ def sim2real(tmp_path, *args, **env):
         "records",
         "epochs",
         "config",
+        "inject-missing",
         "segladder",
     ],
 )
@@ -75,3 +81,17 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path, args, env, message)
 def test_help_goes_to_stdout_with_exit_0(tmp_path):
     p, _ = sim2real(tmp_path, "--help")
     assert p.returncode == 0 and p.stdout.startswith("Sim-to-real:") and p.stderr == ""
+
+
+def test_inject_mode_leaves_the_scored_records_out_of_the_skies(tmp_path):
+    (tmp_path / "real" / "validation").mkdir(parents=True)
+    (tmp_path / "sample").mkdir()
+    p, calls = sim2real(
+        tmp_path, tmp_path / "out", tmp_path / "real", "validation", INJECT=str(tmp_path / "sample")
+    )
+    # The fake segladder writes no checkpoint, so the run stops after training; the calls are what counts.
+    first, *rest = calls.read_text().splitlines()
+    assert first.startswith(f"synth inject {tmp_path / 'sample'} --out {tmp_path / 'out'}/synth ")
+    assert first.endswith(f"--exclude-like {tmp_path / 'real'}/validation")
+    assert any(c.startswith("train ") and "sim2real_inject.yaml" in c for c in rest)
+    assert p.returncode != 0

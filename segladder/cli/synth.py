@@ -92,6 +92,87 @@ def contrails(
     )
 
 
+@synth_app.command("inject")
+def inject(
+    real: Path = typer.Argument(
+        ...,
+        help="Real labelled records in the competition layout: their skies, and their own labels, are kept.",
+    ),
+    out: Path = typer.Option(..., "--out", help="Dataset directory to create (or resume into)."),
+    records: int = typer.Option(256, "--records", help="Train records to write (with individual masks)."),
+    val_records: int = typer.Option(
+        32,
+        "--val-records",
+        help="Validation records (pixel masks only), on skies training never sees; 0 for none.",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Random seed: the same arguments give the same files."),
+    corridors: float = typer.Option(
+        3.2,  # segladder.data.inject.DEFAULT_CORRIDORS, as `synth contrails` draws them
+        "--corridors",
+        help="Mean flight corridors of contrails per 256² record that gets any (a fifth get none, as in "
+        "`synth contrails`).",
+    ),
+    use: list[str] = typer.Option(None, "--use", help="Inject into only these record ids (repeatable)."),
+    exclude: list[str] = typer.Option(None, "--exclude", help="Leave these record ids out (repeatable)."),
+    exclude_like: Path = typer.Option(
+        None,
+        "--exclude-like",
+        help="Leave out every record id found in this dataset root or split folder (e.g. the records you "
+        "will score on).",
+    ),
+    val_backgrounds: int = typer.Option(
+        None,
+        "--val-backgrounds",
+        help="Real records kept for the validation split's skies (default: a quarter, at least 1; 0 shares "
+        "the train skies).",
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace a dataset in OUT made with other arguments."
+    ),
+    progress: bool = typer.Option(
+        True, "--progress/--no-progress", help="Show a progress bar with ETA on stderr."
+    ),
+) -> None:
+    """Draw synthetic contrails into real records (contrail injection), in the competition layout.
+
+    Each output record is a real record, turned by one of the 8 rotations and flips, with contrails added
+    in brightness-temperature space: band 14 cools towards the ice's top, every other band by its measured
+    share (docs/data.md, "Contrail injection"). Its own labels stay; the injected contrails are labelled as
+    `synth contrails` labels them.
+    """
+    from segladder.data.inject import inject_contrails
+
+    summary = inject_contrails(
+        real,
+        out,
+        records=records,
+        val_records=val_records,
+        seed=seed,
+        corridors=corridors,
+        use=use or (),
+        exclude=exclude or (),
+        exclude_like=exclude_like,
+        val_backgrounds=val_backgrounds,
+        progress=progress,
+        overwrite=overwrite,
+    )
+    table = Table(title=f"contrails injected into {real}, seed {seed}")
+    for col in ("split", "records", "with contrails", "real skies"):
+        table.add_column(col, justify="left" if col == "split" else "right")
+    for split, n in summary.records.items():
+        skies = summary.backgrounds[split]
+        table.add_row(split, str(n), str(summary.positive_records[split]), str(len(skies)))
+    console = Console()
+    console.print(table)
+    shared = set(summary.backgrounds["train"]) & set(summary.backgrounds["validation"])
+    console.print(
+        f"{summary.written} record(s) written ({summary.injected_contrails} labelled contrails drawn), "
+        f"{summary.skipped} already present"
+        + ("; validation shares the train skies" if shared and summary.records["validation"] else "")
+        + f". Dataset: {summary.path}"
+    )
+
+
 @synth_app.command("compare")
 def compare(
     real: Path = typer.Argument(
@@ -204,10 +285,19 @@ def _classifier_line(aucs: dict) -> str:
     """The patch classifier's verdict in one line: synthetic against real, and the real floor."""
     syn, floor = aucs["synthetic"], aucs["floor"]
     if syn is None:
-        return "patch classifier: skipped (it needs 2 records of each set: one to train on, one to score)"
+        return (
+            "patch classifier: skipped (it needs 2 records of each set, one to train on and one to score; "
+            "real records SYNTH was injected into do not count)"
+        )
     line = (
         f"patch classifier AUC, synthetic vs real: {syn['auc']:.3f} (0.5: indistinguishable; trained on "
-        f"{syn['train_records'][0]} real and {syn['train_records'][1]} synthetic records, scored on others)"
+        f"{syn['train_records'][0]} real and {syn['train_records'][1]} synthetic records, scored on others"
+        + (
+            f"; {syn['real_records_left_out']} real records left out: SYNTH's skies"
+            if syn.get("real_records_left_out")
+            else ""
+        )
+        + ")"
     )
     if floor is not None:
         line += f"; real vs real: {floor['auc']:.3f} (the floor, noisy with few records)"

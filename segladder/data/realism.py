@@ -592,11 +592,19 @@ def compare_datasets(
 
 def classifier_aucs(real: Path, synthetic: Path, seed: int = 0) -> dict:
     """The patch classifier's AUC for SYNTH against REAL and for REAL against itself (the floor)."""
+    from segladder.data.inject import injection_backgrounds
     from segladder.data.realism_classifier import realism_auc, realism_floor
 
     real_refs, synth_refs = dataset_refs(real), dataset_refs(synthetic)
-    enough = min(len(real_refs), len(synth_refs)) >= 2  # one record to train on and one to score, each side
+    # Injected records share their skies with the real records they were built on: compared with those,
+    # the classifier would see the same clouds on both sides. It meets only the other real records.
+    skies = injection_backgrounds(synthetic)
+    others = [r for r in real_refs if r.record_id not in skies]
+    enough = min(len(others), len(synth_refs)) >= 2  # one record to train on and one to score, each side
+    result = realism_auc(others, synth_refs, seed=seed).as_dict() if enough else None
+    if result is not None:
+        result["real_records_left_out"] = len(real_refs) - len(others)
     return {
-        "synthetic": realism_auc(real_refs, synth_refs, seed=seed).as_dict() if enough else None,
+        "synthetic": result,
         "floor": realism_floor(real_refs, seed=seed).as_dict() if len(real_refs) >= 4 else None,
     }

@@ -397,20 +397,27 @@ def _contrails(
     wind: np.ndarray,
     width_scale: float = 1.0,
     opacity_scale: float = 1.0,
+    *,
+    extra_clusters: float = _EXTRA_CLUSTERS,
+    empty_share: float = _NO_CLUSTER_SHARE,
+    with_look_alikes: bool = True,
 ) -> tuple[list[_Contrail], list[_Contrail]]:
     """(labelled, unlabelled) lines: contrails that pass the labelling rules; the rest and the look-alikes.
 
     `width_scale` widens every line (and its spreading) and `opacity_scale` thickens its ice (at most
     0.9) before the rules are applied; look-alikes alike, so they stay as hard to tell apart.
+    `extra_clusters` (mean flight corridors beyond the first at 256²) and `empty_share` (share of
+    records with none) set how many are drawn; contrail injection leaves the look-alikes out, since a real
+    sky brings its own.
     """
     lines: list[_Contrail] = []
-    if rng.random() >= _NO_CLUSTER_SHARE:
-        for _ in range(1 + min(5, int(rng.poisson(_EXTRA_CLUSTERS * _area(size))))):
+    if rng.random() >= empty_share:
+        for _ in range(1 + min(5, int(rng.poisson(extra_clusters * _area(size))))):
             lines += _cluster(rng, size, wind)
     if rng.random() < 0.15:  # one forming only after the labelled frame: not in the label
         c = _cluster(rng, size, wind)[0]
         lines.append(replace(c, formed=rng.uniform(0.1, 2.5)))
-    look_alikes = _look_alikes(rng, size, wind)
+    look_alikes = _look_alikes(rng, size, wind) if with_look_alikes else []
     if width_scale != 1.0 or opacity_scale != 1.0:
         lines, look_alikes = (
             [
@@ -471,14 +478,20 @@ def _ice_frames(
 
 
 def _annotators(
-    rng: np.random.Generator, labelled: list[_Contrail], others: list[_Contrail], size: int
+    rng: np.random.Generator,
+    labelled: list[_Contrail],
+    others: list[_Contrail],
+    size: int,
+    n: int | None = None,
 ) -> np.ndarray:
     """(size, size, R) uint8: each annotator's take on the labelled frame, R in 4..6 (mostly 4, as on real data).
 
     Faint contrails are missed more often; some annotators draw thinner or fatter; now and then one marks a
     look-alike or an unlabelled line that the others leave out (a minority, so it never reaches the mask).
+    `n` fixes R (injection matches a real record's annotators).
     """
-    n = int(rng.choice([4, 4, 4, 5, 6]))
+    if n is None:
+        n = int(rng.choice([4, 4, 4, 5, 6]))
     masks = np.zeros((n, size, size), np.uint8)
     for a in range(n):
         style = float(rng.choice(_ANNOTATOR_STYLES))
@@ -696,6 +709,12 @@ def write_record(
     """
     record_dir = Path(record_dir)
     files = make_record(rng, size=size, split=split, width_scale=width_scale, opacity_scale=opacity_scale)
+    save_record(record_dir, files)
+    return _stats(record_dir.name, split, files)
+
+
+def save_record(record_dir: Path, files: dict[str, np.ndarray]) -> None:
+    """Write a record's files into `record_dir` all or none, through a hidden `.<record_id>.tmp` sibling."""
     tmp = record_dir.parent / f".{record_dir.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -710,7 +729,6 @@ def write_record(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return _stats(record_dir.name, split, files)
 
 
 def _existing_stats(record_dir: Path, split: str) -> RecordStats | None:
