@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
-CONFIG = HERE.parent / "configs" / "sim2real_inject.yaml"
+CONFIG = HERE.parent / "configs" / "sim2real.yaml"
 
 
 def sh(cmd: list[str], env: dict | None = None) -> None:

@@ -8,9 +8,8 @@
 #
 # With INJECT, the records are SAMPLE_ROOT's real ones with contrails injected (`segladder synth inject`),
 # leaving out every record of REAL/SPLIT, so the score is on skies the model never saw.
-# Environment: RECORDS (320), VAL_RECORDS (48), EPOCHS (the config's), SEED (0), CONFIG (configs/sim2real.yaml,
-# with INJECT configs/sim2real_inject.yaml), SEGLADDER (segladder). Re-running resumes the synthesis and the
-# cache and retrains.
+# Environment: RECORDS (320), VAL_RECORDS (48), EPOCHS (the config's), SEED (0), CONFIG (configs/sim2real.yaml),
+# SEGLADDER (segladder). Re-running resumes the synthesis and the cache and retrains.
 set -euo pipefail
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
@@ -34,11 +33,7 @@ RECORDS=${RECORDS:-320}
 VAL_RECORDS=${VAL_RECORDS:-48}
 SEED=${SEED:-0}
 INJECT=${INJECT:-}
-if [ -n "$INJECT" ]; then
-  CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real_inject.yaml}
-else
-  CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real.yaml}
-fi
+CONFIG=${CONFIG:-$(dirname "$0")/../configs/sim2real.yaml}
 SEGLADDER=${SEGLADDER:-segladder}
 
 [ -n "$OUT" ] || fail "OUT is empty; give the folder to write into."

@@ -93,5 +93,5 @@ def test_inject_mode_leaves_the_scored_records_out_of_the_skies(tmp_path):
     first, *rest = calls.read_text().splitlines()
     assert first.startswith(f"synth inject {tmp_path / 'sample'} --out {tmp_path / 'out'}/synth ")
     assert first.endswith(f"--exclude-like {tmp_path / 'real'}/validation")
-    assert any(c.startswith("train ") and "sim2real_inject.yaml" in c for c in rest)
+    assert any(c.startswith("train ") and "sim2real.yaml" in c for c in rest)
     assert p.returncode != 0
