@@ -349,7 +349,7 @@ def split_backgrounds(
     order = np.random.default_rng(seed).permutation(n)
     val = [pool[i] for i in sorted(order[:val_backgrounds])] if val_records > 0 else []
     train = [r for r in pool if r not in val]
-    return {"train": train, "validation": val or train}
+    return {"train": train, "validation": (val or train) if val_records > 0 else []}
 
 
 def _record_rng(seed: int, split: str, i: int) -> np.random.Generator:

@@ -241,3 +241,15 @@ def test_the_band_shares_are_those_of_real_contrails():
     order = sorted(BANDS, key=inj.BAND_RATIO.__getitem__)
     assert order[-2:] == [14, 15] and order[:2] == [8, 9]
     assert sorted(BANDS, key=sig.band_ratio.__getitem__)[-2:] == [14, 15]
+
+
+def test_validation_skies_are_apart_shared_or_absent_as_asked():
+    pool = inj.background_pool(FIXTURE)
+    apart = inj.split_backgrounds(pool, val_records=4, val_backgrounds=2, seed=0)
+    assert len(apart["validation"]) == 2 and not set(apart["validation"]) & set(apart["train"])
+    assert len(apart["validation"] + apart["train"]) == len(pool) and set(apart["train"]) <= set(pool)
+    shared = inj.split_backgrounds(pool, val_records=4, val_backgrounds=0, seed=0)
+    assert shared["validation"] == shared["train"] == pool
+    assert inj.split_backgrounds(pool, val_records=0, val_backgrounds=None, seed=0)["validation"] == []
+    other_seed = inj.split_backgrounds(pool, val_records=4, val_backgrounds=2, seed=1)["validation"]
+    assert [r.record_id for r in other_seed] != [r.record_id for r in apart["validation"]] or len(pool) < 3
