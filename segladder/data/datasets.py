@@ -240,7 +240,9 @@ class RawContrailsDataset(ContrailsDataset):
             stats = compute_stats(self.source, opts, workers=1, progress=False)
         self.stats = stats
         self.has_mask = self.split != "test"
-        self.has_soft = (refs[0].path / "human_individual_masks.npy").exists()
+        # As the cache: a split has soft labels when any record has annotators' masks (mixed splits occur,
+        # e.g. records of train and validation gathered into one folder to score), so every item carries one.
+        self.has_soft = any((r.path / "human_individual_masks.npy").exists() for r in refs)
 
     def _validated(self, refs, skip_bad: bool):
         """`data check` of every raw record, limited to the band files this dataset reads, with its messages."""
@@ -272,7 +274,10 @@ class RawContrailsDataset(ContrailsDataset):
         image = standardise(s.image, self.channels, self.stats).transpose(3, 0, 1, 2)
         if self.aug is None:
             image = self._standardise_ash(image)
-        return np.ascontiguousarray(image, dtype=np.float32), s.mask, s.soft
+        soft = s.soft
+        if self.has_soft and soft is None and s.mask is not None:
+            soft = s.mask.astype(np.float32)  # its hard label is the best soft one
+        return np.ascontiguousarray(image, dtype=np.float32), s.mask, soft if self.has_soft else None
 
 
 class CachedContrailsDataset(ContrailsDataset):

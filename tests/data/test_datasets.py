@@ -79,3 +79,22 @@ def test_a_cache_and_a_raw_root_open_their_own_reader(synth_root, tmp_path):
         again = pickle.loads(pickle.dumps(ds))
         assert type(again) is type(ds)
         torch.testing.assert_close(again[1]["image"], ds[1]["image"])
+
+
+def test_a_raw_split_mixing_records_with_and_without_annotators_collates(tmp_path):
+    # Records of train (annotators' masks) and validation (pixel mask only) gathered into one folder to
+    # score: every item carries a soft label, the pixel mask where a record has no annotators, as the cache.
+    import shutil
+    from pathlib import Path
+
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "opencontrails_crops"
+    for split in ("train", "validation"):
+        for ref in discover_records(fixture, split)[:2]:
+            shutil.copytree(ref.path, tmp_path / "validation" / ref.record_id)
+    ds = ContrailsDataset(tmp_path, "validation", frames=[4], image_size=32)
+    batch = next(iter(DataLoader(ds, batch_size=len(ds))))
+    assert batch["soft"].shape == batch["mask"].shape == (3, 1, 32, 32)
+    val_row = ds.record_ids.index(discover_records(fixture, "validation")[0].record_id)
+    assert torch.equal(batch["soft"][val_row], batch["mask"][val_row])
+    others = [i for i in range(3) if i != val_row]
+    assert any(not torch.equal(batch["soft"][i], batch["mask"][i]) for i in others)  # annotators' means
