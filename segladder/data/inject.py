@@ -43,7 +43,7 @@ from segladder.errors import DataError
 from segladder.progress import progress_bar
 
 PARAMS_FILE = ".inject.json"
-VERSION = 1  # bump when the same arguments would write different files
+VERSION = 2  # bump when the same arguments would write different files (2: aged contrails cool more)
 
 # Band-14 cooling of a real contrail, K (median pixel minus its ring): quartiles 1.19 / 2.38 / 4.46 K,
 # 5–95 % 0.54–9.0 K, over backgrounds of 283–295 K. A log-normal through the quartiles.
@@ -64,10 +64,17 @@ BAND_RATIO: dict[int, float] = {
     15: 1.094,
     16: 0.851,
 }
+# Aged contrails, spread to 8 px or more (`synth contrails` draws one corridor in 12 so), cool more: the
+# sample's two components at least 8 px wide cool band 14 by 3.66 and 5.82 K (12–15 px wide, 210 px long).
+# A log-normal through both; annotators label a spread contrail only while it stays clearly visible.
+WIDE_PX = 8.0
+WIDE_CONTRAST_MEDIAN_K = 4.62  # √(3.66 × 5.82)
+WIDE_CONTRAST_LOG_SD = 0.23  # ln(5.82 / 3.66) / 2
 # A drawn line's band-14 cooling at its centre over the statistic above: the measured statistic averages
 # the mask's edge pixels and the blur in, so lines are drawn this much stronger (calibrated by injecting
 # and measuring back: `tests/data/test_inject.py` holds the round trip).
 DRAWN_GAIN = 0.72
+WIDE_DRAWN_GAIN = 0.82  # the same round trip, on components at least WIDE_PX wide
 # The imager's blur, px (Gaussian σ): real contrails cool the pixel just outside their mask by 0.33 K where
 # the mask's edge pixels cool by 1.31 K (medians over the 7 records, residuals from a 15 px median filter).
 BLUR_SIGMA_PX = 0.6
@@ -89,6 +96,8 @@ class ContrailSignature:
     contrast_quantiles_k: dict[str, float]  # "5", "25", "50", "75", "95": band-14 cooling, K (positive)
     band_ratio: dict[int, float]
     background_k: float  # median band 14 of the rings
+    wide_contrails: int  # those at least WIDE_PX wide
+    wide_cooling_k: list[float]  # their band-14 cooling, K, ascending
 
     def as_dict(self) -> dict:
         """JSON-ready."""
@@ -106,20 +115,28 @@ def _dilate(c: np.ndarray, px: int) -> np.ndarray:
     return cv2.dilate(c.astype(np.uint8), np.ones((3, 3), np.uint8), iterations=px) > 0
 
 
-def component_coolings(
-    bands: dict[int, np.ndarray], mask: np.ndarray
-) -> list[tuple[int, float, dict[int, float]]]:
-    """(pixels, ring band 14 K, {band: cooling K}) per contrail of `mask`; bands are (H, W) at the label.
+@dataclass(frozen=True)
+class ComponentCooling:
+    """One contrail of a mask: its size, its width (px, as `synth compare` measures it), and its cooling."""
 
-    Cooling is the ring's median minus the contrail's (positive when the contrail is colder).
-    """
+    pixels: int
+    width: float
+    background_k: float  # median band 14 of its ring
+    cooling: dict[int, float]  # band → ring median minus contrail median, K (positive: colder)
+
+
+def component_coolings(bands: dict[int, np.ndarray], mask: np.ndarray) -> list[ComponentCooling]:
+    """Each contrail (8-connected component of ≥ 10 px) of `mask` with a clear ring; bands are (H, W) at the label."""
+    from segladder.data.realism import contrail_components
+
     out = []
     for c in _components(mask):
         ring = _dilate(c, _RING[1]) & ~_dilate(c, _RING[0]) & (mask == 0)
         if ring.sum() < 10:
             continue
         cool = {b: float(np.median(x[ring]) - np.median(x[c])) for b, x in bands.items()}
-        out.append((int(c.sum()), float(np.median(bands[14][ring])), cool))
+        width = float(contrail_components(c)[0, 0])
+        out.append(ComponentCooling(int(c.sum()), width, float(np.median(bands[14][ring])), cool))
     return out
 
 
@@ -139,11 +156,12 @@ def measure_signature(refs: Iterable[RecordRef]) -> ContrailSignature:
         rows += found
     if not rows:
         raise DataError("no contrail of 10 px or more with a clear ring around it: nothing to measure.")
-    weight = np.array([r[0] for r in rows], float)
-    c14 = np.array([r[2][14] for r in rows])
+    weight = np.array([r.pixels for r in rows], float)
+    c14 = np.array([r.cooling[14] for r in rows])
     ratio = {
         b: round(
-            float((np.array([r[2][b] for r in rows]) * c14 * weight).sum() / (c14 * c14 * weight).sum()), 3
+            float((np.array([r.cooling[b] for r in rows]) * c14 * weight).sum() / (c14 * c14 * weight).sum()),
+            3,
         )
         for b in BANDS
     }
@@ -151,7 +169,16 @@ def measure_signature(refs: Iterable[RecordRef]) -> ContrailSignature:
         str(p): round(float(v), 2)
         for p, v in zip((5, 25, 50, 75, 95), np.percentile(c14, [5, 25, 50, 75, 95]), strict=True)
     }
-    return ContrailSignature(len(rows), records, q, ratio, round(float(np.median([r[1] for r in rows])), 1))
+    wide = [r.cooling[14] for r in rows if r.width >= WIDE_PX]
+    return ContrailSignature(
+        len(rows),
+        records,
+        q,
+        ratio,
+        round(float(np.median([r.background_k for r in rows])), 1),
+        len(wide),
+        [round(w, 2) for w in sorted(wide)],
+    )
 
 
 # --------------------------------------------------------------------------- drawing
@@ -163,8 +190,11 @@ def _dihedral(a: np.ndarray, k: int) -> np.ndarray:
     return np.ascontiguousarray(a[:, ::-1] if k >= 4 else a)
 
 
-def _draw_contrast(rng: np.random.Generator) -> float:
+def _draw_contrast(rng: np.random.Generator, wide: bool = False) -> float:
     lo, hi = CONTRAST_RANGE_K
+    if wide:
+        value = rng.lognormal(math.log(WIDE_CONTRAST_MEDIAN_K * WIDE_DRAWN_GAIN), WIDE_CONTRAST_LOG_SD)
+        return float(np.clip(value, lo * WIDE_DRAWN_GAIN, hi * WIDE_DRAWN_GAIN))
     return float(
         np.clip(
             rng.lognormal(math.log(CONTRAST_MEDIAN_K * DRAWN_GAIN), CONTRAST_LOG_SD),
@@ -189,7 +219,7 @@ def draw_lines(
     lines = []
     for c in labelled + others:
         now = c.contrast(0.0) if c.visible_points(0.0) is not None else 0.0
-        target = _draw_contrast(rng)
+        target = _draw_contrast(rng, wide=c.width >= WIDE_PX)
         scale = target / now if now > 0 else target / max(c.opacity * (REF_BELOW_K - c.top), 1e-6)
         lines.append(replace(c, opacity=min(MAX_OPACITY, c.opacity * scale)))
     keep = [c for c in lines if synth._labelled(c, size)]
