@@ -117,6 +117,22 @@ def main() -> int:
         ]
         link_records(fdir / "heldout", held, split="validation")
         inject = fdir / "inject"
+        if (inject / "best.ckpt").exists() and not (
+            inject / "eval-real-validation" / "per_record.csv"
+        ).exists():
+            sh(
+                [
+                    *cli,
+                    "evaluate",
+                    str(inject / "best.ckpt"),
+                    "--data",
+                    str(fdir / "heldout"),
+                    "--split",
+                    "validation",
+                    "--out",
+                    str(inject / "eval-real-validation"),
+                ]
+            )  # trained, but the scoring was interrupted
         if not (inject / "eval-real-validation" / "per_record.csv").exists():
             sh(
                 ["bash", str(HERE / "sim2real.sh"), str(inject), str(fdir / "heldout"), "validation"],

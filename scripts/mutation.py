@@ -63,6 +63,7 @@ T_RLE = ("tests/inference/test_submission.py",)
 T_METRICS = ("tests/test_metrics.py",)
 T_BOXES = ("tests/test_box_metrics.py",)
 T_GATE = ("tests/inference/test_box_gate.py",)
+T_INJECT = ("tests/data/test_inject.py",)
 T_CHECK = ("tests/data/test_check.py",)
 
 M = Mutation
@@ -640,6 +641,47 @@ MUTATIONS: list[Mutation] = [
         "",
         T_SIDES,
         "data.image_size is not checked",
+    ),
+    # --- contrail injection: measured cooling per band, real labels kept, skies kept apart
+    M(
+        "contrail injection",
+        "segladder/data/inject.py",
+        "        cooling[..., k] = np.minimum(a, MAX_OPACITY) * np.maximum(b14[..., k] - top, 0.0)",
+        "        cooling[..., k] = np.minimum(a, MAX_OPACITY) * (b14[..., k] - top)",
+        T_INJECT,
+        "a sky colder than the ice warmed by the contrail",
+    ),
+    M(
+        "contrail injection",
+        "segladder/data/inject.py",
+        "        target = _draw_contrast(rng, wide=c.width >= WIDE_PX)",
+        "        target = _draw_contrast(rng)",
+        T_INJECT,
+        "aged contrails drawn as faint as young ones",
+    ),
+    M(
+        "contrail injection",
+        "segladder/data/inject.py",
+        "    drop = set(exclude) | (_ids_in(exclude_like) if exclude_like is not None else set())",
+        "    drop = set(exclude)",
+        T_INJECT,
+        "the records to score on used as skies",
+    ),
+    M(
+        "contrail injection",
+        "segladder/data/inject.py",
+        '    return {"train": train, "validation": (val or train) if val_records > 0 else []}',
+        '    return {"train": pool, "validation": (val or train) if val_records > 0 else []}',
+        T_INJECT,
+        "validation skies also trained on",
+    ),
+    M(
+        "contrail injection",
+        "segladder/data/realism.py",
+        "    skies = injection_backgrounds(synthetic)",
+        "    skies = set()",
+        T_INJECT,
+        "the classifier meets the injected records' own skies",
     ),
 ]
 
