@@ -18,7 +18,6 @@ labelled frame; its cooling is the median of its pixels minus the median of a ri
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -42,7 +41,6 @@ from segladder.data.layout import (
 from segladder.errors import DataError
 from segladder.progress import progress_bar
 
-PARAMS_FILE = ".inject.json"
 VERSION = 2  # bump when the same arguments would write different files (2: aged contrails cool more)
 
 # Band-14 cooling of a real contrail, K (median pixel minus its ring): quartiles 1.19 / 2.38 / 4.46 K,
@@ -534,15 +532,3 @@ def draw_examples(out: Path, examples: Sequence[tuple[Path, RecordRef, int]]) ->
     save_figure(fig, path)
     plt.close(fig)
     return path
-
-
-def injection_backgrounds(root: str | os.PathLike) -> set[str]:
-    """The real record ids an injected dataset at `root` was built on; empty for any other dataset."""
-    marker = Path(root) / synth.PARAMS_FILE
-    try:
-        params = json.loads(marker.read_text())
-    except (OSError, ValueError):
-        return set()
-    if not isinstance(params, dict) or params.get("generator") != "inject":
-        return set()
-    return {rid for ids in params.get("backgrounds", {}).values() for rid in ids}

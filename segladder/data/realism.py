@@ -592,8 +592,8 @@ def compare_datasets(
 
 def classifier_aucs(real: Path, synthetic: Path, seed: int = 0) -> dict:
     """The patch classifier's AUC for SYNTH against REAL and for REAL against itself (the floor)."""
-    from segladder.data.inject import injection_backgrounds
     from segladder.data.realism_classifier import realism_auc, realism_floor
+    from segladder.data.synth import injection_backgrounds
 
     real_refs, synth_refs = dataset_refs(real), dataset_refs(synthetic)
     # Injected records share their skies with the real records they were built on: compared with those,

@@ -921,3 +921,15 @@ def _write_split_files(out: Path, seed: int, ids: dict[str, list[str]]) -> None:
         out / SAMPLE_SUBMISSION_FILE,
         "record_id,encoded_pixels\n" + "".join(f"{rid},-\n" for rid in ids["test"]),
     )
+
+
+def injection_backgrounds(root: str | os.PathLike) -> set[str]:
+    """The real record ids an injected dataset at `root` was built on; empty for any other dataset."""
+    marker = Path(root) / PARAMS_FILE
+    try:
+        params = json.loads(marker.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(params, dict) or params.get("generator") != "inject":
+        return set()
+    return {rid for ids in params.get("backgrounds", {}).values() for rid in ids}

@@ -13,6 +13,7 @@ from segladder.data import inject as inj
 from segladder.data.check import check_dataset
 from segladder.data.contrails import discover_records, load_mask
 from segladder.data.layout import BANDS, INDIVIDUAL_MASKS_FILE, PIXEL_MASK_FILE, band_file
+from segladder.data.synth import injection_backgrounds
 from segladder.errors import DataError
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "opencontrails_crops"
@@ -119,9 +120,7 @@ def test_the_dataset_is_in_the_competition_layout_and_data_check_passes(tmp_path
     meta = json.loads((out / "train_metadata.json").read_text())
     assert sorted(m["record_id"] for m in meta) == [r.record_id for r in discover_records(out, "train")]
     assert (out / inj.FIGURE_FILE).stat().st_size > 10_000  # the before/after figure beside the records
-    assert inj.injection_backgrounds(out) == set(
-        summary.backgrounds["train"] + summary.backgrounds["validation"]
-    )
+    assert injection_backgrounds(out) == set(summary.backgrounds["train"] + summary.backgrounds["validation"])
 
 
 def test_same_arguments_same_bytes_and_a_rerun_resumes(tmp_path):
