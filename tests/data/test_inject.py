@@ -51,6 +51,7 @@ def test_each_band_cools_by_its_measured_share_of_band_14():
     assert (cool[15][on] > cool[14][on]).all() and (cool[11][on] < cool[14][on]).all()
 
 
+@pytest.mark.medium
 def test_measuring_an_injected_sky_gives_back_the_signature_it_was_drawn_with():
     rows = []
     for seed in range(12):
@@ -108,6 +109,7 @@ def _write(tmp_path: Path, **kw):
     return out, inj.inject_contrails(FIXTURE, out, **args)
 
 
+@pytest.mark.medium
 def test_the_dataset_is_in_the_competition_layout_and_data_check_passes(tmp_path):
     out, summary = _write(tmp_path)
     assert summary.records == {"train": 6, "validation": 2} and summary.written == 8
@@ -123,6 +125,7 @@ def test_the_dataset_is_in_the_competition_layout_and_data_check_passes(tmp_path
     assert injection_backgrounds(out) == set(summary.backgrounds["train"] + summary.backgrounds["validation"])
 
 
+@pytest.mark.medium
 def test_same_arguments_same_bytes_and_a_rerun_resumes(tmp_path):
     out, _ = _write(tmp_path)
     first = {p.relative_to(out): p.read_bytes() for p in out.rglob("*.npy")}
@@ -136,6 +139,7 @@ def test_same_arguments_same_bytes_and_a_rerun_resumes(tmp_path):
     assert {p.relative_to(other): p.read_bytes() for p in other.rglob("*.npy")} != first
 
 
+@pytest.mark.medium
 def test_a_rerun_reports_what_it_skipped(tmp_path):
     out, _ = _write(tmp_path)
     shutil.rmtree(discover_records(out, "train")[0].path)
@@ -143,6 +147,7 @@ def test_a_rerun_reports_what_it_skipped(tmp_path):
     assert summary.written == 1 and summary.skipped == 7
 
 
+@pytest.mark.medium
 def test_other_arguments_into_the_same_folder_are_refused(tmp_path):
     out, _ = _write(tmp_path)
     with pytest.raises(DataError, match="--overwrite"):
@@ -182,6 +187,7 @@ def test_measure_signature_on_real_crops_reads_cooling_contrails():
     assert sig.wide_contrails == len(sig.wide_cooling_k)
 
 
+@pytest.mark.slow
 def test_the_commands_inject_then_compare_without_the_skies_it_used(tmp_path):
     from tests.cli.conftest import run_many
 
@@ -255,6 +261,7 @@ def test_validation_skies_are_apart_shared_or_absent_as_asked():
     assert [r.record_id for r in other_seed] != [r.record_id for r in apart["validation"]] or len(pool) < 3
 
 
+@pytest.mark.medium
 def test_aged_wide_contrails_are_drawn_colder_than_young_ones():
     young, wide = [], []
     for seed in range(60):
