@@ -41,7 +41,7 @@ from segladder.data.layout import (
 from segladder.errors import DataError
 from segladder.progress import progress_bar
 
-VERSION = 2  # bump when the same arguments would write different files (2: aged contrails cool more)
+VERSION = 3  # bump when the same arguments would write different files (3: validation skies by rank)
 
 # Band-14 cooling of a real contrail, K (median pixel minus its ring): quartiles 1.19 / 2.38 / 4.46 K,
 # 5–95 % 0.54–9.0 K, over backgrounds of 283–295 K. A log-normal through the quartiles.
@@ -358,13 +358,20 @@ def background_pool(
     return pool
 
 
+def _positive_pixels(ref: RecordRef) -> int:
+    return int(np.asarray(load_npy(ref.path / PIXEL_MASK_FILE)).sum())
+
+
 def split_backgrounds(
     pool: Sequence[RecordRef], val_records: int, val_backgrounds: int | None, seed: int
 ) -> dict[str, list[RecordRef]]:
     """Train and validation skies, disjoint: validation's threshold is then chosen on skies training never saw.
 
     `val_backgrounds` None: a quarter of the pool (at least 1) when there are 2 or more and validation
-    records are asked for; 0 shares the train skies.
+    records are asked for; 0 shares the train skies. The validation skies are spread evenly over the pool
+    ranked by their own contrail pixels (ties by id), so neither split is left without real contrails: a
+    random pick of 2 of 6 sample records once sent both contrail-rich skies to validation, and the model,
+    trained on nearly none, chose a threshold of 0.06. `seed` is kept for the record ids; the pick is fixed.
     """
     n = len(pool)
     if val_backgrounds is None:
@@ -374,8 +381,11 @@ def split_backgrounds(
             f"--val-backgrounds is {val_backgrounds}: give 0 (validation shares the train skies) up to "
             f"{n - 1}, so that at least one of the {n} records is left for training."
         )
-    order = np.random.default_rng(seed).permutation(n)
-    val = [pool[i] for i in sorted(order[:val_backgrounds])] if val_records > 0 else []
+    ranked = sorted(pool, key=lambda r: (_positive_pixels(r), r.record_id))
+    # The middle of each of `val_backgrounds` equal bins of ranks, rounded down: the richest sky stays in train.
+    bins = range(val_backgrounds) if val_records > 0 else range(0)
+    picks = {math.floor((i + 0.5) * n / val_backgrounds - 0.5 + 1e-9) for i in bins}
+    val = [r for i, r in enumerate(ranked) if i in picks]
     train = [r for r in pool if r not in val]
     return {"train": train, "validation": (val or train) if val_records > 0 else []}
 
