@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from segladder.data import synth
-from segladder.data.contrails import RecordRef, discover_records, load_npy
+from segladder.data.contrails import RecordRef, discover_records, load_mask, load_npy, read_bands
 from segladder.data.layout import (
     BAND_FILES,
     BANDS,
@@ -142,13 +142,12 @@ def measure_signature(refs: Iterable[RecordRef]) -> ContrailSignature:
     """Measure the contrail signature on labelled records (the source of this module's constants)."""
     rows, records = [], 0
     for ref in refs:
-        mask_path = ref.path / PIXEL_MASK_FILE
-        if not mask_path.exists():
+        mask = load_mask(ref.path)
+        if mask is None:
             continue
-        mask = np.asarray(load_npy(mask_path))[..., 0]
         if not mask.any():
             continue
-        bands = {b: np.asarray(load_npy(ref.path / band_file(b)))[..., LABELED_FRAME] for b in BANDS}
+        bands = {b: x[0] for b, x in read_bands(ref.path, BANDS, [LABELED_FRAME]).items()}
         found = component_coolings(bands, mask)
         records += bool(found)
         rows += found
@@ -359,7 +358,7 @@ def background_pool(
 
 
 def _positive_pixels(ref: RecordRef) -> int:
-    return int(np.asarray(load_npy(ref.path / PIXEL_MASK_FILE)).sum())
+    return int(load_mask(ref.path).sum())
 
 
 def split_backgrounds(
@@ -515,12 +514,11 @@ def draw_examples(out: Path, examples: Sequence[tuple[Path, RecordRef, int]]) ->
     fig, axes = plt.subplots(len(examples), 4, figsize=(13, 3.4 * len(examples)), squeeze=False)
     for row, (record_dir, ref, turn) in zip(axes, examples, strict=True):
         before = {
-            b: _dihedral(np.asarray(load_npy(ref.path / band_file(b)))[..., LABELED_FRAME], turn)
-            for b in (11, 14, 15)
+            b: _dihedral(x[0], turn) for b, x in read_bands(ref.path, (11, 14, 15), [LABELED_FRAME]).items()
         }
-        after = {b: np.asarray(load_npy(record_dir / band_file(b)))[..., LABELED_FRAME] for b in (11, 14, 15)}
-        real = _dihedral(np.asarray(load_npy(ref.path / PIXEL_MASK_FILE))[..., 0], turn) > 0
-        label = np.asarray(load_npy(record_dir / PIXEL_MASK_FILE))[..., 0] > 0
+        after = {b: x[0] for b, x in read_bands(record_dir, (11, 14, 15), [LABELED_FRAME]).items()}
+        real = _dihedral(load_mask(ref.path), turn) > 0
+        label = load_mask(record_dir) > 0
         labels = np.zeros((*label.shape, 3), np.float32)
         labels[label & ~real] = (0.9, 0.15, 0.1)
         labels[real] = 1.0
