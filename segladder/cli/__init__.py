@@ -20,7 +20,7 @@ _interrupted = False
 
 def _register() -> None:
     # Command groups register themselves on import; imported here so `segladder --help` lists them all.
-    from segladder.cli import bench, boxes, data, demo, distill, ladder, models, predict, synth, train  # noqa: F401
+    from segladder.cli import bench, boxes, data, demo, distill, ladder, models, predict, scene, synth, train  # noqa: F401
 
 
 def _stop(signum, frame) -> None:

@@ -7,11 +7,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from segladder.config import DataConfig
-from segladder.data.contrails import resolve_channels, resolve_frames
+from segladder.data.cache import standardise
+from segladder.data.contrails import ASH_CHANNELS, channels_from_bands, resolve_channels, resolve_frames
 from segladder.data.datasets import ContrailsDataset, dataset_from_config
 from segladder.errors import DataError
 from segladder.inference.errors import InferenceError
@@ -68,6 +70,27 @@ class InputSpec:
             "interpolation": self.interpolation,
             "stats": json.loads(self.stats) if self.stats else None,
         }
+
+    def encode(self, bands: Mapping[int, np.ndarray]) -> np.ndarray:
+        """Brightness temperatures {band: (T, H, W) K} → model input (C, T, H, W) float32, as records are read.
+
+        The same steps as a raw record's read (channels, training statistics, ash standardisation), for
+        inputs that are not records: `segladder scene` feeds satellite scenes through here.
+        """
+        channels = channels_from_bands(dict(bands), self.channels)
+        stats = json.loads(self.stats) if self.stats else None
+        image = standardise(channels, self.channels, stats).transpose(3, 0, 1, 2)
+        if (
+            self.normalize_ash
+        ):  # the arithmetic of ContrailsDataset._ash_affine, so both paths agree bit for bit
+            scale = np.ones(len(self.channels), np.float32)
+            offset = np.zeros(len(self.channels), np.float32)
+            for i, ch in enumerate(self.channels):
+                if ch in ASH_CHANNELS:
+                    k = stats["channels"].index(ch)
+                    scale[i], offset[i] = 1.0 / stats["std"][k], -stats["mean"][k] / stats["std"][k]
+            image = image * scale[:, None, None, None] + offset[:, None, None, None]
+        return np.ascontiguousarray(image, dtype=np.float32)
 
     def data_config(self) -> DataConfig:
         """A data section that reads records as this spec says."""

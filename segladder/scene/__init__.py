@@ -1,0 +1,1 @@
+"""Contrails on GOES ABI scenes: reading ABI files, predicting over whole scenes and writing georeferenced maps."""
