@@ -293,3 +293,26 @@ def boxes(
     if json_out is not None:
         atomic_write_json(json_out, r)
         typer.echo(f"written: {json.dumps(str(json_out))}")
+
+
+@bench_app.command("scene")
+def scene(
+    checkpoint: Path = typer.Option(
+        None, "--checkpoint", help="Checkpoint (default: a random ResNet18_U, frame 4)."
+    ),
+    sector: str = typer.Option("conus", "--sector", help="conus (1500×2500) or full (5424×5424)."),
+    tile: int = typer.Option(768, "--tile", help="Tile side, as `scene predict --tile`."),
+    overlap: int = typer.Option(32, "--overlap", help="Tile overlap, as `scene predict --overlap`."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Tiles per forward pass."),
+    device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when present)."),
+) -> None:
+    """`scene predict` on a synthetic ABI scene beside the model's forward pass alone, and its peak memory."""
+    import json
+
+    from segladder.errors import DataError
+    from segladder.scene.bench import SECTORS, as_dict, bench_scene
+
+    if sector not in SECTORS:
+        raise DataError(f"--sector {sector}: give one of {', '.join(SECTORS)}.")
+    result = bench_scene(checkpoint, sector, tile=tile, overlap=overlap, batch_size=batch_size, device=device)
+    typer.echo(json.dumps(as_dict(result)))

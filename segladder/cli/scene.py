@@ -65,11 +65,13 @@ def predict_cmd(
         "--tolerance",
         help="Minutes a scan's start may be from a frame's time (frames are 10 min apart).",
     ),
-    tile: int = typer.Option(512, "--tile", help="Tile side in pixels (a multiple of 32)."),
+    tile: int = typer.Option(
+        768, "--tile", help="Tile side in pixels (a multiple of 32); tiles are evened out to fit."
+    ),
     overlap: int = typer.Option(
         32, "--overlap", help="Pixels adjacent tiles share; blended with linear ramps."
     ),
-    batch_size: int = typer.Option(8, "--batch-size", help="Tiles per forward pass."),
+    batch_size: int = typer.Option(4, "--batch-size", help="Tiles per forward pass (raise it on a GPU)."),
     pixel_km: float = typer.Option(
         None, "--pixel-km", help="--grid local's pixel size (default: OpenContrails' 1.94 × 1.97 km)."
     ),

@@ -59,7 +59,7 @@ class SceneOptions:
     min_area: int | None = None
     tile: int = DEFAULT_TILE
     overlap: int = DEFAULT_OVERLAP
-    batch_size: int = 8
+    batch_size: int = 4
     tolerance: timedelta = DEFAULT_TOLERANCE
     device: str | None = None
     pixel_km: float | None = None

@@ -287,3 +287,48 @@ def test_time_range_goes_on_past_a_failing_time_and_resumes(tmp_path, cold_ckpt,
     assert run(args) == 1
     assert "already done" in capsys.readouterr().out
     assert (tmp_path / "out" / "20230713T1800Z" / "contrails.nc").stat().st_mtime_ns == stamp
+
+
+def test_tiles_are_evened_out_and_cover_every_pixel():
+    from segladder.scene.predict import count_tiles, ramp, tile_side, tile_starts
+
+    assert tile_side(1500, 768, 32) == 768 and tile_starts(1500, 768, 32) == [0, 732]
+    assert tile_side(2500, 768, 32) == 672 and tile_starts(2500, 672, 32) == [0, 640, 1280, 1828]
+    assert tile_side(150, 768, 32) == 160 and tile_side(256, 768, 32) == 256  # one tile, rounded up to 32
+    for n in (300, 1000, 1500, 2500, 5424):
+        side = tile_side(n, 768, 32)
+        starts = tile_starts(n, side, 32)
+        covered = np.zeros(n, bool)
+        for s0 in starts:
+            covered[s0 : s0 + side] = True
+        assert covered.all() and starts[-1] + side == max(n, side) and side % 32 == 0 and side <= 768
+        assert all(
+            b - a <= side - 32 for a, b in zip(starts, starts[1:], strict=False)
+        )  # at least the overlap
+    assert count_tiles((1500, 2500), 768, 32) == 8
+    w = ramp(64, 16, first=True, last=False)
+    assert w[0] == 1.0 and w[-1] == pytest.approx(1 / 32) and np.all(np.diff(w[-16:]) < 0)
+    assert ramp(64, 16, first=False, last=True)[0] == pytest.approx(1 / 32)
+
+
+@pytest.mark.medium
+@pytest.mark.parametrize("kind", ["MCMIP", "Rad"])
+def test_mcmip_and_l1b_scenes_give_the_cmip_map(tmp_path, unet_ckpt, kind):
+    cmip, other = tmp_path / "cmip", tmp_path / kind
+    bands_of = {f: ash_bands(noisy(20 + f, 64, 96)) for f in (2, 3, 4)}
+    write_stack(cmip, lambda f: bands_of[f])
+    for f, bands in bands_of.items():
+        start = T0 + (f - 4) * timedelta(minutes=10)
+        if kind == "MCMIP":
+            write_abi(other, bands, kind="MCMIP", start=start)
+        else:
+            for b, bt in bands.items():
+                write_abi(other, {b: bt}, kind="Rad", start=start)
+    assert predict(unet_ckpt, cmip, tmp_path / "out-cmip") == 0
+    assert predict(unet_ckpt, other, tmp_path / "out-other") == 0
+    # Both carry the same temperatures to within their packing (0.03 K), which moves probabilities little.
+    np.testing.assert_allclose(
+        scene_probs(tmp_path / "out-other"), scene_probs(tmp_path / "out-cmip"), atol=2e-3
+    )
+    meta = json.loads((tmp_path / "out-other" / "scene.json").read_text())
+    assert all(("MCMIP" if kind == "MCMIP" else "L1b-Rad") in s for s in meta["sources"])
