@@ -76,6 +76,11 @@ def predict_cmd(
         None, "--pixel-km", help="--grid local's pixel size (default: OpenContrails' 1.94 × 1.97 km)."
     ),
     device: str = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: cuda when present)."),
+    devices: int = typer.Option(
+        1,
+        "--devices",
+        help="With --start/--end: processes (GPUs) sharing the times, on Lightning's DDP predict loop.",
+    ),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show progress with ETA on stderr."),
 ) -> int:
     """Predict contrails over GOES ABI scenes: contrails.nc (CF-1.8), contrails.geojson and quicklook.png.
@@ -103,9 +108,38 @@ def predict_cmd(
         pixel_km=pixel_km,
         progress=progress,
     )
+    if devices > 1:
+        return _predict_distributed(checkpoints, goes, options, times, out, devices, time is not None)
     predictor = ScenePredictor(checkpoints, goes, options)
     results, failures = predict_times(predictor, times, out, one_folder=time is not None)
     return _report(results, failures, len(times), out)
+
+
+def _predict_distributed(checkpoints, goes, options, times, out: Path, devices: int, one_time: bool) -> int:
+    """--devices N: the times shared over N processes by Lightning; exit 1 when some are unfinished."""
+    from segladder.errors import DataError
+    from segladder.scene.task import predict_times_distributed
+
+    if one_time:
+        raise DataError(
+            "--devices shares the times of --start/--end over processes; give a range, or drop --devices."
+        )
+    accelerator = "cpu" if options.device == "cpu" else "auto"
+    finished, unfinished, main = predict_times_distributed(
+        checkpoints, goes, options, times, out, devices=devices, accelerator=accelerator
+    )
+    if not main:
+        return 0
+    typer.echo(f"{len(finished)} of {len(times)} time(s) finished in {out} on {devices} processes")
+    if unfinished:
+        stamps = ", ".join(f"{t:%Y-%m-%dT%H:%MZ}" for t in unfinished[:10])
+        typer.secho(
+            f"unfinished: {stamps}; their errors are above; re-run to retry them.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        return EXIT_SOME_FAILED
+    return 0
 
 
 def _times(time: str | None, start: str | None, end: str | None, tolerance: float) -> list:
