@@ -64,6 +64,7 @@ T_METRICS = ("tests/test_metrics.py",)
 T_BOXES = ("tests/test_box_metrics.py",)
 T_GATE = ("tests/inference/test_box_gate.py",)
 T_INJECT = ("tests/data/test_inject.py",)
+T_SCENE = ("tests/scene/test_abi.py", "tests/scene/test_scene_predict.py", "-m", "not slow")
 T_CHECK = ("tests/data/test_check.py",)
 
 M = Mutation
@@ -682,6 +683,47 @@ MUTATIONS: list[Mutation] = [
         "    skies = set()",
         T_INJECT,
         "the classifier meets the injected records' own skies",
+    ),
+    # --- GOES scenes: georeferencing, tile blending, frame times, satellites, no-data pixels
+    M(
+        "GOES scenes",
+        "segladder/scene/grid.py",
+        "        rows, cols = np.meshgrid(np.arange(len(self.y)), np.arange(len(self.x)), indexing=\"ij\")",
+        "        cols, rows = np.meshgrid(np.arange(len(self.x)), np.arange(len(self.y)), indexing=\"xy\")[::-1]",
+        T_SCENE,
+        "rows and columns swapped in the lat/lon of every pixel",
+    ),
+    M(
+        "GOES scenes",
+        "segladder/scene/predict.py",
+        "            w[:overlap] = np.minimum(w[:overlap], up)",
+        "            w[:overlap] = 1.0",
+        T_SCENE,
+        "tiles pasted over each other instead of blended",
+    ),
+    M(
+        "GOES scenes",
+        "segladder/scene/sources.py",
+        "    return [time + (f - LABELED_FRAME) * FRAME_STEP for f in frames]",
+        "    return [time + (LABELED_FRAME - f) * FRAME_STEP for f in frames]",
+        T_SCENE,
+        "earlier frames looked for after the time instead of before",
+    ),
+    M(
+        "GOES scenes",
+        "segladder/scene/sources.py",
+        "        if a.platform != first.platform:",
+        "        if False:",
+        T_SCENE,
+        "a frame stack that mixes satellites accepted",
+    ),
+    M(
+        "GOES scenes",
+        "segladder/scene/predict.py",
+        "    prob[~valid] = np.nan",
+        "    pass",
+        T_SCENE,
+        "pixels with no data given a probability",
     ),
 ]
 

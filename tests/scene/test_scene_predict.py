@@ -384,3 +384,20 @@ def test_two_processes_share_a_time_range_on_lightnings_predict_loop(tmp_path, u
         np.testing.assert_allclose(
             scene_probs(tmp_path / "ddp" / stamp), scene_probs(tmp_path / "one" / stamp), atol=1e-5
         )
+
+
+def test_pixels_off_the_disk_are_nan_in_the_map_and_never_contrails(tmp_path, cold_ckpt):
+    from segladder.scene.testing import CONUS_X0, CONUS_Y0, scan_axes
+
+    # GOES-East CONUS's upper-left corner: the limb crosses this window, so part of it sees space.
+    x, y = scan_axes(64, 96, CONUS_X0 + 120 * 5.6e-5, CONUS_Y0 - 120 * 5.6e-5)
+    b14 = np.full((64, 96), CONTRAIL_K)  # cold everywhere: every pixel on the disk is a contrail pixel
+    goes = tmp_path / "goes"
+    write_stack(goes, lambda f: ash_bands(b14), frames=(4,), x_rad=x, y_rad=y)
+    off = np.isnan(read_bt(open_abi(next(goes.glob("*C14_*"))), 14))
+    assert 0 < off.sum() < off.size and off[0, 0] and not off[-1, -1]
+    assert predict(cold_ckpt, goes, tmp_path / "out", "--min-area", 0) == 0
+    with xr.open_dataset(tmp_path / "out" / "contrails.nc") as ds:
+        prob, mask, lat = ds["contrail_probability"].values, ds["contrail_mask"].values, ds["lat"].values
+    assert np.array_equal(np.isnan(prob), off) and np.array_equal(np.isnan(lat), off)
+    assert np.array_equal(mask > 0, ~off)
