@@ -93,5 +93,19 @@ def test_inject_mode_leaves_the_scored_records_out_of_the_skies(tmp_path):
     first, *rest = calls.read_text().splitlines()
     assert first.startswith(f"synth inject {tmp_path / 'sample'} --out {tmp_path / 'out'}/synth ")
     assert first.endswith(f"--exclude-like {tmp_path / 'real'}/validation")
-    assert any(c.startswith("train ") and "sim2real.yaml" in c for c in rest)
+    train = [c for c in rest if c.startswith("train ")]
+    assert len(train) == 1 and "sim2real.yaml" in train[0]
+    assert "trainer.max_epochs=48" in train[0]  # injected skies train twice as long unless EPOCHS says
     assert p.returncode != 0
+    calls.unlink()
+    _, calls_again = sim2real(
+        tmp_path,
+        tmp_path / "out2",
+        tmp_path / "real",
+        "validation",
+        INJECT=str(tmp_path / "sample"),
+        EPOCHS="5",
+    )
+    assert (
+        "trainer.max_epochs=5" in calls_again.read_text() and "max_epochs=48" not in calls_again.read_text()
+    )

@@ -118,10 +118,19 @@ class SceneGrid:
         row = np.where(ok, _index_of(self.y, np.where(ok, y, 0.0)), np.nan)
         return row, col
 
-    def lonlat(self) -> tuple[np.ndarray, np.ndarray]:
-        """2-D (lon, lat) of every pixel centre, (ny, nx) float64 each; NaN off the Earth's disk."""
-        rows, cols = np.meshgrid(np.arange(len(self.y)), np.arange(len(self.x)), indexing="ij")
-        return self.lonlat_of(rows, cols)
+    def lonlat(self, dtype=np.float64, block: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """2-D (lon, lat) of every pixel centre, (ny, nx) of `dtype` each; NaN off the Earth's disk.
+
+        Computed `block` rows at a time, so a full disk's (5424², 29 M pixels) costs its two outputs and
+        one block of float64 work, not six full-size float64 arrays.
+        """
+        ny, nx = len(self.y), len(self.x)
+        lon, lat = np.empty((ny, nx), dtype), np.empty((ny, nx), dtype)
+        for r0 in range(0, ny, block):
+            r1 = min(ny, r0 + block)
+            rows, cols = np.meshgrid(np.arange(r0, r1), np.arange(nx), indexing="ij")
+            lon[r0:r1], lat[r0:r1] = self.lonlat_of(rows, cols)
+        return lon, lat
 
     def window(self, r0: int, r1: int, c0: int, c1: int) -> SceneGrid:
         """The sub-grid of rows r0:r1 and columns c0:c1."""

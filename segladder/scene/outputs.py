@@ -100,7 +100,7 @@ def _grid_mapping_name(grid: SceneGrid) -> str:
 
 
 def _coords(grid: SceneGrid, info: MapInfo) -> dict:
-    lon, lat = grid.lonlat()
+    lon, lat = grid.lonlat(np.float32)
     xy = "metres of the grid's projection" + (" (scan angle × height)" if grid.name == "native" else "")
     x = {"standard_name": "projection_x_coordinate", "long_name": f"x: {xy}", "units": "m", "axis": "X"}
     y = {**x, "standard_name": "projection_y_coordinate", "long_name": f"y: {xy}", "axis": "Y"}
@@ -110,8 +110,8 @@ def _coords(grid: SceneGrid, info: MapInfo) -> dict:
     return {
         "x": ("x", np.asarray(grid.x, np.float64), x),
         "y": ("y", np.asarray(grid.y, np.float64), y),
-        "lat": (("y", "x"), lat.astype(np.float32), lat_attrs),
-        "lon": (("y", "x"), lon.astype(np.float32), lon_attrs),
+        "lat": (("y", "x"), lat, lat_attrs),
+        "lon": (("y", "x"), lon, lon_attrs),
         "time": ((), _datetime64(info.time), time),
     }
 

@@ -136,7 +136,7 @@ def write_abi(
     y_packed = _pack_axis(np.asarray(y_rad, np.float64))
     geos = GeosProjection(GEOS_HEIGHT, *GRS80, lon_0, "x")
     grid = fixed_grid(geos, _unpack_axis(*x_packed), _unpack_axis(*y_packed))
-    off_disk = ~np.isfinite(grid.lonlat()[0])
+    off_disk = ~np.isfinite(grid.lonlat(np.float32)[0])
     fname = abi_name(kind, sector, bands[0] if kind != "MCMIP" else None, platform, start)
     path = Path(out) / (name or fname)
     path.parent.mkdir(parents=True, exist_ok=True)
