@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sim-to-real: synthesize, prepare and train on synthetic records only, through the documented commands,
 # leaving the model at OUT/best.ckpt; with REAL given, score it on real records at the threshold chosen on
-# synthetic validation. 6 minutes on 2 idle CPU cores with the defaults (measured; docs/benchmarks.md).
+# synthetic validation. 6 minutes on 2 idle CPU cores with the defaults, 15 with INJECT (measured;
+# docs/benchmarks.md).
 #
 #   scripts/sim2real.sh OUT [REAL [SPLIT]]
 #   INJECT=SAMPLE_ROOT scripts/sim2real.sh OUT [REAL [SPLIT]]
