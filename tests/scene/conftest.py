@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from segladder.models.registry import MODELS, register
+from segladder.models.registry import MODELS, ModelInfo
 from tests.inference.helpers import make_checkpoint
 
 T0 = datetime(2023, 7, 13, 18, 0, 20, tzinfo=UTC)  # a full-disk-like scan start: 20 s past the frame time
@@ -32,16 +32,16 @@ class ColdPixels(nn.Module):
         return self.gain * (0.55 - x[:, 2:3, -1])
 
 
-if COLD_MODEL not in MODELS.names():
-    register(COLD_MODEL, description="test: cold pixels", uses_time=True, input_desc="ash")(ColdPixels)
+@pytest.fixture
+def cold_ckpt(tmp_path, monkeypatch) -> Path:
+    """A checkpoint of `ColdPixels` reading frame 4's ash RGB, stored threshold 0.5.
 
-
-@pytest.fixture(scope="session")
-def cold_ckpt(tmp_path_factory) -> Path:
-    """A checkpoint of `ColdPixels` reading frame 4's ash RGB, stored threshold 0.5."""
-    return make_checkpoint(
-        tmp_path_factory.mktemp("cold") / "cold.ckpt", COLD_MODEL, frames=(4,), image_size=64
-    )
+    The model is in the registry for this test only: `models list` and the registry's own tests must not
+    meet it.
+    """
+    info = ModelInfo(COLD_MODEL, ColdPixels, "test: cold pixels", True, "ash", "mask")
+    monkeypatch.setitem(MODELS._entries, COLD_MODEL, info)
+    return make_checkpoint(tmp_path / "cold.ckpt", COLD_MODEL, frames=(4,), image_size=64)
 
 
 @pytest.fixture(scope="session")
