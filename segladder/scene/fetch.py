@@ -12,7 +12,7 @@ import re
 import socket
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from numbers import Integral
 from pathlib import Path
 
@@ -23,6 +23,7 @@ from segladder.errors import DataError, SegladderError, WriteError
 from segladder.io import free_bytes, write_error
 from segladder.progress import progress_bar
 from segladder.scene.abi import parse_name
+from segladder.scene.sources import as_utc
 
 ENDPOINT_ENV = "SEGLADDER_GOES_ENDPOINT"
 PLATFORMS = ("G16", "G17", "G18", "G19")
@@ -105,11 +106,6 @@ def parse_abi_name(name: str) -> dict:
             "name NOAA gave the file."
         )
     return fields
-
-
-def _utc(t: datetime) -> datetime:
-    # Times without a zone are UTC, as every GOES time is.
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def make_filesystem(endpoint_url: str | None = None, **options):
@@ -206,7 +202,7 @@ def _request(satellite, product, bands, times, tolerance) -> _Request:
         folder=folder,
         sector=sector,
         bands=tuple(dict.fromkeys(bands)) if PRODUCT_KINDS[folder[:-1]] else (None,),
-        times=tuple(_utc(t) for t in times),
+        times=tuple(as_utc(t) for t in times),
         tolerance=tolerance,
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time as _time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from segladder.scene.predict import (
     stack_layout,
     time_folder,
 )
-from segladder.scene.sources import DEFAULT_TOLERANCE, Catalogue, FrameStack
+from segladder.scene.sources import DEFAULT_TOLERANCE, Catalogue, FrameStack, labelled_position
 
 GRIDS = ("native", "local")
 # Components under this many pixels are dropped from the mask unless --min-area says otherwise: the
@@ -189,7 +188,7 @@ class ScenePredictor:
         outputs.write_netcdf(out / "contrails.nc", grid, prob, mask, info)
         features = outputs.contrail_features(mask, prob, grid, info)
         outputs.write_geojson(out / "contrails.geojson", features)
-        position = self.frames.index(4) if 4 in self.frames else len(self.frames) - 1
+        position = labelled_position(self.frames)
         bands = {b: reader.rows(position, b, 0, grid.shape[0]) for b in QUICKLOOK_BANDS}
         outputs.write_quicklook(out / "quicklook.png", bands, mask, title=f"{stack.platform} {info.time}")
         n = len(features["features"])
@@ -236,20 +235,3 @@ def predict_times(
     if failures:
         atomic_write_json(out / "failures.json", [{"time": iso_utc(t), "error": e} for t, e in failures])
     return results, failures
-
-
-def summary_json(results: Sequence[SceneResult]) -> str:
-    """The results as the JSON `scene predict --json` prints."""
-    return json.dumps(
-        [
-            {
-                "time": iso_utc(r.time),
-                "out": str(r.out),
-                "contrails": r.contrails,
-                "skipped": r.skipped,
-                "shape": list(r.shape),
-                "seconds": round(r.seconds, 2),
-            }
-            for r in results
-        ]
-    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,9 +20,9 @@ import torch
 from segladder.errors import DataError
 from segladder.inference.inputs import InputSpec
 from segladder.inference.segmenters import Ensemble
-from segladder.scene.abi import AbiFile, read_bt
+from segladder.scene.abi import read_bt
 from segladder.scene.grid import SceneGrid
-from segladder.scene.sources import FrameStack
+from segladder.scene.sources import FrameStack, labelled_position
 
 # Large tiles: at 32 px of overlap a 256² tile would spend 31 % of its work twice; 768² tiles, evened out,
 # compute 1.10× a CONUS scene's pixels and 1.09× a full disk's.
@@ -202,7 +202,7 @@ def predict_probability(
     th, tw = _tile_shape(ny, nx, tile, overlap)
     overlap = _overlap(th, tw, overlap)
     frames, bands = stack_layout(ensemble)
-    labelled = frames.index(4) if 4 in frames else len(frames) - 1
+    labelled = labelled_position(frames)
     picks = {spec: [frames.index(f) for f in spec.frames] for spec in ensemble.specs}
     total = np.zeros((ny, nx), np.float32)
     weight = np.zeros((ny, nx), np.float32)
@@ -300,8 +300,3 @@ def sha256_of(path: str | Path) -> str:
 def time_folder(time: datetime) -> str:
     """One output folder per time: 20230713T1800Z."""
     return time.strftime("%Y%m%dT%H%MZ")
-
-
-def labelled_files(stack: FrameStack) -> Sequence[AbiFile]:
-    """The labelled frame's files, in band order."""
-    return [stack.labelled[b] for b in sorted(stack.labelled)]

@@ -21,13 +21,23 @@ DEFAULT_TOLERANCE = timedelta(minutes=5)
 KIND_ORDER = {"CMIP": 0, "MCMIP": 1, "Rad": 2}
 
 
+def as_utc(t: datetime) -> datetime:
+    """`t` as aware UTC; a time without a zone is UTC, as every GOES time is."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def labelled_position(frames: Sequence[int]) -> int:
+    """Where the labelled frame (4) sits in `frames`, else the last one: the map's frame."""
+    return frames.index(LABELED_FRAME) if LABELED_FRAME in frames else len(frames) - 1
+
+
 def parse_time(text: str, what: str = "--time") -> datetime:
     """An ISO 8601 time ("2023-07-13T18:00", "…Z", "…+00:00") as aware UTC; naive means UTC."""
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
         raise DataError(f"{what} {text!r}: give an ISO 8601 time such as 2023-07-13T18:00Z.") from None
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+    return as_utc(t)
 
 
 def frame_times(time: datetime, frames: Sequence[int]) -> list[datetime]:
@@ -37,19 +47,15 @@ def frame_times(time: datetime, frames: Sequence[int]) -> list[datetime]:
 
 def times_between(start: datetime, end: datetime, step_min: int = 10) -> list[datetime]:
     """`start`, `start + step_min` minutes, … up to and including `end` (for `--start/--end`)."""
-    if _as_utc(end) < _as_utc(start):
+    if as_utc(end) < as_utc(start):
         raise DataError(f"--end {end.isoformat()} is before --start {start.isoformat()}: swap them.")
     if step_min <= 0:
         raise DataError(f"the step between times must be positive minutes, got {step_min}.")
     out, t = [], start
-    while _as_utc(t) <= _as_utc(end):
+    while as_utc(t) <= as_utc(end):
         out.append(t)
         t += timedelta(minutes=step_min)
     return out
-
-
-def _as_utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def list_files(paths: Iterable[str | Path]) -> list[Path]:
@@ -92,8 +98,7 @@ class FrameStack:
     @property
     def labelled(self) -> dict[int, AbiFile]:
         """The labelled frame's files (frame 4, else the last): the map's time and grid."""
-        i = self.frames.index(LABELED_FRAME) if LABELED_FRAME in self.frames else len(self.frames) - 1
-        return self.files[i]
+        return self.files[labelled_position(self.frames)]
 
     def sources(self) -> list[str]:
         """Every file name read, in frame then band order."""
